@@ -1,0 +1,109 @@
+"""The ``tlbench`` command line: ``run`` a suite, ``list`` what is available."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.errors import TlbenchError
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TLBENCH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlbench"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="tune, evaluate and tabulate every cell of a suite")
+    run.add_argument("suite", help="suite YAML file, or a bundled suite name (quick, smoke)")
+    run.add_argument("--out", type=Path, help="output directory (default: runs/<suite name>)")
+    run.add_argument("--storage", help="Optuna storage URL or journal file (default: <out>/store.journal)")
+    run.add_argument("--trials", type=int, help="override the suite's per-cell trial budget")
+    run.add_argument("--seeds", type=int, help="override the suite's number of evaluation seeds")
+    run.add_argument("--strategies", help="comma-separated subset of the suite's strategies")
+    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    run.add_argument("--cache-dir", type=Path, default=None,
+                     help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    lst = sub.add_parser("list", help="list strategies, backbones, datasets or suites")
+    lst.add_argument("what", choices=["strategies", "backbones", "datasets", "suites"])
+    return parser
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from harness.plan import load_plan, resolve_suite_path
+    from harness.runner import run_plan
+    from harness.runtime import make_runtime
+    from harness.store import open_storage
+
+    strategies = None
+    if args.strategies is not None:
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
+                     strategies=strategies)
+    cache_dir = args.cache_dir or default_cache_dir()
+    runtime = make_runtime(args.device, cache_dir)
+    out = args.out or Path("runs") / plan.suite.name
+    suite = plan.suite
+    console.print(f"suite {suite.name}: {len(plan.cells)} cells × {suite.trials} trials, "
+                  f"{suite.seeds} evaluation seeds, device {runtime.device}, out {out}")
+    if args.dry_run:
+        for cell in plan.cells:
+            t = plan.tasks[cell.task]
+            console.print(f"  {cell.label}: train {len(t.train)}, val {len(t.val)}, test {len(t.test)}")
+        return 0
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    storage = open_storage(args.storage, out)
+    outputs = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir,
+                       console=console)
+    print(outputs.table_md.read_text())
+    console.print(f"wrote {outputs.results_parquet}, {outputs.results_csv}, {outputs.table_md}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    if args.what == "strategies":
+        from strategies import STRATEGIES
+        rows = [(name, cls.description) for name, cls in STRATEGIES]
+    elif args.what == "backbones":
+        from harness.backbones import BACKBONES
+        rows = [(name, cls.description) for name, cls in BACKBONES]
+    elif args.what == "datasets":
+        from suites.datasets import DATASETS
+        rows = [(name, cls.description) for name, cls in DATASETS]
+    else:
+        from suites import bundled_suites
+        rows = [(name, str(path)) for name, path in bundled_suites().items()]
+    width = max(len(r[0]) for r in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        if args.command == "run":
+            return cmd_run(args, console)
+        return cmd_list(args, console)
+    except TlbenchError as err:
+        print(f"tlbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tlbench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

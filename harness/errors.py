@@ -1,0 +1,23 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class TlbenchError(Exception):
+    """An error caused by the user's input (suite file, flag, missing data).
+
+    The message is a single line naming the file, field and value and what is allowed.
+    """
+
+
+class ConfigError(TlbenchError):
+    """A suite file or command-line option is invalid."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss; the trial is pruned with this reason."""
+
+    def __init__(self, epoch: int, value: float) -> None:
+        super().__init__(f"non-finite training loss {value} at epoch {epoch}")
+        self.epoch = epoch
+        self.value = value

@@ -1,0 +1,100 @@
+"""Evaluation: the best configuration re-run on fresh seeds, scored on held-out data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import resource
+import time
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from harness.backbones import Backbone
+from harness.errors import NonFiniteLoss
+from harness.provenance import provenance
+from harness.runtime import Runtime
+from harness.store import recover_orphans, worker_id
+from harness.train import NullReporter, accuracy
+from strategies.base import Strategy
+from suites.tasks import Task
+
+
+def _done_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
+    """Seeds already evaluated with exactly ``params`` (a longer tuning run that found a
+    new best configuration makes earlier evaluations stale)."""
+    done = set()
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("params") != params:
+            continue
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("final")):
+            done.add(int(t.user_attrs["seed"]))
+    return done
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
+             params: dict[str, Any], *, seeds: list[int], context: dict[str, Any],
+             runtime: Runtime) -> list[dict[str, Any]]:
+    """Runs every seed not yet recorded in ``study``; returns the new records.
+
+    ``context`` (suite, task, backbone, strategy, tuning summary) is copied into each record.
+    """
+    recover_orphans(study)
+    records = []
+    done = _done_seeds(study, params)
+    for seed in seeds:
+        if seed in done:
+            continue
+        record = _run_one(study, strategy, backbone, task, params, seed=seed, context=context,
+                          runtime=runtime)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
+             params: dict[str, Any], *, seed: int, context: dict[str, Any],
+             runtime: Runtime) -> dict[str, Any] | None:
+    trial = study.ask()
+    trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("params", params)
+    if runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+    started = dt.datetime.now(dt.timezone.utc)
+    start = time.perf_counter()
+    try:
+        predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
+                                 runtime=runtime)
+    except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
+        trial.set_user_attr("failed_reason", str(err))
+        trial.set_user_attr("final", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    seconds = time.perf_counter() - start
+    peak, peak_kind = _peak_memory_mb(runtime.device)
+    shifted = task.shifted_test
+    record = {
+        **context, "seed": seed, "params": dict(params),
+        "test_accuracy": accuracy(predictor.logits(task.test), task.test.y),
+        "val_accuracy": accuracy(predictor.logits(task.val), task.val.y),
+        "shifted_test_accuracy": accuracy(predictor.logits(shifted), shifted.y) if shifted else None,
+        "train_seconds": seconds, "trainable_parameters": predictor.trainable_parameters,
+        "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+        "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
+        "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
+        **provenance(runtime.device),
+    }
+    trial.set_user_attr("record", record)
+    study.tell(trial, record["test_accuracy"])
+    return record

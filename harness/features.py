@@ -1,0 +1,73 @@
+"""A feature cache: backbone features computed once per (weights, split), in memory and on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from harness.backbones import Backbone
+from harness.train import predict_logits
+
+
+class FeatureCache:
+    """Caches ``backbone.features(split.x)`` by weights id and split fingerprint.
+
+    Args:
+        directory: where to persist features across processes (None: memory only).
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        self._memory: dict[str, torch.Tensor] = {}
+        self.computed = 0  # how many times a backbone actually ran (for tests/benchmarks)
+
+    @staticmethod
+    def key(backbone: Backbone, fingerprint: str) -> str:
+        return hashlib.sha256(f"{backbone.weights_id}|{fingerprint}".encode()).hexdigest()[:24]
+
+    def get(self, backbone: Backbone, x: torch.Tensor, fingerprint: str, *,
+            device: torch.device) -> torch.Tensor:
+        """Features of ``x`` (identified by ``fingerprint``) under ``backbone``'s weights."""
+        key = self.key(backbone, fingerprint)
+        if key in self._memory:
+            return self._memory[key]
+        feats = self._load(key)
+        if feats is None:
+            feats = compute_features(backbone, x, device=device)
+            self.computed += 1
+            self._save(key, feats)
+        self._memory[key] = feats
+        return feats
+
+    def _path(self, key: str) -> Path | None:
+        return self.directory / f"{key}.pt" if self.directory else None
+
+    def _load(self, key: str) -> torch.Tensor | None:
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed, never trusted
+            return None
+        return feats if isinstance(feats, torch.Tensor) else None
+
+    def _save(self, key: str, feats: torch.Tensor) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(feats, tmp)
+        os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+def compute_features(backbone: Backbone, x: torch.Tensor, *, device: torch.device) -> torch.Tensor:
+    """Runs the frozen backbone once in eval mode (no autograd) over ``x``."""
+    backbone = backbone.to(device)
+    return predict_logits(backbone, x, device=device)

@@ -1,0 +1,104 @@
+"""Planning: a validated suite plus CLI overrides → materialised tasks and a list of cells."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.backbones import BACKBONES, validate_args
+from harness.errors import ConfigError
+from strategies import STRATEGIES
+from suites import bundled_suites
+from suites.config import Suite, parse_suite
+from suites.datasets import DATASETS
+from suites.tasks import Task, build_task
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    backbone: str
+    strategy: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} / {self.backbone} / {self.strategy}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    suite: Suite
+    tasks: dict[str, Task]
+    cells: list[Cell]
+
+    @property
+    def backbones(self) -> list[str]:
+        return sorted({c.backbone for c in self.cells})
+
+
+def resolve_suite_path(arg: str) -> Path:
+    """A suite file path, or the name of a bundled suite (``quick``)."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    bundled = bundled_suites()
+    if arg in bundled:
+        return bundled[arg]
+    raise ConfigError(f"{arg}: suite file not found; bundled suites: {', '.join(bundled)}")
+
+
+def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None,
+              strategies: list[str] | None = None) -> Plan:
+    """Parses and checks the whole suite (names, references, splits) before any training."""
+    suite = parse_suite(path)
+    updates: dict[str, object] = {}
+    if trials is not None:
+        if trials < 1:
+            raise ConfigError(f"--trials {trials}: must be a positive integer")
+        updates["trials"] = trials
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError(f"--seeds {seeds}: must be a positive integer")
+        updates["seeds"] = seeds
+    if strategies is not None:
+        for name in strategies:
+            STRATEGIES.get(name, where="--strategies")
+        updates["strategies"] = strategies
+    suite = suite.model_copy(update=updates)
+    check_names(suite)
+    tasks = {name: build_task(name, spec, where=f"{suite.path}: tasks.{name}")
+             for name, spec in suite.tasks.items()}
+    cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones
+             for s in suite.strategies]
+    return Plan(suite, tasks, cells)
+
+
+def check_names(suite: Suite) -> None:
+    """Every name in the suite refers to something that exists."""
+    where = suite.path
+    for i, name in enumerate(suite.strategies):
+        STRATEGIES.get(name, where=f"{where}: strategies[{i}]")
+    if len(set(suite.strategies)) != len(suite.strategies):
+        raise ConfigError(f"{where}: strategies: {suite.strategies} lists a strategy twice")
+    overlap = set(suite.tasks) & set(suite.source_tasks)
+    if overlap:
+        raise ConfigError(f"{where}: tasks and source_tasks share the name(s) {sorted(overlap)}")
+    for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):
+        for name, spec in specs.items():
+            cls = DATASETS.get(spec.dataset, where=f"{where}: {group}.{name}.dataset")
+            validate_args(cls.Args, spec.args, where=f"{where}: {group}.{name}.args")
+    for name, spec in suite.tasks.items():
+        if not spec.backbones:
+            raise ConfigError(f"{where}: tasks.{name}.backbones: list at least one backbone; "
+                              f"defined: {', '.join(suite.backbones)}")
+        for b in spec.backbones:
+            if b not in suite.backbones:
+                raise ConfigError(f"{where}: tasks.{name}.backbones: unknown backbone {b!r}; "
+                                  f"defined: {', '.join(suite.backbones)}")
+    known_tasks = [*suite.source_tasks, *suite.tasks]
+    for name, spec in suite.backbones.items():
+        cls = BACKBONES.get(spec.arch, where=f"{where}: backbones.{name}.arch")
+        validate_args(cls.Args, spec.args, where=f"{where}: backbones.{name}.args")
+        if spec.pretrain is not None and spec.pretrain.task not in known_tasks:
+            raise ConfigError(f"{where}: backbones.{name}.pretrain.task: unknown task "
+                              f"{spec.pretrain.task!r}; defined: {', '.join(known_tasks)}")

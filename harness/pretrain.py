@@ -1,0 +1,149 @@
+"""Backbone materialisation: torchvision weights, local checkpoints, or source pretraining.
+
+Source pretraining runs once; its checkpoint is cached under a key that covers the
+backbone spec, the source task (data and split), the training settings and the code
+version. A cache file whose checksum does not match its manifest is rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import harness
+from harness.backbones import (Backbone, Classifier, ResNetArgs, TorchvisionResNet, build_backbone,
+                               load_checkpoint, load_torchvision_weights)
+from harness.errors import ConfigError
+from harness.train import NullReporter, fit_epochs, steps_per_epoch
+from suites.config import BackboneSpec, Suite
+from suites.tasks import build_task
+
+_ROOT = Path(__file__).resolve().parent.parent
+_CODE_FILES = ("harness/backbones.py", "harness/train.py", "harness/pretrain.py",
+               "suites/datasets.py", "suites/glyphs.py", "suites/tasks.py")
+
+
+def code_version() -> str:
+    """tlbench's version plus a hash of the code that shapes a pretrained checkpoint."""
+    digest = hashlib.sha256(harness.__version__.encode())
+    for rel in _CODE_FILES:
+        path = _ROOT / rel
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return f"{harness.__version__}+{digest.hexdigest()[:10]}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PretrainCache:
+    directory: Path
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        return self.directory / f"{key}.pt", self.directory / f"{key}.json"
+
+    def load(self, key: str, into: Backbone) -> tuple[Backbone | None, str]:
+        """Returns (backbone, "") on a valid hit, (None, reason) otherwise."""
+        ckpt, manifest = self.paths(key)
+        if not ckpt.is_file() or not manifest.is_file():
+            return None, "not cached"
+        try:
+            meta = json.loads(manifest.read_text())
+            if meta.get("sha256") != file_sha256(ckpt):
+                return None, f"cache file {ckpt} is corrupt (checksum mismatch); rebuilding"
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            into.load_state_dict(state["backbone"])
+        except Exception as err:  # noqa: BLE001 - anything unreadable is rebuilt
+            return None, f"cache file {ckpt} is unreadable ({type(err).__name__}); rebuilding"
+        return into, ""
+
+    def save(self, key: str, backbone: Backbone, meta: dict[str, object]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ckpt, manifest = self.paths(key)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(fd)
+        torch.save({"backbone": backbone.state_dict()}, tmp)
+        os.replace(tmp, ckpt)
+        manifest.write_text(json.dumps({**meta, "sha256": file_sha256(ckpt)}, indent=2))
+
+
+def pretrain_key(name: str, spec: BackboneSpec, suite: Suite) -> str:
+    assert spec.pretrain is not None
+    blob = json.dumps({
+        "arch": spec.arch, "args": spec.args, "pretrain": spec.pretrain.model_dump(),
+        "source": suite.task_spec(spec.pretrain.task).model_dump(exclude={"backbones", "shift"}),
+        "code": code_version(),
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: torch.device,
+                         log: Callable[[str], None] = print) -> Backbone:
+    """Builds backbone ``name`` of ``suite`` with its weights (pretraining if needed)."""
+    spec = suite.backbones[name]
+    where = f"{suite.path}: backbones.{name}"
+    backbone = build_backbone(spec.arch, spec.args, where=where)
+    if spec.weights is not None:
+        if not isinstance(backbone, TorchvisionResNet):
+            raise ConfigError(f"{where}.weights: torchvision weights need arch 'resnet', got {spec.arch!r}")
+        args = ResNetArgs(**spec.args)
+        return load_torchvision_weights(backbone, args.variant, spec.weights, args)
+    if spec.checkpoint is not None:
+        path = Path(spec.checkpoint)
+        if not path.is_absolute():
+            path = Path(suite.path).parent / path
+        return load_checkpoint(backbone, path)
+    if spec.pretrain is None:
+        return backbone
+    key = pretrain_key(name, spec, suite)
+    cache = PretrainCache(cache_dir / "backbones")
+    hit, reason = cache.load(key, backbone)
+    if hit is not None:
+        log(f"reusing cached pretrained backbone {name} ({cache.paths(key)[0]})")
+        hit.weights_id = f"pretrained:{key}"
+        return hit
+    if reason != "not cached":
+        log(reason)
+    start = time.perf_counter()
+    val_acc = pretrain(backbone, suite, spec, device=device)
+    seconds = time.perf_counter() - start
+    backbone = backbone.cpu()
+    cache.save(key, backbone, {"backbone": name, "source_task": spec.pretrain.task,
+                               "source_val_accuracy": val_acc, "seconds": seconds,
+                               "code_version": code_version(), "created": time.time()})
+    log(f"pretrained backbone {name} on {spec.pretrain.task} in {seconds:.1f} s "
+        f"(source val accuracy {val_acc:.3f}); cached as {key}")
+    backbone.weights_id = f"pretrained:{key}"
+    return backbone
+
+
+def pretrain(backbone: Backbone, suite: Suite, spec: BackboneSpec, *, device: torch.device) -> float:
+    """Supervised training on the source task (AdamW + cosine); returns source val accuracy."""
+    assert spec.pretrain is not None
+    p = spec.pretrain
+    task = build_task(p.task, suite.task_spec(p.task), where=f"{suite.path}: tasks.{p.task}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed)
+        model = Classifier(backbone, backbone.new_head(task.num_classes)).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        total = p.epochs * steps_per_epoch(len(task.train), p.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=total)
+        reporter = NullReporter()
+        fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y),
+                   epochs=p.epochs, batch_size=p.batch_size, seed=p.seed, device=device,
+                   reporter=reporter, scheduler=sched)
+    return reporter.history[-1]

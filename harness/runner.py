@@ -1,0 +1,99 @@
+"""Runs a plan: materialise backbones, tune each cell, evaluate its best config, write tables."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.plan import Cell, Plan
+from harness.pretrain import materialize_backbone
+from harness.runtime import Runtime
+from harness.search import evaluation_seed, make_study, protocol, tune, tuning_seed
+from harness.evaluate import evaluate
+from harness.store import load_runs, study_name
+from reports.tables import flat_runs, report_markdown
+from strategies import STRATEGIES
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    runs: pd.DataFrame
+    results_parquet: Path
+    results_csv: Path
+    table_md: Path
+
+
+def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, cache_dir: Path,
+             console: Console) -> RunOutputs:
+    suite = plan.suite
+    backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
+                                            log=console.print)
+                 for name in plan.backbones}
+    options = {"epochs": suite.training.epochs, "batch_size": suite.training.batch_size}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        cells_bar = progress.add_task("cells", total=len(plan.cells))
+        for cell in plan.cells:
+            strategy = STRATEGIES.get(cell.strategy)(**options)
+            run_cell(cell, plan, strategy, backbones[cell.backbone], storage=storage,
+                     runtime=runtime, progress=progress, console=console)
+            progress.advance(cells_bar)
+    return write_outputs(load_runs(storage, suite.name), out, title=f"tlbench suite {suite.name}")
+
+
+def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: BaseStorage,
+             runtime: Runtime, progress: Progress, console: Console) -> None:
+    suite, task = plan.suite, plan.tasks[cell.task]
+    start = time.perf_counter()
+    name = study_name(suite.name, cell.task, cell.backbone, cell.strategy, "tune")
+    study = make_study(name, storage, budget=suite.trials, seed=suite.seed)
+    study.set_user_attr("protocol", protocol(suite.trials))
+    study.set_user_attr("suite_fingerprint", suite.fingerprint())
+    bar = progress.add_task(f"  {cell.label}: tuning", total=suite.trials)
+    result = tune(study, strategy, backbone, task, budget=suite.trials, suite_seed=suite.seed,
+                  runtime=runtime, on_trial=lambda n: progress.update(bar, completed=n))
+    progress.remove_task(bar)
+    if result.best_params is None:
+        console.print(f"[yellow]{cell.label}: no trial completed ({result.n_pruned} pruned, "
+                      f"{result.n_failed} failed); not evaluated[/yellow]")
+        return
+    seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
+    context = {"suite": suite.name, "task": cell.task, "backbone": cell.backbone,
+               "strategy": cell.strategy, "tuning_best_val_accuracy": result.best_value,
+               "tuning_best_trial": result.best_trial, "tuning_trials_complete": result.n_complete,
+               "tuning_trials_pruned": result.n_pruned, "tuning_seconds": result.seconds,
+               "tuning_seeds": f"{tuning_seed(suite.seed, 0)}+trial_number",
+               "backbone_weights": backbone.weights_id, "task_info": plan.tasks[cell.task].info}
+    eval_study = optuna.create_study(
+        study_name=study_name(suite.name, cell.task, cell.backbone, cell.strategy, "eval"),
+        storage=storage, direction="maximize", load_if_exists=True)
+    bar = progress.add_task(f"  {cell.label}: evaluating {len(seeds)} seeds", total=None)
+    evaluate(eval_study, strategy, backbone, task, result.best_params, seeds=seeds,
+             context=context, runtime=runtime)
+    progress.remove_task(bar)
+    console.print(f"{cell.label}: best val {result.best_value:.3f} | trials {result.n_complete} "
+                  f"complete, {result.n_pruned} pruned | {time.perf_counter() - start:.1f} s")
+
+
+def write_outputs(runs: pd.DataFrame, out: Path, *, title: str) -> RunOutputs:
+    out.mkdir(parents=True, exist_ok=True)
+    flat = flat_runs(runs)
+    if "task_info" in flat:
+        import json
+
+        flat["task_info"] = flat["task_info"].map(lambda v: json.dumps(v, sort_keys=True))
+    paths = RunOutputs(runs, out / "results.parquet", out / "results.csv", out / "table.md")
+    flat.to_parquet(paths.results_parquet, index=False)
+    flat.to_csv(paths.results_csv, index=False)
+    paths.table_md.write_text(report_markdown(runs, title=title) if not runs.empty else f"# {title}\n\n_no runs_\n")
+    return paths

@@ -1,0 +1,121 @@
+"""The store: one Optuna storage URL holds every tuning trial and evaluation run.
+
+Each cell (task × backbone × strategy) has a tuning study and an evaluation study; an
+evaluation run is a trial of the latter whose ``record`` attribute carries its metrics,
+cost and provenance. Journal storage has no heartbeat, so trials are stamped with the
+worker that runs them and a RUNNING trial whose worker is dead is failed on resume.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.errors import ConfigError
+
+SEP = "::"
+
+
+def open_storage(url: str | None, out: Path) -> BaseStorage:
+    """``None`` → a journal file in ``out``; a path or ``journal:PATH`` → a journal file;
+    anything else is passed to Optuna as a database URL (sqlite://, postgresql+psycopg2://)."""
+    if url is None:
+        out.mkdir(parents=True, exist_ok=True)
+        return _journal(out / "store.journal")
+    if url.startswith("journal:"):
+        return _journal(Path(url.removeprefix("journal:")))
+    if "://" not in url:
+        return _journal(Path(url))
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # noqa: BLE001 - bad URLs raise many types
+        raise ConfigError(f"--storage {url!r}: cannot open ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); allowed: a journal file "
+                          f"path, journal:PATH, or a database URL") from None
+
+
+def _journal(path: Path) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def study_name(suite: str, task: str, backbone: str, strategy: str, kind: str) -> str:
+    return SEP.join((suite, task, backbone, strategy, kind))
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time since boot
+
+
+@functools.lru_cache(maxsize=1)
+def worker_id() -> str:
+    """host:pid:start-time of this process; unique even when a pid is reused."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_proc_start(pid) or dt.datetime.now().timestamp()}"
+
+
+def worker_alive(worker: str) -> bool:
+    """Whether the process that stamped a trial still runs. Workers on other hosts cannot
+    be checked and count as alive."""
+    host, pid, start = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True
+    return _proc_start(int(pid)) == start
+
+
+def recover_orphans(study: optuna.Study, *, grace_s: float = 120.0) -> list[FrozenTrial]:
+    """Fails RUNNING trials whose worker died (or that were never stamped and are older
+    than ``grace_s``); returns them so the caller can retry their configuration."""
+    orphans = []
+    now = dt.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker == worker_id():
+            continue
+        started = trial.datetime_start or now
+        if worker is None and (now - started).total_seconds() < grace_s:
+            continue
+        if worker is not None and worker_alive(worker):
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, "failed_reason", f"orphaned: worker {worker} died")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        orphans.append(trial)
+    return orphans
+
+
+def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
+    """All completed evaluation runs as a tidy frame (one row per run)."""
+    rows: list[dict[str, Any]] = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        parts = summary.study_name.split(SEP)
+        if len(parts) != 5 or parts[4] != "eval" or (suite is not None and parts[0] != suite):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if "record" in t.user_attrs]
+        if not complete:
+            continue
+        # Only runs of the cell's current best configuration (see evaluate._done_seeds).
+        current = complete[-1].user_attrs["record"]["params"]
+        rows.extend(dict(t.user_attrs["record"]) for t in complete
+                    if t.user_attrs["record"]["params"] == current)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(["suite", "task", "backbone", "strategy", "seed"], ignore_index=True)
+    return frame

@@ -1,0 +1,71 @@
+"""Linear probe: a linear head on frozen, cached backbone features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from harness.backbones import Backbone
+from harness.runtime import Runtime
+from harness.train import Reporter, fit_epochs
+from strategies.base import Predictor, Strategy
+from suites.tasks import Split, Task
+
+
+class ProbePredictor(Predictor):
+    """Frozen backbone + head; scores splits through the feature cache."""
+
+    def __init__(self, backbone: Backbone, head: nn.Linear, runtime: Runtime) -> None:
+        self.backbone = backbone
+        self.head = head
+        self.runtime = runtime
+
+    def logits(self, split: Split) -> torch.Tensor:
+        feats = self.runtime.features.get(self.backbone, split.x, split.fingerprint,
+                                          device=self.runtime.device)
+        with torch.inference_mode():
+            return self.head(feats.to(self.runtime.device)).float().cpu()
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.head.parameters())
+
+
+def train_probe(backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
+                reporter: Reporter, runtime: Runtime, batch_size: int) -> nn.Linear:
+    """Trains a fresh linear head with AdamW on cached features; the backbone never runs
+    more than once per (weights, split)."""
+    def feats(split: Split) -> torch.Tensor:
+        return runtime.features.get(backbone, split.x, split.fingerprint, device=runtime.device)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = backbone.new_head(task.num_classes).to(runtime.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+    fit_epochs(head, opt, (feats(task.train), task.train.y), (feats(task.val), task.val.y),
+               epochs=params["epochs"], batch_size=batch_size, seed=seed, device=runtime.device,
+               reporter=reporter)
+    return head
+
+
+class LinearProbe(Strategy):
+    """Train only a linear head on frozen pretrained features (features computed once)."""
+
+    name = "linear_probe"
+    description = "frozen backbone, linear head trained on cached features"
+
+    def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {
+            "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+            "epochs": self.suggest_epochs(trial),
+        }
+
+    def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
+            reporter: Reporter, runtime: Runtime) -> Predictor:
+        head = train_probe(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime,
+                           batch_size=self.batch_size)
+        return ProbePredictor(backbone, head, runtime)

@@ -1,0 +1,156 @@
+"""Offline datasets as in-memory tensors: sklearn digits, printed glyphs, MNIST-1D.
+
+A dataset turns validated arguments into a :class:`DataPool`; pools are memoised per
+process so a source task and a target task built from the same data render it once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from harness.backbones import ArgsModel, validate_args
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class DataPool:
+    """All examples of a dataset: a pool to split, and the official test split if any."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: tuple[str, ...]
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class Dataset(ABC):
+    """A named data source with a typed argument block."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Args: ClassVar[type[ArgsModel]]
+
+    @abstractmethod
+    def load(self, args: ArgsModel) -> DataPool:
+        """Materialises the data (deterministic for the arguments)."""
+
+
+class NoArgs(ArgsModel):
+    pass
+
+
+class Digits(Dataset):
+    """scikit-learn's bundled handwritten digits: 1,797 images of 8x8, values 0..16."""
+
+    name = "digits"
+    description = "scikit-learn handwritten digits, 1,797 images 8x8, 10 classes (bundled)"
+    Args = NoArgs
+
+    def load(self, args: ArgsModel) -> DataPool:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = torch.tensor(bunch.target, dtype=torch.int64)
+        return DataPool(x, y, tuple(str(c) for c in bunch.target_names))
+
+
+class GlyphArgs(ArgsModel):
+    n: int = Field(20000, gt=0)
+    size: int = Field(8, ge=4, le=64)
+    classes: Literal["digits", "letters", "alnum"] = "alnum"
+    seed: int = 0
+    max_rotation: float = 15.0
+
+
+class Glyphs(Dataset):
+    """Printed characters rendered from matplotlib's bundled TrueType fonts."""
+
+    name = "glyphs"
+    description = "printed digits/letters rendered offline from matplotlib's fonts (synthetic)"
+    Args = GlyphArgs
+    CHARSETS: ClassVar[dict[str, str]] = {
+        "digits": "0123456789",
+        "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    }
+
+    def load(self, args: ArgsModel) -> DataPool:
+        from suites.glyphs import render_glyphs
+
+        assert isinstance(args, GlyphArgs)
+        chars = self.CHARSETS[args.classes]
+        x, y = render_glyphs(args.n, size=args.size, classes=chars, seed=args.seed,
+                             max_rotation=args.max_rotation)
+        return DataPool(x, y, tuple(chars))
+
+
+class Mnist1dArgs(ArgsModel):
+    num_samples: int = Field(5000, gt=0)
+    train_split: float = Field(0.8, gt=0, lt=1)
+    scale_coeff: float = 0.4
+    max_translation: int = 48
+    corr_noise_scale: float = 0.25
+    iid_noise_scale: float = 2e-2
+    shear_scale: float = 0.75
+    seed: int = 42
+
+
+class Mnist1d(Dataset):
+    """MNIST-1D generated locally with ``mnist1d.data.make_dataset`` (never downloaded)."""
+
+    name = "mnist1d"
+    description = "MNIST-1D signals (length 40, 10 classes) generated locally; generator args configurable"
+    Args = Mnist1dArgs
+
+    def load(self, args: ArgsModel) -> DataPool:
+        from mnist1d.data import get_dataset_args, get_templates, make_dataset
+
+        assert isinstance(args, Mnist1dArgs)
+        gen_args = get_dataset_args(as_dict=False)
+        for key, value in args.model_dump().items():
+            setattr(gen_args, key, value)
+        # make_dataset reseeds Python's and NumPy's global RNGs: restore them afterwards.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            data = make_dataset(gen_args, template=get_templates())
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+        def as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.tensor(x, dtype=torch.float32).unsqueeze(1),
+                    torch.tensor(y, dtype=torch.int64))
+
+        x, y = as_tensors(data["x"], data["y"])
+        tx, ty = as_tensors(data["x_test"], data["y_test"])
+        return DataPool(x, y, tuple(str(i) for i in range(10)), tx, ty)
+
+
+DATASETS: Registry[Dataset] = Registry("dataset", Dataset)
+for _cls in (Digits, Glyphs, Mnist1d):
+    DATASETS.add(_cls)
+
+_POOLS: dict[str, DataPool] = {}
+
+
+def load_pool(name: str, args: dict[str, Any], *, where: str = "") -> DataPool:
+    """Validates ``args`` for dataset ``name`` and returns its (memoised) pool."""
+    cls = DATASETS.get(name, where=f"{where}.dataset" if where else "")
+    parsed = validate_args(cls.Args, args, where=f"{where}.args")
+    key = json.dumps([name, parsed.model_dump()], sort_keys=True)
+    if key not in _POOLS:
+        _POOLS[key] = cls().load(parsed)
+    return _POOLS[key]

@@ -1,0 +1,153 @@
+"""Tasks: seeded, recorded train / val / test (and shifted test) splits as tensors."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.errors import ConfigError
+from suites.config import ShiftSpec, TaskSpec
+from suites.datasets import DataPool, load_pool
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a task; ``fingerprint`` identifies its exact content."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    shifted_test: Split | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def fingerprint(self) -> str:
+        parts = [self.train.fingerprint, self.val.fingerprint, self.test.fingerprint]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _split(x: torch.Tensor, y: torch.Tensor) -> Split:
+    return Split(x, y, tensor_fingerprint(x, y))
+
+
+def _per_class(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Indices of each class, in a seeded random order."""
+    order = torch.randperm(len(y), generator=gen)
+    ys = y[order]
+    return [order[ys == c] for c in range(num_classes)]
+
+
+def _restrict(x: torch.Tensor, y: torch.Tensor, classes: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if classes is None:
+        return x, y
+    keep = torch.isin(y, torch.tensor(classes))
+    remap = torch.full((int(y.max()) + 1,), -1, dtype=torch.int64)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    return x[keep], remap[y[keep]]
+
+
+def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
+    """Materialises a task from its spec; raises ConfigError for impossible splits."""
+    pool = load_pool(spec.dataset, spec.args, where=where)
+    classes = _check_classes(pool, spec.classes, where)
+    num_classes = len(classes) if classes else pool.num_classes
+    sp = spec.split
+    gen = torch.Generator().manual_seed(sp.seed)
+    x, y = _restrict(pool.x, pool.y, classes)
+    if pool.test_x is not None and pool.test_y is not None:
+        test_x, test_y = _restrict(pool.test_x, pool.test_y, classes)
+        rest = list(_per_class(y, num_classes, gen))
+    else:
+        rest, test_idx = [], []
+        for idx in _per_class(y, num_classes, gen):
+            n_test = max(1, round(len(idx) * sp.test_fraction))
+            test_idx.append(idx[:n_test])
+            rest.append(idx[n_test:])
+        t = torch.cat(test_idx)
+        test_x, test_y = x[t], y[t]
+    if sp.max_test is not None and len(test_y) > sp.max_test:
+        keep = torch.randperm(len(test_y), generator=gen)[: sp.max_test]
+        test_x, test_y = test_x[keep], test_y[keep]
+    val_idx, train_idx = [], []
+    for c, idx in enumerate(rest):
+        n_val = sp.val_per_class or max(1, math.floor(len(idx) * sp.val_fraction))
+        available = len(idx) - n_val
+        if sp.shots is not None and sp.shots > available:
+            raise ConfigError(
+                f"{where}.split.shots: {sp.shots} shots requested but class {pool.class_names[classes[c] if classes else c]!r} "
+                f"has only {available} training examples after test/val; allowed: 1..{max(available, 0)}")
+        if available < 1:
+            raise ConfigError(f"{where}.split: class {c} has no training examples left; lower val_per_class or test_fraction")
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:][: sp.shots] if sp.shots else idx[n_val:])
+    tr, va = torch.cat(train_idx), torch.cat(val_idx)
+    test = _split(test_x, test_y)
+    shifted = _split(apply_shift(test_x, spec.shift, where=f"{where}.shift"), test_y) if spec.shift else None
+    info = {"dataset": spec.dataset, "split_seed": sp.seed, "shots": sp.shots,
+            "n_train": len(tr), "n_val": len(va), "n_test": len(test_y),
+            "classes": classes, "shift": spec.shift.model_dump() if spec.shift else None}
+    return Task(name, _split(x[tr], y[tr]), _split(x[va], y[va]), test, num_classes, shifted, info)
+
+
+def _check_classes(pool: DataPool, classes: list[int] | None, where: str) -> list[int] | None:
+    if classes is None:
+        return None
+    bad = [c for c in classes if not 0 <= c < pool.num_classes]
+    if bad or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ConfigError(f"{where}.classes: {classes} is not a list of at least two distinct class "
+                          f"indices in 0..{pool.num_classes - 1}")
+    return list(classes)
+
+
+def apply_shift(x: torch.Tensor, shift: ShiftSpec | None, *, where: str = "shift") -> torch.Tensor:
+    """Applies a deterministic corruption: additive noise, rotation (2-D) or translation."""
+    if shift is None:
+        return x
+    gen = torch.Generator().manual_seed(shift.seed)
+    if shift.kind == "noise":
+        return x + shift.severity * torch.randn(x.shape, generator=gen)
+    if shift.kind == "translation":  # shift by up to `severity` of the length, per example
+        out = torch.empty_like(x)
+        length = x.shape[-1]
+        offsets = torch.randint(-int(shift.severity * length), int(shift.severity * length) + 1,
+                                (len(x),), generator=gen)
+        for i, off in enumerate(offsets.tolist()):
+            out[i] = torch.roll(x[i], off, dims=-1)
+        return out
+    if x.dim() != 4:
+        raise ConfigError(f"{where}.kind: rotation needs 2-D images, this task's inputs have shape "
+                          f"{tuple(x.shape[1:])}; allowed for it: noise, translation")
+    angles = (torch.rand(len(x), generator=gen) * 2 - 1) * math.radians(shift.severity)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny backbone and task, a private cache directory per test session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Never read or write the user's real cache from tests.
+    os.environ["TLBENCH_CACHE"] = tempfile.mkdtemp(prefix="tlbench-test-cache-")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny_task():
+    """Digits, 3 classes, 4 shots: a task that trains in milliseconds."""
+    from suites.config import SplitSpec, TaskSpec
+    from suites.tasks import build_task
+
+    spec = TaskSpec(dataset="digits", classes=[0, 1, 7],
+                    split=SplitSpec(seed=1, shots=4, val_per_class=4, test_fraction=0.3),
+                    shift={"kind": "noise", "severity": 0.2})
+    return build_task("tiny", spec, where="test")
+
+
+@pytest.fixture
+def tiny_backbone():
+    from harness.backbones import build_backbone
+
+    backbone = build_backbone("cnn2d", {"width": 4, "depth": 3}, seed=3)
+    backbone.weights_id = "tiny-test-backbone"
+    return backbone
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    from harness.features import FeatureCache
+    from harness.runtime import Runtime
+
+    return Runtime(torch.device("cpu"), FeatureCache(tmp_path / "features"))
+
+
+@pytest.fixture
+def smoke_suite() -> Path:
+    return ROOT / "suites" / "smoke.yaml"

@@ -1,0 +1,119 @@
+"""End to end: the smoke suite through the CLI, rerun, determinism, and kill -9 resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from harness.cli import main
+from harness.store import load_runs, open_storage
+
+CELLS = 6  # 2 tasks × 1 backbone × 3 strategies
+SEEDS = 2
+TRIALS = 3
+
+
+def trial_counts(out: Path) -> dict[str, tuple[int, int]]:
+    storage = open_storage(None, out)
+    counts = {}
+    for s in optuna.get_all_study_summaries(storage):
+        trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        counts[s.study_name] = (finished, len(trials))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    assert main(["run", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_outputs_written(smoke_run: Path) -> None:
+    runs = pd.read_parquet(smoke_run / "results.parquet")
+    assert len(runs) == CELLS * SEEDS
+    assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
+    for column in ["suite", "task", "backbone", "strategy", "seed", "params", "test_accuracy",
+                   "val_accuracy", "shifted_test_accuracy", "train_seconds", "trainable_parameters",
+                   "peak_memory_mb", "tlbench_version", "torch_version", "git_commit", "device"]:
+        assert column in runs, column
+    assert runs["test_accuracy"].between(0, 1).all()
+    assert runs["shifted_test_accuracy"].notna().all()
+    assert len(pd.read_csv(smoke_run / "results.csv")) == len(runs)
+    table = (smoke_run / "table.md").read_text()
+    for strategy in ("linear_probe", "full_finetune", "scratch"):
+        assert f"| {strategy} |" in table
+    assert "digits-2shot" in table and "mnist1d-shifted" in table
+    for name, (finished, _) in trial_counts(smoke_run).items():
+        assert finished == (TRIALS if name.endswith("::tune") else SEEDS), name
+
+
+def test_rerun_redoes_nothing(smoke_run: Path, capsys) -> None:
+    before = trial_counts(smoke_run)
+    assert main(["run", "smoke", "--out", str(smoke_run)]) == 0
+    assert trial_counts(smoke_run) == before
+    assert "reusing cached pretrained backbone" in capsys.readouterr().err
+
+
+def test_more_seeds_extends_without_redoing(smoke_run: Path, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(smoke_run, out)
+    before = load_runs(open_storage(None, out))
+    assert main(["run", "smoke", "--out", str(out), "--seeds", "3"]) == 0
+    after = load_runs(open_storage(None, out))
+    assert len(after) == CELLS * 3
+    merged = before.merge(after, on=["task", "backbone", "strategy", "seed"], suffixes=("", "_new"))
+    assert len(merged) == len(before)
+    assert (merged["test_accuracy"] == merged["test_accuracy_new"]).all()
+    assert (merged["started_at"] == merged["started_at_new"]).all()  # not re-run
+
+
+def test_same_seeds_same_metrics(smoke_run: Path, tmp_path) -> None:
+    assert main(["run", "smoke", "--out", str(tmp_path), "--strategies", "linear_probe,scratch"]) == 0
+    a = pd.read_parquet(smoke_run / "results.parquet")
+    b = pd.read_parquet(tmp_path / "results.parquet")
+    keys = ["task", "backbone", "strategy", "seed"]
+    merged = a.merge(b, on=keys, suffixes=("_a", "_b"))
+    assert len(merged) == 2 * 2 * SEEDS
+    for metric in ("test_accuracy", "val_accuracy", "shifted_test_accuracy"):
+        assert (merged[f"{metric}_a"] == merged[f"{metric}_b"]).all(), metric
+    assert (merged["params_a"] == merged["params_b"]).all()
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "smoke", "--out", str(out), "--trials", "8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    journal = out / "store.journal"
+    deadline = time.monotonic() + 120
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        # Kill once the first cell has finished some tuning trials.
+        if journal.exists() and journal.read_text().count('"state":1,') >= 3:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed, "the run finished before it could be interrupted"
+    assert not (out / "results.parquet").exists()
+    assert main(["run", "smoke", "--out", str(out), "--trials", "8"]) == 0
+    runs = pd.read_parquet(out / "results.parquet")
+    assert len(runs) == CELLS * SEEDS
+    assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
+    for name, (finished, _) in trial_counts(out).items():
+        assert finished == (8 if name.endswith("::tune") else SEEDS), name

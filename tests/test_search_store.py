@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness.errors import NonFiniteLoss
+from harness.search import evaluation_seed, make_study, tune, tuning_seed
+from harness.store import open_storage, recover_orphans, worker_id
+from strategies.base import ModelPredictor, Strategy
+
+
+class FlakyStrategy(Strategy):
+    """Diverges (NaN loss) when x > 0.5, else reports x as validation accuracy."""
+
+    name = "flaky"
+    description = "test double"
+
+    def search_space(self, trial):
+        return {"x": trial.suggest_float("x", 0.0, 1.0)}
+
+    def fit(self, backbone, task, params, *, seed, reporter, runtime):
+        if params["x"] > 0.5:
+            raise NonFiniteLoss(0, float("nan"))
+        for epoch in range(3):
+            reporter.report(epoch, params["x"])
+        return ModelPredictor(backbone, device=runtime.device, trainable=1)
+
+
+def test_nan_trials_are_pruned_with_reason_and_budget_is_exact(tmp_path, runtime) -> None:
+    storage = open_storage(None, tmp_path)
+    study = make_study("s::t::b::flaky::tune", storage, budget=8, seed=0)
+    result = tune(study, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 8 == result.n_complete + result.n_pruned
+    nan_trials = [t for t in trials if t.params["x"] > 0.5]
+    assert nan_trials, "the seeded sampler should propose some diverging configurations"
+    for t in nan_trials:
+        assert t.state == TrialState.PRUNED and "non-finite" in t.user_attrs["prune_reason"]
+    assert result.best_value == max(t.value for t in trials if t.state == TrialState.COMPLETE)
+    assert {t.user_attrs["seed"] for t in trials} == {tuning_seed(0, t.number) for t in trials}
+    # A second call with the same budget runs nothing.
+    tune(study, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+    assert len(study.get_trials()) == len(trials)
+
+
+def test_orphaned_running_trials_are_failed_and_retried(tmp_path, runtime) -> None:
+    storage = open_storage(None, tmp_path)
+    study = make_study("s::t::b::flaky::tune", storage, budget=3, seed=0)
+    orphan = study.ask()
+    orphan.suggest_float("x", 0.0, 1.0)
+    orphan.set_user_attr("worker", "no-such-host-is-this:1:1")  # another host: can't tell
+    dead = study.ask()
+    x_dead = dead.suggest_float("x", 0.0, 1.0)
+    dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")  # dead pid here
+    mine = study.ask()
+    mine.set_user_attr("worker", worker_id())
+    tune(study, FlakyStrategy(), None, None, budget=3, suite_seed=0, runtime=runtime)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[dead.number] == TrialState.FAIL
+    assert "orphaned" in study.trials[dead.number].user_attrs["failed_reason"]
+    assert states[orphan.number] == TrialState.RUNNING == states[mine.number]
+    assert recover_orphans(study) == []
+    retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retried) == 1 and retried[0].params["x"] == x_dead
+
+
+def test_tuning_and_evaluation_seeds_are_distinct() -> None:
+    tuning = {tuning_seed(s, n) for s in range(3) for n in range(1000)}
+    evaluation = {evaluation_seed(s, k) for s in range(3) for k in range(100)}
+    assert not tuning & evaluation
+
+
+def test_open_storage_variants(tmp_path) -> None:
+    from harness.errors import ConfigError
+
+    open_storage(f"journal:{tmp_path / 'a.journal'}", tmp_path)
+    open_storage(str(tmp_path / "b.journal"), tmp_path)
+    rdb = open_storage(f"sqlite:///{tmp_path / 'c.db'}", tmp_path)
+    optuna.create_study(study_name="x", storage=rdb)
+    with pytest.raises(ConfigError, match="--storage"):
+        open_storage("nosuchdb://user@host/db", tmp_path)

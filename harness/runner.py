@@ -56,8 +56,8 @@ def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: B
     suite, task = plan.suite, plan.tasks[cell.task]
     start = time.perf_counter()
     name = study_name(suite.name, cell.task, cell.backbone, cell.strategy, "tune")
-    study = make_study(name, storage, budget=suite.trials, seed=suite.seed)
-    study.set_user_attr("protocol", protocol(suite.trials))
+    study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
+    study.set_user_attr("protocol", protocol(suite.trials, suite.search))
     study.set_user_attr("suite_fingerprint", suite.fingerprint())
     bar = progress.add_task(f"  {cell.label}: tuning", total=suite.trials)
     result = tune(study, strategy, backbone, task, budget=suite.trials, suite_seed=suite.seed,
@@ -72,7 +72,9 @@ def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: B
                "strategy": cell.strategy, "tuning_best_val_accuracy": result.best_value,
                "tuning_best_trial": result.best_trial, "tuning_trials_complete": result.n_complete,
                "tuning_trials_pruned": result.n_pruned, "tuning_seconds": result.seconds,
-               "tuning_seeds": f"{tuning_seed(suite.seed, 0)}+trial_number",
+               "tuning_seeds": f"{tuning_seed(suite.seed, 0)} + trial number",
+               "tuning_best_trial_seed": tuning_seed(suite.seed, result.best_trial or 0),
+               "suite_fingerprint": suite.fingerprint(),
                "backbone_weights": backbone.weights_id, "task_info": plan.tasks[cell.task].info}
     eval_study = optuna.create_study(
         study_name=study_name(suite.name, cell.task, cell.backbone, cell.strategy, "eval"),

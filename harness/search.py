@@ -14,6 +14,7 @@ from harness.errors import NonFiniteLoss
 from harness.runtime import Runtime
 from harness.store import recover_orphans, worker_id
 from strategies.base import Strategy
+from suites.config import SearchSpec
 from suites.tasks import Task
 
 SEED_STRIDE = 1_000_003
@@ -29,25 +30,33 @@ def evaluation_seed(suite_seed: int, k: int) -> int:
     return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
 
 
-def protocol(budget: int) -> dict[str, Any]:
+def protocol(budget: int, search: SearchSpec | None = None) -> dict[str, Any]:
     """The sampler and pruner settings, identical for every strategy of a suite."""
-    return {"sampler": "TPESampler", "n_startup_trials": max(3, budget // 3),
-            "pruner": "MedianPruner", "pruner_startup_trials": 3, "pruner_warmup_epochs": 2,
+    search = search or SearchSpec()
+    startup = search.sampler_startup_trials
+    return {"sampler": "TPESampler",
+            "n_startup_trials": max(3, budget // 3) if startup is None else startup,
+            "pruner": "MedianPruner" if search.pruner == "median" else "NopPruner",
+            "pruner_startup_trials": search.pruner_startup_trials,
+            "pruner_warmup_epochs": search.pruner_warmup_epochs,
             "budget": budget, "objective": "validation accuracy after the last epoch"}
 
 
-def make_study(name: str, storage: Any, *, budget: int, seed: int) -> optuna.Study:
+def make_study(name: str, storage: Any, *, budget: int, seed: int,
+               search: SearchSpec | None = None) -> optuna.Study:
     """Creates or loads the tuning study; the sampler seed moves on with the trial count
     so a resumed study does not replay the configurations it already tried."""
-    p = protocol(budget)
+    p = protocol(budget, search)
     existing = 0
     try:
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     except KeyError:
         pass
     sampler = optuna.samplers.TPESampler(seed=seed + existing, n_startup_trials=p["n_startup_trials"])
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=p["pruner_startup_trials"],
-                                         n_warmup_steps=p["pruner_warmup_epochs"])
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if p["pruner"] == "MedianPruner":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=p["pruner_startup_trials"],
+                                             n_warmup_steps=p["pruner_warmup_epochs"])
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                direction="maximize", load_if_exists=True)
 

@@ -63,6 +63,14 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 or full == 0 else 0)
 
 
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator,
+                  device: torch.device) -> list[torch.Tensor]:
+    """One epoch's mini-batch indices: a seeded permutation cut into batches, a final
+    single-example batch dropped (batch norm cannot train on it)."""
+    order = torch.randperm(n, generator=gen).to(device)
+    return [order[b * batch_size:(b + 1) * batch_size] for b in range(steps_per_epoch(n, batch_size))]
+
+
 def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
                epochs: int, batch_size: int, seed: int, device: torch.device, reporter: Reporter,
@@ -70,8 +78,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                hooks: Sequence[Hook] = (), first_epoch: int = 0) -> list[float]:
     """Trains ``model`` with cross-entropy (+ hook terms); reports val accuracy each epoch.
 
-    Batches are drawn from a seeded generator, so a fixed seed gives a fixed run on CPU.
-    A final batch of a single example is dropped (batch norm cannot train on it).
+    Batches come from :func:`epoch_batches`, so a fixed seed gives a fixed run on CPU.
 
     Returns:
         The validation accuracy after each epoch.
@@ -80,9 +87,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         NonFiniteLoss: when an epoch's summed loss is NaN or infinite.
     """
     x, y = train[0].to(device), train[1].to(device)
-    n = len(y)
     gen = torch.Generator().manual_seed(seed)
-    n_steps = steps_per_epoch(n, batch_size)
     loss_fn = nn.CrossEntropyLoss()
     history: list[float] = []
     step = 0
@@ -90,10 +95,8 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         model.train()
         for hook in hooks:
             hook.on_epoch_start(epoch, model, optimizer)
-        order = torch.randperm(n, generator=gen).to(device)
         total = torch.zeros((), device=device)
-        for b in range(n_steps):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+        for idx in epoch_batches(len(y), batch_size, gen, device):
             xb, yb = x[idx], y[idx]
             logits = model(xb)
             loss = loss_fn(logits, yb)
@@ -116,4 +119,51 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         acc = accuracy(predict_logits(model, val[0], device=device), val[1])
         history.append(acc)
         reporter.report(epoch, acc)
+    return history
+
+
+def fit_linear_head(head: nn.Linear, train: tuple[torch.Tensor, torch.Tensor],
+                    val: tuple[torch.Tensor, torch.Tensor], *, lr: float, weight_decay: float,
+                    epochs: int, batch_size: int, seed: int, device: torch.device,
+                    reporter: Reporter, betas: tuple[float, float] = (0.9, 0.999),
+                    eps: float = 1e-8) -> list[float]:
+    """Softmax regression on fixed features: AdamW with closed-form gradients.
+
+    The same batches, loss and update rule as :func:`fit_epochs` with ``torch.optim.AdamW``
+    on an ``nn.Linear`` (a test checks they agree), without autograd: on cached features
+    a probe step is a handful of matrix products, and the per-step overhead of autograd
+    and the optimizer would otherwise dominate (see benchmarks/test_bench_probe.py).
+    """
+    x, y = train[0].to(device), train[1].to(device)
+    vx, vy = val[0].to(device), val[1].to(device)
+    w, b = head.weight.detach().clone(), head.bias.detach().clone()
+    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (w, b)]
+    gen = torch.Generator().manual_seed(seed)
+    history, step = [], 0
+    (b1, b2), eye = betas, torch.eye(w.shape[0], device=device)
+    for epoch in range(epochs):
+        total = torch.zeros((), device=device)
+        for idx in epoch_batches(len(y), batch_size, gen, device):
+            xb, onehot = x[idx], eye[y[idx]]
+            logits = torch.addmm(b, xb, w.t())
+            logp = torch.log_softmax(logits, 1)
+            total += -(logp * onehot).sum() / len(idx)
+            delta = (logp.exp() - onehot) / len(idx)
+            grads = (delta.t() @ xb, delta.sum(0))
+            step += 1
+            for p, g, (m, v) in zip((w, b), grads, state):
+                p.mul_(1 - lr * weight_decay)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v / (1 - b2 ** step)).sqrt_().add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))
+        value = float(total)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(epoch, value)
+        acc = float((torch.addmm(b, vx, w.t()).argmax(1) == vy).float().mean())
+        history.append(acc)
+        reporter.report(epoch, acc)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.bias.copy_(b)
     return history

@@ -10,7 +10,7 @@ from torch import nn
 
 from harness.backbones import Backbone
 from harness.runtime import Runtime
-from harness.train import Reporter, fit_epochs
+from harness.train import Reporter, fit_linear_head
 from strategies.base import Predictor, Strategy
 from suites.tasks import Split, Task
 
@@ -37,17 +37,16 @@ class ProbePredictor(Predictor):
 def train_probe(backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
                 reporter: Reporter, runtime: Runtime, batch_size: int) -> nn.Linear:
     """Trains a fresh linear head with AdamW on cached features; the backbone never runs
-    more than once per (weights, split)."""
+    more than once per (weights, split) and no autograd graph is built."""
     def feats(split: Split) -> torch.Tensor:
         return runtime.features.get(backbone, split.x, split.fingerprint, device=runtime.device)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = backbone.new_head(task.num_classes).to(runtime.device)
-    opt = torch.optim.AdamW(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
-    fit_epochs(head, opt, (feats(task.train), task.train.y), (feats(task.val), task.val.y),
-               epochs=params["epochs"], batch_size=batch_size, seed=seed, device=runtime.device,
-               reporter=reporter)
+    fit_linear_head(head, (feats(task.train), task.train.y), (feats(task.val), task.val.y),
+                    lr=params["lr"], weight_decay=params["weight_decay"], epochs=params["epochs"],
+                    batch_size=batch_size, seed=seed, device=runtime.device, reporter=reporter)
     return head
 
 

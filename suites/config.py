@@ -87,6 +87,15 @@ class TrainingSpec(Frozen):
         return self
 
 
+class SearchSpec(Frozen):
+    """Sampler and pruner settings, identical for every strategy of a suite."""
+
+    sampler_startup_trials: int | None = Field(None, ge=0)  # default: max(3, trials // 3)
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: int = Field(3, ge=0)
+    pruner_warmup_epochs: int = Field(3, ge=0)
+
+
 class Suite(Frozen):
     name: str
     seed: int = 0
@@ -94,6 +103,7 @@ class Suite(Frozen):
     seeds: int = Field(3, gt=0)
     strategies: list[str]
     training: TrainingSpec = TrainingSpec()
+    search: SearchSpec = SearchSpec()
     source_tasks: dict[str, TaskSpec] = Field(default_factory=dict)
     tasks: dict[str, TaskSpec]
     backbones: dict[str, BackboneSpec]

@@ -64,3 +64,33 @@ def test_warmup_cosine_schedule() -> None:
 def test_unknown_optimizer() -> None:
     with pytest.raises(ValueError, match="allowed: sgd, adamw"):
         make_optimizer([nn.Parameter(torch.zeros(1))], {"optimizer": "lion", "lr": 1, "weight_decay": 0})
+
+
+def test_linear_head_solver_matches_autograd_adamw() -> None:
+    from harness.train import fit_linear_head
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
+    vx, vy = torch.randn(20, 6, generator=g), torch.randint(0, 3, (20,), generator=g)
+    torch.manual_seed(1)
+    ref = nn.Linear(6, 3)
+    fast = nn.Linear(6, 3)
+    fast.load_state_dict(ref.state_dict())
+    opt = torch.optim.AdamW(ref.parameters(), lr=0.05, weight_decay=0.01)
+    h_ref = fit_epochs(ref, opt, (x, y), (vx, vy), epochs=7, batch_size=16, seed=4,
+                       device=torch.device("cpu"), reporter=NullReporter())
+    h_fast = fit_linear_head(fast, (x, y), (vx, vy), lr=0.05, weight_decay=0.01, epochs=7,
+                             batch_size=16, seed=4, device=torch.device("cpu"), reporter=NullReporter())
+    assert torch.allclose(ref.weight, fast.weight, atol=1e-5)
+    assert torch.allclose(ref.bias, fast.bias, atol=1e-5)
+    assert h_ref == h_fast
+
+
+def test_linear_head_solver_flags_divergence() -> None:
+    from harness.train import fit_linear_head
+
+    x, y = data()
+    x = x * float("inf")
+    with pytest.raises(NonFiniteLoss):
+        fit_linear_head(nn.Linear(5, 2), (x, y), (x, y), lr=0.1, weight_decay=0.0, epochs=2,
+                        batch_size=8, seed=0, device=torch.device("cpu"), reporter=NullReporter())

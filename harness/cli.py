@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Optuna storage URL or journal file (default: <out>/store.journal)")
     run.add_argument("--trials", type=int, help="override the suite's per-cell trial budget")
     run.add_argument("--seeds", type=int, help="override the suite's number of evaluation seeds")
-    run.add_argument("--strategies", help="comma-separated subset of the suite's strategies")
+    run.add_argument("--strategies", help="comma-separated strategies to run instead of the suite's list")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")

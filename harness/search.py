@@ -138,6 +138,10 @@ def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task
         _finish(study, trial, start, TrialState.PRUNED, reason=str(pruned))
     except NonFiniteLoss as err:
         _finish(study, trial, start, TrialState.PRUNED, reason=str(err))
+    except KeyboardInterrupt:  # Ctrl-C: the next run retries this configuration first
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        _finish(study, trial, start, TrialState.FAIL, reason="interrupted")
+        raise
     except BaseException:
         _finish(study, trial, start, TrialState.FAIL, reason="exception")
         raise

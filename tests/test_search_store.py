@@ -81,3 +81,20 @@ def test_open_storage_variants(tmp_path) -> None:
     optuna.create_study(study_name="x", storage=rdb)
     with pytest.raises(ConfigError, match="--storage"):
         open_storage("nosuchdb://user@host/db", tmp_path)
+
+
+class InterruptedStrategy(FlakyStrategy):
+    def fit(self, backbone, task, params, *, seed, reporter, runtime):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) -> None:
+    storage = open_storage(None, tmp_path)
+    study = make_study("s::t::b::flaky::tune", storage, budget=2, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        tune(study, InterruptedStrategy(), None, None, budget=2, suite_seed=0, runtime=runtime)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and first.user_attrs["failed_reason"] == "interrupted"
+    tune(study, FlakyStrategy(), None, None, budget=2, suite_seed=0, runtime=runtime)
+    retry = study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params

@@ -199,8 +199,9 @@ def validate_args(model: type[ArgsModel], args: dict[str, Any], *, where: str) -
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        allowed = ", ".join(model.model_fields)
-        raise ConfigError(f"{where}.{loc}: {first['msg']} (value {first.get('input')!r}; "
+        allowed = ", ".join(model.model_fields) or "none"
+        what = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"{where}.{loc}: {what} (value {first.get('input')!r}; "
                           f"fields: {allowed})") from None
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.backbones import BACKBONES, validate_args
+import torch
+
+from harness.backbones import BACKBONES, build_backbone, validate_args
 from harness.errors import ConfigError
 from strategies import STRATEGIES
 from suites import bundled_suites
@@ -61,16 +63,42 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
             raise ConfigError(f"--seeds {seeds}: must be a positive integer")
         updates["seeds"] = seeds
     if strategies is not None:
+        if not strategies:
+            raise ConfigError(f"--strategies: give at least one; known: {', '.join(STRATEGIES.names())}")
         for name in strategies:
             STRATEGIES.get(name, where="--strategies")
         updates["strategies"] = strategies
     suite = suite.model_copy(update=updates)
     check_names(suite)
-    tasks = {name: build_task(name, spec, where=f"{suite.path}: tasks.{name}")
+    tasks = {name: build_task(name, spec, where=suite.task_where(name))
              for name, spec in suite.tasks.items()}
+    sources = {spec.pretrain.task for spec in suite.backbones.values() if spec.pretrain}
+    for name in sorted(sources - set(tasks)):  # splits of source tasks must be possible too
+        tasks_for_check = build_task(name, suite.task_spec(name), where=suite.task_where(name))
+        check_inputs(suite, _pretrained_by(suite, name), tasks_for_check)
+    for name, task in tasks.items():
+        check_inputs(suite, suite.tasks[name].backbones, task)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones
              for s in suite.strategies]
     return Plan(suite, tasks, cells)
+
+
+def _pretrained_by(suite: Suite, task: str) -> list[str]:
+    return [b for b, spec in suite.backbones.items() if spec.pretrain and spec.pretrain.task == task]
+
+
+def check_inputs(suite: Suite, backbones: list[str], task: Task) -> None:
+    """Each backbone must accept the task's inputs: one example through a random-init copy."""
+    for name in backbones:
+        spec = suite.backbones[name]
+        backbone = build_backbone(spec.arch, spec.args)
+        try:
+            with torch.no_grad():
+                backbone.eval()(task.train.x[:2])
+        except RuntimeError as err:
+            reason = str(err).splitlines()[0][:160]
+            raise ConfigError(f"{suite.task_where(task.name)}.backbones: backbone {name!r} ({spec.arch}) "
+                              f"cannot take this task's inputs of shape {task.input_shape}: {reason}") from None
 
 
 def check_names(suite: Suite) -> None:

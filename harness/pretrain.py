@@ -135,7 +135,7 @@ def pretrain(backbone: Backbone, suite: Suite, spec: BackboneSpec, *, device: to
     """Supervised training on the source task (AdamW + cosine); returns source val accuracy."""
     assert spec.pretrain is not None
     p = spec.pretrain
-    task = build_task(p.task, suite.task_spec(p.task), where=f"{suite.path}: tasks.{p.task}")
+    task = build_task(p.task, suite.task_spec(p.task), where=suite.task_where(p.task))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         model = Classifier(backbone, backbone.new_head(task.num_classes)).to(device)

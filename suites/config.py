@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from harness.errors import ConfigError
+
+
+# Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
+Int = Annotated[int, Strict()]
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
 
 
 class Frozen(BaseModel):
@@ -25,12 +31,12 @@ class SplitSpec(Frozen):
     (or ``val_fraction``) from the rest; train is the remainder, or ``shots`` per class.
     """
 
-    seed: int = 0
+    seed: Seed = 0
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    val_per_class: int | None = Field(None, gt=0)
+    val_per_class: Int | None = Field(None, gt=0)
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    shots: int | None = Field(None, gt=0)
-    max_test: int | None = Field(None, gt=0)
+    shots: Int | None = Field(None, gt=0)
+    max_test: Int | None = Field(None, gt=0)
 
 
 class ShiftSpec(Frozen):
@@ -38,7 +44,7 @@ class ShiftSpec(Frozen):
 
     kind: Literal["noise", "rotation", "translation"]
     severity: float = Field(gt=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class TaskSpec(Frozen):
@@ -52,11 +58,11 @@ class TaskSpec(Frozen):
 
 class PretrainSpec(Frozen):
     task: str
-    epochs: int = Field(3, gt=0)
-    batch_size: int = Field(128, gt=0)
+    epochs: Int = Field(3, gt=0)
+    batch_size: Int = Field(128, gt=0)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class BackboneSpec(Frozen):
@@ -77,8 +83,8 @@ class BackboneSpec(Frozen):
 class TrainingSpec(Frozen):
     """Training settings shared by every strategy, so all get the same budget."""
 
-    epochs: tuple[int, int] = (5, 40)
-    batch_size: int = Field(32, gt=0)
+    epochs: tuple[Int, Int] = (5, 40)
+    batch_size: Int = Field(32, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "TrainingSpec":
@@ -90,18 +96,18 @@ class TrainingSpec(Frozen):
 class SearchSpec(Frozen):
     """Sampler and pruner settings, identical for every strategy of a suite."""
 
-    sampler_startup_trials: int | None = Field(None, ge=0)  # default: max(3, trials // 3)
+    sampler_startup_trials: Int | None = Field(None, ge=0)  # default: max(3, trials // 3)
     pruner: Literal["median", "none"] = "median"
-    pruner_startup_trials: int = Field(3, ge=0)
-    pruner_warmup_epochs: int = Field(3, ge=0)
+    pruner_startup_trials: Int = Field(3, ge=0)
+    pruner_warmup_epochs: Int = Field(3, ge=0)
 
 
 class Suite(Frozen):
     name: str
-    seed: int = 0
-    trials: int = Field(10, gt=0)
-    seeds: int = Field(3, gt=0)
-    strategies: list[str]
+    seed: Seed = 0
+    trials: Int = Field(10, gt=0)
+    seeds: Int = Field(3, gt=0)
+    strategies: list[str] = Field(min_length=1)
     training: TrainingSpec = TrainingSpec()
     search: SearchSpec = SearchSpec()
     source_tasks: dict[str, TaskSpec] = Field(default_factory=dict)
@@ -116,15 +122,58 @@ class Suite(Frozen):
     def task_spec(self, name: str) -> TaskSpec:
         return self.tasks.get(name) or self.source_tasks[name]
 
+    def task_where(self, name: str) -> str:
+        """``FILE: tasks.NAME`` or ``FILE: source_tasks.NAME``: the prefix of error messages."""
+        group = "tasks" if name in self.tasks else "source_tasks"
+        return f"{self.path}: {group}.{name}"
+
+
+def format_loc(loc: tuple[object, ...]) -> str:
+    """``("strategies", 1)`` → ``strategies[1]``, ``("tasks", "a", "split")`` → ``tasks.a.split``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(model: Any, loc: tuple[object, ...]) -> list[str]:
+    """The field names of the schema model found by following ``loc`` from ``model``."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        while typing.get_origin(current) in (typing.Union, types.UnionType, Annotated):
+            current = next(a for a in typing.get_args(current) if a is not type(None))
+        if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
+            field = current.model_fields.get(part)
+            if field is None:
+                return []
+            current = field.annotation
+        elif typing.get_origin(current) in (dict, list):
+            current = typing.get_args(current)[-1]
+        else:
+            return []
+    while typing.get_origin(current) in (typing.Union, types.UnionType):
+        current = next(a for a in typing.get_args(current) if a is not type(None))
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f for f in current.model_fields if f != "path"]
+    return []
+
 
 def _format_error(path: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = format_loc(first["loc"])
+    where = f"{path}: {loc}" if loc else path
     if first["type"] == "extra_forbidden":
-        return f"{path}: {loc}: unknown field; check its spelling"
+        allowed = _fields_at(Suite, first["loc"][:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else "; check its spelling"
+        return f"{where}: unknown field{hint}"
     if first["type"] == "missing":
-        return f"{path}: {loc}: required field is missing"
-    return f"{path}: {loc}: {first['msg']} (got {first.get('input')!r})"
+        return f"{where}: required field is missing"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error":  # cross-field checks: the message says it all
+        return f"{where}: {msg}"
+    return f"{where}: {msg} (got {first.get('input')!r})"
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -142,6 +191,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if include is None:
         return data
     base_path = (path.parent / str(include)).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: include: {include!r} not found (looked for {base_path})")
     if base_path in seen:
         raise ConfigError(f"{path}: include: cycle through {base_path}")
     return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
@@ -161,10 +212,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def parse_suite(path: Path) -> Suite:
     """Reads and validates the schema of a suite file (names are checked by the planner)."""
     data = _read_yaml(path)
+    for key in data:
+        if not isinstance(key, str) or key == "path":
+            allowed = ", ".join(_fields_at(Suite, ()))
+            raise ConfigError(f"{path}: {key}: unknown field; allowed: {allowed}")
     data.setdefault("name", path.stem)
     try:
         return Suite(**data, path=str(path))
     except ValidationError as err:
         raise ConfigError(_format_error(str(path), err)) from None
-    except TypeError as err:
-        raise ConfigError(f"{path}: {err}") from None

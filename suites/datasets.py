@@ -71,7 +71,7 @@ class GlyphArgs(ArgsModel):
     n: int = Field(20000, gt=0)
     size: int = Field(8, ge=4, le=64)
     classes: Literal["digits", "letters", "alnum"] = "alnum"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     max_rotation: float = 15.0
 
 
@@ -98,14 +98,14 @@ class Glyphs(Dataset):
 
 
 class Mnist1dArgs(ArgsModel):
-    num_samples: int = Field(5000, gt=0)
+    num_samples: int = Field(5000, ge=10)  # at least one example per class
     train_split: float = Field(0.8, gt=0, lt=1)
     scale_coeff: float = 0.4
     max_translation: int = 48
     corr_noise_scale: float = 0.25
     iid_noise_scale: float = 2e-2
     shear_scale: float = 0.75
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)
 
 
 class Mnist1d(Dataset):

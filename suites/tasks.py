@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.errors import ConfigError
-from suites.config import ShiftSpec, TaskSpec
+from suites.config import ShiftSpec, SplitSpec, TaskSpec
 from suites.datasets import DataPool, load_pool
 
 
@@ -65,11 +65,12 @@ def _per_class(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> list[
     return [order[ys == c] for c in range(num_classes)]
 
 
-def _restrict(x: torch.Tensor, y: torch.Tensor, classes: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _restrict(x: torch.Tensor, y: torch.Tensor, classes: list[int] | None,
+              num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     if classes is None:
         return x, y
     keep = torch.isin(y, torch.tensor(classes))
-    remap = torch.full((int(y.max()) + 1,), -1, dtype=torch.int64)
+    remap = torch.full((num_classes,), -1, dtype=torch.int64)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
     return x[keep], remap[y[keep]]
 
@@ -81,9 +82,9 @@ def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
     num_classes = len(classes) if classes else pool.num_classes
     sp = spec.split
     gen = torch.Generator().manual_seed(sp.seed)
-    x, y = _restrict(pool.x, pool.y, classes)
+    x, y = _restrict(pool.x, pool.y, classes, pool.num_classes)
     if pool.test_x is not None and pool.test_y is not None:
-        test_x, test_y = _restrict(pool.test_x, pool.test_y, classes)
+        test_x, test_y = _restrict(pool.test_x, pool.test_y, classes, pool.num_classes)
         rest = list(_per_class(y, num_classes, gen))
     else:
         rest, test_idx = [], []
@@ -98,14 +99,8 @@ def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
         test_x, test_y = test_x[keep], test_y[keep]
     val_idx, train_idx = [], []
     for c, idx in enumerate(rest):
-        n_val = sp.val_per_class or max(1, math.floor(len(idx) * sp.val_fraction))
-        available = len(idx) - n_val
-        if sp.shots is not None and sp.shots > available:
-            raise ConfigError(
-                f"{where}.split.shots: {sp.shots} shots requested but class {pool.class_names[classes[c] if classes else c]!r} "
-                f"has only {available} training examples after test/val; allowed: 1..{max(available, 0)}")
-        if available < 1:
-            raise ConfigError(f"{where}.split: class {c} has no training examples left; lower val_per_class or test_fraction")
+        label = pool.class_names[classes[c] if classes else c]
+        n_val = _check_class_size(len(idx), sp, label=label, where=where)
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:][: sp.shots] if sp.shots else idx[n_val:])
     tr, va = torch.cat(train_idx), torch.cat(val_idx)
@@ -115,6 +110,21 @@ def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
             "n_train": len(tr), "n_val": len(va), "n_test": len(test_y),
             "classes": classes, "shift": spec.shift.model_dump() if spec.shift else None}
     return Task(name, _split(x[tr], y[tr]), _split(x[va], y[va]), test, num_classes, shifted, info)
+
+
+def _check_class_size(n: int, sp: SplitSpec, *, label: str, where: str) -> int:
+    """Validates one class's split sizes; returns its number of validation examples."""
+    if n < 2:
+        raise ConfigError(f"{where}.split: class {label!r} has {n} example(s) left after the test split; "
+                          f"each class needs at least 2 (one to validate, one to train)")
+    n_val = sp.val_per_class or max(1, math.floor(n * sp.val_fraction))
+    if n_val >= n:
+        raise ConfigError(f"{where}.split.val_per_class: {n_val} requested but class {label!r} has "
+                          f"{n} examples after the test split; allowed: 1..{n - 1}")
+    if sp.shots is not None and sp.shots > n - n_val:
+        raise ConfigError(f"{where}.split.shots: {sp.shots} shots requested but class {label!r} has "
+                          f"only {n - n_val} training examples after test/val; allowed: 1..{n - n_val}")
+    return n_val
 
 
 def _check_classes(pool: DataPool, classes: list[int] | None, where: str) -> list[int] | None:

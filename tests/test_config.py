@@ -1,0 +1,482 @@
+"""Suite-file and command-line validation.
+
+Every bad input must end as ONE line ``tlbench: error: ...`` on stderr naming the file,
+the field and the bad / allowed values, with exit code 2 and no traceback. Good suites
+(the bundled ones, ``include:`` merges, CLI overrides) must plan cleanly.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness.cli import main
+from harness.plan import Cell, load_plan
+from suites.config import parse_suite
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ROOT / "suites" / "quick.yaml"
+SMOKE = ROOT / "suites" / "smoke.yaml"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_suite(tmp_path: Path, body: str, *, include: bool = True, name: str = "suite.yaml") -> Path:
+    """Writes a suite file; by default it starts with ``include:`` of the bundled quick suite."""
+    path = tmp_path / name
+    head = f'include: "{QUICK}"\n' if include else ""
+    path.write_text(head + textwrap.dedent(body).lstrip("\n"))
+    return path
+
+
+def run_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], suite: Path | str,
+            *extra: str) -> tuple[int, str, str]:
+    """Runs ``tlbench run SUITE --dry-run`` in-process; returns (exit code, stdout, stderr)."""
+    rc = main(["run", str(suite), "--dry-run", "--out", str(tmp_path / "o"), *extra])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error(rc: int, out: str, err: str, *needles: str) -> str:
+    """Exit code 2, exactly one non-empty stderr line containing every needle, no traceback."""
+    assert rc == 2, f"exit code {rc}; stderr: {err!r}"
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), f"expected one error line, got {err!r}"
+    line = lines[0]
+    assert line.startswith("tlbench: error: "), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+# ------------------------------------------------------- bad suite files, via the CLI
+
+# (id, suite body appended after `include: quick.yaml`, strings the error line must contain)
+BAD_SUITES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("unknown-strategy", "strategies: [linear_probe, bogus]",
+     ("strategies[1]", "'bogus'", "linear_probe", "full_finetune", "scratch")),
+    ("duplicate-strategy", "strategies: [scratch, scratch]", ("strategies", "twice")),
+    ("strategy-not-a-list", "strategies: scratch", ("strategies", "list", "'scratch'")),
+    ("unknown-dataset", """
+        tasks:
+          digits-2shot:
+            dataset: nope
+        """, ("tasks.digits-2shot.dataset", "'nope'", "digits, glyphs, mnist1d")),
+    ("unknown-source-dataset", """
+        source_tasks:
+          glyphs-alnum:
+            dataset: nope
+        """, ("source_tasks.glyphs-alnum.dataset", "'nope'", "digits, glyphs, mnist1d")),
+    ("unknown-arch", """
+        backbones:
+          glyph-cnn:
+            arch: vgg
+        """, ("backbones.glyph-cnn.arch", "'vgg'", "cnn1d, cnn2d, resnet")),
+    ("bad-backbone-arg", """
+        backbones:
+          glyph-cnn:
+            args: {widht: 8}
+        """, ("backbones.glyph-cnn.args.widht", "in_channels, width, depth")),
+    ("undefined-backbone", """
+        tasks:
+          digits-2shot:
+            backbones: [nope]
+        """, ("tasks.digits-2shot.backbones", "'nope'", "glyph-cnn", "signal-cnn")),
+    ("no-backbones", """
+        tasks:
+          digits-2shot:
+            backbones: []
+        """, ("tasks.digits-2shot.backbones", "glyph-cnn", "signal-cnn")),
+    ("undefined-pretrain-task", """
+        backbones:
+          glyph-cnn:
+            pretrain: {task: nope}
+        """, ("backbones.glyph-cnn.pretrain.task", "'nope'", "glyphs-alnum", "mnist1d-source",
+              "digits-2shot", "mnist1d-shifted")),
+    ("two-weight-sources", """
+        backbones:
+          glyph-cnn:
+            weights: DEFAULT
+        """, ("backbones.glyph-cnn", "at most one of weights, checkpoint, pretrain")),
+    ("misspelled-top-field", "trails: 3", ("trails", "unknown field")),
+    ("misspelled-split-field", """
+        tasks:
+          digits-2shot:
+            split: {shot: 2}
+        """, ("tasks.digits-2shot.split.shot", "unknown field")),
+    ("misspelled-task-field", """
+        tasks:
+          digits-2shot:
+            backbone: [glyph-cnn]
+        """, ("tasks.digits-2shot.backbone", "unknown field")),
+    ("trials-not-int", "trials: many", ("trials", "integer", "'many'")),
+    ("seeds-negative", "seeds: -1", ("seeds", "greater than 0", "-1")),
+    ("epochs-unordered", "training: {epochs: [5, 2]}", ("training", "epochs", "[5, 2]")),
+    ("test-fraction-range", """
+        tasks:
+          digits-2shot:
+            split: {test_fraction: 1.5}
+        """, ("tasks.digits-2shot.split.test_fraction", "less than 1", "1.5")),
+    ("shots-too-many", """
+        tasks:
+          digits-2shot:
+            split: {shots: 500}
+        """, ("tasks.digits-2shot.split.shots", "500", "allowed: 1..")),
+    ("shots-zero", """
+        tasks:
+          digits-2shot:
+            split: {shots: 0}
+        """, ("tasks.digits-2shot.split.shots", "greater than 0", "0")),
+    ("glyphs-n-negative", """
+        source_tasks:
+          glyphs-alnum:
+            args: {n: -5}
+        """, ("source_tasks.glyphs-alnum.args.n", "-5", "n, size, classes, seed, max_rotation")),
+    ("glyphs-unknown-arg", """
+        source_tasks:
+          glyphs-alnum:
+            args: {bogus: 1}
+        """, ("source_tasks.glyphs-alnum.args.bogus", "fields: n, size, classes, seed, max_rotation")),
+    ("glyphs-bad-charset", """
+        source_tasks:
+          glyphs-alnum:
+            args: {classes: greek}
+        """, ("source_tasks.glyphs-alnum.args.classes", "'greek'", "'digits'", "'letters'", "'alnum'")),
+    ("digits-takes-no-args", """
+        tasks:
+          digits-2shot:
+            args: {n: 5}
+        """, ("tasks.digits-2shot.args.n", "5")),
+    ("mnist1d-unknown-arg", """
+        tasks:
+          mnist1d-shifted:
+            args: {num_sample: 100}
+        """, ("tasks.mnist1d-shifted.args.num_sample", "num_samples")),
+    ("rotation-on-1d", """
+        tasks:
+          mnist1d-shifted:
+            shift: {kind: rotation, severity: 10}
+        """, ("tasks.mnist1d-shifted.shift.kind", "rotation", "noise, translation")),
+    ("unknown-shift-kind", """
+        tasks:
+          digits-2shot:
+            shift: {kind: blur, severity: 1}
+        """, ("tasks.digits-2shot.shift.kind", "'blur'", "'noise', 'rotation' or 'translation'")),
+    ("bad-classes", """
+        tasks:
+          digits-2shot:
+            classes: [3, 11]
+        """, ("tasks.digits-2shot.classes", "[3, 11]", "0..9")),
+    ("task-in-both-groups", """
+        source_tasks:
+          digits-2shot: {dataset: digits}
+        """, ("tasks and source_tasks", "digits-2shot")),
+]
+
+
+@pytest.mark.parametrize("body,needles", [pytest.param(b, n, id=i) for i, b, n in BAD_SUITES])
+def test_bad_suite_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     body: str, needles: tuple[str, ...]) -> None:
+    """Each bad field names the file, the field path and the bad or allowed values."""
+    path = write_suite(tmp_path, body)
+    rc, out, err = run_cli(tmp_path, capsys, path)
+    assert_one_error(rc, out, err, str(path), *needles)
+
+
+def test_shots_error_gives_allowed_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Too many shots: the message gives a numeric allowed range within the class size."""
+    path = write_suite(tmp_path, """
+        tasks:
+          digits-2shot:
+            split: {shots: 500}
+        """)
+    line = assert_one_error(*run_cli(tmp_path, capsys, path))
+    match = re.search(r"allowed: 1\.\.(\d+)", line)
+    assert match, line
+    # digits-2shot keeps half of each class (~174..183) for test and 5 for val.
+    assert 70 <= int(match.group(1)) < 183
+
+
+def test_missing_required_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A standalone suite without ``tasks:`` names the missing field."""
+    path = write_suite(tmp_path, """
+        name: lonely
+        strategies: [scratch]
+        backbones:
+          b: {arch: cnn2d}
+        """, include=False)
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "tasks", "required field is missing")
+
+
+def test_empty_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty file is a suite with every required field missing (reports one of them)."""
+    path = write_suite(tmp_path, "", include=False)
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "required field is missing")
+
+
+def test_not_a_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A YAML list at the top level is refused with the type it got."""
+    path = write_suite(tmp_path, "- a\n- b\n", include=False)
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "mapping", "list")
+
+
+def test_invalid_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Broken YAML: file, line number, 'not valid YAML'."""
+    path = write_suite(tmp_path, "trials: [1, 2\nseeds: 3\n")
+    line = assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "not valid YAML")
+    assert re.search(r"line \d+", line), line
+
+
+def test_suite_path_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing suite file names the path and lists the bundled suites."""
+    missing = tmp_path / "nope.yaml"
+    assert_one_error(*run_cli(tmp_path, capsys, missing), str(missing), "not found", "quick", "smoke")
+
+
+def test_include_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A suite including itself is refused rather than recursing forever."""
+    path = tmp_path / "loop.yaml"
+    path.write_text(f'include: "{path}"\n')
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "include", "cycle")
+
+
+# ------------------------------------------------------------ bad command-line flags
+
+
+@pytest.mark.parametrize("flags,needles", [
+    pytest.param(["--trials", "0"], ("--trials 0", "positive integer"), id="trials-0"),
+    pytest.param(["--trials", "-3"], ("--trials -3", "positive integer"), id="trials-negative"),
+    pytest.param(["--seeds", "0"], ("--seeds 0", "positive integer"), id="seeds-0"),
+    pytest.param(["--strategies", "linear_probe,bogus"],
+                 ("--strategies", "'bogus'", "full_finetune, linear_probe, scratch"), id="strategies"),
+    pytest.param(["--device", "gpu"], ("--device 'gpu'", "auto, cpu, cuda"), id="device-unknown"),
+])
+def test_bad_flag_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    flags: list[str], needles: tuple[str, ...]) -> None:
+    """A bad flag names the flag, the bad value and what is allowed."""
+    assert_one_error(*run_cli(tmp_path, capsys, SMOKE, *flags), *needles)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--device cuda`` without a GPU is a clear error listing what is allowed here."""
+    assert_one_error(*run_cli(tmp_path, capsys, SMOKE, "--device", "cuda"),
+                     "--device cuda", "no CUDA", "auto, cpu")
+
+
+# ------------------------------------------------------------------- good suites
+
+
+@pytest.mark.parametrize("suite", ["quick", "smoke", str(QUICK), str(SMOKE)])
+def test_bundled_suites_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], suite: str) -> None:
+    """Bundled suites, by name or by path, plan cleanly and print every cell with split sizes."""
+    rc, out, err = run_cli(tmp_path, capsys, suite, "--device", "cpu")
+    assert rc == 0, err
+    assert "error" not in err and "Traceback" not in out + err
+    spec = parse_suite(ROOT / "suites" / f"{Path(suite).stem}.yaml")
+    n_cells = sum(len(t.backbones) for t in spec.tasks.values()) * len(spec.strategies)
+    assert f"suite {spec.name}: {n_cells} cells × {spec.trials} trials, {spec.seeds} evaluation seeds" in err
+    # Split sizes follow from the specs: shots and val_per_class per class; mnist1d's
+    # official test split is num_samples * (1 - train_split).
+    digits = spec.tasks["digits-2shot"]
+    m1d = spec.tasks["mnist1d-shifted"]
+    m1d_test = round(m1d.args["num_samples"] * (1 - m1d.args.get("train_split", 0.8)))
+    for strategy in spec.strategies:
+        assert (f"digits-2shot / glyph-cnn / {strategy}: train {digits.split.shots * 10}, "
+                f"val {digits.split.val_per_class * 10}, test ") in err
+        assert (f"mnist1d-shifted / signal-cnn / {strategy}: train {m1d.split.shots * 10}, "
+                f"val {m1d.split.val_per_class * 10}, test {m1d_test}") in err
+
+
+def test_include_merges_smoke_over_quick() -> None:
+    """smoke.yaml deep-merges over quick.yaml: its values win, untouched quick values stay."""
+    quick, smoke = parse_suite(QUICK), parse_suite(SMOKE)
+    raw = yaml.safe_load(SMOKE.read_text())
+    assert raw["include"] == "quick.yaml"
+    # Values smoke sets (today: name smoke, trials 3, width 8) ...
+    assert (smoke.name, smoke.trials, smoke.seeds) == (raw["name"], raw["trials"], raw["seeds"])
+    assert smoke.name == "smoke" and smoke.trials == 3
+    assert smoke.training.epochs == tuple(raw["training"]["epochs"])
+    glyph = smoke.backbones["glyph-cnn"]
+    assert glyph.args["width"] == raw["backbones"]["glyph-cnn"]["args"]["width"] == 8
+    assert glyph.pretrain is not None
+    assert glyph.pretrain.epochs == raw["backbones"]["glyph-cnn"]["pretrain"]["epochs"]
+    assert smoke.source_tasks["glyphs-alnum"].args["n"] == raw["source_tasks"]["glyphs-alnum"]["args"]["n"]
+    m1d_n = raw["tasks"]["mnist1d-shifted"]["args"]["num_samples"]
+    assert smoke.tasks["mnist1d-shifted"].args["num_samples"] == m1d_n
+    # ... while sibling keys of the same mappings keep quick's values (deep merge).
+    qglyph = quick.backbones["glyph-cnn"]
+    assert qglyph.pretrain is not None
+    assert glyph.arch == qglyph.arch and glyph.args["depth"] == qglyph.args["depth"]
+    assert (glyph.pretrain.task, glyph.pretrain.lr) == (qglyph.pretrain.task, qglyph.pretrain.lr)
+    assert smoke.strategies == quick.strategies
+    assert smoke.training.batch_size == quick.training.batch_size
+    q_src, s_src = quick.source_tasks["glyphs-alnum"], smoke.source_tasks["glyphs-alnum"]
+    assert {**s_src.args, "n": None} == {**q_src.args, "n": None}
+    assert s_src.split == q_src.split
+    assert smoke.tasks["digits-2shot"] == quick.tasks["digits-2shot"]
+    q_m1d, s_m1d = quick.tasks["mnist1d-shifted"], smoke.tasks["mnist1d-shifted"]
+    assert s_m1d.args == {**q_m1d.args, "num_samples": m1d_n}
+    assert (s_m1d.split, s_m1d.shift, s_m1d.backbones) == (q_m1d.split, q_m1d.shift, q_m1d.backbones)
+    assert smoke.fingerprint() != quick.fingerprint()
+
+
+def test_include_relative_path(tmp_path: Path) -> None:
+    """A relative ``include:`` is resolved against the including file's folder."""
+    (tmp_path / "base").mkdir()
+    shutil.copy(QUICK, tmp_path / "base" / "quick.yaml")
+    child = tmp_path / "child.yaml"
+    child.write_text("include: base/quick.yaml\nname: child\ntrials: 2\n")
+    suite = parse_suite(child)
+    assert (suite.name, suite.trials, suite.seeds) == ("child", 2, parse_suite(QUICK).seeds)
+    assert suite.path == str(child)
+    assert suite.fingerprint() != parse_suite(QUICK).fingerprint()
+
+
+def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
+    """A suite without ``name:`` is named after its file."""
+    path = write_suite(tmp_path, """
+        strategies: [scratch]
+        backbones:
+          b: {arch: cnn2d}
+        tasks:
+          t: {dataset: digits, backbones: [b]}
+        """, include=False, name="my-suite.yaml")
+    assert parse_suite(path).name == "my-suite"
+
+
+def test_load_plan_overrides() -> None:
+    """trials / seeds / strategies overrides replace the suite's values; one cell per strategy."""
+    plan = load_plan(SMOKE, trials=5, seeds=2, strategies=["scratch"])
+    assert (plan.suite.trials, plan.suite.seeds, plan.suite.strategies) == (5, 2, ["scratch"])
+    assert plan.cells == [Cell("digits-2shot", "glyph-cnn", "scratch"),
+                          Cell("mnist1d-shifted", "signal-cnn", "scratch")]
+    assert set(plan.tasks) == {"digits-2shot", "mnist1d-shifted"}
+    assert plan.backbones == ["glyph-cnn", "signal-cnn"]
+
+
+def test_plan_is_task_x_backbone_x_strategy(tmp_path: Path) -> None:
+    """Cells are exactly the product of each task's backbones with the suite's strategies."""
+    path = write_suite(tmp_path, """
+        strategies: [linear_probe, scratch]
+        backbones:
+          glyph-small: {arch: cnn2d, args: {width: 4}}
+        tasks:
+          digits-2shot:
+            backbones: [glyph-cnn, glyph-small]
+        """)
+    plan = load_plan(path)
+    task_backbones = {"digits-2shot": ["glyph-cnn", "glyph-small"], "mnist1d-shifted": ["signal-cnn"]}
+    expected = {Cell(t, b, s) for t, bs in task_backbones.items() for b in bs
+                for s in ("linear_probe", "scratch")}
+    assert len(plan.cells) == len(expected) == 6
+    assert set(plan.cells) == expected
+    assert plan.cells[0].label == "digits-2shot / glyph-cnn / linear_probe"
+
+
+def test_unknown_override_strategy_raises_config_error() -> None:
+    """load_plan itself refuses an unknown strategy override with a ConfigError."""
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--strategies: unknown strategy 'bogus'"):
+        load_plan(SMOKE, strategies=["bogus"])
+
+
+# ------------------------------------------------- regressions (bugs found in review)
+
+
+@pytest.mark.parametrize("body,field", [
+    pytest.param("classes: [0, 42]", "source_tasks.mnist1d-source.classes", id="classes"),
+    pytest.param("split: {shots: 100000}", "source_tasks.mnist1d-source.split.shots", id="shots"),
+    pytest.param("shift: {kind: rotation, severity: 5}", "source_tasks.mnist1d-source.shift.kind",
+                 id="rotation-1d"),
+])
+def test_bad_source_task_split_is_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         body: str, field: str) -> None:
+    """An impossible source-task split must fail the dry run, not the later pretraining."""
+    path = write_suite(tmp_path, f"source_tasks:\n  mnist1d-source:\n    {body}\n")
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), field)
+
+
+@pytest.mark.parametrize("body,flags", [
+    pytest.param("strategies: []", [], id="suite"),
+    pytest.param("", ["--strategies", ","], id="flag"),
+])
+def test_empty_strategy_list_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        body: str, flags: list[str]) -> None:
+    """A plan with no strategies (hence no cells) is a user error."""
+    path = write_suite(tmp_path, body)
+    assert_one_error(*run_cli(tmp_path, capsys, path, *flags), "strategies")
+
+
+def test_backbone_input_mismatch_is_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 1-D backbone on a 2-D image task must be refused at plan time."""
+    path = write_suite(tmp_path, """
+        tasks:
+          digits-2shot:
+            backbones: [signal-cnn]
+        """)
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "tasks.digits-2shot.backbones",
+                     "signal-cnn")
+
+
+def test_val_per_class_too_large_names_val_per_class(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The error must blame val_per_class and give a sensible (non-negative) range."""
+    path = write_suite(tmp_path, """
+        tasks:
+          digits-2shot:
+            split: {val_per_class: 500}
+        """)
+    line = assert_one_error(*run_cli(tmp_path, capsys, path), str(path),
+                            "tasks.digits-2shot.split.val_per_class")
+    assert not re.search(r"only -\d", line), line
+
+
+def test_missing_include_names_including_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``include: nothere.yaml`` must name the file that contains the include line."""
+    path = write_suite(tmp_path, "include: nothere.yaml\n", include=False)
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "include", "nothere.yaml")
+
+
+@pytest.mark.parametrize("body,field", [
+    pytest.param("path: elsewhere", ": path: ", id="path-key"),
+    pytest.param("1: one", ": 1: ", id="int-key"),
+])
+def test_reserved_or_non_string_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     body: str, field: str) -> None:
+    """Such keys must be reported like any unknown field: 'FILE: KEY: unknown field'."""
+    path = write_suite(tmp_path, body)
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), field)
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param("tasks:\n  mnist1d-shifted:\n    args: {seed: -1}", id="mnist1d-seed"),
+    pytest.param("tasks:\n  mnist1d-shifted:\n    args: {num_samples: 5}", id="mnist1d-num-samples"),
+    pytest.param("tasks:\n  digits-2shot:\n    dataset: glyphs\n"
+                 "    args: {n: 300, classes: digits, seed: -1}", id="glyphs-seed"),
+    pytest.param("tasks:\n  digits-2shot:\n    split: {seed: 100000000000000000000000}", id="split-seed"),
+])
+def test_out_of_range_integer_args(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str) -> None:
+    """Out-of-range seeds and sizes must be schema errors (exit 2), not tracebacks."""
+    path = write_suite(tmp_path, body + "\n")
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path))
+
+
+@pytest.mark.parametrize("body,field", [
+    pytest.param("trials: yes", "trials", id="bool-as-count"),
+    pytest.param("seeds: 2.5", "seeds", id="float-as-count"),
+])
+def test_counts_must_be_integers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 body: str, field: str) -> None:
+    """YAML's `yes` is a boolean, not one trial: counts are strict integers."""
+    path = write_suite(tmp_path, body + "\n")
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), field)

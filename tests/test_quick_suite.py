@@ -1,0 +1,25 @@
+"""The main offline job: the quick suite must show transfer paying off on the few-shot task."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+
+
+@pytest.mark.slow
+def test_quick_suite_shows_transfer_paying_off(tmp_path) -> None:
+    assert main(["run", "quick", "--out", str(tmp_path)]) == 0
+    runs = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(runs) == 2 * 3 * 10  # tasks × strategies × evaluation seeds
+    stats = runs.groupby(["task", "strategy"])["test_accuracy"].agg(["mean", "std"])
+    for task in ("digits-2shot", "mnist1d-shifted"):
+        scratch = stats.loc[(task, "scratch")]
+        best = max(("linear_probe", "full_finetune"), key=lambda s: stats.loc[(task, s), "mean"])
+        pretrained = stats.loc[(task, best)]
+        # "Beyond the seeds' spread": the gap exceeds both standard deviations.
+        gap = pretrained["mean"] - scratch["mean"]
+        assert gap > max(pretrained["std"], scratch["std"]), (task, stats.loc[task])
+    table = (tmp_path / "table.md").read_text()
+    assert "Shifted test" in table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import resource
 import time
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -41,7 +41,7 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
              params: dict[str, Any], *, seeds: list[int], context: dict[str, Any],
-             runtime: Runtime) -> list[dict[str, Any]]:
+             runtime: Runtime, on_seed: Callable[[int], None] = lambda n: None) -> list[dict[str, Any]]:
     """Runs every seed not yet recorded in ``study``; returns the new records.
 
     ``context`` (suite, task, backbone, strategy, tuning summary) is copied into each record.
@@ -49,13 +49,15 @@ def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     recover_orphans(study)
     records = []
     done = _done_seeds(study, params)
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
+        on_seed(i)
         if seed in done:
             continue
         record = _run_one(study, strategy, backbone, task, params, seed=seed, context=context,
                           runtime=runtime)
         if record is not None:
             records.append(record)
+    on_seed(len(seeds))
     return records
 
 

@@ -118,6 +118,7 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
         return hit
     if reason != "not cached":
         log(reason)
+    log(f"pretraining backbone {name} on {spec.pretrain.task} ({spec.pretrain.epochs} epochs) …")
     start = time.perf_counter()
     val_acc = pretrain(backbone, suite, spec, device=device)
     seconds = time.perf_counter() - start

@@ -79,9 +79,9 @@ def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: B
     eval_study = optuna.create_study(
         study_name=study_name(suite.name, cell.task, cell.backbone, cell.strategy, "eval"),
         storage=storage, direction="maximize", load_if_exists=True)
-    bar = progress.add_task(f"  {cell.label}: evaluating {len(seeds)} seeds", total=None)
+    bar = progress.add_task(f"  {cell.label}: evaluating seeds", total=len(seeds))
     evaluate(eval_study, strategy, backbone, task, result.best_params, seeds=seeds,
-             context=context, runtime=runtime)
+             context=context, runtime=runtime, on_seed=lambda n: progress.update(bar, completed=n))
     progress.remove_task(bar)
     console.print(f"{cell.label}: best val {result.best_value:.3f} | trials {result.n_complete} "
                   f"complete, {result.n_pruned} pruned | {time.perf_counter() - start:.1f} s")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from abc import ABC, abstractmethod
+from abc import ABC
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from harness.errors import ConfigError
@@ -85,54 +85,59 @@ def state_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _conv_block(conv: type[nn.Module], norm: type[nn.Module], c_in: int, c_out: int,
-                pool: nn.Module | None) -> nn.Sequential:
-    layers: list[nn.Module] = [conv(c_in, c_out, 3, padding=1, bias=False), norm(c_out), nn.ReLU()]
-    if pool is not None:
-        layers.append(pool)
-    return nn.Sequential(*layers)
-
-
 class SmallCNNArgs(ArgsModel):
-    in_channels: int = 1
-    width: int = 32
-    depth: int = 3
+    in_channels: int = Field(1, gt=0)
+    width: int = Field(32, gt=0)
+    depth: int = Field(3, gt=0, le=8)
 
 
-class SmallCNN2d(Backbone):
-    """A small 2-D CNN for small images: ``depth`` conv-BN-ReLU groups, width doubling."""
+class _SmallCNN(Backbone):
+    """``depth`` conv-BN-ReLU groups (width doubling up to 4x) with max-pooling between
+    some of them; subclasses choose the dimensionality and where to pool."""
+
+    Args = SmallCNNArgs
+    conv: ClassVar[type[nn.Module]]
+    norm: ClassVar[type[nn.Module]]
+    pool_layer: ClassVar[type[nn.Module]]
+
+    def pools_after(self, i: int, depth: int) -> bool:
+        raise NotImplementedError
+
+    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 3) -> None:
+        super().__init__()
+        chans = [in_channels] + [width * 2 ** min(i, 2) for i in range(depth)]
+        groups = []
+        for i in range(depth):
+            layers = [self.conv(chans[i], chans[i + 1], 3, padding=1, bias=False),
+                      self.norm(chans[i + 1]), nn.ReLU()]
+            if self.pools_after(i, depth):
+                layers.append(self.pool_layer(2))
+            groups.append(nn.Sequential(*layers))
+        self.groups = nn.ModuleList(groups)
+        self.feature_dim = chans[-1]
+
+
+class SmallCNN2d(_SmallCNN):
+    """A small 2-D CNN for small images (8-32 px): pools after the middle groups only, so
+    8x8 inputs keep a 4x4 map."""
 
     name = "cnn2d"
     description = "small 2-D CNN (conv-BN-ReLU groups) for small images; offline"
-    Args = SmallCNNArgs
+    conv, norm, pool_layer = nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d
 
-    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 3) -> None:
-        super().__init__()
-        chans = [in_channels] + [width * 2 ** min(i, 2) for i in range(depth)]
-        self.groups = nn.ModuleList(
-            _conv_block(nn.Conv2d, nn.BatchNorm2d, chans[i], chans[i + 1],
-                        nn.MaxPool2d(2) if 0 < i < depth - 1 else None)
-            for i in range(depth)
-        )
-        self.feature_dim = chans[-1]
+    def pools_after(self, i: int, depth: int) -> bool:
+        return 0 < i < depth - 1
 
 
-class SmallCNN1d(Backbone):
-    """A small 1-D CNN for signals (MNIST-1D): conv-BN-ReLU groups, width doubling."""
+class SmallCNN1d(_SmallCNN):
+    """A small 1-D CNN for signals (MNIST-1D): pools after every group but the last."""
 
     name = "cnn1d"
     description = "small 1-D CNN (conv-BN-ReLU groups) for signals; offline"
-    Args = SmallCNNArgs
+    conv, norm, pool_layer = nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d
 
-    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 3) -> None:
-        super().__init__()
-        chans = [in_channels] + [width * 2 ** min(i, 2) for i in range(depth)]
-        self.groups = nn.ModuleList(
-            _conv_block(nn.Conv1d, nn.BatchNorm1d, chans[i], chans[i + 1],
-                        nn.MaxPool1d(2) if i < depth - 1 else None)
-            for i in range(depth)
-        )
-        self.feature_dim = chans[-1]
+    def pools_after(self, i: int, depth: int) -> bool:
+        return i < depth - 1
 
 
 class ResNetArgs(ArgsModel):

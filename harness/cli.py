@@ -39,12 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    import torch
-
     from harness.plan import load_plan, resolve_suite_path
     from harness.runner import run_plan
     from harness.runtime import make_runtime
-    from harness.store import open_storage
+    from harness.store import check_compatible, open_storage
 
     strategies = None
     if args.strategies is not None:
@@ -55,6 +53,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     runtime = make_runtime(args.device, cache_dir)
     out = args.out or Path("runs") / plan.suite.name
     suite = plan.suite
+    storage = None
+    if not args.dry_run:
+        storage = open_storage(args.storage, out)
+        check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     console.print(f"suite {suite.name}: {len(plan.cells)} cells × {suite.trials} trials, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device}, out {out}")
     if args.dry_run:
@@ -62,8 +64,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             t = plan.tasks[cell.task]
             console.print(f"  {cell.label}: train {len(t.train)}, val {len(t.val)}, test {len(t.test)}")
         return 0
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    storage = open_storage(args.storage, out)
     outputs = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir,
                        console=console)
     print(outputs.table_md.read_text())

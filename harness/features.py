@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
@@ -68,6 +69,8 @@ class FeatureCache:
 
 
 def compute_features(backbone: Backbone, x: torch.Tensor, *, device: torch.device) -> torch.Tensor:
-    """Runs the frozen backbone once in eval mode (no autograd) over ``x``."""
-    backbone = backbone.to(device)
+    """Runs the frozen backbone once in eval mode (no autograd) over ``x``; the shared
+    backbone itself is never moved (a copy goes to an accelerator)."""
+    if next(backbone.parameters()).device != device:
+        backbone = copy.deepcopy(backbone).to(device)
     return predict_logits(backbone, x, device=device)

@@ -18,7 +18,7 @@ from harness.pretrain import materialize_backbone
 from harness.runtime import Runtime
 from harness.search import evaluation_seed, make_study, protocol, tune, tuning_seed
 from harness.evaluate import evaluate
-from harness.store import load_runs, study_name
+from harness.store import check_compatible, load_runs, study_name
 from reports.tables import flat_runs, report_markdown
 from strategies import STRATEGIES
 
@@ -36,6 +36,7 @@ class RunOutputs:
 def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, cache_dir: Path,
              console: Console) -> RunOutputs:
     suite = plan.suite
+    check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
                                             log=console.print)
                  for name in plan.backbones}
@@ -79,6 +80,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: B
     eval_study = optuna.create_study(
         study_name=study_name(suite.name, cell.task, cell.backbone, cell.strategy, "eval"),
         storage=storage, direction="maximize", load_if_exists=True)
+    eval_study.set_user_attr("suite_fingerprint", suite.fingerprint())
     bar = progress.add_task(f"  {cell.label}: evaluating seeds", total=len(seeds))
     evaluate(eval_study, strategy, backbone, task, result.best_params, seeds=seeds,
              context=context, runtime=runtime, on_seed=lambda n: progress.update(bar, completed=n))

@@ -99,6 +99,19 @@ def recover_orphans(study: optuna.Study, *, grace_s: float = 120.0) -> list[Froz
     return orphans
 
 
+def check_compatible(storage: BaseStorage, suite: str, fingerprint: str, *, where: str) -> None:
+    """Refuses to mix results of different settings under one suite name in one store."""
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if not summary.study_name.startswith(suite + SEP):
+            continue
+        stored = summary.user_attrs.get("suite_fingerprint")
+        if stored is not None and stored != fingerprint:
+            raise ConfigError(
+                f"{where}: the store already holds results of suite {suite!r} run with other settings "
+                f"(fingerprint {stored}, now {fingerprint}); use another --out or --storage, or rename "
+                f"the suite")
+
+
 def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
     """All completed evaluation runs as a tidy frame (one row per run)."""
     rows: list[dict[str, Any]] = []

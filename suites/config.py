@@ -116,7 +116,10 @@ class Suite(Frozen):
     path: str = ""
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.model_dump(exclude={"path"}), sort_keys=True, default=str)
+        """A hash of everything that changes a cell's results. The budget (trials, seeds)
+        and the strategy list are left out: extending or narrowing a run reuses its store."""
+        blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies"}),
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def task_spec(self, name: str) -> TaskSpec:

@@ -117,3 +117,18 @@ def test_resume_after_kill_9(tmp_path) -> None:
     assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
     for name, (finished, _) in trial_counts(out).items():
         assert finished == (8 if name.endswith("::tune") else SEEDS), name
+
+
+def test_store_refuses_results_of_other_settings(smoke_run: Path, tmp_path, capsys) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(smoke_run, out)
+    suite = tmp_path / "changed.yaml"
+    suite.write_text(f"include: {Path(__file__).parent.parent / 'suites' / 'smoke.yaml'}\n"
+                     "training: {epochs: [3, 5]}\n")
+    before = load_runs(open_storage(None, out))
+    assert main(["run", str(suite), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings" in err[0] and str(suite) in err[0]
+    assert len(load_runs(open_storage(None, out))) == len(before)  # nothing lost

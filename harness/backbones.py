@@ -70,19 +70,26 @@ class Backbone(nn.Module, ABC):
                     module.reset_parameters()
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.reset_running_stats()
-        fresh.weights_id = f"random:{seed}"
-        return fresh
+        return identify(fresh, f"random:{seed}")
 
 
 def state_fingerprint(module: nn.Module) -> str:
-    """A content hash of a module's state (parameters and buffers)."""
+    """A content hash of a module's state (parameter and buffer names, shapes and values)."""
     digest = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
         digest.update(key.encode())
         t = tensor.detach().cpu().contiguous()
-        digest.update(str(t.dtype).encode())
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def identify(backbone: Backbone, source: str) -> Backbone:
+    """Sets ``weights_id`` to the weights' source, class and content hash: the identity the
+    feature cache keys on, so two backbones share cached features only if they compute the
+    same function."""
+    backbone.weights_id = f"{source}:{type(backbone).__name__}:{state_fingerprint(backbone)}"
+    return backbone
 
 
 class SmallCNNArgs(ArgsModel):
@@ -191,8 +198,7 @@ def build_backbone(arch: str, args: dict[str, Any], *, seed: int = 0, where: str
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = cls(**parsed.model_dump())
-    backbone.weights_id = f"random:{seed}"
-    return backbone
+    return identify(backbone, f"random:{seed}")
 
 
 def validate_args(model: type[ArgsModel], args: dict[str, Any], *, where: str) -> ArgsModel:
@@ -231,9 +237,10 @@ def load_torchvision_weights(backbone: TorchvisionResNet, variant: str, weights:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
         raise ConfigError(f"cannot load {variant} weights {weights}: expected {cache} "
                           f"in the torch hub cache ({type(err).__name__})") from None
-    out = TorchvisionResNet(variant, args.in_channels, args.small_input, net=net)
-    out.weights_id = f"torchvision:{variant}:{weights}"
-    return out
+    with torch.random.fork_rng(devices=[]):  # a replaced stem is drawn from a fixed seed
+        torch.manual_seed(0)
+        out = TorchvisionResNet(variant, args.in_channels, args.small_input, net=net)
+    return identify(out, f"torchvision:{variant}:{weights}")
 
 
 def load_checkpoint(backbone: Backbone, path: Path) -> Backbone:
@@ -252,8 +259,7 @@ def load_checkpoint(backbone: Backbone, path: Path) -> Backbone:
     except RuntimeError as err:
         msg = str(err).splitlines()[0]
         raise ConfigError(f"checkpoint {path} does not fit the backbone: {msg}") from None
-    out.weights_id = f"file:{state_fingerprint(out)}"
-    return out
+    return identify(out, "file")
 
 
 class Classifier(nn.Module):

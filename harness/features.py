@@ -28,7 +28,11 @@ class FeatureCache:
 
     @staticmethod
     def key(backbone: Backbone, fingerprint: str) -> str:
-        return hashlib.sha256(f"{backbone.weights_id}|{fingerprint}".encode()).hexdigest()[:24]
+        """Weights identity + split content + the code that computes features."""
+        from harness.pretrain import code_version
+
+        blob = f"{backbone.weights_id}|{fingerprint}|{code_version()}"
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, backbone: Backbone, x: torch.Tensor, fingerprint: str, *,
             device: torch.device) -> torch.Tensor:
@@ -73,4 +77,5 @@ def compute_features(backbone: Backbone, x: torch.Tensor, *, device: torch.devic
     backbone itself is never moved (a copy goes to an accelerator)."""
     if next(backbone.parameters()).device != device:
         backbone = copy.deepcopy(backbone).to(device)
-    return predict_logits(backbone, x, device=device)
+    # A clone outside inference mode: strategies may build autograd graphs on features.
+    return predict_logits(backbone, x, device=device).clone()

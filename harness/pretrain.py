@@ -7,6 +7,7 @@ version. A cache file whose checksum does not match its manifest is rebuilt, nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ _CODE_FILES = ("harness/backbones.py", "harness/train.py", "harness/pretrain.py"
                "suites/datasets.py", "suites/glyphs.py", "suites/tasks.py")
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """tlbench's version plus a hash of the code that shapes a pretrained checkpoint."""
     digest = hashlib.sha256(harness.__version__.encode())

@@ -83,7 +83,7 @@ def test_torchvision_weights_from_hub_cache(tmp_path, monkeypatch) -> None:
     args = ResNetArgs(variant="resnet18")
     loaded = load_torchvision_weights(build_backbone("resnet", {}), "resnet18", "IMAGENET1K_V1", args)
     assert torch.equal(loaded.groups[0][0].weight, reference.conv1.weight)
-    assert loaded.weights_id == "torchvision:resnet18:IMAGENET1K_V1"
+    assert loaded.weights_id.startswith("torchvision:resnet18:IMAGENET1K_V1:TorchvisionResNet:")
 
 
 def test_torchvision_weights_errors(tmp_path, monkeypatch) -> None:

@@ -47,3 +47,23 @@ def test_corrupt_feature_file_is_recomputed(tiny_backbone, tiny_task, tmp_path) 
     fresh = FeatureCache(tmp_path)
     fresh.get(tiny_backbone, tiny_task.val.x, tiny_task.val.fingerprint, device=torch.device("cpu"))
     assert fresh.computed == 1
+
+
+def test_different_random_backbones_never_share_features(tiny_task, tmp_path) -> None:
+    from harness.backbones import build_backbone
+
+    # Same seed, same feature size (64), different networks.
+    a = build_backbone("cnn2d", {"width": 16, "depth": 3}, seed=0)
+    b = build_backbone("cnn2d", {"width": 32, "depth": 2}, seed=0)
+    assert a.feature_dim == b.feature_dim
+    assert FeatureCache.key(a, "split") != FeatureCache.key(b, "split")
+    assert FeatureCache.key(a, "split") == FeatureCache.key(
+        build_backbone("cnn2d", {"width": 16, "depth": 3}, seed=0), "split")
+
+
+def test_features_support_autograd(tiny_backbone, tiny_task) -> None:
+    feats = FeatureCache().get(tiny_backbone, tiny_task.train.x, tiny_task.train.fingerprint,
+                               device=torch.device("cpu"))
+    head = torch.nn.Linear(feats.shape[1], 2)
+    head(feats).sum().backward()  # an inference-mode tensor would refuse this
+    assert head.weight.grad is not None

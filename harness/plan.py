@@ -95,7 +95,7 @@ def check_inputs(suite: Suite, backbones: list[str], task: Task) -> None:
         try:
             with torch.no_grad():
                 backbone.eval()(task.train.x[:2])
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             reason = str(err).splitlines()[0][:160]
             raise ConfigError(f"{suite.task_where(task.name)}.backbones: backbone {name!r} ({spec.arch}) "
                               f"cannot take this task's inputs of shape {task.input_shape}: {reason}") from None

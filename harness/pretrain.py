@@ -74,6 +74,13 @@ class PretrainCache:
         return into, ""
 
     def save(self, key: str, backbone: Backbone, meta: dict[str, object]) -> None:
+        try:
+            self._write(key, backbone, meta)
+        except OSError as err:
+            raise ConfigError(f"--cache-dir {self.directory.parent}: cannot write the pretrained "
+                              f"checkpoint ({err.strerror or err}); give a writable directory") from None
+
+    def _write(self, key: str, backbone: Backbone, meta: dict[str, object]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         ckpt, manifest = self.paths(key)
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")

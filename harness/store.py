@@ -29,7 +29,6 @@ def open_storage(url: str | None, out: Path) -> BaseStorage:
     """``None`` → a journal file in ``out``; a path or ``journal:PATH`` → a journal file;
     anything else is passed to Optuna as a database URL (sqlite://, postgresql+psycopg2://)."""
     if url is None:
-        out.mkdir(parents=True, exist_ok=True)
         return _journal(out / "store.journal")
     if url.startswith("journal:"):
         return _journal(Path(url.removeprefix("journal:")))
@@ -46,8 +45,12 @@ def open_storage(url: str | None, out: Path) -> BaseStorage:
 def _journal(path: Path) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as err:
+        raise ConfigError(f"storage {path}: cannot open the journal file ({err.strerror or err}); "
+                          f"give a writable file path") from None
 
 
 def study_name(suite: str, task: str, backbone: str, strategy: str, kind: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +18,9 @@ from harness.errors import ConfigError
 # Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
 Int = Annotated[int, Strict()]
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
+
+
+NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 class Frozen(BaseModel):
@@ -115,6 +119,18 @@ class Suite(Frozen):
     backbones: dict[str, BackboneSpec]
     path: str = ""
 
+    @model_validator(mode="after")
+    def _names(self) -> "Suite":
+        # Names become parts of study names ("suite::task::backbone::strategy::kind").
+        groups = {"name": [self.name], "tasks": self.tasks, "source_tasks": self.source_tasks,
+                  "backbones": self.backbones}
+        for group, names in groups.items():
+            for name in names:
+                if not NAME.fullmatch(name):
+                    raise ValueError(f"{group}: name {name!r} must match {NAME.pattern} "
+                                     f"(letters, digits, '_', '-', '.', '+')")
+        return self
+
     def fingerprint(self) -> str:
         """A hash of everything that changes a cell's results. The budget (trials, seeds)
         and the strategy list are left out: extending or narrowing a run reuses its store."""
@@ -183,7 +199,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: suite file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a suite is a YAML file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

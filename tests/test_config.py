@@ -480,3 +480,33 @@ def test_counts_must_be_integers(tmp_path: Path, capsys: pytest.CaptureFixture[s
     """YAML's `yes` is a boolean, not one trial: counts are strict integers."""
     path = write_suite(tmp_path, body + "\n")
     assert_one_error(*run_cli(tmp_path, capsys, path), str(path), field)
+
+
+@pytest.mark.parametrize("body,field", [
+    pytest.param("name: 'a::b'", "name", id="suite-name"),
+    pytest.param("tasks:\n  'digits 2shot':\n    dataset: digits\n    backbones: [glyph-cnn]", "tasks",
+                 id="task-name"),
+])
+def test_names_that_would_break_study_names(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            body: str, field: str) -> None:
+    path = write_suite(tmp_path, body + "\n")
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), field)
+
+
+def test_unwritable_storage_and_binary_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_suite(tmp_path, "")
+    rc = main(["run", str(path), "--out", str(tmp_path / "o"), "--storage", str(tmp_path) + "/"])
+    assert_one_error(rc, *capsys.readouterr(), str(tmp_path), "journal")  # before any training
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    assert_one_error(*run_cli(tmp_path, capsys, binary), str(binary), "UTF-8")
+
+
+def test_backbone_value_error_on_wrong_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_suite(tmp_path, """
+        backbones:
+          signal-cnn:
+            arch: cnn2d
+            args: {in_channels: 2}
+        """)
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "signal-cnn")

@@ -15,22 +15,25 @@ from harness.backbones import Backbone
 from harness.errors import NonFiniteLoss
 from harness.provenance import provenance
 from harness.runtime import Runtime
-from harness.store import recover_orphans, worker_id
+from harness.store import recover_orphans, worker_alive, worker_id
 from harness.train import NullReporter, accuracy
 from strategies.base import Strategy
 from suites.tasks import Task
 
 
-def _done_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
-    """Seeds already evaluated with exactly ``params`` (a longer tuning run that found a
-    new best configuration makes earlier evaluations stale)."""
-    done = set()
+def _taken_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
+    """Seeds evaluated with exactly ``params`` (a new best configuration makes earlier
+    evaluations stale), or being evaluated right now by another live worker."""
+    taken = set()
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("params") != params:
+        if t.user_attrs.get("params") != params or "seed" not in t.user_attrs:
             continue
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("final")):
-            done.add(int(t.user_attrs["seed"]))
-    return done
+        final = t.state == TrialState.FAIL and t.user_attrs.get("final")
+        running_elsewhere = (t.state == TrialState.RUNNING and t.user_attrs.get("worker") != worker_id()
+                             and worker_alive(t.user_attrs.get("worker", "")))
+        if t.state == TrialState.COMPLETE or final or running_elsewhere:
+            taken.add(int(t.user_attrs["seed"]))
+    return taken
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -47,11 +50,11 @@ def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     ``context`` (suite, task, backbone, strategy, tuning summary) is copied into each record.
     """
     recover_orphans(study)
+    study.set_user_attr("params", params)  # the configuration the table reports
     records = []
-    done = _done_seeds(study, params)
     for i, seed in enumerate(seeds):
         on_seed(i)
-        if seed in done:
+        if seed in _taken_seeds(study, params):  # re-read: other workers make progress too
             continue
         record = _run_one(study, strategy, backbone, task, params, seed=seed, context=context,
                           runtime=runtime)

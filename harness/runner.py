@@ -49,7 +49,14 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
             run_cell(cell, plan, strategy, backbones[cell.backbone], storage=storage,
                      runtime=runtime, progress=progress, console=console)
             progress.advance(cells_bar)
-    return write_outputs(load_runs(storage, suite.name), out, title=f"tlbench suite {suite.name}")
+    runs = load_runs(storage, suite.name)
+    if not runs.empty:  # this invocation's cells and seeds (a store may hold more)
+        seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
+        cells = {(c.task, c.backbone, c.strategy) for c in plan.cells}
+        in_plan = pd.Series([k in cells for k in zip(runs["task"], runs["backbone"], runs["strategy"])],
+                            index=runs.index)
+        runs = runs[in_plan & runs["seed"].isin(seeds)].reset_index(drop=True)
+    return write_outputs(runs, out, title=f"tlbench suite {suite.name}")
 
 
 def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: BaseStorage,
@@ -73,8 +80,9 @@ def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: B
                "strategy": cell.strategy, "tuning_best_val_accuracy": result.best_value,
                "tuning_best_trial": result.best_trial, "tuning_trials_complete": result.n_complete,
                "tuning_trials_pruned": result.n_pruned, "tuning_seconds": result.seconds,
-               "tuning_seeds": f"{tuning_seed(suite.seed, 0)} + trial number",
-               "tuning_best_trial_seed": tuning_seed(suite.seed, result.best_trial or 0),
+               "tuning_budget": suite.trials,
+               "tuning_seeds": f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, suite.trials - 1)}",
+               "tuning_best_trial_seed": result.best_seed,
                "suite_fingerprint": suite.fingerprint(),
                "backbone_weights": backbone.weights_id, "task_info": plan.tasks[cell.task].info}
     eval_study = optuna.create_study(

@@ -21,12 +21,13 @@ SEED_STRIDE = 1_000_003
 EVAL_OFFSET = 500_000
 
 
-def tuning_seed(suite_seed: int, trial_number: int) -> int:
-    return suite_seed * SEED_STRIDE + trial_number
+def tuning_seed(suite_seed: int, slot: int) -> int:
+    """The training seed of the tuning trial in ``slot`` (see :func:`trial_slot`)."""
+    return suite_seed * SEED_STRIDE + slot
 
 
 def evaluation_seed(suite_seed: int, k: int) -> int:
-    """Evaluation seeds never coincide with tuning seeds (trial numbers stay < 500,000)."""
+    """Evaluation seeds never coincide with tuning seeds (tuning slots stay < 500,000)."""
     return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
 
 
@@ -42,17 +43,39 @@ def protocol(budget: int, search: SearchSpec | None = None) -> dict[str, Any]:
             "budget": budget, "objective": "validation accuracy after the last epoch"}
 
 
+def trial_slot(study: optuna.Study) -> int:
+    """The position of the trial being asked among the study's non-failed trials: the count
+    of finished ones plus the other running ones. One worker gets 0, 1, 2, … whether or not
+    the study was interrupted and resumed; concurrent workers get distinct slots."""
+    alive = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                     TrialState.RUNNING))
+    return len(alive) - 1
+
+
+class SlotSeededTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random state is re-derived before every trial from (seed, slot).
+
+    A resumed study therefore proposes exactly what an uninterrupted one would have, and two
+    workers asking at the same moment do not propose the same random start-up points.
+    """
+
+    def __init__(self, *, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        state = (self._base_seed * SEED_STRIDE + trial_slot(study)) % 2**32
+        for rng in (getattr(self, "_rng", None), getattr(self._random_sampler, "_rng", None)):
+            if rng is not None:  # optuna's LazyRandomState
+                rng.rng.seed(state)
+        super().before_trial(study, trial)
+
+
 def make_study(name: str, storage: Any, *, budget: int, seed: int,
                search: SearchSpec | None = None) -> optuna.Study:
-    """Creates or loads the tuning study; the sampler seed moves on with the trial count
-    so a resumed study does not replay the configurations it already tried."""
+    """Creates or loads a cell's tuning study with the suite's sampler and pruner."""
     p = protocol(budget, search)
-    existing = 0
-    try:
-        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
-    except KeyError:
-        pass
-    sampler = optuna.samplers.TPESampler(seed=seed + existing, n_startup_trials=p["n_startup_trials"])
+    sampler = SlotSeededTPESampler(seed=seed, n_startup_trials=p["n_startup_trials"])
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if p["pruner"] == "MedianPruner":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=p["pruner_startup_trials"],
@@ -80,24 +103,30 @@ class TuneResult:
     best_params: dict[str, Any] | None
     best_value: float | None
     best_trial: int | None
+    best_seed: int | None
     n_complete: int
     n_pruned: int
     n_failed: int
     seconds: float
 
 
-def summarize(study: optuna.Study) -> TuneResult:
+def summarize(study: optuna.Study, budget: int | None = None) -> TuneResult:
+    """The outcome of the first ``budget`` finished trials (all when None): a study tuned
+    further by an earlier, longer run still compares at the suite's budget."""
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    counted = sorted(finished, key=lambda t: t.number)[:budget]
+    complete = [t for t in counted if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
     return TuneResult(
         best_params=dict(best.user_attrs["params"]) if best else None,
         best_value=best.value if best else None,
         best_trial=best.number if best else None,
+        best_seed=best.user_attrs.get("seed") if best else None,
         n_complete=len(complete),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        n_pruned=len(counted) - len(complete),
         n_failed=sum(t.state == TrialState.FAIL for t in trials),
-        seconds=sum(t.user_attrs.get("seconds", 0.0) for t in trials),
+        seconds=sum(t.user_attrs.get("seconds", 0.0) for t in counted),
     )
 
 
@@ -109,13 +138,14 @@ def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task
     A trial whose loss turns NaN/inf is pruned with the reason recorded.
     """
     for orphan in recover_orphans(study):
-        if orphan.params:
-            study.enqueue_trial(orphan.params, user_attrs={"retry_of": orphan.number})
+        if orphan.params:  # retried with its own training seed, as if never interrupted
+            study.enqueue_trial(orphan.params, user_attrs={"retry_of": orphan.number,
+                                                          "seed": orphan.user_attrs.get("seed")})
     while (done := _finished(study)) < budget:
         on_trial(done)
         _run_trial(study, strategy, backbone, task, suite_seed=suite_seed, runtime=runtime)
-    on_trial(_finished(study))
-    return summarize(study)
+    on_trial(min(_finished(study), budget))
+    return summarize(study, budget)
 
 
 def _finished(study: optuna.Study) -> int:
@@ -125,9 +155,11 @@ def _finished(study: optuna.Study) -> int:
 def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *,
                suite_seed: int, runtime: Runtime) -> None:
     trial = study.ask()
-    seed = tuning_seed(suite_seed, trial.number)
     trial.set_user_attr("worker", worker_id())
-    trial.set_user_attr("seed", seed)
+    seed = trial.user_attrs.get("seed")
+    if seed is None:
+        seed = tuning_seed(suite_seed, trial_slot(study))
+        trial.set_user_attr("seed", seed)
     params = strategy.search_space(trial)
     trial.set_user_attr("params", params)
     reporter = TrialReporter(trial)
@@ -139,7 +171,7 @@ def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task
     except NonFiniteLoss as err:
         _finish(study, trial, start, TrialState.PRUNED, reason=str(err))
     except KeyboardInterrupt:  # Ctrl-C: the next run retries this configuration first
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": seed})
         _finish(study, trial, start, TrialState.FAIL, reason="interrupted")
         raise
     except BaseException:

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import pandas as pd
 from optuna.storages import BaseStorage
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError
@@ -74,11 +75,23 @@ def worker_id() -> str:
 
 def worker_alive(worker: str) -> bool:
     """Whether the process that stamped a trial still runs. Workers on other hosts cannot
-    be checked and count as alive."""
-    host, pid, start = worker.rsplit(":", 2)
+    be checked and count as alive; without /proc only the pid is checked."""
+    try:
+        host, pid_text, start = worker.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return True  # not a stamp of ours: leave it alone
     if host != socket.gethostname():
         return True
-    return _proc_start(int(pid)) == start
+    if _proc_start(os.getpid()) is None:  # no /proc (macOS): is the pid in use at all?
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _proc_start(pid) == start
 
 
 def recover_orphans(study: optuna.Study, *, grace_s: float = 120.0) -> list[FrozenTrial]:
@@ -96,8 +109,11 @@ def recover_orphans(study: optuna.Study, *, grace_s: float = 120.0) -> list[Froz
         if worker is not None and worker_alive(worker):
             continue
         storage = study._storage
-        storage.set_trial_user_attr(trial._trial_id, "failed_reason", f"orphaned: worker {worker} died")
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        try:  # another worker may be reclaiming the same orphan right now
+            storage.set_trial_user_attr(trial._trial_id, "failed_reason", f"orphaned: worker {worker} died")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue
         orphans.append(trial)
     return orphans
 
@@ -127,10 +143,15 @@ def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
                     if "record" in t.user_attrs]
         if not complete:
             continue
-        # Only runs of the cell's current best configuration (see evaluate._done_seeds).
-        current = complete[-1].user_attrs["record"]["params"]
-        rows.extend(dict(t.user_attrs["record"]) for t in complete
-                    if t.user_attrs["record"]["params"] == current)
+        # Only runs of the cell's current best configuration, one per seed (two workers
+        # racing for a seed may both have finished it: the first one counts).
+        current = summary.user_attrs.get("params", complete[-1].user_attrs["record"]["params"])
+        seen: set[int] = set()
+        for t in sorted(complete, key=lambda t: t.number):
+            record = t.user_attrs["record"]
+            if record["params"] == current and record["seed"] not in seen:
+                seen.add(record["seed"])
+                rows.append(dict(record))
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values(["suite", "task", "backbone", "strategy", "seed"], ignore_index=True)

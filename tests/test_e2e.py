@@ -80,6 +80,18 @@ def test_more_seeds_extends_without_redoing(smoke_run: Path, tmp_path) -> None:
     assert (merged["started_at"] == merged["started_at_new"]).all()  # not re-run
 
 
+def test_fewer_seeds_or_strategies_narrow_the_table(smoke_run: Path, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(smoke_run, out)
+    before = trial_counts(out)
+    assert main(["run", "smoke", "--out", str(out), "--seeds", "1", "--strategies", "scratch"]) == 0
+    runs = pd.read_parquet(out / "results.parquet")
+    assert set(runs["strategy"]) == {"scratch"} and len(runs) == 2  # 2 tasks × 1 seed
+    assert trial_counts(out) == before  # nothing re-run
+
+
 def test_same_seeds_same_metrics(smoke_run: Path, tmp_path) -> None:
     assert main(["run", "smoke", "--out", str(tmp_path), "--strategies", "linear_probe,scratch"]) == 0
     a = pd.read_parquet(smoke_run / "results.parquet")
@@ -117,6 +129,15 @@ def test_resume_after_kill_9(tmp_path) -> None:
     assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
     for name, (finished, _) in trial_counts(out).items():
         assert finished == (8 if name.endswith("::tune") else SEEDS), name
+    # The resumed run holds exactly the records an uninterrupted run produces.
+    clean = tmp_path / "clean"
+    assert main(["run", "smoke", "--out", str(clean), "--trials", "8"]) == 0
+    keys = ["task", "backbone", "strategy", "seed"]
+    expected = pd.read_parquet(clean / "results.parquet").sort_values(keys, ignore_index=True)
+    got = runs.sort_values(keys, ignore_index=True)
+    for column in ("params", "test_accuracy", "val_accuracy", "shifted_test_accuracy",
+                   "tuning_best_val_accuracy", "tuning_best_trial_seed"):
+        assert got[column].tolist() == expected[column].tolist(), column
 
 
 def test_store_refuses_results_of_other_settings(smoke_run: Path, tmp_path, capsys) -> None:

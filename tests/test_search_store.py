@@ -98,3 +98,64 @@ def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) 
     tune(study, FlakyStrategy(), None, None, budget=2, suite_seed=0, runtime=runtime)
     retry = study.trials[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params
+
+
+def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
+    from harness.search import summarize
+
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=12, seed=0)
+    tune(study, FlakyStrategy(), None, None, budget=12, suite_seed=0, runtime=runtime)
+    first4 = [t for t in study.trials if t.number < 4 and t.state == TrialState.COMPLETE]
+    small = summarize(study, 4)
+    assert small.n_complete + small.n_pruned == 4
+    assert small.best_value == max(t.value for t in first4)
+    assert summarize(study, 12).best_value >= small.best_value
+
+
+def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime) -> None:
+    clean = make_study("c::t::b::flaky::tune", open_storage(None, tmp_path / "a"), budget=8, seed=3)
+    tune(clean, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+    resumed_storage = open_storage(None, tmp_path / "b")
+    part = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
+    tune(part, FlakyStrategy(), None, None, budget=3, suite_seed=0, runtime=runtime)
+    dead = part.ask()  # a worker dies mid-trial
+    dead.suggest_float("x", 0.0, 1.0)
+    dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
+    dead.set_user_attr("seed", tuning_seed(0, 3))
+    again = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
+    tune(again, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+
+    def finished(study):
+        return [(t.params["x"], t.user_attrs["seed"], t.state) for t in study.trials
+                if t.state != TrialState.FAIL]
+
+    assert finished(again) == finished(clean)
+
+
+def test_evaluation_skips_seeds_a_live_worker_holds(tmp_path, tiny_backbone, tiny_task, runtime) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from harness.evaluate import evaluate
+    from strategies import STRATEGIES
+
+    storage = open_storage(None, tmp_path)
+    study = optuna.create_study(study_name="s::t::b::scratch::eval", storage=storage)
+    probe = STRATEGIES.get("linear_probe")(epochs=(2, 2), batch_size=8)
+    params = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2}
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from harness.store import _proc_start
+
+        held = study.ask()
+        held.set_user_attr("worker", f"{worker_id().rsplit(':', 2)[0]}:{other.pid}:{_proc_start(other.pid)}")
+        held.set_user_attr("seed", 11)
+        held.set_user_attr("params", params)
+        records = evaluate(study, probe, tiny_backbone, tiny_task, params, seeds=[10, 11, 12],
+                           context={"suite": "s"}, runtime=runtime)
+    finally:
+        other.kill()
+        other.wait()
+    assert sorted(r["seed"] for r in records) == [10, 12]
+    assert os.path.exists(tmp_path / "store.journal")

@@ -9,6 +9,7 @@ import torch
 
 from harness.backbones import BACKBONES, build_backbone, validate_args
 from harness.errors import ConfigError
+from harness.pretrain import check_backbone_source
 from strategies import STRATEGIES
 from suites import bundled_suites
 from suites.config import Suite, parse_suite
@@ -130,3 +131,4 @@ def check_names(suite: Suite) -> None:
         if spec.pretrain is not None and spec.pretrain.task not in known_tasks:
             raise ConfigError(f"{where}: backbones.{name}.pretrain.task: unknown task "
                               f"{spec.pretrain.task!r}; defined: {', '.join(known_tasks)}")
+        check_backbone_source(name, suite)

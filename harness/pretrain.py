@@ -7,6 +7,7 @@ version. A cache file whose checksum does not match its manifest is rebuilt, nev
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -15,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -100,6 +101,46 @@ def pretrain_key(name: str, spec: BackboneSpec, suite: Suite) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+@contextlib.contextmanager
+def _prefixed(where: str) -> Iterator[None]:
+    """Prefixes the ConfigErrors raised inside with the suite file and field."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def checkpoint_path(name: str, suite: Suite) -> Path:
+    """A backbone's checkpoint path; relative paths are relative to the suite file."""
+    path = Path(suite.backbones[name].checkpoint or "")
+    return path if path.is_absolute() else Path(suite.path).parent / path
+
+
+def check_weights_name(name: str, suite: Suite) -> None:
+    """Torchvision weights need a resnet arch and a member of the variant's weights enum."""
+    import torchvision
+
+    spec = suite.backbones[name]
+    where = f"{suite.path}: backbones.{name}.weights"
+    if spec.arch != TorchvisionResNet.name:
+        raise ConfigError(f"{where}: torchvision weights need arch 'resnet', got {spec.arch!r}")
+    enum = torchvision.models.get_model_weights(ResNetArgs(**spec.args).variant)
+    if spec.weights != "DEFAULT" and spec.weights not in enum.__members__:
+        raise ConfigError(f"{where}: unknown weights {spec.weights!r}; allowed: "
+                          f"{', '.join(['DEFAULT', *enum.__members__])}")
+
+
+def check_backbone_source(name: str, suite: Suite) -> None:
+    """Checks a backbone's weights source before any training: the weights name, or that
+    the checkpoint exists and fits the architecture."""
+    spec = suite.backbones[name]
+    if spec.weights is not None:
+        check_weights_name(name, suite)
+    if spec.checkpoint is not None:
+        with _prefixed(f"{suite.path}: backbones.{name}.checkpoint"):
+            load_checkpoint(build_backbone(spec.arch, spec.args), checkpoint_path(name, suite))
+
+
 def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: torch.device,
                          log: Callable[[str], None] = print) -> Backbone:
     """Builds backbone ``name`` of ``suite`` with its weights (pretraining if needed)."""
@@ -107,15 +148,13 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     where = f"{suite.path}: backbones.{name}"
     backbone = build_backbone(spec.arch, spec.args, where=where)
     if spec.weights is not None:
-        if not isinstance(backbone, TorchvisionResNet):
-            raise ConfigError(f"{where}.weights: torchvision weights need arch 'resnet', got {spec.arch!r}")
+        check_weights_name(name, suite)
         args = ResNetArgs(**spec.args)
-        return load_torchvision_weights(backbone, args.variant, spec.weights, args)
+        with _prefixed(f"{where}.weights"):
+            return load_torchvision_weights(backbone, args.variant, spec.weights, args)
     if spec.checkpoint is not None:
-        path = Path(spec.checkpoint)
-        if not path.is_absolute():
-            path = Path(suite.path).parent / path
-        return load_checkpoint(backbone, path)
+        with _prefixed(f"{where}.checkpoint"):
+            return load_checkpoint(backbone, checkpoint_path(name, suite))
     if spec.pretrain is None:
         return backbone
     key = pretrain_key(name, spec, suite)

@@ -510,3 +510,35 @@ def test_backbone_value_error_on_wrong_channels(tmp_path: Path, capsys: pytest.C
             args: {in_channels: 2}
         """)
     assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "signal-cnn")
+
+
+def test_backbone_weight_sources_checked_before_training(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    bad_enum = write_suite(tmp_path, """
+        backbones:
+          res: {arch: resnet, args: {variant: resnet18, in_channels: 1, small_input: true},
+                weights: IMAGENET1K_V9}
+        """, name="a.yaml")
+    assert_one_error(*run_cli(tmp_path, capsys, bad_enum), str(bad_enum),
+                     "backbones.res.weights", "IMAGENET1K_V9", "IMAGENET1K_V1")
+    wrong_arch = write_suite(tmp_path, """
+        backbones:
+          glyph-cnn: {weights: IMAGENET1K_V1, pretrain: null}
+        """, name="b.yaml")
+    assert_one_error(*run_cli(tmp_path, capsys, wrong_arch), "backbones.glyph-cnn.weights", "resnet")
+    missing = write_suite(tmp_path, """
+        backbones:
+          glyph-cnn: {checkpoint: nothere.pt, pretrain: null}
+        """, name="c.yaml")
+    assert_one_error(*run_cli(tmp_path, capsys, missing), str(missing),
+                     "backbones.glyph-cnn.checkpoint", "nothere.pt")
+    import torch
+
+    from harness.backbones import build_backbone
+
+    torch.save(build_backbone("cnn2d", {"width": 4}).state_dict(), tmp_path / "small.pt")
+    misfit = write_suite(tmp_path, """
+        backbones:
+          glyph-cnn: {checkpoint: small.pt, pretrain: null}
+        """, name="d.yaml")
+    assert_one_error(*run_cli(tmp_path, capsys, misfit), "backbones.glyph-cnn.checkpoint", "does not fit")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import resource
 import time
 from typing import Any, Callable
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from harness.backbones import Backbone
 from harness.errors import NonFiniteLoss
+from harness.memory import PeakMemory
 from harness.provenance import provenance
 from harness.runtime import Runtime
 from harness.store import recover_orphans, worker_alive, worker_id
@@ -34,12 +33,6 @@ def _taken_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
         if t.state == TrialState.COMPLETE or final or running_elsewhere:
             taken.add(int(t.user_attrs["seed"]))
     return taken
-
-
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
 
 
 def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
@@ -71,13 +64,12 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     trial.set_user_attr("worker", worker_id())
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("params", params)
-    if runtime.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(runtime.device)
     started = dt.datetime.now(dt.timezone.utc)
     start = time.perf_counter()
     try:
-        predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
-                                 runtime=runtime)
+        with PeakMemory(runtime.device) as memory:
+            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
+                                     runtime=runtime)
     except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
         trial.set_user_attr("failed_reason", str(err))
         trial.set_user_attr("final", True)
@@ -87,7 +79,6 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         study.tell(trial, state=TrialState.FAIL)
         raise
     seconds = time.perf_counter() - start
-    peak, peak_kind = _peak_memory_mb(runtime.device)
     shifted = task.shifted_test
     record = {
         **context, "seed": seed, "params": dict(params),
@@ -95,7 +86,8 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         "val_accuracy": accuracy(predictor.logits(task.val), task.val.y),
         "shifted_test_accuracy": accuracy(predictor.logits(shifted), shifted.y) if shifted else None,
         "train_seconds": seconds, "trainable_parameters": predictor.trainable_parameters,
-        "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+        "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb,
+        "peak_memory_kind": memory.kind,
         "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),

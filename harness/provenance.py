@@ -22,6 +22,9 @@ def git_commit() -> str:
         return subprocess.run(["git", "-C", str(_ROOT), *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
     try:
+        # Only tlbench's own checkout counts: an installed copy may sit inside another repo.
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != _ROOT:
+            return "unknown"
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):

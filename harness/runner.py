@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,11 @@ from optuna.storages import BaseStorage
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from harness.evaluate import evaluate
 from harness.plan import Cell, Plan
 from harness.pretrain import materialize_backbone
 from harness.runtime import Runtime
 from harness.search import evaluation_seed, make_study, protocol, tune, tuning_seed
-from harness.evaluate import evaluate
 from harness.store import check_compatible, load_runs, study_name
 from reports.tables import flat_runs, report_markdown
 from strategies import STRATEGIES
@@ -101,8 +102,6 @@ def write_outputs(runs: pd.DataFrame, out: Path, *, title: str) -> RunOutputs:
     out.mkdir(parents=True, exist_ok=True)
     flat = flat_runs(runs)
     if "task_info" in flat:
-        import json
-
         flat["task_info"] = flat["task_info"].map(lambda v: json.dumps(v, sort_keys=True))
     paths = RunOutputs(runs, out / "results.parquet", out / "results.csv", out / "table.md")
     flat.to_parquet(paths.results_parquet, index=False)

@@ -17,8 +17,8 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.storages import BaseStorage
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError

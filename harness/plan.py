@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from harness.backbones import BACKBONES, build_backbone, validate_args
+from harness.backbones import BACKBONES, Backbone, build_backbone, validate_args
 from harness.errors import ConfigError
 from harness.pretrain import check_backbone_source
 from strategies import STRATEGIES
@@ -73,12 +73,13 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     check_names(suite)
     tasks = {name: build_task(name, spec, where=suite.task_where(name))
              for name, spec in suite.tasks.items()}
+    probes: dict[str, Backbone] = {}  # one random-init copy per backbone for the shape checks
     sources = {spec.pretrain.task for spec in suite.backbones.values() if spec.pretrain}
     for name in sorted(sources - set(tasks)):  # splits of source tasks must be possible too
-        tasks_for_check = build_task(name, suite.task_spec(name), where=suite.task_where(name))
-        check_inputs(suite, _pretrained_by(suite, name), tasks_for_check)
+        source = build_task(name, suite.task_spec(name), where=suite.task_where(name))
+        check_inputs(suite, _pretrained_by(suite, name), source, probes)
     for name, task in tasks.items():
-        check_inputs(suite, suite.tasks[name].backbones, task)
+        check_inputs(suite, suite.tasks[name].backbones, task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones
              for s in suite.strategies]
     return Plan(suite, tasks, cells)
@@ -88,11 +89,14 @@ def _pretrained_by(suite: Suite, task: str) -> list[str]:
     return [b for b, spec in suite.backbones.items() if spec.pretrain and spec.pretrain.task == task]
 
 
-def check_inputs(suite: Suite, backbones: list[str], task: Task) -> None:
-    """Each backbone must accept the task's inputs: one example through a random-init copy."""
+def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[str, Backbone]) -> None:
+    """Each backbone must accept the task's inputs: two examples through a random-init copy
+    (built once per backbone and kept in ``probes``)."""
     for name in backbones:
         spec = suite.backbones[name]
-        backbone = build_backbone(spec.arch, spec.args)
+        if name not in probes:
+            probes[name] = build_backbone(spec.arch, spec.args)
+        backbone = probes[name]
         try:
             with torch.no_grad():
                 backbone.eval()(task.train.x[:2])

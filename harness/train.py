@@ -75,7 +75,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
                epochs: int, batch_size: int, seed: int, device: torch.device, reporter: Reporter,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-               hooks: Sequence[Hook] = (), first_epoch: int = 0) -> list[float]:
+               hooks: Sequence[Hook] = ()) -> list[float]:
     """Trains ``model`` with cross-entropy (+ hook terms); reports val accuracy each epoch.
 
     Batches come from :func:`epoch_batches`, so a fixed seed gives a fixed run on CPU.
@@ -91,7 +91,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     loss_fn = nn.CrossEntropyLoss()
     history: list[float] = []
     step = 0
-    for epoch in range(first_epoch, first_epoch + epochs):
+    for epoch in range(epochs):
         model.train()
         for hook in hooks:
             hook.on_epoch_start(epoch, model, optimizer)

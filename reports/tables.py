@@ -6,9 +6,6 @@ import math
 
 import pandas as pd
 
-KEYS = ["suite", "task", "backbone", "strategy", "seed"]
-
-
 def column_labels(runs: pd.DataFrame) -> pd.Series:
     """A task's column is its name, or ``task / backbone`` when it has several backbones."""
     n_backbones = runs.groupby("task")["backbone"].transform("nunique")

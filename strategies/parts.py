@@ -7,7 +7,6 @@ from typing import Any, Iterable
 
 import optuna
 import torch
-from torch import nn
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -47,7 +46,3 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-
-def set_trainable(module: nn.Module, trainable: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(trainable)

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from harness.backbones import Backbone
 from harness.errors import NonFiniteLoss
+from harness.members import member_from
 from harness.memory import PeakMemory
 from harness.provenance import provenance
 from harness.runtime import Runtime
@@ -65,6 +66,7 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("params", params)
     started = dt.datetime.now(dt.timezone.utc)
+    members_before = runtime.members.fit_seconds if runtime.members is not None else 0.0
     start = time.perf_counter()
     try:
         with PeakMemory(runtime.device) as memory:
@@ -79,15 +81,33 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         study.tell(trial, state=TrialState.FAIL)
         raise
     seconds = time.perf_counter() - start
+    if runtime.members is not None:  # models trained on demand count as reused, not as own time
+        seconds -= runtime.members.fit_seconds - members_before
     shifted = task.shifted_test
+    start = time.perf_counter()
+    test_logits = predictor.logits(task.test)
+    inference_seconds = time.perf_counter() - start
+    logits = {task.test.fingerprint: test_logits, task.val.fingerprint: predictor.logits(task.val)}
+    if shifted is not None:
+        logits[shifted.fingerprint] = predictor.logits(shifted)
+    if runtime.members is not None:  # kept for strategies that reuse this model
+        member = member_from(predictor, strategy=strategy.name, index=runtime.members.index_of(seed),
+                             seed=seed, params=params, task=task, seconds=seconds, logits=logits,
+                             keep_weights=strategy.name in runtime.members.keep_weights)
+        runtime.members.record(member)
     record = {
         **context, "seed": seed, "params": dict(params),
-        "test_accuracy": accuracy(predictor.logits(task.test), task.test.y),
-        "val_accuracy": accuracy(predictor.logits(task.val), task.val.y),
-        "shifted_test_accuracy": accuracy(predictor.logits(shifted), shifted.y) if shifted else None,
-        "train_seconds": seconds, "trainable_parameters": predictor.trainable_parameters,
+        "test_accuracy": accuracy(test_logits, task.test.y),
+        "val_accuracy": accuracy(logits[task.val.fingerprint], task.val.y),
+        "shifted_test_accuracy": accuracy(logits[shifted.fingerprint], shifted.y) if shifted else None,
+        # cost: own training time plus that of reused models (a teacher, ensemble members)
+        "train_seconds": seconds + predictor.reused_seconds, "own_train_seconds": seconds,
+        "trainable_parameters": predictor.trainable_parameters,
+        "inference_parameters": predictor.inference_parameters,
+        "inference_seconds": inference_seconds,
+        "inference_ms_per_example": 1000 * inference_seconds / max(1, len(task.test)),
         "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb,
-        "peak_memory_kind": memory.kind,
+        "peak_memory_kind": memory.kind, **predictor.info(),
         "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),

@@ -10,7 +10,7 @@ import torch
 from harness.backbones import BACKBONES, Backbone, build_backbone, validate_args
 from harness.errors import ConfigError
 from harness.pretrain import check_backbone_source
-from strategies import STRATEGIES
+from strategies import STRATEGIES, Strategy
 from suites import bundled_suites
 from suites.config import Suite, parse_suite
 from suites.datasets import DATASETS
@@ -36,7 +36,17 @@ class Plan:
 
     @property
     def backbones(self) -> list[str]:
-        return sorted({c.backbone for c in self.cells})
+        """The cells' backbones and the students they distil into."""
+        names = {c.backbone for c in self.cells}
+        for cell in self.cells:
+            names.update(make_strategy(self.suite, cell.strategy).extra_backbones(cell.backbone))
+        return sorted(names)
+
+
+def make_strategy(suite: Suite, name: str) -> Strategy:
+    """A strategy with the suite's shared training settings and its own options."""
+    return STRATEGIES.get(name)(epochs=suite.training.epochs, batch_size=suite.training.batch_size,
+                                options=suite.strategy_options.get(name))
 
 
 def resolve_suite_path(arg: str) -> Path:
@@ -69,8 +79,10 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
         for name in strategies:
             STRATEGIES.get(name, where="--strategies")
         updates["strategies"] = strategies
+    declared = list(suite.strategies)
     suite = suite.model_copy(update=updates)
     check_names(suite)
+    order = check_strategies(suite, declared)
     tasks = {name: build_task(name, spec, where=suite.task_where(name))
              for name, spec in suite.tasks.items()}
     probes: dict[str, Backbone] = {}  # one random-init copy per backbone for the shape checks
@@ -80,9 +92,62 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
         check_inputs(suite, _pretrained_by(suite, name), source, probes)
     for name, task in tasks.items():
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
-    cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones
-             for s in suite.strategies]
+        check_inputs(suite, extra_backbones(suite, suite.tasks[name].backbones), task, probes)
+    cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
     return Plan(suite, tasks, cells)
+
+
+def check_strategies(suite: Suite, declared: list[str]) -> list[str]:
+    """Validates ``strategy_options`` and the models strategies reuse; returns the run's
+    strategies ordered so that each comes after those it reuses (suite order otherwise)."""
+    where = f"{suite.path}: strategy_options"
+    for name, options in suite.strategy_options.items():
+        cls = STRATEGIES.get(name, where=where)
+        validate_args(cls.Options, options, where=f"{where}.{name}")
+    known = set(declared) | set(suite.strategies)
+    graph: dict[str, list[str]] = {}
+    for name in sorted(known):
+        needs = make_strategy(suite, name).requires()
+        for need in needs:
+            STRATEGIES.get(need, where=f"{where}.{name}")
+            if need not in known:
+                raise ConfigError(f"{where}.{name}: reuses models of {need!r}, which is not among the "
+                                  f"suite's strategies ({', '.join(declared)}); add it to strategies")
+        graph[name] = needs
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            cycle = " -> ".join((*path[path.index(name):], name))
+            raise ConfigError(f"{where}: strategies reuse each other in a cycle ({cycle})")
+        for need in graph[name]:
+            visit(need, (*path, name))
+        if name not in order:
+            order.append(name)
+
+    for name in suite.strategies:
+        visit(name, ())
+    return [name for name in order if name in suite.strategies]
+
+
+def extra_backbones(suite: Suite, backbones: list[str]) -> list[str]:
+    """The suite backbones the run's strategies use besides ``backbones`` (a distillation's
+    students), checked to exist."""
+    out: list[str] = []
+    for name in suite.strategies:
+        strategy = make_strategy(suite, name)
+        for backbone in backbones:
+            try:
+                extra = strategy.extra_backbones(backbone)
+            except ValueError as err:
+                raise ConfigError(f"{suite.path}: strategy_options.{name}: {err}") from None
+            for other in extra:
+                if other not in suite.backbones:
+                    raise ConfigError(f"{suite.path}: strategy_options.{name}: unknown backbone "
+                                      f"{other!r}; defined: {', '.join(suite.backbones)}")
+                if other not in out:
+                    out.append(other)
+    return out
 
 
 def _pretrained_by(suite: Suite, task: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -14,14 +15,16 @@ from optuna.storages import BaseStorage
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from harness.errors import ConfigError
 from harness.evaluate import evaluate
-from harness.plan import Cell, Plan
+from harness.members import Members, ModelStore
+from harness.plan import Cell, Plan, make_strategy
 from harness.pretrain import materialize_backbone
 from harness.runtime import Runtime
-from harness.search import evaluation_seed, make_study, protocol, tune, tuning_seed
+from harness.search import TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
 from harness.store import check_compatible, load_runs, study_name
 from reports.tables import flat_runs, report_markdown
-from strategies import STRATEGIES
+from strategies import Strategy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -41,14 +44,20 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
                                             log=console.print)
                  for name in plan.backbones}
-    options = {"epochs": suite.training.epochs, "batch_size": suite.training.batch_size}
+    keep_weights = frozenset(w for name in suite.strategies
+                             for w in make_strategy(suite, name).requires_weights())
+    members: dict[tuple[str, str], Members] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         cells_bar = progress.add_task("cells", total=len(plan.cells))
         for cell in plan.cells:
-            strategy = STRATEGIES.get(cell.strategy)(**options)
-            run_cell(cell, plan, strategy, backbones[cell.backbone], storage=storage,
-                     runtime=runtime, progress=progress, console=console)
+            key = (cell.task, cell.backbone)
+            if key not in members:  # one per task × backbone: its strategies share models
+                members[key] = cell_members(cell, plan, backbones, storage=storage, out=out,
+                                            keep_weights=keep_weights)
+            run_cell(cell, plan, make_strategy(suite, cell.strategy), backbones[cell.backbone],
+                     storage=storage, runtime=dataclasses.replace(runtime, members=members[key]),
+                     progress=progress, console=console)
             progress.advance(cells_bar)
     runs = load_runs(storage, suite.name)
     if not runs.empty:  # this invocation's cells and seeds (a store may hold more)
@@ -60,18 +69,64 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     return write_outputs(runs, out, title=f"tlbench suite {suite.name}")
 
 
-def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: BaseStorage,
+def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: BaseStorage, out: Path,
+                 keep_weights: frozenset[str]) -> Members:
+    """The model server of a task × backbone: artifacts under ``out/models``."""
+    suite = plan.suite
+
+    def best_params(strategy: str) -> dict[str, Any]:
+        params = tuned_params(storage, plan, cell, strategy, backbones[cell.backbone])
+        if params is None:
+            raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} has no tuned configuration "
+                              f"in this store, and another strategy reuses its models; include "
+                              f"{strategy} in --strategies")
+        return params
+
+    return Members(cell=f"{suite.name}::{cell.task}::{cell.backbone}", backbone_name=cell.backbone,
+                   task=plan.tasks[cell.task], backbone=backbones[cell.backbone],
+                   make_strategy=lambda name: make_strategy(suite, name), best_params=best_params,
+                   seed_of=lambda k: evaluation_seed(suite.seed, k), store=ModelStore(out / "models"),
+                   backbones=backbones, keep_weights=keep_weights)
+
+
+def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str,
+                 backbone: Any) -> dict[str, Any] | None:
+    """The configuration a strategy is evaluated with in a cell: the one its evaluation
+    study recorded, else the best of its finished tuning, else None."""
+    suite = plan.suite
+    instance = make_strategy(suite, strategy)
+    if not instance.tunable:
+        return instance.search_space(optuna.trial.FixedTrial({}), backbone)
+    names = optuna.get_all_study_names(storage)
+    eval_name = study_name(suite.name, cell.task, cell.backbone, strategy, "eval")
+    if eval_name in names:
+        params = optuna.load_study(study_name=eval_name, storage=storage).user_attrs.get("params")
+        if params is not None:
+            return dict(params)
+    tune_name = study_name(suite.name, cell.task, cell.backbone, strategy, "tune")
+    if tune_name in names:
+        result = summarize(optuna.load_study(study_name=tune_name, storage=storage), suite.trials)
+        if result.n_complete + result.n_pruned >= suite.trials:
+            return result.best_params
+    return None
+
+
+def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, storage: BaseStorage,
              runtime: Runtime, progress: Progress, console: Console) -> None:
     suite, task = plan.suite, plan.tasks[cell.task]
     start = time.perf_counter()
-    name = study_name(suite.name, cell.task, cell.backbone, cell.strategy, "tune")
-    study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
-    study.set_user_attr("protocol", protocol(suite.trials, suite.search))
-    study.set_user_attr("suite_fingerprint", suite.fingerprint())
-    bar = progress.add_task(f"  {cell.label}: tuning", total=suite.trials)
-    result = tune(study, strategy, backbone, task, budget=suite.trials, suite_seed=suite.seed,
-                  runtime=runtime, on_trial=lambda n: progress.update(bar, completed=n))
-    progress.remove_task(bar)
+    if strategy.tunable:
+        name = study_name(suite.name, cell.task, cell.backbone, cell.strategy, "tune")
+        study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
+        study.set_user_attr("protocol", protocol(suite.trials, suite.search))
+        study.set_user_attr("suite_fingerprint", suite.fingerprint())
+        bar = progress.add_task(f"  {cell.label}: tuning", total=suite.trials)
+        result = tune(study, strategy, backbone, task, budget=suite.trials, suite_seed=suite.seed,
+                      runtime=runtime, on_trial=lambda n: progress.update(bar, completed=n))
+        progress.remove_task(bar)
+    else:  # nothing to search: evaluated with its fixed configuration
+        result = TuneResult(strategy.search_space(optuna.trial.FixedTrial({}), backbone), None, None,
+                            None, 0, 0, 0, 0.0)
     if result.best_params is None:
         console.print(f"[yellow]{cell.label}: no trial completed ({result.n_pruned} pruned, "
                       f"{result.n_failed} failed); not evaluated[/yellow]")
@@ -94,8 +149,9 @@ def run_cell(cell: Cell, plan: Plan, strategy: Any, backbone: Any, *, storage: B
     evaluate(eval_study, strategy, backbone, task, result.best_params, seeds=seeds,
              context=context, runtime=runtime, on_seed=lambda n: progress.update(bar, completed=n))
     progress.remove_task(bar)
-    console.print(f"{cell.label}: best val {result.best_value:.3f} | trials {result.n_complete} "
-                  f"complete, {result.n_pruned} pruned | {time.perf_counter() - start:.1f} s")
+    tuned = (f"best val {result.best_value:.3f} | trials {result.n_complete} complete, "
+             f"{result.n_pruned} pruned" if strategy.tunable else "not tuned (nothing to search)")
+    console.print(f"{cell.label}: {tuned} | {time.perf_counter() - start:.1f} s")
 
 
 def write_outputs(runs: pd.DataFrame, out: Path, *, title: str) -> RunOutputs:

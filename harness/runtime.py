@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.errors import ConfigError
 from harness.features import FeatureCache
 
+if TYPE_CHECKING:
+    from harness.members import Members
+
 
 @dataclass
 class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     features: FeatureCache = field(default_factory=FeatureCache)
+    members: "Members | None" = None  # set per cell: other strategies' trained models
 
 
 def resolve_device(name: str) -> torch.device:

@@ -160,7 +160,7 @@ def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task
     if seed is None:
         seed = tuning_seed(suite_seed, trial_slot(study))
         trial.set_user_attr("seed", seed)
-    params = strategy.search_space(trial)
+    params = strategy.search_space(trial, backbone)
     trial.set_user_attr("params", params)
     reporter = TrialReporter(trial)
     start = time.perf_counter()

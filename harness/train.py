@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -27,15 +28,32 @@ class NullReporter:
         self.history.append(value)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One training step's inputs: ``index`` are the examples' positions in the train split
+    (what per-example caches such as a teacher's logits are looked up by)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    logits: torch.Tensor
+
+
+Criterion = Callable[[Batch], torch.Tensor]
+
+
+def cross_entropy(batch: Batch) -> torch.Tensor:
+    return nn.functional.cross_entropy(batch.logits, batch.y)
+
+
 class Hook:
     """Callbacks at epoch and step boundaries, all no-ops by default (Lightning-style)."""
 
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called after ``model.train()`` at the start of each epoch (0-based)."""
 
-    def loss_term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  logits: torch.Tensor) -> torch.Tensor | None:
-        """An extra term added to the cross-entropy of this batch, or None."""
+    def loss_term(self, model: nn.Module, batch: Batch) -> torch.Tensor | None:
+        """An extra term added to this batch's loss (a penalty), or None."""
         return None
 
     def on_step_end(self, step: int) -> None:
@@ -75,8 +93,9 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
                epochs: int, batch_size: int, seed: int, device: torch.device, reporter: Reporter,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-               hooks: Sequence[Hook] = ()) -> list[float]:
-    """Trains ``model`` with cross-entropy (+ hook terms); reports val accuracy each epoch.
+               hooks: Sequence[Hook] = (), criterion: Criterion = cross_entropy) -> list[float]:
+    """Trains ``model`` on ``criterion`` (cross-entropy by default) plus the hooks' loss
+    terms; reports val accuracy each epoch.
 
     Batches come from :func:`epoch_batches`, so a fixed seed gives a fixed run on CPU.
 
@@ -88,7 +107,6 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     """
     x, y = train[0].to(device), train[1].to(device)
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss()
     history: list[float] = []
     step = 0
     for epoch in range(epochs):
@@ -97,11 +115,10 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
             hook.on_epoch_start(epoch, model, optimizer)
         total = torch.zeros((), device=device)
         for idx in epoch_batches(len(y), batch_size, gen, device):
-            xb, yb = x[idx], y[idx]
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
+            batch = Batch(x[idx], y[idx], idx, model(x[idx]))
+            loss = criterion(batch)
             for hook in hooks:
-                term = hook.loss_term(model, xb, yb, logits)
+                term = hook.loss_term(model, batch)
                 if term is not None:
                     loss = loss + term
             optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,9 @@ import optuna
 import torch
 from torch import nn
 
-from harness.backbones import Backbone
+from harness.backbones import ArgsModel, Backbone
+from harness.errors import ConfigError
+from harness.members import Members
 from harness.runtime import Runtime
 from harness.train import Reporter, predict_logits
 from suites.tasks import Split, Task
@@ -27,6 +29,30 @@ class Predictor(ABC):
     def trainable_parameters(self) -> int:
         """How many parameters the strategy trained."""
 
+    @property
+    @abstractmethod
+    def inference_parameters(self) -> int:
+        """How many parameters one prediction runs through (K models' for an ensemble)."""
+
+    #: Training seconds spent on models this predictor reuses (a teacher, ensemble members),
+    #: added to the run's own time in its record.
+    reused_seconds: float = 0.0
+
+    def state(self) -> dict[str, torch.Tensor] | None:
+        """The weights of an equivalent ``Classifier(backbone, head)``, for weight averaging;
+        None when the prediction is not one such network."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Strategy-specific facts copied into the run's record (e.g. the teacher's size)."""
+        return dict(getattr(self, "_info", {}))
+
+    def annotate(self, *, reused_seconds: float = 0.0, **info: Any) -> "Predictor":
+        """Sets :attr:`reused_seconds` and adds ``info``; returns self."""
+        self.reused_seconds = reused_seconds
+        self._info = {**self.info(), **info}
+        return self
+
 
 class ModelPredictor(Predictor):
     """Predicts with a whole trained network."""
@@ -43,9 +69,28 @@ class ModelPredictor(Predictor):
     def trainable_parameters(self) -> int:
         return self._trainable
 
+    @property
+    def inference_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
 
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def require_members(runtime: Runtime, strategy: str) -> "Members":
+    """The cell's model server; strategies that reuse other strategies' models need it."""
+    if runtime.members is None:
+        raise ConfigError(f"strategy {strategy!r} reuses models other strategies trained in the same "
+                          f"cell; run it from a suite (tlbench run), not on its own")
+    return runtime.members
+
+
+class NoOptions(ArgsModel):
+    """A strategy without suite-level options."""
 
 
 class Strategy(ABC):
@@ -58,24 +103,47 @@ class Strategy(ABC):
     Args:
         epochs: the (min, max) epoch range searched, the same for every strategy of a suite.
         batch_size: the mini-batch size, the same for every strategy of a suite.
+        options: the strategy's own settings from the suite's ``strategy_options`` block,
+            validated against ``Options``.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
+    Options: ClassVar[type[ArgsModel]] = NoOptions
+    #: False for strategies with nothing to search (an ensemble chooses on validation data
+    #: inside ``fit``): they get no tuning trials and run with ``search_space``'s output.
+    tunable: ClassVar[bool] = True
 
-    def __init__(self, *, epochs: tuple[int, int] = (5, 40), batch_size: int = 32) -> None:
+    def __init__(self, *, epochs: tuple[int, int] = (5, 40), batch_size: int = 32,
+                 options: ArgsModel | dict[str, Any] | None = None) -> None:
         self.epochs = tuple(epochs)
         self.batch_size = batch_size
+        self.options = options if isinstance(options, ArgsModel) else self.Options(**(options or {}))
+
+    def requires(self) -> list[str]:
+        """Strategies whose trained models this one reuses in the same cell (they run first)."""
+        return []
+
+    def extra_backbones(self, backbone: str) -> list[str]:
+        """Suite backbones this strategy uses in a cell of ``backbone`` besides it (a
+        distillation's student); raises ValueError when its options cannot say."""
+        return []
+
+    def requires_weights(self) -> list[str]:
+        """Those of :meth:`requires` whose weights (not only predictions) are reused."""
+        return []
 
     def suggest_epochs(self, trial: optuna.Trial) -> int:
         low, high = self.epochs
         return trial.suggest_int("epochs", low, high) if low < high else low
 
     @abstractmethod
-    def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Suggests one configuration; returns the params ``fit`` consumes."""
+    def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
+        """Suggests one configuration for ``backbone``; returns the params ``fit`` consumes."""
 
     @abstractmethod
     def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
             reporter: Reporter, runtime: Runtime) -> Predictor:
-        """Trains on ``task.train``, reports ``task.val`` accuracy each epoch."""
+        """Trains on ``task.train``, reports ``task.val`` accuracy each epoch.
+
+        ``runtime.members`` serves models other strategies trained in the same cell."""

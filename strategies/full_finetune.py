@@ -1,36 +1,70 @@
-"""Full fine-tuning, and the from-scratch baseline that shares its recipe."""
+"""Full fine-tuning, the routine every fine-tuning strategy composes, and the from-scratch
+baseline that shares its recipe."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import optuna
 import torch
+from torch import nn
 
 from harness.backbones import Backbone, Classifier
 from harness.runtime import Runtime
-from harness.train import Reporter, fit_epochs, steps_per_epoch
-from strategies.base import ModelPredictor, Predictor, Strategy, count_trainable
-from strategies.parts import make_optimizer, suggest_optimizer, warmup_cosine
+from harness.train import Criterion, Hook, Reporter, cross_entropy, fit_epochs, steps_per_epoch
+from strategies.base import ModelPredictor, Predictor, Strategy
+from strategies.parts import make_optimizer, make_schedule, suggest_optimizer
 from suites.tasks import Task
 
 
-def finetune(backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
-             reporter: Reporter, runtime: Runtime, batch_size: int) -> ModelPredictor:
-    """Trains every layer group and a fresh head with warmup + cosine; ``backbone`` is
-    copied, never changed."""
+def new_classifier(backbone: Backbone, num_classes: int, *, seed: int, runtime: Runtime,
+                   head: nn.Linear | None = None) -> Classifier:
+    """A copy of ``backbone`` with a fresh head drawn from ``seed`` (or a copy of ``head``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Classifier(copy.deepcopy(backbone), backbone.new_head(task.num_classes))
-        model = model.to(runtime.device)
-        opt = make_optimizer(model.parameters(), params)
-        total = params["epochs"] * steps_per_epoch(len(task.train), batch_size)
-        sched = warmup_cosine(opt, total, params["warmup_fraction"])
+        new = backbone.new_head(num_classes) if head is None else copy.deepcopy(head)
+        return Classifier(copy.deepcopy(backbone), new).to(runtime.device)
+
+
+def finetune(model: Classifier, task: Task, params: dict[str, Any], *, seed: int,
+             reporter: Reporter, runtime: Runtime, batch_size: int,
+             groups: Iterable[Any] | None = None, hooks: Sequence[Hook] = (),
+             criterion: Criterion = cross_entropy) -> ModelPredictor:
+    """Trains ``model`` in place for ``params["epochs"]`` epochs and wraps it as a predictor.
+
+    The parts a strategy varies: ``groups`` (parameter groups with ``lr_scale``; default all
+    parameters at ``params["lr"]``), the schedule named by ``params["schedule"]`` (default
+    warmup + cosine), ``hooks`` (freezing schedules, penalties) and ``criterion``. A
+    parameter counts as trained when it was trainable in at least one epoch.
+    """
+    opt = make_optimizer(model.parameters() if groups is None else groups, params)
+    total = params["epochs"] * steps_per_epoch(len(task.train), batch_size)
+    sched = make_schedule(opt, total, params)
+    tracker = _UpdatedParameters(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y),
                    epochs=params["epochs"], batch_size=batch_size, seed=seed,
-                   device=runtime.device, reporter=reporter, scheduler=sched)
-    return ModelPredictor(model, device=runtime.device, trainable=count_trainable(model))
+                   device=runtime.device, reporter=reporter, scheduler=sched,
+                   hooks=[*hooks, tracker], criterion=criterion)
+    return ModelPredictor(model, device=runtime.device, trainable=tracker.count)
+
+
+class _UpdatedParameters(Hook):
+    """Counts the parameters that were trainable in at least one epoch (runs after the
+    other hooks, so it sees their freezing)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = list(model.parameters())
+        self.seen: set[int] = set()
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.seen |= {i for i, p in enumerate(self.params) if p.requires_grad}
+
+    @property
+    def count(self) -> int:
+        return sum(self.params[i].numel() for i in self.seen)
 
 
 class FullFinetune(Strategy):
@@ -39,12 +73,13 @@ class FullFinetune(Strategy):
     name = "full_finetune"
     description = "all layer groups + new head trained; SGD/AdamW, warmup + cosine"
 
-    def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
+    def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         return {**suggest_optimizer(trial), "epochs": self.suggest_epochs(trial)}
 
     def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
             reporter: Reporter, runtime: Runtime) -> Predictor:
-        return finetune(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime,
+        model = new_classifier(backbone, task.num_classes, seed=seed, runtime=runtime)
+        return finetune(model, task, params, seed=seed, reporter=reporter, runtime=runtime,
                         batch_size=self.batch_size)
 
 
@@ -56,5 +91,5 @@ class Scratch(FullFinetune):
 
     def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
             reporter: Reporter, runtime: Runtime) -> Predictor:
-        return finetune(backbone.reinitialized(seed), task, params, seed=seed, reporter=reporter,
-                        runtime=runtime, batch_size=self.batch_size)
+        return super().fit(backbone.reinitialized(seed), task, params, seed=seed, reporter=reporter,
+                           runtime=runtime)

@@ -8,7 +8,7 @@ import optuna
 import torch
 from torch import nn
 
-from harness.backbones import Backbone
+from harness.backbones import Backbone, Classifier
 from harness.runtime import Runtime
 from harness.train import Reporter, fit_linear_head
 from strategies.base import Predictor, Strategy
@@ -33,6 +33,23 @@ class ProbePredictor(Predictor):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.head.parameters())
 
+    @property
+    def inference_parameters(self) -> int:
+        return sum(p.numel() for p in self.backbone.parameters()) + self.trainable_parameters
+
+    def state(self) -> dict[str, torch.Tensor]:
+        model = Classifier(self.backbone, self.head)
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def suggest_probe(trial: optuna.Trial, epochs: int, prefix: str = "") -> dict[str, Any]:
+    """The probe's AdamW learning rate and weight decay (names prefixed for composites)."""
+    return {
+        f"{prefix}lr": trial.suggest_float(f"{prefix}lr", 1e-4, 1e-1, log=True),
+        f"{prefix}weight_decay": trial.suggest_float(f"{prefix}weight_decay", 1e-6, 1e-1, log=True),
+        f"{prefix}epochs": epochs,
+    }
+
 
 def train_probe(backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
                 reporter: Reporter, runtime: Runtime, batch_size: int) -> nn.Linear:
@@ -56,12 +73,8 @@ class LinearProbe(Strategy):
     name = "linear_probe"
     description = "frozen backbone, linear head trained on cached features"
 
-    def search_space(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
-            "epochs": self.suggest_epochs(trial),
-        }
+    def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
+        return suggest_probe(trial, self.suggest_epochs(trial))
 
     def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
             reporter: Reporter, runtime: Runtime) -> Predictor:

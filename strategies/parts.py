@@ -1,35 +1,65 @@
-"""Reusable pieces strategies compose: optimizers, schedules, freezing, search spaces."""
+"""Reusable pieces strategies are composed of.
+
+* search-space fragments: :func:`suggest_optimizer`, :func:`suggest_schedule`;
+* optimizers and learning-rate schedules: :func:`make_optimizer`, :func:`warmup_cosine`,
+  :func:`slanted_triangular`;
+* parameter grouping: :func:`model_groups`, :func:`layerwise_lr_groups` (discriminative
+  learning rates);
+* hooks on the one training loop: :class:`FreezeSchedule` (gradual unfreezing, surgical
+  fine-tuning), :class:`L2SP` (a penalty towards the starting weights);
+* a criterion: :class:`Distillation` (Hinton et al.'s soft-target loss on cached logits).
+
+A strategy picks some of these and hands them to :func:`strategies.full_finetune.finetune`.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import optuna
 import torch
+from torch import nn
+
+from harness.backbones import Classifier
+from harness.train import Batch, Hook
 
 OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "stlr")
 
 
-def suggest_optimizer(trial: optuna.Trial) -> dict[str, Any]:
-    """Optimizer family, learning rate (range per family), weight decay and warmup."""
+def suggest_optimizer(trial: optuna.Trial, *, weight_decay: bool = True) -> dict[str, Any]:
+    """Optimizer family, learning rate (range per family), weight decay and warmup.
+
+    ``weight_decay=False`` fixes it at 0 (for strategies whose penalty replaces it)."""
     name = trial.suggest_categorical("optimizer", OPTIMIZERS)
     lr_range = (1e-3, 1e-1) if name == "sgd" else (1e-5, 1e-2)
     return {
         "optimizer": name,
         "lr": trial.suggest_float(f"lr_{name}", *lr_range, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True) if weight_decay else 0.0,
         "warmup_fraction": trial.suggest_float("warmup_fraction", 0.0, 0.3),
     }
 
 
+def suggest_schedule(trial: optuna.Trial) -> dict[str, Any]:
+    """Warmup + cosine, or ULMFiT's slanted triangular schedule."""
+    return {"schedule": trial.suggest_categorical("schedule", SCHEDULES)}
+
+
 def make_optimizer(params: Iterable[Any], cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum 0.9, or AdamW, from a config made by ``suggest_optimizer``."""
+    """SGD with Nesterov momentum 0.9, or AdamW, from a config made by ``suggest_optimizer``.
+
+    ``params`` may be parameter groups; a group's ``lr_scale`` multiplies ``cfg["lr"]``."""
+    groups = list(params)
+    if groups and isinstance(groups[0], dict):
+        groups = [{**{k: v for k, v in g.items() if k != "lr_scale"},
+                   "lr": cfg["lr"] * g.get("lr_scale", 1.0)} for g in groups]
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, nesterov=True,
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=0.9, nesterov=True,
                                weight_decay=cfg["weight_decay"])
     if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
@@ -46,3 +76,134 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
+
+def slanted_triangular(optimizer: torch.optim.Optimizer, total_steps: int, *, cut_frac: float = 0.1,
+                       ratio: float = 32.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """ULMFiT's slanted triangular learning rate (Howard & Ruder 2018, eq. 3): a short linear
+    increase over ``cut_frac`` of the steps from lr/ratio to lr, then a long linear decay
+    back to lr/ratio. Each group keeps its own peak, so discriminative rates are preserved."""
+    cut = max(1, math.floor(total_steps * cut_frac))
+
+    def factor(step: int) -> float:
+        if step < cut:
+            p = step / cut
+        else:
+            p = max(0.0, 1 - (step - cut) / max(1.0, cut * (1 / cut_frac - 1)))
+        return (1 + p * (ratio - 1)) / ratio
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                  params: dict[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule named by ``params["schedule"]`` (default: warmup + cosine)."""
+    kind = params.get("schedule", "cosine")
+    if kind == "cosine":
+        return warmup_cosine(optimizer, total_steps, params.get("warmup_fraction", 0.0))
+    if kind == "stlr":
+        return slanted_triangular(optimizer, total_steps)
+    raise ValueError(f"unknown schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
+
+
+def model_groups(model: Classifier) -> list[nn.Module]:
+    """The layer groups of a classifier, input → output: the backbone's groups, then the head."""
+    return [*model.backbone.groups, model.head]
+
+
+def group_parameters(model: Classifier) -> list[list[nn.Parameter]]:
+    """Each layer group's parameters; backbone parameters outside every group (an adapter's
+    extras) join the first group, so every parameter is in exactly one list."""
+    groups = [list(g.parameters()) for g in model_groups(model)]
+    seen = {id(p) for g in groups for p in g}
+    groups[0] = [p for p in model.backbone.parameters() if id(p) not in seen] + groups[0]
+    return groups
+
+
+def layerwise_lr_groups(model: Classifier, decay: float) -> list[dict[str, Any]]:
+    """Discriminative learning rates (Howard & Ruder 2018; layer-wise decay as in BEiT and
+    timm's ``param_groups_layer_decay``): backbone group ``i`` of ``n`` (0 = input side)
+    gets ``lr * decay ** (n - i)``, the head gets ``lr``."""
+    params = group_parameters(model)
+    n = len(params) - 1  # backbone groups; the head is index n
+    return [{"params": p, "lr_scale": decay ** (n - i), "group": i}
+            for i, p in enumerate(params) if p]
+
+
+class FreezeSchedule(Hook):
+    """Which layer groups train in which epoch; the others are frozen.
+
+    ``stages`` is a list of ``(first_epoch, trainable group indices)`` sorted by epoch
+    (indices into :func:`model_groups`, the head being the last). A frozen group has
+    ``requires_grad`` off (so the optimizer skips it: no update, no weight decay, no
+    momentum) and runs in eval mode (batch-norm statistics stay those it started with),
+    so it stays bit-identical.
+    """
+
+    def __init__(self, stages: Sequence[tuple[int, Iterable[int]]]) -> None:
+        self.stages = [(int(start), frozenset(groups)) for start, groups in stages]
+        if not self.stages or self.stages[0][0] != 0:
+            raise ValueError("the first stage must start at epoch 0")
+
+    def trainable_at(self, epoch: int) -> frozenset[int]:
+        return [g for start, g in self.stages if start <= epoch][-1]
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        trainable = self.trainable_at(epoch)
+        for i, (module, params) in enumerate(zip(model_groups(model), group_parameters(model))):
+            for p in params:
+                p.requires_grad_(i in trainable)
+            if i not in trainable:
+                module.eval()
+
+    @classmethod
+    def gradual(cls, n_groups: int, epochs_per_stage: int) -> "FreezeSchedule":
+        """ULMFiT's gradual unfreezing: the head alone for ``epochs_per_stage`` epochs, then
+        one more group from the top every ``epochs_per_stage`` epochs, until all train."""
+        head = n_groups - 1
+        return cls([(k * epochs_per_stage, range(head - k, head + 1)) for k in range(n_groups)])
+
+    @classmethod
+    def only(cls, groups: Iterable[int]) -> "FreezeSchedule":
+        """The same groups trainable throughout (surgical fine-tuning)."""
+        return cls([(0, groups)])
+
+
+class L2SP(Hook):
+    """The L2-SP penalty (Li et al. 2018): ``α/2·‖w − w₀‖²`` over the backbone's parameters
+    (``w₀`` = the starting, pretrained values) plus ``β/2·‖w_head‖²`` over the new head's
+    weight matrix."""
+
+    def __init__(self, model: Classifier, alpha: float, beta: float) -> None:
+        self.alpha, self.beta = alpha, beta
+        self.start = [p.detach().clone() for p in model.backbone.parameters()]
+
+    def loss_term(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.penalty(model)
+
+    def penalty(self, model: Classifier) -> torch.Tensor:
+        sp = sum(((p - p0) ** 2).sum() for p, p0 in zip(model.backbone.parameters(), self.start))
+        return self.alpha / 2 * sp + self.beta / 2 * (model.head.weight ** 2).sum()
+
+
+class Distillation:
+    """Hinton et al. (2015): ``(1 − α)·CE(y, z_s) + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))``.
+
+    ``teacher_logits`` are the teacher's logits on the whole train split, computed once;
+    batches pick theirs by index, so the teacher never runs during training."""
+
+    def __init__(self, teacher_logits: torch.Tensor, *, temperature: float, alpha: float) -> None:
+        self.teacher_logits = teacher_logits
+        self.temperature, self.alpha = temperature, alpha
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        return distillation_loss(batch.logits, self.teacher_logits[batch.index], batch.y,
+                                 temperature=self.temperature, alpha=self.alpha)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, *,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    t = temperature
+    ce = nn.functional.cross_entropy(student, y)
+    kl = nn.functional.kl_div(torch.log_softmax(student / t, 1), torch.log_softmax(teacher / t, 1),
+                              reduction="batchmean", log_target=True)
+    return (1 - alpha) * ce + alpha * t * t * kl

@@ -112,6 +112,9 @@ class Suite(Frozen):
     trials: Int = Field(10, gt=0)
     seeds: Int = Field(3, gt=0)
     strategies: list[str] = Field(min_length=1)
+    # Per-strategy settings (a distillation's student, an ensemble's members), by name;
+    # each strategy's ``Options`` model validates its block.
+    strategy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     training: TrainingSpec = TrainingSpec()
     search: SearchSpec = SearchSpec()
     source_tasks: dict[str, TaskSpec] = Field(default_factory=dict)

@@ -50,3 +50,15 @@ def runtime(tmp_path):
 @pytest.fixture
 def smoke_suite() -> Path:
     return ROOT / "suites" / "smoke.yaml"
+
+
+@pytest.fixture
+def cell_runtime(runtime, tiny_task, tiny_backbone):
+    """``runtime`` with a model server for the tiny task, so strategies that reuse other
+    strategies' models (distillation, ensemble) can run."""
+    import dataclasses
+
+    from helpers import make_members
+
+    return dataclasses.replace(runtime, members=make_members(
+        tiny_task, tiny_backbone, keep_weights=frozenset({"full_finetune"})))

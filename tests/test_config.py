@@ -256,7 +256,7 @@ def test_include_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     pytest.param(["--trials", "-3"], ("--trials -3", "positive integer"), id="trials-negative"),
     pytest.param(["--seeds", "0"], ("--seeds 0", "positive integer"), id="seeds-0"),
     pytest.param(["--strategies", "linear_probe,bogus"],
-                 ("--strategies", "'bogus'", "full_finetune, linear_probe, scratch"), id="strategies"),
+                 ("--strategies", "'bogus'", "full_finetune, gradual_unfreeze"), id="strategies"),
     pytest.param(["--device", "gpu"], ("--device 'gpu'", "auto, cpu, cuda"), id="device-unknown"),
 ])
 def test_bad_flag_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -542,3 +542,58 @@ def test_backbone_weight_sources_checked_before_training(tmp_path: Path,
           glyph-cnn: {checkpoint: small.pt, pretrain: null}
         """, name="d.yaml")
     assert_one_error(*run_cli(tmp_path, capsys, misfit), "backbones.glyph-cnn.checkpoint", "does not fit")
+
+
+# ------------------------------------------------------------- strategy options
+
+BAD_OPTIONS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("unknown-strategy", "strategy_options: {bogus: {}}",
+     ("strategy_options", "'bogus'", "distillation", "ensemble")),
+    ("unknown-field", "strategy_options: {ensemble: {sise: 3}}",
+     ("strategy_options.ensemble.sise", "unknown field", "members, size, method, rounds")),
+    ("bad-method", "strategy_options: {ensemble: {method: vote}}",
+     ("strategy_options.ensemble.method", "'vote'", "greedy_soup")),
+    ("bad-size", "strategy_options: {ensemble: {size: 0}}", ("strategy_options.ensemble.size", "0")),
+    ("teacher-not-run", "strategies: [linear_probe, distillation]",
+     ("strategy_options.distillation", "'full_finetune'", "add it to strategies")),
+    ("teacher-unknown", "strategy_options: {distillation: {teacher: bogus}}",
+     ("strategy_options.distillation", "'bogus'", "full_finetune")),
+    ("member-unknown", "strategy_options: {ensemble: {members: [full_finetune, nope]}}",
+     ("strategy_options.ensemble", "'nope'")),
+    ("cycle", "strategy_options: {distillation: {teacher: ensemble}, ensemble: {members: [distillation]}}",
+     ("strategy_options", "cycle", "distillation -> ensemble -> distillation")),
+    ("student-unknown", "strategy_options: {distillation: {student: nope}}",
+     ("strategy_options.distillation", "'nope'", "glyph-cnn-small")),
+    ("student-wrong-input", "strategy_options: {distillation: {student: {glyph-cnn: signal-cnn-small}}}",
+     ("tasks.digits-2shot.backbones", "'signal-cnn-small'", "cannot take")),
+]
+
+
+@pytest.mark.parametrize("body,needles", [pytest.param(b, n, id=i) for i, b, n in BAD_OPTIONS])
+def test_bad_strategy_options_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 body: str, needles: tuple[str, ...]) -> None:
+    assert_one_error(*run_cli(tmp_path, capsys, write_suite(tmp_path, body)), *needles)
+
+
+def test_student_mapping_must_cover_every_teacher_backbone(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = yaml.safe_load(QUICK.read_text())
+    data["strategy_options"]["distillation"]["student"] = {"glyph-cnn": "glyph-cnn-small"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert_one_error(*run_cli(tmp_path, capsys, path), "strategy_options.distillation",
+                     "no student for backbone 'signal-cnn'")
+
+
+def test_cells_run_after_the_strategies_they_reuse(tmp_path: Path) -> None:
+    path = write_suite(tmp_path, "strategies: [ensemble, distillation, linear_probe, full_finetune]")
+    plan = load_plan(path)
+    order = [c.strategy for c in plan.cells if c.task == "digits-2shot"]
+    assert order == ["full_finetune", "ensemble", "distillation", "linear_probe"]
+    assert "glyph-cnn-small" in plan.backbones and "signal-cnn-small" in plan.backbones
+
+
+def test_strategy_options_change_the_fingerprint(tmp_path: Path) -> None:
+    base = parse_suite(write_suite(tmp_path, "", name="a.yaml")).fingerprint()
+    other = parse_suite(write_suite(tmp_path, "strategy_options: {ensemble: {size: 5}}", name="b.yaml"))
+    assert other.fingerprint() != base

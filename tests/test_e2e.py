@@ -17,9 +17,11 @@ from optuna.trial import TrialState
 from harness.cli import main
 from harness.store import load_runs, open_storage
 
-CELLS = 6  # 2 tasks × 1 backbone × 3 strategies
+STRATEGIES = 11
+CELLS = 2 * STRATEGIES  # 2 tasks × 1 backbone × 11 strategies
 SEEDS = 2
 TRIALS = 3
+UNTUNED = ("ensemble",)  # nothing to search: no tuning study
 
 
 def trial_counts(out: Path) -> dict[str, tuple[int, int]]:
@@ -51,11 +53,60 @@ def test_outputs_written(smoke_run: Path) -> None:
     assert runs["shifted_test_accuracy"].notna().all()
     assert len(pd.read_csv(smoke_run / "results.csv")) == len(runs)
     table = (smoke_run / "table.md").read_text()
-    for strategy in ("linear_probe", "full_finetune", "scratch"):
+    from strategies import STRATEGIES as registry
+    assert len(registry.names()) == STRATEGIES
+    for strategy in registry.names():
         assert f"| {strategy} |" in table
     assert "digits-2shot" in table and "mnist1d-shifted" in table
-    for name, (finished, _) in trial_counts(smoke_run).items():
+    counts = trial_counts(smoke_run)
+    for name, (finished, _) in counts.items():
         assert finished == (TRIALS if name.endswith("::tune") else SEEDS), name
+    assert not [n for n in counts if n.endswith("::tune") and n.split("::")[3] in UNTUNED]
+
+
+def test_reusing_strategies_record_what_they_reused(smoke_run: Path) -> None:
+    runs = pd.read_parquet(smoke_run / "results.parquet")
+    ft = runs[runs["strategy"] == "full_finetune"].set_index(["task", "seed"])
+    kd = runs[runs["strategy"] == "distillation"]
+    assert (kd["student_parameters"] < kd["teacher_parameters"]).all()
+    assert (kd["inference_parameters"] == kd["student_parameters"]).all()
+    for row in kd.itertuples():  # teacher k is full_finetune's evaluation run k
+        teacher = ft.loc[(row.task, row.seed)]
+        assert row.teacher_parameters == teacher["inference_parameters"]
+        assert row.teacher_test_accuracy == pytest.approx(teacher["test_accuracy"])
+        assert row.train_seconds > row.own_train_seconds
+    ens = runs[runs["strategy"] == "ensemble"]
+    assert (ens["ensemble_size"] == 3).all()  # smoke inherits quick: 3 full_finetune models
+    one = ft.groupby("task")["inference_parameters"].first()
+    for row in ens.itertuples():
+        models = 1 if row.ensemble_method.endswith("soup") else len(row.ensemble_members.split(", "))
+        assert row.inference_parameters == models * one[row.task]
+        assert row.train_seconds > row.own_train_seconds >= 0
+    assert len(list((smoke_run / "models").rglob("*.pt"))) >= 2 * 3 * SEEDS  # kept for reuse
+
+
+def test_reusing_without_the_reused_strategy_is_one_clear_line(tmp_path, capsys) -> None:
+    rc = main(["run", "smoke", "--out", str(tmp_path), "--strategies", "distillation"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line or "Traceback" in line]
+    assert rc == 2 and len(err) == 1, err  # progress lines before it, one error line, no traceback
+    assert err[0].startswith("tlbench: error: ")
+    assert "'full_finetune' has no tuned configuration" in err[0] and "--strategies" in err[0]
+
+
+def test_reusing_from_the_store_alone(smoke_run: Path, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(smoke_run, out)
+    shutil.rmtree(out / "models")  # artifacts gone: the teacher is refitted, identically
+    before = pd.read_parquet(smoke_run / "results.parquet")
+    assert main(["run", "smoke", "--out", str(out), "--seeds", "3", "--strategies", "distillation"]) == 0
+    after = pd.read_parquet(out / "results.parquet")
+    assert set(after["strategy"]) == {"distillation"} and len(after) == 2 * 3
+    new = after[after["seed"] == after["seed"].max()]
+    assert new["teacher"].str.endswith("#2").all()
+    old = before[before["strategy"] == "distillation"].merge(after, on=["task", "seed"])
+    assert (old["test_accuracy_x"] == old["test_accuracy_y"]).all()
 
 
 def test_rerun_redoes_nothing(smoke_run: Path, capsys) -> None:
@@ -107,15 +158,16 @@ def test_same_seeds_same_metrics(smoke_run: Path, tmp_path) -> None:
 @pytest.mark.slow
 def test_resume_after_kill_9(tmp_path) -> None:
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "harness.cli", "run", "smoke", "--out", str(out), "--trials", "8"]
+    subset = ["--strategies", "full_finetune,distillation,ensemble,linear_probe"]  # reuse included
+    cmd = [sys.executable, "-m", "harness.cli", "run", "smoke", "--out", str(out), "--trials", "8", *subset]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     journal = out / "store.journal"
     deadline = time.monotonic() + 120
     killed = False
     while time.monotonic() < deadline and proc.poll() is None:
-        # Kill once the first cell has finished some tuning trials.
-        if journal.exists() and journal.read_text().count('"state":1,') >= 3:
+        # Kill once the first cell is done and the dependent ones have started.
+        if journal.exists() and journal.read_text().count('"state":1,') >= 10:
             proc.send_signal(signal.SIGKILL)
             killed = True
             break
@@ -123,21 +175,21 @@ def test_resume_after_kill_9(tmp_path) -> None:
     proc.wait()
     assert killed, "the run finished before it could be interrupted"
     assert not (out / "results.parquet").exists()
-    assert main(["run", "smoke", "--out", str(out), "--trials", "8"]) == 0
+    assert main(["run", "smoke", "--out", str(out), "--trials", "8", *subset]) == 0
     runs = pd.read_parquet(out / "results.parquet")
-    assert len(runs) == CELLS * SEEDS
+    assert len(runs) == 2 * 4 * SEEDS
     assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
     for name, (finished, _) in trial_counts(out).items():
         assert finished == (8 if name.endswith("::tune") else SEEDS), name
     # The resumed run holds exactly the records an uninterrupted run produces.
     clean = tmp_path / "clean"
-    assert main(["run", "smoke", "--out", str(clean), "--trials", "8"]) == 0
+    assert main(["run", "smoke", "--out", str(clean), "--trials", "8", *subset]) == 0
     keys = ["task", "backbone", "strategy", "seed"]
     expected = pd.read_parquet(clean / "results.parquet").sort_values(keys, ignore_index=True)
     got = runs.sort_values(keys, ignore_index=True)
     for column in ("params", "test_accuracy", "val_accuracy", "shifted_test_accuracy",
                    "tuning_best_val_accuracy", "tuning_best_trial_seed"):
-        assert got[column].tolist() == expected[column].tolist(), column
+        assert got[column].equals(expected[column]), column  # NaN-aware (untuned ensembles)
 
 
 def test_store_refuses_results_of_other_settings(smoke_run: Path, tmp_path, capsys) -> None:

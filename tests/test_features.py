@@ -14,7 +14,7 @@ def test_probe_trials_never_rerun_the_backbone(tiny_backbone, tiny_task, tmp_pat
     probe = STRATEGIES.get("linear_probe")(epochs=(2, 6), batch_size=8)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
-        params = probe.search_space(study.ask())
+        params = probe.search_space(study.ask(), tiny_backbone)
         probe.fit(tiny_backbone, tiny_task, params, seed=0, reporter=NullReporter(), runtime=runtime)
     assert runtime.features.computed == 2  # train and val, once each
     predictor = probe.fit(tiny_backbone, tiny_task, params, seed=1, reporter=NullReporter(),

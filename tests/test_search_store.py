@@ -16,7 +16,7 @@ class FlakyStrategy(Strategy):
     name = "flaky"
     description = "test double"
 
-    def search_space(self, trial):
+    def search_space(self, trial, backbone):
         return {"x": trial.suggest_float("x", 0.0, 1.0)}
 
     def fit(self, backbone, task, params, *, seed, reporter, runtime):

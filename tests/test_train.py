@@ -29,7 +29,7 @@ def test_loop_is_deterministic_and_learns() -> None:
 
 
 class NanHook(Hook):
-    def loss_term(self, model, x, y, logits):
+    def loss_term(self, model, batch):
         return torch.tensor(float("nan"))
 
 

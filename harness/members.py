@@ -1,0 +1,190 @@
+"""Reusing trained models: a teacher for distillation, members for an ensemble.
+
+Every evaluation run leaves an artifact: its logits on each split (and, when an ensemble
+may average weights, its weights). :class:`Members` serves the model of strategy ``S`` at
+evaluation-seed index ``k`` of a cell: from memory, else from the artifact store, else by
+fitting ``S`` with its tuned configuration and that seed (deterministic, so the result is
+the same model the evaluation run trained) and storing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from harness.backbones import Backbone
+from harness.errors import ConfigError
+from harness.train import NullReporter
+from suites.tasks import Split, Task
+
+ARTIFACT_VERSION = 1
+
+
+@dataclass
+class Member:
+    """A trained model as other strategies see it."""
+
+    strategy: str
+    index: int
+    seed: int
+    params: dict[str, Any]
+    logits: dict[str, torch.Tensor]  # split fingerprint → (N, C) logits
+    train_seconds: float
+    trainable_parameters: int
+    inference_parameters: int
+    state: dict[str, torch.Tensor] | None = None
+
+    def logits_for(self, split: Split) -> torch.Tensor:
+        try:
+            return self.logits[split.fingerprint]
+        except KeyError:
+            raise KeyError(f"{self.strategy} model #{self.index} has no logits for split "
+                           f"{split.name} ({split.fingerprint})") from None
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy}#{self.index}"
+
+
+def splits_of(task: Task) -> list[Split]:
+    return [s for s in (task.train, task.val, task.test, task.shifted_test) if s is not None]
+
+
+def member_from(predictor: Any, *, strategy: str, index: int, seed: int, params: dict[str, Any],
+                task: Task, seconds: float, logits: dict[str, torch.Tensor] | None = None,
+                keep_weights: bool = False) -> Member:
+    """Wraps a fitted predictor: its logits on every split of ``task`` (reusing ``logits``
+    already computed, by fingerprint) and optionally its weights."""
+    logits = dict(logits or {})
+    for split in splits_of(task):
+        if split.fingerprint not in logits:
+            logits[split.fingerprint] = predictor.logits(split)
+    return Member(strategy, index, seed, dict(params), logits,
+                  train_seconds=seconds + predictor.reused_seconds,
+                  trainable_parameters=predictor.trainable_parameters,
+                  inference_parameters=predictor.inference_parameters,
+                  state=predictor.state() if keep_weights else None)
+
+
+class ModelStore:
+    """Artifacts on disk (``root``), or only in memory when ``root`` is None."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path | None:
+        return self.root / f"{key}.pt" if self.root else None
+
+    def load(self, key: str, *, need_weights: bool) -> Member | None:
+        path = self.path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a torn or foreign file is refitted, not trusted
+            return None
+        if data.get("version") != ARTIFACT_VERSION or (need_weights and data.get("state") is None):
+            return None
+        data.pop("version")
+        return Member(**data)
+
+    def save(self, key: str, member: Member) -> None:
+        path = self.path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{id(member)}")
+        torch.save({"version": ARTIFACT_VERSION, **member.__dict__}, tmp)
+        tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+@dataclass
+class Members:
+    """Models of other strategies in one cell (task × backbone), by evaluation-seed index.
+
+    Args:
+        cell: ``suite::task::backbone``, the namespace of the cell's artifacts.
+        backbone_name: the suite's name of the cell's backbone.
+        task, backbone: the cell's task and (pretrained) backbone.
+        make_strategy: builds a strategy by name with the suite's options.
+        best_params: the tuned configuration of a strategy in this cell (raises
+            ``ConfigError`` when it has not been tuned).
+        seed_of: evaluation-seed index → training seed.
+        store: where artifacts live.
+        backbones: every backbone of the suite by name (students for distillation).
+        keep_weights: strategies whose artifacts must include weights (soup members).
+    """
+
+    cell: str
+    backbone_name: str
+    task: Task
+    backbone: Backbone
+    make_strategy: Callable[[str], Any]
+    best_params: Callable[[str], dict[str, Any]]
+    seed_of: Callable[[int], int]
+    store: ModelStore
+    backbones: Mapping[str, Backbone] = field(default_factory=dict)
+    keep_weights: frozenset[str] = frozenset()
+    #: Seconds spent so far training models on demand; a run that triggered such training
+    #: subtracts it from its own time (the models' time is counted as reused instead).
+    fit_seconds: float = 0.0
+    _memory: dict[str, Member] = field(default_factory=dict, repr=False)
+
+    def index_of(self, seed: int) -> int:
+        """The evaluation-seed index of a training seed; 0 for any other seed (tuning
+        trials use the models of evaluation seed 0)."""
+        k = seed - self.seed_of(0)
+        return k if 0 <= k < 1 << 20 and self.seed_of(k) == seed else 0
+
+    def key(self, strategy: str, seed: int, params: dict[str, Any]) -> str:
+        blob = json.dumps({"params": params, "seed": seed, "task": self.task.fingerprint,
+                           "weights": self.backbone.weights_id}, sort_keys=True, default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        safe = self.cell.replace("::", "/")
+        return f"{safe}/{strategy}/{digest}"
+
+    def get_backbone(self, name: str) -> Backbone:
+        try:
+            return self.backbones[name]
+        except KeyError:
+            raise ConfigError(f"backbone {name!r} is not available to this cell; "
+                              f"defined: {', '.join(self.backbones) or 'none'}") from None
+
+    def record(self, member: Member) -> None:
+        """Keeps the model an evaluation run just trained (called by the evaluator)."""
+        key = self.key(member.strategy, member.seed, member.params)
+        self._memory[key] = member
+        self.store.save(key, member)
+
+    def get(self, strategy: str, index: int, runtime: Any) -> Member:
+        params = self.best_params(strategy)
+        seed = self.seed_of(index)
+        key = self.key(strategy, seed, params)
+        need_weights = strategy in self.keep_weights
+        member = self._memory.get(key)
+        if member is not None and (member.state is not None or not need_weights):
+            return member
+        member = self.store.load(key, need_weights=need_weights)
+        if member is None:
+            member = self._fit(strategy, index, seed, params, runtime, keep_weights=need_weights)
+            self.store.save(key, member)
+        self._memory[key] = member
+        return member
+
+    def _fit(self, strategy: str, index: int, seed: int, params: dict[str, Any], runtime: Any, *,
+             keep_weights: bool) -> Member:
+        start, nested = time.perf_counter(), self.fit_seconds
+        predictor = self.make_strategy(strategy).fit(self.backbone, self.task, params, seed=seed,
+                                                     reporter=NullReporter(), runtime=runtime)
+        elapsed = time.perf_counter() - start
+        own = elapsed - (self.fit_seconds - nested)  # minus models it needed in turn
+        member = member_from(predictor, strategy=strategy, index=index, seed=seed, params=params,
+                             task=self.task, seconds=own, keep_weights=keep_weights)
+        self.fit_seconds = nested + elapsed
+        return member

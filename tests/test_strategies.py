@@ -1,0 +1,320 @@
+"""Each strategy's defining mechanism, proved on the tiny task (conformance is elsewhere)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from harness.backbones import Classifier
+from harness.train import Hook, NullReporter, fit_epochs
+from strategies import STRATEGIES
+from strategies.ensemble import (EnsemblePredictor, average_states, greedy_selection, probabilities,
+                                 soup)
+from strategies.full_finetune import finetune, new_classifier
+from strategies.linear_probe import train_probe
+from strategies.parts import (L2SP, FreezeSchedule, distillation_loss, layerwise_lr_groups,
+                              make_optimizer, model_groups)
+from helpers import make_members
+
+SGD = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "warmup_fraction": 0.0}
+ADAMW = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "warmup_fraction": 0.0}
+
+
+def group_states(model: Classifier) -> list[dict[str, torch.Tensor]]:
+    """Each layer group's parameters and buffers (batch-norm statistics), copied."""
+    return [{k: v.detach().clone() for k, v in g.state_dict().items()} for g in model_groups(model)]
+
+
+def changed(before: list[dict], after: list[dict]) -> set[int]:
+    return {i for i, (a, b) in enumerate(zip(before, after)) if any(not torch.equal(a[k], b[k]) for k in a)}
+
+
+class Snapshots(Hook):
+    """Records every group's state at the start of each epoch (after the freezing hook)."""
+
+    def __init__(self) -> None:
+        self.states: list[list[dict]] = []
+
+    def on_epoch_start(self, epoch, model, optimizer) -> None:
+        self.states.append(group_states(model))
+
+
+def make(name: str, **options):
+    return STRATEGIES.get(name)(epochs=(2, 8), batch_size=8, options=options or None)
+
+
+# --- gradual unfreezing -----------------------------------------------------------------
+
+def test_gradual_unfreezing_changes_exactly_the_unfrozen_groups_at_each_stage(tiny_backbone, tiny_task,
+                                                                               runtime) -> None:
+    model = new_classifier(tiny_backbone, tiny_task.num_classes, seed=0, runtime=runtime)
+    n = len(model_groups(model))  # 3 backbone groups + head
+    schedule, snaps = FreezeSchedule.gradual(n, epochs_per_stage=2), Snapshots()
+    finetune(model, tiny_task, {**SGD, "epochs": 9}, seed=0, reporter=NullReporter(), runtime=runtime,
+             batch_size=4, hooks=[schedule, snaps])
+    states = [*snaps.states, group_states(model)]
+    expected = {0: {3}, 1: {3}, 2: {2, 3}, 3: {2, 3}, 4: {1, 2, 3}, 5: {1, 2, 3}, 6: {0, 1, 2, 3}}
+    for epoch in range(9):
+        assert changed(states[epoch], states[epoch + 1]) == expected.get(epoch, {0, 1, 2, 3}), epoch
+
+
+def test_gradual_unfreeze_strategy_leaves_never_unfrozen_groups_bit_identical(tiny_backbone, tiny_task,
+                                                                              cell_runtime) -> None:
+    params = {**SGD, "schedule": "cosine", "epochs": 3, "epochs_per_stage": 2}  # stages: head; head + top
+    predictor = make("gradual_unfreeze").fit(tiny_backbone, tiny_task, params, seed=0,
+                                             reporter=NullReporter(), runtime=cell_runtime)
+    pretrained = Classifier(copy.deepcopy(tiny_backbone), predictor.model.head)
+    assert changed(group_states(pretrained), group_states(predictor.model)) == {2}
+    head_and_top = sum(p.numel() for g in model_groups(predictor.model)[2:] for p in g.parameters())
+    assert predictor.trainable_parameters == head_and_top
+
+
+def test_slanted_triangular_schedule_rises_then_decays() -> None:
+    from strategies.parts import slanted_triangular
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = slanted_triangular(opt, 100, cut_frac=0.1, ratio=32)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 32) and lrs[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])) and all(a > b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+# --- discriminative learning rates ----------------------------------------------------------
+
+def test_discriminative_groups_carry_the_geometric_series_and_cover_each_parameter_once(
+        tiny_backbone, tiny_task, runtime) -> None:
+    model = new_classifier(tiny_backbone, tiny_task.num_classes, seed=0, runtime=runtime)
+    opt = make_optimizer(layerwise_lr_groups(model, 0.5), {**ADAMW, "lr": 0.08})
+    n = len(model.backbone.groups)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.08 * 0.5 ** (n - i) for i in range(n + 1)])
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    head = {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in opt.param_groups[-1]["params"]} == head and opt.param_groups[-1]["lr"] == 0.08
+
+
+def test_discriminative_lr_strategy_trains_with_those_groups(tiny_backbone, tiny_task, cell_runtime,
+                                                             monkeypatch) -> None:
+    import strategies.full_finetune as ft
+
+    seen = []
+    original = ft.fit_epochs
+    monkeypatch.setattr(ft, "fit_epochs", lambda model, opt, *a, **k: (seen.append(
+        [g["lr"] for g in opt.param_groups]), original(model, opt, *a, **k))[1])
+    params = {**ADAMW, "epochs": 2, "lr_decay": 0.4}
+    make("discriminative_lr").fit(tiny_backbone, tiny_task, params, seed=0, reporter=NullReporter(),
+                                  runtime=cell_runtime)
+    # lrs as the scheduler left them after its first step: the ratios are what matter
+    ratios = [lr / seen[0][-1] for lr in seen[0]]
+    assert ratios == pytest.approx([0.4 ** 3, 0.4 ** 2, 0.4, 1.0])
+
+
+# --- LP-FT ----------------------------------------------------------------------------
+
+def test_lp_ft_fine_tuning_starts_from_the_probed_head(tiny_backbone, tiny_task, cell_runtime,
+                                                       monkeypatch) -> None:
+    import strategies.regularized as reg
+
+    captured = {}
+    original = reg.finetune
+    monkeypatch.setattr(reg, "finetune", lambda model, *a, **k: (captured.update(
+        head=copy.deepcopy(model.head), backbone=copy.deepcopy(model.backbone)), original(model, *a, **k))[1])
+    params = {"probe_lr": 0.02, "probe_weight_decay": 1e-4, "probe_epochs": 5, **SGD, "epochs": 2}
+    make("lp_ft").fit(tiny_backbone, tiny_task, params, seed=3, reporter=NullReporter(), runtime=cell_runtime)
+    probed = train_probe(tiny_backbone, tiny_task, {"lr": 0.02, "weight_decay": 1e-4, "epochs": 5}, seed=3,
+                         reporter=NullReporter(), runtime=cell_runtime, batch_size=8)
+    assert torch.equal(captured["head"].weight, probed.weight) and torch.equal(captured["head"].bias, probed.bias)
+    fresh = tiny_backbone.new_head(tiny_task.num_classes)
+    assert not torch.equal(probed.weight, fresh.weight)  # the probe did train
+    for a, b in zip(captured["backbone"].state_dict().values(), tiny_backbone.state_dict().values()):
+        assert torch.equal(a, b)  # and the backbone starts pretrained
+
+
+# --- L2-SP ----------------------------------------------------------------------------
+
+def test_l2_sp_penalty_equals_a_hand_computation(tiny_backbone, tiny_task, runtime) -> None:
+    model = new_classifier(tiny_backbone, tiny_task.num_classes, seed=0, runtime=runtime)
+    start = [p.detach().numpy().copy() for p in model.backbone.parameters()]
+    hook = L2SP(model, alpha=0.3, beta=0.07)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    sp = sum(float(((p.detach().numpy() - p0) ** 2).sum()) for p, p0 in zip(model.backbone.parameters(), start))
+    head = float((model.head.weight.detach().numpy() ** 2).sum())
+    assert float(hook.penalty(model).detach()) == pytest.approx(0.3 / 2 * sp + 0.07 / 2 * head, rel=1e-5)
+
+
+def test_l2_sp_with_a_huge_alpha_keeps_the_weights_at_the_start(tiny_backbone, tiny_task, runtime) -> None:
+    def drift(alpha: float) -> float:
+        model = new_classifier(tiny_backbone, tiny_task.num_classes, seed=0, runtime=runtime)
+        start = [p.detach().clone() for p in model.backbone.parameters()]
+        opt = make_optimizer(model.parameters(), {**SGD, "lr": 0.01, "weight_decay": 0.0})
+        fit_epochs(model, opt, (tiny_task.train.x, tiny_task.train.y), (tiny_task.val.x, tiny_task.val.y),
+                   epochs=20, batch_size=4, seed=0, device=runtime.device, reporter=NullReporter(),
+                   hooks=[L2SP(model, alpha, 0.0)])
+        return math.sqrt(sum(float(((p - p0) ** 2).sum()) for p, p0 in zip(model.backbone.parameters(), start)))
+
+    free, held = drift(0.0), drift(70.0)
+    assert free > 0.1 and held < 0.02 * free
+
+
+# --- surgical -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("group", [0, 2])
+def test_surgical_changes_only_the_chosen_group_and_the_head(tiny_backbone, tiny_task, cell_runtime,
+                                                             group) -> None:
+    params = {**SGD, "epochs": 3, "group": group}
+    predictor = make("surgical").fit(tiny_backbone, tiny_task, params, seed=0, reporter=NullReporter(),
+                                     runtime=cell_runtime)
+    pretrained = Classifier(copy.deepcopy(tiny_backbone), predictor.model.head)
+    assert changed(group_states(pretrained), group_states(predictor.model)) == {group}
+    expected = sum(p.numel() for p in model_groups(predictor.model)[group].parameters()) + \
+        sum(p.numel() for p in predictor.model.head.parameters())
+    assert predictor.trainable_parameters == expected
+
+
+def test_surgical_searches_over_the_backbones_groups(tiny_backbone) -> None:
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    groups = {make("surgical").search_space(study.ask(), tiny_backbone)["group"] for _ in range(30)}
+    assert groups == set(range(len(tiny_backbone.groups)))
+
+
+# --- distillation ---------------------------------------------------------------------
+
+def test_distillation_loss_equals_a_hand_computed_example() -> None:
+    zs = np.array([[1.0, 2.0, 0.5], [0.1, -1.0, 2.0]])
+    zt = np.array([[0.5, 3.0, -1.0], [2.0, 0.0, 1.0]])
+    y = np.array([1, 0])
+    t, a = 2.0, 0.3
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    ce = -np.mean(np.log(softmax(zs)[np.arange(2), y]))
+    pt, ps = softmax(zt / t), softmax(zs / t)
+    kl = np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), 1))
+    expected = (1 - a) * ce + a * t * t * kl
+    got = distillation_loss(torch.tensor(zs), torch.tensor(zt), torch.tensor(y), temperature=t, alpha=a)
+    assert float(got) == pytest.approx(expected, rel=1e-9)
+
+
+def test_distillation_uses_the_cached_teacher_and_never_changes_it(tiny_backbone, tiny_task, runtime,
+                                                                   monkeypatch) -> None:
+    from harness.backbones import build_backbone
+    from strategies.full_finetune import FullFinetune
+
+    student = build_backbone("cnn2d", {"width": 2, "depth": 3}, seed=1)
+    members = make_members(tiny_task, tiny_backbone, keep_weights=frozenset({"full_finetune"}),
+                           backbones={"tiny-backbone": tiny_backbone, "small": student},
+                           params={"full_finetune": {**SGD, "epochs": 3}})
+    cell = dataclasses.replace(runtime, members=members)
+    fits = []
+    original = FullFinetune.fit
+    monkeypatch.setattr(FullFinetune, "fit", lambda self, *a, **k: (fits.append(1), original(self, *a, **k))[1])
+    teacher = members.get("full_finetune", 0, cell)
+    state, logits = copy.deepcopy(teacher.state), {k: v.clone() for k, v in teacher.logits.items()}
+    kd = make("distillation", student="small")
+    params = {**ADAMW, "epochs": 2, "temperature": 3.0, "alpha": 0.7}
+    predictor = kd.fit(tiny_backbone, tiny_task, params, seed=0, reporter=NullReporter(), runtime=cell)
+    kd.fit(tiny_backbone, tiny_task, params, seed=1, reporter=NullReporter(), runtime=cell)
+    assert len(fits) == 1  # the teacher trained once; both students reused its cached logits
+    assert all(torch.equal(state[k], teacher.state[k]) for k in state)
+    assert all(torch.equal(logits[k], teacher.logits[k]) for k in logits)
+    info = predictor.info()
+    assert info["student_parameters"] == sum(p.numel() for p in predictor.model.parameters())
+    assert info["student_parameters"] < info["teacher_parameters"] == teacher.inference_parameters
+    assert predictor.reused_seconds == teacher.train_seconds > 0
+    assert isinstance(predictor.model.backbone, type(student)) and predictor.model.backbone.feature_dim == 8
+
+
+def test_distillation_with_alpha_zero_is_fine_tuning_of_the_student(tiny_backbone, tiny_task,
+                                                                     cell_runtime) -> None:
+    params = {**SGD, "epochs": 2, "temperature": 4.0, "alpha": 0.0}
+    kd = make("distillation").fit(tiny_backbone, tiny_task, params, seed=4, reporter=NullReporter(),
+                                  runtime=cell_runtime)
+    ft = make("full_finetune").fit(tiny_backbone, tiny_task, {**SGD, "epochs": 2}, seed=4,
+                                   reporter=NullReporter(), runtime=cell_runtime)
+    assert torch.allclose(kd.logits(tiny_task.test), ft.logits(tiny_task.test), atol=1e-5)
+
+
+# --- ensembles ------------------------------------------------------------------------
+
+def test_an_ensemble_of_identical_members_predicts_like_one_member(tiny_backbone, tiny_task,
+                                                                   cell_runtime) -> None:
+    member = cell_runtime.members.get("full_finetune", 0, cell_runtime)
+    ensemble = EnsemblePredictor([(member, 1), (member, 1), (member, 1)], [member])
+    for split in (tiny_task.val, tiny_task.test):
+        one = member.logits_for(split)
+        assert torch.equal(ensemble.logits(split).argmax(1), one.argmax(1))
+        assert torch.allclose(torch.softmax(ensemble.logits(split).double(), 1), probabilities(one), atol=1e-6)
+
+
+def test_a_soup_of_identical_weights_equals_those_weights(tiny_backbone, tiny_task, cell_runtime) -> None:
+    member = cell_runtime.members.get("full_finetune", 0, cell_runtime)
+    averaged = average_states([member.state] * 4)
+    assert averaged.keys() == member.state.keys()
+    assert all(torch.equal(averaged[k], member.state[k]) for k in averaged)
+    template = new_classifier(tiny_backbone, tiny_task.num_classes, seed=9, runtime=cell_runtime)
+    model = soup(template, [member.state] * 3, tiny_task.train, batch_size=8, runtime=cell_runtime)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, member.state[name])
+
+
+def test_soup_averages_weights() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(7)}
+    c = {"w": torch.tensor([2.0, 1.0]), "n": torch.tensor(9)}
+    out = average_states([a, b, c])
+    assert torch.allclose(out["w"], torch.tensor([2.0, 3.0])) and int(out["n"]) == 5
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_greedy_selection_never_scores_below_its_best_member_on_validation(seed: int) -> None:
+    from strategies.ensemble import score
+
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (30,), generator=gen)
+    probs = [torch.softmax(torch.randn(30, 4, generator=gen, dtype=torch.float64) * 2, 1) for _ in range(6)]
+    counts = greedy_selection(probs, y, rounds=12)
+    combined = sum(c * p for c, p in zip(counts, probs)) / sum(counts)
+    assert score(combined, y) >= max(score(p, y) for p in probs)
+    assert 1 <= sum(counts) <= 12
+
+
+def test_ensemble_members_are_reused_and_its_cost_adds_theirs(tiny_backbone, tiny_task, runtime,
+                                                              tmp_path) -> None:
+    members = make_members(tiny_task, tiny_backbone, root=tmp_path, keep_weights=frozenset({"full_finetune"}),
+                           options={"ensemble": {"members": ["full_finetune"], "size": 2}})
+    cell = dataclasses.replace(runtime, members=members)
+    ens = make("ensemble", members=["full_finetune"], size=2)
+    params = ens.search_space(None, tiny_backbone)
+    from harness.search import evaluation_seed
+    predictor = ens.fit(tiny_backbone, tiny_task, params, seed=evaluation_seed(0, 1),
+                        reporter=NullReporter(), runtime=cell)
+    library = [members.get("full_finetune", k, cell) for k in (2, 3)]  # ensemble 1 = models 2, 3
+    assert predictor.reused_seconds == pytest.approx(sum(m.train_seconds for m in library))
+    assert predictor.trainable_parameters == sum(m.trainable_parameters for m in library)
+    info = predictor.info()
+    assert info["ensemble_method"] in ("average", "greedy", "uniform_soup", "greedy_soup")
+    assert set(info["ensemble_val_accuracy"]) == {"average", "greedy", "uniform_soup", "greedy_soup"}
+    one = library[0].inference_parameters
+    expected = one if info["ensemble_method"].endswith("soup") else one * len(
+        [c for c in info["ensemble_members"].split(", ")])
+    assert predictor.inference_parameters == expected
+    assert len(list(tmp_path.rglob("*.pt"))) == 2  # the members were stored for reuse
+    fresh = make_members(tiny_task, tiny_backbone, root=tmp_path, keep_weights=frozenset({"full_finetune"}))
+    reloaded = fresh.get("full_finetune", 2, dataclasses.replace(runtime, members=fresh))
+    assert all(torch.equal(reloaded.logits[k], library[0].logits[k]) for k in reloaded.logits)

@@ -17,7 +17,8 @@ class ConfigError(TlbenchError):
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss; the trial is pruned with this reason."""
 
-    def __init__(self, epoch: int, value: float) -> None:
-        super().__init__(f"non-finite training loss {value} at epoch {epoch}")
+    def __init__(self, epoch: int, value: float, *, what: str = "") -> None:
+        where = f" of the reused {what}" if what else ""
+        super().__init__(f"non-finite training loss {value} at epoch {epoch}{where}")
         self.epoch = epoch
         self.value = value

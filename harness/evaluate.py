@@ -86,15 +86,17 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     shifted = task.shifted_test
     start = time.perf_counter()
     test_logits = predictor.logits(task.test)
-    inference_seconds = time.perf_counter() - start
+    inference_seconds = predictor.inference_seconds(task.test, measured=time.perf_counter() - start)
     logits = {task.test.fingerprint: test_logits, task.val.fingerprint: predictor.logits(task.val)}
     if shifted is not None:
         logits[shifted.fingerprint] = predictor.logits(shifted)
-    if runtime.members is not None:  # kept for strategies that reuse this model
-        member = member_from(predictor, strategy=strategy.name, index=runtime.members.index_of(seed),
-                             seed=seed, params=params, task=task, seconds=seconds, logits=logits,
-                             keep_weights=strategy.name in runtime.members.keep_weights)
-        runtime.members.record(member)
+    members = runtime.members
+    if members is not None and strategy.name in members.needed:  # kept for strategies that reuse it
+        key = members.key(strategy.name, seed, params)
+        members.record(key, member_from(
+            predictor, key=key, strategy=strategy.name, index=members.index_of(seed), seed=seed,
+            params=params, task=task, seconds=seconds, inference_seconds=inference_seconds, logits=logits,
+            keep_weights=strategy.name in members.keep_weights))
     record = {
         **context, "seed": seed, "params": dict(params),
         "test_accuracy": accuracy(test_logits, task.test.y),

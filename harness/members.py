@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from harness.backbones import Backbone
-from harness.errors import ConfigError
+from harness.errors import ConfigError, NonFiniteLoss
 from harness.train import NullReporter
 from suites.tasks import Split, Task
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 
 
 @dataclass
@@ -35,10 +37,17 @@ class Member:
     seed: int
     params: dict[str, Any]
     logits: dict[str, torch.Tensor]  # split fingerprint → (N, C) logits
-    train_seconds: float
+    #: Training seconds of every model this one took to make, by model key: its own and
+    #: those of the models it reused (a teacher), so a model reused twice is counted once.
+    costs: dict[str, float]
     trainable_parameters: int
     inference_parameters: int
+    inference_seconds: float  # one pass over the test split
     state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(self.costs.values())
 
     def logits_for(self, split: Split) -> torch.Tensor:
         try:
@@ -56,19 +65,22 @@ def splits_of(task: Task) -> list[Split]:
     return [s for s in (task.train, task.val, task.test, task.shifted_test) if s is not None]
 
 
-def member_from(predictor: Any, *, strategy: str, index: int, seed: int, params: dict[str, Any],
-                task: Task, seconds: float, logits: dict[str, torch.Tensor] | None = None,
-                keep_weights: bool = False) -> Member:
+def member_from(predictor: Any, *, key: str, strategy: str, index: int, seed: int,
+                params: dict[str, Any], task: Task, seconds: float, inference_seconds: float | None = None,
+                logits: dict[str, torch.Tensor] | None = None, keep_weights: bool = False) -> Member:
     """Wraps a fitted predictor: its logits on every split of ``task`` (reusing ``logits``
-    already computed, by fingerprint) and optionally its weights."""
+    already computed, by fingerprint), its cost and optionally its weights."""
     logits = dict(logits or {})
+    if inference_seconds is None:
+        start = time.perf_counter()
+        logits[task.test.fingerprint] = predictor.logits(task.test)
+        inference_seconds = predictor.inference_seconds(task.test, measured=time.perf_counter() - start)
     for split in splits_of(task):
         if split.fingerprint not in logits:
             logits[split.fingerprint] = predictor.logits(split)
-    return Member(strategy, index, seed, dict(params), logits,
-                  train_seconds=seconds + predictor.reused_seconds,
+    return Member(strategy, index, seed, dict(params), logits, costs={**predictor.reused, key: seconds},
                   trainable_parameters=predictor.trainable_parameters,
-                  inference_parameters=predictor.inference_parameters,
+                  inference_parameters=predictor.inference_parameters, inference_seconds=inference_seconds,
                   state=predictor.state() if keep_weights else None)
 
 
@@ -99,9 +111,14 @@ class ModelStore:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(member)}")
-        torch.save({"version": ARTIFACT_VERSION, **member.__dict__}, tmp)
-        tmp.replace(path)  # atomic: a reader never sees half a file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # unique across processes
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"version": ARTIFACT_VERSION, **member.__dict__}, f)
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 @dataclass
@@ -110,6 +127,8 @@ class Members:
 
     Args:
         cell: ``suite::task::backbone``, the namespace of the cell's artifacts.
+        context: what else shapes every model of the cell (the suite's settings
+            fingerprint, the code version); part of every artifact key.
         backbone_name: the suite's name of the cell's backbone.
         task, backbone: the cell's task and (pretrained) backbone.
         make_strategy: builds a strategy by name with the suite's options.
@@ -122,6 +141,7 @@ class Members:
     """
 
     cell: str
+    context: str
     backbone_name: str
     task: Task
     backbone: Backbone
@@ -131,10 +151,13 @@ class Members:
     store: ModelStore
     backbones: Mapping[str, Backbone] = field(default_factory=dict)
     keep_weights: frozenset[str] = frozenset()
+    #: Strategies some other strategy reuses: only their evaluation runs leave artifacts.
+    needed: frozenset[str] = frozenset()
     #: Seconds spent so far training models on demand; a run that triggered such training
     #: subtracts it from its own time (the models' time is counted as reused instead).
     fit_seconds: float = 0.0
     _memory: dict[str, Member] = field(default_factory=dict, repr=False)
+    _failed: dict[str, NonFiniteLoss] = field(default_factory=dict, repr=False)
 
     def index_of(self, seed: int) -> int:
         """The evaluation-seed index of a training seed; 0 for any other seed (tuning
@@ -143,8 +166,12 @@ class Members:
         return k if 0 <= k < 1 << 20 and self.seed_of(k) == seed else 0
 
     def key(self, strategy: str, seed: int, params: dict[str, Any]) -> str:
+        """The artifact key of a model: everything that shapes it. ``params`` of a strategy
+        that reuses others include a digest of their configurations (see
+        :func:`harness.runner.with_dependencies`), so a re-tuned teacher means a new key."""
         blob = json.dumps({"params": params, "seed": seed, "task": self.task.fingerprint,
-                           "weights": self.backbone.weights_id}, sort_keys=True, default=str)
+                           "weights": self.backbone.weights_id, "context": self.context},
+                          sort_keys=True, default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
         safe = self.cell.replace("::", "/")
         return f"{safe}/{strategy}/{digest}"
@@ -156,9 +183,8 @@ class Members:
             raise ConfigError(f"backbone {name!r} is not available to this cell; "
                               f"defined: {', '.join(self.backbones) or 'none'}") from None
 
-    def record(self, member: Member) -> None:
+    def record(self, key: str, member: Member) -> None:
         """Keeps the model an evaluation run just trained (called by the evaluator)."""
-        key = self.key(member.strategy, member.seed, member.params)
         self._memory[key] = member
         self.store.save(key, member)
 
@@ -170,21 +196,26 @@ class Members:
         member = self._memory.get(key)
         if member is not None and (member.state is not None or not need_weights):
             return member
+        if key in self._failed:  # diverged before: do not train it again for every trial
+            raise self._failed[key]
         member = self.store.load(key, need_weights=need_weights)
         if member is None:
-            member = self._fit(strategy, index, seed, params, runtime, keep_weights=need_weights)
+            member = self._fit(key, strategy, index, seed, params, runtime, keep_weights=need_weights)
             self.store.save(key, member)
         self._memory[key] = member
         return member
 
-    def _fit(self, strategy: str, index: int, seed: int, params: dict[str, Any], runtime: Any, *,
+    def _fit(self, key: str, strategy: str, index: int, seed: int, params: dict[str, Any], runtime: Any, *,
              keep_weights: bool) -> Member:
         start, nested = time.perf_counter(), self.fit_seconds
-        predictor = self.make_strategy(strategy).fit(self.backbone, self.task, params, seed=seed,
-                                                     reporter=NullReporter(), runtime=runtime)
-        elapsed = time.perf_counter() - start
-        own = elapsed - (self.fit_seconds - nested)  # minus models it needed in turn
-        member = member_from(predictor, strategy=strategy, index=index, seed=seed, params=params,
+        try:
+            predictor = self.make_strategy(strategy).fit(self.backbone, self.task, params, seed=seed,
+                                                         reporter=NullReporter(), runtime=runtime)
+        except NonFiniteLoss as err:
+            self._failed[key] = NonFiniteLoss(err.epoch, err.value, what=f"{strategy} model #{index}")
+            raise self._failed[key] from None
+        own = time.perf_counter() - start - (self.fit_seconds - nested)  # minus models it needed in turn
+        member = member_from(predictor, key=key, strategy=strategy, index=index, seed=seed, params=params,
                              task=self.task, seconds=own, keep_weights=keep_weights)
-        self.fit_seconds = nested + elapsed
+        self.fit_seconds = nested + time.perf_counter() - start  # the caller's own time excludes all of it
         return member

@@ -33,6 +33,15 @@ class Plan:
     suite: Suite
     tasks: dict[str, Task]
     cells: list[Cell]
+    declared: tuple[str, ...] = ()  # the suite file's strategies, before --strategies narrowed them
+
+    def reused(self) -> tuple[frozenset[str], frozenset[str]]:
+        """Strategies whose models others reuse, and those whose weights they reuse; from
+        the suite file's list, so a narrowed run still keeps what a later full run needs."""
+        names = set(self.declared) | set(self.suite.strategies)
+        strategies = [make_strategy(self.suite, n) for n in sorted(names)]
+        return (frozenset(r for s in strategies for r in s.requires()),
+                frozenset(r for s in strategies for r in s.requires_weights()))
 
     @property
     def backbones(self) -> list[str]:
@@ -94,7 +103,7 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, suite.tasks[name].backbones), task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
-    return Plan(suite, tasks, cells)
+    return Plan(suite, tasks, cells, tuple(declared))
 
 
 def check_strategies(suite: Suite, declared: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from harness.errors import ConfigError
 from harness.evaluate import evaluate
 from harness.members import Members, ModelStore
 from harness.plan import Cell, Plan, make_strategy
-from harness.pretrain import materialize_backbone
+from harness.pretrain import code_version, materialize_backbone
 from harness.runtime import Runtime
 from harness.search import TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
 from harness.store import check_compatible, load_runs, study_name
@@ -44,19 +45,18 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
                                             log=console.print)
                  for name in plan.backbones}
-    keep_weights = frozenset(w for name in suite.strategies
-                             for w in make_strategy(suite, name).requires_weights())
-    members: dict[tuple[str, str], Members] = {}
+    needed, keep_weights = plan.reused()
+    members: Members | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         cells_bar = progress.add_task("cells", total=len(plan.cells))
         for cell in plan.cells:
-            key = (cell.task, cell.backbone)
-            if key not in members:  # one per task × backbone: its strategies share models
-                members[key] = cell_members(cell, plan, backbones, storage=storage, out=out,
-                                            keep_weights=keep_weights)
+            if members is None or members.backbone_name != cell.backbone or members.task.name != cell.task:
+                # one per task × backbone (cells come grouped): its strategies share models
+                members = cell_members(cell, plan, backbones, storage=storage, out=out, needed=needed,
+                                       keep_weights=keep_weights)
             run_cell(cell, plan, make_strategy(suite, cell.strategy), backbones[cell.backbone],
-                     storage=storage, runtime=dataclasses.replace(runtime, members=members[key]),
+                     storage=storage, runtime=dataclasses.replace(runtime, members=members),
                      progress=progress, console=console)
             progress.advance(cells_bar)
     runs = load_runs(storage, suite.name)
@@ -70,51 +70,73 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
 
 
 def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: BaseStorage, out: Path,
-                 keep_weights: frozenset[str]) -> Members:
+                 needed: frozenset[str], keep_weights: frozenset[str]) -> Members:
     """The model server of a task × backbone: artifacts under ``out/models``."""
     suite = plan.suite
 
     def best_params(strategy: str) -> dict[str, Any]:
-        params = tuned_params(storage, plan, cell, strategy, backbones[cell.backbone])
+        params, reason = tuned_params(storage, plan, cell, strategy, backbones[cell.backbone])
         if params is None:
-            raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} has no tuned configuration "
-                              f"in this store, and another strategy reuses its models; include "
-                              f"{strategy} in --strategies")
+            raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} {reason}, and another strategy "
+                              f"reuses its models")
         return params
 
-    return Members(cell=f"{suite.name}::{cell.task}::{cell.backbone}", backbone_name=cell.backbone,
+    return Members(cell=f"{suite.name}::{cell.task}::{cell.backbone}",
+                   context=f"{suite.fingerprint()}:{code_version()}", backbone_name=cell.backbone,
                    task=plan.tasks[cell.task], backbone=backbones[cell.backbone],
                    make_strategy=lambda name: make_strategy(suite, name), best_params=best_params,
                    seed_of=lambda k: evaluation_seed(suite.seed, k), store=ModelStore(out / "models"),
-                   backbones=backbones, keep_weights=keep_weights)
+                   backbones=backbones, keep_weights=keep_weights, needed=needed)
+
+
+def with_dependencies(params: dict[str, Any], strategy: Strategy, members: Members) -> dict[str, Any]:
+    """A reusing strategy's params plus a digest of the configurations it reuses: when a
+    dependency is re-tuned, the dependent's old runs stop counting as current (like runs of
+    an old best configuration) and its artifacts get new keys."""
+    if not strategy.requires():
+        return params
+    deps = {name: members.best_params(name) for name in sorted(set(strategy.requires()))}
+    digest = hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {**params, "reuses": digest}
 
 
 def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str,
-                 backbone: Any) -> dict[str, Any] | None:
+                 backbone: Any) -> tuple[dict[str, Any] | None, str]:
     """The configuration a strategy is evaluated with in a cell: the one its evaluation
-    study recorded, else the best of its finished tuning, else None."""
+    study recorded, else the best of its finished tuning; else None and why."""
     suite = plan.suite
     instance = make_strategy(suite, strategy)
     if not instance.tunable:
-        return instance.search_space(optuna.trial.FixedTrial({}), backbone)
+        return instance.search_space(optuna.trial.FixedTrial({}), backbone), ""
     names = optuna.get_all_study_names(storage)
     eval_name = study_name(suite.name, cell.task, cell.backbone, strategy, "eval")
     if eval_name in names:
         params = optuna.load_study(study_name=eval_name, storage=storage).user_attrs.get("params")
         if params is not None:
-            return dict(params)
+            return dict(params), ""
     tune_name = study_name(suite.name, cell.task, cell.backbone, strategy, "tune")
     if tune_name in names:
         result = summarize(optuna.load_study(study_name=tune_name, storage=storage), suite.trials)
         if result.n_complete + result.n_pruned >= suite.trials:
-            return result.best_params
-    return None
+            if result.best_params is None:
+                return None, f"completed no tuning trial ({result.n_pruned} pruned)"
+            return result.best_params, ""
+    return None, f"has no tuned configuration in this store; include {strategy} in --strategies"
 
 
 def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, storage: BaseStorage,
              runtime: Runtime, progress: Progress, console: Console) -> None:
     suite, task = plan.suite, plan.tasks[cell.task]
     start = time.perf_counter()
+    members = runtime.members
+    for dependency in strategy.requires():  # before any trial: a missing one is one clear line
+        params, reason = tuned_params(storage, plan, cell, dependency, backbone)
+        if params is None and "no tuning trial" in reason:
+            console.print(f"[yellow]{cell.label}: skipped: {dependency} {reason}[/yellow]")
+            return
+        if params is None:
+            raise ConfigError(f"{cell.task} / {cell.backbone}: {cell.strategy} reuses models of "
+                              f"{dependency!r}, which {reason}")
     if strategy.tunable:
         name = study_name(suite.name, cell.task, cell.backbone, cell.strategy, "tune")
         study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
@@ -146,7 +168,8 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, stora
         storage=storage, direction="maximize", load_if_exists=True)
     eval_study.set_user_attr("suite_fingerprint", suite.fingerprint())
     bar = progress.add_task(f"  {cell.label}: evaluating seeds", total=len(seeds))
-    evaluate(eval_study, strategy, backbone, task, result.best_params, seeds=seeds,
+    params = with_dependencies(result.best_params, strategy, members) if members else result.best_params
+    evaluate(eval_study, strategy, backbone, task, params, seeds=seeds,
              context=context, runtime=runtime, on_seed=lambda n: progress.update(bar, completed=n))
     progress.remove_task(bar)
     tuned = (f"best val {result.best_value:.3f} | trials {result.n_complete} complete, "

@@ -138,7 +138,11 @@ def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task
     A trial whose loss turns NaN/inf is pruned with the reason recorded.
     """
     for orphan in recover_orphans(study):
-        if orphan.params:  # retried with its own training seed, as if never interrupted
+        # Retried with its own configuration and training seed, as if never interrupted; but
+        # only when its whole configuration was drawn (a process killed between two suggest
+        # calls leaves a partial one): otherwise the next trial takes the same slot, and the
+        # slot-seeded sampler proposes the same configuration again.
+        if "params" in orphan.user_attrs:
             study.enqueue_trial(orphan.params, user_attrs={"retry_of": orphan.number,
                                                           "seed": orphan.user_attrs.get("seed")})
     while (done := _finished(study)) < budget:
@@ -171,7 +175,8 @@ def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task
     except NonFiniteLoss as err:
         _finish(study, trial, start, TrialState.PRUNED, reason=str(err))
     except KeyboardInterrupt:  # Ctrl-C: the next run retries this configuration first
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": seed})
+        if "params" in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": seed})
         _finish(study, trial, start, TrialState.FAIL, reason="interrupted")
         raise
     except BaseException:

@@ -34,9 +34,18 @@ class Predictor(ABC):
     def inference_parameters(self) -> int:
         """How many parameters one prediction runs through (K models' for an ensemble)."""
 
-    #: Training seconds spent on models this predictor reuses (a teacher, ensemble members),
-    #: added to the run's own time in its record.
-    reused_seconds: float = 0.0
+    #: Training seconds of the models this predictor reuses (a teacher, ensemble members),
+    #: by model key (each model once), added to the run's own time in its record.
+    reused: dict[str, float] = {}
+
+    @property
+    def reused_seconds(self) -> float:
+        return sum(self.reused.values())
+
+    def inference_seconds(self, split: Split, *, measured: float) -> float:
+        """Seconds one prediction pass over ``split`` costs; ``measured`` is how long
+        :meth:`logits` just took, right unless the predictor serves cached results."""
+        return measured
 
     def state(self) -> dict[str, torch.Tensor] | None:
         """The weights of an equivalent ``Classifier(backbone, head)``, for weight averaging;
@@ -47,9 +56,9 @@ class Predictor(ABC):
         """Strategy-specific facts copied into the run's record (e.g. the teacher's size)."""
         return dict(getattr(self, "_info", {}))
 
-    def annotate(self, *, reused_seconds: float = 0.0, **info: Any) -> "Predictor":
-        """Sets :attr:`reused_seconds` and adds ``info``; returns self."""
-        self.reused_seconds = reused_seconds
+    def annotate(self, *, reused: dict[str, float] | None = None, **info: Any) -> "Predictor":
+        """Sets :attr:`reused` and adds ``info``; returns self."""
+        self.reused = dict(reused or {})
         self._info = {**self.info(), **info}
         return self
 

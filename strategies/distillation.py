@@ -73,7 +73,7 @@ class KnowledgeDistillation(Strategy):
         predictor = finetune(model, task, params, seed=seed, reporter=reporter, runtime=runtime,
                              batch_size=self.batch_size, criterion=loss)
         return predictor.annotate(
-            reused_seconds=teacher.train_seconds, teacher=teacher.label,
+            reused=teacher.costs, teacher=teacher.label,
             student_backbone=name or members.backbone_name,
             student_parameters=predictor.inference_parameters,
             teacher_parameters=teacher.inference_parameters,

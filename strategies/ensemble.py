@@ -14,7 +14,7 @@ from harness.backbones import ArgsModel, Backbone, Classifier
 from harness.errors import ConfigError
 from harness.members import Member
 from harness.runtime import Runtime
-from harness.train import Reporter, accuracy, predict_logits
+from harness.train import Reporter, accuracy, predict_logits, steps_per_epoch
 from strategies.base import ModelPredictor, Predictor, Strategy, require_members
 from strategies.full_finetune import new_classifier
 from suites.tasks import Split, Task
@@ -97,7 +97,9 @@ def soup(template: Classifier, states: Sequence[dict[str, torch.Tensor]], train:
     model = copy.deepcopy(template)
     model.load_state_dict(states[0] if len(states) == 1 else average_states(states))
     if len(states) > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        batches = [train.x[i:i + batch_size].to(runtime.device) for i in range(0, len(train), batch_size)]
+        order = torch.arange(len(train))  # the loop's batching: no single-example final batch
+        n = steps_per_epoch(len(train), batch_size)
+        batches = [train.x[order[b * batch_size:(b + 1) * batch_size]].to(runtime.device) for b in range(n)]
         with torch.no_grad():
             torch.optim.swa_utils.update_bn(batches, model)
     return model.eval()
@@ -122,6 +124,11 @@ class EnsemblePredictor(Predictor):
     @property
     def inference_parameters(self) -> int:
         return sum(m.inference_parameters for m, _ in self.chosen)
+
+    def inference_seconds(self, split: Split, *, measured: float) -> float:
+        """The members' measured passes over the test split (this class only averages their
+        stored predictions)."""
+        return measured + sum(m.inference_seconds for m, _ in self.chosen)
 
 
 class SoupPredictor(ModelPredictor):
@@ -194,10 +201,10 @@ class Ensemble(Strategy):
             method = params["method"]
         chosen = candidates[method]
         reporter.report(0, scores[method][0])  # one "epoch": the chosen combination's val accuracy
-        reused = sum(m.train_seconds for m in library)
+        reused = {k: v for m in library for k, v in m.costs.items()}  # a shared teacher counts once
         picked = chosen.chosen  # type: ignore[attr-defined]
         return chosen.annotate(
-            reused_seconds=reused, ensemble_method=method, ensemble_size=len(library),
+            reused=reused, ensemble_method=method, ensemble_size=len(library),
             ensemble_members=", ".join(f"{m.label}×{c}" if c > 1 else m.label for m, c in picked),
             ensemble_val_accuracy={n: s[0] for n, s in scores.items()})
 

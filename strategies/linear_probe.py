@@ -33,6 +33,16 @@ class ProbePredictor(Predictor):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.head.parameters())
 
+    def inference_seconds(self, split: Split, *, measured: float) -> float:
+        """Timed through the backbone: :meth:`logits` reads cached features."""
+        import time
+
+        from harness.train import predict_logits
+
+        start = time.perf_counter()
+        predict_logits(Classifier(self.backbone, self.head), split.x, device=self.runtime.device)
+        return time.perf_counter() - start
+
     @property
     def inference_parameters(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters()) + self.trainable_parameters

@@ -28,23 +28,28 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "stlr")
 
 
-def suggest_optimizer(trial: optuna.Trial, *, weight_decay: bool = True) -> dict[str, Any]:
+def suggest_optimizer(trial: optuna.Trial, *, weight_decay: bool = True, warmup: bool = True) -> dict[str, Any]:
     """Optimizer family, learning rate (range per family), weight decay and warmup.
 
-    ``weight_decay=False`` fixes it at 0 (for strategies whose penalty replaces it)."""
+    ``weight_decay=False`` fixes it at 0 (for strategies whose penalty replaces it);
+    ``warmup=False`` leaves warmup out (for schedules that have their own ramp)."""
     name = trial.suggest_categorical("optimizer", OPTIMIZERS)
     lr_range = (1e-3, 1e-1) if name == "sgd" else (1e-5, 1e-2)
-    return {
+    out = {
         "optimizer": name,
         "lr": trial.suggest_float(f"lr_{name}", *lr_range, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True) if weight_decay else 0.0,
-        "warmup_fraction": trial.suggest_float("warmup_fraction", 0.0, 0.3),
     }
+    if warmup:
+        out["warmup_fraction"] = trial.suggest_float("warmup_fraction", 0.0, 0.3)
+    return out
 
 
-def suggest_schedule(trial: optuna.Trial) -> dict[str, Any]:
-    """Warmup + cosine, or ULMFiT's slanted triangular schedule."""
-    return {"schedule": trial.suggest_categorical("schedule", SCHEDULES)}
+def suggest_schedule_and_optimizer(trial: optuna.Trial) -> dict[str, Any]:
+    """Warmup + cosine or ULMFiT's slanted triangular schedule, then the optimizer; warmup is
+    searched only for the cosine schedule (the triangular one ramps up by itself)."""
+    schedule = trial.suggest_categorical("schedule", SCHEDULES)
+    return {"schedule": schedule, **suggest_optimizer(trial, warmup=schedule == "cosine")}
 
 
 def make_optimizer(params: Iterable[Any], cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -83,12 +88,13 @@ def slanted_triangular(optimizer: torch.optim.Optimizer, total_steps: int, *, cu
     increase over ``cut_frac`` of the steps from lr/ratio to lr, then a long linear decay
     back to lr/ratio. Each group keeps its own peak, so discriminative rates are preserved."""
     cut = max(1, math.floor(total_steps * cut_frac))
+    last = total_steps - 1  # the final step reaches lr/ratio whatever the rounding of cut
 
     def factor(step: int) -> float:
         if step < cut:
             p = step / cut
         else:
-            p = max(0.0, 1 - (step - cut) / max(1.0, cut * (1 / cut_frac - 1)))
+            p = max(0.0, 1 - (step - cut) / max(1, last - cut))
         return (1 + p * (ratio - 1)) / ratio
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -13,13 +13,14 @@ from harness.train import Reporter
 from strategies.base import Predictor, Strategy
 from strategies.full_finetune import finetune, new_classifier
 from strategies.parts import (FreezeSchedule, layerwise_lr_groups, suggest_optimizer,
-                              suggest_schedule)
+                              suggest_schedule_and_optimizer)
 from suites.tasks import Task
 
 
 def suggest_stage_length(trial: optuna.Trial, backbone: Backbone, min_epochs: int) -> int:
     """Epochs per unfreezing stage, at most what lets every group unfreeze within the
-    shortest searched run (ULMFiT used one epoch per stage)."""
+    shortest searched run (ULMFiT used one epoch per stage). When even one epoch per stage
+    is too long for the shortest runs, their lowest groups stay frozen."""
     stages = len(backbone.groups)  # stages after the head-only one
     return trial.suggest_int("epochs_per_stage", 1, max(1, (min_epochs - 1) // stages))
 
@@ -40,7 +41,7 @@ class GradualUnfreeze(Strategy):
     description = "ULMFiT gradual unfreezing: head first, one more group from the top per stage"
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
-        return {**suggest_optimizer(trial), **suggest_schedule(trial), "epochs": self.suggest_epochs(trial),
+        return {**suggest_schedule_and_optimizer(trial), "epochs": self.suggest_epochs(trial),
                 "epochs_per_stage": suggest_stage_length(trial, backbone, self.epochs[0])}
 
     def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
@@ -80,7 +81,7 @@ class ULMFiT(Strategy):
     description = "gradual unfreezing + discriminative learning rates + slanted triangular schedule"
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
-        return {**suggest_optimizer(trial), "schedule": "stlr", "epochs": self.suggest_epochs(trial),
+        return {**suggest_optimizer(trial, warmup=False), "schedule": "stlr", "epochs": self.suggest_epochs(trial),
                 "epochs_per_stage": suggest_stage_length(trial, backbone, self.epochs[0]),
                 "lr_decay": suggest_decay(trial)}
 

@@ -90,7 +90,8 @@ def test_reusing_without_the_reused_strategy_is_one_clear_line(tmp_path, capsys)
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line or "Traceback" in line]
     assert rc == 2 and len(err) == 1, err  # progress lines before it, one error line, no traceback
     assert err[0].startswith("tlbench: error: ")
-    assert "'full_finetune' has no tuned configuration" in err[0] and "--strategies" in err[0]
+    assert "reuses models of 'full_finetune', which has no tuned configuration" in err[0]
+    assert "--strategies" in err[0]
 
 
 def test_reusing_from_the_store_alone(smoke_run: Path, tmp_path) -> None:
@@ -189,7 +190,7 @@ def test_resume_after_kill_9(tmp_path) -> None:
     got = runs.sort_values(keys, ignore_index=True)
     for column in ("params", "test_accuracy", "val_accuracy", "shifted_test_accuracy",
                    "tuning_best_val_accuracy", "tuning_best_trial_seed"):
-        assert got[column].equals(expected[column]), column  # NaN-aware (untuned ensembles)
+        assert got[column].equals(expected[column]), (column, _trials(out), _trials(clean))
 
 
 def test_store_refuses_results_of_other_settings(smoke_run: Path, tmp_path, capsys) -> None:
@@ -205,3 +206,15 @@ def test_store_refuses_results_of_other_settings(smoke_run: Path, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other settings" in err[0] and str(suite) in err[0]
     assert len(load_runs(open_storage(None, out))) == len(before)  # nothing lost
+
+
+def _trials(out: Path) -> list:
+    """The tuning trials of every study, compactly, for failure messages."""
+    storage = open_storage(None, out)
+    rows = []
+    for s in optuna.get_all_study_summaries(storage):
+        if s.study_name.endswith("::tune"):
+            study = optuna.load_study(study_name=s.study_name, storage=storage)
+            rows.append((s.study_name.split("::")[1:4], [(t.number, t.state.name[:4], t.value, t.user_attrs.get("seed"),
+                         t.user_attrs.get("retry_of")) for t in study.trials]))
+    return rows

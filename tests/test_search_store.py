@@ -53,6 +53,7 @@ def test_orphaned_running_trials_are_failed_and_retried(tmp_path, runtime) -> No
     orphan.set_user_attr("worker", "no-such-host-is-this:1:1")  # another host: can't tell
     dead = study.ask()
     x_dead = dead.suggest_float("x", 0.0, 1.0)
+    dead.set_user_attr("params", {"x": x_dead})  # its configuration was complete
     dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")  # dead pid here
     mine = study.ask()
     mine.set_user_attr("worker", worker_id())
@@ -112,14 +113,17 @@ def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
     assert summarize(study, 12).best_value >= small.best_value
 
 
-def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime) -> None:
+@pytest.mark.parametrize("complete", [True, False], ids=["killed-in-fit", "killed-while-suggesting"])
+def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime, complete: bool) -> None:
     clean = make_study("c::t::b::flaky::tune", open_storage(None, tmp_path / "a"), budget=8, seed=3)
     tune(clean, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
     resumed_storage = open_storage(None, tmp_path / "b")
     part = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
     tune(part, FlakyStrategy(), None, None, budget=3, suite_seed=0, runtime=runtime)
-    dead = part.ask()  # a worker dies mid-trial
-    dead.suggest_float("x", 0.0, 1.0)
+    dead = part.ask()  # a worker dies mid-trial: in fit, or before its configuration was whole
+    x = dead.suggest_float("x", 0.0, 1.0)
+    if complete:
+        dead.set_user_attr("params", {"x": x})
     dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
     dead.set_user_attr("seed", tuning_seed(0, 3))
     again = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
@@ -130,6 +134,7 @@ def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime) -> None:
                 if t.state != TrialState.FAIL]
 
     assert finished(again) == finished(clean)
+    assert any(t.user_attrs.get("retry_of") == dead.number for t in again.trials) == complete
 
 
 def test_evaluation_skips_seeds_a_live_worker_holds(tmp_path, tiny_backbone, tiny_task, runtime) -> None:

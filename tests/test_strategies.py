@@ -74,18 +74,22 @@ def test_gradual_unfreeze_strategy_leaves_never_unfrozen_groups_bit_identical(ti
     assert predictor.trainable_parameters == head_and_top
 
 
-def test_slanted_triangular_schedule_rises_then_decays() -> None:
+@pytest.mark.parametrize("total", [5, 15, 19, 59, 100])
+def test_slanted_triangular_schedule_rises_then_decays_to_the_floor(total: int) -> None:
     from strategies.parts import slanted_triangular
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = slanted_triangular(opt, 100, cut_frac=0.1, ratio=32)
+    sched = slanted_triangular(opt, total, cut_frac=0.1, ratio=32)
     lrs = []
-    for _ in range(100):
+    for _ in range(total):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(1 / 32) and lrs[10] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])) and all(a > b for a, b in zip(lrs[10:], lrs[11:]))
+    cut = max(1, int(total * 0.1))
+    assert lrs[0] == pytest.approx(1 / 32) and lrs[cut] == pytest.approx(1.0) and max(lrs) == lrs[cut]
+    assert lrs[-1] == pytest.approx(1 / 32)  # the decay spans the whole run, whatever the rounding
+    assert all(a < b for a, b in zip(lrs[:cut], lrs[1:cut + 1]))
+    assert all(a > b for a, b in zip(lrs[cut:], lrs[cut + 1:]))
 
 
 # --- discriminative learning rates ----------------------------------------------------------
@@ -237,7 +241,7 @@ def test_distillation_uses_the_cached_teacher_and_never_changes_it(tiny_backbone
     info = predictor.info()
     assert info["student_parameters"] == sum(p.numel() for p in predictor.model.parameters())
     assert info["student_parameters"] < info["teacher_parameters"] == teacher.inference_parameters
-    assert predictor.reused_seconds == teacher.train_seconds > 0
+    assert predictor.reused == teacher.costs and predictor.reused_seconds == teacher.train_seconds > 0
     assert isinstance(predictor.model.backbone, type(student)) and predictor.model.backbone.feature_dim == 8
 
 
@@ -319,3 +323,96 @@ def test_ensemble_members_are_reused_and_its_cost_adds_theirs(tiny_backbone, tin
     fresh = make_members(tiny_task, tiny_backbone, root=tmp_path, keep_weights=frozenset({"full_finetune"}))
     reloaded = fresh.get("full_finetune", 2, dataclasses.replace(runtime, members=fresh))
     assert all(torch.equal(reloaded.logits[k], library[0].logits[k]) for k in reloaded.logits)
+
+
+def test_a_soup_of_different_members_re_estimates_batch_norm_statistics(tiny_backbone, tiny_task,
+                                                                         cell_runtime) -> None:
+    states = [cell_runtime.members.get("full_finetune", k, cell_runtime).state for k in (0, 1)]
+    template = new_classifier(tiny_backbone, tiny_task.num_classes, seed=9, runtime=cell_runtime)
+    model = soup(template, states, tiny_task.train, batch_size=8, runtime=cell_runtime)
+    key = next(k for k in states[0] if k.endswith("running_mean"))
+    averaged = average_states(states)
+    assert not torch.allclose(model.state_dict()[key], averaged[key])  # not the members' average
+    manual = copy.deepcopy(template)
+    manual.load_state_dict(averaged)
+    torch.optim.swa_utils.update_bn([tiny_task.train.x[:8], tiny_task.train.x[8:]], manual)
+    assert torch.allclose(model.state_dict()[key], manual.state_dict()[key])
+    for name, p in model.named_parameters():  # the weights are the plain average
+        assert torch.equal(p, averaged[name])
+
+
+class _Sleepy:
+    """A member strategy that takes a known time to train (wraps full fine-tuning)."""
+
+    name = "full_finetune"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def fit(self, *args, **kwargs):
+        import time
+
+        time.sleep(self.seconds)
+        return STRATEGIES.get("full_finetune")(epochs=(2, 3), batch_size=8).fit(*args, **kwargs)
+
+
+def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, tiny_task, runtime) -> None:
+    import optuna
+
+    from harness.evaluate import evaluate
+    from harness.search import evaluation_seed
+
+    def make_strategy(name):
+        if name == "full_finetune":
+            return _Sleepy(0.3)
+        return STRATEGIES.get(name)(epochs=(2, 3), batch_size=8, options=options.get(name))
+
+    options = {"ensemble": {"members": ["full_finetune", "distillation"], "size": 1, "method": "average"}}
+    members = make_members(tiny_task, tiny_backbone, make=make_strategy,
+                           params={"full_finetune": {**SGD, "epochs": 2}})
+    cell = dataclasses.replace(runtime, members=members)
+    ens = make_strategy("ensemble")
+    study = optuna.create_study(direction="maximize")
+    [record] = evaluate(study, ens, tiny_backbone, tiny_task, ens.search_space(None, tiny_backbone),
+                        seeds=[evaluation_seed(0, 0)], context={}, runtime=cell)
+    teacher = members.get("full_finetune", 0, cell)
+    student = members.get("distillation", 0, cell)
+    assert len(student.costs) == 2 and set(teacher.costs) < set(student.costs)
+    # the teacher trained once and counts once, although both members reuse it
+    assert record["train_seconds"] == pytest.approx(record["own_train_seconds"] + sum(student.costs.values()))
+    assert teacher.train_seconds >= 0.3 and record["own_train_seconds"] < 0.3
+    assert record["inference_seconds"] >= teacher.inference_seconds + student.inference_seconds
+
+
+def test_a_diverged_member_is_not_retrained_and_says_which(tiny_backbone, tiny_task, runtime) -> None:
+    from harness.errors import NonFiniteLoss
+
+    calls = []
+
+    class Diverging:
+        def fit(self, *args, **kwargs):
+            calls.append(1)
+            raise NonFiniteLoss(3, float("nan"))
+
+    members = make_members(tiny_task, tiny_backbone, make=lambda name: Diverging(),
+                           params={"full_finetune": {**SGD, "epochs": 2}})
+    cell = dataclasses.replace(runtime, members=members)
+    for _ in range(2):
+        with pytest.raises(NonFiniteLoss, match="reused full_finetune model #0"):
+            members.get("full_finetune", 0, cell)
+    assert len(calls) == 1
+
+
+def test_a_retuned_dependency_changes_the_dependents_identity(tiny_backbone, tiny_task) -> None:
+    from harness.runner import with_dependencies
+
+    kd = make("distillation")
+    params = {**SGD, "epochs": 2, "temperature": 2.0, "alpha": 0.5}
+    digests = set()
+    for lr in (0.05, 0.01):
+        members = make_members(tiny_task, tiny_backbone, params={"full_finetune": {**SGD, "lr": lr, "epochs": 2}})
+        full = with_dependencies(params, kd, members)
+        digests.add(full["reuses"])
+        assert members.key("distillation", 1, full) != members.key("distillation", 1, params)
+    assert len(digests) == 2
+    assert with_dependencies(params, make("full_finetune"), members) == params  # reuses nothing

@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    rep = sub.add_parser("report", help="tables, statistics, figures and report.html from a store (never trains)")
+    rep.add_argument("run_dir", nargs="?", type=Path, help="a run's output directory (reads RUN_DIR/store.journal)")
+    rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
+    rep.add_argument("--out", type=Path, help="where to write the report (default: RUN_DIR, or ./report)")
+    rep.add_argument("--suite", help="report this suite only (default: every suite in the store)")
     lst = sub.add_parser("list", help="list strategies, backbones, datasets or suites")
     lst.add_argument("what", choices=["strategies", "backbones", "datasets", "suites"])
     return parser
@@ -64,10 +69,41 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             t = plan.tasks[cell.task]
             console.print(f"  {cell.label}: train {len(t.train)}, val {len(t.val)}, test {len(t.test)}")
         return 0
-    outputs = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir,
-                       console=console)
-    print(outputs.table_md.read_text())
-    console.print(f"wrote {outputs.results_parquet}, {outputs.results_csv}, {outputs.table_md}")
+    report = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir,
+                      console=console)
+    print(report.path("table.md").read_text())
+    console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, figures/) "
+                  f"in {report.seconds:.1f} s")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """``tlbench report (--storage URL | RUN_DIR) --out DIR``: reads stored results only."""
+    from harness.errors import ConfigError
+    from harness.store import open_existing_storage
+    from reports.build import write_report
+    from reports.data import load_results
+
+    if (args.run_dir is None) == (args.storage is None):
+        raise ConfigError("report: give a run directory or --storage URL (exactly one)")
+    if args.run_dir is not None:
+        journal = args.run_dir / "store.journal"
+        if not journal.is_file():
+            raise ConfigError(f"report: {args.run_dir}: no store there (expected {journal}); give the --out "
+                              f"directory of a tlbench run, or --storage URL")
+        storage, where = open_existing_storage(str(journal)), str(journal)
+    else:
+        storage, where = open_existing_storage(args.storage), args.storage
+    out = args.out or args.run_dir or Path("report")
+    results = load_results(storage, args.suite)
+    if results.empty:
+        scope = f" for suite {args.suite!r}" if args.suite else ""
+        raise ConfigError(f"report: {where}: the store holds no evaluation runs{scope}; nothing to report")
+    suites = sorted(results.runs["suite"].unique())
+    report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}")
+    print(report.path("table.md").read_text())
+    console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, trials.parquet, "
+                  f"figures/) in {report.seconds:.1f} s")
     return 0
 
 
@@ -96,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, console)
+        if args.command == "report":
+            return cmd_report(args, console)
         return cmd_list(args, console)
     except TlbenchError as err:
         print(f"tlbench: error: {err}", file=sys.stderr)

@@ -23,23 +23,17 @@ from harness.plan import Cell, Plan, make_strategy
 from harness.pretrain import code_version, materialize_backbone
 from harness.runtime import Runtime
 from harness.search import TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
-from harness.store import check_compatible, load_runs, study_name
-from reports.tables import flat_runs, report_markdown
+from harness.store import check_compatible, study_name
+from reports.build import ReportOutputs, write_report
+from reports.data import load_results
 from strategies import Strategy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@dataclass(frozen=True)
-class RunOutputs:
-    runs: pd.DataFrame
-    results_parquet: Path
-    results_csv: Path
-    table_md: Path
-
-
 def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, cache_dir: Path,
-             console: Console) -> RunOutputs:
+             console: Console) -> ReportOutputs:
+    """Runs every cell, then writes the report of this invocation's cells and seeds."""
     suite = plan.suite
     check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
@@ -59,14 +53,22 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                      storage=storage, runtime=dataclasses.replace(runtime, members=members),
                      progress=progress, console=console)
             progress.advance(cells_bar)
-    runs = load_runs(storage, suite.name)
-    if not runs.empty:  # this invocation's cells and seeds (a store may hold more)
+    results = load_results(storage, suite.name)
+    cells = {(c.task, c.backbone, c.strategy) for c in plan.cells}
+
+    def in_plan(frame: pd.DataFrame) -> pd.Series:
+        keys = zip(frame["task"], frame["backbone"], frame["strategy"])
+        return pd.Series([k in cells for k in keys], index=frame.index, dtype=bool)
+
+    if not results.runs.empty:  # this invocation's cells and seeds (a store may hold more)
         seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
-        cells = {(c.task, c.backbone, c.strategy) for c in plan.cells}
-        in_plan = pd.Series([k in cells for k in zip(runs["task"], runs["backbone"], runs["strategy"])],
-                            index=runs.index)
-        runs = runs[in_plan & runs["seed"].isin(seeds)].reset_index(drop=True)
-    return write_outputs(runs, out, title=f"tlbench suite {suite.name}")
+        runs = results.runs
+        results.runs = runs[in_plan(runs) & runs["seed"].isin(seeds)].reset_index(drop=True)
+    results.trials = results.trials[in_plan(results.trials)].reset_index(drop=True)
+    if results.runs.empty:
+        raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
+                          f"or failed); nothing to report")
+    return write_report(results, out, title=f"tlbench suite {suite.name}", seed=suite.seed)
 
 
 def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: BaseStorage, out: Path,
@@ -175,15 +177,3 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, stora
     tuned = (f"best val {result.best_value:.3f} | trials {result.n_complete} complete, "
              f"{result.n_pruned} pruned" if strategy.tunable else "not tuned (nothing to search)")
     console.print(f"{cell.label}: {tuned} | {time.perf_counter() - start:.1f} s")
-
-
-def write_outputs(runs: pd.DataFrame, out: Path, *, title: str) -> RunOutputs:
-    out.mkdir(parents=True, exist_ok=True)
-    flat = flat_runs(runs)
-    if "task_info" in flat:
-        flat["task_info"] = flat["task_info"].map(lambda v: json.dumps(v, sort_keys=True))
-    paths = RunOutputs(runs, out / "results.parquet", out / "results.csv", out / "table.md")
-    flat.to_parquet(paths.results_parquet, index=False)
-    flat.to_csv(paths.results_csv, index=False)
-    paths.table_md.write_text(report_markdown(runs, title=title) if not runs.empty else f"# {title}\n\n_no runs_\n")
-    return paths

@@ -43,6 +43,15 @@ def open_storage(url: str | None, out: Path) -> BaseStorage:
                           f"path, journal:PATH, or a database URL") from None
 
 
+def open_existing_storage(url: str) -> BaseStorage:
+    """Opens a store that must already exist (for reading): a journal file that is missing
+    is an error here, not a new empty store."""
+    path = Path(url.removeprefix("journal:")) if url.startswith("journal:") or "://" not in url else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"--storage {url!r}: no such journal file; give the store of a tlbench run")
+    return open_storage(url, Path("."))
+
+
 def _journal(path: Path) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 

@@ -1,10 +1,19 @@
-"""Tables from the tidy runs frame: rows strategies, columns tasks, mean ± std over seeds."""
+"""Tables from the tidy runs frame, built once as :class:`Table` and rendered to Markdown,
+LaTeX (booktabs) and HTML, so the three always agree."""
 
 from __future__ import annotations
 
+import html
+import json
 import math
+from dataclasses import dataclass, field
 
 import pandas as pd
+
+from reports import stats
+
+SCALE = 100.0  # accuracies are shown in percent
+
 
 def column_labels(runs: pd.DataFrame) -> pd.Series:
     """A task's column is its name, or ``task / backbone`` when it has several backbones."""
@@ -12,74 +21,234 @@ def column_labels(runs: pd.DataFrame) -> pd.Series:
     return runs["task"].where(n_backbones == 1, runs["task"] + " / " + runs["backbone"])
 
 
-def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Long frame of (strategy, column) → mean, std, n over evaluation seeds of ``metric``."""
-    frame = runs.assign(column=column_labels(runs)).dropna(subset=[metric])
-    stats = frame.groupby(["strategy", "column"])[metric].agg(["mean", "std", "count"])
-    return stats.rename(columns={"count": "n"}).reset_index()
-
-
-def _cell(mean: float, std: float, n: int, scale: float, digits: int) -> str:
-    if n < 2 or math.isnan(std):
-        return f"{mean * scale:.{digits}f} (n={n})"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def markdown_table(runs: pd.DataFrame, metric: str = "test_accuracy", *, scale: float = 100.0,
-                   digits: int = 1) -> str:
-    """A Markdown table with the best mean per column in bold (ties all bold)."""
-    stats = summary(runs, metric)
-    if stats.empty:
-        return "_no runs with this metric_\n"
-    columns = sorted(stats["column"].unique())
-    strategies = sorted(stats["strategy"].unique())
-    best = stats.groupby("column")["mean"].max()
-    lines = ["| strategy | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
-    indexed = stats.set_index(["strategy", "column"])
-    for strategy in strategies:
-        cells = []
-        for column in columns:
-            if (strategy, column) not in indexed.index:
-                cells.append("–")
-                continue
-            row = indexed.loc[(strategy, column)]
-            text = _cell(row["mean"], row["std"], int(row["n"]), scale, digits)
-            cells.append(f"**{text}**" if math.isclose(row["mean"], best[column]) else text)
-        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def cost_table(runs: pd.DataFrame) -> str:
-    """Mean training seconds and trainable parameters per strategy and column."""
-    frame = runs.assign(column=column_labels(runs))
-    stats = frame.groupby(["column", "strategy"]).agg(
-        train_seconds=("train_seconds", "mean"), trainable_parameters=("trainable_parameters", "mean"),
-        runs=("seed", "count")).reset_index()
-    lines = ["| task | strategy | train s (mean) | trainable params | runs |", "|---|---|---:|---:|---:|"]
-    for row in stats.itertuples():
-        lines.append(f"| {row.column} | {row.strategy} | {row.train_seconds:.2f} | "
-                     f"{int(row.trainable_parameters):,} | {row.runs} |")
-    return "\n".join(lines) + "\n"
-
-
-def report_markdown(runs: pd.DataFrame, *, title: str) -> str:
-    """The run's ``table.md``: test accuracy, shifted-test accuracy when any, and cost."""
-    parts = [f"# {title}\n",
-             "Test accuracy (%), mean ± std over evaluation seeds; best mean per column in bold.\n",
-             markdown_table(runs, "test_accuracy")]
-    if "shifted_test_accuracy" in runs and runs["shifted_test_accuracy"].notna().any():
-        parts += ["\n## Shifted test (out-of-distribution) accuracy (%)\n",
-                  markdown_table(runs, "shifted_test_accuracy")]
-    parts += ["\n## Cost\n", cost_table(runs)]
-    return "\n".join(parts)
+def with_columns(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.assign(column=column_labels(runs)) if not runs.empty else runs.assign(column=[])
 
 
 def flat_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs frame with ``params`` as a JSON string, ready for CSV and Parquet."""
-    import json
-
+    """The runs frame with nested values (params, task info, dicts) as JSON strings, ready
+    for CSV and Parquet."""
     out = runs.copy()
-    if "params" in out:
-        out["params"] = out["params"].map(lambda p: json.dumps(p, sort_keys=True))
+    for name in out.columns:
+        if out[name].map(lambda v: isinstance(v, (dict, list))).any():
+            out[name] = out[name].map(lambda v: json.dumps(v, sort_keys=True)
+                                      if isinstance(v, (dict, list)) else v)
     return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    bold: bool = False
+    mark: bool = False  # "not distinguishable from the best"
+
+
+@dataclass
+class Table:
+    """A header, rows of cells, a caption and notes; first column is the row label."""
+
+    header: list[str]
+    rows: list[list[Cell]]
+    caption: str
+    notes: list[str] = field(default_factory=list)
+    align: str = ""  # one of l/r per column; default: label left, the rest right
+
+    def alignment(self) -> str:
+        return self.align or "l" + "r" * (len(self.header) - 1)
+
+
+MARK = "†"
+
+
+def fmt_number(value: float, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int = 0) -> Table | None:
+    """Strategies × tasks: mean ± CI half-width; best per column in bold; † where a paired
+    test cannot tell it from the best; an average-rank column. None without data."""
+    runs = with_columns(runs)
+    summary = stats.summarize(runs, metric, seed=seed)
+    if summary.empty:
+        return None
+    compare = stats.compare_to_best(runs, metric, summary).set_index(["strategy", "column"])
+    means = stats.mean_matrix(summary)
+    ranks = stats.average_ranks(means) if means.shape[1] else pd.Series(dtype=float)
+    columns = sorted(summary["column"].unique())
+    strategies = list(ranks.index) + sorted(set(summary["strategy"]) - set(ranks.index))
+    indexed = summary.set_index(["strategy", "column"])
+    best = summary.groupby("column")["mean"].max()
+    rows, single_seed, untestable = [], False, False
+    for strategy in strategies:
+        row = [Cell(strategy)]
+        for column in columns:
+            if (strategy, column) not in indexed.index:
+                row.append(Cell("–"))
+                continue
+            s = indexed.loc[(strategy, column)]
+            text = f"{s['mean'] * SCALE:.1f}"
+            if s["n"] >= 2:
+                text += f" ± {s['half_width'] * SCALE:.1f}"
+            else:
+                single_seed = True
+            is_best = math.isclose(s["mean"], best[column], rel_tol=0, abs_tol=1e-12)
+            tied = compare.loc[(strategy, column), "tied"]  # True, False, or None/NaN: untestable
+            testable = tied is not None and not pd.isna(tied)
+            untestable |= not testable
+            row.append(Cell(text, bold=is_best, mark=testable and bool(tied) and not is_best))
+        row.append(Cell(fmt_number(ranks.get(strategy, math.nan), 2)))
+        rows.append(row)
+    n_seeds = int(summary["n"].max())
+    notes = [f"Mean ± half-width of the 95% percentile-bootstrap confidence interval over evaluation "
+             f"seeds ({stats.RESAMPLES:,} resamples; up to {n_seeds} seeds per cell). Bold: best mean per "
+             f"column. {MARK}: not significantly different from the best (paired t-test over the seeds "
+             f"both share, Holm-corrected within the column, α = {stats.ALPHA}). Avg. rank: mean rank "
+             f"over the columns every strategy has (1 = best)."]
+    if single_seed:
+        notes.append("Cells without ± have one seed: no confidence interval from one seed.")
+    if untestable:
+        notes.append("Some comparisons could not be tested (fewer than two shared seeds).")
+    return Table(["strategy", *columns, "avg. rank"], rows, caption, notes)
+
+
+def cost_table(runs: pd.DataFrame) -> Table | None:
+    """Per task and strategy: mean training seconds (with reused models; own alone),
+    trainable parameters, peak memory, inference parameters and time."""
+    runs = with_columns(runs)
+    if runs.empty:
+        return None
+    agg = {"train_seconds": ("train_seconds", "mean"), "trainable": ("trainable_parameters", "mean"),
+           "peak": ("peak_memory_mb", "mean"), "runs": ("seed", "count")}
+    for name, col in (("own", "own_train_seconds"), ("inference", "inference_parameters"),
+                      ("ms", "inference_ms_per_example")):
+        if col in runs:
+            agg[name] = (col, "mean")
+    stats_frame = runs.groupby(["column", "strategy"]).agg(**agg).reset_index()
+    header = ["task", "strategy", "train s", "own train s", "trainable params", "peak memory MB",
+              "inference params", "inference ms/example", "runs"]
+    rows = []
+    for r in stats_frame.to_dict("records"):
+        rows.append([Cell(r["column"]), Cell(r["strategy"]), Cell(f"{r['train_seconds']:.2f}"),
+                     Cell(fmt_number(r.get("own", math.nan), 2)), Cell(f"{r['trainable']:,.0f}"),
+                     Cell(fmt_number(r["peak"], 0)),
+                     Cell(fmt_number(r.get("inference", math.nan), 0) if math.isnan(r.get("inference", math.nan))
+                          else f"{r['inference']:,.0f}"),
+                     Cell(fmt_number(r.get("ms", math.nan), 3)), Cell(str(int(r["runs"])))])
+    kinds = sorted(runs["peak_memory_kind"].dropna().unique()) if "peak_memory_kind" in runs else []
+    notes = ["Means over evaluation runs. Train s includes the training time of models a strategy "
+             "reuses (a distillation's teacher, an ensemble's members); own train s is its own. "
+             "Inference params: parameters one prediction runs through (K models for an averaged "
+             "ensemble)." + (f" Peak memory: {', '.join(kinds)}." if kinds else "")]
+    return Table(header, rows, "Cost per strategy and task", notes, align="llrrrrrrr")
+
+
+def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> tuple[Table | None, stats.RankTest | None]:
+    """IQM with stratified-bootstrap CI and average rank per strategy, plus the rank test."""
+    runs = with_columns(runs)
+    summary = stats.summarize(runs, metric, seed=seed)
+    if summary.empty:
+        return None, None
+    test = stats.rank_test(stats.mean_matrix(summary))
+    iqm = stats.iqm_by_strategy(runs, metric, seed=seed).set_index("strategy")
+    order = list(test.ranks.index) + sorted(set(iqm.index) - set(test.ranks.index))
+    best_iqm = iqm["iqm"].max()
+    rows = []
+    for strategy in order:
+        r = iqm.loc[strategy]
+        ci = "" if math.isnan(r["low"]) else f" [{r['low'] * SCALE:.1f}, {r['high'] * SCALE:.1f}]"
+        rows.append([Cell(strategy), Cell(f"{r['iqm'] * SCALE:.1f}{ci}", bold=math.isclose(r["iqm"], best_iqm)),
+                     Cell(fmt_number(test.ranks.get(strategy, math.nan), 2)), Cell(str(int(r["runs"])))])
+    notes = ["IQM: interquartile mean of all task × seed runs, with a 95% stratified-bootstrap interval "
+             "(seeds resampled within each task; Agarwal et al. 2021)."]
+    if test.reason:
+        notes.append(f"No Friedman test: {test.reason}.")
+    else:
+        notes.append(f"Friedman test over {test.n_tasks} tasks: χ² = {test.statistic:.2f}, p = {test.p:.3g}. "
+                     f"Nemenyi critical difference (α = {stats.ALPHA}): {test.cd:.2f} ranks; strategies whose "
+                     f"average ranks differ by less are not significantly different (Demšar 2006).")
+    return Table(["strategy", "IQM (95% CI)", "avg. rank", "runs"], rows,
+                 "Across tasks", notes), test
+
+
+def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> Table | None:
+    """P(a run of the strategy with the best IQM beats a run of each other strategy)."""
+    runs = with_columns(runs)
+    iqm = stats.iqm_by_strategy(runs, metric, seed=seed)
+    if len(iqm) < 2:
+        return None
+    top = iqm.loc[iqm["iqm"].idxmax(), "strategy"]
+    rows = []
+    for other in iqm.sort_values("iqm", ascending=False)["strategy"]:
+        if other == top:
+            continue
+        result = stats.probability_of_improvement(runs, metric, top, other, seed=seed)
+        if result is None:
+            continue
+        point, low, high = result
+        ci = "" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]"
+        rows.append([Cell(other), Cell(f"{point:.2f}{ci}", bold=low > 0.5 if not math.isnan(low) else False)])
+    return Table([f"{top} vs", "P(improvement) (95% CI)"], rows, "Probability of improvement",
+                 [f"P({top} > other): the probability that a run of {top} scores above a run of the other "
+                  f"strategy on a task (ties count ½), averaged over tasks, with a 95% stratified-bootstrap "
+                  f"interval (Agarwal et al. 2021). Bold: the interval lies above 0.5."])
+
+
+# ------------------------------------------------------------------ renderers
+
+def to_markdown(table: Table) -> str:
+    def cell(c: Cell) -> str:
+        text = c.text + (MARK if c.mark else "")
+        return f"**{text}**" if c.bold else text
+
+    aligns = ["---" if a == "l" else "---:" for a in table.alignment()]
+    lines = [f"**{table.caption}**", "", "| " + " | ".join(table.header) + " |", "|" + "|".join(aligns) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
+    lines += [""] + [f"_{note}_" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_UNICODE = {"±": r"$\pm$", "–": "--", "χ²": r"$\chi^2$", "α": r"$\alpha$", "×": r"$\times$",
+                 "≤": r"$\leq$", "≥": r"$\geq$", "½": r"$\frac{1}{2}$", "Š": r"\v{S}", "š": r"\v{s}",
+                 MARK: r"$^\dagger$"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+    for plain, tex in LATEX_UNICODE.items():
+        out = out.replace(plain, tex)
+    return out
+
+
+def to_latex(table: Table, *, label: str = "") -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    def cell(c: Cell) -> str:
+        text = latex_escape(c.text) + (r"$^\dagger$" if c.mark else "")
+        return rf"\textbf{{{text}}}" if c.bold else text
+
+    caption = latex_escape(table.caption + ". " + " ".join(table.notes))
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{caption}}}"]
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines += [rf"\begin{{tabular}}{{{table.alignment()}}}", r"\toprule",
+              " & ".join(latex_escape(h) for h in table.header) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: Table) -> str:
+    def cell(c: Cell, tag: str = "td", align: str = "l") -> str:
+        text = html.escape(c.text) + (f"<sup>{MARK}</sup>" if c.mark else "")
+        if c.bold:
+            text = f"<strong>{text}</strong>"
+        cls = ' class="num"' if align == "r" else ""
+        return f"<{tag}{cls}>{text}</{tag}>"
+
+    aligns = table.alignment()
+    head = "".join(cell(Cell(h), "th", a) for h, a in zip(table.header, aligns))
+    body = "\n".join("<tr>" + "".join(cell(c, "td", a) for c, a in zip(row, aligns)) + "</tr>" for row in table.rows)
+    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table.notes)
+    return (f"<figure class=\"table\"><figcaption>{html.escape(table.caption)}</figcaption>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>{notes}</figure>\n")

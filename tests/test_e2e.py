@@ -42,7 +42,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_outputs_written(smoke_run: Path) -> None:
-    runs = pd.read_parquet(smoke_run / "results.parquet")
+    runs = pd.read_parquet(smoke_run / "runs.parquet")
     assert len(runs) == CELLS * SEEDS
     assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
     for column in ["suite", "task", "backbone", "strategy", "seed", "params", "test_accuracy",
@@ -51,7 +51,7 @@ def test_outputs_written(smoke_run: Path) -> None:
         assert column in runs, column
     assert runs["test_accuracy"].between(0, 1).all()
     assert runs["shifted_test_accuracy"].notna().all()
-    assert len(pd.read_csv(smoke_run / "results.csv")) == len(runs)
+    assert len(pd.read_csv(smoke_run / "runs.csv")) == len(runs)
     table = (smoke_run / "table.md").read_text()
     from strategies import STRATEGIES as registry
     assert len(registry.names()) == STRATEGIES
@@ -65,7 +65,7 @@ def test_outputs_written(smoke_run: Path) -> None:
 
 
 def test_reusing_strategies_record_what_they_reused(smoke_run: Path) -> None:
-    runs = pd.read_parquet(smoke_run / "results.parquet")
+    runs = pd.read_parquet(smoke_run / "runs.parquet")
     ft = runs[runs["strategy"] == "full_finetune"].set_index(["task", "seed"])
     kd = runs[runs["strategy"] == "distillation"]
     assert (kd["student_parameters"] < kd["teacher_parameters"]).all()
@@ -100,9 +100,9 @@ def test_reusing_from_the_store_alone(smoke_run: Path, tmp_path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(smoke_run, out)
     shutil.rmtree(out / "models")  # artifacts gone: the teacher is refitted, identically
-    before = pd.read_parquet(smoke_run / "results.parquet")
+    before = pd.read_parquet(smoke_run / "runs.parquet")
     assert main(["run", "smoke", "--out", str(out), "--seeds", "3", "--strategies", "distillation"]) == 0
-    after = pd.read_parquet(out / "results.parquet")
+    after = pd.read_parquet(out / "runs.parquet")
     assert set(after["strategy"]) == {"distillation"} and len(after) == 2 * 3
     new = after[after["seed"] == after["seed"].max()]
     assert new["teacher"].str.endswith("#2").all()
@@ -139,15 +139,15 @@ def test_fewer_seeds_or_strategies_narrow_the_table(smoke_run: Path, tmp_path) -
     shutil.copytree(smoke_run, out)
     before = trial_counts(out)
     assert main(["run", "smoke", "--out", str(out), "--seeds", "1", "--strategies", "scratch"]) == 0
-    runs = pd.read_parquet(out / "results.parquet")
+    runs = pd.read_parquet(out / "runs.parquet")
     assert set(runs["strategy"]) == {"scratch"} and len(runs) == 2  # 2 tasks × 1 seed
     assert trial_counts(out) == before  # nothing re-run
 
 
 def test_same_seeds_same_metrics(smoke_run: Path, tmp_path) -> None:
     assert main(["run", "smoke", "--out", str(tmp_path), "--strategies", "linear_probe,scratch"]) == 0
-    a = pd.read_parquet(smoke_run / "results.parquet")
-    b = pd.read_parquet(tmp_path / "results.parquet")
+    a = pd.read_parquet(smoke_run / "runs.parquet")
+    b = pd.read_parquet(tmp_path / "runs.parquet")
     keys = ["task", "backbone", "strategy", "seed"]
     merged = a.merge(b, on=keys, suffixes=("_a", "_b"))
     assert len(merged) == 2 * 2 * SEEDS
@@ -175,9 +175,9 @@ def test_resume_after_kill_9(tmp_path) -> None:
         time.sleep(0.02)
     proc.wait()
     assert killed, "the run finished before it could be interrupted"
-    assert not (out / "results.parquet").exists()
+    assert not (out / "runs.parquet").exists()
     assert main(["run", "smoke", "--out", str(out), "--trials", "8", *subset]) == 0
-    runs = pd.read_parquet(out / "results.parquet")
+    runs = pd.read_parquet(out / "runs.parquet")
     assert len(runs) == 2 * 4 * SEEDS
     assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
     for name, (finished, _) in trial_counts(out).items():
@@ -186,7 +186,7 @@ def test_resume_after_kill_9(tmp_path) -> None:
     clean = tmp_path / "clean"
     assert main(["run", "smoke", "--out", str(clean), "--trials", "8", *subset]) == 0
     keys = ["task", "backbone", "strategy", "seed"]
-    expected = pd.read_parquet(clean / "results.parquet").sort_values(keys, ignore_index=True)
+    expected = pd.read_parquet(clean / "runs.parquet").sort_values(keys, ignore_index=True)
     got = runs.sort_values(keys, ignore_index=True)
     for column in ("params", "test_accuracy", "val_accuracy", "shifted_test_accuracy",
                    "tuning_best_val_accuracy", "tuning_best_trial_seed"):
@@ -218,3 +218,45 @@ def _trials(out: Path) -> list:
             rows.append((s.study_name.split("::")[1:4], [(t.number, t.state.name[:4], t.value, t.user_attrs.get("seed"),
                          t.user_attrs.get("retry_of")) for t in study.trials]))
     return rows
+
+
+def test_run_writes_the_report(smoke_run: Path) -> None:
+    for name in ("runs.parquet", "runs.csv", "trials.parquet", "table.md", "table.tex", "report.html",
+                 "figures/accuracy.png", "figures/accuracy.pdf", "figures/cd_diagram.png",
+                 "figures/cost_accuracy.png", "figures/tuning_curves.png"):
+        assert (smoke_run / name).is_file(), name
+    trials = pd.read_parquet(smoke_run / "trials.parquet")
+    tuned = trials[trials["state"].isin(["COMPLETE", "PRUNED"])].groupby(["task", "strategy"]).size()
+    assert (tuned == TRIALS).all() and "ensemble" not in set(trials["strategy"])
+
+
+def test_report_command_reads_only_the_store(smoke_run: Path, tmp_path, capsys) -> None:
+    before = trial_counts(smoke_run)
+    out = tmp_path / "report"
+    assert main(["report", str(smoke_run), "--out", str(out)]) == 0
+    assert trial_counts(smoke_run) == before  # nothing trained
+    body = (out / "table.md").read_text().split("\n", 1)[1]
+    assert body == (smoke_run / "table.md").read_text().split("\n", 1)[1]  # same tables as the run's
+    assert main(["report", "--storage", str(smoke_run / "store.journal"), "--out", str(tmp_path / "r2")]) == 0
+    assert (tmp_path / "r2" / "report.html").is_file()
+    # every number is recomputable from runs.parquet: one cell by hand
+    runs = pd.read_parquet(out / "runs.parquet")
+    ft = runs[(runs["strategy"] == "full_finetune") & (runs["task"] == "digits-2shot")]["test_accuracy"]
+    assert f"{ft.mean() * 100:.1f}" in [c.strip(" *†").split(" ±")[0] for line in body.splitlines()
+                                        if line.startswith("| full_finetune |") for c in line.split("|")]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["report", "{tmp}/nowhere"], "no store there"),
+    (["report", "--storage", "{tmp}/missing.journal"], "no such journal file"),
+    (["report", "{tmp}/empty"], "holds no evaluation runs"),
+    (["report"], "exactly one"),
+])
+def test_report_of_a_missing_or_empty_store_is_one_line(tmp_path, capsys, args, needle) -> None:
+    (tmp_path / "empty").mkdir()
+    open_storage(None, tmp_path / "empty")  # an empty journal
+    (tmp_path / "empty" / "store.journal").touch()
+    rc = main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("tlbench: error: ") and needle in err[0]

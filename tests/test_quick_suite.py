@@ -14,7 +14,7 @@ def test_quick_suite_shows_transfer_paying_off(tmp_path) -> None:
     # benchmarks/test_bench_quick_suite.py.
     strategies = "linear_probe,full_finetune,scratch"
     assert main(["run", "quick", "--out", str(tmp_path), "--strategies", strategies]) == 0
-    runs = pd.read_parquet(tmp_path / "results.parquet")
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
     assert len(runs) == 2 * 3 * 10  # tasks × strategies × evaluation seeds
     stats = runs.groupby(["task", "strategy"])["test_accuracy"].agg(["mean", "std"])
     for task in ("digits-2shot", "mnist1d-shifted"):
@@ -25,4 +25,4 @@ def test_quick_suite_shows_transfer_paying_off(tmp_path) -> None:
         gap = pretrained["mean"] - scratch["mean"]
         assert gap > max(pretrained["std"], scratch["std"]), (task, stats.loc[task])
     table = (tmp_path / "table.md").read_text()
-    assert "Shifted test" in table
+    assert "Shifted-test (out-of-distribution) accuracy" in table and "Friedman test" in table

@@ -1,0 +1,217 @@
+"""The report: stored results → data files, tables, figures and one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from reports import figures, stats
+from reports.data import Results
+from reports.tables import (Table, accuracy_table, across_tasks_table, column_labels, cost_table, flat_runs,
+                            improvement_table, to_html, to_latex, to_markdown, with_columns)
+
+
+@dataclass
+class ReportOutputs:
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+    seconds: float = 0.0
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+
+def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
+    """Dodge et al.'s expected best validation accuracy per cell over its finished trials
+    (pruned ones count with the accuracy they were stopped at)."""
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])].dropna(subset=["value"])
+    if finished.empty:
+        return pd.DataFrame(columns=["column", "strategy", "trials", "expected_max", "std", "seconds"])
+    finished = finished.assign(column=column_labels(finished))
+    parts = []
+    for (column, strategy), group in finished.groupby(["column", "strategy"]):
+        group = group.sort_values("number").head(budget) if budget else group
+        curve = stats.tuning_curve(group["value"].to_numpy(float), group["seconds"].fillna(0).to_numpy(float),
+                                   budget or len(group))
+        parts.append(curve.assign(column=column, strategy=strategy))
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_report(results: Results, out: Path, *, title: str, seed: int = 0) -> ReportOutputs:
+    """Writes runs.parquet/.csv, trials.parquet, table.md/.tex, figures/*.png|pdf and
+    report.html into ``out``; returns the files and the notes on what was not computable."""
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    report = ReportOutputs(out)
+    runs = with_columns(results.runs)
+
+    flat = flat_runs(results.runs)
+    for name, write in (("runs.parquet", lambda p: flat.to_parquet(p, index=False)),
+                        ("runs.csv", lambda p: flat.to_csv(p, index=False)),
+                        ("trials.parquet", lambda p: results.trials.to_parquet(p, index=False))):
+        write(out / name)
+        report.files.append(out / name)
+
+    tables: list[tuple[str, Table]] = []
+    main = accuracy_table(runs, "test_accuracy", caption="Test accuracy (%)", seed=seed)
+    if main:
+        tables.append(("tab:accuracy", main))
+    has_shift = "shifted_test_accuracy" in runs and runs["shifted_test_accuracy"].notna().any()
+    if has_shift:
+        shifted = accuracy_table(runs, "shifted_test_accuracy",
+                                 caption="Shifted-test (out-of-distribution) accuracy (%)", seed=seed)
+        if shifted:
+            tables.append(("tab:shifted", shifted))
+    across, rank_test = across_tasks_table(runs, "test_accuracy", seed=seed)
+    if across:
+        tables.append(("tab:across", across))
+    improvement = improvement_table(runs, "test_accuracy", seed=seed)
+    if improvement:
+        tables.append(("tab:improvement", improvement))
+    else:
+        report.notes.append("No probability of improvement: it needs at least two strategies.")
+    cost = cost_table(runs)
+    if cost:
+        tables.append(("tab:cost", cost))
+    if rank_test is not None and rank_test.reason:
+        report.notes.append(f"No Friedman test or critical difference: {rank_test.reason}.")
+    if runs.groupby(["column", "strategy"])["seed"].nunique().max() < 2:
+        report.notes.append("No confidence intervals or paired tests: every cell has a single seed.")
+
+    (out / "table.md").write_text(
+        f"# {title}\n\n" + "\n".join(to_markdown(t) for _, t in tables)
+        + "".join(f"\n_{n}_\n" for n in report.notes))
+    (out / "table.tex").write_text(
+        "% tlbench report tables; needs \\usepackage{booktabs}\n"
+        + "\n".join(to_latex(t, label=label) for label, t in tables))
+    report.files += [out / "table.md", out / "table.tex"]
+
+    report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed, has_shift=has_shift)
+    html_path = out / "report.html"
+    html_path.write_text(_html(title, results, tables, report, out))
+    report.files.append(html_path)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | None, out: Path,
+             report: ReportOutputs, *, seed: int, has_shift: bool) -> list[Path]:
+    colours = figures.palette(sorted(runs["strategy"].unique()))
+    files = figures.accuracy_figure(stats.summarize(runs, "test_accuracy", seed=seed), out,
+                                    metric_label="test accuracy", name="accuracy", colours=colours)
+    if has_shift:
+        files += figures.accuracy_figure(stats.summarize(runs, "shifted_test_accuracy", seed=seed), out,
+                                         metric_label="shifted-test accuracy", name="accuracy_shifted",
+                                         colours=colours)
+    if rank_test is not None and len(rank_test.ranks) >= 2:
+        files += figures.cd_diagram(rank_test, out, colours=colours)
+    files += figures.cost_figure(runs, out, colours=colours)
+    curves = tuning_curves(results.trials, results.protocol.get("budget"))
+    if not curves.empty:
+        files += figures.tuning_figure(curves, out, colours=colours)
+    else:
+        report.notes.append("No tuning curves: the store holds no finished tuning trial.")
+    if not results.importances.empty:
+        files += figures.importance_figure(results.importances, out)
+    else:
+        report.notes.append("No hyperparameter importances: no cell has two completed tuning trials "
+                            "with a varying parameter.")
+    return files
+
+
+FIGURES = [
+    ("accuracy", "Test accuracy per task: mean and 95% bootstrap interval over evaluation seeds."),
+    ("accuracy_shifted", "Shifted-test (out-of-distribution) accuracy per task."),
+    ("cd_diagram", "Critical-difference diagram (Demšar 2006): average ranks over tasks; strategies joined "
+                   "by a bar are not significantly different (Nemenyi test)."),
+    ("cost_accuracy", "Test accuracy against training time per run (reused models included); circled points "
+                      "are on the Pareto front (dashed)."),
+    ("tuning_curves", "Expected best validation accuracy (± one standard deviation) after n tuning trials, "
+                      "and against the compute n trials cost (Dodge et al. 2019). A curve that is still "
+                      "rising at the budget depends on it."),
+    ("importances", "Hyperparameter importance (fANOVA over completed trials, mean over tasks); parameters "
+                    "a strategy draws conditionally (lr per optimizer) are left out."),
+]
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.88em;margin:.5em 0}th,td{padding:.25em .6em;border-bottom:1px solid #e4e4e4}
+thead th{border-bottom:2px solid #444;text-align:left}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1.2em 0}figcaption{font-weight:600;margin-bottom:.3em}p.note{font-size:.85em;color:#555;margin:.2em 0}
+img{max-width:100%;height:auto;border:1px solid #eee}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}
+dt{font-weight:600}code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption style=\"font-weight:400\">{html.escape(caption)}</figcaption></figure>")
+
+
+def _dl(items: list[tuple[str, str]]) -> str:
+    return "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def _html(title: str, results: Results, tables: list[tuple[str, Table]], report: ReportOutputs, out: Path) -> str:
+    runs, protocol = results.runs, results.protocol
+    seeds = runs.groupby(["task", "backbone", "strategy"])["seed"].nunique()
+    proto = [
+        ("tuning budget", f"{protocol.get('budget', '?')} finished trials per cell (completed or pruned), the "
+                          f"same for every strategy"),
+        ("sampler", f"{protocol.get('sampler', '?')}, {protocol.get('n_startup_trials', '?')} random start-up "
+                    f"trials, re-seeded per trial slot"),
+        ("pruner", f"{protocol.get('pruner', '?')} (start-up {protocol.get('pruner_startup_trials', '?')} trials, "
+                   f"warm-up {protocol.get('pruner_warmup_epochs', '?')} epochs)"),
+        ("objective", str(protocol.get("objective", "validation accuracy"))),
+        ("evaluation", f"the best configuration of each cell re-trained on {seeds.min()}–{seeds.max()} fresh "
+                       f"seeds, scored on held-out test data" if len(seeds) else "no runs"),
+        ("tasks", ", ".join(sorted(runs["task"].unique()))),
+        ("strategies", ", ".join(sorted(runs["strategy"].unique()))),
+    ]
+    spaces = "".join(
+        f"<h3>{html.escape(strategy)}</h3>" + _dl(list(space.items()))
+        for strategy, space in results.search_spaces.items())
+    prov = []
+    for column, label in (("tlbench_version", "tlbench"), ("torch_version", "torch"), ("git_commit", "git commit"),
+                          ("device", "device"), ("host", "host"), ("suite_fingerprint", "suite settings")):
+        if column in runs:
+            prov.append((label, ", ".join(sorted(map(str, runs[column].dropna().unique())))))
+    if "started_at" in runs and runs["started_at"].notna().any():
+        prov.append(("runs started", f"{runs['started_at'].min()} … {runs['started_at'].max()}"))
+    prov.append(("report written", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+    figs = "".join(_img(out / "figures" / f"{name}.png", caption) for name, caption in FIGURES
+                   if (out / "figures" / f"{name}.png").exists())
+    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in report.notes)
+    files = ", ".join(f"<code>{html.escape(p.relative_to(out).as_posix())}</code>" for p in report.files)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p>{len(runs)} evaluation runs, {len(results.trials)} tuning trials. Figures are also in
+<code>figures/</code> as PNG and PDF; the tables as <code>table.tex</code> (booktabs) and <code>table.md</code>;
+every number is recomputable from <code>runs.parquet</code>.</p>
+{notes}
+<h2>Results</h2>
+{''.join(to_html(t) for _, t in tables)}
+<h2>Figures</h2>
+{figs}
+<h2>Protocol</h2>
+{_dl(proto)}
+<h2>Search spaces</h2>
+{spaces or '<p>none recorded</p>'}
+<h2>Provenance</h2>
+{_dl(prov)}
+<p class="note">Files: {files}</p>
+</body></html>
+"""

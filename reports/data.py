@@ -1,0 +1,102 @@
+"""What a report reads from the store: runs, tuning trials, importances and the protocol.
+
+Only stored results are read; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from harness.store import SEP, load_runs
+
+
+@dataclass
+class Results:
+    """Everything a report is made of."""
+
+    runs: pd.DataFrame  # one row per evaluation run (harness.store.load_runs)
+    trials: pd.DataFrame  # one row per tuning trial
+    importances: pd.DataFrame  # strategy, task, backbone, param, importance
+    protocol: dict[str, Any] = field(default_factory=dict)
+    search_spaces: dict[str, dict[str, str]] = field(default_factory=dict)  # strategy → param → range
+
+    @property
+    def empty(self) -> bool:
+        return self.runs.empty
+
+
+def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
+    d = distribution
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return "{" + ", ".join(map(str, d.choices)) + "}"
+    if isinstance(d, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
+        scale = " (log)" if d.log else ""
+        return f"[{d.low:g}, {d.high:g}]{scale}"
+    return repr(d)
+
+
+def load_results(storage: BaseStorage, suite: str | None = None, *, importances: bool = True) -> Results:
+    """Reads a store: the runs frame, every tuning trial, hyperparameter importances (fANOVA
+    over each cell's completed trials) and the protocol the suite was tuned under."""
+    runs = load_runs(storage, suite)
+    rows: list[dict[str, Any]] = []
+    imp_rows: list[dict[str, Any]] = []
+    protocol: dict[str, Any] = {}
+    spaces: dict[str, dict[str, str]] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        parts = summary.study_name.split(SEP)
+        if len(parts) != 5 or parts[4] != "tune" or (suite is not None and parts[0] != suite):
+            continue
+        suite_name, task, backbone, strategy, _ = parts
+        protocol = protocol or dict(summary.user_attrs.get("protocol", {}))
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False):
+            steps = t.intermediate_values
+            last = steps[max(steps)] if steps else None
+            value = t.value if t.state == TrialState.COMPLETE else (last if t.state == TrialState.PRUNED else None)
+            rows.append({
+                "suite": suite_name, "task": task, "backbone": backbone, "strategy": strategy,
+                "number": t.number, "state": t.state.name, "value": value, "epochs_reported": len(steps),
+                "seconds": t.user_attrs.get("seconds"), "seed": t.user_attrs.get("seed"),
+                "params": json.dumps(t.user_attrs.get("params", t.params), sort_keys=True, default=str),
+                "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("failed_reason"),
+                "retry_of": t.user_attrs.get("retry_of"),
+                "started": t.datetime_start.isoformat() if t.datetime_start else None,
+                "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
+            })
+            for name, dist in t.distributions.items():
+                spaces.setdefault(strategy, {}).setdefault(name, _describe(dist))
+        if importances:
+            for param, value in _importances(study).items():
+                imp_rows.append({"strategy": strategy, "task": task, "backbone": backbone, "param": param,
+                                 "importance": value})
+    trials = pd.DataFrame(rows, columns=["suite", "task", "backbone", "strategy", "number", "state", "value",
+                                         "epochs_reported", "seconds", "seed", "params", "reason", "retry_of",
+                                         "started", "completed"])
+    imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
+    return Results(runs, trials, imps, protocol, {k: dict(sorted(v.items())) for k, v in sorted(spaces.items())})
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances (Hutter et al. 2014, Optuna's evaluator, seeded) of the parameters
+    every completed trial has; empty when fewer than two trials completed or nothing varied."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+    return {k: float(v) for k, v in out.items() if not math.isnan(v)}

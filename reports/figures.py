@@ -1,0 +1,218 @@
+"""Figures for the report, each saved as PNG (for HTML) and PDF (for papers).
+
+Sized for a paper: one panel is about a column wide (3.3 in), fonts 8–9 pt, legends outside
+the axes. Every strategy has one colour in every figure (:func:`palette`), fixed by its
+position in the registry so two reports colour a strategy alike.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from reports import stats  # noqa: E402
+
+PANEL_W, PANEL_H = 3.3, 2.6
+RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+      "legend.fontsize": 7, "pdf.fonttype": 42, "ps.fonttype": 42}
+
+
+def palette(strategies: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """A colour per strategy: registry order first (stable across reports), then the rest."""
+    from strategies import STRATEGIES
+
+    known = STRATEGIES.names()
+    order = known + sorted(set(strategies) - set(known))
+    colours = sns.color_palette("tab20", 20)
+    colours = colours[0::2] + colours[1::2]  # the ten strong colours first
+    return {name: colours[i % len(colours)] for i, name in enumerate(order)}
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=200, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _panels(n: int, *, height: float = PANEL_H, sharey: bool = True) -> tuple[plt.Figure, np.ndarray]:
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_W * cols, height * rows), squeeze=False, sharey=sharey)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _legend(fig: plt.Figure, strategies: Sequence[str], colours: dict, *, marker: str = "o") -> None:
+    handles = [plt.Line2D([], [], color=colours[s], marker=marker, linestyle="-", markersize=4) for s in strategies]
+    fig.legend(handles, strategies, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               title="strategy")
+
+
+def accuracy_figure(summary: pd.DataFrame, out: Path, *, metric_label: str, name: str,
+                    colours: dict) -> list[Path]:
+    """Per task, each strategy's mean with its 95% bootstrap interval (horizontal, so long
+    strategy names never overlap)."""
+    with plt.rc_context(RC), sns.axes_style("whitegrid"):
+        columns = sorted(summary["column"].unique())
+        order = (summary.groupby("strategy")["mean"].mean().sort_values(ascending=False).index.tolist())
+        fig, axes = _panels(len(columns), height=0.22 * len(order) + 0.9)
+        for ax, column in zip(axes.flat, columns):
+            part = summary[summary["column"] == column].set_index("strategy")
+            for y, strategy in enumerate(order):
+                if strategy not in part.index:
+                    continue
+                r = part.loc[strategy]
+                lo, hi = r["mean"] - r["low"], r["high"] - r["mean"]
+                err = None if math.isnan(r["low"]) else [[lo * 100], [hi * 100]]
+                ax.errorbar(r["mean"] * 100, y, xerr=err, fmt="o", color=colours[strategy], markersize=4,
+                            capsize=2, linewidth=1)
+            ax.set_yticks(range(len(order)), order)
+            ax.invert_yaxis()
+            ax.set_title(column)
+            ax.set_xlabel(f"{metric_label} (%)")
+        fig.tight_layout()
+        return _save(fig, out, name)
+
+
+def cd_diagram(test: stats.RankTest, out: Path, *, colours: dict, name: str = "cd_diagram") -> list[Path]:
+    """Demšar's (2006) critical-difference diagram: average ranks on an axis (best left),
+    the CD as a bar, and thick lines joining strategies whose ranks differ by less than CD."""
+    ranks = test.ranks.sort_values()
+    k = len(ranks)
+    with plt.rc_context(RC):
+        height = 0.9 + 0.2 * math.ceil(k / 2)
+        fig, ax = plt.subplots(figsize=(2 * PANEL_W, height))
+        lo, hi = 1, max(k, 2)
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+        ax.set_ylim(-(math.ceil(k / 2) + 1) * 0.25, 0.75)
+        ax.axis("off")
+        ax.hlines(0, lo, hi, color="black", linewidth=0.8)
+        for r in range(lo, hi + 1):
+            ax.vlines(r, 0, 0.06, color="black", linewidth=0.8)
+            ax.text(r, 0.1, str(r), ha="center", va="bottom")
+        half = math.ceil(k / 2)
+        for i, (strategy, rank) in enumerate(ranks.items()):
+            left = i < half
+            level = -(i + 1 if left else k - i) * 0.25
+            x_text = lo - 0.45 if left else hi + 0.45
+            ax.plot([rank, rank, x_text], [0, level, level], color=colours[strategy], linewidth=1)
+            ax.text(x_text, level, f"{strategy} ({rank:.2f})", ha="right" if left else "left", va="center",
+                    color=colours[strategy])
+        if test.cd is not None:
+            end = min(lo + test.cd, hi)  # a CD wider than the axis is drawn to its end
+            ax.hlines(0.45, lo, end, color="black", linewidth=1.5)
+            ax.vlines([lo, end], 0.41, 0.49, color="black", linewidth=1.5)
+            ax.text(end + 0.1, 0.45, f"CD = {test.cd:.2f}", ha="left", va="center")
+            values = ranks.to_numpy()
+            cliques, level = [], -0.08
+            for i in range(k):
+                j = max(j for j in range(i, k) if values[j] - values[i] < test.cd)
+                if j > i and not any(a <= i and j <= b for a, b in cliques):
+                    cliques.append((i, j))
+            for a, b in cliques:
+                ax.hlines(level, values[a] - 0.03, values[b] + 0.03, color="black", linewidth=2.5)
+                level -= 0.06
+            caption = (f"average rank (1 = best) over {test.n_tasks} tasks; Friedman p = {test.p:.3g}; "
+                       f"Nemenyi CD at α = {stats.ALPHA}")
+        else:
+            caption = f"average rank (1 = best) over {test.n_tasks} tasks; no critical difference: {test.reason}"
+        ax.set_title(caption, fontsize=8, pad=2)
+        return _save(fig, out, name)
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points no other point beats on both lower ``x`` and higher ``y``, sorted by ``x``."""
+    ordered = points.sort_values([x, y], ascending=[True, False])
+    front, best = [], -math.inf
+    for row in ordered.itertuples(index=False):
+        value = getattr(row, y)
+        if value > best:
+            front.append(row)
+            best = value
+    return pd.DataFrame(front, columns=points.columns)
+
+
+def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "cost_accuracy") -> list[Path]:
+    """Per task: test accuracy against training seconds (log scale, reused models included),
+    one point per strategy (mean over seeds), the Pareto front as a dashed staircase."""
+    means = (runs.groupby(["column", "strategy"])[["train_seconds", "test_accuracy"]].mean().reset_index())
+    columns = sorted(means["column"].unique())
+    strategies = sorted(means["strategy"].unique())
+    with plt.rc_context(RC), sns.axes_style("whitegrid"):
+        fig, axes = _panels(len(columns), sharey=False)
+        for ax, column in zip(axes.flat, columns):
+            part = means[means["column"] == column]
+            front = pareto_front(part, "train_seconds", "test_accuracy")
+            ax.step(front["train_seconds"], front["test_accuracy"] * 100, where="post", color="grey",
+                    linestyle="--", linewidth=0.8, zorder=1)
+            on_front = set(front["strategy"])
+            for row in part.itertuples():
+                ax.scatter(row.train_seconds, row.test_accuracy * 100, color=colours[row.strategy], s=22,
+                           edgecolor="black" if row.strategy in on_front else "none", linewidth=0.8, zorder=2)
+            ax.set_xscale("log")
+            ax.set_title(column)
+            ax.set_xlabel("training time per run (s, log)")
+            ax.set_ylabel("test accuracy (%)")
+        _legend(fig, strategies, colours)
+        fig.tight_layout()
+        return _save(fig, out, name)
+
+
+def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str = "tuning_curves") -> list[Path]:
+    """Expected best validation accuracy (± one std) after n trials, against n and against
+    the compute n trials cost (Dodge et al. 2019); one column per task."""
+    columns = sorted(curves["column"].unique())
+    strategies = sorted(curves["strategy"].unique())
+    with plt.rc_context(RC), sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(2, len(columns), figsize=(PANEL_W * len(columns), 2 * PANEL_H), squeeze=False)
+        for j, column in enumerate(columns):
+            for i, x in enumerate(("trials", "seconds")):
+                ax = axes[i, j]
+                for strategy in strategies:
+                    c = curves[(curves["column"] == column) & (curves["strategy"] == strategy)]
+                    if c.empty:
+                        continue
+                    ax.plot(c[x], c["expected_max"] * 100, color=colours[strategy], linewidth=1)
+                    ax.fill_between(c[x], (c["expected_max"] - c["std"]) * 100,
+                                    (c["expected_max"] + c["std"]) * 100, color=colours[strategy], alpha=0.12,
+                                    linewidth=0)
+                ax.set_xlabel("tuning trials" if x == "trials" else "tuning compute (s, log)")
+                if x == "seconds":
+                    ax.set_xscale("log")
+                else:
+                    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+                ax.set_ylabel("expected best val. acc. (%)")
+                ax.set_title(column if i == 0 else "")
+        _legend(fig, strategies, colours, marker="")
+        fig.tight_layout()
+        return _save(fig, out, name)
+
+
+def importance_figure(importances: pd.DataFrame, out: Path, *, name: str = "importances") -> list[Path]:
+    """Hyperparameter importance (fANOVA, mean over tasks) as a strategies × parameters heatmap."""
+    wide = importances.groupby(["strategy", "param"])["importance"].mean().unstack("param")
+    with plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=(max(PANEL_W, 0.45 * wide.shape[1] + 1.8), 0.28 * wide.shape[0] + 1.2))
+        sns.heatmap(wide, ax=ax, cmap="viridis", vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 6},
+                    cbar_kws={"label": "importance (fANOVA)"}, linewidths=0.3)
+        ax.set_xlabel("hyperparameter")
+        ax.set_ylabel("strategy")
+        ax.tick_params(axis="x", rotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        fig.tight_layout()
+        return _save(fig, out, name)

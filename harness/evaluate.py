@@ -111,6 +111,7 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb,
         "peak_memory_kind": memory.kind, **predictor.info(),
         "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
+        "num_classes": task.num_classes,
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),
     }

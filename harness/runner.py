@@ -65,10 +65,12 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
         runs = results.runs
         results.runs = runs[in_plan(runs) & runs["seed"].isin(seeds)].reset_index(drop=True)
     results.trials = results.trials[in_plan(results.trials)].reset_index(drop=True)
+    results.importances = results.importances[in_plan(results.importances)].reset_index(drop=True)
+    results.search_spaces = {k: v for k, v in results.search_spaces.items() if k in set(suite.strategies)}
     if results.runs.empty:
         raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
                           f"or failed); nothing to report")
-    return write_report(results, out, title=f"tlbench suite {suite.name}", seed=suite.seed)
+    return write_report(results, out, title=f"tlbench suite {suite.name}")  # same seed as tlbench report
 
 
 def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: BaseStorage, out: Path,

@@ -49,6 +49,8 @@ def open_existing_storage(url: str) -> BaseStorage:
     path = Path(url.removeprefix("journal:")) if url.startswith("journal:") or "://" not in url else None
     if path is not None and not path.is_file():
         raise ConfigError(f"--storage {url!r}: no such journal file; give the store of a tlbench run")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"--storage {url!r}: no such SQLite database (reading must not create one)")
     return open_storage(url, Path("."))
 
 

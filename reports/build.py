@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +30,26 @@ class ReportOutputs:
 
 
 def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
-    """Dodge et al.'s expected best validation accuracy per cell over its finished trials
-    (pruned ones count with the accuracy they were stopped at)."""
-    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])].dropna(subset=["value"])
+    """Dodge et al.'s expected best validation accuracy per cell, over the completed trials
+    among its first ``budget`` finished ones (a pruned trial's accuracy is that of a shorter
+    run, so it is not a draw of the same quantity); compute per completed trial includes the
+    pruned trials' seconds."""
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     if finished.empty:
         return pd.DataFrame(columns=["column", "strategy", "trials", "expected_max", "std", "seconds"])
     finished = finished.assign(column=column_labels(finished))
     parts = []
     for (column, strategy), group in finished.groupby(["column", "strategy"]):
         group = group.sort_values("number").head(budget) if budget else group
-        curve = stats.tuning_curve(group["value"].to_numpy(float), group["seconds"].fillna(0).to_numpy(float),
-                                   budget or len(group))
+        complete = group[group["state"] == "COMPLETE"].dropna(subset=["value"])
+        if complete.empty:
+            continue
+        seconds = group["seconds"].dropna()
+        per_complete = float(seconds.mean() * len(group) / len(complete)) if len(seconds) else math.nan
+        curve = stats.tuning_curve(complete["value"].to_numpy(float), per_complete, len(complete))
         parts.append(curve.assign(column=column, strategy=strategy))
+    if not parts:
+        return pd.DataFrame(columns=["column", "strategy", "trials", "expected_max", "std", "seconds"])
     return pd.concat(parts, ignore_index=True)
 
 
@@ -112,6 +121,9 @@ def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | N
                                          colours=colours)
     if rank_test is not None and len(rank_test.ranks) >= 2:
         files += figures.cd_diagram(rank_test, out, colours=colours)
+    matrix = stats.improvement_matrix(runs, "test_accuracy")
+    if len(matrix) >= 2:
+        files += figures.improvement_figure(matrix, out)
     files += figures.cost_figure(runs, out, colours=colours)
     curves = tuning_curves(results.trials, results.protocol.get("budget"))
     if not curves.empty:
@@ -131,13 +143,17 @@ FIGURES = [
     ("accuracy_shifted", "Shifted-test (out-of-distribution) accuracy per task."),
     ("cd_diagram", "Critical-difference diagram (Demšar 2006): average ranks over tasks; strategies joined "
                    "by a bar are not significantly different (Nemenyi test)."),
-    ("cost_accuracy", "Test accuracy against training time per run (reused models included); circled points "
+    ("improvement", "Probability that a run of the row strategy scores above a run of the column strategy "
+                    "on a task (ties count ½), averaged over tasks (Agarwal et al. 2021)."),
+    ("cost_accuracy", "Test accuracy against training time per run (reused models included); outlined points "
                       "are on the Pareto front (dashed)."),
-    ("tuning_curves", "Expected best validation accuracy (± one standard deviation) after n tuning trials, "
-                      "and against the compute n trials cost (Dodge et al. 2019). A curve that is still "
-                      "rising at the budget depends on it."),
-    ("importances", "Hyperparameter importance (fANOVA over completed trials, mean over tasks); parameters "
-                    "a strategy draws conditionally (lr per optimizer) are left out."),
+    ("tuning_curves", "Expected best validation accuracy (± one standard deviation) after n completed tuning "
+                      "trials, and against the compute that takes including pruned trials (Dodge et al. "
+                      "2019). The trials come from TPE, not independent random draws, so this describes this "
+                      "search. A curve still rising at the budget depends on it."),
+    ("importances", "Hyperparameter importance (fANOVA over completed trials, mean over tasks; the learning "
+                    "rate is one parameter across optimizers). Few completed trials per cell make these "
+                    "rough."),
 ]
 
 CSS = """
@@ -158,6 +174,11 @@ def _img(path: Path, caption: str) -> str:
             f"<figcaption style=\"font-weight:400\">{html.escape(caption)}</figcaption></figure>")
 
 
+def _seed_range(runs: pd.DataFrame) -> str:
+    values = sorted(runs["seed"].unique())
+    return f"training seeds {values[0]}…{values[-1]}" if len(values) > 1 else f"training seed {values[0]}"
+
+
 def _dl(items: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items) + "</dl>"
 
@@ -169,12 +190,13 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], report:
         ("tuning budget", f"{protocol.get('budget', '?')} finished trials per cell (completed or pruned), the "
                           f"same for every strategy"),
         ("sampler", f"{protocol.get('sampler', '?')}, {protocol.get('n_startup_trials', '?')} random start-up "
-                    f"trials, re-seeded per trial slot"),
+                    f"trials"),
         ("pruner", f"{protocol.get('pruner', '?')} (start-up {protocol.get('pruner_startup_trials', '?')} trials, "
                    f"warm-up {protocol.get('pruner_warmup_epochs', '?')} epochs)"),
         ("objective", str(protocol.get("objective", "validation accuracy"))),
-        ("evaluation", f"the best configuration of each cell re-trained on {seeds.min()}–{seeds.max()} fresh "
-                       f"seeds, scored on held-out test data" if len(seeds) else "no runs"),
+        ("evaluation", (f"the best configuration of each cell re-trained on "
+                        f"{seeds.min() if seeds.min() == seeds.max() else f'{seeds.min()}–{seeds.max()}'} fresh "
+                        f"seeds ({_seed_range(runs)}), scored on held-out test data") if len(seeds) else "no runs"),
         ("tasks", ", ".join(sorted(runs["task"].unique()))),
         ("strategies", ", ".join(sorted(runs["strategy"].unique()))),
     ]

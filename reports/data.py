@@ -87,16 +87,29 @@ def load_results(storage: BaseStorage, suite: str | None = None, *, importances:
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances (Hutter et al. 2014, Optuna's evaluator, seeded) of the parameters
-    every completed trial has; empty when fewer than two trials completed or nothing varied."""
+    """fANOVA importances (Hutter et al. 2014, Optuna's evaluator, seeded) over the completed
+    trials; empty when fewer than two completed or nothing varied.
+
+    Optuna only scores parameters every trial has, so a learning rate drawn per optimizer
+    (``lr_sgd`` / ``lr_adamw``) would drop out: the trials are copied into an in-memory study
+    with one log-scale ``lr`` instead."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         return {}
+    copy = optuna.create_study(direction=study.direction)
+    for t in complete:
+        params, dists = {}, {}
+        for name, value in t.params.items():
+            key = "lr" if name.startswith("lr_") else name
+            params[key] = value
+            dists[key] = (optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)
+                          if name.startswith("lr_") else t.distributions[name])
+        copy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+                copy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
     return {k: float(v) for k, v in out.items() if not math.isnan(v)}

@@ -27,15 +27,26 @@ RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize
       "legend.fontsize": 7, "pdf.fonttype": 42, "ps.fonttype": 42}
 
 
-def palette(strategies: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+MARKERS = "osD^vP*Xphd<>"
+COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000000", "#b8860b", "#4b0082", "#006400"]  # tab10, then dark, distinct hues
+
+
+def palette(strategies: Sequence[str]) -> dict[str, str]:
     """A colour per strategy: registry order first (stable across reports), then the rest."""
+    return {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(_order(strategies))}
+
+
+def markers(strategies: Sequence[str]) -> dict[str, str]:
+    """A marker per strategy, in the same order as :func:`palette` (colour is not enough)."""
+    return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(_order(strategies))}
+
+
+def _order(strategies: Sequence[str]) -> list[str]:
     from strategies import STRATEGIES
 
     known = STRATEGIES.names()
-    order = known + sorted(set(strategies) - set(known))
-    colours = sns.color_palette("tab20", 20)
-    colours = colours[0::2] + colours[1::2]  # the ten strong colours first
-    return {name: colours[i % len(colours)] for i, name in enumerate(order)}
+    return known + sorted(set(strategies) - set(known))
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -56,8 +67,10 @@ def _panels(n: int, *, height: float = PANEL_H, sharey: bool = True) -> tuple[pl
     return fig, axes
 
 
-def _legend(fig: plt.Figure, strategies: Sequence[str], colours: dict, *, marker: str = "o") -> None:
-    handles = [plt.Line2D([], [], color=colours[s], marker=marker, linestyle="-", markersize=4) for s in strategies]
+def _legend(fig: plt.Figure, strategies: Sequence[str], colours: dict, *, marker: str = "o",
+            shapes: dict[str, str] | None = None) -> None:
+    handles = [plt.Line2D([], [], color=colours[s], marker=(shapes or {}).get(s, marker),
+                          linestyle="none" if shapes else "-", markersize=4) for s in strategies]
     fig.legend(handles, strategies, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                title="strategy")
 
@@ -112,22 +125,21 @@ def cd_diagram(test: stats.RankTest, out: Path, *, colours: dict, name: str = "c
             ax.plot([rank, rank, x_text], [0, level, level], color=colours[strategy], linewidth=1)
             ax.text(x_text, level, f"{strategy} ({rank:.2f})", ha="right" if left else "left", va="center",
                     color=colours[strategy])
-        if test.cd is not None:
+        if test.cd is not None and test.rejects:
             end = min(lo + test.cd, hi)  # a CD wider than the axis is drawn to its end
             ax.hlines(0.45, lo, end, color="black", linewidth=1.5)
             ax.vlines([lo, end], 0.41, 0.49, color="black", linewidth=1.5)
             ax.text(end + 0.1, 0.45, f"CD = {test.cd:.2f}", ha="left", va="center")
-            values = ranks.to_numpy()
-            cliques, level = [], -0.08
-            for i in range(k):
-                j = max(j for j in range(i, k) if values[j] - values[i] < test.cd)
-                if j > i and not any(a <= i and j <= b for a, b in cliques):
-                    cliques.append((i, j))
-            for a, b in cliques:
-                ax.hlines(level, values[a] - 0.03, values[b] + 0.03, color="black", linewidth=2.5)
-                level -= 0.06
-            caption = (f"average rank (1 = best) over {test.n_tasks} tasks; Friedman p = {test.p:.3g}; "
-                       f"Nemenyi CD at α = {stats.ALPHA}")
+            groups = stats.cliques(ranks, test.cd)
+            step = 0.2 / (len(groups) + 1)  # all bars between the axis and the first label row
+            for g, members in enumerate(groups):
+                ax.hlines(-step * (g + 1), ranks[members[0]] - 0.03, ranks[members[-1]] + 0.03, color="black",
+                          linewidth=min(2.5, 60 * step))
+            caption = (f"average rank (1 = best) over {test.n_tasks} tasks; Friedman p = {test.p:.3g}; bars join "
+                       f"strategies within the Nemenyi CD (α = {stats.ALPHA})")
+        elif test.cd is not None:
+            caption = (f"average rank (1 = best) over {test.n_tasks} tasks; Friedman p = {test.p:.3g}: not "
+                       f"significant, so no pairwise comparison")
         else:
             caption = f"average rank (1 = best) over {test.n_tasks} tasks; no critical difference: {test.reason}"
         ax.set_title(caption, fontsize=8, pad=2)
@@ -160,14 +172,16 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
             ax.step(front["train_seconds"], front["test_accuracy"] * 100, where="post", color="grey",
                     linestyle="--", linewidth=0.8, zorder=1)
             on_front = set(front["strategy"])
+            shapes = markers(strategies)
             for row in part.itertuples():
-                ax.scatter(row.train_seconds, row.test_accuracy * 100, color=colours[row.strategy], s=22,
-                           edgecolor="black" if row.strategy in on_front else "none", linewidth=0.8, zorder=2)
+                ax.scatter(row.train_seconds, row.test_accuracy * 100, color=colours[row.strategy], s=24,
+                           marker=shapes[row.strategy], edgecolor="black" if row.strategy in on_front else "none",
+                           linewidth=0.8, zorder=2)
             ax.set_xscale("log")
             ax.set_title(column)
             ax.set_xlabel("training time per run (s, log)")
             ax.set_ylabel("test accuracy (%)")
-        _legend(fig, strategies, colours)
+        _legend(fig, strategies, colours, shapes=markers(strategies))
         fig.tight_layout()
         return _save(fig, out, name)
 
@@ -186,11 +200,11 @@ def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str =
                     c = curves[(curves["column"] == column) & (curves["strategy"] == strategy)]
                     if c.empty:
                         continue
-                    ax.plot(c[x], c["expected_max"] * 100, color=colours[strategy], linewidth=1)
-                    ax.fill_between(c[x], (c["expected_max"] - c["std"]) * 100,
-                                    (c["expected_max"] + c["std"]) * 100, color=colours[strategy], alpha=0.12,
-                                    linewidth=0)
-                ax.set_xlabel("tuning trials" if x == "trials" else "tuning compute (s, log)")
+                    ax.plot(c[x], c["expected_max"] * 100, color=colours[strategy], linewidth=1.1)
+                    ax.fill_between(c[x], ((c["expected_max"] - c["std"]) * 100).clip(0, 100),
+                                    ((c["expected_max"] + c["std"]) * 100).clip(0, 100), color=colours[strategy],
+                                    alpha=0.06, linewidth=0)
+                ax.set_xlabel("completed tuning trials" if x == "trials" else "tuning compute (s, log)")
                 if x == "seconds":
                     ax.set_xscale("log")
                 else:
@@ -211,6 +225,22 @@ def importance_figure(importances: pd.DataFrame, out: Path, *, name: str = "impo
                     cbar_kws={"label": "importance (fANOVA)"}, linewidths=0.3)
         ax.set_xlabel("hyperparameter")
         ax.set_ylabel("strategy")
+        ax.tick_params(axis="x", rotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        fig.tight_layout()
+        return _save(fig, out, name)
+
+
+def improvement_figure(matrix: pd.DataFrame, out: Path, *, name: str = "improvement") -> list[Path]:
+    """P(row strategy's run beats column strategy's run), averaged over tasks, every pair."""
+    with plt.rc_context(RC):
+        size = 0.42 * len(matrix) + 1.6
+        fig, ax = plt.subplots(figsize=(size + 0.8, size))
+        sns.heatmap(matrix, ax=ax, cmap="RdBu_r", vmin=0, vmax=1, center=0.5, annot=True, fmt=".2f",
+                    annot_kws={"size": 6}, cbar_kws={"label": "P(row > column)"}, linewidths=0.3, square=True)
+        ax.set_xlabel("column strategy")
+        ax.set_ylabel("row strategy")
         ax.tick_params(axis="x", rotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")

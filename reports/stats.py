@@ -24,17 +24,30 @@ ALPHA = 0.05
 RESAMPLES = 10_000
 
 
+def expanded_confidence(n: int, confidence: float = CONFIDENCE) -> float:
+    """Hesterberg's (2015) small-sample correction of the percentile bootstrap: the nominal
+    level is widened to Φ(√(n/(n−1))·t_{n−1}) on each side, so that the interval covers
+    about as often as a t-interval would (the plain percentile interval of the mean covers
+    ~48% at n = 2 and ~90% at n = 10 for a nominal 95%)."""
+    if n < 2:
+        return confidence
+    t = stats.t.ppf(1 - (1 - confidence) / 2, n - 1)
+    tail = stats.norm.cdf(-math.sqrt(n / (n - 1)) * t)
+    return float(min(1 - 2 * tail, 1 - 1e-12))
+
+
 def bootstrap_ci(values: Sequence[float], *, seed: int = 0, confidence: float = CONFIDENCE,
                  resamples: int = RESAMPLES) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean; (nan, nan) with fewer than two values,
-    the point itself when all values are equal."""
+    """Expanded-percentile bootstrap interval of the mean (scipy's percentile bootstrap at
+    :func:`expanded_confidence`); (nan, nan) with fewer than two values, the point itself
+    when all values are equal."""
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return math.nan, math.nan
     if np.all(x == x[0]):
         return float(x[0]), float(x[0])
-    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                          method="percentile", rng=np.random.default_rng(seed))
+    res = stats.bootstrap((x,), np.mean, confidence_level=expanded_confidence(len(x), confidence),
+                          n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -73,7 +86,7 @@ def compare_to_best(runs: pd.DataFrame, metric: str, summary: pd.DataFrame, *,
     for column, col_summary in summary.groupby("column"):
         best = col_summary.loc[col_summary["mean"].idxmax(), "strategy"]
         col_runs = runs[runs["column"] == column].dropna(subset=[metric])
-        wide = col_runs.pivot_table(index="seed", columns="strategy", values=metric)
+        wide = col_runs.pivot(index="seed", columns="strategy", values=metric)  # a seed twice is an error
         tests = []
         for strategy in col_summary["strategy"]:
             if strategy == best:
@@ -85,8 +98,8 @@ def compare_to_best(runs: pd.DataFrame, metric: str, summary: pd.DataFrame, *,
             p = math.nan
             if len(pair) >= 2 and diff.std() > 0:
                 p = float(stats.ttest_rel(pair[best], pair[strategy]).pvalue)
-            elif len(pair) >= 2 and diff.abs().max() == 0:
-                p = 1.0  # identical on every seed
+            elif len(pair) >= 2:  # the same difference on every seed: none at all, or a sure one
+                p = 1.0 if diff.abs().max() == 0 else 0.0
             tests.append((strategy, len(pair), p))
         adjusted = holm([p for _, _, p in tests])
         for (strategy, n, p), p_adj in zip(tests, adjusted):
@@ -96,11 +109,11 @@ def compare_to_best(runs: pd.DataFrame, metric: str, summary: pd.DataFrame, *,
     return pd.DataFrame(rows, columns=["strategy", "column", "best", "n_pairs", "p", "p_holm", "tied"])
 
 
-def mean_matrix(summary: pd.DataFrame) -> pd.DataFrame:
-    """Strategies × columns of mean scores, keeping only columns every strategy has (the
-    complete blocks rank-based tests need)."""
+def mean_matrix(summary: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Strategies × columns of mean scores over the columns every strategy has (the complete
+    blocks rank-based tests need), and how many columns there were in all."""
     wide = summary.pivot(index="strategy", columns="column", values="mean")
-    return wide.dropna(axis=1)
+    return wide.dropna(axis=1), wide.shape[1]
 
 
 def average_ranks(means: pd.DataFrame) -> pd.Series:
@@ -111,14 +124,21 @@ def average_ranks(means: pd.DataFrame) -> pd.Series:
 
 @dataclass(frozen=True)
 class RankTest:
-    """Friedman test and Nemenyi critical difference over tasks, or why they were not run."""
+    """Friedman test (with Iman & Davenport's F form) and the Nemenyi critical difference
+    over tasks, or why they were not computed."""
 
     ranks: pd.Series
     n_tasks: int
-    statistic: float | None = None
-    p: float | None = None
+    statistic: float | None = None  # Friedman's χ²
+    p: float | None = None  # of the Iman–Davenport F statistic (Demšar's recommendation)
     cd: float | None = None
     reason: str | None = None  # set when the test could not be computed
+
+    @property
+    def rejects(self) -> bool:
+        """Whether the Friedman test rejects "all strategies are equivalent" at ALPHA; the
+        Nemenyi post-hoc comparison is only read when it does (Demšar 2006, §3.2.2)."""
+        return self.p is not None and self.p < ALPHA
 
 
 def nemenyi_cd(k: int, n: int, *, alpha: float = ALPHA) -> float:
@@ -128,19 +148,45 @@ def nemenyi_cd(k: int, n: int, *, alpha: float = ALPHA) -> float:
     return float(q * math.sqrt(k * (k + 1) / (6 * n)))
 
 
-def rank_test(means: pd.DataFrame, *, alpha: float = ALPHA) -> RankTest:
-    """Average ranks; Friedman's test and the Nemenyi CD when there are at least three
-    strategies and two tasks."""
+def iman_davenport(chi2: float, k: int, n: int) -> tuple[float, float]:
+    """Iman & Davenport's F form of Friedman's statistic and its p-value, with (k−1) and
+    (k−1)(n−1) degrees of freedom (Demšar 2006, eq. 4): less conservative than χ²."""
+    denominator = n * (k - 1) - chi2
+    if denominator <= 0:  # identical ranks on every task: F is infinite
+        return math.inf, 0.0
+    f = (n - 1) * chi2 / denominator
+    return float(f), float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
+
+
+def rank_test(means: pd.DataFrame, n_columns: int | None = None, *, alpha: float = ALPHA) -> RankTest:
+    """Average ranks; the Friedman test and the Nemenyi CD when there are at least three
+    strategies and two tasks with results for all of them."""
     k, n = means.shape
+    total = n if n_columns is None else n_columns
+    incomplete = f" (only {n} of {total} tasks have results for every strategy)" if n < total else ""
     if k == 0 or n == 0:
-        return RankTest(pd.Series(dtype=float), n, reason="no task has results for every strategy")
+        return RankTest(pd.Series(dtype=float), n, reason=f"no task has results for every strategy{incomplete}")
     ranks = average_ranks(means)
     if k < 3:
         return RankTest(ranks, n, reason=f"the Friedman test needs at least 3 strategies (got {k})")
     if n < 2:
-        return RankTest(ranks, n, reason=f"the Friedman test needs at least 2 tasks (got {n})")
-    statistic, p = stats.friedmanchisquare(*[means.loc[s].to_numpy() for s in means.index])
-    return RankTest(ranks, n, float(statistic), float(p), nemenyi_cd(k, n, alpha=alpha))
+        return RankTest(ranks, n, reason=f"the Friedman test needs at least 2 tasks (got {n}){incomplete}")
+    chi2, _ = stats.friedmanchisquare(*[means.loc[s].to_numpy() for s in means.index])
+    _, p = iman_davenport(float(chi2), k, n)
+    return RankTest(ranks, n, float(chi2), p, nemenyi_cd(k, n, alpha=alpha))
+
+
+def cliques(ranks: pd.Series, cd: float) -> list[list[str]]:
+    """Maximal groups of strategies (consecutive in rank order) whose average ranks differ by
+    less than ``cd``: the bars of a critical-difference diagram."""
+    ordered = ranks.sort_values()
+    values, names = ordered.to_numpy(), list(ordered.index)
+    spans: list[tuple[int, int]] = []
+    for i in range(len(values)):
+        j = max(j for j in range(i, len(values)) if values[j] - values[i] < cd)
+        if j > i and not any(a <= i and j <= b for a, b in spans):
+            spans.append((i, j))
+    return [names[a:b + 1] for a, b in spans]
 
 
 def iqm(values: Sequence[float]) -> float:
@@ -171,16 +217,39 @@ def _iqm_rows(groups: list[np.ndarray]) -> np.ndarray:
     return stats.trim_mean(np.concatenate(groups, axis=1), 0.25, axis=1)
 
 
+def normalized(runs: pd.DataFrame, metric: str) -> tuple[pd.Series, str]:
+    """Scores comparable across tasks: ``(acc − chance) / (1 − chance)`` with chance =
+    1 / number of classes when the runs record it (0 = chance, 1 = perfect), else raw."""
+    if "num_classes" in runs and runs["num_classes"].notna().all():
+        chance = 1.0 / runs["num_classes"].astype(float)
+        return (runs[metric] - chance) / (1 - chance), "chance-normalised accuracy (0 = chance, 1 = perfect)"
+    return runs[metric], "raw accuracy (these runs do not record their number of classes)"
+
+
+def common_columns(runs: pd.DataFrame, metric: str) -> list[str]:
+    """Columns (tasks) in which every strategy has a result."""
+    data = runs.dropna(subset=[metric])
+    per_column = data.groupby("column")["strategy"].nunique()
+    return sorted(per_column[per_column == data["strategy"].nunique()].index)
+
+
 def iqm_by_strategy(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> pd.DataFrame:
-    """IQM of ``metric`` over all task × seed runs of each strategy, with a stratified
-    bootstrap interval (tasks as strata)."""
+    """IQM of each strategy over all its task × seed runs on the tasks every strategy has,
+    on normalised scores (:func:`normalized`), with a stratified bootstrap interval (tasks
+    as strata). ``runs.attrs["scale"]`` of the result says which scores were used."""
+    data = runs.dropna(subset=[metric])
+    data = data[data["column"].isin(common_columns(data, metric))]
+    scores, scale = normalized(data, metric)
+    data = data.assign(score=scores)
     rows = []
-    for strategy, group in runs.dropna(subset=[metric]).groupby("strategy"):
-        strata = [g[metric].to_numpy(float) for _, g in group.groupby("column")]
+    for strategy, group in data.groupby("strategy"):
+        strata = [g["score"].to_numpy(float) for _, g in group.groupby("column")]
         point, low, high = stratified_bootstrap(strata, _iqm_rows, seed=seed)
         rows.append({"strategy": strategy, "iqm": point, "low": low, "high": high,
                      "runs": sum(len(s) for s in strata), "tasks": len(strata)})
-    return pd.DataFrame(rows, columns=["strategy", "iqm", "low", "high", "runs", "tasks"])
+    out = pd.DataFrame(rows, columns=["strategy", "iqm", "low", "high", "runs", "tasks"])
+    out.attrs["scale"] = scale
+    return out
 
 
 def prob_greater(x: np.ndarray, y: np.ndarray) -> float:
@@ -215,6 +284,22 @@ def probability_of_improvement(runs: pd.DataFrame, metric: str, x: str, y: str, 
     return stratified_bootstrap([arr for pair in pairs for arr in pair], statistic, seed=seed)
 
 
+def improvement_matrix(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """P(row strategy beats column strategy) for every pair, averaged over shared tasks."""
+    data = runs.dropna(subset=[metric])
+    names = sorted(data["strategy"].unique())
+    by = {(c, s): g[metric].to_numpy(float) for (c, s), g in data.groupby(["column", "strategy"])}
+    columns = sorted(data["column"].unique())
+    out = pd.DataFrame(np.nan, index=names, columns=names)
+    for a in names:
+        for b in names:
+            shared = [c for c in columns if (c, a) in by and (c, b) in by]
+            if a != b and shared:
+                out.loc[a, b] = float(np.mean([_prob_greater_rows(by[(c, a)][None], by[(c, b)][None])[0]
+                                               for c in shared]))
+    return out
+
+
 def expected_max(values: Sequence[float], n: int) -> tuple[float, float]:
     """Dodge et al. (2019), "Show Your Work": the expected maximum validation score of ``n``
     configurations drawn with replacement from the observed ones, and its standard
@@ -228,14 +313,14 @@ def expected_max(values: Sequence[float], n: int) -> tuple[float, float]:
     return mean, math.sqrt(max(var, 0.0))
 
 
-def tuning_curve(values: Sequence[float], seconds: Sequence[float], budget: int) -> pd.DataFrame:
-    """Expected best validation score after n = 1 … budget trials, and the compute that
-    many trials cost on average (n × mean trial seconds)."""
-    rows = []
+def tuning_curve(values: Sequence[float], seconds_per_value: float, budget: int) -> pd.DataFrame:
+    """Expected best validation score after n = 1 … budget completed configurations, and the
+    compute that takes (n × ``seconds_per_value``: the seconds of every finished trial,
+    pruned ones included, per completed one)."""
     if len(values) == 0:
         return pd.DataFrame(columns=["trials", "expected_max", "std", "seconds"])
-    mean_seconds = float(np.mean(seconds)) if len(seconds) else math.nan
+    rows = []
     for n in range(1, budget + 1):
         mean, std = expected_max(values, n)
-        rows.append({"trials": n, "expected_max": mean, "std": std, "seconds": n * mean_seconds})
+        rows.append({"trials": n, "expected_max": mean, "std": std, "seconds": n * seconds_per_value})
     return pd.DataFrame(rows)

@@ -16,9 +16,14 @@ SCALE = 100.0  # accuracies are shown in percent
 
 
 def column_labels(runs: pd.DataFrame) -> pd.Series:
-    """A task's column is its name, or ``task / backbone`` when it has several backbones."""
+    """A task's column is its name, or ``task / backbone`` when it has several backbones,
+    prefixed by ``suite:`` when the frame holds several suites (they may share task names
+    and seeds, and must never be pooled)."""
     n_backbones = runs.groupby("task")["backbone"].transform("nunique")
-    return runs["task"].where(n_backbones == 1, runs["task"] + " / " + runs["backbone"])
+    labels = runs["task"].where(n_backbones == 1, runs["task"] + " / " + runs["backbone"])
+    if "suite" in runs and runs["suite"].nunique() > 1:
+        labels = runs["suite"] + ": " + labels
+    return labels
 
 
 def with_columns(runs: pd.DataFrame) -> pd.DataFrame:
@@ -52,6 +57,7 @@ class Table:
     caption: str
     notes: list[str] = field(default_factory=list)
     align: str = ""  # one of l/r per column; default: label left, the rest right
+    wide: bool = False  # LaTeX: scaled to the text width (needs graphicx)
 
     def alignment(self) -> str:
         return self.align or "l" + "r" * (len(self.header) - 1)
@@ -72,7 +78,7 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
     if summary.empty:
         return None
     compare = stats.compare_to_best(runs, metric, summary).set_index(["strategy", "column"])
-    means = stats.mean_matrix(summary)
+    means, _ = stats.mean_matrix(summary)
     ranks = stats.average_ranks(means) if means.shape[1] else pd.Series(dtype=float)
     columns = sorted(summary["column"].unique())
     strategies = list(ranks.index) + sorted(set(summary["strategy"]) - set(ranks.index))
@@ -98,14 +104,18 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
             row.append(Cell(text, bold=is_best, mark=testable and bool(tied) and not is_best))
         row.append(Cell(fmt_number(ranks.get(strategy, math.nan), 2)))
         rows.append(row)
-    n_seeds = int(summary["n"].max())
-    notes = [f"Mean ± half-width of the 95% percentile-bootstrap confidence interval over evaluation "
-             f"seeds ({stats.RESAMPLES:,} resamples; up to {n_seeds} seeds per cell). Bold: best mean per "
-             f"column. {MARK}: not significantly different from the best (paired t-test over the seeds "
-             f"both share, Holm-corrected within the column, α = {stats.ALPHA}). Avg. rank: mean rank "
-             f"over the columns every strategy has (1 = best)."]
+    low_n, high_n = int(summary["n"].min()), int(summary["n"].max())
+    seeds = f"{low_n}" if low_n == high_n else f"{low_n}–{high_n}"
+    notes = [f"Mean over {seeds} evaluation seeds ± half-width of the 95% bootstrap confidence interval of "
+             f"the mean (expanded percentile, Hesterberg 2015; {stats.RESAMPLES:,} resamples). Bold: best mean "
+             f"per column. {MARK}: not significantly different from the best (paired t-test over the seeds "
+             f"both share, Holm-corrected within the column, α = {stats.ALPHA}). Avg. rank: mean rank over "
+             f"the columns every strategy has (1 = best)."]
     if single_seed:
         notes.append("Cells without ± have one seed: no confidence interval from one seed.")
+    if 2 <= low_n < 5:
+        notes.append(f"Intervals from fewer than 5 seeds are too narrow (a bootstrap of {low_n} values cannot "
+                     f"cover 95%): read them as descriptive.")
     if untestable:
         notes.append("Some comparisons could not be tested (fewer than two shared seeds).")
     return Table(["strategy", *columns, "avg. rank"], rows, caption, notes)
@@ -139,7 +149,7 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
              "reuses (a distillation's teacher, an ensemble's members); own train s is its own. "
              "Inference params: parameters one prediction runs through (K models for an averaged "
              "ensemble)." + (f" Peak memory: {', '.join(kinds)}." if kinds else "")]
-    return Table(header, rows, "Cost per strategy and task", notes, align="llrrrrrrr")
+    return Table(header, rows, "Cost per strategy and task", notes, align="llrrrrrrr", wide=True)
 
 
 def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> tuple[Table | None, stats.RankTest | None]:
@@ -148,26 +158,35 @@ def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> tup
     summary = stats.summarize(runs, metric, seed=seed)
     if summary.empty:
         return None, None
-    test = stats.rank_test(stats.mean_matrix(summary))
+    means, n_columns = stats.mean_matrix(summary)
+    test = stats.rank_test(means, n_columns)
     iqm = stats.iqm_by_strategy(runs, metric, seed=seed).set_index("strategy")
     order = list(test.ranks.index) + sorted(set(iqm.index) - set(test.ranks.index))
-    best_iqm = iqm["iqm"].max()
+    best_iqm = iqm["iqm"].max() if len(iqm) else math.nan
     rows = []
     for strategy in order:
+        if strategy not in iqm.index:
+            continue
         r = iqm.loc[strategy]
-        ci = "" if math.isnan(r["low"]) else f" [{r['low'] * SCALE:.1f}, {r['high'] * SCALE:.1f}]"
-        rows.append([Cell(strategy), Cell(f"{r['iqm'] * SCALE:.1f}{ci}", bold=math.isclose(r["iqm"], best_iqm)),
+        ci = "" if math.isnan(r["low"]) else f" [{r['low']:.3f}, {r['high']:.3f}]"
+        rows.append([Cell(strategy), Cell(f"{r['iqm']:.3f}{ci}", bold=math.isclose(r["iqm"], best_iqm)),
                      Cell(fmt_number(test.ranks.get(strategy, math.nan), 2)), Cell(str(int(r["runs"])))])
-    notes = ["IQM: interquartile mean of all task × seed runs, with a 95% stratified-bootstrap interval "
-             "(seeds resampled within each task; Agarwal et al. 2021)."]
+    tasks = int(iqm["tasks"].max()) if len(iqm) else 0
+    notes = [f"IQM: interquartile mean of every strategy's task × seed runs on the {tasks} task(s) all "
+             f"strategies have, in {iqm.attrs.get('scale', 'raw accuracy')}, with a 95% stratified-bootstrap "
+             f"interval (seeds resampled within each task; Agarwal et al. 2021)."]
     if test.reason:
         notes.append(f"No Friedman test: {test.reason}.")
     else:
-        notes.append(f"Friedman test over {test.n_tasks} tasks: χ² = {test.statistic:.2f}, p = {test.p:.3g}. "
-                     f"Nemenyi critical difference (α = {stats.ALPHA}): {test.cd:.2f} ranks; strategies whose "
-                     f"average ranks differ by less are not significantly different (Demšar 2006).")
-    return Table(["strategy", "IQM (95% CI)", "avg. rank", "runs"], rows,
-                 "Across tasks", notes), test
+        verdict = ("rejects that all strategies are equivalent; pairs whose average ranks differ by more "
+                   f"than the Nemenyi critical difference CD = {test.cd:.2f} are significantly different"
+                   if test.rejects else
+                   f"does not reject that all strategies are equivalent, so no pairwise (Nemenyi) conclusion "
+                   f"is drawn (CD would be {test.cd:.2f} ranks)")
+        notes.append(f"Friedman test over {test.n_tasks} tasks (Iman–Davenport F form; Demšar 2006): "
+                     f"χ² = {test.statistic:.2f}, p = {test.p:.3g}; it {verdict}."
+                     + (" With fewer than 10 tasks the test has little power." if test.n_tasks < 10 else ""))
+    return Table(["strategy", "IQM (95% CI)", "avg. rank", "runs"], rows, "Across tasks", notes), test
 
 
 def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> Table | None:
@@ -190,7 +209,8 @@ def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> Tabl
     return Table([f"{top} vs", "P(improvement) (95% CI)"], rows, "Probability of improvement",
                  [f"P({top} > other): the probability that a run of {top} scores above a run of the other "
                   f"strategy on a task (ties count ½), averaged over tasks, with a 95% stratified-bootstrap "
-                  f"interval (Agarwal et al. 2021). Bold: the interval lies above 0.5."])
+                  f"interval (Agarwal et al. 2021). Bold: the interval lies above 0.5 (each interval on its "
+                  f"own, not corrected for the {len(rows)} comparisons). All pairs: figures/improvement."])
 
 
 # ------------------------------------------------------------------ renderers
@@ -207,7 +227,8 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+                 "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 LATEX_UNICODE = {"±": r"$\pm$", "–": "--", "χ²": r"$\chi^2$", "α": r"$\alpha$", "×": r"$\times$",
                  "≤": r"$\leq$", "≥": r"$\geq$", "½": r"$\frac{1}{2}$", "Š": r"\v{S}", "š": r"\v{s}",
@@ -222,7 +243,8 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: Table, *, label: str = "") -> str:
-    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``, and ``graphicx``
+    for wide tables, which are scaled to the text width)."""
     def cell(c: Cell) -> str:
         text = latex_escape(c.text) + (r"$^\dagger$" if c.mark else "")
         return rf"\textbf{{{text}}}" if c.bold else text
@@ -231,10 +253,12 @@ def to_latex(table: Table, *, label: str = "") -> str:
     lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{caption}}}"]
     if label:
         lines.append(rf"\label{{{label}}}")
+    if table.wide:
+        lines.append(r"\resizebox{\linewidth}{!}{%")
     lines += [rf"\begin{{tabular}}{{{table.alignment()}}}", r"\toprule",
               " & ".join(latex_escape(h) for h in table.header) + r" \\", r"\midrule"]
     lines += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if table.wide else ""), r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 

@@ -69,8 +69,10 @@ def test_bootstrap_interval_is_reproducible_and_matches_scipy() -> None:
     x = np.array([0.81, 0.84, 0.79, 0.88, 0.83, 0.80])
     a, b = stats.bootstrap_ci(x, seed=3), stats.bootstrap_ci(x, seed=3)
     assert a == b and a[0] < x.mean() < a[1]
+    # Hesterberg's expanded percentile: n = 6 → Φ(−√(6/5)·t₀.₉₇₅,₅) = Φ(−2.8163) on each side
+    assert stats.expanded_confidence(6) == pytest.approx(1 - 2 * sps.norm.cdf(-math.sqrt(6 / 5) * 2.570582), abs=1e-6)
     ref = sps.bootstrap((x,), np.mean, n_resamples=stats.RESAMPLES, method="percentile",
-                        rng=np.random.default_rng(3)).confidence_interval
+                        confidence_level=stats.expanded_confidence(6), rng=np.random.default_rng(3)).confidence_interval
     assert a == (ref.low, ref.high)
     assert stats.bootstrap_ci(x, seed=4) != a
     assert all(math.isnan(v) for v in stats.bootstrap_ci([0.5]))
@@ -87,9 +89,26 @@ def test_average_ranks_and_critical_difference_equal_a_hand_computed_example() -
     assert stats.nemenyi_cd(3, 4) == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 4)), abs=1e-3)
     assert stats.nemenyi_cd(10, 14) == pytest.approx(3.164 * math.sqrt(10 * 11 / (6 * 14)), abs=1e-3)
     test = stats.rank_test(means)
-    chi2, p = sps.friedmanchisquare(*means.to_numpy())
-    assert test.statistic == pytest.approx(chi2) and test.p == pytest.approx(p)
+    chi2, _ = sps.friedmanchisquare(*means.to_numpy())
+    # Demšar eq. 3 with the ranks above: 12N/(k(k+1))·(ΣR² − k(k+1)²/4)
+    assert chi2 == pytest.approx(12 * 4 / 12 * (1.25 ** 2 + 2.125 ** 2 + 2.625 ** 2 - 3 * 16 / 4), rel=0.1)
+    f = (4 - 1) * chi2 / (4 * 2 - chi2)  # Iman–Davenport, eq. 4
+    assert test.statistic == pytest.approx(chi2) and test.p == pytest.approx(sps.f.sf(f, 2, 6))
     assert test.cd == pytest.approx(stats.nemenyi_cd(3, 4))
+
+
+def test_cliques_join_strategies_within_the_critical_difference() -> None:
+    ranks = pd.Series({"A": 1.0, "B": 1.5, "C": 2.6, "D": 4.0})
+    assert stats.cliques(ranks, 1.2) == [["A", "B"], ["B", "C"]]
+    assert stats.cliques(ranks, 5.0) == [["A", "B", "C", "D"]]
+    assert stats.cliques(ranks, 0.4) == []
+
+
+def test_pareto_front() -> None:
+    from reports.figures import pareto_front
+
+    points = pd.DataFrame({"strategy": list("abcd"), "cost": [1.0, 2.0, 3.0, 0.5], "acc": [0.5, 0.7, 0.6, 0.4]})
+    assert pareto_front(points, "cost", "acc")["strategy"].tolist() == ["d", "a", "b"]
 
 
 def test_rank_test_says_why_it_cannot_run() -> None:
@@ -101,18 +120,60 @@ def test_rank_test_says_why_it_cannot_run() -> None:
 
 
 def test_paired_tests_are_holm_corrected_and_mark_ties() -> None:
+    from statsmodels.stats.multitest import multipletests
+
     runs = with_columns(runs_frame())
-    copy = runs[runs["strategy"] == "scratch"].assign(strategy="scratch_copy")  # identical to the best
-    runs = pd.concat([runs, copy], ignore_index=True)
+    rng = np.random.default_rng(5)
+    close = runs[runs["strategy"] == "scratch"].copy()  # within noise of the best, 0.001 lower
+    close["test_accuracy"] = close["test_accuracy"] - 0.001 + rng.normal(0, 0.002, len(close))
+    runs = pd.concat([runs, close.assign(strategy="scratch_close")], ignore_index=True)
     summary = stats.summarize(runs, "test_accuracy")
     compare = stats.compare_to_best(runs, "test_accuracy", summary).set_index(["strategy", "column"])
     for column in ("t1", "t2", "t3"):
-        assert compare.loc[("scratch_copy", column), "tied"] or compare.loc[("scratch", column), "tied"]
+        assert compare.loc[("scratch", column), "tied"]  # the best
+        assert compare.loc[("scratch_close", column), "tied"]  # indistinguishable
         assert not compare.loc[("linear_probe", column), "tied"]  # 0.2 below, noise 0.03
-        wide = runs[runs["column"] == column].pivot_table(index="seed", columns="strategy", values="test_accuracy")
-        raw = sps.ttest_rel(wide["scratch"], wide["linear_probe"]).pvalue
-        row = compare.loc[("linear_probe", column)]
-        assert row["p"] == pytest.approx(raw) and row["p_holm"] >= row["p"]
+        assert not compare.loc[("full_finetune", column), "tied"]
+        wide = runs[runs["column"] == column].pivot(index="seed", columns="strategy", values="test_accuracy")
+        others = ["full_finetune", "linear_probe", "scratch_close"]
+        raw = [sps.ttest_rel(wide["scratch"], wide[o]).pvalue for o in others]
+        adjusted = multipletests(raw, method="holm")[1]
+        for other, p, p_adj in zip(others, raw, adjusted):
+            assert compare.loc[(other, column), "p"] == pytest.approx(p)
+            assert compare.loc[(other, column), "p_holm"] == pytest.approx(p_adj)
+
+
+def test_a_constant_paired_difference_is_significant_not_untestable() -> None:
+    runs = with_columns(runs_frame(strategies=("scratch",), tasks=("t1",)))
+    runs = pd.concat([runs, runs.assign(strategy="worse", test_accuracy=runs["test_accuracy"] - 0.05)])
+    compare = stats.compare_to_best(runs, "test_accuracy", stats.summarize(runs, "test_accuracy"))
+    row = compare.set_index("strategy").loc["worse"]
+    assert row["p"] < 1e-6 and not row["tied"] and row["tied"] is not None
+
+
+def test_several_suites_are_never_pooled() -> None:
+    runs = pd.concat([runs_frame(), runs_frame(rng_seed=1).assign(suite="other")], ignore_index=True)
+    labelled = with_columns(runs)
+    assert set(labelled["column"]) == {f"{s}: {t}" for s in ("s", "other") for t in ("t1", "t2", "t3")}
+    assert stats.summarize(labelled, "test_accuracy")["n"].max() == 6  # not 12
+
+
+def test_missing_cells_are_said_not_silently_dropped() -> None:
+    runs = runs_frame()
+    runs = runs[~((runs["strategy"] == "scratch") & (runs["task"] != "t1"))]  # scratch ran on t1 only
+    table, test = __import__("reports.tables", fromlist=["x"]).across_tasks_table(runs, "test_accuracy")
+    assert "only 1 of 3 tasks" in test.reason
+    assert "on the 1 task(s) all strategies have" in " ".join(table.notes)
+    iqm = stats.iqm_by_strategy(with_columns(runs), "test_accuracy")
+    assert (iqm["tasks"] == 1).all()
+
+
+def test_scores_are_chance_normalised_when_classes_are_known() -> None:
+    runs = with_columns(runs_frame()).assign(num_classes=4)
+    scores, scale = stats.normalized(runs, "test_accuracy")
+    assert scores.iloc[0] == pytest.approx((runs["test_accuracy"].iloc[0] - 0.25) / 0.75)
+    assert "chance-normalised" in scale
+    assert "raw" in stats.normalized(runs.drop(columns="num_classes"), "test_accuracy")[1]
 
 
 def test_iqm_and_probability_of_improvement() -> None:
@@ -140,7 +201,7 @@ def test_expected_maximum_follows_dodge_et_al() -> None:
     # n = 2: P(max = v(i)) = (i/3)^2 − ((i−1)/3)^2 = 1/9, 3/9, 5/9
     assert stats.expected_max(values, 2)[0] == pytest.approx((0.2 * 1 + 0.5 * 3 + 0.9 * 5) / 9)
     assert stats.expected_max(values, 200)[0] == pytest.approx(0.9, abs=1e-9)
-    curve = stats.tuning_curve(values, [1.0, 2.0, 3.0], 4)
+    curve = stats.tuning_curve(values, 2.0, 4)  # 2 s of compute per completed trial
     assert curve["trials"].tolist() == [1, 2, 3, 4] and curve["seconds"].tolist() == [2.0, 4.0, 6.0, 8.0]
     assert curve["expected_max"].is_monotonic_increasing
 
@@ -165,6 +226,7 @@ def test_main_table_numbers_equal_a_pandas_recomputation(tmp_path) -> None:
     for (strategy, task), group in runs.groupby(["strategy", "task"]):
         values = group["test_accuracy"].to_numpy()
         ci = sps.bootstrap((values,), np.mean, n_resamples=10_000, method="percentile",
+                           confidence_level=stats.expanded_confidence(len(values)),
                            rng=np.random.default_rng(0)).confidence_interval
         expected = f"{values.mean() * 100:.1f} ± {(ci.high - ci.low) / 2 * 100:.1f}"
         assert table[(strategy, task)].strip("*†") == expected
@@ -233,13 +295,16 @@ def test_no_shifted_split_no_shifted_table(tmp_path) -> None:
     assert not (tmp_path / "figures" / "accuracy_shifted.png").exists()
 
 
-def test_tuning_curves_use_the_first_budget_finished_trials() -> None:
+def test_tuning_curves_use_the_completed_trials_among_the_first_budget() -> None:
     trials = trials_frame(runs_frame(), budget=8)
-    curves = tuning_curves(trials, 4)
-    assert curves["trials"].max() == 4
+    curves = tuning_curves(trials, 6)
     one = curves[(curves["column"] == "t1") & (curves["strategy"] == "scratch")]
-    first = trials[(trials["task"] == "t1") & (trials["strategy"] == "scratch")].sort_values("number").head(4)
-    assert one["expected_max"].iloc[-1] == pytest.approx(stats.expected_max(first["value"], 4)[0])
+    first = trials[(trials["task"] == "t1") & (trials["strategy"] == "scratch")].sort_values("number").head(6)
+    complete = first[first["state"] == "COMPLETE"]
+    assert one["trials"].max() == len(complete) == 4  # numbers 2 and 5 were pruned
+    assert one["expected_max"].iloc[-1] == pytest.approx(stats.expected_max(complete["value"], 4)[0])
+    per_complete = first["seconds"].sum() / len(complete)  # pruned trials' compute counts too
+    assert one["seconds"].iloc[0] == pytest.approx(per_complete)
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None,
@@ -248,13 +313,16 @@ def test_latex_tables_compile(tmp_path) -> None:
     runs = runs_frame(strategies=("linear_probe", "lp_ft", "l2_sp"))
     write_report(results_for(runs), tmp_path, title="x")
     tex = tmp_path / "paper.tex"
-    tex.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+    tex.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
                    f"\\input{{{tmp_path / 'table.tex'}}}\n\\end{{document}}\n")
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (tmp_path / "paper.pdf").stat().st_size > 1000
-    assert "lp\\_ft" in (tmp_path / "table.tex").read_text()
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log  # every table fits the page
+    text = (tmp_path / "table.tex").read_text()
+    assert "lp\\_ft" in text and "\\textgreater{}" in text  # "P(a > b)" would print as "P(a ¿ b)"
 
 
 def chromium() -> str | None:

@@ -216,33 +216,32 @@ def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str =
         return _save(fig, out, name)
 
 
-def importance_figure(importances: pd.DataFrame, out: Path, *, name: str = "importances") -> list[Path]:
-    """Hyperparameter importance (fANOVA, mean over tasks) as a strategies × parameters heatmap."""
-    wide = importances.groupby(["strategy", "param"])["importance"].mean().unstack("param")
+def _heatmap(data: pd.DataFrame, out: Path, name: str, *, size: tuple[float, float], xlabel: str, ylabel: str,
+             **heatmap: object) -> list[Path]:
+    """An annotated heatmap with slanted column labels, saved as PNG and PDF."""
     with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=(max(PANEL_W, 0.45 * wide.shape[1] + 1.8), 0.28 * wide.shape[0] + 1.2))
-        sns.heatmap(wide, ax=ax, cmap="viridis", vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 6},
-                    cbar_kws={"label": "importance (fANOVA)"}, linewidths=0.3)
-        ax.set_xlabel("hyperparameter")
-        ax.set_ylabel("strategy")
+        fig, ax = plt.subplots(figsize=size)
+        sns.heatmap(data, ax=ax, vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 6}, linewidths=0.3,
+                    **heatmap)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.tick_params(axis="x", rotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
         fig.tight_layout()
         return _save(fig, out, name)
+
+
+def importance_figure(importances: pd.DataFrame, out: Path, *, name: str = "importances") -> list[Path]:
+    """Hyperparameter importance (fANOVA, mean over tasks) as a strategies × parameters heatmap."""
+    wide = importances.groupby(["strategy", "param"])["importance"].mean().unstack("param")
+    size = (max(PANEL_W, 0.45 * wide.shape[1] + 1.8), 0.28 * wide.shape[0] + 1.2)
+    return _heatmap(wide, out, name, size=size, xlabel="hyperparameter", ylabel="strategy", cmap="viridis",
+                    cbar_kws={"label": "importance (fANOVA)"})
 
 
 def improvement_figure(matrix: pd.DataFrame, out: Path, *, name: str = "improvement") -> list[Path]:
     """P(row strategy's run beats column strategy's run), averaged over tasks, every pair."""
-    with plt.rc_context(RC):
-        size = 0.42 * len(matrix) + 1.6
-        fig, ax = plt.subplots(figsize=(size + 0.8, size))
-        sns.heatmap(matrix, ax=ax, cmap="RdBu_r", vmin=0, vmax=1, center=0.5, annot=True, fmt=".2f",
-                    annot_kws={"size": 6}, cbar_kws={"label": "P(row > column)"}, linewidths=0.3, square=True)
-        ax.set_xlabel("column strategy")
-        ax.set_ylabel("row strategy")
-        ax.tick_params(axis="x", rotation=45)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
-        fig.tight_layout()
-        return _save(fig, out, name)
+    side = 0.42 * len(matrix) + 1.6
+    return _heatmap(matrix, out, name, size=(side + 0.8, side), xlabel="column strategy", ylabel="row strategy",
+                    cmap="RdBu_r", center=0.5, square=True, cbar_kws={"label": "P(row > column)"})

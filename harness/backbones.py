@@ -41,7 +41,10 @@ class Backbone(nn.Module, ABC):
     weights_id: str = "random"
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps the last group's output to (N, D); default: global average pool."""
+        """Maps the last group's output to (N, D); default: global average pool (a group that
+        already returns (N, D) passes through)."""
+        if x.dim() == 2:
+            return x
         return torch.flatten(nn.functional.adaptive_avg_pool1d(x.flatten(2), 1), 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,13 +150,36 @@ class SmallCNN1d(_SmallCNN):
         return i < depth - 1
 
 
+class TorchvisionBackbone(Backbone):
+    """A torchvision classification network seen as layer groups.
+
+    Subclasses name a ``family`` of ``VARIANTS`` (torchvision model names) and split a
+    network into groups (input → output, every parameter in exactly one) whose last output,
+    pooled, is what the network's original classifier saw.
+    """
+
+    VARIANTS: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def check_variant(cls, variant: str) -> None:
+        if variant not in cls.VARIANTS:
+            raise ConfigError(f"unknown {cls.name} variant {variant!r}; allowed: {', '.join(cls.VARIANTS)}")
+
+    @classmethod
+    def network(cls, variant: str) -> nn.Module:
+        import torchvision
+
+        cls.check_variant(variant)
+        return torchvision.models.get_model(variant, weights=None)
+
+
 class ResNetArgs(ArgsModel):
     variant: str = "resnet18"
     in_channels: int = 3
     small_input: bool = False
 
 
-class TorchvisionResNet(Backbone):
+class TorchvisionResNet(TorchvisionBackbone):
     """The torchvision ResNet family as groups: stem, layer1..layer4; features = avgpool.
 
     ``small_input`` swaps the 7x7/stride-2 stem and max-pool for a 3x3/stride-1 stem
@@ -168,11 +194,7 @@ class TorchvisionResNet(Backbone):
     def __init__(self, variant: str = "resnet18", in_channels: int = 3, small_input: bool = False,
                  net: nn.Module | None = None) -> None:
         super().__init__()
-        import torchvision
-
-        if variant not in self.VARIANTS:
-            raise ConfigError(f"unknown resnet variant {variant!r}; allowed: {', '.join(self.VARIANTS)}")
-        net = net if net is not None else getattr(torchvision.models, variant)(weights=None)
+        net = net if net is not None else self.network(variant)
         if small_input:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
@@ -186,8 +208,140 @@ class TorchvisionResNet(Backbone):
         self.feature_dim = net.fc.in_features
 
 
+class VariantArgs(ArgsModel):
+    variant: str
+
+
+class _ViTEmbedding(nn.Module):
+    """Patch projection, class token and position embedding of a torchvision ViT."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.conv_proj = net.conv_proj
+        self.class_token = net.class_token
+        self.pos_embedding = net.encoder.pos_embedding
+        self.dropout = net.encoder.dropout
+        self.patch_size, self.image_size = net.patch_size, net.image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if h != self.image_size or w != self.image_size:
+            raise ValueError(f"this ViT takes {self.image_size}x{self.image_size} images, got {h}x{w}")
+        x = self.conv_proj(x).reshape(n, self.conv_proj.out_channels, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        return self.dropout(x + self.pos_embedding)
+
+
+class _ClassToken(nn.Module):
+    """The final layer norm, then the class token: a ViT's pre-logits features."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)[:, 0]
+
+
+class VisionTransformer(TorchvisionBackbone):
+    """torchvision ViT as groups: the embedding (patches, class token, positions), then one
+    group per encoder block; the last also holds the final norm and takes the class token."""
+
+    name = "vit"
+    description = "torchvision ViT-B/16, B/32, L/16, L/32 (224 px; groups: embedding, each block)"
+    Args = VariantArgs
+    VARIANTS: ClassVar[tuple[str, ...]] = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
+
+    def __init__(self, variant: str = "vit_b_16", net: nn.Module | None = None) -> None:
+        super().__init__()
+        net = net if net is not None else self.network(variant)
+        blocks = list(net.encoder.layers)
+        self.groups = nn.ModuleList([_ViTEmbedding(net), *blocks[:-1],
+                                     nn.Sequential(blocks[-1], _ClassToken(net.encoder.ln))])
+        self.feature_dim = net.hidden_dim
+
+
+class _PooledNorm(nn.Module):
+    """ConvNeXt's head before its linear layer: global average pool, then LayerNorm2d."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.norm(nn.functional.adaptive_avg_pool2d(x, 1)), 1)
+
+
+class ConvNeXt(TorchvisionBackbone):
+    """torchvision ConvNeXt as groups: stem, stage 1, then each downsampling layer with the
+    stage after it; the last also applies the head's pooling and LayerNorm."""
+
+    name = "convnext"
+    description = "torchvision ConvNeXt tiny/small/base/large (groups: stem, 4 stages)"
+    Args = VariantArgs
+    VARIANTS: ClassVar[tuple[str, ...]] = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+
+    def __init__(self, variant: str = "convnext_tiny", net: nn.Module | None = None) -> None:
+        super().__init__()
+        net = net if net is not None else self.network(variant)
+        f = net.features
+        self.groups = nn.ModuleList([f[0], f[1], nn.Sequential(f[2], f[3]), nn.Sequential(f[4], f[5]),
+                                     nn.Sequential(f[6], f[7], _PooledNorm(net.classifier[0]))])
+        self.feature_dim = net.classifier[2].in_features
+
+
+class EfficientNet(TorchvisionBackbone):
+    """torchvision EfficientNet as groups: stem, the MBConv stages in pairs, the final 1x1
+    conv with the last stage; features = global average pool."""
+
+    name = "efficientnet"
+    description = "torchvision EfficientNet B0–B7 (groups: stem, MBConv stages, head conv)"
+    Args = VariantArgs
+    VARIANTS: ClassVar[tuple[str, ...]] = tuple(f"efficientnet_b{i}" for i in range(8))
+
+    def __init__(self, variant: str = "efficientnet_b0", net: nn.Module | None = None) -> None:
+        super().__init__()
+        net = net if net is not None else self.network(variant)
+        f = net.features
+        self.groups = nn.ModuleList([f[0], nn.Sequential(f[1], f[2]), nn.Sequential(f[3], f[4]),
+                                     nn.Sequential(f[5], f[6]), nn.Sequential(f[7], f[8])])
+        self.feature_dim = net.classifier[-1].in_features
+
+
+class _MobileNetHead(nn.Module):
+    """MobileNetV3's pre-logits: pool, then the classifier's first linear layer + hardswish."""
+
+    def __init__(self, linear: nn.Module, activation: nn.Module) -> None:
+        super().__init__()
+        self.linear, self.activation = linear, activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
+
+
+class MobileNetV3(TorchvisionBackbone):
+    """torchvision MobileNetV3 as groups: stem, inverted-residual blocks in four groups; the
+    last also holds the classifier's hidden layer, whose output the original head saw."""
+
+    name = "mobilenet_v3"
+    description = "torchvision MobileNetV3 large/small (groups: stem, 4 block groups + hidden head layer)"
+    Args = VariantArgs
+    VARIANTS: ClassVar[tuple[str, ...]] = ("mobilenet_v3_large", "mobilenet_v3_small")
+
+    def __init__(self, variant: str = "mobilenet_v3_large", net: nn.Module | None = None) -> None:
+        super().__init__()
+        net = net if net is not None else self.network(variant)
+        f = list(net.features)
+        n = len(f) - 1  # blocks after the stem
+        cuts = [1 + round(n * q / 4) for q in range(5)]
+        blocks = [nn.Sequential(*f[a:b]) for a, b in zip(cuts, cuts[1:])]
+        blocks[-1].append(_MobileNetHead(net.classifier[0], net.classifier[1]))
+        self.groups = nn.ModuleList([f[0], *blocks])
+        self.feature_dim = net.classifier[0].out_features
+
+
 BACKBONES: Registry[Backbone] = Registry("backbone architecture", Backbone)
-for _cls in (SmallCNN2d, SmallCNN1d, TorchvisionResNet):
+for _cls in (SmallCNN2d, SmallCNN1d, TorchvisionResNet, VisionTransformer, ConvNeXt, EfficientNet, MobileNetV3):
     BACKBONES.add(_cls)
 
 
@@ -197,7 +351,10 @@ def build_backbone(arch: str, args: dict[str, Any], *, seed: int = 0, where: str
     parsed = validate_args(cls.Args, args, where=f"{where}.args")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone = cls(**parsed.model_dump())
+        try:
+            backbone = cls(**parsed.model_dump())
+        except ConfigError as err:
+            raise ConfigError(f"{where}.args: {err}" if where else str(err)) from None
     return identify(backbone, f"random:{seed}")
 
 
@@ -216,15 +373,16 @@ def validate_args(model: type[ArgsModel], args: dict[str, Any], *, where: str) -
                           f"fields: {allowed})") from None
 
 
-def load_torchvision_weights(backbone: TorchvisionResNet, variant: str, weights: str,
-                             args: ResNetArgs) -> TorchvisionResNet:
-    """Rebuilds ``backbone`` from a torchvision weights enum (e.g. ``IMAGENET1K_V1``).
+def load_torchvision_weights(cls: type[TorchvisionBackbone], args: ArgsModel, weights: str) -> TorchvisionBackbone:
+    """Builds ``cls`` from a torchvision weights enum member (e.g. ``IMAGENET1K_V1``).
 
-    Weights come from the torch hub cache; when absent and the network is unreachable the
-    error names the file expected in the cache.
+    Weights come from the torch hub cache, else are downloaded when the network allows;
+    otherwise the error names the file expected in the cache.
     """
     import torchvision
 
+    variant = args.variant
+    cls.check_variant(variant)
     enum = torchvision.models.get_model_weights(variant)
     try:
         member = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
@@ -232,14 +390,14 @@ def load_torchvision_weights(backbone: TorchvisionResNet, variant: str, weights:
         allowed = ", ".join(["DEFAULT", *enum.__members__])
         raise ConfigError(f"unknown weights {weights!r} for {variant}; allowed: {allowed}") from None
     try:
-        net = getattr(torchvision.models, variant)(weights=member)
+        net = torchvision.models.get_model(variant, weights=member)
     except Exception as err:  # noqa: BLE001 - download failures come in many types
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
         raise ConfigError(f"cannot load {variant} weights {weights}: expected {cache} "
                           f"in the torch hub cache ({type(err).__name__})") from None
     with torch.random.fork_rng(devices=[]):  # a replaced stem is drawn from a fixed seed
         torch.manual_seed(0)
-        out = TorchvisionResNet(variant, args.in_channels, args.small_input, net=net)
+        out = cls(**args.model_dump(), net=net)
     return identify(out, f"torchvision:{variant}:{weights}")
 
 

@@ -169,7 +169,7 @@ def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[st
     for name in backbones:
         spec = suite.backbones[name]
         if name not in probes:
-            probes[name] = build_backbone(spec.arch, spec.args)
+            probes[name] = build_backbone(spec.arch, spec.args, where=f"{suite.path}: backbones.{name}")
         backbone = probes[name]
         try:
             with torch.no_grad():

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 import harness
-from harness.backbones import (Backbone, Classifier, ResNetArgs, TorchvisionResNet, build_backbone,
+from harness.backbones import (BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone,
                                load_checkpoint, load_torchvision_weights)
 from harness.errors import ConfigError
 from harness.train import NullReporter, fit_epochs, steps_per_epoch
@@ -116,15 +116,24 @@ def checkpoint_path(name: str, suite: Suite) -> Path:
     return path if path.is_absolute() else Path(suite.path).parent / path
 
 
+def torchvision_archs() -> list[str]:
+    return [n for n, cls in BACKBONES if issubclass(cls, TorchvisionBackbone)]
+
+
 def check_weights_name(name: str, suite: Suite) -> None:
-    """Torchvision weights need a resnet arch and a member of the variant's weights enum."""
+    """Torchvision weights need a torchvision arch and a member of the variant's weights enum."""
     import torchvision
 
     spec = suite.backbones[name]
     where = f"{suite.path}: backbones.{name}.weights"
-    if spec.arch != TorchvisionResNet.name:
-        raise ConfigError(f"{where}: torchvision weights need arch 'resnet', got {spec.arch!r}")
-    enum = torchvision.models.get_model_weights(ResNetArgs(**spec.args).variant)
+    cls = BACKBONES.get(spec.arch, where=f"{suite.path}: backbones.{name}.arch")
+    if not issubclass(cls, TorchvisionBackbone):
+        raise ConfigError(f"{where}: torchvision weights need a torchvision arch ({', '.join(torchvision_archs())}), "
+                          f"got {spec.arch!r}")
+    variant = cls.Args(**spec.args).variant
+    with _prefixed(f"{suite.path}: backbones.{name}.args.variant"):
+        cls.check_variant(variant)
+    enum = torchvision.models.get_model_weights(variant)
     if spec.weights != "DEFAULT" and spec.weights not in enum.__members__:
         raise ConfigError(f"{where}: unknown weights {spec.weights!r}; allowed: "
                           f"{', '.join(['DEFAULT', *enum.__members__])}")
@@ -134,6 +143,10 @@ def check_backbone_source(name: str, suite: Suite) -> None:
     """Checks a backbone's weights source before any training: the weights name, or that
     the checkpoint exists and fits the architecture."""
     spec = suite.backbones[name]
+    cls = BACKBONES.get(spec.arch, where=f"{suite.path}: backbones.{name}.arch")
+    if issubclass(cls, TorchvisionBackbone):
+        with _prefixed(f"{suite.path}: backbones.{name}.args.variant"):
+            cls.check_variant(cls.Args(**spec.args).variant)
     if spec.weights is not None:
         check_weights_name(name, suite)
     if spec.checkpoint is not None:
@@ -149,9 +162,9 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     backbone = build_backbone(spec.arch, spec.args, where=where)
     if spec.weights is not None:
         check_weights_name(name, suite)
-        args = ResNetArgs(**spec.args)
+        cls = BACKBONES.get(spec.arch)
         with _prefixed(f"{where}.weights"):
-            return load_torchvision_weights(backbone, args.variant, spec.weights, args)
+            return load_torchvision_weights(cls, cls.Args(**spec.args), spec.weights)
     if spec.checkpoint is not None:
         with _prefixed(f"{where}.checkpoint"):
             return load_checkpoint(backbone, checkpoint_path(name, suite))

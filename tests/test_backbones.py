@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.backbones import (Classifier, ResNetArgs, build_backbone, load_checkpoint,
-                               load_torchvision_weights, state_fingerprint)
+from harness.backbones import (Classifier, EfficientNet, ResNetArgs, TorchvisionResNet, VariantArgs,
+                               build_backbone, load_checkpoint, load_torchvision_weights, state_fingerprint)
 from harness.errors import ConfigError
 
 CASES = [
@@ -12,7 +12,38 @@ CASES = [
     ("cnn1d", {"width": 4}, (2, 1, 40)),
     ("resnet", {"variant": "resnet18", "in_channels": 1, "small_input": True}, (2, 1, 16, 16)),
     ("resnet", {"variant": "resnet18"}, (2, 3, 32, 32)),
+    ("vit", {"variant": "vit_b_32"}, (2, 3, 224, 224)),
+    ("convnext", {"variant": "convnext_tiny"}, (2, 3, 64, 64)),
+    ("efficientnet", {"variant": "efficientnet_b0"}, (2, 3, 64, 64)),
+    ("mobilenet_v3", {"variant": "mobilenet_v3_large"}, (2, 3, 64, 64)),
 ]
+
+# torchvision's own network with its last linear layer removed: what the adapter's features must be
+PENULTIMATE = {
+    "vit": lambda net: setattr(net, "heads", torch.nn.Identity()),
+    "convnext": lambda net: net.classifier.__setitem__(2, torch.nn.Identity()),
+    "efficientnet": lambda net: setattr(net, "classifier", torch.nn.Identity()),
+    "mobilenet_v3": lambda net: net.classifier.__setitem__(3, torch.nn.Identity()),
+    "resnet": lambda net: setattr(net, "fc", torch.nn.Identity()),
+}
+
+
+@pytest.mark.parametrize("arch,args,shape", [c for c in CASES if c[0] in PENULTIMATE and "small_input" not in c[1]])
+def test_torchvision_adapters_compute_the_networks_own_features(arch, args, shape) -> None:
+    import torchvision
+
+    from harness.backbones import BACKBONES
+
+    net = torchvision.models.get_model(args["variant"], weights=None).eval()
+    backbone = BACKBONES.get(arch)(**args, net=net).eval()  # shares the modules, wraps them as groups
+    x = torch.randn(shape)
+    with torch.no_grad():
+        ours = backbone.features(x)
+        PENULTIMATE[arch](net)
+        theirs = net(x)
+    assert ours.shape == theirs.shape == (2, backbone.feature_dim)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert len(backbone.groups) >= 5  # stem/embedding, stages or blocks, head-side group
 
 
 @pytest.mark.parametrize("arch,args,shape", CASES)
@@ -63,7 +94,7 @@ def test_checkpoint_errors(tmp_path) -> None:
 
 
 def test_unknown_arch_and_args() -> None:
-    with pytest.raises(ConfigError, match="known: cnn1d, cnn2d, resnet"):
+    with pytest.raises(ConfigError, match="known: cnn1d, cnn2d, convnext, efficientnet, mobilenet_v3, resnet, vit"):
         build_backbone("vgg", {})
     with pytest.raises(ConfigError, match="widht"):
         build_backbone("cnn2d", {"widht": 3}, where="b")
@@ -80,10 +111,16 @@ def test_torchvision_weights_from_hub_cache(tmp_path, monkeypatch) -> None:
     ckpt_dir.mkdir(parents=True)
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), ckpt_dir / member.url.rsplit("/", 1)[1])
-    args = ResNetArgs(variant="resnet18")
-    loaded = load_torchvision_weights(build_backbone("resnet", {}), "resnet18", "IMAGENET1K_V1", args)
+    loaded = load_torchvision_weights(TorchvisionResNet, ResNetArgs(variant="resnet18"), "IMAGENET1K_V1")
     assert torch.equal(loaded.groups[0][0].weight, reference.conv1.weight)
     assert loaded.weights_id.startswith("torchvision:resnet18:IMAGENET1K_V1:TorchvisionResNet:")
+    # another family, from the same prepared cache
+    member = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1
+    effnet = torchvision.models.efficientnet_b0(weights=None)
+    torch.save(effnet.state_dict(), ckpt_dir / member.url.rsplit("/", 1)[1])
+    loaded = load_torchvision_weights(EfficientNet, VariantArgs(variant="efficientnet_b0"), "IMAGENET1K_V1")
+    assert torch.equal(loaded.groups[0][0].weight, effnet.features[0][0].weight)
+    assert loaded.weights_id.startswith("torchvision:efficientnet_b0:IMAGENET1K_V1:EfficientNet:")
 
 
 def test_torchvision_weights_errors(tmp_path, monkeypatch) -> None:
@@ -97,6 +134,8 @@ def test_torchvision_weights_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     args = ResNetArgs(variant="resnet18")
     with pytest.raises(ConfigError, match=r"resnet18-f37072fd\.pth"):
-        load_torchvision_weights(build_backbone("resnet", {}), "resnet18", "IMAGENET1K_V1", args)
+        load_torchvision_weights(TorchvisionResNet, args, "IMAGENET1K_V1")
     with pytest.raises(ConfigError, match="allowed: DEFAULT, IMAGENET1K_V1"):
-        load_torchvision_weights(build_backbone("resnet", {}), "resnet18", "IMAGENET9K", args)
+        load_torchvision_weights(TorchvisionResNet, args, "IMAGENET9K")
+    with pytest.raises(ConfigError, match=r"unknown efficientnet variant 'efficientnet_b9'"):
+        load_torchvision_weights(EfficientNet, VariantArgs(variant="efficientnet_b9"), "DEFAULT")

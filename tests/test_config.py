@@ -79,7 +79,7 @@ BAD_SUITES: list[tuple[str, str, tuple[str, ...]]] = [
         backbones:
           glyph-cnn:
             arch: vgg
-        """, ("backbones.glyph-cnn.arch", "'vgg'", "cnn1d, cnn2d, resnet")),
+        """, ("backbones.glyph-cnn.arch", "'vgg'", "cnn1d, cnn2d, convnext")),
     ("bad-backbone-arg", """
         backbones:
           glyph-cnn:
@@ -521,6 +521,16 @@ def test_backbone_weight_sources_checked_before_training(tmp_path: Path,
         """, name="a.yaml")
     assert_one_error(*run_cli(tmp_path, capsys, bad_enum), str(bad_enum),
                      "backbones.res.weights", "IMAGENET1K_V9", "IMAGENET1K_V1")
+    bad_variant = write_suite(tmp_path, """
+        backbones:
+          res: {arch: vit, args: {variant: vit_z_99}, weights: DEFAULT}
+        """, name="e.yaml")
+    assert_one_error(*run_cli(tmp_path, capsys, bad_variant), "backbones.res.args.variant", "'vit_z_99'", "vit_b_16")
+    no_weights = write_suite(tmp_path, """
+        backbones:
+          eff: {arch: efficientnet, args: {variant: efficientnet_b42}}
+        """, name="f.yaml")
+    assert_one_error(*run_cli(tmp_path, capsys, no_weights), "backbones.eff.args.variant", "efficientnet_b0")
     wrong_arch = write_suite(tmp_path, """
         backbones:
           glyph-cnn: {weights: IMAGENET1K_V1, pretrain: null}

@@ -36,11 +36,22 @@ class SplitSpec(Frozen):
     """
 
     seed: Seed = 0
+    # "vtab1k": 800 train + 200 val drawn at random (seeded) from the training pool, the
+    # official test split for test (Zhai et al. 2019); the per-class fields do not apply.
+    protocol: Literal["default", "vtab1k"] = "default"
     test_fraction: float = Field(0.3, gt=0, lt=1)
     val_per_class: Int | None = Field(None, gt=0)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     shots: Int | None = Field(None, gt=0)
     max_test: Int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _protocol_fields(self) -> "SplitSpec":
+        if self.protocol == "vtab1k":
+            given = [f for f in ("shots", "val_per_class") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"protocol vtab1k draws 800 train + 200 val examples; remove {', '.join(given)}")
+        return self
 
 
 class ShiftSpec(Frozen):

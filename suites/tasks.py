@@ -97,19 +97,38 @@ def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
     if sp.max_test is not None and len(test_y) > sp.max_test:
         keep = torch.randperm(len(test_y), generator=gen)[: sp.max_test]
         test_x, test_y = test_x[keep], test_y[keep]
-    val_idx, train_idx = [], []
-    for c, idx in enumerate(rest):
-        label = pool.class_names[classes[c] if classes else c]
-        n_val = _check_class_size(len(idx), sp, label=label, where=where)
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:][: sp.shots] if sp.shots else idx[n_val:])
-    tr, va = torch.cat(train_idx), torch.cat(val_idx)
+    if sp.protocol == "vtab1k":
+        tr, va = _vtab1k(torch.cat(rest), sp.seed, where=where)
+    else:
+        val_idx, train_idx = [], []
+        for c, idx in enumerate(rest):
+            label = pool.class_names[classes[c] if classes else c]
+            n_val = _check_class_size(len(idx), sp, label=label, where=where)
+            val_idx.append(idx[:n_val])
+            train_idx.append(idx[n_val:][: sp.shots] if sp.shots else idx[n_val:])
+        tr, va = torch.cat(train_idx), torch.cat(val_idx)
     test = _split(test_x, test_y)
     shifted = _split(apply_shift(test_x, spec.shift, where=f"{where}.shift"), test_y) if spec.shift else None
-    info = {"dataset": spec.dataset, "split_seed": sp.seed, "shots": sp.shots,
+    info = {"dataset": spec.dataset, "split_seed": sp.seed, "protocol": sp.protocol, "shots": sp.shots,
             "n_train": len(tr), "n_val": len(va), "n_test": len(test_y),
+            "train_indices": tensor_fingerprint(tr), "val_indices": tensor_fingerprint(va),
             "classes": classes, "shift": spec.shift.model_dump() if spec.shift else None}
     return Task(name, _split(x[tr], y[tr]), _split(x[va], y[va]), test, num_classes, shifted, info)
+
+
+VTAB_TRAIN, VTAB_VAL = 800, 200
+
+
+def _vtab1k(pool_idx: torch.Tensor, seed: int, *, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """VTAB-1k (Zhai et al. 2019): 800 training and 200 validation examples drawn uniformly
+    at random (not per class) from the training pool with the split's seed."""
+    need = VTAB_TRAIN + VTAB_VAL
+    if len(pool_idx) < need:
+        raise ConfigError(f"{where}.split.protocol: vtab1k draws {need} examples from the training pool, "
+                          f"which has {len(pool_idx)} (after any test carve-out and class subset)")
+    order = pool_idx.sort().values  # independent of the per-class grouping above
+    chosen = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))[:need]]
+    return chosen[:VTAB_TRAIN], chosen[VTAB_TRAIN:]
 
 
 def _check_class_size(n: int, sp: SplitSpec, *, label: str, where: str) -> int:

@@ -423,3 +423,36 @@ def test_class_subset_on_pool_missing_top_class() -> None:
     """glyphs n=5 over 10 digit classes has labels 0..4 only; classes [0, 9] must be a ConfigError."""
     with pytest.raises(ConfigError):
         build("glyphs", {"n": 5, "classes": "digits"}, classes=[0, 9])
+
+
+# --------------------------------------------------- VTAB-1k protocol
+
+
+def test_vtab1k_draws_800_train_and_200_val_from_the_training_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_pool(monkeypatch, synthetic_pool([700, 500, 300], official_test=90))
+    t = build("any", split={"seed": 7, "protocol": "vtab1k"})
+    assert len(t.train) == 800 and len(t.val) == 200
+    assert not indices(t.train) & indices(t.val) and indices(t.train) | indices(t.val) <= set(range(1500))
+    assert len(t.test) == 90 and (t.test.x < 0).all()  # the official test split, whole
+    assert t.info["protocol"] == "vtab1k" and t.info["split_seed"] == 7
+    assert t.info["train_indices"] and t.info["val_indices"]
+    # drawn at random, not per class: class frequencies follow the pool (700:500:300)
+    assert counts(t.train.y, 3)[0] > counts(t.train.y, 3)[2]
+    assert_same(t, build("any", split={"seed": 7, "protocol": "vtab1k"}))  # deterministic
+    other = build("any", split={"seed": 8, "protocol": "vtab1k"})
+    assert indices(other.train) != indices(t.train) and other.info["train_indices"] != t.info["train_indices"]
+
+
+def test_vtab1k_without_an_official_test_split_carves_one_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_pool(monkeypatch, synthetic_pool([800, 800]))
+    t = build("any", split={"seed": 0, "protocol": "vtab1k", "test_fraction": 0.25})
+    assert len(t.test) == 400 and len(t.train) == 800 and len(t.val) == 200
+    assert not indices(t.test) & (indices(t.train) | indices(t.val))
+
+
+def test_vtab1k_errors_are_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_pool(monkeypatch, synthetic_pool([300, 300], official_test=10))
+    with pytest.raises(ConfigError, match=r"tasks\.t\.split\.protocol: vtab1k draws 1000 examples .* which has 600"):
+        build("any", split={"protocol": "vtab1k"})
+    with pytest.raises(ValueError, match="remove shots"):
+        SplitSpec(protocol="vtab1k", shots=5)

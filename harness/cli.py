@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="override the suite's number of evaluation seeds")
     run.add_argument("--strategies", help="comma-separated strategies to run instead of the suite's list")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    run.add_argument("--precision", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32")
+    run.add_argument("--channels-last", default="auto", help="auto (on for CUDA), on or off: channels_last "
+                                                            "memory format for image (4-D) inputs")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model each strategy trains")
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
@@ -55,7 +59,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
                      strategies=strategies)
     cache_dir = args.cache_dir or default_cache_dir()
-    runtime = make_runtime(args.device, cache_dir)
+    runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
+                           compile=args.compile)
     out = args.out or Path("runs") / plan.suite.name
     suite = plan.suite
     storage = None
@@ -63,7 +68,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         storage = open_storage(args.storage, out)
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     console.print(f"suite {suite.name}: {len(plan.cells)} cells × {suite.trials} trials, "
-                  f"{suite.seeds} evaluation seeds, device {runtime.device}, out {out}")
+                  f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
+                  f"{', channels_last' if runtime.execution.channels_last else ''}"
+                  f"{', compiled' if runtime.execution.compile else ''}), out {out}")
     if args.dry_run:
         for cell in plan.cells:
             t = plan.tasks[cell.task]

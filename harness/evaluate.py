@@ -111,7 +111,8 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb,
         "peak_memory_kind": memory.kind, **predictor.info(),
         "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
-        "num_classes": task.num_classes,
+        "num_classes": task.num_classes, "precision": runtime.execution.tag,
+        "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from harness.backbones import Backbone
-from harness.train import predict_logits
+from harness.train import Execution, predict_logits
 
 
 class FeatureCache:
@@ -27,22 +27,24 @@ class FeatureCache:
         self.computed = 0  # how many times a backbone actually ran (for tests/benchmarks)
 
     @staticmethod
-    def key(backbone: Backbone, fingerprint: str) -> str:
-        """Weights identity + split content + the code that computes features."""
+    def key(backbone: Backbone, fingerprint: str, execution: Execution = Execution()) -> str:
+        """Weights identity + split content + the code that computes features (+ precision
+        when it is not float32)."""
         from harness.pretrain import code_version
 
-        blob = f"{backbone.weights_id}|{fingerprint}|{code_version()}"
+        precision = "" if execution.tag == "fp32" else f"|{execution.tag}"
+        blob = f"{backbone.weights_id}|{fingerprint}|{code_version()}{precision}"
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, backbone: Backbone, x: torch.Tensor, fingerprint: str, *,
-            device: torch.device) -> torch.Tensor:
+            device: torch.device, execution: Execution = Execution()) -> torch.Tensor:
         """Features of ``x`` (identified by ``fingerprint``) under ``backbone``'s weights."""
-        key = self.key(backbone, fingerprint)
+        key = self.key(backbone, fingerprint, execution)
         if key in self._memory:
             return self._memory[key]
         feats = self._load(key)
         if feats is None:
-            feats = compute_features(backbone, x, device=device)
+            feats = compute_features(backbone, x, device=device, execution=execution)
             self.computed += 1
             self._save(key, feats)
         self._memory[key] = feats
@@ -72,10 +74,11 @@ class FeatureCache:
         os.replace(tmp, path)  # atomic: readers never see half a file
 
 
-def compute_features(backbone: Backbone, x: torch.Tensor, *, device: torch.device) -> torch.Tensor:
+def compute_features(backbone: Backbone, x: torch.Tensor, *, device: torch.device,
+                     execution: Execution = Execution()) -> torch.Tensor:
     """Runs the frozen backbone once in eval mode (no autograd) over ``x``; the shared
     backbone itself is never moved (a copy goes to an accelerator)."""
     if next(backbone.parameters()).device != device:
         backbone = copy.deepcopy(backbone).to(device)
     # A clone outside inference mode: strategies may build autograd graphs on features.
-    return predict_logits(backbone, x, device=device).clone()
+    return predict_logits(backbone, x, device=device, execution=execution).clone()

@@ -10,6 +10,7 @@ import torch
 
 from harness.errors import ConfigError
 from harness.features import FeatureCache
+from harness.train import Execution
 
 if TYPE_CHECKING:
     from harness.members import Members
@@ -20,6 +21,7 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     features: FeatureCache = field(default_factory=FeatureCache)
     members: "Members | None" = None  # set per cell: other strategies' trained models
+    execution: Execution = field(default_factory=Execution)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,5 +37,23 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"--device {name!r}: allowed: auto, cpu, cuda")
 
 
-def make_runtime(device: str, cache_dir: Path | None) -> Runtime:
-    return Runtime(resolve_device(device), FeatureCache(cache_dir / "features" if cache_dir else None))
+def resolve_execution(device: torch.device, *, precision: str = "auto", channels_last: str = "auto",
+                      compile: bool = False) -> Execution:
+    """``auto``: bf16 autocast and channels_last on CUDA (bf16 where the GPU supports it),
+    float32 and the default layout on CPU, so CPU runs are unchanged."""
+    allowed = {"precision": ("auto", "bf16", "fp32"), "channels-last": ("auto", "on", "off")}
+    for flag, value in (("precision", precision), ("channels-last", channels_last)):
+        if value not in allowed[flag]:
+            raise ConfigError(f"--{flag} {value!r}: allowed: {', '.join(allowed[flag])}")
+    cuda = device.type == "cuda"
+    bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    layout = channels_last == "on" or (channels_last == "auto" and cuda)
+    return Execution(bf16=bf16, channels_last=layout, compile=compile)
+
+
+def make_runtime(device: str, cache_dir: Path | None, *, precision: str = "auto", channels_last: str = "auto",
+                 compile: bool = False) -> Runtime:
+    resolved = resolve_device(device)
+    return Runtime(resolved, FeatureCache(cache_dir / "features" if cache_dir else None),
+                   execution=resolve_execution(resolved, precision=precision, channels_last=channels_last,
+                                               compile=compile))

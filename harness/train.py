@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +27,37 @@ class NullReporter:
 
     def report(self, epoch: int, value: float) -> None:
         self.history.append(value)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the loop runs tensors: bf16 autocast, channels_last memory format for 4-D
+    (image) inputs, ``torch.compile``. All off by default (the CPU behaviour); a runtime
+    turns the first two on for CUDA (:func:`harness.runtime.make_runtime`)."""
+
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @contextlib.contextmanager
+    def autocast(self, device: torch.device) -> Iterator[None]:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            yield
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Converts ``model`` in place to channels_last when it has 2-D convolutions, and
+        returns what to call forward on (a compiled wrapper when ``compile``)."""
+        if self.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            model.to(memory_format=torch.channels_last)
+        return torch.compile(model) if self.compile else model
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    @property
+    def tag(self) -> str:
+        """What changes computed values (a cache key part): the precision."""
+        return "bf16" if self.bf16 else "fp32"
 
 
 @dataclass(frozen=True)
@@ -61,13 +93,14 @@ class Hook:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, device: torch.device,
-                   batch_size: int = 512) -> torch.Tensor:
-    """Logits for ``x`` in eval mode, batched, returned on the CPU."""
+def predict_logits(model: nn.Module, x: torch.Tensor, *, device: torch.device, batch_size: int = 512,
+                   execution: Execution = Execution()) -> torch.Tensor:
+    """Logits for ``x`` in eval mode, batched, returned on the CPU as float32."""
     was_training = model.training
     model.eval()
-    outs = [model(x[i:i + batch_size].to(device, non_blocking=True)).float().cpu()
-            for i in range(0, len(x), batch_size)]
+    with execution.autocast(device):
+        outs = [model(execution.inputs(x[i:i + batch_size].to(device, non_blocking=True))).float().cpu()
+                for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -93,7 +126,8 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
                epochs: int, batch_size: int, seed: int, device: torch.device, reporter: Reporter,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-               hooks: Sequence[Hook] = (), criterion: Criterion = cross_entropy) -> list[float]:
+               hooks: Sequence[Hook] = (), criterion: Criterion = cross_entropy,
+               execution: Execution = Execution()) -> list[float]:
     """Trains ``model`` on ``criterion`` (cross-entropy by default) plus the hooks' loss
     terms; reports val accuracy each epoch.
 
@@ -109,18 +143,21 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     gen = torch.Generator().manual_seed(seed)
     history: list[float] = []
     step = 0
+    forward = execution.prepare(model)  # hooks keep seeing ``model`` itself
     for epoch in range(epochs):
         model.train()
         for hook in hooks:
             hook.on_epoch_start(epoch, model, optimizer)
         total = torch.zeros((), device=device)
         for idx in epoch_batches(len(y), batch_size, gen, device):
-            batch = Batch(x[idx], y[idx], idx, model(x[idx]))
-            loss = criterion(batch)
-            for hook in hooks:
-                term = hook.loss_term(model, batch)
-                if term is not None:
-                    loss = loss + term
+            xb = execution.inputs(x[idx])
+            with execution.autocast(device):
+                batch = Batch(xb, y[idx], idx, forward(xb))
+                loss = criterion(batch)
+                for hook in hooks:
+                    term = hook.loss_term(model, batch)
+                    if term is not None:
+                        loss = loss + term
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -133,7 +170,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         value = float(total)
         if not math.isfinite(value):
             raise NonFiniteLoss(epoch, value)
-        acc = accuracy(predict_logits(model, val[0], device=device), val[1])
+        acc = accuracy(predict_logits(forward, val[0], device=device, execution=execution), val[1])
         history.append(acc)
         reporter.report(epoch, acc)
     return history

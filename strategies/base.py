@@ -13,7 +13,7 @@ from harness.backbones import ArgsModel, Backbone
 from harness.errors import ConfigError
 from harness.members import Members
 from harness.runtime import Runtime
-from harness.train import Reporter, predict_logits
+from harness.train import Execution, Reporter, predict_logits
 from suites.tasks import Split, Task
 
 
@@ -66,13 +66,15 @@ class Predictor(ABC):
 class ModelPredictor(Predictor):
     """Predicts with a whole trained network."""
 
-    def __init__(self, model: nn.Module, *, device: torch.device, trainable: int) -> None:
+    def __init__(self, model: nn.Module, *, device: torch.device, trainable: int,
+                 execution: Execution = Execution()) -> None:
         self.model = model
         self.device = device
         self._trainable = trainable
+        self.execution = execution
 
     def logits(self, split: Split) -> torch.Tensor:
-        return predict_logits(self.model, split.x, device=self.device)
+        return predict_logits(self.model, split.x, device=self.device, execution=self.execution)
 
     @property
     def trainable_parameters(self) -> int:

@@ -14,7 +14,7 @@ from harness.backbones import ArgsModel, Backbone, Classifier
 from harness.errors import ConfigError
 from harness.members import Member
 from harness.runtime import Runtime
-from harness.train import Reporter, accuracy, predict_logits, steps_per_epoch
+from harness.train import Reporter, accuracy, steps_per_epoch
 from strategies.base import ModelPredictor, Predictor, Strategy, require_members
 from strategies.full_finetune import new_classifier
 from suites.tasks import Split, Task
@@ -136,8 +136,8 @@ class SoupPredictor(ModelPredictor):
 
     def __init__(self, model: Classifier, ingredients: list[Member], library: list[Member], *,
                  runtime: Runtime) -> None:
-        super().__init__(model, device=runtime.device,
-                         trainable=sum(m.trainable_parameters for m in library))
+        super().__init__(model, device=runtime.device, trainable=sum(m.trainable_parameters for m in library),
+                         execution=runtime.execution)
         self.chosen = [(m, 1) for m in ingredients]
 
 
@@ -216,7 +216,7 @@ class Ensemble(Strategy):
             return SoupPredictor(model, ingredients, library, runtime=runtime)
 
         def val_accuracy(p: SoupPredictor) -> float:
-            return accuracy(predict_logits(p.model, task.val.x, device=runtime.device), task.val.y)
+            return accuracy(p.logits(task.val), task.val.y)
 
         ranked = sorted(library, key=lambda m: score(probabilities(m.logits_for(task.val)), task.val.y),
                         reverse=True)

@@ -47,8 +47,8 @@ def finetune(model: Classifier, task: Task, params: dict[str, Any], *, seed: int
         fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y),
                    epochs=params["epochs"], batch_size=batch_size, seed=seed,
                    device=runtime.device, reporter=reporter, scheduler=sched,
-                   hooks=[*hooks, tracker], criterion=criterion)
-    return ModelPredictor(model, device=runtime.device, trainable=tracker.count)
+                   hooks=[*hooks, tracker], criterion=criterion, execution=runtime.execution)
+    return ModelPredictor(model, device=runtime.device, trainable=tracker.count, execution=runtime.execution)
 
 
 class _UpdatedParameters(Hook):

@@ -25,7 +25,7 @@ class ProbePredictor(Predictor):
 
     def logits(self, split: Split) -> torch.Tensor:
         feats = self.runtime.features.get(self.backbone, split.x, split.fingerprint,
-                                          device=self.runtime.device)
+                                          device=self.runtime.device, execution=self.runtime.execution)
         with torch.inference_mode():
             return self.head(feats.to(self.runtime.device)).float().cpu()
 
@@ -40,7 +40,8 @@ class ProbePredictor(Predictor):
         from harness.train import predict_logits
 
         start = time.perf_counter()
-        predict_logits(Classifier(self.backbone, self.head), split.x, device=self.runtime.device)
+        predict_logits(Classifier(self.backbone, self.head), split.x, device=self.runtime.device,
+                       execution=self.runtime.execution)
         return time.perf_counter() - start
 
     @property
@@ -66,7 +67,8 @@ def train_probe(backbone: Backbone, task: Task, params: dict[str, Any], *, seed:
     """Trains a fresh linear head with AdamW on cached features; the backbone never runs
     more than once per (weights, split) and no autograd graph is built."""
     def feats(split: Split) -> torch.Tensor:
-        return runtime.features.get(backbone, split.x, split.fingerprint, device=runtime.device)
+        return runtime.features.get(backbone, split.x, split.fingerprint, device=runtime.device,
+                                    execution=runtime.execution)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

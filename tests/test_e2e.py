@@ -50,6 +50,7 @@ def test_outputs_written(smoke_run: Path) -> None:
                    "peak_memory_mb", "tlbench_version", "torch_version", "git_commit", "device"]:
         assert column in runs, column
     assert runs["test_accuracy"].between(0, 1).all()
+    assert (runs["precision"] == "fp32").all() and not runs["channels_last"].any()  # CPU defaults
     assert runs["shifted_test_accuracy"].notna().all()
     assert len(pd.read_csv(smoke_run / "runs.csv")) == len(runs)
     table = (smoke_run / "table.md").read_text()

@@ -94,3 +94,77 @@ def test_linear_head_solver_flags_divergence() -> None:
     with pytest.raises(NonFiniteLoss):
         fit_linear_head(nn.Linear(5, 2), (x, y), (x, y), lr=0.1, weight_decay=0.0, epochs=2,
                         batch_size=8, seed=0, device=torch.device("cpu"), reporter=NullReporter())
+
+
+# ------------------------------------------------------------ execution: bf16, channels_last, compile
+
+def conv_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3))
+
+
+def images(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def test_bf16_autocast_trains_and_predicts_in_float32_outputs() -> None:
+    from harness.train import Execution, predict_logits
+
+    model = conv_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    history = fit_epochs(model, opt, images(), images(), epochs=2, batch_size=8, seed=0,
+                         device=torch.device("cpu"), reporter=NullReporter(), execution=Execution(bf16=True))
+    assert len(history) == 2 and all(p.dtype == torch.float32 for p in model.parameters())  # master weights
+    x = images()[0]
+    half = predict_logits(model, x, device=torch.device("cpu"), execution=Execution(bf16=True))
+    full = predict_logits(model, x, device=torch.device("cpu"))
+    assert half.dtype == torch.float32 and not torch.equal(half, full)  # bf16 really ran
+    assert torch.allclose(half, full, atol=0.05, rtol=0.05)
+
+
+def test_channels_last_changes_the_layout_not_the_result() -> None:
+    from harness.train import Execution, predict_logits
+
+    model, x = conv_model().eval(), images()[0]
+    reference = predict_logits(model, x, device=torch.device("cpu"))
+    ex = Execution(channels_last=True)
+    forward = ex.prepare(model)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert ex.inputs(x).is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(predict_logits(forward, x, device=torch.device("cpu"), execution=ex), reference, atol=1e-5)
+    linear = nn.Linear(4, 2)  # no 2-D convolution: left alone
+    assert ex.prepare(linear) is linear and ex.inputs(torch.zeros(3, 4)).shape == (3, 4)
+
+
+def test_compile_wraps_the_model_and_cpu_defaults_change_nothing() -> None:
+    from harness.errors import ConfigError
+    from harness.runtime import resolve_execution
+    from harness.train import Execution
+
+    model = conv_model()
+    assert Execution(compile=True).prepare(model) is not model  # a lazily compiled wrapper
+    assert Execution().prepare(model) is model
+    cpu = torch.device("cpu")
+    assert resolve_execution(cpu) == Execution()  # CPU behaviour unchanged
+    assert resolve_execution(cpu, precision="bf16", channels_last="on", compile=True) == Execution(True, True, True)
+    with pytest.raises(ConfigError, match="--precision 'fp16': allowed: auto, bf16, fp32"):
+        resolve_execution(cpu, precision="fp16")
+
+
+def test_cuda_defaults_are_bf16_and_channels_last(monkeypatch) -> None:
+    from harness.runtime import resolve_execution
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    ex = resolve_execution(torch.device("cuda"))
+    assert ex.bf16 and ex.channels_last and not ex.compile
+    assert not resolve_execution(torch.device("cuda"), precision="fp32", channels_last="off").bf16
+
+
+def test_feature_cache_keys_by_precision(tiny_backbone) -> None:
+    from harness.features import FeatureCache
+    from harness.train import Execution
+
+    assert FeatureCache.key(tiny_backbone, "fp") == FeatureCache.key(tiny_backbone, "fp", Execution())
+    assert FeatureCache.key(tiny_backbone, "fp", Execution(bf16=True)) != FeatureCache.key(tiny_backbone, "fp")

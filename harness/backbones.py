@@ -160,6 +160,16 @@ class TorchvisionBackbone(Backbone):
 
     VARIANTS: ClassVar[tuple[str, ...]]
 
+    def __init__(self, variant: str, net: nn.Module | None = None) -> None:
+        """Wraps ``net`` (a torchvision network of ``variant``; built untrained when None)."""
+        super().__init__()
+        groups, self.feature_dim = self.split(net if net is not None else self.network(variant))
+        self.groups = nn.ModuleList(groups)
+
+    def split(self, net: nn.Module) -> tuple[list[nn.Module], int]:
+        """The network's layer groups (input → output) and the feature width they end in."""
+        raise NotImplementedError
+
     @classmethod
     def check_variant(cls, variant: str) -> None:
         if variant not in cls.VARIANTS:
@@ -193,7 +203,6 @@ class TorchvisionResNet(TorchvisionBackbone):
 
     def __init__(self, variant: str = "resnet18", in_channels: int = 3, small_input: bool = False,
                  net: nn.Module | None = None) -> None:
-        super().__init__()
         net = net if net is not None else self.network(variant)
         if small_input:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
@@ -203,9 +212,11 @@ class TorchvisionResNet(TorchvisionBackbone):
             net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
             with torch.no_grad():  # keep pretrained filters: average over RGB
                 net.conv1.weight.copy_(old.weight.mean(1, keepdim=True).repeat(1, in_channels, 1, 1))
+        super().__init__(variant, net)
+
+    def split(self, net: nn.Module) -> tuple[list[nn.Module], int]:
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.groups = nn.ModuleList([stem, net.layer1, net.layer2, net.layer3, net.layer4])
-        self.feature_dim = net.fc.in_features
+        return [stem, net.layer1, net.layer2, net.layer3, net.layer4], net.fc.in_features
 
 
 class VariantArgs(ArgsModel):
@@ -252,13 +263,10 @@ class VisionTransformer(TorchvisionBackbone):
     Args = VariantArgs
     VARIANTS: ClassVar[tuple[str, ...]] = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
 
-    def __init__(self, variant: str = "vit_b_16", net: nn.Module | None = None) -> None:
-        super().__init__()
-        net = net if net is not None else self.network(variant)
+    def split(self, net: nn.Module) -> tuple[list[nn.Module], int]:
         blocks = list(net.encoder.layers)
-        self.groups = nn.ModuleList([_ViTEmbedding(net), *blocks[:-1],
-                                     nn.Sequential(blocks[-1], _ClassToken(net.encoder.ln))])
-        self.feature_dim = net.hidden_dim
+        last = nn.Sequential(blocks[-1], _ClassToken(net.encoder.ln))
+        return [_ViTEmbedding(net), *blocks[:-1], last], net.hidden_dim
 
 
 class _PooledNorm(nn.Module):
@@ -281,13 +289,10 @@ class ConvNeXt(TorchvisionBackbone):
     Args = VariantArgs
     VARIANTS: ClassVar[tuple[str, ...]] = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
 
-    def __init__(self, variant: str = "convnext_tiny", net: nn.Module | None = None) -> None:
-        super().__init__()
-        net = net if net is not None else self.network(variant)
+    def split(self, net: nn.Module) -> tuple[list[nn.Module], int]:
         f = net.features
-        self.groups = nn.ModuleList([f[0], f[1], nn.Sequential(f[2], f[3]), nn.Sequential(f[4], f[5]),
-                                     nn.Sequential(f[6], f[7], _PooledNorm(net.classifier[0]))])
-        self.feature_dim = net.classifier[2].in_features
+        return ([f[0], f[1], nn.Sequential(f[2], f[3]), nn.Sequential(f[4], f[5]),
+                 nn.Sequential(f[6], f[7], _PooledNorm(net.classifier[0]))], net.classifier[2].in_features)
 
 
 class EfficientNet(TorchvisionBackbone):
@@ -299,13 +304,10 @@ class EfficientNet(TorchvisionBackbone):
     Args = VariantArgs
     VARIANTS: ClassVar[tuple[str, ...]] = tuple(f"efficientnet_b{i}" for i in range(8))
 
-    def __init__(self, variant: str = "efficientnet_b0", net: nn.Module | None = None) -> None:
-        super().__init__()
-        net = net if net is not None else self.network(variant)
+    def split(self, net: nn.Module) -> tuple[list[nn.Module], int]:
         f = net.features
-        self.groups = nn.ModuleList([f[0], nn.Sequential(f[1], f[2]), nn.Sequential(f[3], f[4]),
-                                     nn.Sequential(f[5], f[6]), nn.Sequential(f[7], f[8])])
-        self.feature_dim = net.classifier[-1].in_features
+        return ([f[0], nn.Sequential(f[1], f[2]), nn.Sequential(f[3], f[4]), nn.Sequential(f[5], f[6]),
+                 nn.Sequential(f[7], f[8])], net.classifier[-1].in_features)
 
 
 class _MobileNetHead(nn.Module):
@@ -328,16 +330,13 @@ class MobileNetV3(TorchvisionBackbone):
     Args = VariantArgs
     VARIANTS: ClassVar[tuple[str, ...]] = ("mobilenet_v3_large", "mobilenet_v3_small")
 
-    def __init__(self, variant: str = "mobilenet_v3_large", net: nn.Module | None = None) -> None:
-        super().__init__()
-        net = net if net is not None else self.network(variant)
+    def split(self, net: nn.Module) -> tuple[list[nn.Module], int]:
         f = list(net.features)
         n = len(f) - 1  # blocks after the stem
         cuts = [1 + round(n * q / 4) for q in range(5)]
         blocks = [nn.Sequential(*f[a:b]) for a, b in zip(cuts, cuts[1:])]
         blocks[-1].append(_MobileNetHead(net.classifier[0], net.classifier[1]))
-        self.groups = nn.ModuleList([f[0], *blocks])
-        self.feature_dim = net.classifier[0].out_features
+        return [f[0], *blocks], net.classifier[0].out_features
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone architecture", Backbone)

@@ -47,9 +47,7 @@ class Plan:
     def backbones(self) -> list[str]:
         """The cells' backbones and the students they distil into."""
         names = {c.backbone for c in self.cells}
-        for cell in self.cells:
-            names.update(make_strategy(self.suite, cell.strategy).extra_backbones(cell.backbone))
-        return sorted(names)
+        return sorted(names | set(extra_backbones(self.suite, sorted(names))))
 
 
 def make_strategy(suite: Suite, name: str) -> Strategy:

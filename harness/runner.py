@@ -78,12 +78,16 @@ def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: 
     """The model server of a task × backbone: artifacts under ``out/models``."""
     suite = plan.suite
 
+    known: dict[str, dict[str, Any]] = {}  # dependencies finished before their dependents ran
+
     def best_params(strategy: str) -> dict[str, Any]:
-        params, reason = tuned_params(storage, plan, cell, strategy, backbones[cell.backbone])
-        if params is None:
-            raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} {reason}, and another strategy "
-                              f"reuses its models")
-        return params
+        if strategy not in known:  # asked once per tuning trial of a dependent: read the store once
+            tuned = tuned_params(storage, plan, cell, strategy, backbones[cell.backbone])
+            if tuned.params is None:
+                raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} {tuned.reason}, and another "
+                                  f"strategy reuses its models")
+            known[strategy] = tuned.params
+        return known[strategy]
 
     return Members(cell=f"{suite.name}::{cell.task}::{cell.backbone}",
                    context=f"{suite.fingerprint()}:{code_version()}", backbone_name=cell.backbone,
@@ -104,28 +108,42 @@ def with_dependencies(params: dict[str, Any], strategy: Strategy, members: Membe
     return {**params, "reuses": digest}
 
 
-def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str,
-                 backbone: Any) -> tuple[dict[str, Any] | None, str]:
+def fixed_params(strategy: Strategy, backbone: Any) -> dict[str, Any]:
+    """The configuration of a strategy with nothing to search (``tunable = False``)."""
+    return strategy.search_space(optuna.trial.FixedTrial({}), backbone)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A strategy's configuration in a cell, or why there is none; ``finished`` when its
+    tuning ran to the budget without completing a trial (dependents are skipped, not failed)."""
+
+    params: dict[str, Any] | None
+    reason: str = ""
+    finished: bool = False
+
+
+def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str, backbone: Any) -> Tuned:
     """The configuration a strategy is evaluated with in a cell: the one its evaluation
     study recorded, else the best of its finished tuning; else None and why."""
     suite = plan.suite
     instance = make_strategy(suite, strategy)
     if not instance.tunable:
-        return instance.search_space(optuna.trial.FixedTrial({}), backbone), ""
+        return Tuned(fixed_params(instance, backbone))
     names = optuna.get_all_study_names(storage)
     eval_name = study_name(suite.name, cell.task, cell.backbone, strategy, "eval")
     if eval_name in names:
         params = optuna.load_study(study_name=eval_name, storage=storage).user_attrs.get("params")
         if params is not None:
-            return dict(params), ""
+            return Tuned(dict(params))
     tune_name = study_name(suite.name, cell.task, cell.backbone, strategy, "tune")
     if tune_name in names:
         result = summarize(optuna.load_study(study_name=tune_name, storage=storage), suite.trials)
         if result.n_complete + result.n_pruned >= suite.trials:
             if result.best_params is None:
-                return None, f"completed no tuning trial ({result.n_pruned} pruned)"
-            return result.best_params, ""
-    return None, f"has no tuned configuration in this store; include {strategy} in --strategies"
+                return Tuned(None, f"completed no tuning trial ({result.n_pruned} pruned)", finished=True)
+            return Tuned(result.best_params)
+    return Tuned(None, f"has no tuned configuration in this store; include {strategy} in --strategies")
 
 
 def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, storage: BaseStorage,
@@ -134,13 +152,13 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, stora
     start = time.perf_counter()
     members = runtime.members
     for dependency in strategy.requires():  # before any trial: a missing one is one clear line
-        params, reason = tuned_params(storage, plan, cell, dependency, backbone)
-        if params is None and "no tuning trial" in reason:
-            console.print(f"[yellow]{cell.label}: skipped: {dependency} {reason}[/yellow]")
+        tuned = tuned_params(storage, plan, cell, dependency, backbone)
+        if tuned.params is None and tuned.finished:
+            console.print(f"[yellow]{cell.label}: skipped: {dependency} {tuned.reason}[/yellow]")
             return
-        if params is None:
+        if tuned.params is None:
             raise ConfigError(f"{cell.task} / {cell.backbone}: {cell.strategy} reuses models of "
-                              f"{dependency!r}, which {reason}")
+                              f"{dependency!r}, which {tuned.reason}")
     if strategy.tunable:
         name = study_name(suite.name, cell.task, cell.backbone, cell.strategy, "tune")
         study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
@@ -151,8 +169,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, stora
                       runtime=runtime, on_trial=lambda n: progress.update(bar, completed=n))
         progress.remove_task(bar)
     else:  # nothing to search: evaluated with its fixed configuration
-        result = TuneResult(strategy.search_space(optuna.trial.FixedTrial({}), backbone), None, None,
-                            None, 0, 0, 0, 0.0)
+        result = TuneResult(fixed_params(strategy, backbone), None, None, None, 0, 0, 0, 0.0)
     if result.best_params is None:
         console.print(f"[yellow]{cell.label}: no trial completed ({result.n_pruned} pruned, "
                       f"{result.n_failed} failed); not evaluated[/yellow]")

@@ -66,8 +66,11 @@ class Table:
 MARK = "†"
 
 
-def fmt_number(value: float, digits: int = 1) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def fmt_number(value: float | None, digits: int = 1, *, grouped: bool = False) -> str:
+    """``value`` with ``digits`` decimals (thousands separated when ``grouped``); "–" if missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}" if grouped else f"{value:.{digits}f}"
 
 
 def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int = 0) -> Table | None:
@@ -139,11 +142,9 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
     rows = []
     for r in stats_frame.to_dict("records"):
         rows.append([Cell(r["column"]), Cell(r["strategy"]), Cell(f"{r['train_seconds']:.2f}"),
-                     Cell(fmt_number(r.get("own", math.nan), 2)), Cell(f"{r['trainable']:,.0f}"),
-                     Cell(fmt_number(r["peak"], 0)),
-                     Cell(fmt_number(r.get("inference", math.nan), 0) if math.isnan(r.get("inference", math.nan))
-                          else f"{r['inference']:,.0f}"),
-                     Cell(fmt_number(r.get("ms", math.nan), 3)), Cell(str(int(r["runs"])))])
+                     Cell(fmt_number(r.get("own"), 2)), Cell(fmt_number(r["trainable"], 0, grouped=True)),
+                     Cell(fmt_number(r["peak"], 0)), Cell(fmt_number(r.get("inference"), 0, grouped=True)),
+                     Cell(fmt_number(r.get("ms"), 3)), Cell(str(int(r["runs"])))])
     kinds = sorted(runs["peak_memory_kind"].dropna().unique()) if "peak_memory_kind" in runs else []
     notes = ["Means over evaluation runs. Train s includes the training time of models a strategy "
              "reuses (a distillation's teacher, an ensemble's members); own train s is its own. "

@@ -258,6 +258,8 @@ def test_include_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     pytest.param(["--strategies", "linear_probe,bogus"],
                  ("--strategies", "'bogus'", "full_finetune, gradual_unfreeze"), id="strategies"),
     pytest.param(["--device", "gpu"], ("--device 'gpu'", "auto, cpu, cuda"), id="device-unknown"),
+    pytest.param(["--precision", "fp16"], ("--precision 'fp16'", "auto, bf16, fp32"), id="precision-unknown"),
+    pytest.param(["--channels-last", "yes"], ("--channels-last 'yes'", "auto, on, off"), id="channels-last-unknown"),
 ])
 def test_bad_flag_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     flags: list[str], needles: tuple[str, ...]) -> None:

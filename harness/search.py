@@ -43,13 +43,17 @@ def protocol(budget: int, search: SearchSpec | None = None) -> dict[str, Any]:
             "budget": budget, "objective": "validation accuracy after the last epoch"}
 
 
-def trial_slot(study: optuna.Study) -> int:
-    """The position of the trial being asked among the study's non-failed trials: the count
-    of finished ones plus the other running ones. One worker gets 0, 1, 2, … whether or not
-    the study was interrupted and resumed; concurrent workers get distinct slots."""
-    alive = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                     TrialState.RUNNING))
-    return len(alive) - 1
+def trial_slot(study: optuna.Study, number: int) -> int:
+    """The position of trial ``number`` among the study's non-failed trials: the count of
+    finished ones plus the other running ones that a worker has stamped. One worker gets
+    0, 1, 2, … whether or not the study was interrupted and resumed; concurrent workers get
+    distinct slots. A running trial without a stamp is one whose process died between
+    creating and stamping it (or, for a moment, a live worker's): counting it would shift
+    every later slot of a resumed run."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                      TrialState.RUNNING))
+    return sum(t.number != number and (t.state != TrialState.RUNNING or "worker" in t.user_attrs)
+               for t in trials)
 
 
 class SlotSeededTPESampler(optuna.samplers.TPESampler):
@@ -64,7 +68,7 @@ class SlotSeededTPESampler(optuna.samplers.TPESampler):
         self._base_seed = seed
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        state = (self._base_seed * SEED_STRIDE + trial_slot(study)) % 2**32
+        state = (self._base_seed * SEED_STRIDE + trial_slot(study, trial.number)) % 2**32
         for rng in (getattr(self, "_rng", None), getattr(self._random_sampler, "_rng", None)):
             if rng is not None:  # optuna's LazyRandomState
                 rng.rng.seed(state)
@@ -162,7 +166,7 @@ def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task
     trial.set_user_attr("worker", worker_id())
     seed = trial.user_attrs.get("seed")
     if seed is None:
-        seed = tuning_seed(suite_seed, trial_slot(study))
+        seed = tuning_seed(suite_seed, trial_slot(study, trial.number))
         trial.set_user_attr("seed", seed)
     params = strategy.search_space(trial, backbone)
     trial.set_user_attr("params", params)

@@ -113,28 +113,30 @@ def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
     assert summarize(study, 12).best_value >= small.best_value
 
 
-@pytest.mark.parametrize("complete", [True, False], ids=["killed-in-fit", "killed-while-suggesting"])
-def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime, complete: bool) -> None:
+@pytest.mark.parametrize("complete", [True, False, None],
+                         ids=["killed-in-fit", "killed-while-suggesting", "killed-before-stamping"])
+def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime, complete: bool | None) -> None:
     clean = make_study("c::t::b::flaky::tune", open_storage(None, tmp_path / "a"), budget=8, seed=3)
     tune(clean, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
     resumed_storage = open_storage(None, tmp_path / "b")
     part = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
     tune(part, FlakyStrategy(), None, None, budget=3, suite_seed=0, runtime=runtime)
-    dead = part.ask()  # a worker dies mid-trial: in fit, or before its configuration was whole
-    x = dead.suggest_float("x", 0.0, 1.0)
-    if complete:
-        dead.set_user_attr("params", {"x": x})
-    dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
-    dead.set_user_attr("seed", tuning_seed(0, 3))
+    dead = part.ask()  # a worker dies mid-trial: in fit, before its configuration was whole,
+    if complete is not None:  # or right after asking, before it stamped the trial as its own
+        x = dead.suggest_float("x", 0.0, 1.0)
+        if complete:
+            dead.set_user_attr("params", {"x": x})
+        dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
+        dead.set_user_attr("seed", tuning_seed(0, 3))
     again = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
     tune(again, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
 
     def finished(study):
         return [(t.params["x"], t.user_attrs["seed"], t.state) for t in study.trials
-                if t.state != TrialState.FAIL]
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
     assert finished(again) == finished(clean)
-    assert any(t.user_attrs.get("retry_of") == dead.number for t in again.trials) == complete
+    assert any(t.user_attrs.get("retry_of") == dead.number for t in again.trials) == bool(complete)
 
 
 def test_evaluation_skips_seeds_a_live_worker_holds(tmp_path, tiny_backbone, tiny_task, runtime) -> None:

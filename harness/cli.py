@@ -6,10 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from harness.errors import TlbenchError
+
+if TYPE_CHECKING:
+    from harness.plan import Plan
 
 
 def default_cache_dir() -> Path:
@@ -34,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--channels-last", default="auto", help="auto (on for CUDA), on or off: channels_last "
                                                             "memory format for image (4-D) inputs")
     run.add_argument("--compile", action="store_true", help="torch.compile the model each strategy trains")
+    run.add_argument("--workers", default="auto", help="DataLoader workers for image-file datasets: auto "
+                                                      "(min(8, cores) on CUDA, 0 on CPU) or a number")
+    run.add_argument("--data-root", type=Path, default=None,
+                     help="where image datasets live (default: the suite's data_root, $TLBENCH_DATA, "
+                          "or <cache>/data)")
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
@@ -47,6 +56,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_dry_run(plan: "Plan", console: Console) -> None:
+    """The plan without training: each task's data (path and whether it is there), then
+    each cell's split sizes, trials and seeds."""
+    from suites.datasets import data_access, data_location
+
+    suite = plan.suite
+    data = data_access(suite)
+    console.print(f"data root {data.root} (download: {'yes' if data.download else 'no'})")
+    for name in [*suite.source_tasks, *suite.tasks]:
+        spec = suite.task_spec(name)
+        location, present = data_location(spec.dataset, spec.args, data)
+        where = "bundled/generated" if location is None else f"{location} ({'present' if present else 'MISSING'})"
+        console.print(f"  task {name}: dataset {spec.dataset}, {where}", highlight=False)
+    for cell in plan.cells:
+        t = plan.tasks.get(cell.task)
+        if t is not None:
+            sizes = f"train {len(t.train)}, val {len(t.val)}, test {len(t.test)}"
+        elif suite.tasks[cell.task].split.protocol == "vtab1k":
+            sizes = "train 800, val 200, test: the official test split (data missing)"
+        else:
+            sizes = "split sizes known once the data is present"
+        console.print(f"  {cell.label}: {sizes}; {suite.trials} trials, {suite.seeds} seeds", highlight=False)
+    if plan.missing:
+        console.print(f"{len(plan.missing)} task(s) lack their data: set `download: true` in the suite, or "
+                      f"place the files at the paths above (or pass --data-root)")
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.plan import load_plan, resolve_suite_path
     from harness.runner import run_plan
@@ -57,10 +93,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.strategies is not None:
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
-                     strategies=strategies)
+                     strategies=strategies, data_root=args.data_root, dry_run=args.dry_run)
     cache_dir = args.cache_dir or default_cache_dir()
     runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
-                           compile=args.compile)
+                           compile=args.compile, workers=args.workers)
     out = args.out or Path("runs") / plan.suite.name
     suite = plan.suite
     storage = None
@@ -72,9 +108,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                   f"{', channels_last' if runtime.execution.channels_last else ''}"
                   f"{', compiled' if runtime.execution.compile else ''}), out {out}")
     if args.dry_run:
-        for cell in plan.cells:
-            t = plan.tasks[cell.task]
-            console.print(f"  {cell.label}: train {len(t.train)}, val {len(t.val)}, test {len(t.test)}")
+        print_dry_run(plan, console)
         return 0
     report = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir,
                       console=console)

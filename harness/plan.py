@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from harness.backbones import BACKBONES, Backbone, build_backbone, validate_args
 from harness.errors import ConfigError
-from harness.pretrain import check_backbone_source
+from harness.pretrain import check_backbone_source, preprocess_for
 from strategies import STRATEGIES, Strategy
 from suites import bundled_suites
 from suites.config import Suite, parse_suite
-from suites.datasets import DATASETS
+from suites.datasets import DATASETS, data_access, data_location
 from suites.tasks import Task, build_task
 
 
@@ -34,6 +34,18 @@ class Plan:
     tasks: dict[str, Task]
     cells: list[Cell]
     declared: tuple[str, ...] = ()  # the suite file's strategies, before --strategies narrowed them
+    missing: dict[str, Path] = field(default_factory=dict)  # dry runs: tasks whose data is absent
+    _bound: dict[tuple[str, str], Task] = field(default_factory=dict, repr=False)
+
+    def task_for(self, task: str, backbone: str) -> Task:
+        """Task ``task`` as backbone ``backbone`` reads it: image files preprocessed as its
+        weights expect (and augmented for training as the task says); tensors as they are."""
+        key = (task, backbone)
+        if key not in self._bound:
+            spec = self.suite.tasks[task]
+            self._bound[key] = self.tasks[task].bound(preprocess_for(backbone, self.suite, spec.image_size),
+                                                      spec.augment)
+        return self._bound[key]
 
     def reused(self) -> tuple[frozenset[str], frozenset[str]]:
         """Strategies whose models others reuse, and those whose weights they reuse; from
@@ -68,10 +80,14 @@ def resolve_suite_path(arg: str) -> Path:
 
 
 def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None,
-              strategies: list[str] | None = None) -> Plan:
-    """Parses and checks the whole suite (names, references, splits) before any training."""
+              strategies: list[str] | None = None, data_root: Path | None = None, dry_run: bool = False) -> Plan:
+    """Parses and checks the whole suite (names, references, splits, data) before any
+    training. ``data_root`` overrides the suite's; a ``dry_run`` plan leaves out the tasks
+    whose image files are absent (in ``missing``) instead of failing."""
     suite = parse_suite(path)
     updates: dict[str, object] = {}
+    if data_root is not None:
+        updates["data_root"] = str(data_root.resolve())
     if trials is not None:
         if trials < 1:
             raise ConfigError(f"--trials {trials}: must be a positive integer")
@@ -90,18 +106,26 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     suite = suite.model_copy(update=updates)
     check_names(suite)
     order = check_strategies(suite, declared)
-    tasks = {name: build_task(name, spec, where=suite.task_where(name))
-             for name, spec in suite.tasks.items()}
+    data = data_access(suite)
+    missing: dict[str, Path] = {}
+    if dry_run:
+        for name in [*suite.tasks, *suite.source_tasks]:
+            spec = suite.task_spec(name)
+            location, present = data_location(spec.dataset, spec.args, data)
+            if not present and location is not None:
+                missing[name] = location
+    tasks = {name: build_task(name, spec, where=suite.task_where(name), data=data)
+             for name, spec in suite.tasks.items() if name not in missing}
     probes: dict[str, Backbone] = {}  # one random-init copy per backbone for the shape checks
     sources = {spec.pretrain.task for spec in suite.backbones.values() if spec.pretrain}
-    for name in sorted(sources - set(tasks)):  # splits of source tasks must be possible too
-        source = build_task(name, suite.task_spec(name), where=suite.task_where(name))
+    for name in sorted(sources - set(tasks) - set(missing)):  # splits of source tasks must be possible too
+        source = build_task(name, suite.task_spec(name), where=suite.task_where(name), data=data)
         check_inputs(suite, _pretrained_by(suite, name), source, probes)
     for name, task in tasks.items():
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, suite.tasks[name].backbones), task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
-    return Plan(suite, tasks, cells, tuple(declared))
+    return Plan(suite, tasks, cells, tuple(declared), missing)
 
 
 def check_strategies(suite: Suite, declared: list[str]) -> list[str]:
@@ -169,13 +193,15 @@ def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[st
         if name not in probes:
             probes[name] = build_backbone(spec.arch, spec.args, where=f"{suite.path}: backbones.{name}")
         backbone = probes[name]
+        bound = task.bound(preprocess_for(name, suite, suite.task_spec(task.name).image_size))
+        x = bound.train.x.head(2) if bound.lazy else bound.train.x[:2]  # type: ignore[union-attr]
         try:
             with torch.no_grad():
-                backbone.eval()(task.train.x[:2])
+                backbone.eval()(x)
         except (RuntimeError, ValueError) as err:
             reason = str(err).splitlines()[0][:160]
             raise ConfigError(f"{suite.task_where(task.name)}.backbones: backbone {name!r} ({spec.arch}) "
-                              f"cannot take this task's inputs of shape {task.input_shape}: {reason}") from None
+                              f"cannot take this task's inputs of shape {tuple(x.shape[1:])}: {reason}") from None
 
 
 def check_names(suite: Suite) -> None:

@@ -23,9 +23,11 @@ import torch
 import harness
 from harness.backbones import (BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone,
                                load_checkpoint, load_torchvision_weights)
+from harness.data import Preprocess
 from harness.errors import ConfigError
 from harness.train import NullReporter, fit_epochs, steps_per_epoch
 from suites.config import BackboneSpec, Suite
+from suites.datasets import data_access
 from suites.tasks import build_task
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +141,22 @@ def check_weights_name(name: str, suite: Suite) -> None:
                           f"{', '.join(['DEFAULT', *enum.__members__])}")
 
 
+def preprocess_for(name: str, suite: Suite, image_size: int | None = None) -> Preprocess:
+    """How image files are prepared for backbone ``name``: the transforms of its torchvision
+    weights (resolution, resize, normalisation, interpolation), else torchvision's ImageNet
+    default (resize 256, crop 224); ``image_size`` (a task's) overrides the crop size."""
+    import torchvision
+
+    spec = suite.backbones[name]
+    preprocess = Preprocess()
+    if spec.weights is not None:
+        variant = BACKBONES.get(spec.arch).Args(**spec.args).variant
+        enum = torchvision.models.get_model_weights(variant)
+        member = enum.DEFAULT if spec.weights == "DEFAULT" else enum[spec.weights]
+        preprocess = Preprocess.from_transforms(member.transforms())
+    return preprocess.at(image_size)
+
+
 def check_backbone_source(name: str, suite: Suite) -> None:
     """Checks a backbone's weights source before any training: the weights name, or that
     the checkpoint exists and fits the architecture."""
@@ -181,7 +199,7 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
         log(reason)
     log(f"pretraining backbone {name} on {spec.pretrain.task} ({spec.pretrain.epochs} epochs) …")
     start = time.perf_counter()
-    val_acc = pretrain(backbone, suite, spec, device=device)
+    val_acc = pretrain(backbone, suite, name, device=device)
     seconds = time.perf_counter() - start
     backbone = backbone.cpu()
     cache.save(key, backbone, {"backbone": name, "source_task": spec.pretrain.task,
@@ -193,11 +211,14 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     return backbone
 
 
-def pretrain(backbone: Backbone, suite: Suite, spec: BackboneSpec, *, device: torch.device) -> float:
-    """Supervised training on the source task (AdamW + cosine); returns source val accuracy."""
-    assert spec.pretrain is not None
-    p = spec.pretrain
-    task = build_task(p.task, suite.task_spec(p.task), where=suite.task_where(p.task))
+def pretrain(backbone: Backbone, suite: Suite, name: str, *, device: torch.device) -> float:
+    """Supervised training of backbone ``name`` on its source task (AdamW + one-cycle);
+    returns source val accuracy."""
+    p = suite.backbones[name].pretrain
+    assert p is not None
+    source = suite.task_spec(p.task)
+    task = build_task(p.task, source, where=suite.task_where(p.task), data=data_access(suite))
+    task = task.bound(preprocess_for(name, suite, source.image_size), source.augment)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         model = Classifier(backbone, backbone.new_head(task.num_classes)).to(device)

@@ -91,7 +91,7 @@ def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: 
 
     return Members(cell=f"{suite.name}::{cell.task}::{cell.backbone}",
                    context=f"{suite.fingerprint()}:{code_version()}", backbone_name=cell.backbone,
-                   task=plan.tasks[cell.task], backbone=backbones[cell.backbone],
+                   task=plan.task_for(cell.task, cell.backbone), backbone=backbones[cell.backbone],
                    make_strategy=lambda name: make_strategy(suite, name), best_params=best_params,
                    seed_of=lambda k: evaluation_seed(suite.seed, k), store=ModelStore(out / "models"),
                    backbones=backbones, keep_weights=keep_weights, needed=needed)
@@ -148,7 +148,7 @@ def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str, ba
 
 def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, storage: BaseStorage,
              runtime: Runtime, progress: Progress, console: Console) -> None:
-    suite, task = plan.suite, plan.tasks[cell.task]
+    suite, task = plan.suite, plan.task_for(cell.task, cell.backbone)
     start = time.perf_counter()
     members = runtime.members
     for dependency in strategy.requires():  # before any trial: a missing one is one clear line
@@ -183,7 +183,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, stora
                "tuning_seeds": f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, suite.trials - 1)}",
                "tuning_best_trial_seed": result.best_seed,
                "suite_fingerprint": suite.fingerprint(),
-               "backbone_weights": backbone.weights_id, "task_info": plan.tasks[cell.task].info}
+               "backbone_weights": backbone.weights_id, "task_info": task.info}
     eval_study = optuna.create_study(
         study_name=study_name(suite.name, cell.task, cell.backbone, cell.strategy, "eval"),
         storage=storage, direction="maximize", load_if_exists=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from harness.data import Loading
 from harness.errors import ConfigError
 from harness.features import FeatureCache
 from harness.train import Execution
@@ -37,8 +39,21 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"--device {name!r}: allowed: auto, cpu, cuda")
 
 
+def resolve_loading(device: torch.device, workers: str = "auto") -> Loading:
+    """DataLoader workers for image-file tasks: ``auto`` is min(8, CPU cores) with a GPU to
+    feed (and pinned memory), none on CPU, where decoding would take the cores training
+    needs; tensor tasks never use workers."""
+    if workers == "auto":
+        n = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    elif workers.isdigit():
+        n = int(workers)
+    else:
+        raise ConfigError(f"--workers {workers!r}: allowed: auto or a whole number (0: load in the main process)")
+    return Loading(workers=n, pin_memory=device.type == "cuda")
+
+
 def resolve_execution(device: torch.device, *, precision: str = "auto", channels_last: str = "auto",
-                      compile: bool = False) -> Execution:
+                      compile: bool = False, workers: str = "auto") -> Execution:
     """``auto``: bf16 autocast and channels_last on CUDA (bf16 where the GPU supports it),
     float32 and the default layout on CPU, so CPU runs are unchanged."""
     allowed = {"precision": ("auto", "bf16", "fp32"), "channels-last": ("auto", "on", "off")}
@@ -48,12 +63,12 @@ def resolve_execution(device: torch.device, *, precision: str = "auto", channels
     cuda = device.type == "cuda"
     bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     layout = channels_last == "on" or (channels_last == "auto" and cuda)
-    return Execution(bf16=bf16, channels_last=layout, compile=compile)
+    return Execution(bf16=bf16, channels_last=layout, compile=compile, loading=resolve_loading(device, workers))
 
 
 def make_runtime(device: str, cache_dir: Path | None, *, precision: str = "auto", channels_last: str = "auto",
-                 compile: bool = False) -> Runtime:
+                 compile: bool = False, workers: str = "auto") -> Runtime:
     resolved = resolve_device(device)
     return Runtime(resolved, FeatureCache(cache_dir / "features" if cache_dir else None),
                    execution=resolve_execution(resolved, precision=precision, channels_last=channels_last,
-                                               compile=compile))
+                                               compile=compile, workers=workers))

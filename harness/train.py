@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
 
+from harness.data import Inputs, Loading, Reader, read_all, sequential
 from harness.errors import NonFiniteLoss
 
 
@@ -31,13 +32,14 @@ class NullReporter:
 
 @dataclass(frozen=True)
 class Execution:
-    """How the loop runs tensors: bf16 autocast, channels_last memory format for 4-D
-    (image) inputs, ``torch.compile``. All off by default (the CPU behaviour); a runtime
-    turns the first two on for CUDA (:func:`harness.runtime.make_runtime`)."""
+    """How the loop runs: bf16 autocast, channels_last memory format for 4-D (image)
+    inputs, ``torch.compile``, and how image splits are loaded. All off by default (the CPU
+    behaviour); a runtime turns the first two on for CUDA (:func:`harness.runtime.make_runtime`)."""
 
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
+    loading: Loading = Loading()
 
     @contextlib.contextmanager
     def autocast(self, device: torch.device) -> Iterator[None]:
@@ -92,15 +94,21 @@ class Hook:
         """Called after each optimizer (and scheduler) step."""
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, device: torch.device, batch_size: int = 512,
+def predict_logits(model: nn.Module, x: Inputs, *, device: torch.device, batch_size: int = 512,
                    execution: Execution = Execution()) -> torch.Tensor:
-    """Logits for ``x`` in eval mode, batched, returned on the CPU as float32."""
+    """Logits for ``x`` (a tensor or an image view) in eval mode, batched, returned on the
+    CPU as float32."""
+    return _logits(model, read_all(x, device=device, loading=execution.loading, batch_size=batch_size),
+                   device=device, execution=execution)
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, batches: Iterable[torch.Tensor], *, device: torch.device,
+            execution: Execution) -> torch.Tensor:
     was_training = model.training
     model.eval()
     with execution.autocast(device):
-        outs = [model(execution.inputs(x[i:i + batch_size].to(device, non_blocking=True))).float().cpu()
-                for i in range(0, len(x), batch_size)]
+        outs = [model(execution.inputs(xb)).float().cpu() for xb in batches]
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -123,7 +131,7 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator,
 
 
 def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
-               train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
+               train: tuple[Inputs, torch.Tensor], val: tuple[Inputs, torch.Tensor], *,
                epochs: int, batch_size: int, seed: int, device: torch.device, reporter: Reporter,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                hooks: Sequence[Hook] = (), criterion: Criterion = cross_entropy,
@@ -132,6 +140,8 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     terms; reports val accuracy each epoch.
 
     Batches come from :func:`epoch_batches`, so a fixed seed gives a fixed run on CPU.
+    Inputs are tensors or image views (read by DataLoader workers that live for the
+    whole fit, with the view's training augmentation on the train split).
 
     Returns:
         The validation accuracy after each epoch.
@@ -139,7 +149,10 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     Raises:
         NonFiniteLoss: when an epoch's summed loss is NaN or infinite.
     """
-    x, y = train[0].to(device), train[1].to(device)
+    y = train[1].to(device)
+    read_train = Reader(train[0], device=device, loading=execution.loading, train=True, seed=seed)
+    read_val = Reader(val[0], device=device, loading=execution.loading)
+    val_batches = sequential(len(val[1]), 512)
     gen = torch.Generator().manual_seed(seed)
     history: list[float] = []
     step = 0
@@ -149,8 +162,9 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         for hook in hooks:
             hook.on_epoch_start(epoch, model, optimizer)
         total = torch.zeros((), device=device)
-        for idx in epoch_batches(len(y), batch_size, gen, device):
-            xb = execution.inputs(x[idx])
+        batches = epoch_batches(len(y), batch_size, gen, device)
+        for idx, xb in zip(batches, read_train(batches)):
+            xb = execution.inputs(xb)
             with execution.autocast(device):
                 batch = Batch(xb, y[idx], idx, forward(xb))
                 loss = criterion(batch)
@@ -170,7 +184,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         value = float(total)
         if not math.isfinite(value):
             raise NonFiniteLoss(epoch, value)
-        acc = accuracy(predict_logits(forward, val[0], device=device, execution=execution), val[1])
+        acc = accuracy(_logits(forward, read_val(val_batches), device=device, execution=execution), val[1])
         history.append(acc)
         reporter.report(epoch, acc)
     return history

@@ -14,6 +14,7 @@ from harness.backbones import ArgsModel, Backbone, Classifier
 from harness.errors import ConfigError
 from harness.members import Member
 from harness.runtime import Runtime
+from harness.data import Reader
 from harness.train import Reporter, accuracy, steps_per_epoch
 from strategies.base import ModelPredictor, Predictor, Strategy, require_members
 from strategies.full_finetune import new_classifier
@@ -99,7 +100,8 @@ def soup(template: Classifier, states: Sequence[dict[str, torch.Tensor]], train:
     if len(states) > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         order = torch.arange(len(train))  # the loop's batching: no single-example final batch
         n = steps_per_epoch(len(train), batch_size)
-        batches = [train.x[order[b * batch_size:(b + 1) * batch_size]].to(runtime.device) for b in range(n)]
+        read = Reader(train.x, device=runtime.device, loading=runtime.execution.loading)
+        batches = read([order[b * batch_size:(b + 1) * batch_size] for b in range(n)])
         with torch.no_grad():
             torch.optim.swa_utils.update_bn(batches, model)
     return model.eval()

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, Strict, ValidationError,
+                      model_serializer, model_validator)
 
 from harness.errors import ConfigError
 
@@ -36,9 +37,11 @@ class SplitSpec(Frozen):
     """
 
     seed: Seed = 0
-    # "vtab1k": 800 train + 200 val drawn at random (seeded) from the training pool, the
-    # official test split for test (Zhai et al. 2019); the per-class fields do not apply.
-    protocol: Literal["default", "vtab1k"] = "default"
+    # "vtab1k": 800 train + 200 val drawn at random (seeded) from the official training
+    # split, the official test split for test (Zhai et al. 2019); the per-class fields do not
+    # apply. "official": the dataset's own train / val / test (val carved from train as in
+    # "default" when the dataset has no official val; the default pools train and val).
+    protocol: Literal["default", "vtab1k", "official"] = "default"
     test_fraction: float = Field(0.3, gt=0, lt=1)
     val_per_class: Int | None = Field(None, gt=0)
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -69,6 +72,21 @@ class TaskSpec(Frozen):
     split: SplitSpec = SplitSpec()
     shift: ShiftSpec | None = None
     backbones: list[str] = Field(default_factory=list)
+    # Image-file datasets only: the crop size (default: the backbone weights' own, e.g. 224)
+    # and training augmentation (random resized crop and/or horizontal flip).
+    image_size: Int | None = Field(None, ge=8, le=1024)
+    augment: Literal["none", "flip", "crop_flip"] = "none"
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Image-only fields at their defaults are left out, so the fingerprints (store and
+        # cache keys) of suites written before they existed stay the same.
+        data = handler(self)
+        if data.get("image_size") is None:
+            data.pop("image_size", None)
+        if data.get("augment") == "none":
+            data.pop("augment", None)
+        return data
 
 
 class PretrainSpec(Frozen):
@@ -131,6 +149,10 @@ class Suite(Frozen):
     source_tasks: dict[str, TaskSpec] = Field(default_factory=dict)
     tasks: dict[str, TaskSpec]
     backbones: dict[str, BackboneSpec]
+    # Where image datasets live (relative: to the suite file; default $TLBENCH_DATA, else
+    # <cache>/data) and whether missing ones may be downloaded. Neither changes results.
+    data_root: str | None = None
+    download: bool = False
     path: str = ""
 
     @model_validator(mode="after")
@@ -148,7 +170,8 @@ class Suite(Frozen):
     def fingerprint(self) -> str:
         """A hash of everything that changes a cell's results. The budget (trials, seeds)
         and the strategy list are left out: extending or narrowing a run reuses its store."""
-        blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies"}),
+        blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
+                                                   "download"}),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -1,15 +1,15 @@
-"""Offline datasets as in-memory tensors: sklearn digits, printed glyphs, MNIST-1D.
+"""Datasets: the offline ones as in-memory tensors (sklearn digits, printed glyphs,
+MNIST-1D), image files read lazily (:mod:`suites.images`).
 
 A dataset turns validated arguments into a :class:`DataPool`; pools are memoised per
-process so a source task and a target task built from the same data render it once.
+process so a source task and a target task built from the same data load it once.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -17,34 +17,12 @@ import torch
 from pydantic import Field
 
 from harness.backbones import ArgsModel, validate_args
+from harness.errors import ConfigError
 from harness.registry import Registry
+from suites.images import IMAGE_DATASETS
+from suites.pools import DataAccess, DataPool, Dataset, default_data_root
 
-
-@dataclass(frozen=True)
-class DataPool:
-    """All examples of a dataset: a pool to split, and the official test split if any."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    class_names: tuple[str, ...]
-    test_x: torch.Tensor | None = None
-    test_y: torch.Tensor | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-class Dataset(ABC):
-    """A named data source with a typed argument block."""
-
-    name: ClassVar[str]
-    description: ClassVar[str]
-    Args: ClassVar[type[ArgsModel]]
-
-    @abstractmethod
-    def load(self, args: ArgsModel) -> DataPool:
-        """Materialises the data (deterministic for the arguments)."""
+__all__ = ["DATASETS", "DataAccess", "DataPool", "Dataset", "data_access", "data_location", "load_pool"]
 
 
 class NoArgs(ArgsModel):
@@ -58,7 +36,7 @@ class Digits(Dataset):
     description = "scikit-learn handwritten digits, 1,797 images 8x8, 10 classes (bundled)"
     Args = NoArgs
 
-    def load(self, args: ArgsModel) -> DataPool:
+    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -87,7 +65,7 @@ class Glyphs(Dataset):
         "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
     }
 
-    def load(self, args: ArgsModel) -> DataPool:
+    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
         from suites.glyphs import render_glyphs
 
         assert isinstance(args, GlyphArgs)
@@ -115,7 +93,7 @@ class Mnist1d(Dataset):
     description = "MNIST-1D signals (length 40, 10 classes) generated locally; generator args configurable"
     Args = Mnist1dArgs
 
-    def load(self, args: ArgsModel) -> DataPool:
+    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
         from mnist1d.data import get_dataset_args, get_templates, make_dataset
 
         assert isinstance(args, Mnist1dArgs)
@@ -140,17 +118,36 @@ class Mnist1d(Dataset):
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", Dataset)
-for _cls in (Digits, Glyphs, Mnist1d):
+for _cls in (Digits, Glyphs, Mnist1d, *IMAGE_DATASETS):
     DATASETS.add(_cls)
 
 _POOLS: dict[str, DataPool] = {}
 
 
-def load_pool(name: str, args: dict[str, Any], *, where: str = "") -> DataPool:
-    """Validates ``args`` for dataset ``name`` and returns its (memoised) pool."""
+def load_pool(name: str, args: dict[str, Any], *, where: str = "", data: DataAccess | None = None) -> DataPool:
+    """Validates ``args`` for dataset ``name`` and returns its (memoised) pool; image
+    datasets are looked for under ``data.root`` (default: :func:`default_data_root`)."""
     cls = DATASETS.get(name, where=f"{where}.dataset" if where else "")
     parsed = validate_args(cls.Args, args, where=f"{where}.args")
-    key = json.dumps([name, parsed.model_dump()], sort_keys=True)
+    data = data or DataAccess(default_data_root())
+    dataset = cls()
+    location = dataset.location(parsed, data)
+    key = json.dumps([name, parsed.model_dump(), str(location)], sort_keys=True)
     if key not in _POOLS:
-        _POOLS[key] = cls().load(parsed)
+        try:
+            _POOLS[key] = dataset.load(parsed, data)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}" if where else str(err)) from None
     return _POOLS[key]
+
+
+def data_access(suite: Any) -> DataAccess:
+    """A suite's data root and download setting (``data_root``, ``download``)."""
+    return DataAccess.of(suite.data_root, suite.download, suite_path=suite.path)
+
+
+def data_location(name: str, args: dict[str, Any], data: DataAccess) -> tuple[Path | None, bool]:
+    """Where dataset ``name`` is expected and whether something is there (for dry runs)."""
+    cls = DATASETS.get(name)
+    location = cls().location(validate_args(cls.Args, args, where=name), data)
+    return location, location is None or location.exists()

@@ -1,4 +1,9 @@
-"""Tasks: seeded, recorded train / val / test (and shifted test) splits as tensors."""
+"""Tasks: seeded, recorded train / val / test (and shifted test) splits.
+
+A split's inputs are a tensor (offline datasets) or an :class:`~harness.data.ImageView`
+(image files, read lazily); a task of image views is bound to a backbone's preprocessing
+with :meth:`Task.bound` before anything reads it.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.data import Augment, ImageView, Inputs, Preprocess
 from harness.errors import ConfigError
 from suites.config import ShiftSpec, SplitSpec, TaskSpec
-from suites.datasets import DataPool, load_pool
+from suites.datasets import DataAccess, DataPool, load_pool
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split of a task; ``fingerprint`` identifies its exact content."""
+    """One split of a task; ``fingerprint`` identifies its exact content (for image views:
+    the files' identity, the positions and the preprocessing)."""
 
-    x: torch.Tensor
+    x: Inputs
     y: torch.Tensor
     fingerprint: str
 
@@ -40,6 +47,26 @@ class Task:
         return tuple(self.train.x.shape[1:])
 
     @property
+    def lazy(self) -> bool:
+        """Whether the inputs are image files read on demand (they need preprocessing)."""
+        return isinstance(self.train.x, ImageView)
+
+    def bound(self, preprocess: Preprocess, augment: Augment = "none") -> "Task":
+        """This task with its image views preprocessed for a backbone (the train split also
+        augmented when training); a task of tensors is returned as is."""
+        if not self.lazy:
+            return self
+
+        def bind(split: Split | None, aug: Augment = "none") -> Split | None:
+            if split is None or not isinstance(split.x, ImageView):
+                return split
+            return _split(split.x.bound(preprocess, aug), split.y)
+
+        info = {**self.info, "preprocess": preprocess.describe(), "augment": augment}
+        return Task(self.name, bind(self.train, augment), bind(self.val), bind(self.test), self.num_classes,
+                    bind(self.shifted_test), info)
+
+    @property
     def fingerprint(self) -> str:
         parts = [self.train.fingerprint, self.val.fingerprint, self.test.fingerprint]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -54,7 +81,9 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def _split(x: torch.Tensor, y: torch.Tensor) -> Split:
+def _split(x: Inputs, y: torch.Tensor) -> Split:
+    if isinstance(x, ImageView):
+        return Split(x, y, hashlib.sha256(f"{x.fingerprint}|{tensor_fingerprint(y)}".encode()).hexdigest()[:16])
     return Split(x, y, tensor_fingerprint(x, y))
 
 
@@ -65,27 +94,34 @@ def _per_class(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> list[
     return [order[ys == c] for c in range(num_classes)]
 
 
-def _restrict(x: torch.Tensor, y: torch.Tensor, classes: list[int] | None,
-              num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _restrict(x: Inputs, y: torch.Tensor, classes: list[int] | None,
+              num_classes: int) -> tuple[Inputs, torch.Tensor, torch.Tensor]:
+    """The examples of ``classes`` (relabelled 0..k-1) and their positions in ``x``."""
     if classes is None:
-        return x, y
+        return x, y, torch.arange(len(y))
     keep = torch.isin(y, torch.tensor(classes))
     remap = torch.full((num_classes,), -1, dtype=torch.int64)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
-    return x[keep], remap[y[keep]]
+    return x[keep], remap[y[keep]], torch.nonzero(keep).flatten()
 
 
-def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
-    """Materialises a task from its spec; raises ConfigError for impossible splits."""
-    pool = load_pool(spec.dataset, spec.args, where=where)
+def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None = None) -> Task:
+    """Materialises a task from its spec; raises ConfigError for impossible splits and for
+    data that is missing (image datasets under ``data``'s root)."""
+    pool = load_pool(spec.dataset, spec.args, where=where, data=data)
     classes = _check_classes(pool, spec.classes, where)
     num_classes = len(classes) if classes else pool.num_classes
     sp = spec.split
+    _check_protocol(pool, spec, where)
     gen = torch.Generator().manual_seed(sp.seed)
-    x, y = _restrict(pool.x, pool.y, classes, pool.num_classes)
+    x, y, positions = _restrict(pool.x, pool.y, classes, pool.num_classes)
+    official_val = torch.zeros(len(y), dtype=torch.bool)
+    if pool.val_index is not None and sp.protocol != "default":  # default pools train and val
+        official_val = torch.isin(positions, pool.val_index)
+    in_train = torch.nonzero(~official_val).flatten()
     if pool.test_x is not None and pool.test_y is not None:
-        test_x, test_y = _restrict(pool.test_x, pool.test_y, classes, pool.num_classes)
-        rest = list(_per_class(y, num_classes, gen))
+        test_x, test_y, _ = _restrict(pool.test_x, pool.test_y, classes, pool.num_classes)
+        rest = [in_train[idx] for idx in _per_class(y[in_train], num_classes, gen)]
     else:
         rest, test_idx = [], []
         for idx in _per_class(y, num_classes, gen):
@@ -99,14 +135,11 @@ def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
         test_x, test_y = test_x[keep], test_y[keep]
     if sp.protocol == "vtab1k":
         tr, va = _vtab1k(torch.cat(rest), sp.seed, where=where)
+    elif official_val.any():
+        tr = torch.cat([idx[: sp.shots] if sp.shots else idx for idx in rest])
+        va = torch.nonzero(official_val).flatten()
     else:
-        val_idx, train_idx = [], []
-        for c, idx in enumerate(rest):
-            label = pool.class_names[classes[c] if classes else c]
-            n_val = _check_class_size(len(idx), sp, label=label, where=where)
-            val_idx.append(idx[:n_val])
-            train_idx.append(idx[n_val:][: sp.shots] if sp.shots else idx[n_val:])
-        tr, va = torch.cat(train_idx), torch.cat(val_idx)
+        tr, va = _train_val(rest, sp, [pool.class_names[c] for c in classes or range(num_classes)], where)
     test = _split(test_x, test_y)
     shifted = _split(apply_shift(test_x, spec.shift, where=f"{where}.shift"), test_y) if spec.shift else None
     info = {"dataset": spec.dataset, "split_seed": sp.seed, "protocol": sp.protocol, "shots": sp.shots,
@@ -114,6 +147,34 @@ def build_task(name: str, spec: TaskSpec, *, where: str) -> Task:
             "train_indices": tensor_fingerprint(tr), "val_indices": tensor_fingerprint(va),
             "classes": classes, "shift": spec.shift.model_dump() if spec.shift else None}
     return Task(name, _split(x[tr], y[tr]), _split(x[va], y[va]), test, num_classes, shifted, info)
+
+
+def _train_val(rest: list[torch.Tensor], sp: SplitSpec, labels: list[str],
+               where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class: the first ``val_per_class`` (or ``val_fraction``) examples validate, the
+    rest (or ``shots`` of them) train."""
+    val_idx, train_idx = [], []
+    for idx, label in zip(rest, labels):
+        n_val = _check_class_size(len(idx), sp, label=label, where=where)
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:][: sp.shots] if sp.shots else idx[n_val:])
+    return torch.cat(train_idx), torch.cat(val_idx)
+
+
+def _check_protocol(pool: DataPool, spec: TaskSpec, where: str) -> None:
+    lazy = isinstance(pool.x, ImageView)
+    if spec.split.protocol == "official" and pool.test_x is None:
+        raise ConfigError(f"{where}.split.protocol: dataset {spec.dataset!r} has no official test split; "
+                          f"allowed for it: default, vtab1k")
+    if lazy and spec.shift is not None:
+        raise ConfigError(f"{where}.shift: corruptions apply to in-memory datasets; {spec.dataset!r} is read "
+                          f"from image files (remove shift, or add the corrupted images as their own task)")
+    if not lazy and spec.augment != "none":
+        raise ConfigError(f"{where}.augment: {spec.augment!r} applies to image-file datasets; {spec.dataset!r} "
+                          f"is in-memory tensors; allowed for it: none")
+    if not lazy and spec.image_size is not None:
+        raise ConfigError(f"{where}.image_size: applies to image-file datasets; {spec.dataset!r} is in-memory "
+                          f"tensors; remove it")
 
 
 VTAB_TRAIN, VTAB_VAL = 800, 200

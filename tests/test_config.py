@@ -69,12 +69,12 @@ BAD_SUITES: list[tuple[str, str, tuple[str, ...]]] = [
         tasks:
           digits-2shot:
             dataset: nope
-        """, ("tasks.digits-2shot.dataset", "'nope'", "digits, glyphs, mnist1d")),
+        """, ("tasks.digits-2shot.dataset", "'nope'", "cifar10, cifar100, digits, dtd")),
     ("unknown-source-dataset", """
         source_tasks:
           glyphs-alnum:
             dataset: nope
-        """, ("source_tasks.glyphs-alnum.dataset", "'nope'", "digits, glyphs, mnist1d")),
+        """, ("source_tasks.glyphs-alnum.dataset", "'nope'", "cifar10, cifar100, digits, dtd")),
     ("unknown-arch", """
         backbones:
           glyph-cnn:

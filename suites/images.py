@@ -1,0 +1,301 @@
+"""Image-file datasets: torchvision's dataset classes and local ``ImageFolder`` trees.
+
+Each is read lazily (:class:`~harness.data.ImageView`): only the labels and the file list
+are loaded when a task is built, images are decoded by DataLoader workers when a strategy
+reads them. Files live under the suite's ``data_root``; when they are missing, one
+line names the dataset, the path looked at, and how to get them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from harness.backbones import ArgsModel
+from harness.data import ImageView
+from harness.errors import ConfigError
+from suites.pools import DataAccess, DataPool, Dataset
+
+
+class NoArgs(ArgsModel):
+    pass
+
+
+class TorchvisionDataset(Dataset):
+    """A torchvision dataset class with official splits.
+
+    Class attributes: ``tv_class`` (the name in ``torchvision.datasets``), ``Args`` (its
+    options, named as the class's keyword arguments), ``folder`` (what
+    torchvision reads under the root: the path checked and named in errors), ``layout`` (the
+    expected files, for the error), the keyword arguments of its ``train``, ``val`` and
+    ``test`` splits (val and test None when the dataset has none), and ``subdir``: a
+    folder of the data root to use as torchvision's root (for datasets that put their
+    files directly in it).
+    """
+
+    tv_class: ClassVar[str]
+    folder: ClassVar[str]
+    layout: ClassVar[str]
+    train: ClassVar[dict[str, Any]] = {"split": "train"}
+    val: ClassVar[dict[str, Any] | None] = None
+    test: ClassVar[dict[str, Any] | None] = {"split": "test"}
+    subdir: ClassVar[str] = ""
+    Args = NoArgs
+
+    def root(self, data: DataAccess) -> Path:
+        return data.root / self.subdir if self.subdir else data.root
+
+    def location(self, args: ArgsModel, data: DataAccess) -> Path:
+        return self.root(data) / self.folder
+
+    def extra(self, args: ArgsModel) -> dict[str, Any]:
+        """Keyword arguments for every split: the ``args`` block, whose fields are named as
+        the torchvision class's (``partition``, ``annotation_level``)."""
+        return args.model_dump()
+
+    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
+        if not self.location(args, data).exists():
+            if not data.download:
+                raise ConfigError(f"dataset {self.name}: not found at {self.location(args, data)}; set "
+                                  f"`download: true` in the suite, or place the files there ({self.layout})")
+            try:
+                self._open(data, args, self.train, download=True)
+            except Exception as err:  # noqa: BLE001 - network and archive failures come in many types
+                raise ConfigError(f"dataset {self.name}: download into {self.root(data)} failed ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:120] if str(err) else ''}); without network, "
+                                  f"place the files at {self.location(args, data)} ({self.layout})") from None
+        train = self._open(data, args, self.train)
+        val = self._open(data, args, self.val) if self.val else None
+        test = self._open(data, args, self.test) if self.test else None
+        return assemble(self.name, train, val, test, root=self.root(data),
+                        names=self.class_names(train, labels_of(train)))
+
+    def _open(self, data: DataAccess, args: ArgsModel, split: dict[str, Any] | None, *,
+              download: bool = False) -> Any:
+        import torchvision
+
+        assert split is not None
+        cls = getattr(torchvision.datasets, self.tv_class)
+        try:
+            return cls(str(self.root(data)), **split, **self.extra(args), download=download)
+        except (RuntimeError, OSError, KeyError, ValueError) as err:
+            if download:
+                raise
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            raise ConfigError(f"dataset {self.name}: files at {self.location(args, data)} cannot "
+                              f"be read ({reason}); expected {self.layout}") from None
+
+    @staticmethod
+    def class_names(ds: Any, labels: np.ndarray) -> tuple[str, ...]:
+        """The dataset's class names when it has them, else "0".."k-1"."""
+        names = getattr(ds, "classes", None) or getattr(ds, "categories", None)
+        if names and len(names) > labels.max():
+            return tuple(str(c) for c in names)
+        return tuple(str(i) for i in range(int(labels.max()) + 1))
+
+
+def assemble(name: str, train: Any, val: Any | None, test: Any | None, *, root: Path,
+             names: tuple[str, ...]) -> DataPool:
+    """A lazy pool from a dataset's official splits: train and val concatenated (val's
+    positions recorded as ``val_index``), test as the official test split."""
+    parts = [train] + ([val] if val is not None else [])
+    source = train if val is None else torch.utils.data.ConcatDataset(parts)
+    y = torch.as_tensor(np.concatenate([labels_of(p) for p in parts]), dtype=torch.int64)
+    identity = "|".join(identity_of(p, root) for p in parts)
+    x = ImageView(source, torch.arange(len(y)), f"{name}:{identity}")
+    val_index = torch.arange(len(train), len(y)) if val is not None else None
+    if test is None:
+        return DataPool(x, y, names, val_index=val_index)
+    test_y = torch.as_tensor(labels_of(test), dtype=torch.int64)
+    test_x = ImageView(test, torch.arange(len(test_y)), f"{name}:{identity_of(test, root)}")
+    return DataPool(x, y, names, test_x, test_y, val_index)
+
+
+def labels_of(ds: Any) -> np.ndarray:
+    """A torchvision dataset's labels without decoding an image."""
+    for attr in ("targets", "labels", "_labels", "y"):
+        value = getattr(ds, attr, None)
+        if value is not None:
+            return np.asarray(value, dtype=np.int64).reshape(-1)
+    samples = getattr(ds, "_samples", None) or getattr(ds, "samples", None)
+    if samples is not None:
+        return np.asarray([s[1] for s in samples], dtype=np.int64)
+    raise ConfigError(f"{type(ds).__name__}: cannot read its labels without decoding every image")
+
+
+def identity_of(ds: Any, root: Path) -> str:
+    """What identifies a dataset's content, cheaply: its class, size and labels, plus its
+    file list relative to ``root`` (or its pixel array for datasets held in memory), so
+    moving the data root does not change it and different files do."""
+    digest = hashlib.sha256(type(ds).__name__.encode())
+    digest.update(labels_of(ds).tobytes())
+    data = getattr(ds, "data", None)
+    if isinstance(data, np.ndarray):
+        digest.update(np.ascontiguousarray(data).tobytes())
+    else:
+        files = (getattr(ds, "_image_files", None) or getattr(ds, "samples", None) or getattr(ds, "_samples", None)
+                 or getattr(ds, "index", None) or [])
+        for item in files:
+            path = item[0] if isinstance(item, tuple) else item
+            try:
+                rel = Path(path).relative_to(root)
+            except (ValueError, TypeError):
+                rel = Path(str(path))
+            digest.update(f"{rel}\n".encode())
+    return f"{len(ds)}:{digest.hexdigest()[:16]}"
+
+
+class Cifar10(TorchvisionDataset):
+    name = "cifar10"
+    description = "CIFAR-10, 50k/10k images 32x32, 10 classes (torchvision)"
+    tv_class, folder = "CIFAR10", "cifar-10-batches-py"
+    layout = "cifar-10-batches-py/ with data_batch_1..5, test_batch and batches.meta"
+    train, test = {"train": True}, {"train": False}
+
+
+class Cifar100(TorchvisionDataset):
+    name = "cifar100"
+    description = "CIFAR-100, 50k/10k images 32x32, 100 fine classes (torchvision)"
+    tv_class, folder = "CIFAR100", "cifar-100-python"
+    layout = "cifar-100-python/ with train, test and meta"
+    train, test = {"train": True}, {"train": False}
+
+
+class Svhn(TorchvisionDataset):
+    name = "svhn"
+    description = "SVHN cropped digits, 73k/26k images 32x32, 10 classes (torchvision)"
+    tv_class, folder, subdir = "SVHN", "train_32x32.mat", "svhn"
+    layout = "svhn/train_32x32.mat and svhn/test_32x32.mat"
+
+
+class Stl10(TorchvisionDataset):
+    name = "stl10"
+    description = "STL-10 labelled images, 5k/8k at 96x96, 10 classes (torchvision)"
+    tv_class, folder = "STL10", "stl10_binary"
+    layout = "stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, class_names.txt"
+
+
+class Flowers102(TorchvisionDataset):
+    name = "flowers102"
+    description = "Oxford Flowers-102, 1k train / 1k val / 6k test, 102 classes (torchvision)"
+    tv_class, folder = "Flowers102", "flowers-102"
+    layout = "flowers-102/ with jpg/, imagelabels.mat and setid.mat"
+    val = {"split": "val"}
+
+
+class Pets(TorchvisionDataset):
+    name = "oxford_iiit_pet"
+    description = "Oxford-IIIT Pet, 3.7k trainval / 3.7k test, 37 breeds (torchvision)"
+    tv_class, folder = "OxfordIIITPet", "oxford-iiit-pet"
+    layout = "oxford-iiit-pet/ with images/ and annotations/trainval.txt, test.txt"
+    train = {"split": "trainval"}
+
+
+class DtdArgs(ArgsModel):
+    partition: int = Field(1, ge=1, le=10)
+
+
+class Dtd(TorchvisionDataset):
+    name = "dtd"
+    description = "Describable Textures, 1.9k train / 1.9k val / 1.9k test, 47 classes (torchvision)"
+    tv_class, folder = "DTD", "dtd/dtd"
+    layout = "dtd/dtd/ with images/<class>/*.jpg and labels/train1.txt, val1.txt, test1.txt"
+    val = {"split": "val"}
+    Args = DtdArgs
+
+
+class Food101(TorchvisionDataset):
+    name = "food101"
+    description = "Food-101, 75.75k/25.25k images, 101 classes (torchvision)"
+    tv_class, folder = "Food101", "food-101"
+    layout = "food-101/ with images/<class>/*.jpg and meta/train.json, test.json"
+
+
+class Caltech101(TorchvisionDataset):
+    name = "caltech101"
+    description = "Caltech-101, 8.7k images, 101 classes, no official split (torchvision)"
+    tv_class, folder = "Caltech101", "caltech101/101_ObjectCategories"
+    layout = "caltech101/101_ObjectCategories/<class>/*.jpg and caltech101/Annotations/"
+    train, test = {"target_type": "category"}, None
+
+
+class EuroSat(TorchvisionDataset):
+    name = "eurosat"
+    description = "EuroSAT RGB, 27k Sentinel-2 images 64x64, 10 classes, no official split (torchvision)"
+    tv_class, folder = "EuroSAT", "eurosat/2750"
+    layout = "eurosat/2750/<class>/*.jpg"
+    train, test = {}, None
+
+
+class AircraftArgs(ArgsModel):
+    annotation_level: Literal["variant", "family", "manufacturer"] = "variant"
+
+
+class Aircraft(TorchvisionDataset):
+    name = "fgvc_aircraft"
+    description = "FGVC-Aircraft, 3.3k train / 3.3k val / 3.3k test, 100 variants (torchvision)"
+    tv_class, folder = "FGVCAircraft", "fgvc-aircraft-2013b"
+    layout = "fgvc-aircraft-2013b/data/ with images/ and images_variant_{train,val,test}.txt"
+    val = {"split": "val"}
+    Args = AircraftArgs
+
+
+class Cars(TorchvisionDataset):
+    name = "stanford_cars"
+    description = "Stanford Cars, 8.1k/8.0k images, 196 classes (torchvision; manual download)"
+    tv_class, folder = "StanfordCars", "stanford_cars"
+    layout = ("stanford_cars/ with cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat "
+              "(the original host is gone: torchvision cannot download it)")
+
+
+class FolderArgs(ArgsModel):
+    path: str
+    val: str | None = None
+    test: str | None = None
+
+
+class ImageFolderDataset(Dataset):
+    """A local tree ``<path>/<class>/<image>`` (torchvision's ``ImageFolder``); optional
+    ``val`` and ``test`` trees with the same classes are the official splits. Relative
+    paths are under the data root."""
+
+    name = "image_folder"
+    description = "a local tree <path>/<class>/*.jpg|png (+ optional val/test trees) read lazily"
+    Args = FolderArgs
+
+    def location(self, args: ArgsModel, data: DataAccess) -> Path:
+        assert isinstance(args, FolderArgs)
+        return data.root / args.path
+
+    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
+        assert isinstance(args, FolderArgs)
+        train = self._open(data.root / args.path, "path", None)
+        classes = list(train.classes)
+        val = self._open(data.root / args.val, "val", classes) if args.val else None
+        test = self._open(data.root / args.test, "test", classes) if args.test else None
+        return assemble(self.name, train, val, test, root=data.root, names=tuple(classes))
+
+    def _open(self, path: Path, field: str, classes: list[str] | None) -> Any:
+        from torchvision.datasets import ImageFolder
+
+        layout = "one folder per class holding .jpg/.png/... images"
+        if not path.is_dir():
+            raise ConfigError(f"dataset image_folder: args.{field}: {path} is not a folder; expected {layout}")
+        try:
+            ds = ImageFolder(str(path))
+        except (FileNotFoundError, RuntimeError) as err:
+            raise ConfigError(f"dataset image_folder: args.{field}: {path}: {str(err).splitlines()[0][:120]}; "
+                              f"expected {layout}") from None
+        if classes is not None and list(ds.classes) != classes:
+            raise ConfigError(f"dataset image_folder: args.{field}: {path} has classes {ds.classes[:5]}..., "
+                              f"the training tree {classes[:5]}...; the trees need the same class folders")
+        return ds
+
+
+IMAGE_DATASETS: tuple[type[Dataset], ...] = (Cifar10, Cifar100, Svhn, Stl10, Flowers102, Pets, Dtd, Food101,
+                                             Caltech101, EuroSat, Aircraft, Cars, ImageFolderDataset)

@@ -1,0 +1,327 @@
+"""Image-file datasets on small files the tests write in the real on-disk formats (CIFAR's
+pickled batches, SVHN's .mat, ImageFolder and DTD trees): lazy views, split protocols,
+preprocessing from backbone weights, DataLoader reading, and the missing-data errors."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import suites.images as images
+from harness.data import ImageView, Loading, Preprocess, Reader, read_all
+from harness.errors import ConfigError
+from harness.train import Execution, NullReporter, fit_epochs, predict_logits
+from suites.config import SplitSpec, TaskSpec
+from suites.datasets import DataAccess, load_pool
+from suites.tasks import build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trust_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision checks the md5 of the official archives; the test files are not those
+    (torchvision's own dataset tests patch the same check)."""
+    for module in ("cifar", "svhn"):
+        monkeypatch.setattr(f"torchvision.datasets.{module}.check_integrity", lambda *a, **k: True)
+
+
+def write_cifar(root: Path, *, per_batch: int = 20, n_test: int = 30, hundred: bool = False) -> None:
+    """CIFAR-10 (or -100) python batches: pickled dicts of uint8 rows (3x32x32, channel-major)."""
+    rng = np.random.default_rng(0)
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    n_classes, key = (100, "fine_labels") if hundred else (10, "labels")
+
+    def batch(path: Path, n: int, offset: int) -> None:
+        labels = [(offset + i) % n_classes for i in range(n)]
+        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+        data[:, 0] = np.asarray(labels, dtype=np.uint8)  # the red top-left pixel encodes the label
+        with path.open("wb") as fh:
+            pickle.dump({"data": data, key: labels}, fh)
+
+    if hundred:
+        batch(folder / "train", 5 * per_batch, 0)
+        batch(folder / "test", n_test, 0)
+        meta = {"fine_label_names": [f"class{c}" for c in range(100)]}
+        (folder / "meta").write_bytes(pickle.dumps(meta))
+        return
+    for b in range(1, 6):
+        batch(folder / f"data_batch_{b}", per_batch, b)
+    batch(folder / "test_batch", n_test, 0)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def write_svhn(root: Path, n_train: int = 40, n_test: int = 20) -> None:
+    """SVHN's MATLAB files: X is 32x32x3xN uint8, y is Nx1 with the digit 0 stored as 10."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(1)
+    (root / "svhn").mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = (np.arange(n) % 10) + 1
+        savemat(root / "svhn" / f"{split}_32x32.mat",
+                {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": y.reshape(-1, 1).astype(np.uint8)})
+
+
+def write_folder(root: Path, classes: list[str], per_class: int, *, seed: int = 0) -> None:
+    """``root/<class>/<i>.png|.jpg``: mixed sizes, RGB and grayscale files."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            size = (20 + 4 * (i % 3), 24)
+            # brightness encodes the class (a signal a small network learns), plus noise
+            pixels = np.clip(60 + 60 * c + rng.integers(-30, 30, (*size[::-1], 3)), 0, 255).astype(np.uint8)
+            if i % 4 == 3:  # grayscale files must come out as 3 channels
+                Image.fromarray(pixels[..., 0], "L").save(root / name / f"{i}.png")
+            else:
+                Image.fromarray(pixels).save(root / name / f"{i}.{'jpg' if i % 2 else 'png'}")
+
+
+def write_dtd(root: Path, classes: list[str], per_split: int) -> None:
+    """DTD: dtd/dtd/images/<class>/<file>.jpg and labels/{train,val,test}1.txt listing class/file."""
+    data = root / "dtd" / "dtd"
+    write_folder(data / "images", classes, 3 * per_split)
+    (data / "labels").mkdir(parents=True)
+    for s, split in enumerate(("train", "val", "test")):
+        lines = [f"{c}/{i}.{'jpg' if i % 2 else 'png'}" for c in classes
+                 for i in range(s * per_split, (s + 1) * per_split)]
+        (data / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+
+
+def task(dataset: str, root: Path, *, args: dict | None = None, **split: object):
+    spec = TaskSpec(dataset=dataset, args=args or {}, split=SplitSpec(**split))
+    return build_task("t", spec, where="s.yaml: tasks.t", data=DataAccess(root))
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_cifar10_batches_load_lazily_with_official_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _trust_files(monkeypatch)
+    write_cifar(tmp_path)
+    pool = load_pool("cifar10", {}, data=DataAccess(tmp_path))
+    assert isinstance(pool.x, ImageView) and len(pool.x) == 100 and pool.num_classes == 10
+    assert pool.class_names[0] == "airplane" and pool.test_y is not None and len(pool.test_y) == 30
+    t = task("cifar10", tmp_path, seed=1, val_per_class=2).bound(Preprocess(32, 32, (0, 0, 0), (1, 1, 1)))
+    assert (len(t.train), len(t.val), len(t.test)) == (80, 20, 30) and t.input_shape == (3, 32, 32)
+    x = predict_logits(torch.nn.Identity(), t.train.x, device=torch.device("cpu"))
+    # identity "network", mean 0 / std 1: the label pixel comes back exactly
+    assert torch.equal((x[:, 0, 0, 0] * 255).round().long(), t.train.y)
+
+
+def test_cifar100_and_svhn_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _trust_files(monkeypatch)
+    write_cifar(tmp_path, hundred=True)
+    pool = load_pool("cifar100", {}, data=DataAccess(tmp_path))
+    assert pool.num_classes == 100 and pool.class_names[5] == "class5" and len(pool.x) == 100
+    write_svhn(tmp_path)
+    svhn = load_pool("svhn", {}, data=DataAccess(tmp_path))
+    assert len(svhn.x) == 40 and svhn.test_y is not None and len(svhn.test_y) == 20
+    assert sorted(set(svhn.y.tolist())) == list(range(10))  # the stored 10 is the digit 0
+    assert ImageView.head(svhn.x.bound(Preprocess(32, 32)), 2).shape == (2, 3, 32, 32)
+
+
+def test_image_folder_trees_with_test_split_and_grayscale(tmp_path: Path) -> None:
+    write_folder(tmp_path / "pets" / "train", ["cat", "dog", "fox"], 8)
+    write_folder(tmp_path / "pets" / "test", ["cat", "dog", "fox"], 3, seed=1)
+    t = task("image_folder", tmp_path, args={"path": "pets/train", "test": "pets/test"}, val_per_class=2)
+    assert (len(t.train), len(t.val), len(t.test)) == (18, 6, 9) and t.lazy
+    bound = t.bound(Preprocess(20, 16))
+    x = bound.train.x.head(4)
+    assert x.shape == (4, 3, 16, 16)  # resized, cropped, grayscale converted to RGB
+    other = t.bound(Preprocess(20, 12))
+    assert other.train.fingerprint != bound.train.fingerprint  # preprocessing is part of the content
+    assert bound.bound(Preprocess(20, 16)).train.fingerprint == bound.train.fingerprint
+
+
+def test_dtd_official_protocol_uses_the_official_val(tmp_path: Path) -> None:
+    classes = ["banded", "dotted", "striped"]
+    write_dtd(tmp_path, classes, per_split=4)
+    official = task("dtd", tmp_path, protocol="official")
+    assert (len(official.train), len(official.val), len(official.test)) == (12, 12, 12)
+    pooled = task("dtd", tmp_path, val_per_class=2)  # default: train and val pooled, val carved
+    assert (len(pooled.train), len(pooled.val)) == (18, 6)
+    few = task("dtd", tmp_path, protocol="official", shots=2)
+    assert len(few.train) == 6 and torch.equal(torch.bincount(few.train.y), torch.tensor([2, 2, 2]))
+
+
+def test_eurosat_has_no_official_test(tmp_path: Path) -> None:
+    write_folder(tmp_path / "eurosat" / "2750", ["Forest", "River"], 10)
+    t = task("eurosat", tmp_path, test_fraction=0.3, val_per_class=2)
+    assert (len(t.train), len(t.val), len(t.test)) == (10, 4, 6)
+    with pytest.raises(ConfigError, match=r"tasks\.t\.split\.protocol: dataset 'eurosat' has no official test"):
+        task("eurosat", tmp_path, protocol="official")
+
+
+def test_vtab1k_on_image_files_is_seeded_and_sized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _trust_files(monkeypatch)
+    write_cifar(tmp_path, per_batch=220)
+    a = task("cifar10", tmp_path, protocol="vtab1k", seed=3)
+    b = task("cifar10", tmp_path, protocol="vtab1k", seed=3)
+    c = task("cifar10", tmp_path, protocol="vtab1k", seed=4)
+    assert (len(a.train), len(a.val), len(a.test)) == (800, 200, 30)
+    assert a.train.fingerprint == b.train.fingerprint and a.info["train_indices"] == b.info["train_indices"]
+    assert a.train.fingerprint != c.train.fingerprint
+    drawn = set(a.train.x.indices.tolist()) | set(a.val.x.indices.tolist())  # type: ignore[union-attr]
+    assert len(drawn) == 1000
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_data_is_one_line_naming_path_and_remedy(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        task("cifar10", tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("s.yaml: tasks.t: dataset cifar10: not found at ")
+    assert str(tmp_path / "cifar-10-batches-py") in msg and "download: true" in msg and "data_batch_1" in msg
+    with pytest.raises(ConfigError, match=r"image_folder: args\.path: .*nope is not a folder"):
+        task("image_folder", tmp_path, args={"path": "nope"})
+    write_folder(tmp_path / "a", ["x", "y"], 3)
+    write_folder(tmp_path / "b", ["x", "z"], 3)
+    with pytest.raises(ConfigError, match=r"args\.test: .* the trees need the same class folders"):
+        task("image_folder", tmp_path, args={"path": "a", "test": "b"})
+
+
+def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    with pytest.raises(ConfigError) as err:
+        build_task("t", TaskSpec(dataset="cifar10"), where="s.yaml: tasks.t", data=DataAccess(tmp_path, True))
+    msg = str(err.value)
+    assert "\n" not in msg and "download into" in msg and "URLError" in msg and "cifar-10-batches-py" in msg
+
+
+def test_in_memory_datasets_reject_image_options(tmp_path: Path) -> None:
+    spec = TaskSpec(dataset="digits", augment="flip")
+    with pytest.raises(ConfigError, match=r"tasks\.t\.augment: 'flip' applies to image-file datasets"):
+        build_task("t", spec, where="s.yaml: tasks.t")
+    write_folder(tmp_path / "f", ["x", "y"], 4)
+    spec = TaskSpec(dataset="image_folder", args={"path": str(tmp_path / "f")},
+                    shift={"kind": "noise", "severity": 0.1})
+    with pytest.raises(ConfigError, match=r"tasks\.t\.shift: corruptions apply to in-memory datasets"):
+        build_task("t", spec, where="s.yaml: tasks.t", data=DataAccess(tmp_path))
+
+
+# --------------------------------------------------------------------------- preprocessing and reading
+
+
+def test_preprocessing_comes_from_the_weights() -> None:
+    import torchvision
+
+    from suites.config import parse_suite
+
+    suite = parse_suite(ROOT / "suites" / "cifar10-resnet50.yaml")
+    from harness.pretrain import preprocess_for
+
+    got = preprocess_for("resnet50", suite)
+    ref = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
+    assert (got.resize, got.crop, got.interpolation) == (ref.resize_size[0], ref.crop_size[0], "bilinear")
+    assert got.mean == tuple(ref.mean) and got.std == tuple(ref.std)
+    assert preprocess_for("resnet50", suite, 160).crop == 160 and preprocess_for("resnet50", suite, 160).resize == 166
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8))
+    assert torch.allclose(got.transform()(image), ref(image), atol=1e-5)  # same pipeline as torchvision's
+
+
+def test_workers_read_the_same_batches_in_the_same_order(tmp_path: Path) -> None:
+    write_folder(tmp_path / "f", ["a", "b"], 6)
+    view = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=1).bound(Preprocess(16, 16)).train.x
+    order = [torch.tensor([3, 1]), torch.tensor([0, 2, 4])]
+    cpu = torch.device("cpu")
+    inline = list(Reader(view, device=cpu)(order))
+    workers = Reader(view, device=cpu, loading=Loading(workers=2))
+    for _ in range(2):  # persistent workers serve a second epoch
+        assert all(torch.equal(a, b) for a, b in zip(inline, workers(order)))
+    assert torch.equal(torch.cat(list(read_all(view, device=cpu, batch_size=4))), view.head(len(view)))
+
+
+def test_training_on_image_files_is_seeded_and_learns(tmp_path: Path) -> None:
+    from harness.backbones import Classifier, SmallCNN2d
+
+    write_folder(tmp_path / "f", ["a", "b", "c"], 12)
+    t = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=3, test_fraction=0.25)
+    runs = []
+    for aug, workers in (("crop_flip", 0), ("crop_flip", 0), ("crop_flip", 2), ("none", 0)):
+        bound = t.bound(Preprocess(20, 16), aug)  # type: ignore[arg-type]
+        torch.manual_seed(0)
+        backbone = SmallCNN2d(in_channels=3, width=8, depth=2)
+        model = Classifier(backbone, backbone.new_head(3))
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        hist = fit_epochs(model, opt, (bound.train.x, bound.train.y), (bound.val.x, bound.val.y), epochs=6,
+                          batch_size=8, seed=0, device=torch.device("cpu"), reporter=NullReporter(),
+                          execution=Execution(loading=Loading(workers=workers)))
+        runs.append((hist, model.state_dict()))
+    assert runs[0][0] == runs[1][0]  # augmentation is seeded
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    assert not torch.equal(runs[0][1]["head.weight"], runs[3][1]["head.weight"])  # and does something
+    assert len(runs[2][0]) == 6  # two workers, persistent over the epochs
+    assert max(runs[3][0]) > 0.5  # the brightness signal is learnt
+
+
+# --------------------------------------------------------------------------- suites and CLI
+
+
+def tlbench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("suite", ["vtab1k", "kornblith", "cifar10-resnet50"])
+def test_bundled_real_suites_dry_run_without_data(suite: str, tmp_path: Path) -> None:
+    r = tlbench("run", suite, "--dry-run", "--data-root", str(tmp_path / "nodata"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr  # the console writes to stderr
+    assert f"data root {tmp_path / 'nodata'}" in out and "MISSING" in out
+    assert "task(s) lack their data" in out and "trials" in out
+
+
+def test_missing_data_run_exits_2_before_training(tmp_path: Path) -> None:
+    r = tlbench("run", "cifar10-resnet50", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"),
+                cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "dataset cifar10: not found at" in r.stderr and "download: true" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_folder_suite_runs_end_to_end(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data" / "shapes" / "train", ["a", "b", "c"], 10)
+    write_folder(tmp_path / "data" / "shapes" / "test", ["a", "b", "c"], 4, seed=1)
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        name: folder
+        trials: 2
+        seeds: 2
+        strategies: [linear_probe, full_finetune]
+        training: {epochs: [2, 3], batch_size: 8}
+        data_root: data
+        tasks:
+          shapes:
+            dataset: image_folder
+            args: {path: shapes/train, test: shapes/test}
+            split: {val_per_class: 2}
+            image_size: 16
+            augment: flip
+            backbones: [cnn]
+        backbones:
+          cnn: {arch: cnn2d, args: {in_channels: 3, width: 8, depth: 2}}
+    """))
+    r = tlbench("run", "s.yaml", "--out", "out", "--cache-dir", "cache", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pandas as pd
+
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert set(runs["strategy"]) == {"linear_probe", "full_finetune"} and len(runs) == 4
+    assert (runs["n_test"] == 12).all()

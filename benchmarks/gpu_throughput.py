@@ -10,6 +10,9 @@ For ResNet-50 and ViT-B/16 at 224 px, batch 128, it measures training steps per 
 channels_last, (c) tlbench's ``fit_epochs`` with the same settings as (b) — tlbench's defaults
 on CUDA — and (d) tlbench's feature extraction (inference, bf16). Targets: (c)/(b) ≥ 0.95 and
 (c)/(a) ≥ 1.9. Inputs are synthetic tensors already on the device, so only the loops differ.
+Then (e), for ResNet-50: the same loop fed from JPEG files (an ImageFolder the script writes,
+320x256 px) through tlbench's lazy image path: DataLoader workers decoding, random resized
+crop + flip to 224, pinned memory; the gap between (e) and (c) is what loading costs.
 ``--smoke`` runs a tiny version on CPU (a test does, so the script keeps working).
 """
 
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.backbones import Classifier, TorchvisionResNet, VisionTransformer  # noqa: E402
+from harness.data import ImageView, Loading, Preprocess  # noqa: E402
 from harness.features import compute_features  # noqa: E402
 from harness.train import Execution, Hook, NullReporter, fit_epochs  # noqa: E402
 
@@ -104,6 +110,41 @@ def tlbench_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: i
     return steps * len(x) / (clock.end - clock.start)
 
 
+def write_jpegs(root: Path, n: int, classes: int = 10) -> None:
+    """``n`` JPEGs of 320x256 (smooth noise: compresses like a photograph) in class folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"c{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        small = Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8))
+        small.resize((320, 256), Image.BILINEAR).save(folder / f"{i}.jpg", quality=90)
+
+
+def jpeg_loop(model: nn.Module, root: Path, *, batch: int, crop: int, warmup: int, execution: Execution,
+              device: torch.device) -> float:
+    """tlbench's loop over the JPEGs under ``root`` (one epoch), timed after ``warmup`` steps."""
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(root))
+    y = torch.as_tensor(folder.targets)
+    view = ImageView(folder, torch.arange(len(y)), "bench").bound(Preprocess(resize=round(crop * 232 / 224),
+                                                                             crop=crop), "crop_flip")
+    clock = StepClock(warmup, device)
+    steps = len(y) // batch
+
+    class Stop(Hook):
+        def on_step_end(self, step: int) -> None:
+            if step == steps:
+                clock.stop()
+
+    fit_epochs(model, optimizer(model), (view, y), (view[:8], y[:8]), epochs=1, batch_size=batch, seed=0,
+               device=device, reporter=NullReporter(), hooks=[clock, Stop()], execution=execution)
+    return (steps - warmup) * batch / (clock.end - clock.start)
+
+
 def feature_throughput(model: Classifier, x: torch.Tensor, *, repeats: int, execution: Execution,
                        device: torch.device) -> float:
     compute_features(model.backbone, x, device=device, execution=execution)  # warm-up
@@ -127,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         cases, steps, warmup = [("resnet", "resnet50", 224, 128), ("vit", "vit_b_16", 224, 128)], args.steps, 5
     fast = Execution(bf16=True, channels_last=True)
+    workers = min(16, os.cpu_count() or 1) if not args.smoke else 2
+    jpeg = Execution(bf16=device.type == "cuda", channels_last=device.type == "cuda",
+                     loading=Loading(workers=workers, pin_memory=device.type == "cuda"))
     rows = []
     for arch, variant, size, batch in cases:
         gen = torch.Generator().manual_seed(0)
@@ -143,6 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                   execution=fast, device=device)
         row["tlbench_vs_hand_same_settings"] = row["tlbench_bf16_cl"] / row["hand_bf16_cl"]
         row["tlbench_default_vs_hand_fp32"] = row["tlbench_bf16_cl"] / row["hand_fp32"]
+        if arch == "resnet":
+            with tempfile.TemporaryDirectory() as tmp:
+                write_jpegs(Path(tmp), batch * (warmup + steps))
+                row["tlbench_jpeg_workers"] = jpeg_loop(make_model(arch, variant, device), Path(tmp), batch=batch,
+                                                        crop=size, warmup=warmup, execution=jpeg, device=device)
+            row["jpeg_workers"] = workers
         rows.append(row)
         del x, y
         if device.type == "cuda":
@@ -157,6 +207,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {r['model']} | {r['hand_fp32']:,.0f} | {r['hand_bf16_cl']:,.0f} | {r['tlbench_bf16_cl']:,.0f} | "
               f"{r['features_bf16']:,.0f} | {r['tlbench_vs_hand_same_settings']:.2f}× | "
               f"{r['tlbench_default_vs_hand_fp32']:.2f}× |")
+    for r in rows:
+        if "tlbench_jpeg_workers" in r:
+            print(f"{r['model']} fed from JPEG files by {r['jpeg_workers']} workers: "
+                  f"{r['tlbench_jpeg_workers']:,.0f} img/s ({r['tlbench_jpeg_workers'] / r['tlbench_bf16_cl']:.2f}× "
+                  f"the loop on tensors already on the device)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from abc import ABC
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from harness.data import Preprocess
 from harness.errors import ConfigError
 from harness.registry import Registry
 
@@ -39,6 +41,9 @@ class Backbone(nn.Module, ABC):
     groups: nn.ModuleList
     feature_dim: int
     weights_id: str = "random"
+    # Whether forward_features is the groups run in order (true of every adapter but timm's,
+    # whose groups only partition the parameters for freezing and learning rates).
+    sequential_groups: ClassVar[bool] = True
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Maps the last group's output to (N, D); default: global average pool (a group that
@@ -62,6 +67,25 @@ class Backbone(nn.Module, ABC):
     def new_head(self, num_classes: int) -> nn.Linear:
         """A freshly initialised linear task head on top of the features."""
         return nn.Linear(self.feature_dim, num_classes)
+
+    @classmethod
+    def check_weights(cls, args: ArgsModel, weights: str) -> None:
+        """Raises ConfigError unless ``weights`` names published weights of this architecture
+        (only torchvision and timm architectures have any)."""
+        raise ConfigError(f"published weights need a torchvision or timm arch ({', '.join(published_archs())}), "
+                          f"got {cls.name!r}; use checkpoint: or pretrain: for it")
+
+    @classmethod
+    def with_weights(cls, args: ArgsModel, weights: str) -> "Backbone":
+        """The backbone with published ``weights`` (from a local cache, else downloaded)."""
+        cls.check_weights(args, weights)
+        raise NotImplementedError
+
+    @classmethod
+    def weights_preprocess(cls, args: ArgsModel, weights: str | None) -> Preprocess:
+        """How images are prepared for these weights: torchvision's ImageNet default
+        (resize 256, crop 224) unless the weights publish their own."""
+        return Preprocess()
 
     def reinitialized(self, seed: int) -> "Backbone":
         """A copy with every layer re-drawn from its default initialisation (seeded)."""
@@ -181,6 +205,50 @@ class TorchvisionBackbone(Backbone):
 
         cls.check_variant(variant)
         return torchvision.models.get_model(variant, weights=None)
+
+    @classmethod
+    def _weights_member(cls, args: ArgsModel, weights: str) -> Any:
+        import torchvision
+
+        variant = args.variant  # type: ignore[attr-defined]
+        cls.check_variant(variant)
+        enum = torchvision.models.get_model_weights(variant)
+        if weights == "DEFAULT":
+            return enum.DEFAULT
+        if weights not in enum.__members__:
+            raise ConfigError(f"unknown weights {weights!r} for {variant}; allowed: "
+                              f"{', '.join(['DEFAULT', *enum.__members__])}")
+        return enum[weights]
+
+    @classmethod
+    def check_weights(cls, args: ArgsModel, weights: str) -> None:
+        cls._weights_member(args, weights)
+
+    @classmethod
+    def with_weights(cls, args: ArgsModel, weights: str) -> "Backbone":
+        """From a torchvision weights enum member (e.g. ``IMAGENET1K_V1``): the torch hub
+        cache, else a download when the network allows; otherwise the error names the file
+        expected in the cache."""
+        import torchvision
+
+        member = cls._weights_member(args, weights)
+        variant = args.variant  # type: ignore[attr-defined]
+        try:
+            net = torchvision.models.get_model(variant, weights=member)
+        except Exception as err:  # noqa: BLE001 - download failures come in many types
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
+            raise ConfigError(f"cannot load {variant} weights {weights}: expected {cache} "
+                              f"in the torch hub cache ({type(err).__name__})") from None
+        with torch.random.fork_rng(devices=[]):  # a replaced stem is drawn from a fixed seed
+            torch.manual_seed(0)
+            out = cls(**args.model_dump(), net=net)
+        return identify(out, f"torchvision:{variant}:{weights}")
+
+    @classmethod
+    def weights_preprocess(cls, args: ArgsModel, weights: str | None) -> Preprocess:
+        if weights is None:
+            return Preprocess()
+        return Preprocess.from_transforms(cls._weights_member(args, weights).transforms())
 
 
 class ResNetArgs(ArgsModel):
@@ -339,8 +407,126 @@ class MobileNetV3(TorchvisionBackbone):
         return [f[0], *blocks], net.classifier[0].out_features
 
 
+class TimmArgs(ArgsModel):
+    model: str
+    in_chans: int = Field(3, gt=0)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+
+class TimmBackbone(Backbone):
+    """Any timm model (``arch: timm:<name>`` or ``arch: timm`` with ``args.model``), through
+    timm's model contract: ``num_classes=0`` gives pooled pre-logit features, and the model's
+    ``group_matcher`` (coarse) gives its layer groups, input → output, the same grouping
+    timm's layer-wise learning-rate decay uses. Needs the optional dependency timm.
+
+    The groups are containers for freezing and per-group learning rates, not stages the
+    features run through (timm's forward is the model's own): parameters no group claims
+    (ViT's class token and position embedding) join the first group, and each group also
+    holds its modules so a frozen group's batch norms run in eval mode. They are kept out of
+    the module tree, so the state dict is exactly timm's.
+    """
+
+    name = "timm"
+    description = "any timm model as timm:<name> (optional dependency; weights: DEFAULT = timm's pretrained)"
+    Args = TimmArgs
+    sequential_groups = False
+
+    def __init__(self, model: str, in_chans: int = 3, drop_path_rate: float = 0.0, pretrained: bool = False) -> None:
+        super().__init__()
+        timm = _import_timm()
+        try:
+            self.net = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=in_chans,
+                                         drop_path_rate=drop_path_rate)
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise ConfigError(f"unknown timm model {model!r} (timm {timm.__version__}; "
+                                  f"see timm.list_models())") from None
+            raise
+        self.feature_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
+        self.__dict__["_groups"] = self._group(self.net)  # not registered: see the class docstring
+
+    @property
+    def groups(self) -> nn.ModuleList:  # type: ignore[override]
+        return self.__dict__["_groups"]
+
+    @staticmethod
+    def _group(net: nn.Module) -> nn.ModuleList:
+        from timm.models import group_modules, group_parameters
+
+        matcher = net.group_matcher(coarse=True)
+        modules, params = group_modules(net, matcher), group_parameters(net, matcher)
+        named = dict(net.named_modules())
+        owned = {id(p) for names in modules.values() for n in names for p in named[n].parameters(recurse=False)}
+        loose = dict(net.named_parameters())
+        groups = nn.ModuleList()
+        for gid in sorted(params):
+            group = nn.Module()
+            group.layers = nn.ModuleList(named[n] for n in modules.get(gid, []))
+            group.extra = nn.ParameterList(loose[n] for n in params[gid] if id(loose[n]) not in owned)
+            groups.append(group)
+        return groups
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @classmethod
+    def check_weights(cls, args: ArgsModel, weights: str) -> None:
+        assert isinstance(args, TimmArgs)
+        if weights not in ("DEFAULT", "pretrained"):
+            raise ConfigError(f"unknown weights {weights!r} for timm model {args.model}; allowed: DEFAULT "
+                              f"(timm's pretrained weights; pick a tag with the model name, e.g. resnet50.a1_in1k)")
+        if _import_timm().models.get_pretrained_cfg(args.model) is None:
+            raise ConfigError(f"timm model {args.model!r} has no pretrained weights")
+
+    @classmethod
+    def with_weights(cls, args: ArgsModel, weights: str) -> "Backbone":
+        """timm's pretrained weights: the Hugging Face hub cache, else a download when the
+        network allows; otherwise the error names the cache looked in."""
+        assert isinstance(args, TimmArgs)
+        cls.check_weights(args, weights)
+        try:
+            out = cls(**args.model_dump(), pretrained=True)
+        except Exception as err:  # noqa: BLE001 - hub and network failures come in many types
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            cfg = _import_timm().models.get_pretrained_cfg(args.model)
+            source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or args.model
+            raise ConfigError(f"cannot load timm weights of {args.model}: expected {source} in the Hugging Face "
+                              f"cache {HF_HUB_CACHE} ({type(err).__name__})") from None
+        return identify(out, f"timm:{args.model}:{weights}")
+
+    @classmethod
+    def weights_preprocess(cls, args: ArgsModel, weights: str | None) -> Preprocess:
+        """The resolution, crop ratio, normalisation and interpolation timm's pretrained config
+        gives the model (what ``timm.data.create_transform`` would do at evaluation)."""
+        assert isinstance(args, TimmArgs)
+        if weights is None:
+            return Preprocess()
+        from timm.data import resolve_data_config
+
+        cfg = _import_timm().models.get_pretrained_cfg(args.model)
+        data = resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {})
+        crop = int(data["input_size"][-1])
+        return Preprocess(resize=int(math.floor(crop / data["crop_pct"])), crop=crop, mean=tuple(data["mean"]),
+                          std=tuple(data["std"]), interpolation=str(data["interpolation"]))
+
+
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("arch timm needs the optional dependency timm: pip install 'tlbench[timm]'") from None
+    return timm
+
+
+def published_archs() -> list[str]:
+    """Architectures with published weights (``weights:`` in a suite)."""
+    return [n for n, c in BACKBONES if issubclass(c, (TorchvisionBackbone, TimmBackbone))]
+
+
 BACKBONES: Registry[Backbone] = Registry("backbone architecture", Backbone)
-for _cls in (SmallCNN2d, SmallCNN1d, TorchvisionResNet, VisionTransformer, ConvNeXt, EfficientNet, MobileNetV3):
+for _cls in (SmallCNN2d, SmallCNN1d, TorchvisionResNet, VisionTransformer, ConvNeXt, EfficientNet, MobileNetV3,
+             TimmBackbone):
     BACKBONES.add(_cls)
 
 
@@ -370,34 +556,6 @@ def validate_args(model: type[ArgsModel], args: dict[str, Any], *, where: str) -
         what = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
         raise ConfigError(f"{where}.{loc}: {what} (value {first.get('input')!r}; "
                           f"fields: {allowed})") from None
-
-
-def load_torchvision_weights(cls: type[TorchvisionBackbone], args: ArgsModel, weights: str) -> TorchvisionBackbone:
-    """Builds ``cls`` from a torchvision weights enum member (e.g. ``IMAGENET1K_V1``).
-
-    Weights come from the torch hub cache, else are downloaded when the network allows;
-    otherwise the error names the file expected in the cache.
-    """
-    import torchvision
-
-    variant = args.variant
-    cls.check_variant(variant)
-    enum = torchvision.models.get_model_weights(variant)
-    try:
-        member = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        allowed = ", ".join(["DEFAULT", *enum.__members__])
-        raise ConfigError(f"unknown weights {weights!r} for {variant}; allowed: {allowed}") from None
-    try:
-        net = torchvision.models.get_model(variant, weights=member)
-    except Exception as err:  # noqa: BLE001 - download failures come in many types
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
-        raise ConfigError(f"cannot load {variant} weights {weights}: expected {cache} "
-                          f"in the torch hub cache ({type(err).__name__})") from None
-    with torch.random.fork_rng(devices=[]):  # a replaced stem is drawn from a fixed seed
-        torch.manual_seed(0)
-        out = cls(**args.model_dump(), net=net)
-    return identify(out, f"torchvision:{variant}:{weights}")
 
 
 def load_checkpoint(backbone: Backbone, path: Path) -> Backbone:

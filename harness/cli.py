@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "memory format for image (4-D) inputs")
     run.add_argument("--compile", action="store_true", help="torch.compile the model each strategy trains")
     run.add_argument("--workers", default="auto", help="DataLoader workers for image-file datasets: auto "
-                                                      "(min(8, cores) on CUDA, 0 on CPU) or a number")
+                                                      "(min(16, cores) on CUDA, 0 on CPU) or a number")
     run.add_argument("--data-root", type=Path, default=None,
                      help="where image datasets live (default: the suite's data_root, $TLBENCH_DATA, "
                           "or <cache>/data)")

@@ -22,7 +22,7 @@ import torch
 
 import harness
 from harness.backbones import (BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone,
-                               load_checkpoint, load_torchvision_weights)
+                               load_checkpoint)
 from harness.data import Preprocess
 from harness.errors import ConfigError
 from harness.train import NullReporter, fit_epochs, steps_per_epoch
@@ -118,43 +118,23 @@ def checkpoint_path(name: str, suite: Suite) -> Path:
     return path if path.is_absolute() else Path(suite.path).parent / path
 
 
-def torchvision_archs() -> list[str]:
-    return [n for n, cls in BACKBONES if issubclass(cls, TorchvisionBackbone)]
-
-
 def check_weights_name(name: str, suite: Suite) -> None:
-    """Torchvision weights need a torchvision arch and a member of the variant's weights enum."""
-    import torchvision
-
+    """Published weights need an architecture that has them, and a name it knows."""
     spec = suite.backbones[name]
-    where = f"{suite.path}: backbones.{name}.weights"
+    assert spec.weights is not None
     cls = BACKBONES.get(spec.arch, where=f"{suite.path}: backbones.{name}.arch")
-    if not issubclass(cls, TorchvisionBackbone):
-        raise ConfigError(f"{where}: torchvision weights need a torchvision arch ({', '.join(torchvision_archs())}), "
-                          f"got {spec.arch!r}")
-    variant = cls.Args(**spec.args).variant
-    with _prefixed(f"{suite.path}: backbones.{name}.args.variant"):
-        cls.check_variant(variant)
-    enum = torchvision.models.get_model_weights(variant)
-    if spec.weights != "DEFAULT" and spec.weights not in enum.__members__:
-        raise ConfigError(f"{where}: unknown weights {spec.weights!r}; allowed: "
-                          f"{', '.join(['DEFAULT', *enum.__members__])}")
+    with _prefixed(f"{suite.path}: backbones.{name}.weights"):
+        cls.check_weights(cls.Args(**spec.args), spec.weights)
 
 
 def preprocess_for(name: str, suite: Suite, image_size: int | None = None) -> Preprocess:
-    """How image files are prepared for backbone ``name``: the transforms of its torchvision
-    weights (resolution, resize, normalisation, interpolation), else torchvision's ImageNet
-    default (resize 256, crop 224); ``image_size`` (a task's) overrides the crop size."""
-    import torchvision
-
+    """How image files are prepared for backbone ``name``: what its published weights expect
+    (resolution, resize, normalisation, interpolation: ``weights.transforms()`` for
+    torchvision, the pretrained config for timm), else torchvision's ImageNet default
+    (resize 256, crop 224); ``image_size`` (a task's) overrides the crop size."""
     spec = suite.backbones[name]
-    preprocess = Preprocess()
-    if spec.weights is not None:
-        variant = BACKBONES.get(spec.arch).Args(**spec.args).variant
-        enum = torchvision.models.get_model_weights(variant)
-        member = enum.DEFAULT if spec.weights == "DEFAULT" else enum[spec.weights]
-        preprocess = Preprocess.from_transforms(member.transforms())
-    return preprocess.at(image_size)
+    cls = BACKBONES.get(spec.arch)
+    return cls.weights_preprocess(cls.Args(**spec.args), spec.weights).at(image_size)
 
 
 def check_backbone_source(name: str, suite: Suite) -> None:
@@ -182,7 +162,7 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
         check_weights_name(name, suite)
         cls = BACKBONES.get(spec.arch)
         with _prefixed(f"{where}.weights"):
-            return load_torchvision_weights(cls, cls.Args(**spec.args), spec.weights)
+            return cls.with_weights(cls.Args(**spec.args), spec.weights)
     if spec.checkpoint is not None:
         with _prefixed(f"{where}.checkpoint"):
             return load_checkpoint(backbone, checkpoint_path(name, suite))

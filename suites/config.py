@@ -105,6 +105,16 @@ class BackboneSpec(Frozen):
     checkpoint: str | None = None
     pretrain: PretrainSpec | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _timm_shorthand(cls, data: Any) -> Any:
+        """``arch: timm:<name>`` is ``arch: timm`` with ``args.model: <name>``."""
+        if isinstance(data, dict) and isinstance(data.get("arch"), str) and data["arch"].startswith("timm:"):
+            args = data.get("args") or {}
+            if isinstance(args, dict):
+                return {**data, "arch": "timm", "args": {**args, "model": data["arch"][len("timm:"):]}}
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> "BackboneSpec":
         given = [k for k in ("weights", "checkpoint", "pretrain") if getattr(self, k) is not None]

@@ -138,8 +138,11 @@ def identity_of(ds: Any, root: Path) -> str:
     if isinstance(data, np.ndarray):
         digest.update(np.ascontiguousarray(data).tobytes())
     else:
-        files = (getattr(ds, "_image_files", None) or getattr(ds, "samples", None) or getattr(ds, "_samples", None)
-                 or getattr(ds, "index", None) or [])
+        files = (getattr(ds, "_image_files", None) or getattr(ds, "_images", None) or getattr(ds, "samples", None)
+                 or getattr(ds, "_samples", None) or [])
+        if not files and getattr(ds, "categories", None) is not None and getattr(ds, "index", None) is not None:
+            files = [Path(ds.root, "101_ObjectCategories", ds.categories[c], f"image_{i:04d}.jpg")
+                     for c, i in zip(ds.y, ds.index)]  # Caltech101 keeps category + number, not paths
         for item in files:
             path = item[0] if isinstance(item, tuple) else item
             try:

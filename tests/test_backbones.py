@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.backbones import (Classifier, EfficientNet, ResNetArgs, TorchvisionResNet, VariantArgs,
-                               build_backbone, load_checkpoint, load_torchvision_weights, state_fingerprint)
+                               build_backbone, load_checkpoint, state_fingerprint)
 from harness.errors import ConfigError
 
 CASES = [
@@ -94,7 +94,7 @@ def test_checkpoint_errors(tmp_path) -> None:
 
 
 def test_unknown_arch_and_args() -> None:
-    with pytest.raises(ConfigError, match="known: cnn1d, cnn2d, convnext, efficientnet, mobilenet_v3, resnet, vit"):
+    with pytest.raises(ConfigError, match="known: cnn1d, cnn2d, convnext, efficientnet, mobilenet_v3, resnet, timm, vit"):
         build_backbone("vgg", {})
     with pytest.raises(ConfigError, match="widht"):
         build_backbone("cnn2d", {"widht": 3}, where="b")
@@ -111,14 +111,14 @@ def test_torchvision_weights_from_hub_cache(tmp_path, monkeypatch) -> None:
     ckpt_dir.mkdir(parents=True)
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), ckpt_dir / member.url.rsplit("/", 1)[1])
-    loaded = load_torchvision_weights(TorchvisionResNet, ResNetArgs(variant="resnet18"), "IMAGENET1K_V1")
+    loaded = TorchvisionResNet.with_weights(ResNetArgs(variant="resnet18"), "IMAGENET1K_V1")
     assert torch.equal(loaded.groups[0][0].weight, reference.conv1.weight)
     assert loaded.weights_id.startswith("torchvision:resnet18:IMAGENET1K_V1:TorchvisionResNet:")
     # another family, from the same prepared cache
     member = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1
     effnet = torchvision.models.efficientnet_b0(weights=None)
     torch.save(effnet.state_dict(), ckpt_dir / member.url.rsplit("/", 1)[1])
-    loaded = load_torchvision_weights(EfficientNet, VariantArgs(variant="efficientnet_b0"), "IMAGENET1K_V1")
+    loaded = EfficientNet.with_weights(VariantArgs(variant="efficientnet_b0"), "IMAGENET1K_V1")
     assert torch.equal(loaded.groups[0][0].weight, effnet.features[0][0].weight)
     assert loaded.weights_id.startswith("torchvision:efficientnet_b0:IMAGENET1K_V1:EfficientNet:")
 
@@ -134,8 +134,8 @@ def test_torchvision_weights_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     args = ResNetArgs(variant="resnet18")
     with pytest.raises(ConfigError, match=r"resnet18-f37072fd\.pth"):
-        load_torchvision_weights(TorchvisionResNet, args, "IMAGENET1K_V1")
+        TorchvisionResNet.with_weights(args, "IMAGENET1K_V1")
     with pytest.raises(ConfigError, match="allowed: DEFAULT, IMAGENET1K_V1"):
-        load_torchvision_weights(TorchvisionResNet, args, "IMAGENET9K")
+        TorchvisionResNet.with_weights(args, "IMAGENET9K")
     with pytest.raises(ConfigError, match=r"unknown efficientnet variant 'efficientnet_b9'"):
-        load_torchvision_weights(EfficientNet, VariantArgs(variant="efficientnet_b9"), "DEFAULT")
+        EfficientNet.with_weights(VariantArgs(variant="efficientnet_b9"), "DEFAULT")

@@ -1,0 +1,117 @@
+"""timm models as backbones (``arch: timm:<name>``): layer groups from timm's own
+``group_matcher``, features from its pre-logits, weights and preprocessing from its
+pretrained config. Skipped when the optional dependency timm is not installed."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+timm = pytest.importorskip("timm")
+
+from harness.backbones import Classifier, TimmArgs, TimmBackbone, build_backbone  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
+from strategies.parts import FreezeSchedule, group_parameters  # noqa: E402
+
+MODELS = [("resnet18", 32), ("vit_tiny_patch16_224", 224), ("convnext_atto", 32), ("efficientnet_b0", 32)]
+
+
+@pytest.mark.parametrize("model,size", MODELS)
+def test_groups_cover_every_parameter_once_in_timm_order(model: str, size: int) -> None:
+    backbone = build_backbone("timm", {"model": model})
+    in_groups = [id(p) for g in backbone.groups for p in g.parameters()]
+    assert len(in_groups) == len(set(in_groups)) == len(list(backbone.parameters()))
+    assert len(backbone.groups) >= 4
+    # input → output: timm's group ids order the groups; the stem's parameters come first
+    first = {id(p) for p in backbone.groups[0].parameters()}
+    assert id(next(iter(backbone.net.parameters()))) in first
+    x = torch.randn(2, 3, size, size)
+    net = timm.create_model(model, pretrained=False, num_classes=0).eval()
+    net.load_state_dict(backbone.net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(backbone.eval().features(x), net(x), atol=1e-5)  # timm's own pre-logits
+    assert backbone.features(x).shape == (2, backbone.feature_dim)
+    assert set(backbone.state_dict()) == {f"net.{k}" for k in net.state_dict()}  # groups add no keys
+
+
+def test_groups_follow_copies_and_freezing_works() -> None:
+    backbone = build_backbone("timm", {"model": "resnet18"})
+    clone = copy.deepcopy(backbone)
+    ours = {id(p) for p in clone.parameters()}
+    assert {id(p) for g in clone.groups for p in g.parameters()} == ours  # not the original's
+    model = Classifier(clone, clone.new_head(3))
+    FreezeSchedule.only([len(clone.groups)]).on_epoch_start(0, model, None)  # head only
+    params = group_parameters(model)
+    assert all(not p.requires_grad for g in params[:-1] for p in g) and all(p.requires_grad for p in params[-1])
+    assert not clone.net.bn1.training  # frozen groups run batch norm in eval mode
+
+
+def test_shorthand_arch_in_a_suite_and_weights_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.plan import load_plan
+    from harness.pretrain import materialize_backbone, preprocess_for
+
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        name: t
+        strategies: [linear_probe]
+        tasks:
+          digits: {dataset: digits, backbones: [vit]}
+        backbones:
+          vit: {arch: "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights: DEFAULT}
+          bad: {arch: "timm:resnet18", weights: IMAGENET1K_V1}
+    """))
+    from suites.config import parse_suite
+
+    suite = parse_suite(tmp_path / "s.yaml")
+    assert suite.backbones["vit"].arch == "timm"
+    assert suite.backbones["vit"].args == {"model": "vit_tiny_patch16_224.augreg_in21k_ft_in1k"}
+    with pytest.raises(ConfigError, match=r"backbones\.bad\.weights: unknown weights 'IMAGENET1K_V1'.*allowed: DEFAULT"):
+        load_plan(tmp_path / "s.yaml")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(ConfigError) as err:
+        materialize_backbone("vit", suite, cache_dir=tmp_path, device=torch.device("cpu"))
+    msg = str(err.value)
+    assert "\n" not in msg and "backbones.vit.weights: cannot load timm weights" in msg
+    assert "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" in msg
+    # preprocessing from timm's pretrained config: mean/std 0.5, bicubic, crop 224 at 0.9
+    pre = preprocess_for("vit", suite)
+    assert (pre.crop, pre.resize, pre.interpolation, pre.mean) == (224, 248, "bicubic", (0.5, 0.5, 0.5))
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = timm.models.get_pretrained_cfg("vit_tiny_patch16_224.augreg_in21k_ft_in1k").to_dict()
+    reference = create_transform(**resolve_data_config(pretrained_cfg=cfg))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8))
+    assert torch.allclose(pre.transform()(image), reference(image), atol=1e-4)
+
+
+def test_unknown_model_and_missing_pretrained_config() -> None:
+    with pytest.raises(ConfigError, match="unknown timm model 'resnet7'"):
+        build_backbone("timm", {"model": "resnet7"})
+    with pytest.raises(ConfigError, match="allowed: DEFAULT"):
+        TimmBackbone.check_weights(TimmArgs(model="resnet18"), "IMAGENET1K_V2")
+
+
+def test_strategies_train_a_timm_backbone(runtime) -> None:
+    """Discriminative rates, gradual unfreezing and the probe act on timm's groups like on
+    any backbone."""
+    from helpers import sample_params
+
+    from harness.train import NullReporter
+    from strategies import STRATEGIES
+    from suites.config import SplitSpec, TaskSpec
+    from suites.tasks import build_task
+
+    task = build_task("t", TaskSpec(dataset="digits", split=SplitSpec(shots=5, val_per_class=3, max_test=50)),
+                      where="t")
+    backbone = build_backbone("timm", {"model": "resnet18", "in_chans": 1})
+    for name in ("discriminative_lr", "gradual_unfreeze", "linear_probe"):
+        strategy = STRATEGIES.get(name)(epochs=(2, 2), batch_size=16)
+        params = sample_params(strategy, backbone)
+        predictor = strategy.fit(backbone, task, params, seed=0, reporter=NullReporter(), runtime=runtime)
+        assert predictor.logits(task.test).shape == (50, 10)

@@ -44,6 +44,8 @@ class Backbone(nn.Module, ABC):
     # Whether forward_features is the groups run in order (true of every adapter but timm's,
     # whose groups only partition the parameters for freezing and learning rates).
     sequential_groups: ClassVar[bool] = True
+    rebuild_to_reinitialize: ClassVar[bool] = False
+    init_args: dict[str, Any] | None = None  # the suite arguments it was built from, when known
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Maps the last group's output to (N, D); default: global average pool (a group that
@@ -88,7 +90,19 @@ class Backbone(nn.Module, ABC):
         return Preprocess()
 
     def reinitialized(self, seed: int) -> "Backbone":
-        """A copy with every layer re-drawn from its default initialisation (seeded)."""
+        """A copy with every layer re-drawn from its default initialisation (seeded).
+
+        Architectures built from a library's network (``rebuild_to_reinitialize``) are built
+        again from their arguments, so parameters that no layer's ``reset_parameters``
+        re-draws (ViT's class token and position embedding, ConvNeXt's layer scales) get
+        the library's own initialisation too; the others reset layer by layer.
+        """
+        if self.rebuild_to_reinitialize and self.init_args is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                rebuilt = type(self)(**self.init_args)
+            rebuilt.init_args = self.init_args
+            return identify(rebuilt, f"random:{seed}")
         fresh = copy.deepcopy(self)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -183,6 +197,7 @@ class TorchvisionBackbone(Backbone):
     """
 
     VARIANTS: ClassVar[tuple[str, ...]]
+    rebuild_to_reinitialize = True
 
     def __init__(self, variant: str, net: nn.Module | None = None) -> None:
         """Wraps ``net`` (a torchvision network of ``variant``; built untrained when None)."""
@@ -242,6 +257,7 @@ class TorchvisionBackbone(Backbone):
         with torch.random.fork_rng(devices=[]):  # a replaced stem is drawn from a fixed seed
             torch.manual_seed(0)
             out = cls(**args.model_dump(), net=net)
+        out.init_args = args.model_dump()
         return identify(out, f"torchvision:{variant}:{weights}")
 
     @classmethod
@@ -430,18 +446,22 @@ class TimmBackbone(Backbone):
     description = "any timm model as timm:<name> (optional dependency; weights: DEFAULT = timm's pretrained)"
     Args = TimmArgs
     sequential_groups = False
+    rebuild_to_reinitialize = True
 
     def __init__(self, model: str, in_chans: int = 3, drop_path_rate: float = 0.0, pretrained: bool = False) -> None:
         super().__init__()
         timm = _import_timm()
+        extra = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}  # not every model takes it
         try:
-            self.net = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=in_chans,
-                                         drop_path_rate=drop_path_rate)
+            self.net = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=in_chans, **extra)
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 raise ConfigError(f"unknown timm model {model!r} (timm {timm.__version__}; "
                                   f"see timm.list_models())") from None
             raise
+        except TypeError as err:  # an argument this model's constructor does not take
+            raise ConfigError(f"timm model {model!r} cannot be built with in_chans={in_chans}, "
+                              f"drop_path_rate={drop_path_rate}: {str(err).splitlines()[0][:120]}") from None
         self.feature_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
         self.__dict__["_groups"] = self._group(self.net)  # not registered: see the class docstring
 
@@ -451,18 +471,32 @@ class TimmBackbone(Backbone):
 
     @staticmethod
     def _group(net: nn.Module) -> nn.ModuleList:
-        from timm.models import group_modules, group_parameters
+        """Each timm group as a container of the largest submodules whose parameters all
+        belong to it (so freezing a group also stops its dropout and stochastic depth), plus
+        its parameters that no such submodule holds."""
+        from timm.models import group_parameters
 
-        matcher = net.group_matcher(coarse=True)
-        modules, params = group_modules(net, matcher), group_parameters(net, matcher)
-        named = dict(net.named_modules())
-        owned = {id(p) for names in modules.values() for n in names for p in named[n].parameters(recurse=False)}
-        loose = dict(net.named_parameters())
+        named = dict(net.named_parameters())
+        names = group_parameters(net, net.group_matcher(coarse=True))  # timm's group id → parameter names
+        group_of = {id(named[n]): rank for rank, gid in enumerate(sorted(names)) for n in names[gid]}
+        layers: list[list[nn.Module]] = [[] for _ in names]
+
+        def assign(module: nn.Module) -> None:
+            owners = {group_of[id(p)] for p in module.parameters()}
+            if len(owners) == 1 and module is not net:
+                layers[owners.pop()].append(module)
+                return
+            for child in module.children():
+                assign(child)
+
+        assign(net)
+        covered = {id(p) for group in layers for m in group for p in m.parameters()}
         groups = nn.ModuleList()
-        for gid in sorted(params):
+        for rank, modules in enumerate(layers):
             group = nn.Module()
-            group.layers = nn.ModuleList(named[n] for n in modules.get(gid, []))
-            group.extra = nn.ParameterList(loose[n] for n in params[gid] if id(loose[n]) not in owned)
+            group.layers = nn.ModuleList(modules)
+            group.extra = nn.ParameterList(p for p in net.parameters()
+                                           if group_of[id(p)] == rank and id(p) not in covered)
             groups.append(group)
         return groups
 
@@ -472,7 +506,7 @@ class TimmBackbone(Backbone):
     @classmethod
     def check_weights(cls, args: ArgsModel, weights: str) -> None:
         assert isinstance(args, TimmArgs)
-        if weights not in ("DEFAULT", "pretrained"):
+        if weights != "DEFAULT":
             raise ConfigError(f"unknown weights {weights!r} for timm model {args.model}; allowed: DEFAULT "
                               f"(timm's pretrained weights; pick a tag with the model name, e.g. resnet50.a1_in1k)")
         if _import_timm().models.get_pretrained_cfg(args.model) is None:
@@ -486,6 +520,7 @@ class TimmBackbone(Backbone):
         cls.check_weights(args, weights)
         try:
             out = cls(**args.model_dump(), pretrained=True)
+            out.init_args = args.model_dump()
         except Exception as err:  # noqa: BLE001 - hub and network failures come in many types
             from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -540,6 +575,7 @@ def build_backbone(arch: str, args: dict[str, Any], *, seed: int = 0, where: str
             backbone = cls(**parsed.model_dump())
         except ConfigError as err:
             raise ConfigError(f"{where}.args: {err}" if where else str(err)) from None
+    backbone.init_args = parsed.model_dump()
     return identify(backbone, f"random:{seed}")
 
 

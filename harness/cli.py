@@ -66,8 +66,8 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
     console.print(f"data root {data.root} (download: {'yes' if data.download else 'no'})")
     for name in [*suite.source_tasks, *suite.tasks]:
         spec = suite.task_spec(name)
-        location, present = data_location(spec.dataset, spec.args, data)
-        where = "bundled/generated" if location is None else f"{location} ({'present' if present else 'MISSING'})"
+        paths, absent = data_location(spec.dataset, spec.args, data)
+        where = ", ".join(f"{p} ({'MISSING' if p in absent else 'present'})" for p in paths) or "bundled/generated"
         console.print(f"  task {name}: dataset {spec.dataset}, {where}", highlight=False)
     for cell in plan.cells:
         t = plan.tasks.get(cell.task)
@@ -79,8 +79,9 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
             sizes = "split sizes known once the data is present"
         console.print(f"  {cell.label}: {sizes}; {suite.trials} trials, {suite.seeds} seeds", highlight=False)
     if plan.missing:
-        console.print(f"{len(plan.missing)} task(s) lack their data: set `download: true` in the suite, or "
-                      f"place the files at the paths above (or pass --data-root)")
+        remedy = ("the run will download them" if data.download else
+                  "set `download: true` in the suite, or place the files at the paths above (or pass --data-root)")
+        console.print(f"{len(plan.missing)} task(s) lack their data: {remedy}")
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:

@@ -121,8 +121,9 @@ class ImageView:
     def dataset(self, *, train: bool) -> "_Images":
         if self.preprocess is None:
             raise RuntimeError("ImageView read before a backbone's preprocessing was bound to it")
-        return _Images(self.source, self.indices.tolist(),
-                       self.preprocess.transform(self.augment if train else "none"))
+        augment = self.augment if train else "none"
+        return _Images(self.source, self.indices.tolist(), self.preprocess.transform(augment),
+                       random=augment != "none")
 
     def head(self, n: int) -> torch.Tensor:
         """The first ``n`` inputs, preprocessed without augmentation (for shape checks)."""
@@ -131,19 +132,29 @@ class ImageView:
 
 
 class _Images(Dataset):
-    """Position → preprocessed tensor; runs in DataLoader workers."""
+    """``(sample seed, position)`` → preprocessed tensor; runs in DataLoader workers.
 
-    def __init__(self, source: Any, indices: list[int], transform: Any) -> None:
-        self.source, self.indices, self.transform = source, indices, transform
+    A random transform (augmentation) draws from a generator seeded per sample by the
+    Reader, so the crops and flips of a run depend on its seed, epoch and the example, not
+    on the number of workers or on what else used the global random state.
+    """
+
+    def __init__(self, source: Any, indices: list[int], transform: Any, *, random: bool = False) -> None:
+        self.source, self.indices, self.transform, self.random = source, indices, transform, random
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> torch.Tensor:
+    def __getitem__(self, item: int | tuple[int, int]) -> torch.Tensor:
+        sample_seed, position = item if isinstance(item, tuple) else (0, item)
         image = self.source[self.indices[position]][0]
         if getattr(image, "mode", "RGB") != "RGB":  # grayscale / palette / CMYK files
             image = image.convert("RGB")
-        return self.transform(image)
+        if not self.random:
+            return self.transform(image)
+        with torch.random.fork_rng(devices=[]):  # torchvision's v2 transforms draw from torch's RNG
+            torch.manual_seed(sample_seed)
+            return self.transform(image)
 
 
 Inputs = torch.Tensor | ImageView
@@ -170,13 +181,14 @@ class Loading:
     prefetch: int = 4
 
 
-class _Batches(Sampler[list[int]]):
-    """A batch sampler whose batches are set before each pass (one epoch's seeded order)."""
+class _Batches(Sampler[list[tuple[int, int]]]):
+    """A batch sampler whose batches of ``(sample seed, position)`` are set before each pass
+    (one epoch's seeded order)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[int]] = []
+        self.batches: list[list[tuple[int, int]]] = []
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
@@ -191,12 +203,13 @@ class Reader:
         device: where batches go.
         loading: worker settings (image views only).
         train: apply the view's training augmentation.
-        seed: seeds the workers' augmentation randomness.
+        seed: seeds the augmentation: each pass (epoch) and example gets its own stream.
     """
 
     def __init__(self, x: Inputs, *, device: torch.device, loading: Loading = Loading(),
                  train: bool = False, seed: int = 0) -> None:
         self.device = device
+        self.seed, self.passes = seed, 0
         self.tensor: torch.Tensor | None = None
         self.loader: DataLoader | None = None
         if isinstance(x, ImageView):
@@ -205,8 +218,7 @@ class Reader:
             self.loader = DataLoader(x.dataset(train=train), batch_sampler=self.sampler, num_workers=workers,
                                      pin_memory=loading.pin_memory and device.type == "cuda",
                                      persistent_workers=workers > 0,
-                                     prefetch_factor=loading.prefetch if workers > 0 else None,
-                                     generator=torch.Generator().manual_seed(seed))
+                                     prefetch_factor=loading.prefetch if workers > 0 else None)
         else:
             self.tensor = x.to(device)
 
@@ -216,7 +228,9 @@ class Reader:
                 yield self.tensor[idx.to(self.device)]
             return
         assert self.loader is not None
-        self.sampler.batches = [idx.tolist() for idx in batches]
+        base = (self.seed * 1_000_003 + self.passes) * 10_000_019
+        self.passes += 1
+        self.sampler.batches = [[((base + p) % 2**63, p) for p in idx.tolist()] for idx in batches]
         for xb in self.loader:
             yield xb.to(self.device, non_blocking=True)
 

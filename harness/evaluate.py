@@ -113,6 +113,7 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
         "num_classes": task.num_classes, "precision": runtime.execution.tag,
         "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
+        "loader_workers": runtime.execution.loading.workers if task.lazy else 0,
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),
     }

@@ -138,6 +138,8 @@ class Members:
         store: where artifacts live.
         backbones: every backbone of the suite by name (students for distillation).
         keep_weights: strategies whose artifacts must include weights (soup members).
+        task_for: the cell's task as another backbone reads it (image files preprocessed
+            for its weights; a distillation student's); default: the cell's task.
     """
 
     cell: str
@@ -151,6 +153,7 @@ class Members:
     store: ModelStore
     backbones: Mapping[str, Backbone] = field(default_factory=dict)
     keep_weights: frozenset[str] = frozenset()
+    task_for: Callable[[str], Task] | None = None
     #: Strategies some other strategy reuses: only their evaluation runs leave artifacts.
     needed: frozenset[str] = frozenset()
     #: Seconds spent so far training models on demand; a run that triggered such training
@@ -182,6 +185,10 @@ class Members:
         except KeyError:
             raise ConfigError(f"backbone {name!r} is not available to this cell; "
                               f"defined: {', '.join(self.backbones) or 'none'}") from None
+
+    def task_of(self, backbone: str) -> Task:
+        """The cell's task as backbone ``backbone`` reads it (same examples, same order)."""
+        return self.task if self.task_for is None else self.task_for(backbone)
 
     def record(self, key: str, member: Member) -> None:
         """Keeps the model an evaluation run just trained (called by the evaluator)."""

@@ -111,9 +111,9 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     if dry_run:
         for name in [*suite.tasks, *suite.source_tasks]:
             spec = suite.task_spec(name)
-            location, present = data_location(spec.dataset, spec.args, data)
-            if not present and location is not None:
-                missing[name] = location
+            _, absent = data_location(spec.dataset, spec.args, data)
+            if absent:
+                missing[name] = absent[0]
     tasks = {name: build_task(name, spec, where=suite.task_where(name), data=data)
              for name, spec in suite.tasks.items() if name not in missing}
     probes: dict[str, Backbone] = {}  # one random-init copy per backbone for the shape checks

@@ -23,9 +23,9 @@ import torch
 import harness
 from harness.backbones import (BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone,
                                load_checkpoint)
-from harness.data import Preprocess
+from harness.data import Loading, Preprocess
 from harness.errors import ConfigError
-from harness.train import NullReporter, fit_epochs, steps_per_epoch
+from harness.train import Execution, NullReporter, fit_epochs, steps_per_epoch
 from suites.config import BackboneSpec, Suite
 from suites.datasets import data_access
 from suites.tasks import build_task
@@ -153,8 +153,10 @@ def check_backbone_source(name: str, suite: Suite) -> None:
 
 
 def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: torch.device,
-                         log: Callable[[str], None] = print) -> Backbone:
-    """Builds backbone ``name`` of ``suite`` with its weights (pretraining if needed)."""
+                         log: Callable[[str], None] = print, loading: Loading = Loading()) -> Backbone:
+    """Builds backbone ``name`` of ``suite`` with its weights (pretraining if needed, reading
+    an image-file source task with ``loading``'s workers; always in float32, so the cached
+    checkpoint does not depend on the device's precision)."""
     spec = suite.backbones[name]
     where = f"{suite.path}: backbones.{name}"
     backbone = build_backbone(spec.arch, spec.args, where=where)
@@ -179,7 +181,7 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
         log(reason)
     log(f"pretraining backbone {name} on {spec.pretrain.task} ({spec.pretrain.epochs} epochs) …")
     start = time.perf_counter()
-    val_acc = pretrain(backbone, suite, name, device=device)
+    val_acc = pretrain(backbone, suite, name, device=device, loading=loading)
     seconds = time.perf_counter() - start
     backbone = backbone.cpu()
     cache.save(key, backbone, {"backbone": name, "source_task": spec.pretrain.task,
@@ -191,7 +193,8 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     return backbone
 
 
-def pretrain(backbone: Backbone, suite: Suite, name: str, *, device: torch.device) -> float:
+def pretrain(backbone: Backbone, suite: Suite, name: str, *, device: torch.device,
+             loading: Loading = Loading()) -> float:
     """Supervised training of backbone ``name`` on its source task (AdamW + one-cycle);
     returns source val accuracy."""
     p = suite.backbones[name].pretrain
@@ -208,5 +211,5 @@ def pretrain(backbone: Backbone, suite: Suite, name: str, *, device: torch.devic
         reporter = NullReporter()
         fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y),
                    epochs=p.epochs, batch_size=p.batch_size, seed=p.seed, device=device,
-                   reporter=reporter, scheduler=sched)
+                   reporter=reporter, scheduler=sched, execution=Execution(loading=loading))
     return reporter.history[-1]

@@ -37,7 +37,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     suite = plan.suite
     check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
-                                            log=console.print)
+                                            log=console.print, loading=runtime.execution.loading)
                  for name in plan.backbones}
     needed, keep_weights = plan.reused()
     members: Members | None = None
@@ -94,7 +94,8 @@ def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: 
                    task=plan.task_for(cell.task, cell.backbone), backbone=backbones[cell.backbone],
                    make_strategy=lambda name: make_strategy(suite, name), best_params=best_params,
                    seed_of=lambda k: evaluation_seed(suite.seed, k), store=ModelStore(out / "models"),
-                   backbones=backbones, keep_weights=keep_weights, needed=needed)
+                   backbones=backbones, keep_weights=keep_weights, needed=needed,
+                   task_for=lambda backbone: plan.task_for(cell.task, backbone))
 
 
 def with_dependencies(params: dict[str, Any], strategy: Strategy, members: Members) -> dict[str, Any]:

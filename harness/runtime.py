@@ -46,7 +46,8 @@ def resolve_loading(device: torch.device, workers: str = "auto") -> Loading:
     GPU — and none on CPU, where decoding would take the cores training needs; tensor tasks
     never use workers."""
     if workers == "auto":
-        n = min(16, os.cpu_count() or 1) if device.type == "cuda" else 0
+        n = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        n = n if device.type == "cuda" else 0
     elif workers.isdigit():
         n = int(workers)
     else:

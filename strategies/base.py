@@ -72,8 +72,19 @@ class ModelPredictor(Predictor):
         self.device = device
         self._trainable = trainable
         self.execution = execution
+        #: The splits this model reads in place of the cell's (by the cell split's
+        #: fingerprint): the same examples preprocessed for another backbone (a student).
+        self.reads: dict[str, Split] = {}
+
+    def reading(self, own: Task, cell: Task) -> "ModelPredictor":
+        """Makes the model read ``own``'s splits wherever it is asked for ``cell``'s."""
+        pairs = zip((cell.train, cell.val, cell.test, cell.shifted_test),
+                    (own.train, own.val, own.test, own.shifted_test))
+        self.reads = {c.fingerprint: o for c, o in pairs if c is not None and o is not None}
+        return self
 
     def logits(self, split: Split) -> torch.Tensor:
+        split = self.reads.get(split.fingerprint, split)
         return predict_logits(self.model, split.x, device=self.device, execution=self.execution)
 
     @property

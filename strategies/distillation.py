@@ -67,11 +67,14 @@ class KnowledgeDistillation(Strategy):
         teacher = members.get(self.options.teacher, members.index_of(seed), runtime)
         name = self.student_name(members.backbone_name)
         student = backbone if name is None else members.get_backbone(name)
+        # the student reads the images as its own weights expect; positions are the cell's,
+        # so the teacher's logits (on the cell's task) line up example by example
+        own = task if name is None else members.task_of(name)
         model = new_classifier(student, task.num_classes, seed=seed, runtime=runtime)
         loss = Distillation(teacher.logits_for(task.train).to(runtime.device),
                             temperature=params["temperature"], alpha=params["alpha"])
-        predictor = finetune(model, task, params, seed=seed, reporter=reporter, runtime=runtime,
-                             batch_size=self.batch_size, criterion=loss)
+        predictor = finetune(model, own, params, seed=seed, reporter=reporter, runtime=runtime,
+                             batch_size=self.batch_size, criterion=loss).reading(own, task)
         return predictor.annotate(
             reused=teacher.costs, teacher=teacher.label,
             student_backbone=name or members.backbone_name,

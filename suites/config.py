@@ -38,8 +38,8 @@ class SplitSpec(Frozen):
 
     seed: Seed = 0
     # "vtab1k": 800 train + 200 val drawn at random (seeded) from the official training
-    # split, the official test split for test (Zhai et al. 2019); the per-class fields do not
-    # apply. "official": the dataset's own train / val / test (val carved from train as in
+    # split (the 200 from the official val split where there is one), the official test
+    # split for test (Zhai et al. 2019); the per-class fields do not apply. "official": the dataset's own train / val / test (val carved from train as in
     # "default" when the dataset has no official val; the default pools train and val).
     protocol: Literal["default", "vtab1k", "official"] = "default"
     test_fraction: float = Field(0.3, gt=0, lt=1)
@@ -47,6 +47,10 @@ class SplitSpec(Frozen):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     shots: Int | None = Field(None, gt=0)
     max_test: Int | None = Field(None, gt=0)
+    # Datasets without an official test split: per class, this many (seeded) examples are
+    # kept for train + val and all the others are test, instead of a test_fraction
+    # (Kornblith et al.'s Caltech-101 protocol: 30 per class, the rest test).
+    train_per_class: Int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _protocol_fields(self) -> "SplitSpec":

@@ -131,8 +131,8 @@ def load_pool(name: str, args: dict[str, Any], *, where: str = "", data: DataAcc
     parsed = validate_args(cls.Args, args, where=f"{where}.args")
     data = data or DataAccess(default_data_root())
     dataset = cls()
-    location = dataset.location(parsed, data)
-    key = json.dumps([name, parsed.model_dump(), str(location)], sort_keys=True)
+    key = json.dumps([name, parsed.model_dump(), [str(p) for p in dataset.locations(parsed, data)]],
+                     sort_keys=True)
     if key not in _POOLS:
         try:
             _POOLS[key] = dataset.load(parsed, data)
@@ -146,8 +146,8 @@ def data_access(suite: Any) -> DataAccess:
     return DataAccess.of(suite.data_root, suite.download, suite_path=suite.path)
 
 
-def data_location(name: str, args: dict[str, Any], data: DataAccess) -> tuple[Path | None, bool]:
-    """Where dataset ``name`` is expected and whether something is there (for dry runs)."""
+def data_location(name: str, args: dict[str, Any], data: DataAccess) -> tuple[list[Path], list[Path]]:
+    """Where dataset ``name``'s files are expected, and those absent (for dry runs)."""
     cls = DATASETS.get(name)
-    location = cls().location(validate_args(cls.Args, args, where=name), data)
-    return location, location is None or location.exists()
+    paths = cls().locations(validate_args(cls.Args, args, where=name), data)
+    return paths, [p for p in paths if not p.exists()]

@@ -50,8 +50,11 @@ class TorchvisionDataset(Dataset):
     def root(self, data: DataAccess) -> Path:
         return data.root / self.subdir if self.subdir else data.root
 
-    def location(self, args: ArgsModel, data: DataAccess) -> Path:
-        return self.root(data) / self.folder
+    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
+        return [self.root(data) / self.folder]
+
+    def splits(self) -> list[dict[str, Any]]:
+        return [s for s in (self.train, self.val, self.test) if s is not None]
 
     def extra(self, args: ArgsModel) -> dict[str, Any]:
         """Keyword arguments for every split: the ``args`` block, whose fields are named as
@@ -59,16 +62,18 @@ class TorchvisionDataset(Dataset):
         return args.model_dump()
 
     def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
-        if not self.location(args, data).exists():
+        missing = [p for p in self.locations(args, data) if not p.exists()]
+        if missing:
             if not data.download:
-                raise ConfigError(f"dataset {self.name}: not found at {self.location(args, data)}; set "
-                                  f"`download: true` in the suite, or place the files there ({self.layout})")
+                raise ConfigError(f"dataset {self.name}: not found at {missing[0]}; set `download: true` in the "
+                                  f"suite, or place the files there ({self.layout})")
             try:
-                self._open(data, args, self.train, download=True)
+                for split in self.splits():  # some datasets fetch one file per split (SVHN)
+                    self._open(data, args, split, download=True)
             except Exception as err:  # noqa: BLE001 - network and archive failures come in many types
                 raise ConfigError(f"dataset {self.name}: download into {self.root(data)} failed ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0][:120] if str(err) else ''}); without network, "
-                                  f"place the files at {self.location(args, data)} ({self.layout})") from None
+                                  f"place the files at {missing[0]} ({self.layout})") from None
         train = self._open(data, args, self.train)
         val = self._open(data, args, self.val) if self.val else None
         test = self._open(data, args, self.test) if self.test else None
@@ -87,8 +92,9 @@ class TorchvisionDataset(Dataset):
             if download:
                 raise
             reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-            raise ConfigError(f"dataset {self.name}: files at {self.location(args, data)} cannot "
-                              f"be read ({reason}); expected {self.layout}") from None
+            hint = " (a partial download? delete it and run again)" if data.download else ""
+            raise ConfigError(f"dataset {self.name}: files at {self.locations(args, data)[0]} cannot "
+                              f"be read ({reason}); expected {self.layout}{hint}") from None
 
     @staticmethod
     def class_names(ds: Any, labels: np.ndarray) -> tuple[str, ...]:
@@ -130,8 +136,9 @@ def labels_of(ds: Any) -> np.ndarray:
 
 def identity_of(ds: Any, root: Path) -> str:
     """What identifies a dataset's content, cheaply: its class, size and labels, plus its
-    file list relative to ``root`` (or its pixel array for datasets held in memory), so
-    moving the data root does not change it and different files do."""
+    file list relative to ``root`` with each file's size and modification time (or its pixel
+    array for datasets held in memory), so moving the data root (keeping times, as ``mv`` and
+    ``cp -p`` do) does not change it and different files do."""
     digest = hashlib.sha256(type(ds).__name__.encode())
     digest.update(labels_of(ds).tobytes())
     data = getattr(ds, "data", None)
@@ -144,12 +151,17 @@ def identity_of(ds: Any, root: Path) -> str:
             files = [Path(ds.root, "101_ObjectCategories", ds.categories[c], f"image_{i:04d}.jpg")
                      for c, i in zip(ds.y, ds.index)]  # Caltech101 keeps category + number, not paths
         for item in files:
-            path = item[0] if isinstance(item, tuple) else item
+            path = Path(item[0] if isinstance(item, tuple) else item)
             try:
-                rel = Path(path).relative_to(root)
-            except (ValueError, TypeError):
-                rel = Path(str(path))
-            digest.update(f"{rel}\n".encode())
+                rel = path.relative_to(root)
+            except ValueError:
+                rel = path
+            try:  # size and modification time stand in for the content (hashing it is too slow)
+                st = path.stat()
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "?"
+            digest.update(f"{rel}|{stamp}\n".encode())
     return f"{len(ds)}:{digest.hexdigest()[:16]}"
 
 
@@ -174,6 +186,9 @@ class Svhn(TorchvisionDataset):
     description = "SVHN cropped digits, 73k/26k images 32x32, 10 classes (torchvision)"
     tv_class, folder, subdir = "SVHN", "train_32x32.mat", "svhn"
     layout = "svhn/train_32x32.mat and svhn/test_32x32.mat"
+
+    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
+        return [self.root(data) / "train_32x32.mat", self.root(data) / "test_32x32.mat"]
 
 
 class Stl10(TorchvisionDataset):
@@ -271,9 +286,9 @@ class ImageFolderDataset(Dataset):
     description = "a local tree <path>/<class>/*.jpg|png (+ optional val/test trees) read lazily"
     Args = FolderArgs
 
-    def location(self, args: ArgsModel, data: DataAccess) -> Path:
+    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
         assert isinstance(args, FolderArgs)
-        return data.root / args.path
+        return [data.root / p for p in (args.path, args.val, args.test) if p]
 
     def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
         assert isinstance(args, FolderArgs)

@@ -19,10 +19,10 @@ def default_data_root() -> Path:
     """``$TLBENCH_DATA``, else ``data`` in the tlbench cache (``$TLBENCH_CACHE`` or
     ``~/.cache/tlbench``)."""
     if os.environ.get("TLBENCH_DATA"):
-        return Path(os.environ["TLBENCH_DATA"])
+        return Path(os.environ["TLBENCH_DATA"]).expanduser()
     cache = os.environ.get("TLBENCH_CACHE")
     if cache:
-        return Path(cache) / "data"
+        return Path(cache).expanduser() / "data"
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlbench" / "data"
 
 
@@ -70,6 +70,7 @@ class Dataset(ABC):
     def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
         """Materialises the data (deterministic for the arguments)."""
 
-    def location(self, args: ArgsModel, data: DataAccess) -> Path | None:
-        """Where the dataset's files are expected (None: bundled or generated)."""
-        return None
+    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
+        """Where the dataset's files are expected (none: bundled or generated); the first is
+        the one error messages name."""
+        return []

@@ -113,6 +113,7 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
     num_classes = len(classes) if classes else pool.num_classes
     sp = spec.split
     _check_protocol(pool, spec, where)
+    labels = [pool.class_names[c] for c in classes or range(num_classes)]
     gen = torch.Generator().manual_seed(sp.seed)
     x, y, positions = _restrict(pool.x, pool.y, classes, pool.num_classes)
     official_val = torch.zeros(len(y), dtype=torch.bool)
@@ -124,8 +125,8 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
         rest = [in_train[idx] for idx in _per_class(y[in_train], num_classes, gen)]
     else:
         rest, test_idx = [], []
-        for idx in _per_class(y, num_classes, gen):
-            n_test = max(1, round(len(idx) * sp.test_fraction))
+        for c, idx in enumerate(_per_class(y, num_classes, gen)):
+            n_test = _test_size(len(idx), sp, label=labels[c], where=where)
             test_idx.append(idx[:n_test])
             rest.append(idx[n_test:])
         t = torch.cat(test_idx)
@@ -134,12 +135,16 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
         keep = torch.randperm(len(test_y), generator=gen)[: sp.max_test]
         test_x, test_y = test_x[keep], test_y[keep]
     if sp.protocol == "vtab1k":
-        tr, va = _vtab1k(torch.cat(rest), sp.seed, where=where)
+        tr, va = _vtab1k(torch.cat(rest), torch.nonzero(official_val).flatten(), sp.seed, where=where)
     elif official_val.any():
+        for idx, label in zip(rest, labels):
+            if sp.shots is not None and sp.shots > len(idx):
+                raise ConfigError(f"{where}.split.shots: {sp.shots} shots requested but class {label!r} has only "
+                                  f"{len(idx)} official training examples; allowed: 1..{len(idx)}")
         tr = torch.cat([idx[: sp.shots] if sp.shots else idx for idx in rest])
         va = torch.nonzero(official_val).flatten()
     else:
-        tr, va = _train_val(rest, sp, [pool.class_names[c] for c in classes or range(num_classes)], where)
+        tr, va = _train_val(rest, sp, labels, where)
     test = _split(test_x, test_y)
     shifted = _split(apply_shift(test_x, spec.shift, where=f"{where}.shift"), test_y) if spec.shift else None
     info = {"dataset": spec.dataset, "split_seed": sp.seed, "protocol": sp.protocol, "shots": sp.shots,
@@ -161,8 +166,25 @@ def _train_val(rest: list[torch.Tensor], sp: SplitSpec, labels: list[str],
     return torch.cat(train_idx), torch.cat(val_idx)
 
 
+def _test_size(n: int, sp: SplitSpec, *, label: str, where: str) -> int:
+    """How many of a class's ``n`` examples are held out for test (no official test split)."""
+    if sp.train_per_class is None:
+        return max(1, round(n * sp.test_fraction))
+    if sp.train_per_class >= n:
+        raise ConfigError(f"{where}.split.train_per_class: {sp.train_per_class} requested but class {label!r} has "
+                          f"{n} examples; allowed: 1..{n - 1} (at least one is test)")
+    return n - sp.train_per_class
+
+
 def _check_protocol(pool: DataPool, spec: TaskSpec, where: str) -> None:
     lazy = isinstance(pool.x, ImageView)
+    sp = spec.split
+    if sp.train_per_class is not None and pool.test_x is not None:
+        raise ConfigError(f"{where}.split.train_per_class: dataset {spec.dataset!r} has an official test split; "
+                          f"train_per_class applies to datasets without one (remove it)")
+    if sp.protocol == "official" and pool.val_index is not None and sp.val_per_class is not None:
+        raise ConfigError(f"{where}.split.val_per_class: dataset {spec.dataset!r} has an official val split, "
+                          f"which protocol official uses (remove val_per_class, or use protocol default)")
     if spec.split.protocol == "official" and pool.test_x is None:
         raise ConfigError(f"{where}.split.protocol: dataset {spec.dataset!r} has no official test split; "
                           f"allowed for it: default, vtab1k")
@@ -180,16 +202,27 @@ def _check_protocol(pool: DataPool, spec: TaskSpec, where: str) -> None:
 VTAB_TRAIN, VTAB_VAL = 800, 200
 
 
-def _vtab1k(pool_idx: torch.Tensor, seed: int, *, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _vtab1k(pool_idx: torch.Tensor, val_idx: torch.Tensor, seed: int, *,
+            where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """VTAB-1k (Zhai et al. 2019): 800 training and 200 validation examples drawn uniformly
-    at random (not per class) from the training pool with the split's seed."""
-    need = VTAB_TRAIN + VTAB_VAL
-    if len(pool_idx) < need:
-        raise ConfigError(f"{where}.split.protocol: vtab1k draws {need} examples from the training pool, "
-                          f"which has {len(pool_idx)} (after any test carve-out and class subset)")
+    at random (not per class) with the split's seed: both from the training pool, or, when
+    the dataset has an official validation split (``val_idx``), the 200 from it as VTAB does."""
+    gen = torch.Generator().manual_seed(seed)
+    official_val = len(val_idx) > 0
+    need = VTAB_TRAIN if official_val else VTAB_TRAIN + VTAB_VAL
+    checks = [("training pool", pool_idx, need)]
+    if official_val:
+        checks.append(("official validation split", val_idx, VTAB_VAL))
+    for name, idx, n in checks:
+        if len(idx) < n:
+            raise ConfigError(f"{where}.split.protocol: vtab1k draws {n} examples from the {name}, which "
+                              f"has {len(idx)} (after any test carve-out and class subset)")
     order = pool_idx.sort().values  # independent of the per-class grouping above
-    chosen = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))[:need]]
-    return chosen[:VTAB_TRAIN], chosen[VTAB_TRAIN:]
+    chosen = order[torch.randperm(len(order), generator=gen)[:need]]
+    if not official_val:
+        return chosen[:VTAB_TRAIN], chosen[VTAB_TRAIN:]
+    val = val_idx.sort().values
+    return chosen, val[torch.randperm(len(val), generator=gen)[:VTAB_VAL]]
 
 
 def _check_class_size(n: int, sp: SplitSpec, *, label: str, where: str) -> int:

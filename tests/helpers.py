@@ -12,7 +12,8 @@ def sample_params(strategy, backbone, seed: int = 0) -> dict:
 
 
 def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, root=None,
-                 backbones=None, keep_weights=frozenset(), params=None, make=None, needed=frozenset()):
+                 backbones=None, keep_weights=frozenset(), params=None, make=None, needed=frozenset(),
+                 task_for=None):
     """A cell's model server outside a suite: each strategy's configuration is ``params[name]``
     or a seeded random draw from its search space."""
     from harness.members import Members, ModelStore
@@ -30,5 +31,5 @@ def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, r
                    best_params=lambda name: params.get(name) or sample_params(make(name), backbone),
                    seed_of=lambda k: evaluation_seed(0, k), store=ModelStore(root),
                    backbones=backbones or {"tiny-backbone": backbone}, keep_weights=keep_weights,
-                   needed=needed)
+                   needed=needed, task_for=task_for)
 

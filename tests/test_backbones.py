@@ -139,3 +139,16 @@ def test_torchvision_weights_errors(tmp_path, monkeypatch) -> None:
         TorchvisionResNet.with_weights(args, "IMAGENET9K")
     with pytest.raises(ConfigError, match=r"unknown efficientnet variant 'efficientnet_b9'"):
         EfficientNet.with_weights(VariantArgs(variant="efficientnet_b9"), "DEFAULT")
+
+
+def test_scratch_redraws_parameters_no_layer_resets() -> None:
+    """ViT's position embedding and class token belong to no layer with reset_parameters:
+    a torchvision backbone is rebuilt from its arguments, so they are re-drawn too."""
+    vit = build_backbone("vit", {"variant": "vit_b_32"})
+    embedding = vit.groups[0]
+    with torch.no_grad():
+        for p in embedding.parameters():
+            p.fill_(0.5)  # stands in for pretrained values
+    fresh = vit.reinitialized(seed=2)
+    assert all(not torch.equal(a, b) for a, b in zip(fresh.groups[0].parameters(), embedding.parameters()))
+    assert state_fingerprint(fresh) == state_fingerprint(vit.reinitialized(seed=2))

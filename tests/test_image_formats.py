@@ -279,8 +279,13 @@ def test_flowers102_mat_files_with_official_val(tmp_path: Path, monkeypatch: pyt
     official = task("flowers102", tmp_path, protocol="official")
     assert _sizes(official) == (6, 6, 9) and official.num_classes == 102
     assert sorted(official.val.y.tolist()) == sorted(want["valid"])
-    few = task("flowers102", tmp_path, protocol="official", shots=1)
+    few = task("flowers102", tmp_path, classes=[0, 50, 101], protocol="official", shots=1)
     assert len(few.train) == 3 and len(few.val) == 6
+    with pytest.raises(ConfigError, match=r"split\.shots: 5 shots requested but class 'pink primrose' has only 2 "
+                                          r"official training examples"):
+        task("flowers102", tmp_path, classes=[0, 50, 101], protocol="official", shots=5)
+    with pytest.raises(ConfigError, match=r"split\.val_per_class: dataset 'flowers102' has an official val split"):
+        task("flowers102", tmp_path, protocol="official", val_per_class=1)
     pooled = task("flowers102", tmp_path, classes=[0, 50, 101], val_per_class=1)  # train + val pooled
     assert _sizes(pooled) == (9, 3, 9) and pooled.num_classes == 3 and pooled.train.y.max() == 2
     _reads_rgb(official)

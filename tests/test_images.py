@@ -139,6 +139,11 @@ def test_image_folder_trees_with_test_split_and_grayscale(tmp_path: Path) -> Non
     bound = t.bound(Preprocess(20, 16))
     x = bound.train.x.head(4)
     assert x.shape == (4, 3, 16, 16)  # resized, cropped, grayscale converted to RGB
+    (tmp_path / "pets2").mkdir()  # the same file names holding other images: another identity
+    write_folder(tmp_path / "pets2" / "train", ["cat", "dog", "fox"], 8, seed=5)
+    write_folder(tmp_path / "pets2" / "test", ["cat", "dog", "fox"], 3, seed=1)
+    t2 = task("image_folder", tmp_path, args={"path": "pets2/train", "test": "pets2/test"}, val_per_class=2)
+    assert t2.bound(Preprocess(20, 16)).train.fingerprint != t.bound(Preprocess(20, 16)).train.fingerprint
     other = t.bound(Preprocess(20, 12))
     assert other.train.fingerprint != bound.train.fingerprint  # preprocessing is part of the content
     assert bound.bound(Preprocess(20, 16)).train.fingerprint == bound.train.fingerprint
@@ -206,6 +211,24 @@ def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "\n" not in msg and "download into" in msg and "URLError" in msg and "cifar-10-batches-py" in msg
 
 
+def test_download_fetches_every_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SVHN downloads one file per split: ``download: true`` must fetch the test file too."""
+    fetched = []
+
+    def fake_download(url: str, root: str, filename: str, md5: str | None = None) -> None:
+        fetched.append(filename)
+        if not (tmp_path / "src" / "svhn").exists():
+            write_svhn(tmp_path / "src")
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_bytes((tmp_path / "src" / "svhn" / filename).read_bytes())
+
+    monkeypatch.setattr("torchvision.datasets.svhn.download_url", fake_download)
+    monkeypatch.setattr("torchvision.datasets.svhn.check_integrity", lambda path, md5=None: Path(path).is_file())
+    pool = load_pool("svhn", {}, data=DataAccess(tmp_path / "data", download=True))
+    assert sorted(fetched) == ["test_32x32.mat", "train_32x32.mat"]
+    assert len(pool.x) == 40 and pool.test_y is not None and len(pool.test_y) == 20
+
+
 def test_in_memory_datasets_reject_image_options(tmp_path: Path) -> None:
     spec = TaskSpec(dataset="digits", augment="flip")
     with pytest.raises(ConfigError, match=r"tasks\.t\.augment: 'flip' applies to image-file datasets"):
@@ -260,16 +283,42 @@ def test_training_on_image_files_is_seeded_and_learns(tmp_path: Path) -> None:
         torch.manual_seed(0)
         backbone = SmallCNN2d(in_channels=3, width=8, depth=2)
         model = Classifier(backbone, backbone.new_head(3))
+        torch.rand(workers + 1)  # the global random state must not matter
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         hist = fit_epochs(model, opt, (bound.train.x, bound.train.y), (bound.val.x, bound.val.y), epochs=6,
                           batch_size=8, seed=0, device=torch.device("cpu"), reporter=NullReporter(),
                           execution=Execution(loading=Loading(workers=workers)))
         runs.append((hist, model.state_dict()))
-    assert runs[0][0] == runs[1][0]  # augmentation is seeded
-    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    for again in (runs[1], runs[2]):  # augmentation is seeded, whatever the number of workers
+        assert again[0] == runs[0][0] and all(torch.equal(runs[0][1][k], again[1][k]) for k in runs[0][1])
     assert not torch.equal(runs[0][1]["head.weight"], runs[3][1]["head.weight"])  # and does something
-    assert len(runs[2][0]) == 6  # two workers, persistent over the epochs
     assert max(runs[3][0]) > 0.5  # the brightness signal is learnt
+
+
+def test_a_distillation_student_reads_images_as_its_own_weights_expect(tmp_path: Path, runtime) -> None:
+    import dataclasses
+
+    from helpers import make_members
+
+    from harness.backbones import SmallCNN2d, identify
+    from strategies import STRATEGIES
+
+    write_folder(tmp_path / "f", ["a", "b", "c"], 8)
+    plain = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=2)
+    cell, own = plain.bound(Preprocess(20, 16)), plain.bound(Preprocess(14, 12))
+    torch.manual_seed(0)
+    teacher = identify(SmallCNN2d(in_channels=3, width=4, depth=2), "t")
+    student = identify(SmallCNN2d(in_channels=3, width=2, depth=2), "s")
+    adamw = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "warmup_fraction": 0.0}
+    members = make_members(cell, teacher, backbones={"tiny-backbone": teacher, "small": student},
+                           params={"full_finetune": {**adamw, "epochs": 2}},
+                           task_for=lambda name: own if name == "small" else cell)
+    kd = STRATEGIES.get("distillation")(epochs=(2, 2), batch_size=8, options={"student": "small"})
+    predictor = kd.fit(teacher, cell, {**adamw, "epochs": 2, "temperature": 2.0, "alpha": 0.5}, seed=0,
+                       reporter=NullReporter(), runtime=dataclasses.replace(runtime, members=members))
+    assert predictor.reads[cell.test.fingerprint] is own.test  # 12 px crops, not the teacher's 16
+    expected = predict_logits(predictor.model, own.test.x, device=torch.device("cpu"))
+    assert torch.equal(predictor.logits(cell.test), expected)
 
 
 # --------------------------------------------------------------------------- suites and CLI

@@ -456,3 +456,41 @@ def test_vtab1k_errors_are_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> No
         build("any", split={"protocol": "vtab1k"})
     with pytest.raises(ValueError, match="remove shots"):
         SplitSpec(protocol="vtab1k", shots=5)
+
+
+def _with_official_val(pool: DataPool, n_val: int) -> DataPool:
+    """``pool`` whose last ``n_val`` rows are the dataset's official validation split."""
+    import dataclasses
+
+    return dataclasses.replace(pool, val_index=torch.arange(len(pool.y) - n_val, len(pool.y)))
+
+
+def test_official_val_split_is_used_by_official_and_vtab1k_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = _with_official_val(synthetic_pool([700, 500, 300], official_test=90), 300)
+    use_pool(monkeypatch, pool)
+    official_val = set(range(1200, 1500))
+    off = build("any", split={"seed": 1, "protocol": "official"})
+    assert indices(off.val) == official_val and indices(off.train) == set(range(1200))
+    vtab = build("any", split={"seed": 1, "protocol": "vtab1k"})  # VTAB: val200 from the official val
+    assert len(vtab.train) == 800 and len(vtab.val) == 200
+    assert indices(vtab.val) <= official_val and not indices(vtab.train) & official_val
+    pooled = build("any", split={"seed": 1, "val_per_class": 10})  # default: train and val pooled
+    assert len(pooled.val) == 30 and indices(pooled.train) & official_val
+    sub = build("any", classes=[2, 0], split={"seed": 1, "protocol": "official"})  # positions survive a subset
+    kept = {i for i in official_val if pool.y[i] in (0, 2)}
+    assert indices(sub.val) == kept and not indices(sub.train) & official_val
+    with pytest.raises(ConfigError, match=r"vtab1k draws 200 examples from the official validation split"):
+        use_pool(monkeypatch, _with_official_val(synthetic_pool([700, 500, 300], official_test=9), 150))
+        build("any", split={"protocol": "vtab1k"})
+
+
+def test_train_per_class_keeps_n_per_class_and_tests_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_pool(monkeypatch, synthetic_pool([40, 31, 60]))
+    t = build("any", split={"seed": 2, "train_per_class": 30, "val_per_class": 5})
+    assert counts(t.train.y, 3) == [25, 25, 25] and counts(t.test.y, 3) == [10, 1, 30]
+    assert not indices(t.test) & (indices(t.train) | indices(t.val))
+    with pytest.raises(ConfigError, match=r"split\.train_per_class: 31 requested but class 'c1' has 31 examples"):
+        build("any", split={"train_per_class": 31})
+    use_pool(monkeypatch, synthetic_pool([40, 40], official_test=10))
+    with pytest.raises(ConfigError, match=r"train_per_class: dataset 'any' has an official test split"):
+        build("any", split={"train_per_class": 5})

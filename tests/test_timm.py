@@ -90,6 +90,30 @@ def test_shorthand_arch_in_a_suite_and_weights_errors(tmp_path: Path, monkeypatc
     assert torch.allclose(pre.transform()(image), reference(image), atol=1e-4)
 
 
+def test_scratch_redraws_every_parameter_and_models_without_drop_path_build() -> None:
+    pretrained = build_backbone("timm", {"model": "vit_tiny_patch16_224"}, seed=0)
+    with torch.no_grad():
+        pretrained.net.pos_embed.fill_(0.5)  # stands in for pretrained values
+        pretrained.net.cls_token.fill_(0.5)
+    fresh = pretrained.reinitialized(3)
+    assert not torch.equal(fresh.net.pos_embed, pretrained.net.pos_embed)  # no reset_parameters re-draws it
+    assert not torch.equal(fresh.net.cls_token, pretrained.net.cls_token)
+    again = pretrained.reinitialized(3)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
+    assert fresh.weights_id.startswith("random:3:") and fresh.init_args == pretrained.init_args
+    assert build_backbone("timm", {"model": "vgg11"}).feature_dim > 0  # takes no drop_path_rate
+    with pytest.raises(ConfigError, match="timm model 'vgg11' cannot be built with"):
+        build_backbone("timm", {"model": "vgg11", "drop_path_rate": 0.1})
+
+
+def test_frozen_groups_stop_stochastic_depth() -> None:
+    backbone = build_backbone("timm", {"model": "vit_tiny_patch16_224", "drop_path_rate": 0.3})
+    model = Classifier(backbone, backbone.new_head(3)).train()
+    FreezeSchedule.only([len(backbone.groups)]).on_epoch_start(0, model, None)  # head only
+    x = torch.randn(2, 3, 224, 224)
+    assert torch.equal(backbone(x), backbone(x))  # frozen: no dropped paths
+
+
 def test_unknown_model_and_missing_pretrained_config() -> None:
     with pytest.raises(ConfigError, match="unknown timm model 'resnet7'"):
         build_backbone("timm", {"model": "resnet7"})

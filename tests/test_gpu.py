@@ -1,0 +1,70 @@
+"""GPU-only checks (skipped on machines without CUDA): the CUDA defaults (bf16 autocast,
+channels_last, DataLoader workers with pinned memory), training and feature extraction on
+the device from image files, and the peak GPU memory in each record."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+
+
+def test_cuda_defaults() -> None:
+    from harness.runtime import resolve_execution
+
+    ex = resolve_execution(CUDA)
+    assert ex.bf16 == torch.cuda.is_bf16_supported() and ex.channels_last
+    assert ex.loading.workers > 0 and ex.loading.pin_memory
+    assert resolve_execution(CUDA, precision="fp32", channels_last="off", workers="0").loading.workers == 0
+
+
+def test_features_on_the_gpu_match_the_cpu(tiny_backbone, tiny_task) -> None:
+    from harness.features import compute_features
+    from harness.train import Execution
+
+    cpu = compute_features(tiny_backbone, tiny_task.val.x, device=torch.device("cpu"))
+    gpu = compute_features(tiny_backbone, tiny_task.val.x, device=CUDA, execution=Execution(bf16=True))
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float32  # returned to the host
+    assert torch.allclose(gpu, cpu, atol=0.05 * cpu.abs().max().item())  # bf16 rounding only
+    assert next(tiny_backbone.parameters()).device.type == "cpu"  # the shared backbone is not moved
+
+
+def test_image_folder_suite_on_the_gpu_records_its_settings(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from harness.cli import main
+    from test_images import write_folder
+
+    write_folder(tmp_path / "data" / "shapes" / "train", ["a", "b", "c"], 10)
+    write_folder(tmp_path / "data" / "shapes" / "test", ["a", "b", "c"], 4, seed=1)
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        name: gpu
+        trials: 2
+        seeds: 1
+        strategies: [linear_probe, full_finetune]
+        training: {epochs: [2, 3], batch_size: 8}
+        data_root: data
+        tasks:
+          shapes:
+            dataset: image_folder
+            args: {path: shapes/train, test: shapes/test}
+            split: {val_per_class: 2}
+            image_size: 32
+            augment: crop_flip
+            backbones: [resnet]
+        backbones:
+          resnet: {arch: resnet, args: {variant: resnet18, small_input: true}}
+    """))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cuda", "--workers", "2"]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert (runs["peak_memory_kind"] == "cuda_max_allocated").all() and (runs["peak_memory_mb"] > 0).all()
+    assert (runs["channels_last"]).all() and (runs["loader_workers"] == 2).all()
+    assert runs["test_accuracy"].notna().all()

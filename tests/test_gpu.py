@@ -4,7 +4,6 @@ the device from image files, and the peak GPU memory in each record."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -39,30 +38,12 @@ def test_image_folder_suite_on_the_gpu_records_its_settings(tmp_path: Path) -> N
     import pandas as pd
 
     from harness.cli import main
-    from test_images import write_folder
+    from test_images import write_folder_suite
 
-    write_folder(tmp_path / "data" / "shapes" / "train", ["a", "b", "c"], 10)
-    write_folder(tmp_path / "data" / "shapes" / "test", ["a", "b", "c"], 4, seed=1)
-    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
-        name: gpu
-        trials: 2
-        seeds: 1
-        strategies: [linear_probe, full_finetune]
-        training: {epochs: [2, 3], batch_size: 8}
-        data_root: data
-        tasks:
-          shapes:
-            dataset: image_folder
-            args: {path: shapes/train, test: shapes/test}
-            split: {val_per_class: 2}
-            image_size: 32
-            augment: crop_flip
-            backbones: [resnet]
-        backbones:
-          resnet: {arch: resnet, args: {variant: resnet18, small_input: true}}
-    """))
+    suite = write_folder_suite(tmp_path, seeds=1, image_size=32, augment="crop_flip",
+                               backbone="{arch: resnet, args: {variant: resnet18, small_input: true}}")
     out = tmp_path / "out"
-    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+    assert main(["run", str(suite), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
                  "--device", "cuda", "--workers", "2"]) == 0
     runs = pd.read_csv(out / "runs.csv")
     assert (runs["peak_memory_kind"] == "cuda_max_allocated").all() and (runs["peak_memory_mb"] > 0).all()

@@ -346,27 +346,36 @@ def test_missing_data_run_exits_2_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_image_folder_suite_runs_end_to_end(tmp_path: Path) -> None:
-    write_folder(tmp_path / "data" / "shapes" / "train", ["a", "b", "c"], 10)
-    write_folder(tmp_path / "data" / "shapes" / "test", ["a", "b", "c"], 4, seed=1)
-    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+def write_folder_suite(root: Path, *, seeds: int, image_size: int, augment: str, backbone: str) -> Path:
+    """A suite of one image-folder task (3 classes, 10 train and 4 test images each) under
+    ``root``, with linear probing and fine-tuning on ``backbone`` (a YAML flow mapping)."""
+    write_folder(root / "data" / "shapes" / "train", ["a", "b", "c"], 10)
+    write_folder(root / "data" / "shapes" / "test", ["a", "b", "c"], 4, seed=1)
+    path = root / "s.yaml"
+    path.write_text(textwrap.dedent(f"""
         name: folder
         trials: 2
-        seeds: 2
+        seeds: {seeds}
         strategies: [linear_probe, full_finetune]
-        training: {epochs: [2, 3], batch_size: 8}
+        training: {{epochs: [2, 3], batch_size: 8}}
         data_root: data
         tasks:
           shapes:
             dataset: image_folder
-            args: {path: shapes/train, test: shapes/test}
-            split: {val_per_class: 2}
-            image_size: 16
-            augment: flip
-            backbones: [cnn]
+            args: {{path: shapes/train, test: shapes/test}}
+            split: {{val_per_class: 2}}
+            image_size: {image_size}
+            augment: {augment}
+            backbones: [net]
         backbones:
-          cnn: {arch: cnn2d, args: {in_channels: 3, width: 8, depth: 2}}
+          net: {backbone}
     """))
+    return path
+
+
+def test_image_folder_suite_runs_end_to_end(tmp_path: Path) -> None:
+    write_folder_suite(tmp_path, seeds=2, image_size=16, augment="flip",
+                       backbone="{arch: cnn2d, args: {in_channels: 3, width: 8, depth: 2}}")
     r = tlbench("run", "s.yaml", "--out", "out", "--cache-dir", "cache", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     import pandas as pd

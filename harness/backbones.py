@@ -41,9 +41,6 @@ class Backbone(nn.Module, ABC):
     groups: nn.ModuleList
     feature_dim: int
     weights_id: str = "random"
-    # Whether forward_features is the groups run in order (true of every adapter but timm's,
-    # whose groups only partition the parameters for freezing and learning rates).
-    sequential_groups: ClassVar[bool] = True
     rebuild_to_reinitialize: ClassVar[bool] = False
     init_args: dict[str, Any] | None = None  # the suite arguments it was built from, when known
 
@@ -435,17 +432,17 @@ class TimmBackbone(Backbone):
     ``group_matcher`` (coarse) gives its layer groups, input → output, the same grouping
     timm's layer-wise learning-rate decay uses. Needs the optional dependency timm.
 
-    The groups are containers for freezing and per-group learning rates, not stages the
-    features run through (timm's forward is the model's own): parameters no group claims
-    (ViT's class token and position embedding) join the first group, and each group also
-    holds its modules so a frozen group's batch norms run in eval mode. They are kept out of
-    the module tree, so the state dict is exactly timm's.
+    Unlike the other adapters' groups, these are not stages the features run through one
+    after another (timm's forward is the model's own): they are containers for freezing and
+    per-group learning rates, each holding the largest submodules whose parameters are all
+    its own (so a frozen group's batch norms, dropout and stochastic depth run in eval mode)
+    plus loose parameters timm assigns it (ViT's class token and position embedding). They
+    are kept out of the module tree, so the state dict is exactly timm's.
     """
 
     name = "timm"
     description = "any timm model as timm:<name> (optional dependency; weights: DEFAULT = timm's pretrained)"
     Args = TimmArgs
-    sequential_groups = False
     rebuild_to_reinitialize = True
 
     def __init__(self, model: str, in_chans: int = 3, drop_path_rate: float = 0.0, pretrained: bool = False) -> None:

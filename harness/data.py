@@ -85,7 +85,7 @@ class ImageView:
     backbone (:meth:`bound`) before anything is read.
     """
 
-    source: Any
+    source: ImageSource
     indices: torch.Tensor
     identity: str
     preprocess: Preprocess | None = None
@@ -139,7 +139,7 @@ class _Images(Dataset):
     on the number of workers or on what else used the global random state.
     """
 
-    def __init__(self, source: Any, indices: list[int], transform: Any, *, random: bool = False) -> None:
+    def __init__(self, source: ImageSource, indices: list[int], transform: Any, *, random: bool = False) -> None:
         self.source, self.indices, self.transform, self.random = source, indices, transform, random
 
     def __len__(self) -> int:
@@ -158,17 +158,6 @@ class _Images(Dataset):
 
 
 Inputs = torch.Tensor | ImageView
-
-
-def fingerprint_of(x: Inputs) -> str:
-    """The content hash of a split's inputs (tensor bytes, or an image view's identity)."""
-    if isinstance(x, ImageView):
-        return x.fingerprint
-    digest = hashlib.sha256()
-    t = x.detach().cpu().contiguous()
-    digest.update(str(tuple(t.shape)).encode())
-    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

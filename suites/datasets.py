@@ -20,13 +20,10 @@ from harness.backbones import ArgsModel, validate_args
 from harness.errors import ConfigError
 from harness.registry import Registry
 from suites.images import IMAGE_DATASETS
-from suites.pools import DataAccess, DataPool, Dataset, default_data_root
+from suites.pools import DataAccess, DataPool, Dataset, NoArgs, default_data_root
 
 __all__ = ["DATASETS", "DataAccess", "DataPool", "Dataset", "data_access", "data_location", "load_pool"]
 
-
-class NoArgs(ArgsModel):
-    pass
 
 
 class Digits(Dataset):

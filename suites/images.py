@@ -19,11 +19,7 @@ from pydantic import Field
 from harness.backbones import ArgsModel
 from harness.data import ImageView
 from harness.errors import ConfigError
-from suites.pools import DataAccess, DataPool, Dataset
-
-
-class NoArgs(ArgsModel):
-    pass
+from suites.pools import DataAccess, DataPool, Dataset, NoArgs
 
 
 class TorchvisionDataset(Dataset):
@@ -88,7 +84,7 @@ class TorchvisionDataset(Dataset):
         cls = getattr(torchvision.datasets, self.tv_class)
         try:
             return cls(str(self.root(data)), **split, **self.extra(args), download=download)
-        except (RuntimeError, OSError, KeyError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - unreadable files raise many types (pickle, .mat, JSON, …)
             if download:
                 raise
             reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__

@@ -74,3 +74,7 @@ class Dataset(ABC):
         """Where the dataset's files are expected (none: bundled or generated); the first is
         the one error messages name."""
         return []
+
+
+class NoArgs(ArgsModel):
+    """The argument block of a dataset that takes none."""

@@ -124,8 +124,9 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
         test_x, test_y, _ = _restrict(pool.test_x, pool.test_y, classes, pool.num_classes)
         rest = [in_train[idx] for idx in _per_class(y[in_train], num_classes, gen)]
     else:
-        rest, test_idx = [], []
-        for c, idx in enumerate(_per_class(y, num_classes, gen)):
+        rest, test_idx = [], []  # an official val split (if any) is neither test nor train
+        for c, idx in enumerate(_per_class(y[in_train], num_classes, gen)):
+            idx = in_train[idx]
             n_test = _test_size(len(idx), sp, label=labels[c], where=where)
             test_idx.append(idx[:n_test])
             rest.append(idx[n_test:])

@@ -484,6 +484,15 @@ def test_official_val_split_is_used_by_official_and_vtab1k_only(monkeypatch: pyt
         build("any", split={"protocol": "vtab1k"})
 
 
+def test_an_official_val_split_never_reaches_a_carved_test_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_pool(monkeypatch, _with_official_val(synthetic_pool([700, 500, 300]), 300))  # val, no test
+    official_val = set(range(1200, 1500))
+    t = build("any", split={"seed": 3, "protocol": "vtab1k", "test_fraction": 0.2})
+    assert indices(t.val) <= official_val and not (indices(t.test) | indices(t.train)) & official_val
+    pooled = build("any", split={"seed": 3, "test_fraction": 0.2})  # default: val pooled with train
+    assert indices(pooled.test) & official_val
+
+
 def test_train_per_class_keeps_n_per_class_and_tests_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     use_pool(monkeypatch, synthetic_pool([40, 31, 60]))
     t = build("any", split={"seed": 2, "train_per_class": 30, "val_per_class": 5})

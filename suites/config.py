@@ -7,7 +7,7 @@ import json
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, Strict, ValidationError,
@@ -27,6 +27,18 @@ NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: Fields added after suites were first stored: left out of dumps while at their
+    #: defaults, so the fingerprints (store and cache keys) of older suites stay the same.
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self.LATER_FIELDS:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
 
 class SplitSpec(Frozen):
     """How a task's train / val / test splits are drawn from its dataset.
@@ -39,7 +51,8 @@ class SplitSpec(Frozen):
     seed: Seed = 0
     # "vtab1k": 800 train + 200 val drawn at random (seeded) from the official training
     # split (the 200 from the official val split where there is one), the official test
-    # split for test (Zhai et al. 2019); the per-class fields do not apply. "official": the dataset's own train / val / test (val carved from train as in
+    # split for test (Zhai et al. 2019); the per-class fields do not apply.
+    # "official": the dataset's own train / val / test (val carved from train as in
     # "default" when the dataset has no official val; the default pools train and val).
     protocol: Literal["default", "vtab1k", "official"] = "default"
     test_fraction: float = Field(0.3, gt=0, lt=1)
@@ -51,6 +64,7 @@ class SplitSpec(Frozen):
     # kept for train + val and all the others are test, instead of a test_fraction
     # (Kornblith et al.'s Caltech-101 protocol: 30 per class, the rest test).
     train_per_class: Int | None = Field(None, gt=0)
+    LATER_FIELDS = ("train_per_class",)
 
     @model_validator(mode="after")
     def _protocol_fields(self) -> "SplitSpec":
@@ -80,17 +94,7 @@ class TaskSpec(Frozen):
     # and training augmentation (random resized crop and/or horizontal flip).
     image_size: Int | None = Field(None, ge=8, le=1024)
     augment: Literal["none", "flip", "crop_flip"] = "none"
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Image-only fields at their defaults are left out, so the fingerprints (store and
-        # cache keys) of suites written before they existed stay the same.
-        data = handler(self)
-        if data.get("image_size") is None:
-            data.pop("image_size", None)
-        if data.get("augment") == "none":
-            data.pop("augment", None)
-        return data
+    LATER_FIELDS = ("image_size", "augment")
 
 
 class PretrainSpec(Frozen):

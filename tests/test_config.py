@@ -609,3 +609,25 @@ def test_strategy_options_change_the_fingerprint(tmp_path: Path) -> None:
     base = parse_suite(write_suite(tmp_path, "", name="a.yaml")).fingerprint()
     other = parse_suite(write_suite(tmp_path, "strategy_options: {ensemble: {size: 5}}", name="b.yaml"))
     assert other.fingerprint() != base
+
+
+def test_fields_added_later_keep_older_suites_fingerprints(tmp_path) -> None:
+    """Stores and caches are keyed by the suite fingerprint: a field added to the schema
+    later must not change it while the suite leaves it at its default."""
+    import yaml
+
+    from suites import bundled_suites
+
+    quick = parse_suite(bundled_suites()["quick"])
+    data = yaml.safe_load(bundled_suites()["quick"].read_text())
+    for spec in data["tasks"].values():
+        spec.update({"image_size": None, "augment": "none"})
+        spec.setdefault("split", {})["train_per_class"] = None
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(data))
+    explicit = parse_suite(tmp_path / "quick.yaml")
+    assert explicit.fingerprint() == quick.fingerprint()
+    dumped = str(quick.model_dump())
+    assert "train_per_class" not in dumped and "image_size" not in dumped and "augment" not in dumped
+    data["tasks"]["digits-2shot"]["augment"] = "flip"
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(data))
+    assert parse_suite(tmp_path / "quick.yaml").fingerprint() != quick.fingerprint()

@@ -11,6 +11,7 @@ for, so the loop's seeded batch order (and ``Batch.index``) is the same for both
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,8 @@ from typing import Any, Iterable, Iterator, Literal, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from harness.errors import UnreadableData
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -147,9 +150,15 @@ class _Images(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> torch.Tensor:
         sample_seed, position = item if isinstance(item, tuple) else (0, item)
-        image = self.source[self.indices[position]][0]
-        if getattr(image, "mode", "RGB") != "RGB":  # grayscale / palette / CMYK files
-            image = image.convert("RGB")
+        index = self.indices[position]
+        try:
+            image = self.source[index][0]
+            if getattr(image, "mode", "RGB") != "RGB":  # grayscale / palette / CMYK files
+                image = image.convert("RGB")
+        except Exception as err:  # noqa: BLE001 - PIL and the dataset classes raise many types
+            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise UnreadableData(f"cannot read {describe_example(self.source, index)}: {reason}; fix or remove "
+                                 f"the file and run again (finished work is kept)") from None
         if not self.random:
             return self.transform(image)
         with torch.random.fork_rng(devices=[]):  # torchvision's v2 transforms draw from torch's RNG
@@ -158,6 +167,20 @@ class _Images(Dataset):
 
 
 Inputs = torch.Tensor | ImageView
+
+
+def describe_example(source: Any, index: int) -> str:
+    """The file behind example ``index`` of a torchvision-style dataset, when it says."""
+    if isinstance(source, torch.utils.data.ConcatDataset):
+        part = bisect.bisect_right(source.cumulative_sizes, index)
+        start = source.cumulative_sizes[part - 1] if part else 0
+        return describe_example(source.datasets[part], index - start)
+    for attr in ("samples", "_samples", "_image_files", "_images"):
+        files = getattr(source, attr, None)
+        if files is not None and index < len(files):
+            item = files[index]
+            return str(item[0] if isinstance(item, tuple) else item)
+    return f"example {index} of {type(source).__name__}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,19 @@ class ConfigError(TlbenchError):
     """A suite file or command-line option is invalid."""
 
 
+class UnreadableData(TlbenchError):
+    """An example of an image-file dataset cannot be read (a corrupt or truncated file).
+
+    Raised in DataLoader workers too, which re-raise it in the main process with the
+    worker's traceback as the message: only its last line, the original message, is kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        last = message.strip().splitlines()[-1] if message.strip() else message
+        prefix = f"{type(self).__module__}.{type(self).__name__}: "
+        super().__init__(last.removeprefix(prefix))
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss; the trial is pruned with this reason."""
 

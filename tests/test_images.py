@@ -229,6 +229,21 @@ def test_download_fetches_every_split(tmp_path: Path, monkeypatch: pytest.Monkey
     assert len(pool.x) == 40 and pool.test_y is not None and len(pool.test_y) == 20
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path: Path, workers: int) -> None:
+    from harness.errors import UnreadableData
+
+    write_folder(tmp_path / "f", ["a", "b"], 4)
+    (tmp_path / "f" / "b" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    view = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=1).bound(Preprocess(16, 16))
+    with pytest.raises(UnreadableData) as err:  # wherever the seeded split put the file
+        for x in (view.train.x, view.val.x, view.test.x):
+            list(read_all(x, device=torch.device("cpu"), loading=Loading(workers=workers), batch_size=4))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"cannot read {tmp_path / 'f' / 'b' / 'broken.jpg'}: ")
+    assert "fix or remove the file" in msg
+
+
 def test_in_memory_datasets_reject_image_options(tmp_path: Path) -> None:
     spec = TaskSpec(dataset="digits", augment="flip")
     with pytest.raises(ConfigError, match=r"tasks\.t\.augment: 'flip' applies to image-file datasets"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,18 +15,11 @@ if TYPE_CHECKING:
     from harness.plan import Plan
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("TLBENCH_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlbench"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="tune, evaluate and tabulate every cell of a suite")
-    run.add_argument("suite", help="suite YAML file, or a bundled suite name (quick, smoke)")
+    run.add_argument("suite", help="suite YAML file, or a bundled suite name (tlbench list suites)")
     run.add_argument("--out", type=Path, help="output directory (default: runs/<suite name>)")
     run.add_argument("--storage", help="Optuna storage URL or journal file (default: <out>/store.journal)")
     run.add_argument("--trials", type=int, help="override the suite's per-cell trial budget")
@@ -42,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(min(16, cores) on CUDA, 0 on CPU) or a number")
     run.add_argument("--data-root", type=Path, default=None,
                      help="where image datasets live (default: the suite's data_root, $TLBENCH_DATA, "
-                          "or <cache>/data)")
+                          "or data/ in the cache directory)")
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
@@ -59,16 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 def print_dry_run(plan: "Plan", console: Console) -> None:
     """The plan without training: each task's data (path and whether it is there), then
     each cell's split sizes, trials and seeds."""
-    from suites.datasets import data_access, data_location
+    from suites.datasets import data_access
 
     suite = plan.suite
     data = data_access(suite)
     console.print(f"data root {data.root} (download: {'yes' if data.download else 'no'})")
-    for name in [*suite.source_tasks, *suite.tasks]:
-        spec = suite.task_spec(name)
-        paths, absent = data_location(spec.dataset, spec.args, data)
+    for name, (paths, absent) in plan.data_paths.items():
         where = ", ".join(f"{p} ({'MISSING' if p in absent else 'present'})" for p in paths) or "bundled/generated"
-        console.print(f"  task {name}: dataset {spec.dataset}, {where}", highlight=False)
+        console.print(f"  task {name}: dataset {suite.task_spec(name).dataset}, {where}", highlight=False)
     for cell in plan.cells:
         t = plan.tasks.get(cell.task)
         if t is not None:
@@ -87,15 +77,15 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.plan import load_plan, resolve_suite_path
     from harness.runner import run_plan
-    from harness.runtime import make_runtime
+    from harness.runtime import default_cache_dir, make_runtime
     from harness.store import check_compatible, open_storage
 
     strategies = None
     if args.strategies is not None:
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
-                     strategies=strategies, data_root=args.data_root, dry_run=args.dry_run)
     cache_dir = args.cache_dir or default_cache_dir()
+    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
+                     strategies=strategies, data_root=args.data_root, cache_dir=cache_dir, dry_run=args.dry_run)
     runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
                            compile=args.compile, workers=args.workers)
     out = args.out or Path("runs") / plan.suite.name
@@ -139,8 +129,15 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     out = args.out or args.run_dir or Path("report")
     results = load_results(storage, args.suite)
     if results.empty:
-        scope = f" for suite {args.suite!r}" if args.suite else ""
-        raise ConfigError(f"report: {where}: the store holds no evaluation runs{scope}; nothing to report")
+        if args.suite:
+            import optuna
+
+            from harness.store import SEP
+
+            held = sorted({name.split(SEP)[0] for name in optuna.get_all_study_names(storage) if SEP in name})
+            raise ConfigError(f"report: --suite {args.suite!r}: {where} holds no evaluation runs of it; "
+                              f"suites there: {', '.join(held) or 'none'}")
+        raise ConfigError(f"report: {where}: the store holds no evaluation runs; nothing to report")
     suites = sorted(results.runs["suite"].unique())
     report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}")
     print(report.path("table.md").read_text())

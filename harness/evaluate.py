@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from harness.backbones import Backbone
 from harness.errors import NonFiniteLoss
-from harness.members import member_from
+from harness.members import OwnTime, member_from
 from harness.memory import PeakMemory
 from harness.provenance import provenance
 from harness.runtime import Runtime
@@ -66,8 +66,7 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("params", params)
     started = dt.datetime.now(dt.timezone.utc)
-    members_before = runtime.members.fit_seconds if runtime.members is not None else 0.0
-    start = time.perf_counter()
+    clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
     try:
         with PeakMemory(runtime.device) as memory:
             predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
@@ -80,9 +79,7 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
         raise
-    seconds = time.perf_counter() - start
-    if runtime.members is not None:  # models trained on demand count as reused, not as own time
-        seconds -= runtime.members.fit_seconds - members_before
+    seconds = clock.seconds
     shifted = task.shifted_test
     start = time.perf_counter()
     test_logits = predictor.logits(task.test)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from harness.atomic import load_or_none, save_atomic
 from harness.backbones import Backbone
 from harness.train import Execution, predict_logits
 
@@ -54,24 +53,13 @@ class FeatureCache:
         return self.directory / f"{key}.pt" if self.directory else None
 
     def _load(self, key: str) -> torch.Tensor | None:
-        path = self._path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            feats = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed, never trusted
-            return None
+        feats = load_or_none(self._path(key))  # a corrupt entry is recomputed, never trusted
         return feats if isinstance(feats, torch.Tensor) else None
 
     def _save(self, key: str, feats: torch.Tensor) -> None:
         path = self._path(key)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(feats, tmp)
-        os.replace(tmp, path)  # atomic: readers never see half a file
+        if path is not None:
+            save_atomic(feats, path)
 
 
 def compute_features(backbone: Backbone, x: torch.Tensor, *, device: torch.device,

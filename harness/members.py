@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from harness.atomic import load_or_none, save_atomic
 from harness.backbones import Backbone
 from harness.errors import ConfigError, NonFiniteLoss
 from harness.train import NullReporter
@@ -94,31 +93,37 @@ class ModelStore:
         return self.root / f"{key}.pt" if self.root else None
 
     def load(self, key: str, *, need_weights: bool) -> Member | None:
-        path = self.path(key)
-        if path is None or not path.is_file():
+        data = load_or_none(self.path(key))  # a torn or foreign file is refitted, not trusted
+        if not isinstance(data, dict) or data.get("version") != ARTIFACT_VERSION:
             return None
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a torn or foreign file is refitted, not trusted
-            return None
-        if data.get("version") != ARTIFACT_VERSION or (need_weights and data.get("state") is None):
+        if need_weights and data.get("state") is None:
             return None
         data.pop("version")
         return Member(**data)
 
     def save(self, key: str, member: Member) -> None:
         path = self.path(key)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # unique across processes
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"version": ARTIFACT_VERSION, **member.__dict__}, f)
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if path is not None:
+            save_atomic({"version": ARTIFACT_VERSION, **member.__dict__}, path)
+
+
+class OwnTime:
+    """A stopwatch for a strategy's own time: the wall time since it started, minus the time
+    ``members`` spent meanwhile training models on demand (those count as reused)."""
+
+    def __init__(self, members: "Members | None") -> None:
+        self.members = members
+        self.start = time.perf_counter()
+        self.nested = members.fit_seconds if members is not None else 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def seconds(self) -> float:
+        on_demand = self.members.fit_seconds - self.nested if self.members is not None else 0.0
+        return self.elapsed - on_demand
 
 
 @dataclass
@@ -214,15 +219,14 @@ class Members:
 
     def _fit(self, key: str, strategy: str, index: int, seed: int, params: dict[str, Any], runtime: Any, *,
              keep_weights: bool) -> Member:
-        start, nested = time.perf_counter(), self.fit_seconds
+        clock = OwnTime(self)
         try:
             predictor = self.make_strategy(strategy).fit(self.backbone, self.task, params, seed=seed,
                                                          reporter=NullReporter(), runtime=runtime)
         except NonFiniteLoss as err:
             self._failed[key] = NonFiniteLoss(err.epoch, err.value, what=f"{strategy} model #{index}")
             raise self._failed[key] from None
-        own = time.perf_counter() - start - (self.fit_seconds - nested)  # minus models it needed in turn
         member = member_from(predictor, key=key, strategy=strategy, index=index, seed=seed, params=params,
-                             task=self.task, seconds=own, keep_weights=keep_weights)
-        self.fit_seconds = nested + time.perf_counter() - start  # the caller's own time excludes all of it
+                             task=self.task, seconds=clock.seconds, keep_weights=keep_weights)  # minus models
+        self.fit_seconds = clock.nested + clock.elapsed  # it needed in turn; the caller's own time excludes all
         return member

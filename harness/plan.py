@@ -13,7 +13,7 @@ from harness.pretrain import check_backbone_source, preprocess_for
 from strategies import STRATEGIES, Strategy
 from suites import bundled_suites
 from suites.config import Suite, parse_suite
-from suites.datasets import DATASETS, data_access, data_location
+from suites.datasets import DATASETS, DataAccess, data_access, data_location
 from suites.tasks import Task, build_task
 
 
@@ -34,8 +34,14 @@ class Plan:
     tasks: dict[str, Task]
     cells: list[Cell]
     declared: tuple[str, ...] = ()  # the suite file's strategies, before --strategies narrowed them
-    missing: dict[str, Path] = field(default_factory=dict)  # dry runs: tasks whose data is absent
+    #: Per task (source tasks too): where its dataset's files are expected, and those absent.
+    data_paths: dict[str, tuple[list[Path], list[Path]]] = field(default_factory=dict)
     _bound: dict[tuple[str, str], Task] = field(default_factory=dict, repr=False)
+
+    @property
+    def missing(self) -> list[str]:
+        """The tasks whose data is absent (a dry run's plan leaves them unbuilt)."""
+        return [name for name, (_, absent) in self.data_paths.items() if absent]
 
     def task_for(self, task: str, backbone: str) -> Task:
         """Task ``task`` as backbone ``backbone`` reads it: image files preprocessed as its
@@ -80,14 +86,16 @@ def resolve_suite_path(arg: str) -> Path:
 
 
 def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None,
-              strategies: list[str] | None = None, data_root: Path | None = None, dry_run: bool = False) -> Plan:
+              strategies: list[str] | None = None, data_root: Path | None = None, cache_dir: Path | None = None,
+              dry_run: bool = False) -> Plan:
     """Parses and checks the whole suite (names, references, splits, data) before any
-    training. ``data_root`` overrides the suite's; a ``dry_run`` plan leaves out the tasks
-    whose image files are absent (in ``missing``) instead of failing."""
+    training. The data root is ``data_root``, else the suite's, else ``$TLBENCH_DATA``, else
+    ``cache_dir/data``, resolved once into the plan's suite; a ``dry_run`` plan leaves out
+    the tasks whose image files are absent (``Plan.missing``) instead of failing."""
     suite = parse_suite(path)
-    updates: dict[str, object] = {}
-    if data_root is not None:
-        updates["data_root"] = str(data_root.resolve())
+    root = data_root or DataAccess.of(suite.data_root, suite.download, suite_path=suite.path,
+                                      cache_dir=cache_dir).root
+    updates: dict[str, object] = {"data_root": str(root.resolve())}
     if trials is not None:
         if trials < 1:
             raise ConfigError(f"--trials {trials}: must be a positive integer")
@@ -107,25 +115,21 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     check_names(suite)
     order = check_strategies(suite, declared)
     data = data_access(suite)
-    missing: dict[str, Path] = {}
-    if dry_run:
-        for name in [*suite.tasks, *suite.source_tasks]:
-            spec = suite.task_spec(name)
-            _, absent = data_location(spec.dataset, spec.args, data)
-            if absent:
-                missing[name] = absent[0]
+    data_paths = {name: data_location(suite.task_spec(name).dataset, suite.task_spec(name).args, data)
+                  for name in [*suite.source_tasks, *suite.tasks]}
+    missing = {name for name, (_, absent) in data_paths.items() if absent} if dry_run else set()
     tasks = {name: build_task(name, spec, where=suite.task_where(name), data=data)
              for name, spec in suite.tasks.items() if name not in missing}
     probes: dict[str, Backbone] = {}  # one random-init copy per backbone for the shape checks
     sources = {spec.pretrain.task for spec in suite.backbones.values() if spec.pretrain}
-    for name in sorted(sources - set(tasks) - set(missing)):  # splits of source tasks must be possible too
+    for name in sorted(sources - set(tasks) - missing):  # splits of source tasks must be possible too
         source = build_task(name, suite.task_spec(name), where=suite.task_where(name), data=data)
         check_inputs(suite, _pretrained_by(suite, name), source, probes)
     for name, task in tasks.items():
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, suite.tasks[name].backbones), task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
-    return Plan(suite, tasks, cells, tuple(declared), missing)
+    return Plan(suite, tasks, cells, tuple(declared), data_paths)
 
 
 def check_strategies(suite: Suite, declared: list[str]) -> list[str]:

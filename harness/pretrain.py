@@ -11,8 +11,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,15 @@ from typing import Callable, Iterator
 import torch
 
 import harness
+from harness.atomic import save_atomic
 from harness.backbones import (BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone,
                                load_checkpoint)
 from harness.data import Loading, Preprocess
 from harness.errors import ConfigError
 from harness.train import Execution, NullReporter, fit_epochs, steps_per_epoch
-from suites.config import BackboneSpec, Suite
+from suites.config import BackboneSpec, PretrainSpec, Suite
 from suites.datasets import data_access
-from suites.tasks import build_task
+from suites.tasks import Task, build_task
 
 _ROOT = Path(__file__).resolve().parent.parent
 _CODE_FILES = ("harness/backbones.py", "harness/train.py", "harness/pretrain.py",
@@ -84,22 +83,22 @@ class PretrainCache:
                               f"checkpoint ({err.strerror or err}); give a writable directory") from None
 
     def _write(self, key: str, backbone: Backbone, meta: dict[str, object]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         ckpt, manifest = self.paths(key)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(fd)
-        torch.save({"backbone": backbone.state_dict()}, tmp)
-        os.replace(tmp, ckpt)
+        save_atomic({"backbone": backbone.state_dict()}, ckpt)
         manifest.write_text(json.dumps({**meta, "sha256": file_sha256(ckpt)}, indent=2))
 
 
-def pretrain_key(name: str, spec: BackboneSpec, suite: Suite) -> str:
+def pretrain_key(name: str, spec: BackboneSpec, suite: Suite, *, data: str | None = None) -> str:
+    """What shapes a pretrained checkpoint: architecture, pretraining settings, the source
+    task's spec, the code, and for image files (whose content the spec does not fix) the
+    source task's ``data`` fingerprint."""
     assert spec.pretrain is not None
-    blob = json.dumps({
+    fields = {
         "arch": spec.arch, "args": spec.args, "pretrain": spec.pretrain.model_dump(),
         "source": suite.task_spec(spec.pretrain.task).model_dump(exclude={"backbones", "shift"}),
         "code": code_version(),
-    }, sort_keys=True)
+    }
+    blob = json.dumps({**fields, "data": data} if data is not None else fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -170,7 +169,8 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
             return load_checkpoint(backbone, checkpoint_path(name, suite))
     if spec.pretrain is None:
         return backbone
-    key = pretrain_key(name, spec, suite)
+    task = source_task(name, suite)
+    key = pretrain_key(name, spec, suite, data=task.fingerprint if task.lazy else None)
     cache = PretrainCache(cache_dir / "backbones")
     hit, reason = cache.load(key, backbone)
     if hit is not None:
@@ -181,7 +181,7 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
         log(reason)
     log(f"pretraining backbone {name} on {spec.pretrain.task} ({spec.pretrain.epochs} epochs) …")
     start = time.perf_counter()
-    val_acc = pretrain(backbone, suite, name, device=device, loading=loading)
+    val_acc = pretrain(backbone, task, spec.pretrain, device=device, loading=loading)
     seconds = time.perf_counter() - start
     backbone = backbone.cpu()
     cache.save(key, backbone, {"backbone": name, "source_task": spec.pretrain.task,
@@ -193,15 +193,19 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     return backbone
 
 
-def pretrain(backbone: Backbone, suite: Suite, name: str, *, device: torch.device,
-             loading: Loading = Loading()) -> float:
-    """Supervised training of backbone ``name`` on its source task (AdamW + one-cycle);
-    returns source val accuracy."""
+def source_task(name: str, suite: Suite) -> Task:
+    """Backbone ``name``'s source task, as the backbone reads it."""
     p = suite.backbones[name].pretrain
     assert p is not None
     source = suite.task_spec(p.task)
     task = build_task(p.task, source, where=suite.task_where(p.task), data=data_access(suite))
-    task = task.bound(preprocess_for(name, suite, source.image_size), source.augment)
+    return task.bound(preprocess_for(name, suite, source.image_size), source.augment)
+
+
+def pretrain(backbone: Backbone, task: Task, p: PretrainSpec, *, device: torch.device,
+             loading: Loading = Loading()) -> float:
+    """Supervised training on the source ``task`` (AdamW + one-cycle); returns source val
+    accuracy."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         model = Classifier(backbone, backbone.new_head(task.num_classes)).to(device)

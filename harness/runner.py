@@ -41,53 +41,46 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                  for name in plan.backbones}
     needed, keep_weights = plan.reused()
     members: Members | None = None
+    tuning: CellTuning | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         cells_bar = progress.add_task("cells", total=len(plan.cells))
         for cell in plan.cells:
             if members is None or members.backbone_name != cell.backbone or members.task.name != cell.task:
                 # one per task × backbone (cells come grouped): its strategies share models
-                members = cell_members(cell, plan, backbones, storage=storage, out=out, needed=needed,
+                tuning = CellTuning(storage, plan, cell, backbones[cell.backbone])
+                members = cell_members(cell, plan, backbones, tuning=tuning, out=out, needed=needed,
                                        keep_weights=keep_weights)
+            assert tuning is not None
             run_cell(cell, plan, make_strategy(suite, cell.strategy), backbones[cell.backbone],
-                     storage=storage, runtime=dataclasses.replace(runtime, members=members),
+                     storage=storage, tuning=tuning, runtime=dataclasses.replace(runtime, members=members),
                      progress=progress, console=console)
             progress.advance(cells_bar)
-    results = load_results(storage, suite.name)
     cells = {(c.task, c.backbone, c.strategy) for c in plan.cells}
-
-    def in_plan(frame: pd.DataFrame) -> pd.Series:
-        keys = zip(frame["task"], frame["backbone"], frame["strategy"])
-        return pd.Series([k in cells for k in keys], index=frame.index, dtype=bool)
-
-    if not results.runs.empty:  # this invocation's cells and seeds (a store may hold more)
-        seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
+    results = load_results(storage, suite.name, cells=cells)  # this invocation's cells (a store may hold more)
+    if not results.runs.empty:  # … and seeds
         runs = results.runs
-        results.runs = runs[in_plan(runs) & runs["seed"].isin(seeds)].reset_index(drop=True)
-    results.trials = results.trials[in_plan(results.trials)].reset_index(drop=True)
-    results.importances = results.importances[in_plan(results.importances)].reset_index(drop=True)
-    results.search_spaces = {k: v for k, v in results.search_spaces.items() if k in set(suite.strategies)}
+        in_plan = pd.Series([k in cells for k in zip(runs["task"], runs["backbone"], runs["strategy"])],
+                            index=runs.index, dtype=bool)
+        seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
+        results.runs = runs[in_plan & runs["seed"].isin(seeds)].reset_index(drop=True)
     if results.runs.empty:
         raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
                           f"or failed); nothing to report")
     return write_report(results, out, title=f"tlbench suite {suite.name}")  # same seed as tlbench report
 
 
-def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, storage: BaseStorage, out: Path,
+def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, tuning: "CellTuning", out: Path,
                  needed: frozenset[str], keep_weights: frozenset[str]) -> Members:
     """The model server of a task × backbone: artifacts under ``out/models``."""
     suite = plan.suite
 
-    known: dict[str, dict[str, Any]] = {}  # dependencies finished before their dependents ran
-
     def best_params(strategy: str) -> dict[str, Any]:
-        if strategy not in known:  # asked once per tuning trial of a dependent: read the store once
-            tuned = tuned_params(storage, plan, cell, strategy, backbones[cell.backbone])
-            if tuned.params is None:
-                raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} {tuned.reason}, and another "
-                                  f"strategy reuses its models")
-            known[strategy] = tuned.params
-        return known[strategy]
+        tuned = tuning(strategy)
+        if tuned.params is None:
+            raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} {tuned.reason}, and another "
+                              f"strategy reuses its models")
+        return tuned.params
 
     return Members(cell=f"{suite.name}::{cell.task}::{cell.backbone}",
                    context=f"{suite.fingerprint()}:{code_version()}", backbone_name=cell.backbone,
@@ -147,13 +140,28 @@ def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str, ba
     return Tuned(None, f"has no tuned configuration in this store; include {strategy} in --strategies")
 
 
+class CellTuning:
+    """The configurations of a task × backbone's strategies that others reuse, each read
+    from the store once (they are asked for by every tuning trial of a dependent; a
+    dependency has finished before its dependents run, so its answer does not change)."""
+
+    def __init__(self, storage: BaseStorage, plan: Plan, cell: Cell, backbone: Any) -> None:
+        self.storage, self.plan, self.cell, self.backbone = storage, plan, cell, backbone
+        self._known: dict[str, Tuned] = {}
+
+    def __call__(self, strategy: str) -> Tuned:
+        if strategy not in self._known:
+            self._known[strategy] = tuned_params(self.storage, self.plan, self.cell, strategy, self.backbone)
+        return self._known[strategy]
+
+
 def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, storage: BaseStorage,
-             runtime: Runtime, progress: Progress, console: Console) -> None:
+             tuning: CellTuning, runtime: Runtime, progress: Progress, console: Console) -> None:
     suite, task = plan.suite, plan.task_for(cell.task, cell.backbone)
     start = time.perf_counter()
     members = runtime.members
     for dependency in strategy.requires():  # before any trial: a missing one is one clear line
-        tuned = tuned_params(storage, plan, cell, dependency, backbone)
+        tuned = tuning(dependency)
         if tuned.params is None and tuned.finished:
             console.print(f"[yellow]{cell.label}: skipped: {dependency} {tuned.reason}[/yellow]")
             return

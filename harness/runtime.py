@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from harness.members import Members
 
 
+def default_cache_dir() -> Path:
+    """``$TLBENCH_CACHE``, else ``tlbench`` in the user's cache directory."""
+    env = os.environ.get("TLBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlbench"
+
+
 @dataclass
 class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -41,9 +49,9 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_loading(device: torch.device, workers: str = "auto") -> Loading:
     """DataLoader workers for image-file tasks: ``auto`` is min(16, CPU cores) with a GPU to
-    feed (and pinned memory) — one core decodes and crops ~450 JPEGs/s
-    (benchmarks/test_bench_loading.py), a ResNet-50 in bf16 trains ~4,000 img/s on a large
-    GPU — and none on CPU, where decoding would take the cores training needs; tensor tasks
+    feed (and pinned memory) — one core decodes and crops ~420–500 JPEGs/s
+    (benchmarks/test_bench_loading.py), while issue 5 quotes ~4,300 img/s for ResNet-50 in bf16
+    on an H200 (not measured here) — and none on CPU, where decoding would take the cores training needs; tensor tasks
     never use workers."""
     if workers == "auto":
         n = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

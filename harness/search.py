@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -11,6 +10,7 @@ from optuna.trial import TrialState
 
 from harness.backbones import Backbone
 from harness.errors import NonFiniteLoss
+from harness.members import OwnTime
 from harness.runtime import Runtime
 from harness.store import recover_orphans, worker_id
 from strategies.base import Strategy
@@ -171,28 +171,28 @@ def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task
     params = strategy.search_space(trial, backbone)
     trial.set_user_attr("params", params)
     reporter = TrialReporter(trial)
-    start = time.perf_counter()
+    clock = OwnTime(runtime.members)  # a teacher trained on demand is not this trial's time
     try:
         strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
     except optuna.TrialPruned as pruned:
-        _finish(study, trial, start, TrialState.PRUNED, reason=str(pruned))
+        _finish(study, trial, clock, TrialState.PRUNED, reason=str(pruned))
     except NonFiniteLoss as err:
-        _finish(study, trial, start, TrialState.PRUNED, reason=str(err))
+        _finish(study, trial, clock, TrialState.PRUNED, reason=str(err))
     except KeyboardInterrupt:  # Ctrl-C: the next run retries this configuration first
         if "params" in trial.user_attrs:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": seed})
-        _finish(study, trial, start, TrialState.FAIL, reason="interrupted")
+        _finish(study, trial, clock, TrialState.FAIL, reason="interrupted")
         raise
     except BaseException:
-        _finish(study, trial, start, TrialState.FAIL, reason="exception")
+        _finish(study, trial, clock, TrialState.FAIL, reason="exception")
         raise
     else:
-        _finish(study, trial, start, TrialState.COMPLETE, value=reporter.last)
+        _finish(study, trial, clock, TrialState.COMPLETE, value=reporter.last)
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, start: float, state: TrialState, *,
+def _finish(study: optuna.Study, trial: optuna.Trial, clock: OwnTime, state: TrialState, *,
             value: float | None = None, reason: str | None = None) -> None:
-    trial.set_user_attr("seconds", time.perf_counter() - start)
+    trial.set_user_attr("seconds", clock.seconds)
     if reason:
         trial.set_user_attr("prune_reason" if state == TrialState.PRUNED else "failed_reason", reason)
     if state == TrialState.COMPLETE and value is None:

@@ -31,10 +31,9 @@ def open_storage(url: str | None, out: Path) -> BaseStorage:
     anything else is passed to Optuna as a database URL (sqlite://, postgresql+psycopg2://)."""
     if url is None:
         return _journal(out / "store.journal")
-    if url.startswith("journal:"):
-        return _journal(Path(url.removeprefix("journal:")))
-    if "://" not in url:
-        return _journal(Path(url))
+    path = _journal_path(url)
+    if path is not None:
+        return _journal(path)
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - bad URLs raise many types
@@ -46,12 +45,20 @@ def open_storage(url: str | None, out: Path) -> BaseStorage:
 def open_existing_storage(url: str) -> BaseStorage:
     """Opens a store that must already exist (for reading): a journal file that is missing
     is an error here, not a new empty store."""
-    path = Path(url.removeprefix("journal:")) if url.startswith("journal:") or "://" not in url else None
+    path = _journal_path(url)
     if path is not None and not path.is_file():
         raise ConfigError(f"--storage {url!r}: no such journal file; give the store of a tlbench run")
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"--storage {url!r}: no such SQLite database (reading must not create one)")
     return open_storage(url, Path("."))
+
+
+def _journal_path(url: str) -> Path | None:
+    """The journal file a storage argument names (a path or ``journal:PATH``); None for a
+    database URL."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    return None if "://" in url else Path(url)
 
 
 def _journal(path: Path) -> BaseStorage:

@@ -78,10 +78,11 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0) -> R
                                  caption="Shifted-test (out-of-distribution) accuracy (%)", seed=seed)
         if shifted:
             tables.append(("tab:shifted", shifted))
-    across, rank_test = across_tasks_table(runs, "test_accuracy", seed=seed)
+    iqm = stats.iqm_by_strategy(with_columns(runs), "test_accuracy", seed=seed)  # both tables rank by it
+    across, rank_test = across_tasks_table(runs, "test_accuracy", seed=seed, iqm=iqm)
     if across:
         tables.append(("tab:across", across))
-    improvement = improvement_table(runs, "test_accuracy", seed=seed)
+    improvement = improvement_table(runs, "test_accuracy", seed=seed, iqm=iqm)
     if improvement:
         tables.append(("tab:improvement", improvement))
     else:

@@ -9,7 +9,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 import optuna
 import pandas as pd
@@ -44,9 +44,11 @@ def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
     return repr(d)
 
 
-def load_results(storage: BaseStorage, suite: str | None = None, *, importances: bool = True) -> Results:
+def load_results(storage: BaseStorage, suite: str | None = None, *, importances: bool = True,
+                 cells: Collection[tuple[str, str, str]] | None = None) -> Results:
     """Reads a store: the runs frame, every tuning trial, hyperparameter importances (fANOVA
-    over each cell's completed trials) and the protocol the suite was tuned under."""
+    over each cell's completed trials) and the protocol the suite was tuned under; with
+    ``cells`` ((task, backbone, strategy) triples), only those cells' studies are read."""
     runs = load_runs(storage, suite)
     rows: list[dict[str, Any]] = []
     imp_rows: list[dict[str, Any]] = []
@@ -57,6 +59,8 @@ def load_results(storage: BaseStorage, suite: str | None = None, *, importances:
         if len(parts) != 5 or parts[4] != "tune" or (suite is not None and parts[0] != suite):
             continue
         suite_name, task, backbone, strategy, _ = parts
+        if cells is not None and (task, backbone, strategy) not in cells:
+            continue
         protocol = protocol or dict(summary.user_attrs.get("protocol", {}))
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False):

@@ -189,11 +189,6 @@ def cliques(ranks: pd.Series, cd: float) -> list[list[str]]:
     return [names[a:b + 1] for a, b in spans]
 
 
-def iqm(values: Sequence[float]) -> float:
-    """Interquartile mean: the mean of the middle 50% (scipy's 25% trimmed mean)."""
-    return float(stats.trim_mean(np.asarray(values, dtype=float), 0.25))
-
-
 def stratified_bootstrap(groups: Sequence[np.ndarray], statistic: Callable[[list[np.ndarray]], np.ndarray], *,
                          seed: int = 0, resamples: int = 2000,
                          confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -214,6 +209,8 @@ def stratified_bootstrap(groups: Sequence[np.ndarray], statistic: Callable[[list
 
 
 def _iqm_rows(groups: list[np.ndarray]) -> np.ndarray:
+    """Interquartile mean (the mean of the middle 50%: scipy's 25% trimmed mean) of each
+    row of the groups side by side."""
     return stats.trim_mean(np.concatenate(groups, axis=1), 0.25, axis=1)
 
 

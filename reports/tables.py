@@ -153,15 +153,17 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
     return Table(header, rows, "Cost per strategy and task", notes, align="llrrrrrrr", wide=True)
 
 
-def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> tuple[Table | None, stats.RankTest | None]:
-    """IQM with stratified-bootstrap CI and average rank per strategy, plus the rank test."""
+def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
+                       iqm: pd.DataFrame | None = None) -> tuple[Table | None, stats.RankTest | None]:
+    """IQM with stratified-bootstrap CI and average rank per strategy, plus the rank test;
+    ``iqm``: :func:`stats.iqm_by_strategy` of the same runs when the caller has it."""
     runs = with_columns(runs)
     summary = stats.summarize(runs, metric, seed=seed)
     if summary.empty:
         return None, None
     means, n_columns = stats.mean_matrix(summary)
     test = stats.rank_test(means, n_columns)
-    iqm = stats.iqm_by_strategy(runs, metric, seed=seed).set_index("strategy")
+    iqm = (stats.iqm_by_strategy(runs, metric, seed=seed) if iqm is None else iqm).set_index("strategy")
     order = list(test.ranks.index) + sorted(set(iqm.index) - set(test.ranks.index))
     best_iqm = iqm["iqm"].max() if len(iqm) else math.nan
     rows = []
@@ -190,10 +192,12 @@ def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> tup
     return Table(["strategy", "IQM (95% CI)", "avg. rank", "runs"], rows, "Across tasks", notes), test
 
 
-def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> Table | None:
-    """P(a run of the strategy with the best IQM beats a run of each other strategy)."""
+def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
+                      iqm: pd.DataFrame | None = None) -> Table | None:
+    """P(a run of the strategy with the best IQM beats a run of each other strategy);
+    ``iqm`` as in :func:`across_tasks_table`."""
     runs = with_columns(runs)
-    iqm = stats.iqm_by_strategy(runs, metric, seed=seed)
+    iqm = stats.iqm_by_strategy(runs, metric, seed=seed) if iqm is None else iqm
     if len(iqm) < 2:
         return None
     top = iqm.loc[iqm["iqm"].idxmax(), "strategy"]

@@ -72,19 +72,8 @@ class ModelPredictor(Predictor):
         self.device = device
         self._trainable = trainable
         self.execution = execution
-        #: The splits this model reads in place of the cell's (by the cell split's
-        #: fingerprint): the same examples preprocessed for another backbone (a student).
-        self.reads: dict[str, Split] = {}
-
-    def reading(self, own: Task, cell: Task) -> "ModelPredictor":
-        """Makes the model read ``own``'s splits wherever it is asked for ``cell``'s."""
-        pairs = zip((cell.train, cell.val, cell.test, cell.shifted_test),
-                    (own.train, own.val, own.test, own.shifted_test))
-        self.reads = {c.fingerprint: o for c, o in pairs if c is not None and o is not None}
-        return self
 
     def logits(self, split: Split) -> torch.Tensor:
-        split = self.reads.get(split.fingerprint, split)
         return predict_logits(self.model, split.x, device=self.device, execution=self.execution)
 
     @property
@@ -96,11 +85,12 @@ class ModelPredictor(Predictor):
         return sum(p.numel() for p in self.model.parameters())
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return cpu_state(self.model)
 
 
-def count_trainable(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a module's state dict (what artifacts and soups keep)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def require_members(runtime: Runtime, strategy: str) -> "Members":
@@ -155,9 +145,10 @@ class Strategy(ABC):
         """Those of :meth:`requires` whose weights (not only predictions) are reused."""
         return []
 
-    def suggest_epochs(self, trial: optuna.Trial) -> int:
+    def suggest_epochs(self, trial: optuna.Trial, name: str = "epochs") -> int:
+        """An epoch count in the suite's shared range (fixed when the range is one value)."""
         low, high = self.epochs
-        return trial.suggest_int("epochs", low, high) if low < high else low
+        return trial.suggest_int(name, low, high) if low < high else low
 
     @abstractmethod
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:

@@ -7,13 +7,16 @@ from typing import Any
 import optuna
 from pydantic import Field
 
+import torch
+
 from harness.backbones import ArgsModel, Backbone
+from harness.members import splits_of
 from harness.runtime import Runtime
 from harness.train import Reporter, accuracy
-from strategies.base import Predictor, Strategy, require_members
+from strategies.base import ModelPredictor, Predictor, Strategy, require_members
 from strategies.full_finetune import finetune, new_classifier
 from strategies.parts import Distillation, suggest_optimizer
-from suites.tasks import Task
+from suites.tasks import Split, Task
 
 
 class DistillationOptions(ArgsModel):
@@ -74,7 +77,9 @@ class KnowledgeDistillation(Strategy):
         loss = Distillation(teacher.logits_for(task.train).to(runtime.device),
                             temperature=params["temperature"], alpha=params["alpha"])
         predictor = finetune(model, own, params, seed=seed, reporter=reporter, runtime=runtime,
-                             batch_size=self.batch_size, criterion=loss).reading(own, task)
+                             batch_size=self.batch_size, criterion=loss)
+        if own is not task:
+            predictor = StudentPredictor(predictor, own=own, cell=task)
         return predictor.annotate(
             reused=teacher.costs, teacher=teacher.label,
             student_backbone=name or members.backbone_name,
@@ -82,3 +87,15 @@ class KnowledgeDistillation(Strategy):
             teacher_parameters=teacher.inference_parameters,
             teacher_test_accuracy=accuracy(teacher.logits_for(task.test), task.test.y))
 
+
+class StudentPredictor(ModelPredictor):
+    """A student whose backbone reads the cell's images preprocessed its own way: asked for
+    a split of the cell's task, it predicts on the same examples of its own task."""
+
+    def __init__(self, trained: ModelPredictor, *, own: Task, cell: Task) -> None:
+        super().__init__(trained.model, device=trained.device, trainable=trained.trainable_parameters,
+                         execution=trained.execution)
+        self.own = {c.fingerprint: o for c, o in zip(splits_of(cell), splits_of(own))}
+
+    def logits(self, split: Split) -> torch.Tensor:
+        return super().logits(self.own.get(split.fingerprint, split))

@@ -192,10 +192,12 @@ class Ensemble(Strategy):
         }
         template = new_classifier(backbone, task.num_classes, seed=seed, runtime=runtime)
         if compatible(template, [m.state for m in library]):
-            candidates.update(self._soups(template, library, task, runtime))
+            candidates.update(self._soups(template, library, val, task, runtime))
         elif params["method"].endswith("soup"):
-            raise ConfigError(f"ensemble method {params['method']!r} needs members with stored weights of "
-                              f"one architecture; {', '.join(params['members'])} do not provide them here")
+            raise ConfigError(f"strategy_options.ensemble.method: {params['method']!r} averages weights, which "
+                              f"needs members of one architecture with stored weights; "
+                              f"{', '.join(params['members'])} do not provide them here; allowed here: auto, "
+                              f"average, greedy")
         scores = {name: score(probabilities(p.logits(task.val)), y) for name, p in candidates.items()}
         if params["method"] == "auto":  # best on validation; ties go to the cheaper prediction
             method = max(candidates, key=lambda n: (scores[n], -candidates[n].inference_parameters))
@@ -210,8 +212,9 @@ class Ensemble(Strategy):
             ensemble_members=", ".join(f"{m.label}×{c}" if c > 1 else m.label for m, c in picked),
             ensemble_val_accuracy={n: s[0] for n, s in scores.items()})
 
-    def _soups(self, template: Classifier, library: list[Member], task: Task,
+    def _soups(self, template: Classifier, library: list[Member], val: list[torch.Tensor], task: Task,
                runtime: Runtime) -> dict[str, Predictor]:
+        """The uniform and greedy soups; ``val``: each member's validation probabilities."""
         def make(ingredients: list[Member]) -> SoupPredictor:
             model = soup(template, [m.state for m in ingredients], task.train,
                          batch_size=self.batch_size, runtime=runtime)
@@ -220,12 +223,13 @@ class Ensemble(Strategy):
         def val_accuracy(p: SoupPredictor) -> float:
             return accuracy(p.logits(task.val), task.val.y)
 
-        ranked = sorted(library, key=lambda m: score(probabilities(m.logits_for(task.val)), task.val.y),
-                        reverse=True)
+        order = sorted(range(len(library)), key=lambda i: score(val[i], task.val.y), reverse=True)
+        ranked = [library[i] for i in order]
         greedy, best = [ranked[0]], make([ranked[0]])
         best_accuracy = val_accuracy(best)
         for m in ranked[1:]:  # Wortsman et al.'s recipe: keep an ingredient unless accuracy drops
             trial = make([*greedy, m])
             if (acc := val_accuracy(trial)) >= best_accuracy:
                 greedy, best, best_accuracy = [*greedy, m], trial, acc
-        return {"uniform_soup": make(library), "greedy_soup": best}
+        uniform = best if len(greedy) == len(library) else make(library)  # the same soup: build it once
+        return {"uniform_soup": uniform, "greedy_soup": best}

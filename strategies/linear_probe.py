@@ -11,7 +11,7 @@ from torch import nn
 from harness.backbones import Backbone, Classifier
 from harness.runtime import Runtime
 from harness.train import Reporter, fit_linear_head
-from strategies.base import Predictor, Strategy
+from strategies.base import Predictor, Strategy, cpu_state
 from suites.tasks import Split, Task
 
 
@@ -49,8 +49,7 @@ class ProbePredictor(Predictor):
         return sum(p.numel() for p in self.backbone.parameters()) + self.trainable_parameters
 
     def state(self) -> dict[str, torch.Tensor]:
-        model = Classifier(self.backbone, self.head)
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return cpu_state(Classifier(self.backbone, self.head))
 
 
 def suggest_probe(trial: optuna.Trial, epochs: int, prefix: str = "") -> dict[str, Any]:

@@ -131,7 +131,7 @@ def layerwise_lr_groups(model: Classifier, decay: float) -> list[dict[str, Any]]
     gets ``lr * decay ** (n - i)``, the head gets ``lr``."""
     params = group_parameters(model)
     n = len(params) - 1  # backbone groups; the head is index n
-    return [{"params": p, "lr_scale": decay ** (n - i), "group": i}
+    return [{"params": p, "lr_scale": decay ** (n - i)}
             for i, p in enumerate(params) if p]
 
 

@@ -28,8 +28,7 @@ class LPFT(Strategy):
     description = "linear probe on cached features, then full fine-tuning from the probed head"
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
-        low, high = self.epochs
-        probe_epochs = trial.suggest_int("probe_epochs", low, high) if low < high else low
+        probe_epochs = self.suggest_epochs(trial, "probe_epochs")
         return {**suggest_probe(trial, probe_epochs, prefix="probe_"), **suggest_optimizer(trial),
                 "epochs": self.suggest_epochs(trial)}
 

@@ -168,7 +168,8 @@ class Suite(Frozen):
     tasks: dict[str, TaskSpec]
     backbones: dict[str, BackboneSpec]
     # Where image datasets live (relative: to the suite file; default $TLBENCH_DATA, else
-    # <cache>/data) and whether missing ones may be downloaded. Neither changes results.
+    # data/ in the cache directory) and whether missing ones may be downloaded. Neither
+    # changes results.
     data_root: str | None = None
     download: bool = False
     path: str = ""

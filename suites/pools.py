@@ -15,15 +15,14 @@ from harness.backbones import ArgsModel
 from harness.data import Inputs
 
 
-def default_data_root() -> Path:
-    """``$TLBENCH_DATA``, else ``data`` in the tlbench cache (``$TLBENCH_CACHE`` or
-    ``~/.cache/tlbench``)."""
+def default_data_root(cache_dir: Path | None = None) -> Path:
+    """``$TLBENCH_DATA``, else ``data`` in the cache directory (``--cache-dir``, else
+    :func:`~harness.runtime.default_cache_dir`)."""
+    from harness.runtime import default_cache_dir
+
     if os.environ.get("TLBENCH_DATA"):
         return Path(os.environ["TLBENCH_DATA"]).expanduser()
-    cache = os.environ.get("TLBENCH_CACHE")
-    if cache:
-        return Path(cache).expanduser() / "data"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlbench" / "data"
+    return (cache_dir or default_cache_dir()) / "data"
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,12 @@ class DataAccess:
     download: bool = False
 
     @classmethod
-    def of(cls, data_root: str | None, download: bool, *, suite_path: str = "") -> "DataAccess":
-        """A suite's setting: relative roots are relative to the suite file."""
+    def of(cls, data_root: str | None, download: bool, *, suite_path: str = "",
+           cache_dir: Path | None = None) -> "DataAccess":
+        """A suite's setting: relative roots are relative to the suite file; without one,
+        :func:`default_data_root`."""
         if data_root is None:
-            return cls(default_data_root(), download)
+            return cls(default_data_root(cache_dir), download)
         root = Path(data_root).expanduser()
         return cls(root if root.is_absolute() else Path(suite_path).parent / root, download)
 

@@ -260,6 +260,8 @@ def test_include_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     pytest.param(["--device", "gpu"], ("--device 'gpu'", "auto, cpu, cuda"), id="device-unknown"),
     pytest.param(["--precision", "fp16"], ("--precision 'fp16'", "auto, bf16, fp32"), id="precision-unknown"),
     pytest.param(["--channels-last", "yes"], ("--channels-last 'yes'", "auto, on, off"), id="channels-last-unknown"),
+    pytest.param(["--workers", "two"], ("--workers 'two'", "auto or a whole number"), id="workers-unknown"),
+    pytest.param(["--workers", "-1"], ("--workers '-1'", "auto or a whole number"), id="workers-negative"),
 ])
 def test_bad_flag_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     flags: list[str], needles: tuple[str, ...]) -> None:
@@ -617,6 +619,20 @@ def test_fields_added_later_keep_older_suites_fingerprints(tmp_path) -> None:
     import yaml
 
     from suites import bundled_suites
+
+    (tmp_path / "golden.yaml").write_text(textwrap.dedent("""
+        name: golden
+        strategies: [linear_probe, full_finetune]
+        tasks:
+          digits-2shot:
+            dataset: digits
+            split: {seed: 0, shots: 2, val_per_class: 5, test_fraction: 0.5}
+            backbones: [cnn]
+        backbones:
+          cnn: {arch: cnn2d, args: {width: 8}}
+    """))
+    # the fingerprint this suite had when its stores were written (commit ddd54aa)
+    assert parse_suite(tmp_path / "golden.yaml").fingerprint() == "477508426924"
 
     quick = parse_suite(bundled_suites()["quick"])
     data = yaml.safe_load(bundled_suites()["quick"].read_text())

@@ -69,6 +69,8 @@ def test_reusing_strategies_record_what_they_reused(smoke_run: Path) -> None:
     runs = pd.read_parquet(smoke_run / "runs.parquet")
     ft = runs[runs["strategy"] == "full_finetune"].set_index(["task", "seed"])
     kd = runs[runs["strategy"] == "distillation"]
+    ens = runs[runs["strategy"] == "ensemble"]
+    assert len(kd) == len(ens) == 2 * SEEDS  # two tasks: the checks below cover every run
     assert (kd["student_parameters"] < kd["teacher_parameters"]).all()
     assert (kd["inference_parameters"] == kd["student_parameters"]).all()
     for row in kd.itertuples():  # teacher k is full_finetune's evaluation run k
@@ -76,7 +78,6 @@ def test_reusing_strategies_record_what_they_reused(smoke_run: Path) -> None:
         assert row.teacher_parameters == teacher["inference_parameters"]
         assert row.teacher_test_accuracy == pytest.approx(teacher["test_accuracy"])
         assert row.train_seconds > row.own_train_seconds
-    ens = runs[runs["strategy"] == "ensemble"]
     assert (ens["ensemble_size"] == 3).all()  # smoke inherits quick: 3 full_finetune models
     one = ft.groupby("task")["inference_parameters"].first()
     for row in ens.itertuples():
@@ -243,8 +244,11 @@ def test_report_command_reads_only_the_store(smoke_run: Path, tmp_path, capsys) 
     # every number is recomputable from runs.parquet: one cell by hand
     runs = pd.read_parquet(out / "runs.parquet")
     ft = runs[(runs["strategy"] == "full_finetune") & (runs["task"] == "digits-2shot")]["test_accuracy"]
-    assert f"{ft.mean() * 100:.1f}" in [c.strip(" *†").split(" ±")[0] for line in body.splitlines()
-                                        if line.startswith("| full_finetune |") for c in line.split("|")]
+    lines = body.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| strategy |") and "digits-2shot" in line)
+    column = next(j for j, c in enumerate(lines[header].split("|")) if c.strip().startswith("digits-2shot"))
+    row = next(line for line in lines[header:] if line.startswith("| full_finetune |"))  # the main table's
+    assert row.split("|")[column].strip(" *†").split(" ±")[0] == f"{ft.mean() * 100:.1f}"
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -252,6 +256,7 @@ def test_report_command_reads_only_the_store(smoke_run: Path, tmp_path, capsys) 
     (["report", "--storage", "{tmp}/missing.journal"], "no such journal file"),
     (["report", "{tmp}/empty"], "holds no evaluation runs"),
     (["report"], "exactly one"),
+    (["report", "{tmp}/empty", "--suite", "nope"], "suites there: none"),
 ])
 def test_report_of_a_missing_or_empty_store_is_one_line(tmp_path, capsys, args, needle) -> None:
     (tmp_path / "empty").mkdir()

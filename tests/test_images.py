@@ -4,6 +4,7 @@ preprocessing from backbone weights, DataLoader reading, and the missing-data er
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -15,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-import suites.images as images
 from harness.data import ImageView, Loading, Preprocess, Reader, read_all
 from harness.errors import ConfigError
 from harness.train import Execution, NullReporter, fit_epochs, predict_logits
@@ -196,6 +196,9 @@ def test_missing_data_is_one_line_naming_path_and_remedy(tmp_path: Path) -> None
     write_folder(tmp_path / "b", ["x", "z"], 3)
     with pytest.raises(ConfigError, match=r"args\.test: .* the trees need the same class folders"):
         task("image_folder", tmp_path, args={"path": "a", "test": "b"})
+    (tmp_path / "empty" / "x").mkdir(parents=True)  # a class folder without images
+    with pytest.raises(ConfigError, match=r"image_folder: args\.path: .*empty: .*; expected one folder per class"):
+        task("image_folder", tmp_path, args={"path": "empty"})
 
 
 def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,6 +251,8 @@ def test_in_memory_datasets_reject_image_options(tmp_path: Path) -> None:
     spec = TaskSpec(dataset="digits", augment="flip")
     with pytest.raises(ConfigError, match=r"tasks\.t\.augment: 'flip' applies to image-file datasets"):
         build_task("t", spec, where="s.yaml: tasks.t")
+    with pytest.raises(ConfigError, match=r"tasks\.t\.image_size: applies to image-file datasets; 'digits'"):
+        build_task("t", TaskSpec(dataset="digits", image_size=32), where="s.yaml: tasks.t")
     write_folder(tmp_path / "f", ["x", "y"], 4)
     spec = TaskSpec(dataset="image_folder", args={"path": str(tmp_path / "f")},
                     shift={"kind": "noise", "severity": 0.1})
@@ -281,9 +286,11 @@ def test_workers_read_the_same_batches_in_the_same_order(tmp_path: Path) -> None
     order = [torch.tensor([3, 1]), torch.tensor([0, 2, 4])]
     cpu = torch.device("cpu")
     inline = list(Reader(view, device=cpu)(order))
+    assert [len(xb) for xb in inline] == [2, 3]
     workers = Reader(view, device=cpu, loading=Loading(workers=2))
     for _ in range(2):  # persistent workers serve a second epoch
-        assert all(torch.equal(a, b) for a, b in zip(inline, workers(order)))
+        got = list(workers(order))
+        assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(inline, got))
     assert torch.equal(torch.cat(list(read_all(view, device=cpu, batch_size=4))), view.head(len(view)))
 
 
@@ -331,17 +338,52 @@ def test_a_distillation_student_reads_images_as_its_own_weights_expect(tmp_path:
     kd = STRATEGIES.get("distillation")(epochs=(2, 2), batch_size=8, options={"student": "small"})
     predictor = kd.fit(teacher, cell, {**adamw, "epochs": 2, "temperature": 2.0, "alpha": 0.5}, seed=0,
                        reporter=NullReporter(), runtime=dataclasses.replace(runtime, members=members))
-    assert predictor.reads[cell.test.fingerprint] is own.test  # 12 px crops, not the teacher's 16
+    assert predictor.own[cell.test.fingerprint] is own.test  # 12 px crops, not the teacher's 16
     expected = predict_logits(predictor.model, own.test.x, device=torch.device("cpu"))
     assert torch.equal(predictor.logits(cell.test), expected)
+
+
+def test_pretraining_on_image_files_is_cached_by_their_content(tmp_path: Path) -> None:
+    """A source task of image files: the spec does not fix its content, so the checkpoint's
+    cache key includes the files' identity."""
+    from harness.pretrain import materialize_backbone
+    from suites.config import parse_suite
+
+    write_folder(tmp_path / "data" / "src", ["a", "b"], 6)
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        name: src
+        strategies: [linear_probe]
+        data_root: data
+        source_tasks:
+          src: {dataset: image_folder, args: {path: src}, split: {val_per_class: 1}, image_size: 16}
+        tasks:
+          digits: {dataset: digits, backbones: [cnn]}
+        backbones:
+          cnn: {arch: cnn2d, args: {in_channels: 3, width: 4, depth: 2}, pretrain: {task: src, epochs: 1}}
+    """))
+    suite = parse_suite(tmp_path / "s.yaml")
+
+    def weights_id() -> str:
+        return materialize_backbone("cnn", suite, cache_dir=tmp_path / "cache", device=torch.device("cpu"),
+                                    log=lambda _: None).weights_id
+
+    first = weights_id()
+    assert weights_id() == first  # a cache hit
+    extra = tmp_path / "data" / "src" / "a" / "new.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(extra)
+    from suites import datasets
+
+    datasets._POOLS.clear()  # a new process would list the folder again
+    assert weights_id() != first
 
 
 # --------------------------------------------------------------------------- suites and CLI
 
 
-def tlbench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def tlbench(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "TLBENCH_DATA"}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          cwd=cwd, timeout=600, env={**environ, "PYTHONPATH": str(ROOT), **env})
 
 
 @pytest.mark.parametrize("suite", ["vtab1k", "kornblith", "cifar10-resnet50"])
@@ -351,6 +393,14 @@ def test_bundled_real_suites_dry_run_without_data(suite: str, tmp_path: Path) ->
     out = r.stdout + r.stderr  # the console writes to stderr
     assert f"data root {tmp_path / 'nodata'}" in out and "MISSING" in out
     assert "task(s) lack their data" in out and "trials" in out
+
+
+def test_the_default_data_root_follows_the_cache_directory(tmp_path: Path) -> None:
+    r = tlbench("run", "cifar10-resnet50", "--dry-run", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert r.returncode == 0 and f"data root {tmp_path / 'cache' / 'data'} " in r.stderr, r.stderr
+    r = tlbench("run", "cifar10-resnet50", "--dry-run", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path,
+                TLBENCH_DATA=str(tmp_path / "shared"))
+    assert r.returncode == 0 and f"data root {tmp_path / 'shared'} " in r.stderr, r.stderr
 
 
 def test_missing_data_run_exits_2_before_training(tmp_path: Path) -> None:

@@ -299,6 +299,19 @@ def test_greedy_selection_never_scores_below_its_best_member_on_validation(seed:
     assert 1 <= sum(counts) <= 12
 
 
+def test_a_soup_without_member_weights_is_one_line_naming_the_option(tiny_backbone, tiny_task, runtime) -> None:
+    from harness.errors import ConfigError
+
+    members = make_members(tiny_task, tiny_backbone)  # no strategy keeps weights: nothing to average
+    ens = make("ensemble", members=["full_finetune"], size=2, method="uniform_soup")
+    with pytest.raises(ConfigError) as err:
+        ens.fit(tiny_backbone, tiny_task, ens.search_space(None, tiny_backbone), seed=0, reporter=NullReporter(),
+                runtime=dataclasses.replace(runtime, members=members))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("strategy_options.ensemble.method: 'uniform_soup' averages weights")
+    assert msg.endswith("allowed here: auto, average, greedy")
+
+
 def test_ensemble_members_are_reused_and_its_cost_adds_theirs(tiny_backbone, tiny_task, runtime,
                                                               tmp_path) -> None:
     members = make_members(tiny_task, tiny_backbone, root=tmp_path, keep_weights=frozenset({"full_finetune"}),
@@ -382,6 +395,17 @@ def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, 
     assert record["train_seconds"] == pytest.approx(record["own_train_seconds"] + sum(student.costs.values()))
     assert teacher.train_seconds >= 0.3 and record["own_train_seconds"] < 0.3
     assert record["inference_seconds"] >= teacher.inference_seconds + student.inference_seconds
+    # a tuning trial that needs the teacher trained on demand does not count it either
+    from harness.search import make_study, tune
+    from suites.config import SearchSpec
+
+    fresh = make_members(tiny_task, tiny_backbone, make=make_strategy, params={"full_finetune": {**SGD, "epochs": 2}})
+    kd = make_strategy("distillation")
+    tuning = make_study("t", optuna.storages.InMemoryStorage(), budget=1, seed=0, search=SearchSpec())
+    tune(tuning, kd, tiny_backbone, tiny_task, budget=1, suite_seed=0,
+         runtime=dataclasses.replace(runtime, members=fresh))
+    [trial] = tuning.trials
+    assert fresh.fit_seconds >= 0.3 and trial.user_attrs["seconds"] < 0.3
 
 
 def test_a_diverged_member_is_not_retrained_and_says_which(tiny_backbone, tiny_task, runtime) -> None:

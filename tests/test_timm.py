@@ -72,8 +72,10 @@ def test_shorthand_arch_in_a_suite_and_weights_errors(tmp_path: Path, monkeypatc
     assert suite.backbones["vit"].args == {"model": "vit_tiny_patch16_224.augreg_in21k_ft_in1k"}
     with pytest.raises(ConfigError, match=r"backbones\.bad\.weights: unknown weights 'IMAGENET1K_V1'.*allowed: DEFAULT"):
         load_plan(tmp_path / "s.yaml")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    import huggingface_hub.constants as hub  # read at import: environment variables set now are ignored
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # even with network or cached weights
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(ConfigError) as err:
         materialize_backbone("vit", suite, cache_dir=tmp_path, device=torch.device("cpu"))
     msg = str(err.value)

@@ -31,10 +31,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.backbones import Classifier, TorchvisionResNet, VisionTransformer  # noqa: E402
-from harness.data import ImageView, Loading, Preprocess  # noqa: E402
-from harness.features import compute_features  # noqa: E402
-from harness.train import Execution, Hook, NullReporter, fit_epochs  # noqa: E402
+from tlbench.backbones import Classifier, TorchvisionResNet, VisionTransformer  # noqa: E402
+from tlbench.data import ImageView, Loading, Preprocess  # noqa: E402
+from tlbench.features import compute_features  # noqa: E402
+from tlbench.train import Execution, Hook, NullReporter, fit_epochs  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

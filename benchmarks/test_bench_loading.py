@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data import Loading, Preprocess, Reader, sequential
-from suites.datasets import DataAccess
-from suites.tasks import build_task
-from suites.config import SplitSpec, TaskSpec
+from tlbench.data import Loading, Preprocess, Reader, sequential
+from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.suites.datasets import DataAccess
+from tlbench.suites.tasks import build_task
 
 N_IMAGES = 384
 

@@ -6,14 +6,14 @@ Target (issue 2): ≥ 20× faster at equal accuracy (± 0.5 point), 50 epochs, q
 from __future__ import annotations
 
 import torch
+from _setup import best_of, quick_digits
 from torch import nn
 
-from _setup import best_of, quick_digits
-from harness.backbones import Classifier
-from harness.features import FeatureCache
-from harness.runtime import Runtime
-from harness.train import NullReporter, accuracy, fit_epochs, predict_logits
-from strategies import STRATEGIES
+from tlbench.backbones import Classifier
+from tlbench.features import FeatureCache
+from tlbench.runtime import Runtime
+from tlbench.strategies import STRATEGIES
+from tlbench.train import NullReporter, accuracy, fit_epochs, predict_logits
 
 PARAMS = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 50}
 CPU = torch.device("cpu")

@@ -12,8 +12,8 @@ import time
 
 import pandas as pd
 
-from harness.cli import main
-from strategies import STRATEGIES
+from tlbench.cli import main
+from tlbench.strategies import STRATEGIES
 
 
 def test_quick_suite_all_strategies_cold(tmp_path, monkeypatch) -> None:

@@ -1,3 +1,96 @@
-"""tlbench harness: backbones, training loop, search, evaluation, store and CLI."""
+"""tlbench: benchmark transfer-learning strategies under equal tuning budgets.
 
-__version__ = "0.1.0"
+The names below are the public API (docs/api.md): what a plugin author writes a strategy,
+backbone or dataset against, and what an analyst reads results with. Every other module
+and name is internal and may change without notice.
+
+The names are resolved on first use (PEP 562), so ``import tlbench`` is cheap and importing
+any submodule never drags in the layers above it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tlbench.version import __version__
+
+#: public name → the module that defines it
+_EXPORTS: dict[str, str] = {
+    # errors
+    "TlbenchError": "tlbench.errors", "ConfigError": "tlbench.errors", "NonFiniteLoss": "tlbench.errors",
+    # typed blocks and registries
+    "Frozen": "tlbench.config", "Registry": "tlbench.registry",
+    "STRATEGIES": "tlbench.strategies", "BACKBONES": "tlbench.backbones", "DATASETS": "tlbench.suites.datasets",
+    # strategies and what they return
+    "Strategy": "tlbench.strategies.base", "Predictor": "tlbench.strategies.base",
+    "ModelPredictor": "tlbench.strategies.base",
+    # composable parts and the one fine-tuning routine
+    "finetune": "tlbench.strategies.full_finetune", "new_classifier": "tlbench.strategies.full_finetune",
+    "FreezeSchedule": "tlbench.strategies.parts", "L2SP": "tlbench.strategies.parts",
+    "Distillation": "tlbench.strategies.parts", "model_groups": "tlbench.strategies.parts",
+    "group_parameters": "tlbench.strategies.parts", "layerwise_lr_groups": "tlbench.strategies.parts",
+    "suggest_optimizer": "tlbench.strategies.parts", "make_optimizer": "tlbench.strategies.parts",
+    "make_schedule": "tlbench.strategies.parts", "warmup_cosine": "tlbench.strategies.parts",
+    "slanted_triangular": "tlbench.strategies.parts",
+    # the training loop's contract
+    "Hook": "tlbench.train", "Batch": "tlbench.train", "Reporter": "tlbench.train",
+    "NullReporter": "tlbench.train", "fit_epochs": "tlbench.train", "predict_logits": "tlbench.train",
+    "accuracy": "tlbench.train", "Runtime": "tlbench.runtime",
+    # backbones, data, tasks
+    "Backbone": "tlbench.backbones", "Classifier": "tlbench.backbones",
+    "Dataset": "tlbench.suites.pools", "DataPool": "tlbench.suites.pools", "DataAccess": "tlbench.suites.pools",
+    "Task": "tlbench.data", "Split": "tlbench.data",
+    # reusing other strategies' models
+    "Member": "tlbench.reuse", "ModelServer": "tlbench.reuse",
+    # stored results
+    "load_results": "tlbench.reports.data", "Results": "tlbench.reports.data",
+    "RunRecord": "tlbench.records", "StudyName": "tlbench.records", "Protocol": "tlbench.records",
+    "SCHEMA_VERSION": "tlbench.records",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tlbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers see the real names
+    from tlbench.backbones import BACKBONES, Backbone, Classifier
+    from tlbench.config import Frozen
+    from tlbench.data import Split, Task
+    from tlbench.errors import ConfigError, NonFiniteLoss, TlbenchError
+    from tlbench.records import SCHEMA_VERSION, Protocol, RunRecord, StudyName
+    from tlbench.registry import Registry
+    from tlbench.reports.data import Results, load_results
+    from tlbench.reuse import Member, ModelServer
+    from tlbench.runtime import Runtime
+    from tlbench.strategies import STRATEGIES
+    from tlbench.strategies.base import ModelPredictor, Predictor, Strategy
+    from tlbench.strategies.full_finetune import finetune, new_classifier
+    from tlbench.strategies.parts import (
+        L2SP,
+        Distillation,
+        FreezeSchedule,
+        group_parameters,
+        layerwise_lr_groups,
+        make_optimizer,
+        make_schedule,
+        model_groups,
+        slanted_triangular,
+        suggest_optimizer,
+        warmup_cosine,
+    )
+    from tlbench.suites.datasets import DATASETS
+    from tlbench.suites.pools import DataAccess, DataPool, Dataset
+    from tlbench.train import Batch, Hook, NullReporter, Reporter, accuracy, fit_epochs, predict_logits

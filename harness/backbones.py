@@ -14,18 +14,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from harness.data import Preprocess
-from harness.errors import ConfigError
-from harness.registry import Registry
-
-
-class ArgsModel(BaseModel):
-    """Base for typed, frozen option blocks that reject unknown fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from tlbench.config import Frozen, validate_block
+from tlbench.data import Preprocess
+from tlbench.errors import ConfigError
+from tlbench.registry import Registry
 
 
 class Backbone(nn.Module, ABC):
@@ -37,7 +32,7 @@ class Backbone(nn.Module, ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    Args: ClassVar[type[ArgsModel]]
+    Args: ClassVar[type[Frozen]]
     groups: nn.ModuleList
     feature_dim: int
     weights_id: str = "random"
@@ -68,20 +63,20 @@ class Backbone(nn.Module, ABC):
         return nn.Linear(self.feature_dim, num_classes)
 
     @classmethod
-    def check_weights(cls, args: ArgsModel, weights: str) -> None:
+    def check_weights(cls, args: Frozen, weights: str) -> None:
         """Raises ConfigError unless ``weights`` names published weights of this architecture
         (only torchvision and timm architectures have any)."""
         raise ConfigError(f"published weights need a torchvision or timm arch ({', '.join(published_archs())}), "
                           f"got {cls.name!r}; use checkpoint: or pretrain: for it")
 
     @classmethod
-    def with_weights(cls, args: ArgsModel, weights: str) -> "Backbone":
+    def with_weights(cls, args: Frozen, weights: str) -> "Backbone":
         """The backbone with published ``weights`` (from a local cache, else downloaded)."""
         cls.check_weights(args, weights)
         raise NotImplementedError
 
     @classmethod
-    def weights_preprocess(cls, args: ArgsModel, weights: str | None) -> Preprocess:
+    def weights_preprocess(cls, args: Frozen, weights: str | None) -> Preprocess:
         """How images are prepared for these weights: torchvision's ImageNet default
         (resize 256, crop 224) unless the weights publish their own."""
         return Preprocess()
@@ -130,7 +125,7 @@ def identify(backbone: Backbone, source: str) -> Backbone:
     return backbone
 
 
-class SmallCNNArgs(ArgsModel):
+class SmallCNNArgs(Frozen):
     in_channels: int = Field(1, gt=0)
     width: int = Field(32, gt=0)
     depth: int = Field(3, gt=0, le=8)
@@ -219,7 +214,7 @@ class TorchvisionBackbone(Backbone):
         return torchvision.models.get_model(variant, weights=None)
 
     @classmethod
-    def _weights_member(cls, args: ArgsModel, weights: str) -> Any:
+    def _weights_member(cls, args: Frozen, weights: str) -> Any:
         import torchvision
 
         variant = args.variant  # type: ignore[attr-defined]
@@ -233,11 +228,11 @@ class TorchvisionBackbone(Backbone):
         return enum[weights]
 
     @classmethod
-    def check_weights(cls, args: ArgsModel, weights: str) -> None:
+    def check_weights(cls, args: Frozen, weights: str) -> None:
         cls._weights_member(args, weights)
 
     @classmethod
-    def with_weights(cls, args: ArgsModel, weights: str) -> "Backbone":
+    def with_weights(cls, args: Frozen, weights: str) -> "Backbone":
         """From a torchvision weights enum member (e.g. ``IMAGENET1K_V1``): the torch hub
         cache, else a download when the network allows; otherwise the error names the file
         expected in the cache."""
@@ -258,13 +253,13 @@ class TorchvisionBackbone(Backbone):
         return identify(out, f"torchvision:{variant}:{weights}")
 
     @classmethod
-    def weights_preprocess(cls, args: ArgsModel, weights: str | None) -> Preprocess:
+    def weights_preprocess(cls, args: Frozen, weights: str | None) -> Preprocess:
         if weights is None:
             return Preprocess()
         return Preprocess.from_transforms(cls._weights_member(args, weights).transforms())
 
 
-class ResNetArgs(ArgsModel):
+class ResNetArgs(Frozen):
     variant: str = "resnet18"
     in_channels: int = 3
     small_input: bool = False
@@ -300,7 +295,7 @@ class TorchvisionResNet(TorchvisionBackbone):
         return [stem, net.layer1, net.layer2, net.layer3, net.layer4], net.fc.in_features
 
 
-class VariantArgs(ArgsModel):
+class VariantArgs(Frozen):
     variant: str
 
 
@@ -420,7 +415,7 @@ class MobileNetV3(TorchvisionBackbone):
         return [f[0], *blocks], net.classifier[0].out_features
 
 
-class TimmArgs(ArgsModel):
+class TimmArgs(Frozen):
     model: str
     in_chans: int = Field(3, gt=0)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
@@ -501,7 +496,7 @@ class TimmBackbone(Backbone):
         return self.net(x)
 
     @classmethod
-    def check_weights(cls, args: ArgsModel, weights: str) -> None:
+    def check_weights(cls, args: Frozen, weights: str) -> None:
         assert isinstance(args, TimmArgs)
         if weights != "DEFAULT":
             raise ConfigError(f"unknown weights {weights!r} for timm model {args.model}; allowed: DEFAULT "
@@ -510,7 +505,7 @@ class TimmBackbone(Backbone):
             raise ConfigError(f"timm model {args.model!r} has no pretrained weights")
 
     @classmethod
-    def with_weights(cls, args: ArgsModel, weights: str) -> "Backbone":
+    def with_weights(cls, args: Frozen, weights: str) -> "Backbone":
         """timm's pretrained weights: the Hugging Face hub cache, else a download when the
         network allows; otherwise the error names the cache looked in."""
         assert isinstance(args, TimmArgs)
@@ -528,7 +523,7 @@ class TimmBackbone(Backbone):
         return identify(out, f"timm:{args.model}:{weights}")
 
     @classmethod
-    def weights_preprocess(cls, args: ArgsModel, weights: str | None) -> Preprocess:
+    def weights_preprocess(cls, args: Frozen, weights: str | None) -> Preprocess:
         """The resolution, crop ratio, normalisation and interpolation timm's pretrained config
         gives the model (what ``timm.data.create_transform`` would do at evaluation)."""
         assert isinstance(args, TimmArgs)
@@ -565,7 +560,7 @@ for _cls in (SmallCNN2d, SmallCNN1d, TorchvisionResNet, VisionTransformer, ConvN
 def build_backbone(arch: str, args: dict[str, Any], *, seed: int = 0, where: str = "") -> Backbone:
     """Builds a randomly initialised backbone (deterministic for ``seed``)."""
     cls = BACKBONES.get(arch, where=f"{where}.arch" if where else "")
-    parsed = validate_args(cls.Args, args, where=f"{where}.args")
+    parsed = validate_block(cls.Args, args, where=f"{where}.args")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -574,21 +569,6 @@ def build_backbone(arch: str, args: dict[str, Any], *, seed: int = 0, where: str
             raise ConfigError(f"{where}.args: {err}" if where else str(err)) from None
     backbone.init_args = parsed.model_dump()
     return identify(backbone, f"random:{seed}")
-
-
-def validate_args(model: type[ArgsModel], args: dict[str, Any], *, where: str) -> ArgsModel:
-    """Validates an option block, turning pydantic errors into one-line ConfigErrors."""
-    from pydantic import ValidationError
-
-    try:
-        return model(**args)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        allowed = ", ".join(model.model_fields) or "none"
-        what = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{where}.{loc}: {what} (value {first.get('input')!r}; "
-                          f"fields: {allowed})") from None
 
 
 def load_checkpoint(backbone: Backbone, path: Path) -> Backbone:

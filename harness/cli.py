@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from harness.errors import TlbenchError
+from tlbench.errors import ConfigError, TlbenchError
 
 if TYPE_CHECKING:
-    from harness.plan import Plan
+    from tlbench.plan import Plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def print_dry_run(plan: "Plan", console: Console) -> None:
     """The plan without training: each task's data (path and whether it is there), then
     each cell's split sizes, trials and seeds."""
-    from suites.datasets import data_access
+    from tlbench.suites.datasets import data_access
 
     suite = plan.suite
     data = data_access(suite)
@@ -75,10 +75,15 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from harness.plan import load_plan, resolve_suite_path
-    from harness.runner import run_plan
-    from harness.runtime import default_cache_dir, make_runtime
-    from harness.store import check_compatible, open_storage
+    from tlbench.console import ConsoleObserver
+    from tlbench.paths import default_cache_dir
+    from tlbench.plan import load_plan, resolve_suite_path
+    from tlbench.reports.build import write_report
+    from tlbench.reports.data import load_results
+    from tlbench.runner import run_plan
+    from tlbench.runtime import make_runtime
+    from tlbench.store import check_compatible, open_storage
+    from tlbench.strategies import STRATEGIES
 
     strategies = None
     if args.strategies is not None:
@@ -101,8 +106,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run:
         print_dry_run(plan, console)
         return 0
-    report = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir,
-                      console=console)
+    with ConsoleObserver(console) as observer:
+        ran = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir, observer=observer)
+    # The report shows this invocation's cells and seeds (a store may hold more).
+    results = load_results(storage, suite.name, cells=ran.cells, seeds=ran.seeds)
+    if results.empty:
+        raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
+                          f"or failed); nothing to report")
+    report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
+                          strategy_order=STRATEGIES.names())
     print(report.path("table.md").read_text())
     console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, figures/) "
                   f"in {report.seconds:.1f} s")
@@ -111,10 +123,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """``tlbench report (--storage URL | RUN_DIR) --out DIR``: reads stored results only."""
-    from harness.errors import ConfigError
-    from harness.store import open_existing_storage
-    from reports.build import write_report
-    from reports.data import load_results
+    from tlbench.records import suites_in
+    from tlbench.reports.build import write_report
+    from tlbench.reports.data import load_results
+    from tlbench.store import open_existing_storage
+    from tlbench.strategies import STRATEGIES
 
     if (args.run_dir is None) == (args.storage is None):
         raise ConfigError("report: give a run directory or --storage URL (exactly one)")
@@ -130,16 +143,13 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     results = load_results(storage, args.suite)
     if results.empty:
         if args.suite:
-            import optuna
-
-            from harness.store import SEP
-
-            held = sorted({name.split(SEP)[0] for name in optuna.get_all_study_names(storage) if SEP in name})
+            held = suites_in(storage)
             raise ConfigError(f"report: --suite {args.suite!r}: {where} holds no evaluation runs of it; "
                               f"suites there: {', '.join(held) or 'none'}")
         raise ConfigError(f"report: {where}: the store holds no evaluation runs; nothing to report")
     suites = sorted(results.runs["suite"].unique())
-    report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}")
+    report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}",
+                          strategy_order=STRATEGIES.names())
     print(report.path("table.md").read_text())
     console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, trials.parquet, "
                   f"figures/) in {report.seconds:.1f} s")
@@ -148,16 +158,16 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     if args.what == "strategies":
-        from strategies import STRATEGIES
+        from tlbench.strategies import STRATEGIES
         rows = [(name, cls.description) for name, cls in STRATEGIES]
     elif args.what == "backbones":
-        from harness.backbones import BACKBONES
+        from tlbench.backbones import BACKBONES
         rows = [(name, cls.description) for name, cls in BACKBONES]
     elif args.what == "datasets":
-        from suites.datasets import DATASETS
+        from tlbench.suites.datasets import DATASETS
         rows = [(name, cls.description) for name, cls in DATASETS]
     else:
-        from suites import bundled_suites
+        from tlbench.suites import bundled_suites
         rows = [(name, str(path)) for name, path in bundled_suites().items()]
     width = max(len(r[0]) for r in rows)
     for name, text in rows:
@@ -166,6 +176,9 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what happens
     args = build_parser().parse_args(argv)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:

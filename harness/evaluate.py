@@ -9,16 +9,18 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from harness.backbones import Backbone
-from harness.errors import NonFiniteLoss
-from harness.members import OwnTime, member_from
-from harness.memory import PeakMemory
-from harness.provenance import provenance
-from harness.runtime import Runtime
-from harness.store import recover_orphans, worker_alive, worker_id
-from harness.train import NullReporter, accuracy
-from strategies.base import Strategy
-from suites.tasks import Task
+from tlbench.backbones import Backbone
+from tlbench.data import Task
+from tlbench.errors import NonFiniteLoss
+from tlbench.members import Members, member_from
+from tlbench.memory import PeakMemory
+from tlbench.provenance import provenance
+from tlbench.records import RunContext, RunRecord
+from tlbench.reuse import OwnTime
+from tlbench.runtime import Runtime
+from tlbench.store import recover_orphans, worker_alive, worker_id
+from tlbench.strategies.base import Strategy
+from tlbench.train import NullReporter, accuracy
 
 
 def _taken_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
@@ -37,8 +39,8 @@ def _taken_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
 
 
 def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
-             params: dict[str, Any], *, seeds: list[int], context: dict[str, Any],
-             runtime: Runtime, on_seed: Callable[[int], None] = lambda n: None) -> list[dict[str, Any]]:
+             params: dict[str, Any], *, seeds: list[int], context: RunContext,
+             runtime: Runtime, on_seed: Callable[[int], None] = lambda n: None) -> list[RunRecord]:
     """Runs every seed not yet recorded in ``study``; returns the new records.
 
     ``context`` (suite, task, backbone, strategy, tuning summary) is copied into each record.
@@ -59,8 +61,8 @@ def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
 
 
 def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
-             params: dict[str, Any], *, seed: int, context: dict[str, Any],
-             runtime: Runtime) -> dict[str, Any] | None:
+             params: dict[str, Any], *, seed: int, context: RunContext,
+             runtime: Runtime) -> RunRecord | None:
     trial = study.ask()
     trial.set_user_attr("worker", worker_id())
     trial.set_user_attr("seed", seed)
@@ -88,14 +90,14 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     if shifted is not None:
         logits[shifted.fingerprint] = predictor.logits(shifted)
     members = runtime.members
-    if members is not None and strategy.name in members.needed:  # kept for strategies that reuse it
+    if isinstance(members, Members) and strategy.name in members.reuse.needed:  # kept for strategies that reuse it
         key = members.key(strategy.name, seed, params)
         members.record(key, member_from(
             predictor, key=key, strategy=strategy.name, index=members.index_of(seed), seed=seed,
             params=params, task=task, seconds=seconds, inference_seconds=inference_seconds, logits=logits,
-            keep_weights=strategy.name in members.keep_weights))
-    record = {
-        **context, "seed": seed, "params": dict(params),
+            keep_weights=strategy.name in members.reuse.keep_weights))
+    record = RunRecord(**context.model_dump(), **{
+        "seed": seed, "params": dict(params),
         "test_accuracy": accuracy(test_logits, task.test.y),
         "val_accuracy": accuracy(logits[task.val.fingerprint], task.val.y),
         "shifted_test_accuracy": accuracy(logits[shifted.fingerprint], shifted.y) if shifted else None,
@@ -106,14 +108,14 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         "inference_seconds": inference_seconds,
         "inference_ms_per_example": 1000 * inference_seconds / max(1, len(task.test)),
         "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb,
-        "peak_memory_kind": memory.kind, **predictor.info(),
+        "peak_memory_kind": memory.kind, "strategy_info": predictor.info(),
         "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
         "num_classes": task.num_classes, "precision": runtime.execution.tag,
         "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
         "loader_workers": runtime.execution.loading.workers if task.lazy else 0,
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),
-    }
-    trial.set_user_attr("record", record)
-    study.tell(trial, record["test_accuracy"])
+    })
+    trial.set_user_attr("record", record.model_dump())
+    study.tell(trial, record.test_accuracy)
     return record

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from harness.atomic import load_or_none, save_atomic
-from harness.backbones import Backbone
-from harness.train import Execution, predict_logits
+from tlbench.atomic import load_or_none, save_atomic
+from tlbench.backbones import Backbone
+from tlbench.codeversion import code_version
+from tlbench.train import Execution, predict_logits
 
 
 class FeatureCache:
@@ -29,8 +30,6 @@ class FeatureCache:
     def key(backbone: Backbone, fingerprint: str, execution: Execution = Execution()) -> str:
         """Weights identity + split content + the code that computes features (+ precision
         when it is not float32)."""
-        from harness.pretrain import code_version
-
         precision = "" if execution.tag == "fp32" else f"|{execution.tag}"
         blob = f"{backbone.weights_id}|{fingerprint}|{code_version()}{precision}"
         return hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import torch
 
-from harness.backbones import BACKBONES, Backbone, build_backbone, validate_args
-from harness.errors import ConfigError
-from harness.pretrain import check_backbone_source, preprocess_for
-from strategies import STRATEGIES, Strategy
-from suites import bundled_suites
-from suites.config import Suite, parse_suite
-from suites.datasets import DATASETS, DataAccess, data_access, data_location
-from suites.tasks import Task, build_task
+from tlbench.backbones import BACKBONES, Backbone, build_backbone
+from tlbench.config import validate_block
+from tlbench.data import Task
+from tlbench.errors import ConfigError
+from tlbench.pretrain import check_backbone_source, preprocess_for
+from tlbench.strategies import STRATEGIES, Strategy
+from tlbench.suites import bundled_suites
+from tlbench.suites.config import Suite, parse_suite
+from tlbench.suites.datasets import DATASETS, DataAccess, data_access, data_location
+from tlbench.suites.tasks import build_task
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Plan:
         strategies = [make_strategy(self.suite, n) for n in sorted(names)]
         return (frozenset(r for s in strategies for r in s.requires()),
                 frozenset(r for s in strategies for r in s.requires_weights()))
+
+    def make_strategy(self, name: str) -> Strategy:
+        """Strategy ``name`` with the suite's shared training settings and its own options."""
+        return make_strategy(self.suite, name)
 
     @property
     def backbones(self) -> list[str]:
@@ -138,7 +144,7 @@ def check_strategies(suite: Suite, declared: list[str]) -> list[str]:
     where = f"{suite.path}: strategy_options"
     for name, options in suite.strategy_options.items():
         cls = STRATEGIES.get(name, where=where)
-        validate_args(cls.Options, options, where=f"{where}.{name}")
+        validate_block(cls.Options, options, where=f"{where}.{name}")
     known = set(declared) | set(suite.strategies)
     graph: dict[str, list[str]] = {}
     for name in sorted(known):
@@ -221,7 +227,7 @@ def check_names(suite: Suite) -> None:
     for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):
         for name, spec in specs.items():
             cls = DATASETS.get(spec.dataset, where=f"{where}: {group}.{name}.dataset")
-            validate_args(cls.Args, spec.args, where=f"{where}: {group}.{name}.args")
+            validate_block(cls.Args, spec.args, where=f"{where}: {group}.{name}.args")
     for name, spec in suite.tasks.items():
         if not spec.backbones:
             raise ConfigError(f"{where}: tasks.{name}.backbones: list at least one backbone; "
@@ -233,7 +239,7 @@ def check_names(suite: Suite) -> None:
     known_tasks = [*suite.source_tasks, *suite.tasks]
     for name, spec in suite.backbones.items():
         cls = BACKBONES.get(spec.arch, where=f"{where}: backbones.{name}.arch")
-        validate_args(cls.Args, spec.args, where=f"{where}: backbones.{name}.args")
+        validate_block(cls.Args, spec.args, where=f"{where}: backbones.{name}.args")
         if spec.pretrain is not None and spec.pretrain.task not in known_tasks:
             raise ConfigError(f"{where}: backbones.{name}.pretrain.task: unknown task "
                               f"{spec.pretrain.task!r}; defined: {', '.join(known_tasks)}")

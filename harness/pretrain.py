@@ -8,7 +8,6 @@ version. A cache file whose checksum does not match its manifest is rebuilt, nev
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import time
@@ -18,31 +17,15 @@ from typing import Callable, Iterator
 
 import torch
 
-import harness
-from harness.atomic import save_atomic
-from harness.backbones import (BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone,
-                               load_checkpoint)
-from harness.data import Loading, Preprocess
-from harness.errors import ConfigError
-from harness.train import Execution, NullReporter, fit_epochs, steps_per_epoch
-from suites.config import BackboneSpec, PretrainSpec, Suite
-from suites.datasets import data_access
-from suites.tasks import Task, build_task
-
-_ROOT = Path(__file__).resolve().parent.parent
-_CODE_FILES = ("harness/backbones.py", "harness/train.py", "harness/pretrain.py",
-               "suites/datasets.py", "suites/glyphs.py", "suites/tasks.py")
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """tlbench's version plus a hash of the code that shapes a pretrained checkpoint."""
-    digest = hashlib.sha256(harness.__version__.encode())
-    for rel in _CODE_FILES:
-        path = _ROOT / rel
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return f"{harness.__version__}+{digest.hexdigest()[:10]}"
+from tlbench.atomic import save_atomic
+from tlbench.backbones import BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone, load_checkpoint
+from tlbench.codeversion import code_version
+from tlbench.data import Loading, Preprocess, Task
+from tlbench.errors import ConfigError
+from tlbench.suites.config import BackboneSpec, PretrainSpec, Suite
+from tlbench.suites.datasets import data_access
+from tlbench.suites.tasks import build_task
+from tlbench.train import Execution, NullReporter, fit_epochs, steps_per_epoch
 
 
 def file_sha256(path: Path) -> str:

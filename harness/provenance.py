@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-import harness
+from tlbench.version import __version__
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def device_name(device: torch.device) -> str:
 
 def provenance(device: torch.device) -> dict[str, str]:
     return {
-        "tlbench_version": harness.__version__,
+        "tlbench_version": __version__,
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
         "device": device_name(device),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Generic, Iterator, TypeVar
 
-from harness.errors import ConfigError
+from tlbench.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -1,4 +1,8 @@
-"""Runs a plan: materialise backbones, tune each cell, evaluate its best config, write tables."""
+"""Runs a plan: materialise backbones, tune each cell, evaluate its best configuration.
+
+The runner reports what happens through a :class:`RunObserver` (no-op by default) and
+returns what it ran; it neither prints nor writes reports — the command line does both.
+"""
 
 from __future__ import annotations
 
@@ -11,84 +15,100 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pandas as pd
 from optuna.storages import BaseStorage
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.errors import ConfigError
-from harness.evaluate import evaluate
-from harness.members import Members, ModelStore
-from harness.plan import Cell, Plan, make_strategy
-from harness.pretrain import code_version, materialize_backbone
-from harness.runtime import Runtime
-from harness.search import TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
-from harness.store import check_compatible, study_name
-from reports.build import ReportOutputs, write_report
-from reports.data import load_results
-from strategies import Strategy
+from tlbench.backbones import Backbone
+from tlbench.codeversion import code_version
+from tlbench.data import Task
+from tlbench.errors import ConfigError
+from tlbench.evaluate import evaluate
+from tlbench.members import ArtifactStore, CellRecipes, Members, Reuse
+from tlbench.plan import Cell, Plan
+from tlbench.pretrain import materialize_backbone
+from tlbench.records import RunContext, StudyName
+from tlbench.runtime import Runtime
+from tlbench.search import TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
+from tlbench.store import check_compatible
+from tlbench.strategies import Strategy
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+class RunObserver:
+    """What a run tells whoever watches it; every hook is a no-op by default."""
+
+    def log(self, message: str) -> None:
+        """A line worth showing (a backbone pretrained or reused from the cache)."""
+
+    def plan_started(self, plan: Plan) -> None: ...
+
+    def cell_started(self, cell: Cell, *, phase: str, total: int) -> None:
+        """``phase`` is ``tuning`` (``total`` trials) or ``evaluating`` (``total`` seeds)."""
+
+    def cell_progress(self, cell: Cell, *, phase: str, done: int) -> None: ...
+
+    def cell_finished(self, cell: Cell, outcome: "CellOutcome") -> None: ...
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What became of a cell: evaluated (with its tuning summary), or why not."""
+
+    cell: Cell
+    evaluated: bool
+    tuning: TuneResult | None = None  # None for a strategy with nothing to search
+    seconds: float = 0.0
+    skipped: str = ""  # why the cell was not evaluated
+
+    @property
+    def summary(self) -> str:
+        """One line for the cell, as the command line prints it."""
+        if self.skipped:
+            return f"{self.cell.label}: {self.skipped}"
+        t = self.tuning
+        tuned = (f"best val {t.best_value:.3f} | trials {t.n_complete} complete, {t.n_pruned} pruned"
+                 if t is not None else "not tuned (nothing to search)")
+        return f"{self.cell.label}: {tuned} | {self.seconds:.1f} s"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The cells a run covered and its evaluation seeds: what its report shows."""
+
+    suite: str
+    cells: frozenset[tuple[str, str, str]]
+    seeds: tuple[int, ...]
+    outcomes: tuple[CellOutcome, ...]
 
 
 def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, cache_dir: Path,
-             console: Console) -> ReportOutputs:
-    """Runs every cell, then writes the report of this invocation's cells and seeds."""
+             observer: RunObserver | None = None) -> RunResult:
+    """Runs every cell of ``plan`` into ``storage`` (artifacts of reused models under
+    ``out/models``); returns what ran."""
+    observer = observer or RunObserver()
     suite = plan.suite
     check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
-                                            log=console.print, loading=runtime.execution.loading)
+                                            log=observer.log, loading=runtime.execution.loading)
                  for name in plan.backbones}
     needed, keep_weights = plan.reused()
+    reuse = Reuse(needed, keep_weights)
+    observer.plan_started(plan)
+    recipes: SuiteCell | None = None
     members: Members | None = None
-    tuning: CellTuning | None = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
-        cells_bar = progress.add_task("cells", total=len(plan.cells))
-        for cell in plan.cells:
-            if members is None or members.backbone_name != cell.backbone or members.task.name != cell.task:
-                # one per task × backbone (cells come grouped): its strategies share models
-                tuning = CellTuning(storage, plan, cell, backbones[cell.backbone])
-                members = cell_members(cell, plan, backbones, tuning=tuning, out=out, needed=needed,
-                                       keep_weights=keep_weights)
-            assert tuning is not None
-            run_cell(cell, plan, make_strategy(suite, cell.strategy), backbones[cell.backbone],
-                     storage=storage, tuning=tuning, runtime=dataclasses.replace(runtime, members=members),
-                     progress=progress, console=console)
-            progress.advance(cells_bar)
-    cells = {(c.task, c.backbone, c.strategy) for c in plan.cells}
-    results = load_results(storage, suite.name, cells=cells)  # this invocation's cells (a store may hold more)
-    if not results.runs.empty:  # … and seeds
-        runs = results.runs
-        in_plan = pd.Series([k in cells for k in zip(runs["task"], runs["backbone"], runs["strategy"])],
-                            index=runs.index, dtype=bool)
-        seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
-        results.runs = runs[in_plan & runs["seed"].isin(seeds)].reset_index(drop=True)
-    if results.runs.empty:
-        raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
-                          f"or failed); nothing to report")
-    return write_report(results, out, title=f"tlbench suite {suite.name}")  # same seed as tlbench report
-
-
-def cell_members(cell: Cell, plan: Plan, backbones: dict[str, Any], *, tuning: "CellTuning", out: Path,
-                 needed: frozenset[str], keep_weights: frozenset[str]) -> Members:
-    """The model server of a task × backbone: artifacts under ``out/models``."""
-    suite = plan.suite
-
-    def best_params(strategy: str) -> dict[str, Any]:
-        tuned = tuning(strategy)
-        if tuned.params is None:
-            raise ConfigError(f"{cell.task} / {cell.backbone}: {strategy!r} {tuned.reason}, and another "
-                              f"strategy reuses its models")
-        return tuned.params
-
-    return Members(cell=f"{suite.name}::{cell.task}::{cell.backbone}",
-                   context=f"{suite.fingerprint()}:{code_version()}", backbone_name=cell.backbone,
-                   task=plan.task_for(cell.task, cell.backbone), backbone=backbones[cell.backbone],
-                   make_strategy=lambda name: make_strategy(suite, name), best_params=best_params,
-                   seed_of=lambda k: evaluation_seed(suite.seed, k), store=ModelStore(out / "models"),
-                   backbones=backbones, keep_weights=keep_weights, needed=needed,
-                   task_for=lambda backbone: plan.task_for(cell.task, backbone))
+    outcomes = []
+    for cell in plan.cells:
+        if recipes is None or members is None or (recipes.cell_of.task, recipes.backbone_name) != (cell.task,
+                                                                                                   cell.backbone):
+            # one per task × backbone (cells come grouped): its strategies share models
+            recipes = SuiteCell(storage, plan, cell, backbones[cell.backbone], reuse)
+            members = Members(recipes, ArtifactStore(out / "models"), backbones)
+        outcome = run_cell(cell, plan, plan.make_strategy(cell.strategy), backbones[cell.backbone],
+                           storage=storage, tuning=recipes, runtime=dataclasses.replace(runtime, members=members),
+                           observer=observer)
+        outcomes.append(outcome)
+        observer.cell_finished(cell, outcome)
+    seeds = tuple(evaluation_seed(suite.seed, k) for k in range(suite.seeds))
+    return RunResult(suite.name, frozenset((c.task, c.backbone, c.strategy) for c in plan.cells), seeds,
+                     tuple(outcomes))
 
 
 def with_dependencies(params: dict[str, Any], strategy: Strategy, members: Members) -> dict[str, Any]:
@@ -102,7 +122,7 @@ def with_dependencies(params: dict[str, Any], strategy: Strategy, members: Membe
     return {**params, "reuses": digest}
 
 
-def fixed_params(strategy: Strategy, backbone: Any) -> dict[str, Any]:
+def fixed_params(strategy: Strategy, backbone: Backbone) -> dict[str, Any]:
     """The configuration of a strategy with nothing to search (``tunable = False``)."""
     return strategy.search_space(optuna.trial.FixedTrial({}), backbone)
 
@@ -117,20 +137,20 @@ class Tuned:
     finished: bool = False
 
 
-def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str, backbone: Any) -> Tuned:
+def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str, backbone: Backbone) -> Tuned:
     """The configuration a strategy is evaluated with in a cell: the one its evaluation
     study recorded, else the best of its finished tuning; else None and why."""
     suite = plan.suite
-    instance = make_strategy(suite, strategy)
+    instance = plan.make_strategy(strategy)
     if not instance.tunable:
         return Tuned(fixed_params(instance, backbone))
     names = optuna.get_all_study_names(storage)
-    eval_name = study_name(suite.name, cell.task, cell.backbone, strategy, "eval")
+    eval_name = str(StudyName(suite.name, cell.task, cell.backbone, strategy, "eval"))
     if eval_name in names:
         params = optuna.load_study(study_name=eval_name, storage=storage).user_attrs.get("params")
         if params is not None:
             return Tuned(dict(params))
-    tune_name = study_name(suite.name, cell.task, cell.backbone, strategy, "tune")
+    tune_name = str(StudyName(suite.name, cell.task, cell.backbone, strategy, "tune"))
     if tune_name in names:
         result = summarize(optuna.load_study(study_name=tune_name, storage=storage), suite.trials)
         if result.n_complete + result.n_pruned >= suite.trials:
@@ -140,68 +160,89 @@ def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str, ba
     return Tuned(None, f"has no tuned configuration in this store; include {strategy} in --strategies")
 
 
-class CellTuning:
-    """The configurations of a task × backbone's strategies that others reuse, each read
-    from the store once (they are asked for by every tuning trial of a dependent; a
-    dependency has finished before its dependents run, so its answer does not change)."""
+class SuiteCell(CellRecipes):
+    """A task × backbone of a suite as its model server sees it. The configurations of the
+    strategies others reuse are read from the store once each (they are asked for by every
+    tuning trial of a dependent; a dependency has finished before its dependents run, so
+    its answer does not change)."""
 
-    def __init__(self, storage: BaseStorage, plan: Plan, cell: Cell, backbone: Any) -> None:
-        self.storage, self.plan, self.cell, self.backbone = storage, plan, cell, backbone
+    def __init__(self, storage: BaseStorage, plan: Plan, cell: Cell, backbone: Backbone, reuse: Reuse) -> None:
+        self.storage, self.plan, self.cell_of, self.backbone = storage, plan, cell, backbone
+        self.cell = f"{plan.suite.name}::{cell.task}::{cell.backbone}"
+        self.context = f"{plan.suite.fingerprint()}:{code_version()}"
+        self.backbone_name = cell.backbone
+        self.reuse = reuse
         self._known: dict[str, Tuned] = {}
 
     def __call__(self, strategy: str) -> Tuned:
         if strategy not in self._known:
-            self._known[strategy] = tuned_params(self.storage, self.plan, self.cell, strategy, self.backbone)
+            self._known[strategy] = tuned_params(self.storage, self.plan, self.cell_of, strategy, self.backbone)
         return self._known[strategy]
 
+    def strategy(self, name: str) -> Strategy:
+        return self.plan.make_strategy(name)
 
-def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Any, *, storage: BaseStorage,
-             tuning: CellTuning, runtime: Runtime, progress: Progress, console: Console) -> None:
+    def params(self, name: str) -> dict[str, Any]:
+        tuned = self(name)
+        if tuned.params is None:
+            raise ConfigError(f"{self.cell_of.task} / {self.cell_of.backbone}: {name!r} {tuned.reason}, and "
+                              f"another strategy reuses its models")
+        return tuned.params
+
+    def seed(self, index: int) -> int:
+        return evaluation_seed(self.plan.suite.seed, index)
+
+    def task(self, backbone: str) -> Task:
+        return self.plan.task_for(self.cell_of.task, backbone)
+
+
+def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, storage: BaseStorage,
+             tuning: SuiteCell, runtime: Runtime, observer: RunObserver) -> CellOutcome:
+    """Tunes one cell (unless it has nothing to search) and evaluates its best configuration
+    on the suite's evaluation seeds."""
     suite, task = plan.suite, plan.task_for(cell.task, cell.backbone)
     start = time.perf_counter()
     members = runtime.members
     for dependency in strategy.requires():  # before any trial: a missing one is one clear line
         tuned = tuning(dependency)
         if tuned.params is None and tuned.finished:
-            console.print(f"[yellow]{cell.label}: skipped: {dependency} {tuned.reason}[/yellow]")
-            return
+            return CellOutcome(cell, False, skipped=f"skipped: {dependency} {tuned.reason}")
         if tuned.params is None:
             raise ConfigError(f"{cell.task} / {cell.backbone}: {cell.strategy} reuses models of "
                               f"{dependency!r}, which {tuned.reason}")
     if strategy.tunable:
-        name = study_name(suite.name, cell.task, cell.backbone, cell.strategy, "tune")
+        name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
         study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
-        study.set_user_attr("protocol", protocol(suite.trials, suite.search))
+        study.set_user_attr("protocol", protocol(suite.trials, suite.search).model_dump())
         study.set_user_attr("suite_fingerprint", suite.fingerprint())
-        bar = progress.add_task(f"  {cell.label}: tuning", total=suite.trials)
-        result = tune(study, strategy, backbone, task, budget=suite.trials, suite_seed=suite.seed,
-                      runtime=runtime, on_trial=lambda n: progress.update(bar, completed=n))
-        progress.remove_task(bar)
+        observer.cell_started(cell, phase="tuning", total=suite.trials)
+        result: TuneResult | None = tune(
+            study, strategy, backbone, task, budget=suite.trials, suite_seed=suite.seed, runtime=runtime,
+            on_trial=lambda n: observer.cell_progress(cell, phase="tuning", done=n))
+        best = result.best_params if result is not None else None
+        if best is None:
+            return CellOutcome(cell, False, result, skipped=f"no trial completed ({result.n_pruned} pruned, "
+                                                            f"{result.n_failed} failed); not evaluated")
     else:  # nothing to search: evaluated with its fixed configuration
-        result = TuneResult(fixed_params(strategy, backbone), None, None, None, 0, 0, 0, 0.0)
-    if result.best_params is None:
-        console.print(f"[yellow]{cell.label}: no trial completed ({result.n_pruned} pruned, "
-                      f"{result.n_failed} failed); not evaluated[/yellow]")
-        return
+        result, best = None, fixed_params(strategy, backbone)
     seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
-    context = {"suite": suite.name, "task": cell.task, "backbone": cell.backbone,
-               "strategy": cell.strategy, "tuning_best_val_accuracy": result.best_value,
-               "tuning_best_trial": result.best_trial, "tuning_trials_complete": result.n_complete,
-               "tuning_trials_pruned": result.n_pruned, "tuning_seconds": result.seconds,
-               "tuning_budget": suite.trials,
-               "tuning_seeds": f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, suite.trials - 1)}",
-               "tuning_best_trial_seed": result.best_seed,
-               "suite_fingerprint": suite.fingerprint(),
-               "backbone_weights": backbone.weights_id, "task_info": task.info}
+    context = RunContext(
+        suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
+        tuning_best_val_accuracy=result.best_value if result else None,
+        tuning_best_trial=result.best_trial if result else None,
+        tuning_trials_complete=result.n_complete if result else 0,
+        tuning_trials_pruned=result.n_pruned if result else 0,
+        tuning_seconds=result.seconds if result else 0.0, tuning_budget=suite.trials,
+        tuning_seeds=f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, suite.trials - 1)}",
+        tuning_best_trial_seed=result.best_seed if result else None,
+        suite_fingerprint=suite.fingerprint(), backbone_weights=backbone.weights_id, task_info=task.info)
     eval_study = optuna.create_study(
-        study_name=study_name(suite.name, cell.task, cell.backbone, cell.strategy, "eval"),
+        study_name=str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "eval")),
         storage=storage, direction="maximize", load_if_exists=True)
     eval_study.set_user_attr("suite_fingerprint", suite.fingerprint())
-    bar = progress.add_task(f"  {cell.label}: evaluating seeds", total=len(seeds))
-    params = with_dependencies(result.best_params, strategy, members) if members else result.best_params
-    evaluate(eval_study, strategy, backbone, task, params, seeds=seeds,
-             context=context, runtime=runtime, on_seed=lambda n: progress.update(bar, completed=n))
-    progress.remove_task(bar)
-    tuned = (f"best val {result.best_value:.3f} | trials {result.n_complete} complete, "
-             f"{result.n_pruned} pruned" if strategy.tunable else "not tuned (nothing to search)")
-    console.print(f"{cell.label}: {tuned} | {time.perf_counter() - start:.1f} s")
+    observer.cell_started(cell, phase="evaluating", total=len(seeds))
+    params = with_dependencies(best, strategy, members) if isinstance(members, Members) else best
+    evaluate(eval_study, strategy, backbone, task, params, seeds=seeds, context=context, runtime=runtime,
+             on_seed=lambda n: observer.cell_progress(cell, phase="evaluating", done=n))
+    return CellOutcome(cell, True, result, time.perf_counter() - start)
+

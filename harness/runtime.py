@@ -9,28 +9,20 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.data import Loading
-from harness.errors import ConfigError
-from harness.features import FeatureCache
-from harness.train import Execution
+from tlbench.data import Loading
+from tlbench.errors import ConfigError
+from tlbench.features import FeatureCache
+from tlbench.train import Execution
 
 if TYPE_CHECKING:
-    from harness.members import Members
-
-
-def default_cache_dir() -> Path:
-    """``$TLBENCH_CACHE``, else ``tlbench`` in the user's cache directory."""
-    env = os.environ.get("TLBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlbench"
+    from tlbench.reuse import ModelServer
 
 
 @dataclass
 class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     features: FeatureCache = field(default_factory=FeatureCache)
-    members: "Members | None" = None  # set per cell: other strategies' trained models
+    members: "ModelServer | None" = None  # set per cell: other strategies' trained models
     execution: Execution = field(default_factory=Execution)
 
 

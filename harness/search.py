@@ -8,14 +8,15 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from harness.backbones import Backbone
-from harness.errors import NonFiniteLoss
-from harness.members import OwnTime
-from harness.runtime import Runtime
-from harness.store import recover_orphans, worker_id
-from strategies.base import Strategy
-from suites.config import SearchSpec
-from suites.tasks import Task
+from tlbench.backbones import Backbone
+from tlbench.data import Task
+from tlbench.errors import NonFiniteLoss
+from tlbench.records import Protocol
+from tlbench.reuse import OwnTime
+from tlbench.runtime import Runtime
+from tlbench.store import recover_orphans, worker_id
+from tlbench.strategies.base import Strategy
+from tlbench.suites.config import SearchSpec
 
 SEED_STRIDE = 1_000_003
 EVAL_OFFSET = 500_000
@@ -31,16 +32,15 @@ def evaluation_seed(suite_seed: int, k: int) -> int:
     return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
 
 
-def protocol(budget: int, search: SearchSpec | None = None) -> dict[str, Any]:
+def protocol(budget: int, search: SearchSpec | None = None) -> Protocol:
     """The sampler and pruner settings, identical for every strategy of a suite."""
     search = search or SearchSpec()
     startup = search.sampler_startup_trials
-    return {"sampler": "TPESampler",
-            "n_startup_trials": max(3, budget // 3) if startup is None else startup,
-            "pruner": "MedianPruner" if search.pruner == "median" else "NopPruner",
-            "pruner_startup_trials": search.pruner_startup_trials,
-            "pruner_warmup_epochs": search.pruner_warmup_epochs,
-            "budget": budget, "objective": "validation accuracy after the last epoch"}
+    return Protocol(sampler="TPESampler", n_startup_trials=max(3, budget // 3) if startup is None else startup,
+                    pruner="MedianPruner" if search.pruner == "median" else "NopPruner",
+                    pruner_startup_trials=search.pruner_startup_trials,
+                    pruner_warmup_epochs=search.pruner_warmup_epochs,
+                    budget=budget, objective="validation accuracy after the last epoch")
 
 
 def trial_slot(study: optuna.Study, number: int) -> int:
@@ -79,11 +79,11 @@ def make_study(name: str, storage: Any, *, budget: int, seed: int,
                search: SearchSpec | None = None) -> optuna.Study:
     """Creates or loads a cell's tuning study with the suite's sampler and pruner."""
     p = protocol(budget, search)
-    sampler = SlotSeededTPESampler(seed=seed, n_startup_trials=p["n_startup_trials"])
+    sampler = SlotSeededTPESampler(seed=seed, n_startup_trials=p.n_startup_trials)
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-    if p["pruner"] == "MedianPruner":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=p["pruner_startup_trials"],
-                                             n_warmup_steps=p["pruner_warmup_epochs"])
+    if p.pruner == "MedianPruner":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=p.pruner_startup_trials,
+                                             n_warmup_steps=p.pruner_warmup_epochs)
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                direction="maximize", load_if_exists=True)
 

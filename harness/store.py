@@ -1,8 +1,7 @@
-"""The store: one Optuna storage URL holds every tuning trial and evaluation run.
+"""Opening the store and keeping it sound under several workers and crashes.
 
-Each cell (task × backbone × strategy) has a tuning study and an evaluation study; an
-evaluation run is a trial of the latter whose ``record`` attribute carries its metrics,
-cost and provenance. Journal storage has no heartbeat, so trials are stamped with the
+One Optuna storage URL holds every tuning trial and evaluation run (what they hold:
+:mod:`tlbench.records`). Journal storage has no heartbeat, so trials are stamped with the
 worker that runs them and a RUNNING trial whose worker is dead is failed on resume.
 """
 
@@ -13,17 +12,14 @@ import functools
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 import optuna
-import pandas as pd
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.errors import ConfigError
-
-SEP = "::"
+from tlbench.errors import ConfigError
+from tlbench.records import StudyName
 
 
 def open_storage(url: str | None, out: Path) -> BaseStorage:
@@ -70,10 +66,6 @@ def _journal(path: Path) -> BaseStorage:
     except OSError as err:
         raise ConfigError(f"storage {path}: cannot open the journal file ({err.strerror or err}); "
                           f"give a writable file path") from None
-
-
-def study_name(suite: str, task: str, backbone: str, strategy: str, kind: str) -> str:
-    return SEP.join((suite, task, backbone, strategy, kind))
 
 
 def _proc_start(pid: int) -> str | None:
@@ -139,7 +131,8 @@ def recover_orphans(study: optuna.Study, *, grace_s: float = 120.0) -> list[Froz
 def check_compatible(storage: BaseStorage, suite: str, fingerprint: str, *, where: str) -> None:
     """Refuses to mix results of different settings under one suite name in one store."""
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if not summary.study_name.startswith(suite + SEP):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.suite != suite:
             continue
         stored = summary.user_attrs.get("suite_fingerprint")
         if stored is not None and stored != fingerprint:
@@ -147,30 +140,3 @@ def check_compatible(storage: BaseStorage, suite: str, fingerprint: str, *, wher
                 f"{where}: the store already holds results of suite {suite!r} run with other settings "
                 f"(fingerprint {stored}, now {fingerprint}); use another --out or --storage, or rename "
                 f"the suite")
-
-
-def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
-    """All completed evaluation runs as a tidy frame (one row per run)."""
-    rows: list[dict[str, Any]] = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        parts = summary.study_name.split(SEP)
-        if len(parts) != 5 or parts[4] != "eval" or (suite is not None and parts[0] != suite):
-            continue
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if "record" in t.user_attrs]
-        if not complete:
-            continue
-        # Only runs of the cell's current best configuration, one per seed (two workers
-        # racing for a seed may both have finished it: the first one counts).
-        current = summary.user_attrs.get("params", complete[-1].user_attrs["record"]["params"])
-        seen: set[int] = set()
-        for t in sorted(complete, key=lambda t: t.number):
-            record = t.user_attrs["record"]
-            if record["params"] == current and record["seed"] not in seen:
-                seen.add(record["seed"])
-                rows.append(dict(record))
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame = frame.sort_values(["suite", "task", "backbone", "strategy", "seed"], ignore_index=True)
-    return frame

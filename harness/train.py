@@ -10,8 +10,8 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import torch
 from torch import nn
 
-from harness.data import Inputs, Loading, Reader, read_all, sequential
-from harness.errors import NonFiniteLoss
+from tlbench.data import Inputs, Loading, Reader, read_all, sequential
+from tlbench.errors import NonFiniteLoss
 
 
 class Reporter(Protocol):

@@ -9,13 +9,25 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
-from reports import figures, stats
-from reports.data import Results
-from reports.tables import (Table, accuracy_table, across_tasks_table, column_labels, cost_table, flat_runs,
-                            improvement_table, to_html, to_latex, to_markdown, with_columns)
+from tlbench.reports import figures, stats
+from tlbench.reports.data import Results
+from tlbench.reports.tables import (
+    Table,
+    accuracy_table,
+    across_tasks_table,
+    column_labels,
+    cost_table,
+    flat_runs,
+    improvement_table,
+    to_html,
+    to_latex,
+    to_markdown,
+    with_columns,
+)
 
 
 @dataclass
@@ -53,9 +65,11 @@ def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def write_report(results: Results, out: Path, *, title: str, seed: int = 0) -> ReportOutputs:
+def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
+                 strategy_order: Sequence[str] = ()) -> ReportOutputs:
     """Writes runs.parquet/.csv, trials.parquet, table.md/.tex, figures/*.png|pdf and
-    report.html into ``out``; returns the files and the notes on what was not computable."""
+    report.html into ``out``; returns the files and the notes on what was not computable.
+    ``strategy_order`` (the registry's names) fixes each strategy's colour across reports."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     report = ReportOutputs(out)
@@ -103,7 +117,8 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0) -> R
         + "\n".join(to_latex(t, label=label) for label, t in tables))
     report.files += [out / "table.md", out / "table.tex"]
 
-    report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed, has_shift=has_shift)
+    report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed, has_shift=has_shift,
+                             strategy_order=strategy_order)
     html_path = out / "report.html"
     html_path.write_text(_html(title, results, tables, report, out))
     report.files.append(html_path)
@@ -112,8 +127,8 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0) -> R
 
 
 def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | None, out: Path,
-             report: ReportOutputs, *, seed: int, has_shift: bool) -> list[Path]:
-    colours = figures.palette(sorted(runs["strategy"].unique()))
+             report: ReportOutputs, *, seed: int, has_shift: bool, strategy_order: Sequence[str]) -> list[Path]:
+    colours = figures.palette(sorted(runs["strategy"].unique()), strategy_order)
     files = figures.accuracy_figure(stats.summarize(runs, "test_accuracy", seed=seed), out,
                                     metric_label="test accuracy", name="accuracy", colours=colours)
     if has_shift:
@@ -126,7 +141,7 @@ def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | N
     if len(matrix) >= 2:
         files += figures.improvement_figure(matrix, out)
     files += figures.cost_figure(runs, out, colours=colours)
-    curves = tuning_curves(results.trials, results.protocol.get("budget"))
+    curves = tuning_curves(results.trials, results.protocol.budget if results.protocol else None)
     if not curves.empty:
         files += figures.tuning_figure(curves, out, colours=colours)
     else:
@@ -188,13 +203,16 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], report:
     runs, protocol = results.runs, results.protocol
     seeds = runs.groupby(["task", "backbone", "strategy"])["seed"].nunique()
     proto = [
-        ("tuning budget", f"{protocol.get('budget', '?')} finished trials per cell (completed or pruned), the "
+        ("tuning budget", f"{protocol.budget} finished trials per cell (completed or pruned), the "
                           f"same for every strategy"),
-        ("sampler", f"{protocol.get('sampler', '?')}, {protocol.get('n_startup_trials', '?')} random start-up "
-                    f"trials"),
-        ("pruner", f"{protocol.get('pruner', '?')} (start-up {protocol.get('pruner_startup_trials', '?')} trials, "
-                   f"warm-up {protocol.get('pruner_warmup_epochs', '?')} epochs)"),
-        ("objective", str(protocol.get("objective", "validation accuracy"))),
+        ("sampler", f"{protocol.sampler}, {protocol.n_startup_trials} random start-up trials"),
+        ("pruner", f"{protocol.pruner} (start-up {protocol.pruner_startup_trials} trials, "
+                   f"warm-up {protocol.pruner_warmup_epochs} epochs)"),
+        ("objective", protocol.objective),
+    ] if protocol is not None else [
+        ("tuning", "no tuning study in the store (every strategy shown has nothing to search)"),
+    ]
+    proto += [
         ("evaluation", (f"the best configuration of each cell re-trained on "
                         f"{seeds.min() if seeds.min() == seeds.max() else f'{seeds.min()}–{seeds.max()}'} fresh "
                         f"seeds ({_seed_range(runs)}), scored on held-out test data") if len(seeds) else "no runs"),

@@ -16,17 +16,17 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from harness.store import SEP, load_runs
+from tlbench.records import Protocol, StudyName, load_runs, read_protocol
 
 
 @dataclass
 class Results:
     """Everything a report is made of."""
 
-    runs: pd.DataFrame  # one row per evaluation run (harness.store.load_runs)
+    runs: pd.DataFrame  # one row per evaluation run (tlbench.records.load_runs)
     trials: pd.DataFrame  # one row per tuning trial
     importances: pd.DataFrame  # strategy, task, backbone, param, importance
-    protocol: dict[str, Any] = field(default_factory=dict)
+    protocol: Protocol | None = None  # None when the store holds no tuning study
     search_spaces: dict[str, dict[str, str]] = field(default_factory=dict)  # strategy → param → range
 
     @property
@@ -45,23 +45,31 @@ def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
 
 
 def load_results(storage: BaseStorage, suite: str | None = None, *, importances: bool = True,
-                 cells: Collection[tuple[str, str, str]] | None = None) -> Results:
+                 cells: Collection[tuple[str, str, str]] | None = None,
+                 seeds: Collection[int] | None = None) -> Results:
     """Reads a store: the runs frame, every tuning trial, hyperparameter importances (fANOVA
     over each cell's completed trials) and the protocol the suite was tuned under; with
-    ``cells`` ((task, backbone, strategy) triples), only those cells' studies are read."""
+    ``cells`` ((task, backbone, strategy) triples), only those cells' studies are read, and
+    with ``seeds``, only runs of those evaluation seeds (what one ``tlbench run`` ran)."""
     runs = load_runs(storage, suite)
+    if not runs.empty and cells is not None:
+        keep = [k in cells for k in zip(runs["task"], runs["backbone"], runs["strategy"])]
+        runs = runs[pd.Series(keep, index=runs.index, dtype=bool)]
+    if not runs.empty and seeds is not None:
+        runs = runs[runs["seed"].isin(list(seeds))]
+    runs = runs.reset_index(drop=True)
     rows: list[dict[str, Any]] = []
     imp_rows: list[dict[str, Any]] = []
-    protocol: dict[str, Any] = {}
+    protocol: Protocol | None = None
     spaces: dict[str, dict[str, str]] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        parts = summary.study_name.split(SEP)
-        if len(parts) != 5 or parts[4] != "tune" or (suite is not None and parts[0] != suite):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.kind != "tune" or (suite is not None and name.suite != suite):
             continue
-        suite_name, task, backbone, strategy, _ = parts
-        if cells is not None and (task, backbone, strategy) not in cells:
+        suite_name, task, backbone, strategy = name.suite, name.task, name.backbone, name.strategy
+        if cells is not None and name.cell not in cells:
             continue
-        protocol = protocol or dict(summary.user_attrs.get("protocol", {}))
+        protocol = protocol or read_protocol(summary.user_attrs, where=f"study {name}")
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False):
             steps = t.intermediate_values

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from reports import stats  # noqa: E402
+from tlbench.reports import stats  # noqa: E402
 
 PANEL_W, PANEL_H = 3.3, 2.6
 RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
@@ -32,21 +32,17 @@ COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf", "#000000", "#b8860b", "#4b0082", "#006400"]  # tab10, then dark, distinct hues
 
 
-def palette(strategies: Sequence[str]) -> dict[str, str]:
-    """A colour per strategy: registry order first (stable across reports), then the rest."""
-    return {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(_order(strategies))}
+def palette(strategies: Sequence[str], order: Sequence[str] = ()) -> dict[str, str]:
+    """A colour per strategy, in ``order`` first (the registry's names: stable across
+    reports), then the rest sorted; the dict's order is that order."""
+    known = list(order)
+    ordered = known + sorted(set(strategies) - set(known))
+    return {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(ordered)}
 
 
-def markers(strategies: Sequence[str]) -> dict[str, str]:
-    """A marker per strategy, in the same order as :func:`palette` (colour is not enough)."""
-    return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(_order(strategies))}
-
-
-def _order(strategies: Sequence[str]) -> list[str]:
-    from strategies import STRATEGIES
-
-    known = STRATEGIES.names()
-    return known + sorted(set(strategies) - set(known))
+def markers(colours: dict[str, str]) -> dict[str, str]:
+    """A marker per strategy of a :func:`palette`, in its order (colour is not enough)."""
+    return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(colours)}
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -172,7 +168,7 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
             ax.step(front["train_seconds"], front["test_accuracy"] * 100, where="post", color="grey",
                     linestyle="--", linewidth=0.8, zorder=1)
             on_front = set(front["strategy"])
-            shapes = markers(strategies)
+            shapes = markers(colours)
             for row in part.itertuples():
                 ax.scatter(row.train_seconds, row.test_accuracy * 100, color=colours[row.strategy], s=24,
                            marker=shapes[row.strategy], edgecolor="black" if row.strategy in on_front else "none",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports import stats
+from tlbench.reports import stats
 
 SCALE = 100.0  # accuracies are shown in percent
 

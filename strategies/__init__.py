@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from harness.registry import Registry
-from strategies.base import Predictor, Strategy
-from strategies.distillation import KnowledgeDistillation
-from strategies.ensemble import Ensemble
-from strategies.full_finetune import FullFinetune, Scratch
-from strategies.linear_probe import LinearProbe
-from strategies.regularized import LPFT, L2SPStrategy
-from strategies.schedules import ULMFiT, DiscriminativeLR, GradualUnfreeze, Surgical
+from tlbench.registry import Registry
+from tlbench.strategies.base import Predictor, Strategy
+from tlbench.strategies.distillation import KnowledgeDistillation
+from tlbench.strategies.ensemble import Ensemble
+from tlbench.strategies.full_finetune import FullFinetune, Scratch
+from tlbench.strategies.linear_probe import LinearProbe
+from tlbench.strategies.regularized import LPFT, L2SPStrategy
+from tlbench.strategies.schedules import DiscriminativeLR, GradualUnfreeze, Surgical, ULMFiT
 
 STRATEGIES: Registry[Strategy] = Registry("strategy", Strategy)
 for _cls in (LinearProbe, FullFinetune, Scratch, GradualUnfreeze, DiscriminativeLR, LPFT, L2SPStrategy,

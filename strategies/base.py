@@ -9,12 +9,13 @@ import optuna
 import torch
 from torch import nn
 
-from harness.backbones import ArgsModel, Backbone
-from harness.errors import ConfigError
-from harness.members import Members
-from harness.runtime import Runtime
-from harness.train import Execution, Reporter, predict_logits
-from suites.tasks import Split, Task
+from tlbench.backbones import Backbone
+from tlbench.config import Frozen
+from tlbench.data import Split, Task
+from tlbench.errors import ConfigError
+from tlbench.reuse import ModelServer
+from tlbench.runtime import Runtime
+from tlbench.train import Execution, Reporter, predict_logits
 
 
 class Predictor(ABC):
@@ -93,7 +94,7 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def require_members(runtime: Runtime, strategy: str) -> "Members":
+def require_members(runtime: Runtime, strategy: str) -> ModelServer:
     """The cell's model server; strategies that reuse other strategies' models need it."""
     if runtime.members is None:
         raise ConfigError(f"strategy {strategy!r} reuses models other strategies trained in the same "
@@ -101,7 +102,7 @@ def require_members(runtime: Runtime, strategy: str) -> "Members":
     return runtime.members
 
 
-class NoOptions(ArgsModel):
+class NoOptions(Frozen):
     """A strategy without suite-level options."""
 
 
@@ -121,16 +122,16 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
-    Options: ClassVar[type[ArgsModel]] = NoOptions
+    Options: ClassVar[type[Frozen]] = NoOptions
     #: False for strategies with nothing to search (an ensemble chooses on validation data
     #: inside ``fit``): they get no tuning trials and run with ``search_space``'s output.
     tunable: ClassVar[bool] = True
 
     def __init__(self, *, epochs: tuple[int, int] = (5, 40), batch_size: int = 32,
-                 options: ArgsModel | dict[str, Any] | None = None) -> None:
+                 options: Frozen | dict[str, Any] | None = None) -> None:
         self.epochs = tuple(epochs)
         self.batch_size = batch_size
-        self.options = options if isinstance(options, ArgsModel) else self.Options(**(options or {}))
+        self.options = options if isinstance(options, Frozen) else self.Options(**(options or {}))
 
     def requires(self) -> list[str]:
         """Strategies whose trained models this one reuses in the same cell (they run first)."""

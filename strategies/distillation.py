@@ -5,21 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+import torch
 from pydantic import Field
 
-import torch
+from tlbench.backbones import Backbone
+from tlbench.config import Frozen
+from tlbench.data import Split, Task
+from tlbench.reuse import splits_of
+from tlbench.runtime import Runtime
+from tlbench.strategies.base import ModelPredictor, Predictor, Strategy, require_members
+from tlbench.strategies.full_finetune import finetune, new_classifier
+from tlbench.strategies.parts import Distillation, suggest_optimizer
+from tlbench.train import Reporter, accuracy
 
-from harness.backbones import ArgsModel, Backbone
-from harness.members import splits_of
-from harness.runtime import Runtime
-from harness.train import Reporter, accuracy
-from strategies.base import ModelPredictor, Predictor, Strategy, require_members
-from strategies.full_finetune import finetune, new_classifier
-from strategies.parts import Distillation, suggest_optimizer
-from suites.tasks import Split, Task
 
-
-class DistillationOptions(ArgsModel):
+class DistillationOptions(Frozen):
     #: The student backbone: one suite backbone name for every cell, or a mapping from the
     #: cell's (teacher's) backbone to its student; None distils into the same architecture.
     student: str | dict[str, str] | None = None

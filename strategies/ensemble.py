@@ -10,20 +10,20 @@ import optuna
 import torch
 from pydantic import Field
 
-from harness.backbones import ArgsModel, Backbone, Classifier
-from harness.errors import ConfigError
-from harness.members import Member
-from harness.runtime import Runtime
-from harness.data import Reader
-from harness.train import Reporter, accuracy, steps_per_epoch
-from strategies.base import ModelPredictor, Predictor, Strategy, require_members
-from strategies.full_finetune import new_classifier
-from suites.tasks import Split, Task
+from tlbench.backbones import Backbone, Classifier
+from tlbench.config import Frozen
+from tlbench.data import Reader, Split, Task
+from tlbench.errors import ConfigError
+from tlbench.reuse import Member
+from tlbench.runtime import Runtime
+from tlbench.strategies.base import ModelPredictor, Predictor, Strategy, require_members
+from tlbench.strategies.full_finetune import new_classifier
+from tlbench.train import Reporter, accuracy, steps_per_epoch
 
 METHODS = ("average", "greedy", "uniform_soup", "greedy_soup")
 
 
-class EnsembleOptions(ArgsModel):
+class EnsembleOptions(Frozen):
     #: Member strategies, run in the same cell before the ensemble.
     members: list[str] = Field(default_factory=lambda: ["full_finetune"], min_length=1)
     #: Models per member strategy in each ensemble.

@@ -10,12 +10,12 @@ import optuna
 import torch
 from torch import nn
 
-from harness.backbones import Backbone, Classifier
-from harness.runtime import Runtime
-from harness.train import Criterion, Hook, Reporter, cross_entropy, fit_epochs, steps_per_epoch
-from strategies.base import ModelPredictor, Predictor, Strategy
-from strategies.parts import make_optimizer, make_schedule, suggest_optimizer
-from suites.tasks import Task
+from tlbench.backbones import Backbone, Classifier
+from tlbench.data import Task
+from tlbench.runtime import Runtime
+from tlbench.strategies.base import ModelPredictor, Predictor, Strategy
+from tlbench.strategies.parts import make_optimizer, make_schedule, suggest_optimizer
+from tlbench.train import Criterion, Hook, Reporter, cross_entropy, fit_epochs, steps_per_epoch
 
 
 def new_classifier(backbone: Backbone, num_classes: int, *, seed: int, runtime: Runtime,

@@ -8,11 +8,11 @@ import optuna
 import torch
 from torch import nn
 
-from harness.backbones import Backbone, Classifier
-from harness.runtime import Runtime
-from harness.train import Reporter, fit_linear_head
-from strategies.base import Predictor, Strategy, cpu_state
-from suites.tasks import Split, Task
+from tlbench.backbones import Backbone, Classifier
+from tlbench.data import Split, Task
+from tlbench.runtime import Runtime
+from tlbench.strategies.base import Predictor, Strategy, cpu_state
+from tlbench.train import Reporter, fit_linear_head
 
 
 class ProbePredictor(Predictor):
@@ -37,7 +37,7 @@ class ProbePredictor(Predictor):
         """Timed through the backbone: :meth:`logits` reads cached features."""
         import time
 
-        from harness.train import predict_logits
+        from tlbench.train import predict_logits
 
         start = time.perf_counter()
         predict_logits(Classifier(self.backbone, self.head), split.x, device=self.runtime.device,

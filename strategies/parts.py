@@ -21,8 +21,8 @@ import optuna
 import torch
 from torch import nn
 
-from harness.backbones import Classifier
-from harness.train import Batch, Hook
+from tlbench.backbones import Classifier
+from tlbench.train import Batch, Hook
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "stlr")

@@ -7,14 +7,14 @@ from typing import Any
 
 import optuna
 
-from harness.backbones import Backbone
-from harness.runtime import Runtime
-from harness.train import NullReporter, Reporter
-from strategies.base import Predictor, Strategy
-from strategies.full_finetune import finetune, new_classifier
-from strategies.linear_probe import suggest_probe, train_probe
-from strategies.parts import L2SP, suggest_optimizer
-from suites.tasks import Task
+from tlbench.backbones import Backbone
+from tlbench.data import Task
+from tlbench.runtime import Runtime
+from tlbench.strategies.base import Predictor, Strategy
+from tlbench.strategies.full_finetune import finetune, new_classifier
+from tlbench.strategies.linear_probe import suggest_probe, train_probe
+from tlbench.strategies.parts import L2SP, suggest_optimizer
+from tlbench.train import NullReporter, Reporter
 
 
 class LPFT(Strategy):

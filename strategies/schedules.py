@@ -7,14 +7,18 @@ from typing import Any
 
 import optuna
 
-from harness.backbones import Backbone
-from harness.runtime import Runtime
-from harness.train import Reporter
-from strategies.base import Predictor, Strategy
-from strategies.full_finetune import finetune, new_classifier
-from strategies.parts import (FreezeSchedule, layerwise_lr_groups, suggest_optimizer,
-                              suggest_schedule_and_optimizer)
-from suites.tasks import Task
+from tlbench.backbones import Backbone
+from tlbench.data import Task
+from tlbench.runtime import Runtime
+from tlbench.strategies.base import Predictor, Strategy
+from tlbench.strategies.full_finetune import finetune, new_classifier
+from tlbench.strategies.parts import (
+    FreezeSchedule,
+    layerwise_lr_groups,
+    suggest_optimizer,
+    suggest_schedule_and_optimizer,
+)
+from tlbench.train import Reporter
 
 
 def suggest_stage_length(trial: optuna.Trial, backbone: Backbone, min_epochs: int) -> int:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import types
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, Strict, ValidationError,
-                      model_serializer, model_validator)
+from pydantic import Field, Strict, ValidationError, model_validator
 
-from harness.errors import ConfigError
-
+from tlbench.config import Frozen, fields_at, format_error
+from tlbench.errors import ConfigError
 
 # Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
 Int = Annotated[int, Strict()]
@@ -22,22 +20,6 @@ Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
 
 
 NAME = re.compile(r"[A-Za-z0-9_.+-]+")
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: Fields added after suites were first stored: left out of dumps while at their
-    #: defaults, so the fingerprints (store and cache keys) of older suites stay the same.
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for name in self.LATER_FIELDS:
-            if name in data and data[name] == type(self).model_fields[name].default:
-                del data[name]
-        return data
 
 
 class SplitSpec(Frozen):
@@ -203,54 +185,6 @@ class Suite(Frozen):
         return f"{self.path}: {group}.{name}"
 
 
-def format_loc(loc: tuple[object, ...]) -> str:
-    """``("strategies", 1)`` → ``strategies[1]``, ``("tasks", "a", "split")`` → ``tasks.a.split``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _fields_at(model: Any, loc: tuple[object, ...]) -> list[str]:
-    """The field names of the schema model found by following ``loc`` from ``model``."""
-    import typing
-
-    current: Any = model
-    for part in loc:
-        while typing.get_origin(current) in (typing.Union, types.UnionType, Annotated):
-            current = next(a for a in typing.get_args(current) if a is not type(None))
-        if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
-            field = current.model_fields.get(part)
-            if field is None:
-                return []
-            current = field.annotation
-        elif typing.get_origin(current) in (dict, list):
-            current = typing.get_args(current)[-1]
-        else:
-            return []
-    while typing.get_origin(current) in (typing.Union, types.UnionType):
-        current = next(a for a in typing.get_args(current) if a is not type(None))
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f for f in current.model_fields if f != "path"]
-    return []
-
-
-def _format_error(path: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = format_loc(first["loc"])
-    where = f"{path}: {loc}" if loc else path
-    if first["type"] == "extra_forbidden":
-        allowed = _fields_at(Suite, first["loc"][:-1])
-        hint = f"; allowed: {', '.join(allowed)}" if allowed else "; check its spelling"
-        return f"{where}: unknown field{hint}"
-    if first["type"] == "missing":
-        return f"{where}: required field is missing"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "value_error":  # cross-field checks: the message says it all
-        return f"{where}: {msg}"
-    return f"{where}: {msg} (got {first.get('input')!r})"
-
-
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: suite file not found")
@@ -291,10 +225,10 @@ def parse_suite(path: Path) -> Suite:
     data = _read_yaml(path)
     for key in data:
         if not isinstance(key, str) or key == "path":
-            allowed = ", ".join(_fields_at(Suite, ()))
+            allowed = ", ".join(fields_at(Suite, ()) or [])
             raise ConfigError(f"{path}: {key}: unknown field; allowed: {allowed}")
     data.setdefault("name", path.stem)
     try:
         return Suite(**data, path=str(path))
     except ValidationError as err:
-        raise ConfigError(_format_error(str(path), err)) from None
+        raise ConfigError(format_error(err, Suite, str(path), sep=": ")) from None

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness.backbones import ArgsModel, validate_args
-from harness.errors import ConfigError
-from harness.registry import Registry
-from suites.images import IMAGE_DATASETS
-from suites.pools import DataAccess, DataPool, Dataset, NoArgs, default_data_root
+from tlbench.config import Frozen, validate_block
+from tlbench.errors import ConfigError
+from tlbench.paths import default_data_root
+from tlbench.registry import Registry
+from tlbench.suites.images import IMAGE_DATASETS
+from tlbench.suites.pools import DataAccess, DataPool, Dataset, NoArgs
 
 __all__ = ["DATASETS", "DataAccess", "DataPool", "Dataset", "data_access", "data_location", "load_pool"]
 
@@ -33,7 +34,7 @@ class Digits(Dataset):
     description = "scikit-learn handwritten digits, 1,797 images 8x8, 10 classes (bundled)"
     Args = NoArgs
 
-    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
+    def load(self, args: Frozen, data: DataAccess) -> DataPool:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -42,7 +43,7 @@ class Digits(Dataset):
         return DataPool(x, y, tuple(str(c) for c in bunch.target_names))
 
 
-class GlyphArgs(ArgsModel):
+class GlyphArgs(Frozen):
     n: int = Field(20000, gt=0)
     size: int = Field(8, ge=4, le=64)
     classes: Literal["digits", "letters", "alnum"] = "alnum"
@@ -62,8 +63,8 @@ class Glyphs(Dataset):
         "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
     }
 
-    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
-        from suites.glyphs import render_glyphs
+    def load(self, args: Frozen, data: DataAccess) -> DataPool:
+        from tlbench.suites.glyphs import render_glyphs
 
         assert isinstance(args, GlyphArgs)
         chars = self.CHARSETS[args.classes]
@@ -72,7 +73,7 @@ class Glyphs(Dataset):
         return DataPool(x, y, tuple(chars))
 
 
-class Mnist1dArgs(ArgsModel):
+class Mnist1dArgs(Frozen):
     num_samples: int = Field(5000, ge=10)  # at least one example per class
     train_split: float = Field(0.8, gt=0, lt=1)
     scale_coeff: float = 0.4
@@ -90,7 +91,7 @@ class Mnist1d(Dataset):
     description = "MNIST-1D signals (length 40, 10 classes) generated locally; generator args configurable"
     Args = Mnist1dArgs
 
-    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
+    def load(self, args: Frozen, data: DataAccess) -> DataPool:
         from mnist1d.data import get_dataset_args, get_templates, make_dataset
 
         assert isinstance(args, Mnist1dArgs)
@@ -125,7 +126,7 @@ def load_pool(name: str, args: dict[str, Any], *, where: str = "", data: DataAcc
     """Validates ``args`` for dataset ``name`` and returns its (memoised) pool; image
     datasets are looked for under ``data.root`` (default: :func:`default_data_root`)."""
     cls = DATASETS.get(name, where=f"{where}.dataset" if where else "")
-    parsed = validate_args(cls.Args, args, where=f"{where}.args")
+    parsed = validate_block(cls.Args, args, where=f"{where}.args")
     data = data or DataAccess(default_data_root())
     dataset = cls()
     key = json.dumps([name, parsed.model_dump(), [str(p) for p in dataset.locations(parsed, data)]],
@@ -146,5 +147,5 @@ def data_access(suite: Any) -> DataAccess:
 def data_location(name: str, args: dict[str, Any], data: DataAccess) -> tuple[list[Path], list[Path]]:
     """Where dataset ``name``'s files are expected, and those absent (for dry runs)."""
     cls = DATASETS.get(name)
-    paths = cls().locations(validate_args(cls.Args, args, where=name), data)
+    paths = cls().locations(validate_block(cls.Args, args, where=name), data)
     return paths, [p for p in paths if not p.exists()]

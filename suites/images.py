@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness.backbones import ArgsModel
-from harness.data import ImageView
-from harness.errors import ConfigError
-from suites.pools import DataAccess, DataPool, Dataset, NoArgs
+from tlbench.config import Frozen
+from tlbench.data import ImageView
+from tlbench.errors import ConfigError
+from tlbench.suites.pools import DataAccess, DataPool, Dataset, NoArgs
 
 
 class TorchvisionDataset(Dataset):
@@ -46,18 +46,18 @@ class TorchvisionDataset(Dataset):
     def root(self, data: DataAccess) -> Path:
         return data.root / self.subdir if self.subdir else data.root
 
-    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
+    def locations(self, args: Frozen, data: DataAccess) -> list[Path]:
         return [self.root(data) / self.folder]
 
     def splits(self) -> list[dict[str, Any]]:
         return [s for s in (self.train, self.val, self.test) if s is not None]
 
-    def extra(self, args: ArgsModel) -> dict[str, Any]:
+    def extra(self, args: Frozen) -> dict[str, Any]:
         """Keyword arguments for every split: the ``args`` block, whose fields are named as
         the torchvision class's (``partition``, ``annotation_level``)."""
         return args.model_dump()
 
-    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
+    def load(self, args: Frozen, data: DataAccess) -> DataPool:
         missing = [p for p in self.locations(args, data) if not p.exists()]
         if missing:
             if not data.download:
@@ -76,7 +76,7 @@ class TorchvisionDataset(Dataset):
         return assemble(self.name, train, val, test, root=self.root(data),
                         names=self.class_names(train, labels_of(train)))
 
-    def _open(self, data: DataAccess, args: ArgsModel, split: dict[str, Any] | None, *,
+    def _open(self, data: DataAccess, args: Frozen, split: dict[str, Any] | None, *,
               download: bool = False) -> Any:
         import torchvision
 
@@ -183,7 +183,7 @@ class Svhn(TorchvisionDataset):
     tv_class, folder, subdir = "SVHN", "train_32x32.mat", "svhn"
     layout = "svhn/train_32x32.mat and svhn/test_32x32.mat"
 
-    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
+    def locations(self, args: Frozen, data: DataAccess) -> list[Path]:
         return [self.root(data) / "train_32x32.mat", self.root(data) / "test_32x32.mat"]
 
 
@@ -210,7 +210,7 @@ class Pets(TorchvisionDataset):
     train = {"split": "trainval"}
 
 
-class DtdArgs(ArgsModel):
+class DtdArgs(Frozen):
     partition: int = Field(1, ge=1, le=10)
 
 
@@ -246,7 +246,7 @@ class EuroSat(TorchvisionDataset):
     train, test = {}, None
 
 
-class AircraftArgs(ArgsModel):
+class AircraftArgs(Frozen):
     annotation_level: Literal["variant", "family", "manufacturer"] = "variant"
 
 
@@ -267,7 +267,7 @@ class Cars(TorchvisionDataset):
               "(the original host is gone: torchvision cannot download it)")
 
 
-class FolderArgs(ArgsModel):
+class FolderArgs(Frozen):
     path: str
     val: str | None = None
     test: str | None = None
@@ -282,11 +282,11 @@ class ImageFolderDataset(Dataset):
     description = "a local tree <path>/<class>/*.jpg|png (+ optional val/test trees) read lazily"
     Args = FolderArgs
 
-    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
+    def locations(self, args: Frozen, data: DataAccess) -> list[Path]:
         assert isinstance(args, FolderArgs)
         return [data.root / p for p in (args.path, args.val, args.test) if p]
 
-    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
+    def load(self, args: Frozen, data: DataAccess) -> DataPool:
         assert isinstance(args, FolderArgs)
         train = self._open(data.root / args.path, "path", None)
         classes = list(train.classes)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,18 +10,9 @@ from typing import ClassVar
 
 import torch
 
-from harness.backbones import ArgsModel
-from harness.data import Inputs
-
-
-def default_data_root(cache_dir: Path | None = None) -> Path:
-    """``$TLBENCH_DATA``, else ``data`` in the cache directory (``--cache-dir``, else
-    :func:`~harness.runtime.default_cache_dir`)."""
-    from harness.runtime import default_cache_dir
-
-    if os.environ.get("TLBENCH_DATA"):
-        return Path(os.environ["TLBENCH_DATA"]).expanduser()
-    return (cache_dir or default_cache_dir()) / "data"
+from tlbench.config import Frozen
+from tlbench.data import Inputs
+from tlbench.paths import default_data_root
 
 
 @dataclass(frozen=True)
@@ -65,17 +55,17 @@ class Dataset(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
-    Args: ClassVar[type[ArgsModel]]
+    Args: ClassVar[type[Frozen]]
 
     @abstractmethod
-    def load(self, args: ArgsModel, data: DataAccess) -> DataPool:
+    def load(self, args: Frozen, data: DataAccess) -> DataPool:
         """Materialises the data (deterministic for the arguments)."""
 
-    def locations(self, args: ArgsModel, data: DataAccess) -> list[Path]:
+    def locations(self, args: Frozen, data: DataAccess) -> list[Path]:
         """Where the dataset's files are expected (none: bundled or generated); the first is
         the one error messages name."""
         return []
 
 
-class NoArgs(ArgsModel):
+class NoArgs(Frozen):
     """The argument block of a dataset that takes none."""

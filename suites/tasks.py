@@ -1,90 +1,20 @@
 """Tasks: seeded, recorded train / val / test (and shifted test) splits.
 
-A split's inputs are a tensor (offline datasets) or an :class:`~harness.data.ImageView`
+A split's inputs are a tensor (offline datasets) or an :class:`~tlbench.data.ImageView`
 (image files, read lazily); a task of image views is bound to a backbone's preprocessing
 with :meth:`Task.bound` before anything reads it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass, field
 
 import torch
 
-from harness.data import Augment, ImageView, Inputs, Preprocess
-from harness.errors import ConfigError
-from suites.config import ShiftSpec, SplitSpec, TaskSpec
-from suites.datasets import DataAccess, DataPool, load_pool
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of a task; ``fingerprint`` identifies its exact content (for image views:
-    the files' identity, the positions and the preprocessing)."""
-
-    x: Inputs
-    y: torch.Tensor
-    fingerprint: str
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-    shifted_test: Split | None = None
-    info: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
-
-    @property
-    def lazy(self) -> bool:
-        """Whether the inputs are image files read on demand (they need preprocessing)."""
-        return isinstance(self.train.x, ImageView)
-
-    def bound(self, preprocess: Preprocess, augment: Augment = "none") -> "Task":
-        """This task with its image views preprocessed for a backbone (the train split also
-        augmented when training); a task of tensors is returned as is."""
-        if not self.lazy:
-            return self
-
-        def bind(split: Split | None, aug: Augment = "none") -> Split | None:
-            if split is None or not isinstance(split.x, ImageView):
-                return split
-            return _split(split.x.bound(preprocess, aug), split.y)
-
-        info = {**self.info, "preprocess": preprocess.describe(), "augment": augment}
-        return Task(self.name, bind(self.train, augment), bind(self.val), bind(self.test), self.num_classes,
-                    bind(self.shifted_test), info)
-
-    @property
-    def fingerprint(self) -> str:
-        parts = [self.train.fingerprint, self.val.fingerprint, self.test.fingerprint]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def tensor_fingerprint(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _split(x: Inputs, y: torch.Tensor) -> Split:
-    if isinstance(x, ImageView):
-        return Split(x, y, hashlib.sha256(f"{x.fingerprint}|{tensor_fingerprint(y)}".encode()).hexdigest()[:16])
-    return Split(x, y, tensor_fingerprint(x, y))
+from tlbench.data import ImageView, Inputs, Task, split_of, tensor_fingerprint
+from tlbench.errors import ConfigError
+from tlbench.suites.config import ShiftSpec, SplitSpec, TaskSpec
+from tlbench.suites.datasets import DataAccess, DataPool, load_pool
 
 
 def _per_class(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -146,13 +76,13 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
         va = torch.nonzero(official_val).flatten()
     else:
         tr, va = _train_val(rest, sp, labels, where)
-    test = _split(test_x, test_y)
-    shifted = _split(apply_shift(test_x, spec.shift, where=f"{where}.shift"), test_y) if spec.shift else None
+    test = split_of(test_x, test_y)
+    shifted = split_of(apply_shift(test_x, spec.shift, where=f"{where}.shift"), test_y) if spec.shift else None
     info = {"dataset": spec.dataset, "split_seed": sp.seed, "protocol": sp.protocol, "shots": sp.shots,
             "n_train": len(tr), "n_val": len(va), "n_test": len(test_y),
             "train_indices": tensor_fingerprint(tr), "val_indices": tensor_fingerprint(va),
             "classes": classes, "shift": spec.shift.model_dump() if spec.shift else None}
-    return Task(name, _split(x[tr], y[tr]), _split(x[va], y[va]), test, num_classes, shifted, info)
+    return Task(name, split_of(x[tr], y[tr]), split_of(x[va], y[va]), test, num_classes, shifted, info)
 
 
 def _train_val(rest: list[torch.Tensor], sp: SplitSpec, labels: list[str],

@@ -21,8 +21,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def tiny_task():
     """Digits, 3 classes, 4 shots: a task that trains in milliseconds."""
-    from suites.config import SplitSpec, TaskSpec
-    from suites.tasks import build_task
+    from tlbench.suites.config import SplitSpec, TaskSpec
+    from tlbench.suites.tasks import build_task
 
     spec = TaskSpec(dataset="digits", classes=[0, 1, 7],
                     split=SplitSpec(seed=1, shots=4, val_per_class=4, test_fraction=0.3),
@@ -32,7 +32,7 @@ def tiny_task():
 
 @pytest.fixture
 def tiny_backbone():
-    from harness.backbones import build_backbone
+    from tlbench.backbones import build_backbone
 
     backbone = build_backbone("cnn2d", {"width": 4, "depth": 3}, seed=3)
     backbone.weights_id = "tiny-test-backbone"
@@ -41,8 +41,8 @@ def tiny_backbone():
 
 @pytest.fixture
 def runtime(tmp_path):
-    from harness.features import FeatureCache
-    from harness.runtime import Runtime
+    from tlbench.features import FeatureCache
+    from tlbench.runtime import Runtime
 
     return Runtime(torch.device("cpu"), FeatureCache(tmp_path / "features"))
 

@@ -3,9 +3,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.backbones import (Classifier, EfficientNet, ResNetArgs, TorchvisionResNet, VariantArgs,
-                               build_backbone, load_checkpoint, state_fingerprint)
-from harness.errors import ConfigError
+from tlbench.backbones import (
+    Classifier,
+    EfficientNet,
+    ResNetArgs,
+    TorchvisionResNet,
+    VariantArgs,
+    build_backbone,
+    load_checkpoint,
+    state_fingerprint,
+)
+from tlbench.errors import ConfigError
 
 CASES = [
     ("cnn2d", {"width": 4}, (2, 1, 8, 8)),
@@ -32,7 +40,7 @@ PENULTIMATE = {
 def test_torchvision_adapters_compute_the_networks_own_features(arch, args, shape) -> None:
     import torchvision
 
-    from harness.backbones import BACKBONES
+    from tlbench.backbones import BACKBONES
 
     net = torchvision.models.get_model(args["variant"], weights=None).eval()
     backbone = BACKBONES.get(arch)(**args, net=net).eval()  # shares the modules, wraps them as groups

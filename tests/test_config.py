@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from harness.cli import main
-from harness.plan import Cell, load_plan
-from suites.config import parse_suite
+from tlbench.cli import main
+from tlbench.plan import Cell, load_plan
+from tlbench.suites.config import parse_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "suites" / "quick.yaml"
@@ -139,12 +139,12 @@ BAD_SUITES: list[tuple[str, str, tuple[str, ...]]] = [
         source_tasks:
           glyphs-alnum:
             args: {n: -5}
-        """, ("source_tasks.glyphs-alnum.args.n", "-5", "n, size, classes, seed, max_rotation")),
+        """, ("source_tasks.glyphs-alnum.args.n", "greater than 0", "(got -5)")),
     ("glyphs-unknown-arg", """
         source_tasks:
           glyphs-alnum:
             args: {bogus: 1}
-        """, ("source_tasks.glyphs-alnum.args.bogus", "fields: n, size, classes, seed, max_rotation")),
+        """, ("source_tasks.glyphs-alnum.args.bogus", "unknown field (got 1); allowed: n, size, classes, seed, max_rotation")),
     ("glyphs-bad-charset", """
         source_tasks:
           glyphs-alnum:
@@ -388,7 +388,7 @@ def test_plan_is_task_x_backbone_x_strategy(tmp_path: Path) -> None:
 
 def test_unknown_override_strategy_raises_config_error() -> None:
     """load_plan itself refuses an unknown strategy override with a ConfigError."""
-    from harness.errors import ConfigError
+    from tlbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--strategies: unknown strategy 'bogus'"):
         load_plan(SMOKE, strategies=["bogus"])
@@ -548,7 +548,7 @@ def test_backbone_weight_sources_checked_before_training(tmp_path: Path,
                      "backbones.glyph-cnn.checkpoint", "nothere.pt")
     import torch
 
-    from harness.backbones import build_backbone
+    from tlbench.backbones import build_backbone
 
     torch.save(build_backbone("cnn2d", {"width": 4}).state_dict(), tmp_path / "small.pt")
     misfit = write_suite(tmp_path, """
@@ -618,7 +618,7 @@ def test_fields_added_later_keep_older_suites_fingerprints(tmp_path) -> None:
     later must not change it while the suite leaves it at its default."""
     import yaml
 
-    from suites import bundled_suites
+    from tlbench.suites import bundled_suites
 
     (tmp_path / "golden.yaml").write_text(textwrap.dedent("""
         name: golden

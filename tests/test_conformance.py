@@ -9,9 +9,9 @@ import optuna
 import pytest
 import torch
 
-from harness.backbones import state_fingerprint
-from harness.train import NullReporter
-from strategies import STRATEGIES, Predictor, Strategy
+from tlbench.backbones import state_fingerprint
+from tlbench.strategies import STRATEGIES, Predictor, Strategy
+from tlbench.train import NullReporter
 
 
 def make(name: str) -> Strategy:

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from harness.cli import main
-from harness.store import load_runs, open_storage
+from tlbench.cli import main
+from tlbench.records import load_runs
+from tlbench.store import open_storage
 
 STRATEGIES = 11
 CELLS = 2 * STRATEGIES  # 2 tasks × 1 backbone × 11 strategies
@@ -54,7 +55,7 @@ def test_outputs_written(smoke_run: Path) -> None:
     assert runs["shifted_test_accuracy"].notna().all()
     assert len(pd.read_csv(smoke_run / "runs.csv")) == len(runs)
     table = (smoke_run / "table.md").read_text()
-    from strategies import STRATEGIES as registry
+    from tlbench.strategies import STRATEGIES as registry
     assert len(registry.names()) == STRATEGIES
     for strategy in registry.names():
         assert f"| {strategy} |" in table
@@ -162,7 +163,7 @@ def test_same_seeds_same_metrics(smoke_run: Path, tmp_path) -> None:
 def test_resume_after_kill_9(tmp_path) -> None:
     out = tmp_path / "killed"
     subset = ["--strategies", "full_finetune,distillation,ensemble,linear_probe"]  # reuse included
-    cmd = [sys.executable, "-m", "harness.cli", "run", "smoke", "--out", str(out), "--trials", "8", *subset]
+    cmd = [sys.executable, "-m", "tlbench.cli", "run", "smoke", "--out", str(out), "--trials", "8", *subset]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     journal = out / "store.journal"

@@ -3,10 +3,10 @@ from __future__ import annotations
 import optuna
 import torch
 
-from harness.features import FeatureCache
-from harness.runtime import Runtime
-from harness.train import NullReporter
-from strategies import STRATEGIES
+from tlbench.features import FeatureCache
+from tlbench.runtime import Runtime
+from tlbench.strategies import STRATEGIES
+from tlbench.train import NullReporter
 
 
 def test_probe_trials_never_rerun_the_backbone(tiny_backbone, tiny_task, tmp_path) -> None:
@@ -50,7 +50,7 @@ def test_corrupt_feature_file_is_recomputed(tiny_backbone, tiny_task, tmp_path) 
 
 
 def test_different_random_backbones_never_share_features(tiny_task, tmp_path) -> None:
-    from harness.backbones import build_backbone
+    from tlbench.backbones import build_backbone
 
     # Same seed, same feature size (64), different networks.
     a = build_backbone("cnn2d", {"width": 16, "depth": 3}, seed=0)

@@ -15,7 +15,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # allow running without an installed package / pytest pythonpath
     sys.path.insert(0, str(_ROOT))
 
-from suites.glyphs import GLYPH_CLASSES, font_paths, render_glyphs  # noqa: E402
+from tlbench.suites.glyphs import GLYPH_CLASSES, font_paths, render_glyphs  # noqa: E402
 
 DIGITS = "0123456789"
 

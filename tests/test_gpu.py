@@ -15,7 +15,7 @@ CUDA = torch.device("cuda")
 
 
 def test_cuda_defaults() -> None:
-    from harness.runtime import resolve_execution
+    from tlbench.runtime import resolve_execution
 
     ex = resolve_execution(CUDA)
     assert ex.bf16 == torch.cuda.is_bf16_supported() and ex.channels_last
@@ -24,8 +24,8 @@ def test_cuda_defaults() -> None:
 
 
 def test_features_on_the_gpu_match_the_cpu(tiny_backbone, tiny_task) -> None:
-    from harness.features import compute_features
-    from harness.train import Execution
+    from tlbench.features import compute_features
+    from tlbench.train import Execution
 
     cpu = compute_features(tiny_backbone, tiny_task.val.x, device=torch.device("cpu"))
     gpu = compute_features(tiny_backbone, tiny_task.val.x, device=CUDA, execution=Execution(bf16=True))
@@ -36,9 +36,9 @@ def test_features_on_the_gpu_match_the_cpu(tiny_backbone, tiny_task) -> None:
 
 def test_image_folder_suite_on_the_gpu_records_its_settings(tmp_path: Path) -> None:
     import pandas as pd
-
-    from harness.cli import main
     from test_images import write_folder_suite
+
+    from tlbench.cli import main
 
     suite = write_folder_suite(tmp_path, seeds=1, image_size=32, augment="crop_flip",
                                backbone="{arch: resnet, args: {variant: resnet18, small_input: true}}")

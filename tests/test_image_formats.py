@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data import Preprocess
-from harness.errors import ConfigError
-from suites.config import SplitSpec, TaskSpec
-from suites.datasets import DataAccess, DataPool, load_pool
-from suites.tasks import Task, build_task
+from tlbench.data import Preprocess, Task
+from tlbench.errors import ConfigError
+from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.suites.datasets import DataAccess, DataPool, load_pool
+from tlbench.suites.tasks import build_task
 
 # a uniform grey level per class, so a test can tell which file a position decoded
 LEVELS = (40, 110, 180, 250)

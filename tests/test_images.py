@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data import ImageView, Loading, Preprocess, Reader, read_all
-from harness.errors import ConfigError
-from harness.train import Execution, NullReporter, fit_epochs, predict_logits
-from suites.config import SplitSpec, TaskSpec
-from suites.datasets import DataAccess, load_pool
-from suites.tasks import build_task
+from tlbench.data import ImageView, Loading, Preprocess, Reader, read_all
+from tlbench.errors import ConfigError
+from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.suites.datasets import DataAccess, load_pool
+from tlbench.suites.tasks import build_task
+from tlbench.train import Execution, NullReporter, fit_epochs, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,7 +234,7 @@ def test_download_fetches_every_split(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path: Path, workers: int) -> None:
-    from harness.errors import UnreadableData
+    from tlbench.errors import UnreadableData
 
     write_folder(tmp_path / "f", ["a", "b"], 4)
     (tmp_path / "f" / "b" / "broken.jpg").write_bytes(b"not a jpeg at all")
@@ -266,10 +266,10 @@ def test_in_memory_datasets_reject_image_options(tmp_path: Path) -> None:
 def test_preprocessing_comes_from_the_weights() -> None:
     import torchvision
 
-    from suites.config import parse_suite
+    from tlbench.suites.config import parse_suite
 
     suite = parse_suite(ROOT / "suites" / "cifar10-resnet50.yaml")
-    from harness.pretrain import preprocess_for
+    from tlbench.pretrain import preprocess_for
 
     got = preprocess_for("resnet50", suite)
     ref = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
@@ -295,7 +295,7 @@ def test_workers_read_the_same_batches_in_the_same_order(tmp_path: Path) -> None
 
 
 def test_training_on_image_files_is_seeded_and_learns(tmp_path: Path) -> None:
-    from harness.backbones import Classifier, SmallCNN2d
+    from tlbench.backbones import Classifier, SmallCNN2d
 
     write_folder(tmp_path / "f", ["a", "b", "c"], 12)
     t = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=3, test_fraction=0.25)
@@ -320,10 +320,10 @@ def test_training_on_image_files_is_seeded_and_learns(tmp_path: Path) -> None:
 def test_a_distillation_student_reads_images_as_its_own_weights_expect(tmp_path: Path, runtime) -> None:
     import dataclasses
 
-    from helpers import make_members
+    from tlbench.backbones import SmallCNN2d, identify
+    from tlbench.strategies import STRATEGIES
 
-    from harness.backbones import SmallCNN2d, identify
-    from strategies import STRATEGIES
+    from helpers import make_members
 
     write_folder(tmp_path / "f", ["a", "b", "c"], 8)
     plain = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=2)
@@ -346,8 +346,8 @@ def test_a_distillation_student_reads_images_as_its_own_weights_expect(tmp_path:
 def test_pretraining_on_image_files_is_cached_by_their_content(tmp_path: Path) -> None:
     """A source task of image files: the spec does not fix its content, so the checkpoint's
     cache key includes the files' identity."""
-    from harness.pretrain import materialize_backbone
-    from suites.config import parse_suite
+    from tlbench.pretrain import materialize_backbone
+    from tlbench.suites.config import parse_suite
 
     write_folder(tmp_path / "data" / "src", ["a", "b"], 6)
     (tmp_path / "s.yaml").write_text(textwrap.dedent("""
@@ -371,7 +371,7 @@ def test_pretraining_on_image_files_is_cached_by_their_content(tmp_path: Path) -
     assert weights_id() == first  # a cache hit
     extra = tmp_path / "data" / "src" / "a" / "new.png"
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(extra)
-    from suites import datasets
+    from tlbench.suites import datasets
 
     datasets._POOLS.clear()  # a new process would list the folder again
     assert weights_id() != first
@@ -382,7 +382,7 @@ def test_pretraining_on_image_files_is_cached_by_their_content(tmp_path: Path) -
 
 def tlbench(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "TLBENCH_DATA"}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tlbench.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600, env={**environ, "PYTHONPATH": str(ROOT), **env})
 
 

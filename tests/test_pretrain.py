@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.backbones import state_fingerprint
-from harness.pretrain import materialize_backbone, pretrain_key
-from suites.config import parse_suite
+from tlbench.backbones import state_fingerprint
+from tlbench.pretrain import materialize_backbone, pretrain_key
+from tlbench.suites.config import parse_suite
 
 
 @pytest.fixture

@@ -6,16 +6,16 @@ import pkgutil
 
 import pytest
 
-import strategies
-from harness.errors import ConfigError
-from harness.registry import Registry
-from strategies import STRATEGIES, Strategy
+import tlbench.strategies as strategies
+from tlbench.errors import ConfigError
+from tlbench.registry import Registry
+from tlbench.strategies import STRATEGIES, Strategy
 
 
 def test_every_strategy_subclass_is_registered() -> None:
     registered = {cls for _, cls in STRATEGIES}
     for info in pkgutil.iter_modules(strategies.__path__):
-        module = importlib.import_module(f"strategies.{info.name}")
+        module = importlib.import_module(f"tlbench.strategies.{info.name}")
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, Strategy) and not inspect.isabstract(obj):
                 assert obj in registered, f"{obj.__name__} is not in STRATEGIES"

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from reports import stats
-from reports.build import tuning_curves, write_report
-from reports.data import Results
-from reports.tables import accuracy_table, cost_table, to_markdown, with_columns
+from tlbench.records import Protocol
+from tlbench.reports import stats
+from tlbench.reports.build import tuning_curves, write_report
+from tlbench.reports.data import Results
+from tlbench.reports.tables import accuracy_table, cost_table, to_markdown, with_columns
 
 STRATEGIES = ("linear_probe", "full_finetune", "scratch")
 
@@ -57,8 +58,8 @@ def results_for(runs: pd.DataFrame, *, trials: pd.DataFrame | None = None) -> Re
     trials = trials_frame(runs) if trials is None else trials
     importances = pd.DataFrame([{"strategy": s, "task": "t1", "backbone": "bb", "param": p, "importance": v}
                                 for s in runs["strategy"].unique() for p, v in (("lr", 0.7), ("epochs", 0.3))])
-    protocol = {"budget": 6, "sampler": "TPESampler", "n_startup_trials": 3, "pruner": "MedianPruner",
-                "pruner_startup_trials": 3, "pruner_warmup_epochs": 3, "objective": "val accuracy"}
+    protocol = Protocol(budget=6, sampler="TPESampler", n_startup_trials=3, pruner="MedianPruner",
+                        pruner_startup_trials=3, pruner_warmup_epochs=3, objective="val accuracy")
     return Results(runs, trials, importances, protocol, {"full_finetune": {"lr": "[0.001, 0.1] (log)"}})
 
 
@@ -104,7 +105,7 @@ def test_cliques_join_strategies_within_the_critical_difference() -> None:
 
 
 def test_pareto_front() -> None:
-    from reports.figures import pareto_front
+    from tlbench.reports.figures import pareto_front
 
     points = pd.DataFrame({"strategy": list("abcd"), "cost": [1.0, 2.0, 3.0, 0.5], "acc": [0.5, 0.7, 0.6, 0.4]})
     assert pareto_front(points, "cost", "acc")["strategy"].tolist() == ["d", "a", "b"]
@@ -160,7 +161,7 @@ def test_several_suites_are_never_pooled() -> None:
 def test_missing_cells_are_said_not_silently_dropped() -> None:
     runs = runs_frame()
     runs = runs[~((runs["strategy"] == "scratch") & (runs["task"] != "t1"))]  # scratch ran on t1 only
-    table, test = __import__("reports.tables", fromlist=["x"]).across_tasks_table(runs, "test_accuracy")
+    table, test = __import__("tlbench.reports.tables", fromlist=["x"]).across_tasks_table(runs, "test_accuracy")
     assert "only 1 of 3 tasks" in test.reason
     assert "on the 1 task(s) all strategies have" in " ".join(table.notes)
     iqm = stats.iqm_by_strategy(with_columns(runs), "test_accuracy")

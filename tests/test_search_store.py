@@ -4,10 +4,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness.errors import NonFiniteLoss
-from harness.search import evaluation_seed, make_study, tune, tuning_seed
-from harness.store import open_storage, recover_orphans, worker_id
-from strategies.base import ModelPredictor, Strategy
+from tlbench.errors import NonFiniteLoss
+from tlbench.search import evaluation_seed, make_study, tune, tuning_seed
+from tlbench.store import open_storage, recover_orphans, worker_id
+from tlbench.strategies.base import ModelPredictor, Strategy
+
+from helpers import run_context
 
 
 class FlakyStrategy(Strategy):
@@ -74,7 +76,7 @@ def test_tuning_and_evaluation_seeds_are_distinct() -> None:
 
 
 def test_open_storage_variants(tmp_path) -> None:
-    from harness.errors import ConfigError
+    from tlbench.errors import ConfigError
 
     open_storage(f"journal:{tmp_path / 'a.journal'}", tmp_path)
     open_storage(str(tmp_path / "b.journal"), tmp_path)
@@ -102,7 +104,7 @@ def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) 
 
 
 def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
-    from harness.search import summarize
+    from tlbench.search import summarize
 
     study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=12, seed=0)
     tune(study, FlakyStrategy(), None, None, budget=12, suite_seed=0, runtime=runtime)
@@ -144,8 +146,8 @@ def test_evaluation_skips_seeds_a_live_worker_holds(tmp_path, tiny_backbone, tin
     import subprocess
     import sys
 
-    from harness.evaluate import evaluate
-    from strategies import STRATEGIES
+    from tlbench.evaluate import evaluate
+    from tlbench.strategies import STRATEGIES
 
     storage = open_storage(None, tmp_path)
     study = optuna.create_study(study_name="s::t::b::scratch::eval", storage=storage)
@@ -153,16 +155,16 @@ def test_evaluation_skips_seeds_a_live_worker_holds(tmp_path, tiny_backbone, tin
     params = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2}
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from harness.store import _proc_start
+        from tlbench.store import _proc_start
 
         held = study.ask()
         held.set_user_attr("worker", f"{worker_id().rsplit(':', 2)[0]}:{other.pid}:{_proc_start(other.pid)}")
         held.set_user_attr("seed", 11)
         held.set_user_attr("params", params)
         records = evaluate(study, probe, tiny_backbone, tiny_task, params, seeds=[10, 11, 12],
-                           context={"suite": "s"}, runtime=runtime)
+                           context=run_context(suite="s"), runtime=runtime)
     finally:
         other.kill()
         other.wait()
-    assert sorted(r["seed"] for r in records) == [10, 12]
+    assert sorted(r.seed for r in records) == [10, 12]
     assert os.path.exists(tmp_path / "store.journal")

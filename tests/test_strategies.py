@@ -10,16 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from harness.backbones import Classifier
-from harness.train import Hook, NullReporter, fit_epochs
-from strategies import STRATEGIES
-from strategies.ensemble import (EnsemblePredictor, average_states, greedy_selection, probabilities,
-                                 soup)
-from strategies.full_finetune import finetune, new_classifier
-from strategies.linear_probe import train_probe
-from strategies.parts import (L2SP, FreezeSchedule, distillation_loss, layerwise_lr_groups,
-                              make_optimizer, model_groups)
-from helpers import make_members
+from tlbench.backbones import Classifier
+from tlbench.strategies import STRATEGIES
+from tlbench.strategies.ensemble import EnsemblePredictor, average_states, greedy_selection, probabilities, soup
+from tlbench.strategies.full_finetune import finetune, new_classifier
+from tlbench.strategies.linear_probe import train_probe
+from tlbench.strategies.parts import (
+    L2SP,
+    FreezeSchedule,
+    distillation_loss,
+    layerwise_lr_groups,
+    make_optimizer,
+    model_groups,
+)
+from tlbench.train import Hook, NullReporter, fit_epochs
+
+from helpers import make_members, run_context
 
 SGD = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "warmup_fraction": 0.0}
 ADAMW = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "warmup_fraction": 0.0}
@@ -76,7 +82,7 @@ def test_gradual_unfreeze_strategy_leaves_never_unfrozen_groups_bit_identical(ti
 
 @pytest.mark.parametrize("total", [5, 15, 19, 59, 100])
 def test_slanted_triangular_schedule_rises_then_decays_to_the_floor(total: int) -> None:
-    from strategies.parts import slanted_triangular
+    from tlbench.strategies.parts import slanted_triangular
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = slanted_triangular(opt, total, cut_frac=0.1, ratio=32)
@@ -108,7 +114,7 @@ def test_discriminative_groups_carry_the_geometric_series_and_cover_each_paramet
 
 def test_discriminative_lr_strategy_trains_with_those_groups(tiny_backbone, tiny_task, cell_runtime,
                                                              monkeypatch) -> None:
-    import strategies.full_finetune as ft
+    import tlbench.strategies.full_finetune as ft
 
     seen = []
     original = ft.fit_epochs
@@ -126,7 +132,7 @@ def test_discriminative_lr_strategy_trains_with_those_groups(tiny_backbone, tiny
 
 def test_lp_ft_fine_tuning_starts_from_the_probed_head(tiny_backbone, tiny_task, cell_runtime,
                                                        monkeypatch) -> None:
-    import strategies.regularized as reg
+    import tlbench.strategies.regularized as reg
 
     captured = {}
     original = reg.finetune
@@ -218,8 +224,8 @@ def test_distillation_loss_equals_a_hand_computed_example() -> None:
 
 def test_distillation_uses_the_cached_teacher_and_never_changes_it(tiny_backbone, tiny_task, runtime,
                                                                    monkeypatch) -> None:
-    from harness.backbones import build_backbone
-    from strategies.full_finetune import FullFinetune
+    from tlbench.backbones import build_backbone
+    from tlbench.strategies.full_finetune import FullFinetune
 
     student = build_backbone("cnn2d", {"width": 2, "depth": 3}, seed=1)
     members = make_members(tiny_task, tiny_backbone, keep_weights=frozenset({"full_finetune"}),
@@ -288,7 +294,7 @@ def test_soup_averages_weights() -> None:
 
 @pytest.mark.parametrize("seed", range(20))
 def test_greedy_selection_never_scores_below_its_best_member_on_validation(seed: int) -> None:
-    from strategies.ensemble import score
+    from tlbench.strategies.ensemble import score
 
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 4, (30,), generator=gen)
@@ -300,7 +306,7 @@ def test_greedy_selection_never_scores_below_its_best_member_on_validation(seed:
 
 
 def test_a_soup_without_member_weights_is_one_line_naming_the_option(tiny_backbone, tiny_task, runtime) -> None:
-    from harness.errors import ConfigError
+    from tlbench.errors import ConfigError
 
     members = make_members(tiny_task, tiny_backbone)  # no strategy keeps weights: nothing to average
     ens = make("ensemble", members=["full_finetune"], size=2, method="uniform_soup")
@@ -319,7 +325,7 @@ def test_ensemble_members_are_reused_and_its_cost_adds_theirs(tiny_backbone, tin
     cell = dataclasses.replace(runtime, members=members)
     ens = make("ensemble", members=["full_finetune"], size=2)
     params = ens.search_space(None, tiny_backbone)
-    from harness.search import evaluation_seed
+    from tlbench.search import evaluation_seed
     predictor = ens.fit(tiny_backbone, tiny_task, params, seed=evaluation_seed(0, 1),
                         reporter=NullReporter(), runtime=cell)
     library = [members.get("full_finetune", k, cell) for k in (2, 3)]  # ensemble 1 = models 2, 3
@@ -372,8 +378,8 @@ class _Sleepy:
 def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, tiny_task, runtime) -> None:
     import optuna
 
-    from harness.evaluate import evaluate
-    from harness.search import evaluation_seed
+    from tlbench.evaluate import evaluate
+    from tlbench.search import evaluation_seed
 
     def make_strategy(name):
         if name == "full_finetune":
@@ -387,17 +393,17 @@ def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, 
     ens = make_strategy("ensemble")
     study = optuna.create_study(direction="maximize")
     [record] = evaluate(study, ens, tiny_backbone, tiny_task, ens.search_space(None, tiny_backbone),
-                        seeds=[evaluation_seed(0, 0)], context={}, runtime=cell)
+                        seeds=[evaluation_seed(0, 0)], context=run_context(), runtime=cell)
     teacher = members.get("full_finetune", 0, cell)
     student = members.get("distillation", 0, cell)
     assert len(student.costs) == 2 and set(teacher.costs) < set(student.costs)
     # the teacher trained once and counts once, although both members reuse it
-    assert record["train_seconds"] == pytest.approx(record["own_train_seconds"] + sum(student.costs.values()))
-    assert teacher.train_seconds >= 0.3 and record["own_train_seconds"] < 0.3
-    assert record["inference_seconds"] >= teacher.inference_seconds + student.inference_seconds
+    assert record.train_seconds == pytest.approx(record.own_train_seconds + sum(student.costs.values()))
+    assert teacher.train_seconds >= 0.3 and record.own_train_seconds < 0.3
+    assert record.inference_seconds >= teacher.inference_seconds + student.inference_seconds
     # a tuning trial that needs the teacher trained on demand does not count it either
-    from harness.search import make_study, tune
-    from suites.config import SearchSpec
+    from tlbench.search import make_study, tune
+    from tlbench.suites.config import SearchSpec
 
     fresh = make_members(tiny_task, tiny_backbone, make=make_strategy, params={"full_finetune": {**SGD, "epochs": 2}})
     kd = make_strategy("distillation")
@@ -409,7 +415,7 @@ def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, 
 
 
 def test_a_diverged_member_is_not_retrained_and_says_which(tiny_backbone, tiny_task, runtime) -> None:
-    from harness.errors import NonFiniteLoss
+    from tlbench.errors import NonFiniteLoss
 
     calls = []
 
@@ -428,7 +434,7 @@ def test_a_diverged_member_is_not_retrained_and_says_which(tiny_backbone, tiny_t
 
 
 def test_a_retuned_dependency_changes_the_dependents_identity(tiny_backbone, tiny_task) -> None:
-    from harness.runner import with_dependencies
+    from tlbench.runner import with_dependencies
 
     kd = make("distillation")
     params = {**SGD, "epochs": 2, "temperature": 2.0, "alpha": 0.5}

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import suites.datasets as datasets
-import suites.tasks as tasks
-from harness.errors import ConfigError
-from suites.config import ShiftSpec, SplitSpec, TaskSpec
-from suites.datasets import DataPool, load_pool
-from suites.tasks import Split, Task, apply_shift, build_task
+import tlbench.suites.datasets as datasets
+import tlbench.suites.tasks as tasks
+from tlbench.data import Split, Task
+from tlbench.errors import ConfigError
+from tlbench.suites.config import ShiftSpec, SplitSpec, TaskSpec
+from tlbench.suites.datasets import DataPool, load_pool
+from tlbench.suites.tasks import apply_shift, build_task
 
 M1D = {"num_samples": 600, "seed": 3}          # 480 pool rows, 120 official test rows
 GLYPHS = {"n": 600, "classes": "digits", "seed": 1}
@@ -373,7 +374,7 @@ def test_load_pool_errors() -> None:
     known = r"known: caltech101, cifar10, .*, digits, .*, mnist1d, .*, svhn$"
     with pytest.raises(ConfigError, match=r"^w\.dataset: unknown dataset 'nope'; " + known):
         load_pool("nope", {}, where="w")
-    with pytest.raises(ConfigError, match=r"^w\.args\.n: .*-5.*fields: n, size"):
+    with pytest.raises(ConfigError, match=r"^w\.args\.n: .*greater than 0 \(got -5\)"):
         load_pool("glyphs", {"n": -5}, where="w")
     with pytest.raises(ConfigError, match=r"^w\.args\.bogus: "):
         load_pool("digits", {"bogus": 1}, where="w")

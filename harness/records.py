@@ -1,0 +1,207 @@
+"""What the store holds, as typed, versioned records, and how it is read back.
+
+Each cell (task × backbone × strategy) of a suite has a tuning study and an evaluation
+study, named by :class:`StudyName`. An evaluation run is a trial of the latter whose
+``record`` user attribute is a :class:`RunRecord` (stored as a plain mapping with its
+``schema_version``); a tuning study carries its search :class:`Protocol`. Reports read
+the store only through this module, so they never depend on how records are written.
+
+Schema versions: 1 — records written before versioning (one flat mapping, a strategy's own
+facts mixed in with the metrics); 2 — those facts under ``strategy_info``. Version-1
+records are read as version 2; a record of a newer schema than this release knows is
+refused with one line naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from pydantic import ValidationError
+
+from tlbench.config import Frozen
+from tlbench.errors import TlbenchError
+
+SCHEMA_VERSION = 2
+SEP = "::"
+Kind = Literal["tune", "eval"]
+
+
+class StoreError(TlbenchError):
+    """A store this release cannot read (a newer schema, or a malformed record)."""
+
+
+@dataclass(frozen=True, order=True)
+class StudyName:
+    """``suite::task::backbone::strategy::kind``: the one place study names are built and
+    parsed (names of the suite file are restricted so that they cannot contain ``::``)."""
+
+    suite: str
+    task: str
+    backbone: str
+    strategy: str
+    kind: Kind
+
+    def __str__(self) -> str:
+        return SEP.join((self.suite, self.task, self.backbone, self.strategy, self.kind))
+
+    @classmethod
+    def parse(cls, name: str) -> "StudyName | None":
+        """The parts of a tlbench study name; None for any other study in the store."""
+        parts = name.split(SEP)
+        if len(parts) != 5 or parts[4] not in ("tune", "eval") or not all(parts):
+            return None
+        return cls(*parts)  # type: ignore[arg-type]
+
+    @property
+    def cell(self) -> tuple[str, str, str]:
+        return self.task, self.backbone, self.strategy
+
+
+def suites_in(storage: BaseStorage) -> list[str]:
+    """The suites a store holds studies of."""
+    names = (StudyName.parse(n) for n in optuna.get_all_study_names(storage))
+    return sorted({n.suite for n in names if n is not None})
+
+
+class Protocol(Frozen):
+    """How a suite's cells were tuned: identical for every strategy of the suite."""
+
+    sampler: str
+    n_startup_trials: int
+    pruner: str
+    pruner_startup_trials: int
+    pruner_warmup_epochs: int
+    budget: int
+    objective: str
+
+
+class RunContext(Frozen):
+    """What every evaluation run of a cell shares: the cell, its tuning, the backbone's
+    weights and the task's split facts."""
+
+    suite: str
+    task: str
+    backbone: str
+    strategy: str
+    tuning_best_val_accuracy: float | None = None
+    tuning_best_trial: int | None = None
+    tuning_trials_complete: int = 0
+    tuning_trials_pruned: int = 0
+    tuning_seconds: float = 0.0
+    tuning_budget: int
+    tuning_seeds: str
+    tuning_best_trial_seed: int | None = None
+    suite_fingerprint: str
+    backbone_weights: str
+    task_info: dict[str, Any] = {}
+
+
+class RunRecord(RunContext):
+    """One evaluation run: the best configuration re-trained on one fresh seed, its scores,
+    its cost and its provenance. ``strategy_info`` holds the strategy's own facts (a
+    distillation's teacher, an ensemble's members), apart from the metrics."""
+
+    schema_version: int = SCHEMA_VERSION
+    seed: int
+    params: dict[str, Any]
+    test_accuracy: float
+    val_accuracy: float
+    shifted_test_accuracy: float | None = None
+    train_seconds: float  # own training time plus that of every reused model
+    own_train_seconds: float
+    trainable_parameters: int
+    inference_parameters: int
+    inference_seconds: float
+    inference_ms_per_example: float
+    peak_memory_mb: float | None = None
+    memory_growth_mb: float | None = None
+    peak_memory_kind: str = ""
+    n_train: int
+    n_val: int
+    n_test: int
+    num_classes: int
+    precision: str = "fp32"
+    channels_last: bool = False
+    compiled: bool = False
+    loader_workers: int = 0
+    split_fingerprint: str
+    started_at: str
+    tlbench_version: str
+    torch_version: str
+    git_commit: str
+    device: str
+    host: str
+    strategy_info: dict[str, Any] = {}
+
+    def row(self) -> dict[str, Any]:
+        """The record as one row of the runs frame: ``strategy_info`` spread into columns
+        (they cannot shadow a field: :meth:`from_stored` and the strategies keep them apart)."""
+        data = self.model_dump(exclude={"strategy_info"})
+        return {**data, **{k: v for k, v in self.strategy_info.items() if k not in data}}
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any], *, where: str = "") -> "RunRecord":
+        """Reads a stored record of any schema this release knows."""
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise StoreError(f"{where or 'store'}: holds records of schema version {version}; this tlbench "
+                             f"({_version()}) reads versions 1..{SCHEMA_VERSION}: upgrade tlbench to read it")
+        if version == 1:  # flat: everything that is not a field is the strategy's own
+            fields = set(cls.model_fields)
+            data = {**{k: v for k, v in data.items() if k in fields},
+                    "strategy_info": {k: v for k, v in data.items() if k not in fields},
+                    "schema_version": SCHEMA_VERSION}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise StoreError(f"{where or 'store'}: a run record is malformed ({'.'.join(map(str, first['loc']))}: "
+                             f"{first['msg']})") from None
+
+
+def _version() -> str:
+    from tlbench.version import __version__
+
+    return __version__
+
+
+def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
+    """All completed evaluation runs as a tidy frame (one row per run): only runs of each
+    cell's current best configuration, one per seed (two workers racing for a seed may both
+    have finished it: the first one counts)."""
+    rows: list[dict[str, Any]] = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.kind != "eval" or (suite is not None and name.suite != suite):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if "record" in t.user_attrs]
+        if not complete:
+            continue
+        records = [(t.number, RunRecord.from_stored(dict(t.user_attrs["record"]), where=f"study {name}"))
+                   for t in complete]
+        current = summary.user_attrs.get("params", records[-1][1].params)
+        seen: set[int] = set()
+        for _, record in sorted(records, key=lambda r: r[0]):
+            if record.params == current and record.seed not in seen:
+                seen.add(record.seed)
+                rows.append(record.row())
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(["suite", "task", "backbone", "strategy", "seed"], ignore_index=True)
+    return frame
+
+
+def read_protocol(attrs: dict[str, Any], *, where: str) -> Protocol:
+    """A tuning study's protocol; one line if it is missing or malformed."""
+    try:
+        return Protocol.model_validate(attrs["protocol"])
+    except (KeyError, ValidationError) as err:
+        raise StoreError(f"{where}: the tuning protocol is missing or malformed ({type(err).__name__}); "
+                         f"was this store written by tlbench?") from None

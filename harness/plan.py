@@ -1,4 +1,21 @@
-"""Planning: a validated suite plus CLI overrides → materialised tasks and a list of cells."""
+"""Planning: a suite file plus command-line overrides → a :class:`Plan`, in one pass down.
+
+:func:`load_plan` goes through the stages once, each over typed objects from the one before:
+
+1. parse: the schema, and every dataset's and backbone's ``args`` typed against the class it
+   names (:func:`tlbench.suites.config.parse_suite`);
+2. overrides from the command line (trials, seeds, strategies, data root);
+3. references between the suite's parts (task → backbones, backbone → source task);
+4. strategies: options typed once into ``Plan.options``, what each reuses, the run order,
+   the extra backbones they use (students);
+5. backbone sources (published weights' names, checkpoints);
+6. data: where each dataset's files are, and the tasks (labels and file lists);
+7. shapes: two examples of every task through each backbone that reads it;
+8. cells.
+
+Nothing is validated twice: a strategy is made from its typed options, a backbone built or a
+dataset loaded from its typed ``args``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-from tlbench.backbones import BACKBONES, Backbone, build_backbone
-from tlbench.config import validate_block
+from tlbench.backbones import Backbone, build_backbone
+from tlbench.config import Frozen, validate_block
 from tlbench.data import Task
 from tlbench.errors import ConfigError
 from tlbench.pretrain import check_backbone_source, preprocess_for
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites import bundled_suites
 from tlbench.suites.config import Suite, parse_suite
-from tlbench.suites.datasets import DATASETS, DataAccess, data_access, data_location
+from tlbench.suites.datasets import DataAccess, data_access, data_location
 from tlbench.suites.tasks import build_task
 
 
@@ -35,6 +52,8 @@ class Plan:
     suite: Suite
     tasks: dict[str, Task]
     cells: list[Cell]
+    #: Every strategy of the suite file and of this run, with its options typed once.
+    options: dict[str, Frozen]
     declared: tuple[str, ...] = ()  # the suite file's strategies, before --strategies narrowed them
     #: Per task (source tasks too): where its dataset's files are expected, and those absent.
     data_paths: dict[str, tuple[list[Path], list[Path]]] = field(default_factory=dict)
@@ -44,6 +63,10 @@ class Plan:
     def missing(self) -> list[str]:
         """The tasks whose data is absent (a dry run's plan leaves them unbuilt)."""
         return [name for name, (_, absent) in self.data_paths.items() if absent]
+
+    def make_strategy(self, name: str) -> Strategy:
+        """Strategy ``name`` with the suite's shared training settings and its typed options."""
+        return make_strategy(self.suite, name, self.options[name])
 
     def task_for(self, task: str, backbone: str) -> Task:
         """Task ``task`` as backbone ``backbone`` reads it: image files preprocessed as its
@@ -58,26 +81,21 @@ class Plan:
     def reused(self) -> tuple[frozenset[str], frozenset[str]]:
         """Strategies whose models others reuse, and those whose weights they reuse; from
         the suite file's list, so a narrowed run still keeps what a later full run needs."""
-        names = set(self.declared) | set(self.suite.strategies)
-        strategies = [make_strategy(self.suite, n) for n in sorted(names)]
+        strategies = [self.make_strategy(n) for n in sorted(set(self.declared) | set(self.suite.strategies))]
         return (frozenset(r for s in strategies for r in s.requires()),
                 frozenset(r for s in strategies for r in s.requires_weights()))
-
-    def make_strategy(self, name: str) -> Strategy:
-        """Strategy ``name`` with the suite's shared training settings and its own options."""
-        return make_strategy(self.suite, name)
 
     @property
     def backbones(self) -> list[str]:
         """The cells' backbones and the students they distil into."""
         names = {c.backbone for c in self.cells}
-        return sorted(names | set(extra_backbones(self.suite, sorted(names))))
+        return sorted(names | set(extra_backbones(self.suite, self.options, sorted(names))))
 
 
-def make_strategy(suite: Suite, name: str) -> Strategy:
-    """A strategy with the suite's shared training settings and its own options."""
+def make_strategy(suite: Suite, name: str, options: Frozen) -> Strategy:
+    """A strategy with the suite's shared training settings and its (typed) options."""
     return STRATEGIES.get(name)(epochs=suite.training.epochs, batch_size=suite.training.batch_size,
-                                options=suite.strategy_options.get(name))
+                                options=options)
 
 
 def resolve_suite_path(arg: str) -> Path:
@@ -99,29 +117,16 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     ``cache_dir/data``, resolved once into the plan's suite; a ``dry_run`` plan leaves out
     the tasks whose image files are absent (``Plan.missing``) instead of failing."""
     suite = parse_suite(path)
-    root = data_root or DataAccess.of(suite.data_root, suite.download, suite_path=suite.path,
-                                      cache_dir=cache_dir).root
-    updates: dict[str, object] = {"data_root": str(root.resolve())}
-    if trials is not None:
-        if trials < 1:
-            raise ConfigError(f"--trials {trials}: must be a positive integer")
-        updates["trials"] = trials
-    if seeds is not None:
-        if seeds < 1:
-            raise ConfigError(f"--seeds {seeds}: must be a positive integer")
-        updates["seeds"] = seeds
-    if strategies is not None:
-        if not strategies:
-            raise ConfigError(f"--strategies: give at least one; known: {', '.join(STRATEGIES.names())}")
-        for name in strategies:
-            STRATEGIES.get(name, where="--strategies")
-        updates["strategies"] = strategies
     declared = list(suite.strategies)
-    suite = suite.model_copy(update=updates)
-    check_names(suite)
-    order = check_strategies(suite, declared)
+    suite = with_overrides(suite, trials=trials, seeds=seeds, strategies=strategies, data_root=data_root,
+                           cache_dir=cache_dir)
+    check_references(suite)
+    options = typed_options(suite, declared)
+    order = run_order(suite, declared, options)
+    for name in suite.backbones:
+        check_backbone_source(name, suite)
     data = data_access(suite)
-    data_paths = {name: data_location(suite.task_spec(name).dataset, suite.task_spec(name).args, data)
+    data_paths = {name: data_location(suite.task_spec(name).dataset, suite.task_spec(name).typed_args(), data)
                   for name in [*suite.source_tasks, *suite.tasks]}
     missing = {name for name, (_, absent) in data_paths.items() if absent} if dry_run else set()
     tasks = {name: build_task(name, spec, where=suite.task_where(name), data=data)
@@ -133,22 +138,76 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
         check_inputs(suite, _pretrained_by(suite, name), source, probes)
     for name, task in tasks.items():
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
-        check_inputs(suite, extra_backbones(suite, suite.tasks[name].backbones), task, probes)
+        check_inputs(suite, extra_backbones(suite, options, suite.tasks[name].backbones), task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
-    return Plan(suite, tasks, cells, tuple(declared), data_paths)
+    return Plan(suite, tasks, cells, options, tuple(declared), data_paths)
 
 
-def check_strategies(suite: Suite, declared: list[str]) -> list[str]:
-    """Validates ``strategy_options`` and the models strategies reuse; returns the run's
-    strategies ordered so that each comes after those it reuses (suite order otherwise)."""
+def with_overrides(suite: Suite, *, trials: int | None, seeds: int | None, strategies: list[str] | None,
+                   data_root: Path | None, cache_dir: Path | None) -> Suite:
+    """The suite with the command line's overrides and its data root resolved."""
+    root = data_root or DataAccess.of(suite.data_root, suite.download, suite_path=suite.path,
+                                      cache_dir=cache_dir).root
+    updates: dict[str, object] = {"data_root": str(root.resolve())}
+    for flag, value in (("trials", trials), ("seeds", seeds)):
+        if value is not None:
+            if value < 1:
+                raise ConfigError(f"--{flag} {value}: must be a positive integer")
+            updates[flag] = value
+    if strategies is not None:
+        if not strategies:
+            raise ConfigError(f"--strategies: give at least one; known: {', '.join(STRATEGIES.names())}")
+        for name in strategies:
+            STRATEGIES.get(name, where="--strategies")
+        updates["strategies"] = strategies
+    return suite.model_copy(update=updates)
+
+
+def check_references(suite: Suite) -> None:
+    """Every name in the suite refers to something that exists."""
+    where = suite.path
+    for i, name in enumerate(suite.strategies):
+        STRATEGIES.get(name, where=f"{where}: strategies[{i}]")
+    if len(set(suite.strategies)) != len(suite.strategies):
+        raise ConfigError(f"{where}: strategies: {suite.strategies} lists a strategy twice")
+    overlap = set(suite.tasks) & set(suite.source_tasks)
+    if overlap:
+        raise ConfigError(f"{where}: tasks and source_tasks share the name(s) {sorted(overlap)}")
+    for name, spec in suite.tasks.items():
+        if not spec.backbones:
+            raise ConfigError(f"{where}: tasks.{name}.backbones: list at least one backbone; "
+                              f"defined: {', '.join(suite.backbones)}")
+        for b in spec.backbones:
+            if b not in suite.backbones:
+                raise ConfigError(f"{where}: tasks.{name}.backbones: unknown backbone {b!r}; "
+                                  f"defined: {', '.join(suite.backbones)}")
+    known_tasks = [*suite.source_tasks, *suite.tasks]
+    for name, spec in suite.backbones.items():
+        if spec.pretrain is not None and spec.pretrain.task not in known_tasks:
+            raise ConfigError(f"{where}: backbones.{name}.pretrain.task: unknown task "
+                              f"{spec.pretrain.task!r}; defined: {', '.join(known_tasks)}")
+
+
+def typed_options(suite: Suite, declared: list[str]) -> dict[str, Frozen]:
+    """Each strategy's ``strategy_options`` block validated once into its ``Options``: those
+    the suite gives options for, and every strategy of the file and of the run."""
     where = f"{suite.path}: strategy_options"
-    for name, options in suite.strategy_options.items():
-        cls = STRATEGIES.get(name, where=where)
-        validate_block(cls.Options, options, where=f"{where}.{name}")
+    for name in suite.strategy_options:
+        STRATEGIES.get(name, where=where)
+    names = sorted(set(declared) | set(suite.strategies) | set(suite.strategy_options))
+    return {name: validate_block(STRATEGIES.get(name).Options, suite.strategy_options.get(name),
+                                 where=f"{where}.{name}") for name in names}
+
+
+def run_order(suite: Suite, declared: list[str], options: dict[str, Frozen]) -> list[str]:
+    """The run's strategies ordered so that each comes after those whose models it reuses
+    (suite order otherwise); a reused strategy must be in the suite file, and reuse must
+    not go round in a cycle."""
+    where = f"{suite.path}: strategy_options"
     known = set(declared) | set(suite.strategies)
     graph: dict[str, list[str]] = {}
     for name in sorted(known):
-        needs = make_strategy(suite, name).requires()
+        needs = make_strategy(suite, name, options[name]).requires()
         for need in needs:
             STRATEGIES.get(need, where=f"{where}.{name}")
             if need not in known:
@@ -171,12 +230,12 @@ def check_strategies(suite: Suite, declared: list[str]) -> list[str]:
     return [name for name in order if name in suite.strategies]
 
 
-def extra_backbones(suite: Suite, backbones: list[str]) -> list[str]:
+def extra_backbones(suite: Suite, options: dict[str, Frozen], backbones: list[str]) -> list[str]:
     """The suite backbones the run's strategies use besides ``backbones`` (a distillation's
     students), checked to exist."""
     out: list[str] = []
     for name in suite.strategies:
-        strategy = make_strategy(suite, name)
+        strategy = make_strategy(suite, name, options[name])
         for backbone in backbones:
             try:
                 extra = strategy.extra_backbones(backbone)
@@ -201,7 +260,7 @@ def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[st
     for name in backbones:
         spec = suite.backbones[name]
         if name not in probes:
-            probes[name] = build_backbone(spec.arch, spec.args, where=f"{suite.path}: backbones.{name}")
+            probes[name] = build_backbone(spec.arch, spec.typed_args(), where=f"{suite.path}: backbones.{name}")
         backbone = probes[name]
         bound = task.bound(preprocess_for(name, suite, suite.task_spec(task.name).image_size))
         x = bound.train.x.head(2) if bound.lazy else bound.train.x[:2]  # type: ignore[union-attr]
@@ -212,35 +271,3 @@ def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[st
             reason = str(err).splitlines()[0][:160]
             raise ConfigError(f"{suite.task_where(task.name)}.backbones: backbone {name!r} ({spec.arch}) "
                               f"cannot take this task's inputs of shape {tuple(x.shape[1:])}: {reason}") from None
-
-
-def check_names(suite: Suite) -> None:
-    """Every name in the suite refers to something that exists."""
-    where = suite.path
-    for i, name in enumerate(suite.strategies):
-        STRATEGIES.get(name, where=f"{where}: strategies[{i}]")
-    if len(set(suite.strategies)) != len(suite.strategies):
-        raise ConfigError(f"{where}: strategies: {suite.strategies} lists a strategy twice")
-    overlap = set(suite.tasks) & set(suite.source_tasks)
-    if overlap:
-        raise ConfigError(f"{where}: tasks and source_tasks share the name(s) {sorted(overlap)}")
-    for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):
-        for name, spec in specs.items():
-            cls = DATASETS.get(spec.dataset, where=f"{where}: {group}.{name}.dataset")
-            validate_block(cls.Args, spec.args, where=f"{where}: {group}.{name}.args")
-    for name, spec in suite.tasks.items():
-        if not spec.backbones:
-            raise ConfigError(f"{where}: tasks.{name}.backbones: list at least one backbone; "
-                              f"defined: {', '.join(suite.backbones)}")
-        for b in spec.backbones:
-            if b not in suite.backbones:
-                raise ConfigError(f"{where}: tasks.{name}.backbones: unknown backbone {b!r}; "
-                                  f"defined: {', '.join(suite.backbones)}")
-    known_tasks = [*suite.source_tasks, *suite.tasks]
-    for name, spec in suite.backbones.items():
-        cls = BACKBONES.get(spec.arch, where=f"{where}: backbones.{name}.arch")
-        validate_block(cls.Args, spec.args, where=f"{where}: backbones.{name}.args")
-        if spec.pretrain is not None and spec.pretrain.task not in known_tasks:
-            raise ConfigError(f"{where}: backbones.{name}.pretrain.task: unknown task "
-                              f"{spec.pretrain.task!r}; defined: {', '.join(known_tasks)}")
-        check_backbone_source(name, suite)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 from tlbench.atomic import save_atomic
-from tlbench.backbones import BACKBONES, Backbone, Classifier, TorchvisionBackbone, build_backbone, load_checkpoint
+from tlbench.backbones import Backbone, Classifier, TorchvisionBackbone, build_backbone, load_checkpoint
 from tlbench.codeversion import code_version
 from tlbench.data import Loading, Preprocess, Task
 from tlbench.errors import ConfigError
@@ -104,9 +104,8 @@ def check_weights_name(name: str, suite: Suite) -> None:
     """Published weights need an architecture that has them, and a name it knows."""
     spec = suite.backbones[name]
     assert spec.weights is not None
-    cls = BACKBONES.get(spec.arch, where=f"{suite.path}: backbones.{name}.arch")
     with _prefixed(f"{suite.path}: backbones.{name}.weights"):
-        cls.check_weights(cls.Args(**spec.args), spec.weights)
+        spec.arch_class.check_weights(spec.typed_args(), spec.weights)
 
 
 def preprocess_for(name: str, suite: Suite, image_size: int | None = None) -> Preprocess:
@@ -115,23 +114,22 @@ def preprocess_for(name: str, suite: Suite, image_size: int | None = None) -> Pr
     torchvision, the pretrained config for timm), else torchvision's ImageNet default
     (resize 256, crop 224); ``image_size`` (a task's) overrides the crop size."""
     spec = suite.backbones[name]
-    cls = BACKBONES.get(spec.arch)
-    return cls.weights_preprocess(cls.Args(**spec.args), spec.weights).at(image_size)
+    return spec.arch_class.weights_preprocess(spec.typed_args(), spec.weights).at(image_size)
 
 
 def check_backbone_source(name: str, suite: Suite) -> None:
     """Checks a backbone's weights source before any training: the weights name, or that
     the checkpoint exists and fits the architecture."""
     spec = suite.backbones[name]
-    cls = BACKBONES.get(spec.arch, where=f"{suite.path}: backbones.{name}.arch")
+    cls = spec.arch_class
     if issubclass(cls, TorchvisionBackbone):
         with _prefixed(f"{suite.path}: backbones.{name}.args.variant"):
-            cls.check_variant(cls.Args(**spec.args).variant)
+            cls.check_variant(spec.typed_args().variant)  # type: ignore[attr-defined]
     if spec.weights is not None:
         check_weights_name(name, suite)
     if spec.checkpoint is not None:
         with _prefixed(f"{suite.path}: backbones.{name}.checkpoint"):
-            load_checkpoint(build_backbone(spec.arch, spec.args), checkpoint_path(name, suite))
+            load_checkpoint(build_backbone(spec.arch, spec.typed_args()), checkpoint_path(name, suite))
 
 
 def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: torch.device,
@@ -141,12 +139,11 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     checkpoint does not depend on the device's precision)."""
     spec = suite.backbones[name]
     where = f"{suite.path}: backbones.{name}"
-    backbone = build_backbone(spec.arch, spec.args, where=where)
+    backbone = build_backbone(spec.arch, spec.typed_args(), where=where)
     if spec.weights is not None:
         check_weights_name(name, suite)
-        cls = BACKBONES.get(spec.arch)
         with _prefixed(f"{where}.weights"):
-            return cls.with_weights(cls.Args(**spec.args), spec.weights)
+            return spec.arch_class.with_weights(spec.typed_args(), spec.weights)
     if spec.checkpoint is not None:
         with _prefixed(f"{where}.checkpoint"):
             return load_checkpoint(backbone, checkpoint_path(name, suite))

@@ -13,6 +13,7 @@ from tlbench.backbones import Backbone
 from tlbench.config import Frozen
 from tlbench.data import Split, Task
 from tlbench.errors import ConfigError
+from tlbench.records import RunRecord
 from tlbench.reuse import ModelServer
 from tlbench.runtime import Runtime
 from tlbench.train import Execution, Reporter, predict_logits
@@ -54,11 +55,17 @@ class Predictor(ABC):
         return None
 
     def info(self) -> dict[str, Any]:
-        """Strategy-specific facts copied into the run's record (e.g. the teacher's size)."""
+        """Strategy-specific facts for the run's record, kept apart from its metrics in
+        ``RunRecord.strategy_info`` (e.g. the teacher's size)."""
         return dict(getattr(self, "_info", {}))
 
     def annotate(self, *, reused: dict[str, float] | None = None, **info: Any) -> "Predictor":
-        """Sets :attr:`reused` and adds ``info``; returns self."""
+        """Sets :attr:`reused` and adds ``info``; returns self. A fact may not take the name
+        of a record field (it would read as a metric in the runs frame)."""
+        taken = sorted(set(info) & set(RunRecord.model_fields))
+        if taken:
+            raise TypeError(f"{type(self).__name__}.annotate: {', '.join(taken)} would shadow run record "
+                            f"field(s) of the same name; choose another name")
         self.reused = dict(reused or {})
         self._info = {**self.info(), **info}
         return self

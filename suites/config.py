@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, Strict, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, Strict, ValidationError, model_validator
 
-from tlbench.config import Frozen, fields_at, format_error
+from tlbench.backbones import BACKBONES, Backbone
+from tlbench.config import Frozen, fields_at, format_error, validate_block
 from tlbench.errors import ConfigError
+from tlbench.suites.datasets import DATASETS
+from tlbench.suites.pools import Dataset
 
 # Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
 Int = Annotated[int, Strict()]
@@ -65,7 +68,21 @@ class ShiftSpec(Frozen):
     seed: Seed = 0
 
 
-class TaskSpec(Frozen):
+class _Typed(Frozen):
+    """A spec whose ``args`` block is validated into its class's ``Args`` model once (by
+    :func:`parse_suite` for every spec of a suite file) and kept; ``args`` stays the
+    mapping the file gave, which is what fingerprints hash."""
+
+    _typed: Frozen | None = PrivateAttr(None)
+
+    def _resolve(self, registry: Any, name: str, field: str, where: str) -> Frozen:
+        if self._typed is None:
+            cls = registry.get(name, where=f"{where}.{field}" if where else "")
+            self._typed = validate_block(cls.Args, self.args, where=f"{where}.args" if where else "args")
+        return self._typed
+
+
+class TaskSpec(_Typed):
     dataset: str
     args: dict[str, Any] = Field(default_factory=dict)
     classes: list[int] | None = None
@@ -78,6 +95,14 @@ class TaskSpec(Frozen):
     augment: Literal["none", "flip", "crop_flip"] = "none"
     LATER_FIELDS = ("image_size", "augment")
 
+    @property
+    def dataset_class(self) -> type[Dataset]:
+        return DATASETS.get(self.dataset)
+
+    def typed_args(self, where: str = "") -> Frozen:
+        """``args`` as the dataset's ``Args`` (``where``: the prefix of errors)."""
+        return self._resolve(DATASETS, self.dataset, "dataset", where)
+
 
 class PretrainSpec(Frozen):
     task: str
@@ -88,7 +113,7 @@ class PretrainSpec(Frozen):
     seed: Seed = 0
 
 
-class BackboneSpec(Frozen):
+class BackboneSpec(_Typed):
     arch: str
     args: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
@@ -104,6 +129,14 @@ class BackboneSpec(Frozen):
             if isinstance(args, dict):
                 return {**data, "arch": "timm", "args": {**args, "model": data["arch"][len("timm:"):]}}
         return data
+
+    @property
+    def arch_class(self) -> type[Backbone]:
+        return BACKBONES.get(self.arch)
+
+    def typed_args(self, where: str = "") -> Frozen:
+        """``args`` as the architecture's ``Args`` (``where``: the prefix of errors)."""
+        return self._resolve(BACKBONES, self.arch, "arch", where)
 
     @model_validator(mode="after")
     def _one_source(self) -> "BackboneSpec":
@@ -221,7 +254,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_suite(path: Path) -> Suite:
-    """Reads and validates the schema of a suite file (names are checked by the planner)."""
+    """Reads and validates a suite file: its schema, and each dataset's and backbone's
+    ``args`` against the class it names (typed once, kept on the spec). References between
+    its parts and the strategies' options are checked by the planner."""
     data = _read_yaml(path)
     for key in data:
         if not isinstance(key, str) or key == "path":
@@ -229,6 +264,12 @@ def parse_suite(path: Path) -> Suite:
             raise ConfigError(f"{path}: {key}: unknown field; allowed: {allowed}")
     data.setdefault("name", path.stem)
     try:
-        return Suite(**data, path=str(path))
+        suite = Suite(**data, path=str(path))
     except ValidationError as err:
         raise ConfigError(format_error(err, Suite, str(path), sep=": ")) from None
+    for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):
+        for name, spec in specs.items():
+            spec.typed_args(f"{path}: {group}.{name}")
+    for name, backbone in suite.backbones.items():
+        backbone.typed_args(f"{path}: backbones.{name}")
+    return suite

@@ -38,7 +38,7 @@ def _restrict(x: Inputs, y: torch.Tensor, classes: list[int] | None,
 def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None = None) -> Task:
     """Materialises a task from its spec; raises ConfigError for impossible splits and for
     data that is missing (image datasets under ``data``'s root)."""
-    pool = load_pool(spec.dataset, spec.args, where=where, data=data)
+    pool = load_pool(spec.dataset, spec.typed_args(where), where=where, data=data)
     classes = _check_classes(pool, spec.classes, where)
     num_classes = len(classes) if classes else pool.num_classes
     sp = spec.split

@@ -9,6 +9,7 @@ from the environment running the tests (a path file), so nothing large is downlo
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,8 @@ SOURCES = ("pyproject.toml", "README.md", "harness", "strategies", "suites", "re
 
 
 def run(*cmd: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what is installed counts
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,9 @@ def test_tlbench_and_the_index_reports_distribution_import_side_by_side(wheel: P
     installed = run(python, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check", wheel)
     assert installed.returncode == 0, installed.stderr[-2000:]
     check = run(python, "-c", """
-import pathlib, sys
+import importlib.util, pathlib, sys
+for folder in ("harness", "strategies", "suites"):  # the repository's folders are not modules
+    assert importlib.util.find_spec(folder) is None, folder
 import reports, reports.htmltable
 import tlbench, tlbench.reports.data, tlbench.strategies, tlbench.cli
 site = pathlib.Path(sys.argv[1])

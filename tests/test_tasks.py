@@ -43,7 +43,7 @@ def synthetic_pool(counts: list[int], *, official_test: int = 0) -> DataPool:
 
 
 def use_pool(monkeypatch: pytest.MonkeyPatch, pool: DataPool) -> None:
-    """Makes build_task draw from ``pool`` whatever the spec's dataset."""
+    """Makes build_task draw from ``pool`` whatever the spec's (registered) dataset."""
     monkeypatch.setattr(tasks, "load_pool", lambda name, args, **kwargs: pool)
 
 
@@ -90,7 +90,7 @@ def test_fraction_splits_partition_the_pool(monkeypatch: pytest.MonkeyPatch) -> 
     """Without shots, test / val / train are disjoint, cover the pool and are stratified."""
     class_sizes = [40, 33, 27, 50]
     use_pool(monkeypatch, synthetic_pool(class_sizes))
-    t = build("any", split={"seed": 5, "test_fraction": 0.3, "val_fraction": 0.2})
+    t = build("digits", split={"seed": 5, "test_fraction": 0.3, "val_fraction": 0.2})
     tr, va, te = indices(t.train), indices(t.val), indices(t.test)
     assert not (tr & va) and not (tr & te) and not (va & te)
     assert tr | va | te == set(range(sum(class_sizes)))
@@ -108,7 +108,7 @@ def test_labels_follow_their_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every split keeps each row's own label (x and y are indexed together)."""
     pool = synthetic_pool([12, 15, 9])
     use_pool(monkeypatch, pool)
-    t = build("any", split={"seed": 2, "shots": 3, "val_per_class": 2})
+    t = build("digits", split={"seed": 2, "shots": 3, "val_per_class": 2})
     for split in (t.train, t.val, t.test):
         ids = split.x[:, 0, 0].long()
         assert torch.equal(pool.y[ids], split.y)
@@ -117,7 +117,7 @@ def test_labels_follow_their_rows(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_shots_and_val_per_class_exact_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     """shots per class in train and val_per_class per class in val, exactly."""
     use_pool(monkeypatch, synthetic_pool([30, 25, 40, 22, 31]))
-    t = build("any", split={"seed": 1, "shots": 4, "val_per_class": 3, "test_fraction": 0.4})
+    t = build("digits", split={"seed": 1, "shots": 4, "val_per_class": 3, "test_fraction": 0.4})
     assert counts(t.train.y, 5) == [4] * 5 and len(t.train) == 4 * 5
     assert counts(t.val.y, 5) == [3] * 5 and len(t.val) == 3 * 5
     assert not (indices(t.train) & indices(t.val)) and not (indices(t.train) & indices(t.test))
@@ -129,16 +129,16 @@ def test_shots_limit_is_inclusive(monkeypatch: pytest.MonkeyPatch) -> None:
     """The largest class-fitting shot count works; one more is a ConfigError naming split.shots."""
     use_pool(monkeypatch, synthetic_pool([20, 30]))
     # class c0: 20 rows, 6 test (0.3), 2 val -> 12 training examples left.
-    t = build("any", split={"shots": 12, "val_per_class": 2})
+    t = build("digits", split={"shots": 12, "val_per_class": 2})
     assert counts(t.train.y, 2) == [12, 12]
     with pytest.raises(ConfigError, match=r"test: tasks\.t\.split\.shots: 13 shots .*'c0'.*allowed: 1\.\.12"):
-        build("any", split={"shots": 13, "val_per_class": 2})
+        build("digits", split={"shots": 13, "val_per_class": 2})
 
 
 def test_official_test_split_is_used_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """With an official test split, test is exactly that split and train/val come from the pool."""
     use_pool(monkeypatch, synthetic_pool([20, 20, 20], official_test=30))
-    t = build("any", split={"seed": 4, "val_per_class": 5, "test_fraction": 0.5})
+    t = build("digits", split={"seed": 4, "val_per_class": 5, "test_fraction": 0.5})
     assert len(t.test) == 30 and (t.test.x < 0).all()
     assert indices(t.train) | indices(t.val) == set(range(60))
     assert counts(t.val.y, 3) == [5, 5, 5] and counts(t.train.y, 3) == [15, 15, 15]
@@ -147,13 +147,13 @@ def test_official_test_split_is_used_whole(monkeypatch: pytest.MonkeyPatch) -> N
 def test_max_test_caps_the_test_split(monkeypatch: pytest.MonkeyPatch) -> None:
     """max_test keeps a seeded subset of the test split; train and val do not change."""
     use_pool(monkeypatch, synthetic_pool([30, 30, 30]))
-    full = build("any", split={"seed": 3, "val_per_class": 4})
-    capped = build("any", split={"seed": 3, "val_per_class": 4, "max_test": 10})
+    full = build("digits", split={"seed": 3, "val_per_class": 4})
+    capped = build("digits", split={"seed": 3, "val_per_class": 4, "max_test": 10})
     assert len(full.test) == 27 and len(capped.test) == 10
     assert indices(capped.test) <= indices(full.test)
     assert torch.equal(capped.train.x, full.train.x) and torch.equal(capped.val.x, full.val.x)
-    assert_same(capped, build("any", split={"seed": 3, "val_per_class": 4, "max_test": 10}))
-    big = build("any", split={"seed": 3, "val_per_class": 4, "max_test": 1000})
+    assert_same(capped, build("digits", split={"seed": 3, "val_per_class": 4, "max_test": 10}))
+    big = build("digits", split={"seed": 3, "val_per_class": 4, "max_test": 1000})
     assert torch.equal(big.test.x, full.test.x)
 
 
@@ -161,9 +161,9 @@ def test_split_seed_changes_the_draw(monkeypatch: pytest.MonkeyPatch) -> None:
     """Same seed → identical split; another seed → another train set (same sizes)."""
     use_pool(monkeypatch, synthetic_pool([25, 25, 25]))
     split = {"seed": 0, "shots": 3, "val_per_class": 3}
-    a, b = build("any", split=split), build("any", split=split)
+    a, b = build("digits", split=split), build("digits", split=split)
     assert_same(a, b)
-    c = build("any", split={**split, "seed": 1})
+    c = build("digits", split={**split, "seed": 1})
     assert indices(c.train) != indices(a.train)
     assert c.train.fingerprint != a.train.fingerprint and c.fingerprint != a.fingerprint
     assert counts(c.train.y, 3) == counts(a.train.y, 3)
@@ -431,7 +431,7 @@ def test_class_subset_on_pool_missing_top_class() -> None:
 
 def test_vtab1k_draws_800_train_and_200_val_from_the_training_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     use_pool(monkeypatch, synthetic_pool([700, 500, 300], official_test=90))
-    t = build("any", split={"seed": 7, "protocol": "vtab1k"})
+    t = build("digits", split={"seed": 7, "protocol": "vtab1k"})
     assert len(t.train) == 800 and len(t.val) == 200
     assert not indices(t.train) & indices(t.val) and indices(t.train) | indices(t.val) <= set(range(1500))
     assert len(t.test) == 90 and (t.test.x < 0).all()  # the official test split, whole
@@ -439,14 +439,14 @@ def test_vtab1k_draws_800_train_and_200_val_from_the_training_pool(monkeypatch: 
     assert t.info["train_indices"] and t.info["val_indices"]
     # drawn at random, not per class: class frequencies follow the pool (700:500:300)
     assert counts(t.train.y, 3)[0] > counts(t.train.y, 3)[2]
-    assert_same(t, build("any", split={"seed": 7, "protocol": "vtab1k"}))  # deterministic
-    other = build("any", split={"seed": 8, "protocol": "vtab1k"})
+    assert_same(t, build("digits", split={"seed": 7, "protocol": "vtab1k"}))  # deterministic
+    other = build("digits", split={"seed": 8, "protocol": "vtab1k"})
     assert indices(other.train) != indices(t.train) and other.info["train_indices"] != t.info["train_indices"]
 
 
 def test_vtab1k_without_an_official_test_split_carves_one_first(monkeypatch: pytest.MonkeyPatch) -> None:
     use_pool(monkeypatch, synthetic_pool([800, 800]))
-    t = build("any", split={"seed": 0, "protocol": "vtab1k", "test_fraction": 0.25})
+    t = build("digits", split={"seed": 0, "protocol": "vtab1k", "test_fraction": 0.25})
     assert len(t.test) == 400 and len(t.train) == 800 and len(t.val) == 200
     assert not indices(t.test) & (indices(t.train) | indices(t.val))
 
@@ -454,7 +454,7 @@ def test_vtab1k_without_an_official_test_split_carves_one_first(monkeypatch: pyt
 def test_vtab1k_errors_are_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     use_pool(monkeypatch, synthetic_pool([300, 300], official_test=10))
     with pytest.raises(ConfigError, match=r"tasks\.t\.split\.protocol: vtab1k draws 1000 examples .* which has 600"):
-        build("any", split={"protocol": "vtab1k"})
+        build("digits", split={"protocol": "vtab1k"})
     with pytest.raises(ValueError, match="remove shots"):
         SplitSpec(protocol="vtab1k", shots=5)
 
@@ -470,37 +470,37 @@ def test_official_val_split_is_used_by_official_and_vtab1k_only(monkeypatch: pyt
     pool = _with_official_val(synthetic_pool([700, 500, 300], official_test=90), 300)
     use_pool(monkeypatch, pool)
     official_val = set(range(1200, 1500))
-    off = build("any", split={"seed": 1, "protocol": "official"})
+    off = build("digits", split={"seed": 1, "protocol": "official"})
     assert indices(off.val) == official_val and indices(off.train) == set(range(1200))
-    vtab = build("any", split={"seed": 1, "protocol": "vtab1k"})  # VTAB: val200 from the official val
+    vtab = build("digits", split={"seed": 1, "protocol": "vtab1k"})  # VTAB: val200 from the official val
     assert len(vtab.train) == 800 and len(vtab.val) == 200
     assert indices(vtab.val) <= official_val and not indices(vtab.train) & official_val
-    pooled = build("any", split={"seed": 1, "val_per_class": 10})  # default: train and val pooled
+    pooled = build("digits", split={"seed": 1, "val_per_class": 10})  # default: train and val pooled
     assert len(pooled.val) == 30 and indices(pooled.train) & official_val
-    sub = build("any", classes=[2, 0], split={"seed": 1, "protocol": "official"})  # positions survive a subset
+    sub = build("digits", classes=[2, 0], split={"seed": 1, "protocol": "official"})  # positions survive a subset
     kept = {i for i in official_val if pool.y[i] in (0, 2)}
     assert indices(sub.val) == kept and not indices(sub.train) & official_val
     with pytest.raises(ConfigError, match=r"vtab1k draws 200 examples from the official validation split"):
         use_pool(monkeypatch, _with_official_val(synthetic_pool([700, 500, 300], official_test=9), 150))
-        build("any", split={"protocol": "vtab1k"})
+        build("digits", split={"protocol": "vtab1k"})
 
 
 def test_an_official_val_split_never_reaches_a_carved_test_split(monkeypatch: pytest.MonkeyPatch) -> None:
     use_pool(monkeypatch, _with_official_val(synthetic_pool([700, 500, 300]), 300))  # val, no test
     official_val = set(range(1200, 1500))
-    t = build("any", split={"seed": 3, "protocol": "vtab1k", "test_fraction": 0.2})
+    t = build("digits", split={"seed": 3, "protocol": "vtab1k", "test_fraction": 0.2})
     assert indices(t.val) <= official_val and not (indices(t.test) | indices(t.train)) & official_val
-    pooled = build("any", split={"seed": 3, "test_fraction": 0.2})  # default: val pooled with train
+    pooled = build("digits", split={"seed": 3, "test_fraction": 0.2})  # default: val pooled with train
     assert indices(pooled.test) & official_val
 
 
 def test_train_per_class_keeps_n_per_class_and_tests_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     use_pool(monkeypatch, synthetic_pool([40, 31, 60]))
-    t = build("any", split={"seed": 2, "train_per_class": 30, "val_per_class": 5})
+    t = build("digits", split={"seed": 2, "train_per_class": 30, "val_per_class": 5})
     assert counts(t.train.y, 3) == [25, 25, 25] and counts(t.test.y, 3) == [10, 1, 30]
     assert not indices(t.test) & (indices(t.train) | indices(t.val))
     with pytest.raises(ConfigError, match=r"split\.train_per_class: 31 requested but class 'c1' has 31 examples"):
-        build("any", split={"train_per_class": 31})
+        build("digits", split={"train_per_class": 31})
     use_pool(monkeypatch, synthetic_pool([40, 40], official_test=10))
-    with pytest.raises(ConfigError, match=r"train_per_class: dataset 'any' has an official test split"):
-        build("any", split={"train_per_class": 5})
+    with pytest.raises(ConfigError, match=r"train_per_class: dataset 'digits' has an official test split"):
+        build("digits", split={"train_per_class": 5})

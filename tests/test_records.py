@@ -1,0 +1,94 @@
+"""Typed, versioned records: study names, run records, the protocol, and stores written by
+the previous release (tests/data/release-0.1.0: a smoke run of linear_probe, full_finetune,
+distillation and ensemble by tlbench 0.1.0 before records were versioned, with the table
+that release's ``tlbench report`` wrote from it)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tlbench.cli import main
+from tlbench.errors import TlbenchError
+from tlbench.records import SCHEMA_VERSION, RunRecord, StoreError, StudyName, load_runs, read_protocol
+from tlbench.store import open_storage
+from tlbench.strategies.base import ModelPredictor
+
+RELEASE = Path(__file__).resolve().parent / "data" / "release-0.1.0"
+
+
+def old_store(tmp_path: Path) -> Path:
+    path = tmp_path / "old" / "store.journal"
+    path.parent.mkdir()
+    shutil.copy(RELEASE / "store.journal", path)
+    return path
+
+
+def test_study_names_are_built_and_parsed_in_one_place() -> None:
+    name = StudyName("quick", "digits-2shot", "glyph-cnn", "lp_ft", "eval")
+    assert str(name) == "quick::digits-2shot::glyph-cnn::lp_ft::eval"
+    assert StudyName.parse(str(name)) == name and name.cell == ("digits-2shot", "glyph-cnn", "lp_ft")
+    for foreign in ("x", "a::b::c::d::other", "a::b::c::d::e::tune", "a::::c::d::tune"):
+        assert StudyName.parse(foreign) is None, foreign
+
+
+def test_a_report_of_the_previous_releases_store_is_the_same(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = old_store(tmp_path)
+    assert main(["report", str(journal.parent), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "table.md").read_text() == (RELEASE / "table.md").read_text()
+    runs = load_runs(open_storage(str(journal), tmp_path))
+    assert (runs["schema_version"] == SCHEMA_VERSION).all() and len(runs) == 16
+    kd = runs[runs["strategy"] == "distillation"]
+    assert kd["teacher"].str.startswith("full_finetune#").all()  # strategy facts: still columns
+    assert (runs[runs["strategy"] == "ensemble"]["ensemble_size"] > 0).all()
+
+
+def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = old_store(tmp_path)
+    storage = open_storage(str(journal), tmp_path)
+    record = load_runs(storage).iloc[0].to_dict()
+    study = optuna.create_study(study_name=str(StudyName("smoke", "t", "b", "s", "eval")), storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("record", {**{k: v for k, v in record.items() if isinstance(v, (str, int, float))},
+                                   "schema_version": SCHEMA_VERSION + 1})
+    study.tell(trial, 0.5)
+    before = journal.read_bytes()
+    assert main(["report", str(journal.parent), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"schema version {SCHEMA_VERSION + 1}" in err and "smoke::t::b::s::eval" in err and "upgrade" in err
+    assert journal.read_bytes() == before  # nothing stored was touched
+
+
+def test_version_1_records_keep_strategy_facts_apart_from_metrics() -> None:
+    flat = {"suite": "s", "task": "t", "backbone": "b", "strategy": "distillation", "tuning_budget": 3,
+            "tuning_seeds": "0..2", "suite_fingerprint": "f", "backbone_weights": "w", "seed": 1, "params": {},
+            "test_accuracy": 0.5, "val_accuracy": 0.4, "train_seconds": 2.0, "own_train_seconds": 1.0,
+            "trainable_parameters": 10, "inference_parameters": 20, "inference_seconds": 0.1,
+            "inference_ms_per_example": 0.01, "n_train": 5, "n_val": 5, "n_test": 5, "num_classes": 2,
+            "split_fingerprint": "x", "started_at": "now", "tlbench_version": "0.1.0", "torch_version": "2",
+            "git_commit": "c", "device": "cpu", "host": "h", "teacher": "full_finetune#1"}
+    record = RunRecord.from_stored(flat)
+    assert record.schema_version == SCHEMA_VERSION and record.strategy_info == {"teacher": "full_finetune#1"}
+    assert record.row()["teacher"] == "full_finetune#1" and record.row()["test_accuracy"] == 0.5
+    assert RunRecord.from_stored(record.model_dump()) == record
+    with pytest.raises(StoreError, match="malformed"):
+        RunRecord.from_stored({**record.model_dump(), "test_accuracy": "high"})
+
+
+def test_a_strategy_fact_cannot_take_a_metrics_name() -> None:
+    predictor = ModelPredictor(__import__("torch").nn.Linear(2, 2), device=__import__("torch").device("cpu"),
+                               trainable=4)
+    predictor.annotate(teacher="x")
+    with pytest.raises(TypeError, match="test_accuracy would shadow"):
+        predictor.annotate(test_accuracy=1.0)
+
+
+def test_a_missing_protocol_is_an_error_not_a_question_mark() -> None:
+    with pytest.raises(TlbenchError, match="study s::t::b::x::tune: the tuning protocol is missing"):
+        read_protocol({}, where="study s::t::b::x::tune")
+    with pytest.raises(StoreError):
+        read_protocol({"protocol": {"sampler": "TPESampler"}}, where="w")

@@ -29,8 +29,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+def _map_checkout() -> None:
+    """On the lent GPU machine the checkout is copied, not installed: map its ``harness/``
+    folder to the ``tlbench`` package (as pyproject.toml does) so the imports below work."""
+    import importlib.util
+
+    try:
+        importlib.import_module("tlbench")
+        return
+    except ImportError:
+        pass
+    folder = Path(__file__).resolve().parent.parent / "harness"
+    spec = importlib.util.spec_from_file_location("tlbench", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tlbench"] = module
+    spec.loader.exec_module(module)
+
+
+_map_checkout()
 from tlbench.backbones import Classifier, TorchvisionResNet, VisionTransformer  # noqa: E402
 from tlbench.data import ImageView, Loading, Preprocess  # noqa: E402
 from tlbench.features import compute_features  # noqa: E402

@@ -1,8 +1,8 @@
 """tlbench: benchmark transfer-learning strategies under equal tuning budgets.
 
-The names below are the public API (docs/api.md): what a plugin author writes a strategy,
-backbone or dataset against, and what an analyst reads results with. Every other module
-and name is internal and may change without notice.
+The names in ``tlbench.__all__`` are the public API (docs/api.md): what a plugin author
+writes a strategy, backbone or dataset against, and what an analyst reads results with.
+Every other module and name is internal and may change without notice.
 
 The names are resolved on first use (PEP 562), so ``import tlbench`` is cheap and importing
 any submodule never drags in the layers above it.
@@ -10,8 +10,9 @@ any submodule never drags in the layers above it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from tlbench.version import __version__
 
@@ -39,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "accuracy": "tlbench.train", "Runtime": "tlbench.runtime",
     # backbones, data, tasks
     "Backbone": "tlbench.backbones", "Classifier": "tlbench.backbones",
+    "TorchvisionBackbone": "tlbench.backbones", "ImageView": "tlbench.data",
+    "TorchvisionDataset": "tlbench.suites.images",
     "Dataset": "tlbench.suites.pools", "DataPool": "tlbench.suites.pools", "DataAccess": "tlbench.suites.pools",
     "Task": "tlbench.data", "Split": "tlbench.data",
     # reusing other strategies' models
@@ -52,23 +55,23 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'tlbench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # resolved once
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)
 
 
-if TYPE_CHECKING:  # static analysers see the real names
-    from tlbench.backbones import BACKBONES, Backbone, Classifier
+if _TYPE_CHECKING:  # static analysers see the real names
+    from tlbench.backbones import BACKBONES, Backbone, Classifier, TorchvisionBackbone
     from tlbench.config import Frozen
-    from tlbench.data import Split, Task
+    from tlbench.data import ImageView, Split, Task
     from tlbench.errors import ConfigError, NonFiniteLoss, TlbenchError
     from tlbench.records import SCHEMA_VERSION, Protocol, RunRecord, StudyName
     from tlbench.registry import Registry
@@ -92,5 +95,6 @@ if TYPE_CHECKING:  # static analysers see the real names
         warmup_cosine,
     )
     from tlbench.suites.datasets import DATASETS
+    from tlbench.suites.images import TorchvisionDataset
     from tlbench.suites.pools import DataAccess, DataPool, Dataset
     from tlbench.train import Batch, Hook, NullReporter, Reporter, accuracy, fit_epochs, predict_logits

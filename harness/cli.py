@@ -1,4 +1,4 @@
-"""The ``tlbench`` command line: ``run`` a suite, ``list`` what is available."""
+"""The ``tlbench`` command line: ``run`` a suite, ``report`` on a store, ``list`` what is available."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.reports.data import load_results
     from tlbench.runner import run_plan
     from tlbench.runtime import make_runtime
-    from tlbench.store import check_compatible, open_storage
+    from tlbench.storage import open_storage
+    from tlbench.store import check_compatible
     from tlbench.strategies import STRATEGIES
 
     strategies = None
@@ -116,8 +117,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
                           strategy_order=STRATEGIES.names())
     print(report.path("table.md").read_text())
-    console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, figures/) "
-                  f"in {report.seconds:.1f} s")
+    console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, trials.parquet, "
+                  f"figures/) in {report.seconds:.1f} s")
     return 0
 
 
@@ -126,7 +127,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from tlbench.records import suites_in
     from tlbench.reports.build import write_report
     from tlbench.reports.data import load_results
-    from tlbench.store import open_existing_storage
+    from tlbench.storage import open_existing_storage
     from tlbench.strategies import STRATEGIES
 
     if (args.run_dir is None) == (args.storage is None):

@@ -92,8 +92,8 @@ class Reuse:
 class CellRecipes(ABC):
     """How the models of one cell are made: what :class:`Members` asks of the suite."""
 
-    #: ``suite::task::backbone``, the namespace of the cell's artifacts.
-    cell: str
+    #: (suite, task, backbone): where the cell's artifacts live.
+    cell: tuple[str, str, str]
     #: What else shapes every model of the cell (settings fingerprint, code version).
     context: str
     #: The suite's name of the cell's backbone.
@@ -165,7 +165,7 @@ class Members(ModelServer):
                            "weights": self.backbone.weights_id, "context": self.recipes.context},
                           sort_keys=True, default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        return f"{self.recipes.cell.replace('::', '/')}/{strategy}/{digest}"
+        return "/".join((*self.recipes.cell, strategy, digest))
 
     def get_backbone(self, name: str) -> Backbone:
         try:

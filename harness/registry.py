@@ -47,6 +47,12 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def __getitem__(self, name: str) -> type[T]:
+        return self.get(name)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

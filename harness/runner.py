@@ -96,7 +96,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     members: Members | None = None
     outcomes = []
     for cell in plan.cells:
-        if recipes is None or members is None or (recipes.cell_of.task, recipes.backbone_name) != (cell.task,
+        if recipes is None or members is None or (recipes.plan_cell.task, recipes.backbone_name) != (cell.task,
                                                                                                    cell.backbone):
             # one per task × backbone (cells come grouped): its strategies share models
             recipes = SuiteCell(storage, plan, cell, backbones[cell.backbone], reuse)
@@ -167,8 +167,8 @@ class SuiteCell(CellRecipes):
     its answer does not change)."""
 
     def __init__(self, storage: BaseStorage, plan: Plan, cell: Cell, backbone: Backbone, reuse: Reuse) -> None:
-        self.storage, self.plan, self.cell_of, self.backbone = storage, plan, cell, backbone
-        self.cell = f"{plan.suite.name}::{cell.task}::{cell.backbone}"
+        self.storage, self.plan, self.plan_cell, self.backbone = storage, plan, cell, backbone
+        self.cell = (plan.suite.name, cell.task, cell.backbone)
         self.context = f"{plan.suite.fingerprint()}:{code_version()}"
         self.backbone_name = cell.backbone
         self.reuse = reuse
@@ -176,7 +176,7 @@ class SuiteCell(CellRecipes):
 
     def __call__(self, strategy: str) -> Tuned:
         if strategy not in self._known:
-            self._known[strategy] = tuned_params(self.storage, self.plan, self.cell_of, strategy, self.backbone)
+            self._known[strategy] = tuned_params(self.storage, self.plan, self.plan_cell, strategy, self.backbone)
         return self._known[strategy]
 
     def strategy(self, name: str) -> Strategy:
@@ -185,7 +185,7 @@ class SuiteCell(CellRecipes):
     def params(self, name: str) -> dict[str, Any]:
         tuned = self(name)
         if tuned.params is None:
-            raise ConfigError(f"{self.cell_of.task} / {self.cell_of.backbone}: {name!r} {tuned.reason}, and "
+            raise ConfigError(f"{self.plan_cell.task} / {self.plan_cell.backbone}: {name!r} {tuned.reason}, and "
                               f"another strategy reuses its models")
         return tuned.params
 
@@ -193,7 +193,7 @@ class SuiteCell(CellRecipes):
         return evaluation_seed(self.plan.suite.seed, index)
 
     def task(self, backbone: str) -> Task:
-        return self.plan.task_for(self.cell_of.task, backbone)
+        return self.plan.task_for(self.plan_cell.task, backbone)
 
 
 def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, storage: BaseStorage,

@@ -9,6 +9,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Collection
 
 import optuna
@@ -17,6 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from tlbench.records import Protocol, StudyName, load_runs, read_protocol
+from tlbench.storage import open_existing_storage
 
 
 @dataclass
@@ -44,13 +46,23 @@ def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
     return repr(d)
 
 
-def load_results(storage: BaseStorage, suite: str | None = None, *, importances: bool = True,
+def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *, importances: bool = True,
                  cells: Collection[tuple[str, str, str]] | None = None,
                  seeds: Collection[int] | None = None) -> Results:
     """Reads a store: the runs frame, every tuning trial, hyperparameter importances (fANOVA
-    over each cell's completed trials) and the protocol the suite was tuned under; with
-    ``cells`` ((task, backbone, strategy) triples), only those cells' studies are read, and
-    with ``seeds``, only runs of those evaluation seeds (what one ``tlbench run`` ran)."""
+    over each cell's completed trials) and the protocol the suite was tuned under.
+
+    Args:
+        storage: an Optuna storage, or where one is: a journal file (a run's
+            ``store.journal``), ``journal:PATH`` or a database URL; it must exist.
+        suite: only this suite's studies (default: all; an unknown name gives empty frames,
+            :func:`tlbench.records.suites_in` lists the store's suites).
+        importances: compute fANOVA importances (the slow part of reading a large store).
+        cells: only these (task, backbone, strategy) cells.
+        seeds: only runs of these evaluation seeds (what one ``tlbench run`` ran).
+    """
+    if not isinstance(storage, BaseStorage):
+        storage = open_existing_storage(str(storage))
     runs = load_runs(storage, suite)
     if not runs.empty and cells is not None:
         keep = [k in cells for k in zip(runs["task"], runs["backbone"], runs["strategy"])]
@@ -108,7 +120,12 @@ def _importances(study: optuna.Study) -> dict[str, float]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         return {}
-    copy = optuna.create_study(direction=study.direction)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" per cell
+    try:
+        copy = optuna.create_study(direction=study.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for t in complete:
         params, dists = {}, {}
         for name, value in t.params.items():

@@ -177,7 +177,7 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
             ax.set_title(column)
             ax.set_xlabel("training time per run (s, log)")
             ax.set_ylabel("test accuracy (%)")
-        _legend(fig, strategies, colours, shapes=markers(strategies))
+        _legend(fig, strategies, colours, shapes=markers(colours))
         fig.tight_layout()
         return _save(fig, out, name)
 

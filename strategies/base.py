@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tlbench.backbones import Backbone
-from tlbench.config import Frozen
+from tlbench.config import Frozen, validate_block
 from tlbench.data import Split, Task
 from tlbench.errors import ConfigError
 from tlbench.records import RunRecord
@@ -136,9 +136,13 @@ class Strategy(ABC):
 
     def __init__(self, *, epochs: tuple[int, int] = (5, 40), batch_size: int = 32,
                  options: Frozen | dict[str, Any] | None = None) -> None:
+        if not (len(epochs) == 2 and 0 < epochs[0] <= epochs[1]):
+            raise ConfigError(f"{type(self).__name__}: epochs must be (min, max) with 0 < min <= max, "
+                              f"got {tuple(epochs)}")
         self.epochs = tuple(epochs)
         self.batch_size = batch_size
-        self.options = options if isinstance(options, Frozen) else self.Options(**(options or {}))
+        name = getattr(type(self), "name", type(self).__name__)
+        self.options = validate_block(self.Options, options, where=f"strategy_options.{name}")
 
     def requires(self) -> list[str]:
         """Strategies whose trained models this one reuses in the same cell (they run first)."""

@@ -32,7 +32,7 @@ def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, r
     options, params = options or {}, params or {}
 
     class Recipes(CellRecipes):
-        cell, context, backbone_name = "test::tiny::tiny-backbone", "test", "tiny-backbone"
+        cell, context, backbone_name = ("test", "tiny", "tiny-backbone"), "test", "tiny-backbone"
         reuse = Reuse(frozenset(needed), frozenset(keep_weights))
 
         def strategy(self, name):

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tlbench.cli import main
 from tlbench.records import load_runs
-from tlbench.store import open_storage
+from tlbench.storage import open_storage
 
 STRATEGIES = 11
 CELLS = 2 * STRATEGIES  # 2 tasks × 1 backbone × 11 strategies

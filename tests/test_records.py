@@ -14,7 +14,7 @@ import pytest
 from tlbench.cli import main
 from tlbench.errors import TlbenchError
 from tlbench.records import SCHEMA_VERSION, RunRecord, StoreError, StudyName, load_runs, read_protocol
-from tlbench.store import open_storage
+from tlbench.storage import open_storage
 from tlbench.strategies.base import ModelPredictor
 
 RELEASE = Path(__file__).resolve().parent / "data" / "release-0.1.0"
@@ -92,3 +92,15 @@ def test_a_missing_protocol_is_an_error_not_a_question_mark() -> None:
         read_protocol({}, where="study s::t::b::x::tune")
     with pytest.raises(StoreError):
         read_protocol({"protocol": {"sampler": "TPESampler"}}, where="w")
+
+
+def test_load_results_opens_a_store_by_its_path_and_never_creates_one(tmp_path: Path) -> None:
+    import tlbench
+
+    journal = old_store(tmp_path)
+    results = tlbench.load_results(str(journal), "smoke", importances=False)
+    assert len(results.runs) == 16 and results.protocol is not None and results.protocol.budget == 3
+    assert tlbench.load_results(f"journal:{journal}", importances=False).runs.equals(results.runs)
+    with pytest.raises(TlbenchError, match="no such journal file"):
+        tlbench.load_results(tmp_path / "typo" / "store.journal")
+    assert not (tmp_path / "typo").exists()

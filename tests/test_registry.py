@@ -40,3 +40,15 @@ def test_unknown_name_lists_known() -> None:
         STRATEGIES.get("bogus", where="suite.yaml: strategies[0]")
     msg = str(err.value)
     assert "suite.yaml: strategies[0]" in msg and "bogus" in msg and "linear_probe" in msg
+
+
+def test_registry_reads_like_a_mapping() -> None:
+    assert STRATEGIES["scratch"] is STRATEGIES.get("scratch")
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'; known: "):
+        STRATEGIES["nope"]  # noqa: B018
+    assert "linear_probe" in repr(STRATEGIES) and repr(STRATEGIES).startswith("Registry('strategy'")
+
+
+def test_a_strategy_refuses_an_empty_epoch_range() -> None:
+    with pytest.raises(ConfigError, match=r"epochs must be \(min, max\).*\(3, 2\)"):
+        STRATEGIES.get("scratch")(epochs=(3, 2))

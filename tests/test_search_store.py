@@ -6,7 +6,8 @@ from optuna.trial import TrialState
 
 from tlbench.errors import NonFiniteLoss
 from tlbench.search import evaluation_seed, make_study, tune, tuning_seed
-from tlbench.store import open_storage, recover_orphans, worker_id
+from tlbench.storage import open_storage
+from tlbench.store import recover_orphans, worker_id
 from tlbench.strategies.base import ModelPredictor, Strategy
 
 from helpers import run_context

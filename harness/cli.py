@@ -1,4 +1,4 @@
-"""The ``tlbench`` command line: ``run`` a suite, ``report`` on a store, ``list`` what is available."""
+"""The ``tlbench`` command line: ``run`` a suite, ``report`` on a store, ``check`` a strategy, ``list`` what is available."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
     rep.add_argument("--out", type=Path, help="where to write the report (default: RUN_DIR, or ./report)")
     rep.add_argument("--suite", help="report this suite only (default: every suite in the store)")
+    chk = sub.add_parser("check", help="check a strategy against the strategy contract (exit 0: all pass)")
+    chk.add_argument("target", help="FILE.py:Class, module:Class, FILE.py (every strategy it defines) or a "
+                                    "registered strategy name")
     lst = sub.add_parser("list", help="list strategies, backbones, datasets or suites")
     lst.add_argument("what", choices=["strategies", "backbones", "datasets", "suites"])
     return parser
@@ -157,7 +160,40 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    """``tlbench check TARGET``: each property of the contract, pass or a one-line reason."""
+    from tlbench.plugins import load_entry_points, load_plugin
+    from tlbench.strategies import STRATEGIES, Strategy
+    from tlbench.testing import check_strategy
+
+    load_entry_points()
+    target = args.target
+    if target in STRATEGIES:
+        classes: list[type[Strategy]] = [STRATEGIES.get(target)]
+    else:
+        entry, _, wanted = target.rpartition(":") if ":" in target else (target, "", "")
+        plugin = load_plugin(entry, base=Path.cwd(), where=f"check {entry}")
+        classes = [c for c in plugin.classes if issubclass(c, Strategy) and (not wanted or c.__name__ == wanted)]
+        if not classes:
+            found = ", ".join(c.__name__ for c in plugin.classes if issubclass(c, Strategy)) or "none"
+            raise ConfigError(f"check {target}: no strategy class {wanted or ''} in {entry}; strategies there: "
+                              f"{found}")
+    failed = []
+    for cls in classes:
+        report = check_strategy(cls)
+        print(report)
+        if not report.ok:
+            failed.append(f"{cls.__name__} fails {len(report.failed)} of {len(report.results)} checks "
+                          f"({'; '.join(r.prop for r in report.failed)})")
+    if failed:
+        raise ConfigError(f"check {target}: " + "; ".join(failed))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from tlbench.plugins import load_entry_points
+
+    load_entry_points()
     if args.what == "strategies":
         from tlbench.strategies import STRATEGIES
         rows = [(name, cls.description) for name, cls in STRATEGIES]
@@ -187,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, console)
         if args.command == "report":
             return cmd_report(args, console)
+        if args.command == "check":
+            return cmd_check(args, console)
         return cmd_list(args, console)
     except TlbenchError as err:
         print(f"tlbench: error: {err}", file=sys.stderr)

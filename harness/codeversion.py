@@ -15,6 +15,7 @@ import importlib.util
 from pathlib import Path
 from typing import Mapping
 
+from tlbench.registry import plugin_sources
 from tlbench.version import __version__
 
 PACKAGE = "tlbench"
@@ -64,6 +65,17 @@ def digest_of(sources: Mapping[str, bytes], *, version: str = __version__) -> st
 
 
 @functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """tlbench's version plus a hash of every source that can change a result."""
+def package_version() -> str:
+    """tlbench's version plus a hash of every source of the package that can change a result."""
     return digest_of({name: path.read_bytes() for name, path in package_sources().items()})
+
+
+def code_version() -> str:
+    """:func:`package_version`, plus a hash of the code of every plugin loaded in this process
+    (their files' contents, or their distributions' versions): editing a plugin re-keys the
+    caches. A suite that loads a plugin therefore shares no cache entry with one that does not."""
+    plugins = plugin_sources()
+    if not plugins:
+        return package_version()
+    blob = "\n".join(f"{origin}\0{digest}" for origin, digest in plugins.items())
+    return f"{package_version()}+plugins-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

@@ -28,6 +28,7 @@ from tlbench.backbones import Backbone, build_backbone
 from tlbench.config import Frozen, validate_block
 from tlbench.data import Task
 from tlbench.errors import ConfigError
+from tlbench.plugins import load_entry_points, load_suite_plugins
 from tlbench.pretrain import check_backbone_source, preprocess_for
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites import bundled_suites
@@ -116,7 +117,9 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     training. The data root is ``data_root``, else the suite's, else ``$TLBENCH_DATA``, else
     ``cache_dir/data``, resolved once into the plan's suite; a ``dry_run`` plan leaves out
     the tasks whose image files are absent (``Plan.missing``) instead of failing."""
-    suite = parse_suite(path)
+    load_entry_points()
+    suite = parse_suite(path, plugins=lambda s: load_suite_plugins(s.plugins, base=Path(s.path).parent,
+                                                                    where=s.path))
     declared = list(suite.strategies)
     suite = with_overrides(suite, trials=trials, seeds=seeds, strategies=strategies, data_root=data_root,
                            cache_dir=cache_dir)

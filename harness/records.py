@@ -78,6 +78,7 @@ class Protocol(Frozen):
     pruner_warmup_epochs: int
     budget: int
     objective: str
+    weight_decay: str | None = None  # which parameters decay (None: a store from before it was recorded)
 
 
 class RunContext(Frozen):
@@ -88,6 +89,7 @@ class RunContext(Frozen):
     task: str
     backbone: str
     strategy: str
+    strategy_origin: str = "tlbench"  # a plugin's file and hash, or distribution and version
     tuning_best_val_accuracy: float | None = None
     tuning_best_trial: int | None = None
     tuning_trials_complete: int = 0

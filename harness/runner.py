@@ -29,7 +29,7 @@ from tlbench.records import RunContext, StudyName
 from tlbench.runtime import Runtime
 from tlbench.search import TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
 from tlbench.store import check_compatible
-from tlbench.strategies import Strategy
+from tlbench.strategies import STRATEGIES, Strategy
 
 
 class RunObserver:
@@ -85,6 +85,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     ``out/models``); returns what ran."""
     observer = observer or RunObserver()
     suite = plan.suite
+    runtime = dataclasses.replace(runtime, decay_norm_and_bias=suite.training.decay_norm_and_bias)
     check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
                                             log=observer.log, loading=runtime.execution.loading)
@@ -213,7 +214,8 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
     if strategy.tunable:
         name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
         study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
-        study.set_user_attr("protocol", protocol(suite.trials, suite.search).model_dump())
+        study.set_user_attr("protocol", protocol(suite.trials, suite.search,
+                                                 decay_norm_and_bias=suite.training.decay_norm_and_bias).model_dump())
         study.set_user_attr("suite_fingerprint", suite.fingerprint())
         observer.cell_started(cell, phase="tuning", total=suite.trials)
         result: TuneResult | None = tune(
@@ -228,6 +230,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
     seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
     context = RunContext(
         suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
+        strategy_origin=STRATEGIES.origin(cell.strategy),
         tuning_best_val_accuracy=result.best_value if result else None,
         tuning_best_trial=result.best_trial if result else None,
         tuning_trials_complete=result.n_complete if result else 0,

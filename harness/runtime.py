@@ -24,6 +24,10 @@ class Runtime:
     features: FeatureCache = field(default_factory=FeatureCache)
     members: "ModelServer | None" = None  # set per cell: other strategies' trained models
     execution: Execution = field(default_factory=Execution)
+    #: The suite's weight-decay convention (``training.decay_norm_and_bias``): by default, as in
+    #: timm and most fine-tuning recipes, biases and normalisation parameters (every parameter
+    #: with fewer than two dimensions) get no weight decay; True decays every parameter.
+    decay_norm_and_bias: bool = False
 
 
 def resolve_device(name: str) -> torch.device:

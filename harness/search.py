@@ -32,15 +32,18 @@ def evaluation_seed(suite_seed: int, k: int) -> int:
     return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
 
 
-def protocol(budget: int, search: SearchSpec | None = None) -> Protocol:
-    """The sampler and pruner settings, identical for every strategy of a suite."""
+def protocol(budget: int, search: SearchSpec | None = None, *, decay_norm_and_bias: bool = False) -> Protocol:
+    """The sampler and pruner settings and the weight-decay convention, identical for every
+    strategy of a suite."""
     search = search or SearchSpec()
     startup = search.sampler_startup_trials
     return Protocol(sampler="TPESampler", n_startup_trials=max(3, budget // 3) if startup is None else startup,
                     pruner="MedianPruner" if search.pruner == "median" else "NopPruner",
                     pruner_startup_trials=search.pruner_startup_trials,
                     pruner_warmup_epochs=search.pruner_warmup_epochs,
-                    budget=budget, objective="validation accuracy after the last epoch")
+                    budget=budget, objective="validation accuracy after the last epoch",
+                    weight_decay="every parameter" if decay_norm_and_bias else
+                    "weights of two or more dimensions only (none on biases and normalisation parameters)")
 
 
 def trial_slot(study: optuna.Study, number: int) -> int:

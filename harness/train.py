@@ -194,8 +194,9 @@ def fit_linear_head(head: nn.Linear, train: tuple[torch.Tensor, torch.Tensor],
                     val: tuple[torch.Tensor, torch.Tensor], *, lr: float, weight_decay: float,
                     epochs: int, batch_size: int, seed: int, device: torch.device,
                     reporter: Reporter, betas: tuple[float, float] = (0.9, 0.999),
-                    eps: float = 1e-8) -> list[float]:
-    """Softmax regression on fixed features: AdamW with closed-form gradients.
+                    eps: float = 1e-8, decay_bias: bool = True) -> list[float]:
+    """Softmax regression on fixed features: AdamW with closed-form gradients (weight decay
+    on the bias too only with ``decay_bias``).
 
     The same batches, loss and update rule as :func:`fit_epochs` with ``torch.optim.AdamW``
     on an ``nn.Linear`` (a test checks they agree), without autograd: on cached features
@@ -219,8 +220,8 @@ def fit_linear_head(head: nn.Linear, train: tuple[torch.Tensor, torch.Tensor],
             delta = (logp.exp() - onehot) / len(idx)
             grads = (delta.t() @ xb, delta.sum(0))
             step += 1
-            for p, g, (m, v) in zip((w, b), grads, state):
-                p.mul_(1 - lr * weight_decay)
+            for p, g, (m, v), decay in zip((w, b), grads, state, (weight_decay, weight_decay * decay_bias)):
+                p.mul_(1 - lr * decay)
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v / (1 - b2 ** step)).sqrt_().add_(eps)

@@ -209,6 +209,7 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], report:
         ("pruner", f"{protocol.pruner} (start-up {protocol.pruner_startup_trials} trials, "
                    f"warm-up {protocol.pruner_warmup_epochs} epochs)"),
         ("objective", protocol.objective),
+        ("weight decay", protocol.weight_decay or "not recorded (a store written before the convention was)"),
     ] if protocol is not None else [
         ("tuning", "no tuning study in the store (every strategy shown has nothing to search)"),
     ]
@@ -227,6 +228,11 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], report:
                           ("device", "device"), ("host", "host"), ("suite_fingerprint", "suite settings")):
         if column in runs:
             prov.append((label, ", ".join(sorted(map(str, runs[column].dropna().unique())))))
+    if "strategy_origin" in runs:  # strategies from plugins: where each came from
+        origins = sorted({f"{s} from {o}" for s, o in zip(runs["strategy"], runs["strategy_origin"])
+                          if isinstance(o, str) and o != "tlbench"})
+        if origins:
+            prov.append(("plugins", "; ".join(origins)))
     if "started_at" in runs and runs["started_at"].notna().any():
         prov.append(("runs started", f"{runs['started_at'].min()} … {runs['started_at'].max()}"))
     prov.append(("report written", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))

@@ -38,7 +38,8 @@ def finetune(model: Classifier, task: Task, params: dict[str, Any], *, seed: int
     warmup + cosine), ``hooks`` (freezing schedules, penalties) and ``criterion``. A
     parameter counts as trained when it was trainable in at least one epoch.
     """
-    opt = make_optimizer(model.parameters() if groups is None else groups, params)
+    opt = make_optimizer(model.parameters() if groups is None else groups, params,
+                         decay_norm_and_bias=runtime.decay_norm_and_bias)
     total = params["epochs"] * steps_per_epoch(len(task.train), batch_size)
     sched = make_schedule(opt, total, params)
     tracker = _UpdatedParameters(model)

@@ -74,7 +74,8 @@ def train_probe(backbone: Backbone, task: Task, params: dict[str, Any], *, seed:
         head = backbone.new_head(task.num_classes).to(runtime.device)
     fit_linear_head(head, (feats(task.train), task.train.y), (feats(task.val), task.val.y),
                     lr=params["lr"], weight_decay=params["weight_decay"], epochs=params["epochs"],
-                    batch_size=batch_size, seed=seed, device=runtime.device, reporter=reporter)
+                    batch_size=batch_size, seed=seed, device=runtime.device, reporter=reporter,
+                    decay_bias=runtime.decay_norm_and_bias)
     return head
 
 

@@ -52,14 +52,29 @@ def suggest_schedule_and_optimizer(trial: optuna.Trial) -> dict[str, Any]:
     return {"schedule": schedule, **suggest_optimizer(trial, warmup=schedule == "cosine")}
 
 
-def make_optimizer(params: Iterable[Any], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[Any], cfg: dict[str, Any], *,
+                   decay_norm_and_bias: bool = False) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum 0.9, or AdamW, from a config made by ``suggest_optimizer``.
 
-    ``params`` may be parameter groups; a group's ``lr_scale`` multiplies ``cfg["lr"]``."""
+    ``params`` may be parameter groups; a group's ``lr_scale`` multiplies ``cfg["lr"]``. As in
+    timm and most fine-tuning recipes, parameters with fewer than two dimensions (biases,
+    normalisation scales and shifts) get no weight decay unless ``decay_norm_and_bias``."""
     groups = list(params)
-    if groups and isinstance(groups[0], dict):
-        groups = [{**{k: v for k, v in g.items() if k != "lr_scale"},
-                   "lr": cfg["lr"] * g.get("lr_scale", 1.0)} for g in groups]
+    if not groups or not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    split = []
+    for g in groups:
+        base = {**{k: v for k, v in g.items() if k not in ("lr_scale", "params")},
+                "lr": cfg["lr"] * g.get("lr_scale", 1.0)}
+        members = list(g["params"])
+        if decay_norm_and_bias:
+            split.append({**base, "params": members})
+            continue
+        matrices = [p for p in members if p.ndim >= 2]
+        vectors = [p for p in members if p.ndim < 2]
+        split += [{**base, "params": matrices}] if matrices else []
+        split += [{**base, "params": vectors, "weight_decay": 0.0}] if vectors else []
+    groups = split
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=cfg["lr"], momentum=0.9, nesterov=True,
                                weight_decay=cfg["weight_decay"])

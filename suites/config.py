@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, Strict, ValidationError, model_validator
@@ -151,6 +151,11 @@ class TrainingSpec(Frozen):
 
     epochs: tuple[Int, Int] = (5, 40)
     batch_size: Int = Field(32, gt=0)
+    # Weight decay on biases and normalisation parameters too (every parameter); by default,
+    # as in timm and most fine-tuning recipes, only parameters of two or more dimensions decay.
+    # In the fingerprint even at its default: the default changed (all parameters decayed
+    # before), so a store of the earlier convention is not extended with runs of this one.
+    decay_norm_and_bias: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> "TrainingSpec":
@@ -187,6 +192,10 @@ class Suite(Frozen):
     # changes results.
     data_root: str | None = None
     download: bool = False
+    # Strategies, backbones and datasets from outside tlbench: Python files (relative to the
+    # suite file) or module names. Not part of the fingerprint: a plugin's code is part of the
+    # code version, and every record names its strategy's origin.
+    plugins: list[str] = Field(default_factory=list)
     path: str = ""
 
     @model_validator(mode="after")
@@ -205,7 +214,7 @@ class Suite(Frozen):
         """A hash of everything that changes a cell's results. The budget (trials, seeds)
         and the strategy list are left out: extending or narrowing a run reuses its store."""
         blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
-                                                   "download"}),
+                                                   "download", "plugins"}),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -253,10 +262,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_suite(path: Path) -> Suite:
+def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None) -> Suite:
     """Reads and validates a suite file: its schema, and each dataset's and backbone's
-    ``args`` against the class it names (typed once, kept on the spec). References between
-    its parts and the strategies' options are checked by the planner."""
+    ``args`` against the class it names (typed once, kept on the spec). ``plugins`` is
+    called in between, to register what the suite's ``plugins:`` provide (the planner's
+    loader). References between its parts and the strategies' options are checked by the
+    planner."""
     data = _read_yaml(path)
     for key in data:
         if not isinstance(key, str) or key == "path":
@@ -267,6 +278,8 @@ def parse_suite(path: Path) -> Suite:
         suite = Suite(**data, path=str(path))
     except ValidationError as err:
         raise ConfigError(format_error(err, Suite, str(path), sep=": ")) from None
+    if plugins is not None:
+        plugins(suite)
     for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):
         for name, spec in specs.items():
             spec.typed_args(f"{path}: {group}.{name}")

@@ -26,9 +26,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "tlbench.reuse", "tlbench.storage"),
     "suites": ("tlbench.suites.*",),
     "strategies": ("tlbench.strategies.*",),
-    "runner": ("tlbench.plan", "tlbench.pretrain", "tlbench.search", "tlbench.evaluate", "tlbench.members",
-               "tlbench.store", "tlbench.runner"),
+    "runner": ("tlbench.plan", "tlbench.plugins", "tlbench.pretrain", "tlbench.search", "tlbench.evaluate",
+               "tlbench.members", "tlbench.store", "tlbench.runner"),
     "reports": ("tlbench.reports.*",),
+    "testing": ("tlbench.testing",),  # the strategy contract as a check: built on the runner's model server
     "cli": ("tlbench.cli", "tlbench.console"),
     "api": ("tlbench",),  # the façade: re-exports lazily from every layer
 }
@@ -39,7 +40,8 @@ ALLOWED: dict[str, set[str]] = {
     "strategies": {"core", "strategies"},
     "runner": {"core", "suites", "strategies", "runner"},
     "reports": {"core", "reports"},  # stored records only: never the runner, strategies or suites
-    "cli": {"core", "suites", "strategies", "runner", "reports", "cli"},
+    "testing": {"core", "suites", "strategies", "runner", "testing"},
+    "cli": {"core", "suites", "strategies", "runner", "reports", "testing", "cli"},
     "api": set(LAYERS),
 }
 #: the repository's folders, which must never be imported under their own names

@@ -631,8 +631,16 @@ def test_fields_added_later_keep_older_suites_fingerprints(tmp_path) -> None:
         backbones:
           cnn: {arch: cnn2d, args: {width: 8}}
     """))
-    # the fingerprint this suite had when its stores were written (commit ddd54aa)
-    assert parse_suite(tmp_path / "golden.yaml").fingerprint() == "477508426924"
+    # The fingerprint this suite has had since the weight-decay convention changed (no decay on
+    # biases and normalisation parameters, issue 11): "477508426924" from commit ddd54aa until
+    # then. That change is the one meant to re-fingerprint every suite: stores of the old
+    # convention must not be extended with runs of the new one.
+    golden = parse_suite(tmp_path / "golden.yaml")
+    assert golden.fingerprint() == "0d69dda125da"
+    assert golden.model_copy(update={"plugins": ["x.py"]}).fingerprint() == golden.fingerprint()
+    decay_all = golden.model_copy(update={"training": golden.training.model_copy(
+        update={"decay_norm_and_bias": True})})
+    assert decay_all.fingerprint() != golden.fingerprint()
 
     quick = parse_suite(bundled_suites()["quick"])
     data = yaml.safe_load(bundled_suites()["quick"].read_text())

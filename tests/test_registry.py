@@ -29,8 +29,12 @@ def test_refuses_duplicates_and_wrong_base() -> None:
     reg: Registry[Strategy] = Registry("strategy", Strategy)
     cls = STRATEGIES.get("scratch")
     reg.add(cls)
+    reg.add(cls)  # the same class from the same origin again (a plugin loaded twice): a no-op
+    assert reg.names() == ["scratch"]
+    with pytest.raises(ValueError, match="duplicate strategy name 'scratch': tlbench has it already"):
+        reg.add(STRATEGIES.get("full_finetune"), "scratch")
     with pytest.raises(ValueError, match="duplicate"):
-        reg.add(cls)
+        reg.add(cls, origin="file other.py")
     with pytest.raises(TypeError):
         reg.add(int)  # type: ignore[arg-type]
 

@@ -67,23 +67,44 @@ def test_unknown_optimizer() -> None:
 
 
 def test_linear_head_solver_matches_autograd_adamw() -> None:
+    from tlbench.strategies.parts import make_optimizer
     from tlbench.train import fit_linear_head
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
     vx, vy = torch.randn(20, 6, generator=g), torch.randint(0, 3, (20,), generator=g)
-    torch.manual_seed(1)
-    ref = nn.Linear(6, 3)
-    fast = nn.Linear(6, 3)
-    fast.load_state_dict(ref.state_dict())
-    opt = torch.optim.AdamW(ref.parameters(), lr=0.05, weight_decay=0.01)
-    h_ref = fit_epochs(ref, opt, (x, y), (vx, vy), epochs=7, batch_size=16, seed=4,
-                       device=torch.device("cpu"), reporter=NullReporter())
-    h_fast = fit_linear_head(fast, (x, y), (vx, vy), lr=0.05, weight_decay=0.01, epochs=7,
-                             batch_size=16, seed=4, device=torch.device("cpu"), reporter=NullReporter())
-    assert torch.allclose(ref.weight, fast.weight, atol=1e-5)
-    assert torch.allclose(ref.bias, fast.bias, atol=1e-5)
-    assert h_ref == h_fast
+    cfg = {"optimizer": "adamw", "lr": 0.05, "weight_decay": 0.3}
+    for decay_bias in (True, False):  # the suite's convention: no decay on biases unless asked
+        torch.manual_seed(1)
+        ref = nn.Linear(6, 3)
+        fast = nn.Linear(6, 3)
+        fast.load_state_dict(ref.state_dict())
+        opt = make_optimizer(ref.parameters(), cfg, decay_norm_and_bias=decay_bias)
+        h_ref = fit_epochs(ref, opt, (x, y), (vx, vy), epochs=7, batch_size=16, seed=4,
+                           device=torch.device("cpu"), reporter=NullReporter())
+        h_fast = fit_linear_head(fast, (x, y), (vx, vy), lr=0.05, weight_decay=0.3, epochs=7, batch_size=16,
+                                 seed=4, device=torch.device("cpu"), reporter=NullReporter(), decay_bias=decay_bias)
+        assert torch.allclose(ref.weight, fast.weight, atol=1e-5)
+        assert torch.allclose(ref.bias, fast.bias, atol=1e-5)
+        assert h_ref == h_fast
+
+
+def test_no_weight_decay_on_biases_and_norms_by_default() -> None:
+    from tlbench.strategies.parts import make_optimizer
+
+    model = conv_model()
+    cfg = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-3}
+    groups = [{"params": list(model[:2].parameters()), "lr_scale": 0.5}, {"params": list(model[5].parameters())}]
+    opt = make_optimizer(groups, cfg)
+    decay = {id(p): (group["weight_decay"], group["lr"]) for group in opt.param_groups for p in group["params"]}
+    conv, bn, head = model[0], model[1], model[5]
+    assert decay[id(conv.weight)] == (1e-3, 0.05) and decay[id(head.weight)] == (1e-3, 0.1)
+    for p in (conv.bias, bn.weight, bn.bias, head.bias):
+        assert decay[id(p)][0] == 0.0
+    assert decay[id(bn.weight)][1] == 0.05  # the group's rate is kept
+    every = make_optimizer(model.parameters(), cfg, decay_norm_and_bias=True)
+    assert all(group["weight_decay"] == 1e-3 for group in every.param_groups)
+    assert sum(len(g["params"]) for g in every.param_groups) == len(list(model.parameters()))
 
 
 def test_linear_head_solver_flags_divergence() -> None:

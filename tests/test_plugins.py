@@ -1,0 +1,193 @@
+"""Plugins: a strategy from a file next to the suite, one from an installed package's entry
+point, ``tlbench check``, and every way a plugin can be wrong (one line, exit 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tlbench import plugins
+from tlbench.backbones import BACKBONES
+from tlbench.cli import main
+from tlbench.codeversion import code_version, package_version
+from tlbench.registry import _PLUGIN_SOURCES
+from tlbench.strategies import STRATEGIES
+from tlbench.suites.datasets import DATASETS
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture
+def registries():
+    """Plugins loaded in-process are forgotten after the test."""
+    saved = [(r, dict(r._entries), dict(r._origins)) for r in (STRATEGIES, BACKBONES, DATASETS)]
+    sources = dict(_PLUGIN_SOURCES)
+    loaded = plugins._LOADED_ENTRY_POINTS
+    yield
+    for registry, entries, origins in saved:
+        registry._entries, registry._origins = entries, origins
+    _PLUGIN_SOURCES.clear()
+    _PLUGIN_SOURCES.update(sources)
+    plugins._LOADED_ENTRY_POINTS = loaded
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tlbench.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_a_plugin_file_runs_beside_the_built_ins(tmp_path: Path) -> None:
+    got = cli("run", str(EXAMPLES / "bitfit" / "suite.yaml"), "--out", str(tmp_path), "--trials", "2",
+              "--seeds", "2")
+    assert got.returncode == 0, got.stderr[-2000:]
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
+    assert set(runs["strategy"]) == {"linear_probe", "full_finetune", "bitfit"}
+    bitfit = runs[runs["strategy"] == "bitfit"]
+    assert len(bitfit) == 2 * 2  # tasks × seeds
+    origin = bitfit["strategy_origin"].iloc[0]
+    assert origin.startswith(f"file {EXAMPLES / 'bitfit' / 'bitfit.py'} (sha256 ")
+    assert (runs[runs["strategy"] != "bitfit"]["strategy_origin"] == "tlbench").all()
+    # only biases and the head train: far fewer parameters than full fine-tuning
+    full = runs[runs["strategy"] == "full_finetune"]
+    assert bitfit["trainable_parameters"].max() < full["trainable_parameters"].min() / 3
+    assert "| bitfit |" in (tmp_path / "table.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "plugins" in html and "bitfit.py" in html
+
+
+@pytest.mark.slow
+def test_an_installed_entry_point_is_found_without_a_suite_line(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--disable-pip-version-check", "--target", str(site),
+                          str(EXAMPLES / "tlbench-example-plugin")], capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    env = {"PYTHONPATH": str(site)}
+    listed = cli("list", "strategies", env=env)
+    assert listed.returncode == 0 and "norm_tune" in listed.stdout, listed.stderr
+    assert "norm_tune" not in cli("list", "strategies").stdout  # only where the package is installed
+    out = tmp_path / "run"
+    ran = cli("run", str(EXAMPLES / "tlbench-example-plugin" / "suite.yaml"), "--out", str(out), "--trials", "2",
+              "--seeds", "2", env=env)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    runs = pd.read_parquet(out / "runs.parquet")
+    origins = set(runs[runs["strategy"] == "norm_tune"]["strategy_origin"])
+    assert origins == {"distribution tlbench-example-plugin 0.1.0 (tlbench_example_plugin:NormTune)"}
+    checked = cli("check", "norm_tune", env=env)
+    assert checked.returncode == 0 and checked.stdout.count("PASS") == 8, checked.stdout + checked.stderr
+
+
+def test_tlbench_check_passes_the_example(capsys: pytest.CaptureFixture[str], registries) -> None:
+    assert main(["check", str(EXAMPLES / "bitfit" / "bitfit.py:BitFit")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 8 and "FAIL" not in out
+
+
+def test_the_same_check_runs_from_python(registries) -> None:
+    from tlbench.testing import check_strategy
+
+    plugin = plugins.load_plugin(str(EXAMPLES / "bitfit" / "bitfit.py"), base=ROOT, where="test")
+    [cls] = plugin.classes
+    report = check_strategy(cls)
+    report.assert_ok()
+    assert STRATEGIES.origin("bitfit") == plugin.origin
+
+
+def test_a_plugin_is_part_of_the_code_version(tmp_path: Path, registries) -> None:
+    assert code_version() == package_version()
+    source = (EXAMPLES / "bitfit" / "bitfit.py").read_text()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "m.py").write_text(source)
+    plugins.load_plugin("a/m.py", base=tmp_path, where="test")
+    with_a = code_version()
+    assert with_a != package_version() and with_a.startswith(package_version())
+    STRATEGIES._entries.pop("bitfit")
+    STRATEGIES._origins.pop("bitfit")
+    _PLUGIN_SOURCES.clear()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "m.py").write_text(source + "\n# edited\n")
+    plugins.load_plugin("b/m.py", base=tmp_path, where="test")
+    assert code_version() not in (with_a, package_version())
+
+
+BROKEN = "\n".join([
+    "from tlbench.strategies.full_finetune import FullFinetune",
+    "import torch",
+    "class Broken(FullFinetune):",
+    "    name = 'broken'",
+    "    description = 'ignores its seed'",
+    "    def fit(self, backbone, task, params, *, seed, reporter, runtime):",
+    "        return super().fit(backbone, task, params, seed=int(torch.randint(0, 99, ())), reporter=reporter,",
+    "                           runtime=runtime)",
+])
+
+BAD_PLUGINS = [
+    ("missing-file", {}, "plugins: [nope.py]", ("plugins[0] 'nope.py'", "no such file")),
+    ("syntax-error", {"bad.py": "def broken(:\n    pass\n"}, "plugins: [bad.py]",
+     ("plugins[0] 'bad.py'", "syntax error at line 1")),
+    ("import-error-inside", {"bad.py": "x = 1\nimport not_a_module_anywhere\n"}, "plugins: [bad.py]",
+     ("'bad.py'", "import failed: ModuleNotFoundError", "not_a_module_anywhere", "(line 2)")),
+    ("error-inside", {"bad.py": "raise RuntimeError('no GPU here')\n"}, "plugins: [bad.py]",
+     ("'bad.py'", "RuntimeError: no GPU here (line 1)")),
+    ("duplicate-name", {"dup.py": "from tlbench import Strategy\nfrom tlbench.strategies.linear_probe import "
+                        "LinearProbe\nclass Mine(LinearProbe):\n    name = 'linear_probe'\n"},
+     "plugins: [dup.py]", ("'dup.py'", "Mine", "duplicate strategy name 'linear_probe'", "tlbench has it already")),
+    ("nothing-to-register", {"empty.py": "class Helper:\n    pass\n"}, "plugins: [empty.py]",
+     ("'empty.py'", "defines no public Strategy, Backbone or Dataset subclass")),
+    ("no-such-module", {}, "plugins: [no_such_plugin_module]",
+     ("'no_such_plugin_module'", "no such module, and no such file")),
+]
+
+
+@pytest.mark.parametrize("files, line, needles", [case[1:] for case in BAD_PLUGINS],
+                         ids=[case[0] for case in BAD_PLUGINS])
+def test_a_bad_plugin_is_one_line_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str], registries,
+                                                 files: dict[str, str], line: str, needles: tuple[str, ...]) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nname: plug\n{line}\n")
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(suite) in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not (out / "store.journal").exists()  # stopped before anything was stored
+
+
+def test_an_entry_point_of_the_wrong_kind_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch, registries) -> None:
+    dist = tmp_path / "wrong_kind-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wrong-kind\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tlbench.strategies]\nwrong = wrong_kind:NotAStrategy\n")
+    (tmp_path / "wrong_kind.py").write_text("class NotAStrategy:\n    name = 'wrong'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins._LOADED_ENTRY_POINTS = None
+    assert main(["list", "strategies"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    for needle in ("entry point wrong = wrong_kind:NotAStrategy", "wrong-kind 1.0", "'NotAStrategy' is not a "
+                   "subclass of Strategy", "must subclass tlbench.Strategy"):
+        assert needle in err, (needle, err)
+
+
+def test_a_strategy_that_fails_the_check_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  registries) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN)
+    assert main(["check", str(tmp_path / "broken.py:Broken")]) == 2
+    captured = capsys.readouterr()
+    assert "FAIL  is deterministic for a seed" in captured.out and captured.out.count("PASS") == 7
+    [line] = captured.err.strip().splitlines()
+    assert "broken.py:Broken" in line and "Broken fails 1 of 8 checks (is deterministic for a seed)" in line
+    assert main(["check", str(tmp_path / "broken.py:Other")]) == 2
+    assert "no strategy class Other" in capsys.readouterr().err

@@ -655,3 +655,36 @@ def test_fields_added_later_keep_older_suites_fingerprints(tmp_path) -> None:
     data["tasks"]["digits-2shot"]["augment"] = "flip"
     (tmp_path / "quick.yaml").write_text(yaml.safe_dump(data))
     assert parse_suite(tmp_path / "quick.yaml").fingerprint() != quick.fingerprint()
+
+
+def test_each_block_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dataset and backbone args are typed when the suite is parsed and strategy options when
+    it is planned; building tasks, binding them to backbones and making strategies reuse the
+    typed blocks instead of validating again."""
+    from tlbench.backbones import SmallCNN1d
+    from tlbench.strategies.ensemble import EnsembleOptions
+    from tlbench.suites.datasets import Mnist1dArgs
+
+    counts: dict[str, int] = {}
+
+    def counting(cls: type) -> None:
+        original = cls.__init__
+
+        def init(self, **data):  # type: ignore[no-untyped-def]
+            counts[cls.__name__] = counts.get(cls.__name__, 0) + 1
+            original(self, **data)
+
+        monkeypatch.setattr(cls, "__init__", init)
+
+    for cls in (Mnist1dArgs, SmallCNN1d.Args, EnsembleOptions):
+        counting(cls)
+    plan = load_plan(SMOKE)
+    for cell in plan.cells:
+        plan.make_strategy(cell.strategy)
+        plan.task_for(cell.task, cell.backbone)
+    mnist1d_specs = [s for s in (*plan.suite.tasks.values(), *plan.suite.source_tasks.values())
+                     if s.dataset == "mnist1d"]
+    cnn_specs = [b for b in plan.suite.backbones.values() if b.arch in ("cnn1d", "cnn2d")]
+    assert counts["Mnist1dArgs"] == len(mnist1d_specs) == 2
+    assert counts[SmallCNN1d.Args.__name__] == len(cnn_specs) == 4  # cnn1d and cnn2d share their Args
+    assert counts["EnsembleOptions"] == 1

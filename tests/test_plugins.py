@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -191,3 +192,56 @@ def test_a_strategy_that_fails_the_check_is_exit_2(tmp_path: Path, capsys: pytes
     assert "broken.py:Broken" in line and "Broken fails 1 of 8 checks (is deterministic for a seed)" in line
     assert main(["check", str(tmp_path / "broken.py:Other")]) == 2
     assert "no strategy class Other" in capsys.readouterr().err
+
+
+DATA_AND_BACKBONE = '''
+import torch
+from pydantic import Field
+from tlbench import DataPool, Dataset, Frozen
+from tlbench.backbones import SmallCNN2d
+
+
+class BlobArgs(Frozen):
+    n: int = Field(300, gt=0)
+
+
+class Blobs(Dataset):
+    name = "blobs"
+    description = "three Gaussian blobs as 8x8 images"
+    Args = BlobArgs
+
+    def load(self, args, data):
+        g = torch.Generator().manual_seed(0)
+        y = torch.arange(args.n) % 3
+        x = torch.randn(args.n, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float()
+        return DataPool(x, y, ("a", "b", "c"))
+
+
+class WideCNN(SmallCNN2d):
+    name = "wide_cnn"
+    description = "the small 2-D CNN under another name"
+'''
+
+
+def test_datasets_and_backbones_plug_in_the_same_way(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     registries) -> None:
+    (tmp_path / "extras.py").write_text(DATA_AND_BACKBONE)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent("""
+        name: extras
+        plugins: [extras.py]
+        strategies: [linear_probe]
+        tasks:
+          blobs-5shot:
+            dataset: blobs
+            args: {n: 240}
+            split: {shots: 5, val_per_class: 5}
+            backbones: [wide]
+        backbones:
+          wide: {arch: wide_cnn, args: {width: 4}}
+    """))
+    assert main(["run", str(suite), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert DATASETS.origin("blobs").startswith("file ") and BACKBONES.origin("wide_cnn").startswith("file ")
+    suite.write_text(suite.read_text().replace("{n: 240}", "{n: -1}"))
+    assert main(["run", str(suite), "--dry-run"]) == 2
+    assert "tasks.blobs-5shot.args.n: Input should be greater than 0 (got -1)" in capsys.readouterr().err

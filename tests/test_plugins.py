@@ -245,3 +245,12 @@ def test_datasets_and_backbones_plug_in_the_same_way(tmp_path: Path, capsys: pyt
     suite.write_text(suite.read_text().replace("{n: 240}", "{n: -1}"))
     assert main(["run", str(suite), "--dry-run"]) == 2
     assert "tasks.blobs-5shot.args.n: Input should be greater than 0 (got -1)" in capsys.readouterr().err
+
+
+def test_a_plugin_file_imports_its_own_helpers(tmp_path: Path, registries) -> None:
+    (tmp_path / "shared_space.py").write_text("def space(trial):\n    return {'epochs': 2}\n")
+    (tmp_path / "uses_helper.py").write_text(
+        "from shared_space import space\nfrom tlbench.strategies.full_finetune import FullFinetune\n"
+        "class Helped(FullFinetune):\n    name = 'helped'\n    description = 'imports a sibling module'\n")
+    plugin = plugins.load_plugin("uses_helper.py", base=tmp_path, where="test")
+    assert [c.__name__ for c in plugin.classes] == ["Helped"] and str(tmp_path) not in sys.path

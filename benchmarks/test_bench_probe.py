@@ -13,6 +13,7 @@ from tlbench.backbones import Classifier
 from tlbench.features import FeatureCache
 from tlbench.runtime import Runtime
 from tlbench.strategies import STRATEGIES
+from tlbench.strategies.parts import make_optimizer
 from tlbench.train import NullReporter, accuracy, fit_epochs, predict_logits
 
 PARAMS = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 50}
@@ -45,7 +46,7 @@ def probe_recomputing() -> float:
         torch.manual_seed(0)
         head = backbone.new_head(task.num_classes)
     model = Classifier(FrozenFeatures(backbone), head)
-    opt = torch.optim.AdamW(head.parameters(), lr=PARAMS["lr"], weight_decay=PARAMS["weight_decay"])
+    opt = make_optimizer(head.parameters(), {"optimizer": "adamw", **PARAMS})  # no decay on the bias, as the probe
     fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y),
                epochs=PARAMS["epochs"], batch_size=32, seed=0, device=CPU, reporter=NullReporter())
     return accuracy(predict_logits(model, task.test.x, device=CPU), task.test.y)

@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.plan import load_plan, resolve_suite_path
     from tlbench.reports.build import write_report
     from tlbench.reports.data import load_results
-    from tlbench.runner import run_plan
+    from tlbench.runner import check_plugin_code, run_plan
     from tlbench.runtime import make_runtime
     from tlbench.storage import open_storage
     from tlbench.store import check_compatible
@@ -102,7 +102,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     storage = None
     if not args.dry_run:
         storage = open_storage(args.storage, out)
-        check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
+        check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
+        check_plugin_code(storage, plan)
     console.print(f"suite {suite.name}: {len(plan.cells)} cells × {suite.trials} trials, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"

@@ -24,7 +24,7 @@ PACKAGE = "tlbench"
 SUBPACKAGES = ("strategies", "suites", "reports")
 #: Modules (and packages, by prefix) that cannot change a result: they only read stored
 #: records or render them. Leaving one out by mistake only invalidates caches too often.
-PRESENTATION = ("tlbench.reports", "tlbench.cli")
+PRESENTATION = ("tlbench.reports", "tlbench.cli", "tlbench.console", "tlbench.testing")
 
 
 def _walk(package: str, directory: Path) -> dict[str, Path]:
@@ -77,5 +77,5 @@ def code_version() -> str:
     plugins = plugin_sources()
     if not plugins:
         return package_version()
-    blob = "\n".join(f"{origin}\0{digest}" for origin, digest in plugins.items())
+    blob = "\n".join(sorted(plugins.values()))  # contents only: not where the plugins live
     return f"{package_version()}+plugins-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

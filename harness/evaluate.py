@@ -8,10 +8,11 @@ from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
+from pydantic import ValidationError
 
 from tlbench.backbones import Backbone
 from tlbench.data import Task
-from tlbench.errors import NonFiniteLoss
+from tlbench.errors import ConfigError, NonFiniteLoss
 from tlbench.members import Members, member_from
 from tlbench.memory import PeakMemory
 from tlbench.provenance import provenance
@@ -96,7 +97,7 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
             predictor, key=key, strategy=strategy.name, index=members.index_of(seed), seed=seed,
             params=params, task=task, seconds=seconds, inference_seconds=inference_seconds, logits=logits,
             keep_weights=strategy.name in members.reuse.keep_weights))
-    record = RunRecord(**context.model_dump(), **{
+    fields = {
         "seed": seed, "params": dict(params),
         "test_accuracy": accuracy(test_logits, task.test.y),
         "val_accuracy": accuracy(logits[task.val.fingerprint], task.val.y),
@@ -115,7 +116,16 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         "loader_workers": runtime.execution.loading.workers if task.lazy else 0,
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),
-    })
+    }
+    try:
+        record = RunRecord(**context.model_dump(), **fields)
+    except ValidationError as err:  # a predictor (a plugin's) reported something that is not a number
+        first = err.errors()[0]
+        reason = f"{'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})"
+        trial.set_user_attr("failed_reason", f"invalid run record: {reason}")
+        study.tell(trial, state=TrialState.FAIL)
+        raise ConfigError(f"strategy {strategy.name!r}: its run record is invalid ({reason}); "
+                          f"`tlbench check {strategy.name}` checks its predictor") from None
     trial.set_user_attr("record", record.model_dump())
     study.tell(trial, record.test_accuracy)
     return record

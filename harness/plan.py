@@ -67,6 +67,10 @@ class Plan:
 
     def make_strategy(self, name: str) -> Strategy:
         """Strategy ``name`` with the suite's shared training settings and its typed options."""
+        if name not in self.options:  # not in the suite: its options block is the default one
+            options = validate_block(STRATEGIES.get(name, where=f"{self.suite.path}: strategies").Options, None,
+                                     where=f"{self.suite.path}: strategy_options.{name}")
+            return make_strategy(self.suite, name, options)
         return make_strategy(self.suite, name, self.options[name])
 
     def task_for(self, task: str, backbone: str) -> Task:

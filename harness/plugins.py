@@ -61,12 +61,37 @@ class Plugin:
 def _failure(err: BaseException, path: Path | None = None) -> str:
     """What went wrong inside a plugin, in a few words: the error and where in its code."""
     if isinstance(err, SyntaxError):
-        return f"syntax error at line {err.lineno}: {err.msg}"
+        where = f" in {Path(err.filename).name}" if err.filename and path and Path(err.filename) != path else ""
+        return f"syntax error{where} at line {err.lineno}: {err.msg}"
     frames = traceback.extract_tb(err.__traceback__)
     inside = [f for f in frames if path is None or Path(f.filename) == path]
-    at = f" (line {inside[-1].lineno})" if inside else ""
+    if inside and path is not None:
+        at = f" (line {inside[-1].lineno})"
+    elif inside:
+        at = f" ({Path(inside[-1].filename).name}, line {inside[-1].lineno})"
+    else:
+        at = ""
     message = str(err).splitlines()[0] if str(err) else ""
     return f"{type(err).__name__}: {message}{at}"
+
+
+def source_digest(files: Sequence[Path]) -> str:
+    """A digest of a plugin's code: the contents of its Python files, by name (not where
+    they are, so moving a plugin's folder does not re-key the caches)."""
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.name):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _module_files(module: ModuleType) -> list[Path]:
+    """A module's Python files: every file of its top-level package, or the module's file."""
+    top = sys.modules.get(module.__name__.split(".")[0], module)
+    locations = list(getattr(top, "__path__", []) or [])
+    if locations:
+        return sorted(p for loc in locations for p in Path(loc).rglob("*.py") if "__pycache__" not in p.parts)
+    file = getattr(module, "__file__", None)
+    return [Path(file)] if file and Path(file).is_file() else []
 
 
 def _import_file(path: Path, source: str) -> ModuleType:
@@ -77,14 +102,13 @@ def _import_file(path: Path, source: str) -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))  # its own helper modules beside it import as usual
+    if str(path.parent) not in sys.path:  # its helper modules beside it import as usual, also
+        sys.path.append(str(path.parent))  # lazily inside fit (appended: it shadows nothing)
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
-    finally:
-        sys.path.remove(str(path.parent))
     return module
 
 
@@ -124,11 +148,11 @@ def load_plugin(entry: str, *, base: Path, where: str) -> Plugin:
         path = (base / entry).resolve() if not Path(entry).is_absolute() else Path(entry)
         if not path.is_file():
             raise PluginError(f"{where}: no such file (looked for {path})")
-        source = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        origin = f"file {path} (sha256 {source})"
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        origin = f"file {path} (sha256 {sha})"
     try:
         if path is not None:
-            module = _import_file(path, source)
+            module = _import_file(path, sha)
         else:
             module = importlib.import_module(entry)
     except ModuleNotFoundError as err:
@@ -138,9 +162,10 @@ def load_plugin(entry: str, *, base: Path, where: str) -> Plugin:
     except Exception as err:  # noqa: BLE001 - any error inside a plugin is the plugin's, in one line
         raise PluginError(f"{where}: import failed: {_failure(err, path)}") from None
     if path is None:
-        file = Path(module.__file__) if getattr(module, "__file__", None) else None
-        source = hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file and file.is_file() else entry
+        source = source_digest(_module_files(module))
         origin = f"module {entry}{_distribution_of(entry)} (sha256 {source})"
+    else:  # the file and the helper modules beside it that it may import
+        source = source_digest(sorted(path.parent.glob("*.py")))
     classes = _classes(module)
     if not classes:
         raise PluginError(f"{where}: defines no public Strategy, Backbone or Dataset subclass to register")
@@ -176,7 +201,8 @@ def load_entry_points() -> list[Plugin]:
                 cls = ep.load()
             except Exception as err:  # noqa: BLE001
                 raise PluginError(f"{where}: import failed: {_failure(err)}") from None
-            source = f"{dist}:{ep.value}"
+            module = sys.modules.get(getattr(cls, "__module__", ""), None)
+            source = source_digest(_module_files(module)) if module is not None else f"{dist}:{ep.value}"
             origin = f"distribution {dist} ({ep.value})"
             plugins.append(Plugin(origin, source, (register(cls, registry, origin=origin, source=source,
                                                             where=where),)))

@@ -35,6 +35,7 @@ class Registry(Generic[T]):
         self.base = base
         self._entries: dict[str, type[T]] = {}
         self._origins: dict[str, str] = {}
+        self._sources: dict[str, str] = {}
 
     def add(self, cls: type[T], name: str | None = None, *, origin: str = BUILTIN,
             source: str | None = None) -> type[T]:
@@ -62,8 +63,13 @@ class Registry(Generic[T]):
         self._entries[key] = cls
         self._origins[key] = origin
         if source is not None:
+            self._sources[key] = source
             _PLUGIN_SOURCES[origin] = source
         return cls
+
+    def source(self, name: str) -> str | None:
+        """The code digest of plugin entry ``name`` (None for a built-in)."""
+        return self._sources.get(name)
 
     def origin(self, name: str) -> str:
         """Where entry ``name`` came from (``tlbench`` for a built-in)."""

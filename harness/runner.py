@@ -87,6 +87,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     suite = plan.suite
     runtime = dataclasses.replace(runtime, decay_norm_and_bias=suite.training.decay_norm_and_bias)
     check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
+    check_plugin_code(storage, plan)
     backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
                                             log=observer.log, loading=runtime.execution.loading)
                  for name in plan.backbones}
@@ -197,6 +198,38 @@ class SuiteCell(CellRecipes):
         return self.plan.task_for(self.plan_cell.task, backbone)
 
 
+def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
+    """Before anything runs: no plugin strategy of the plan has studies in the store written
+    by other code of that plugin (see :func:`same_plugin_code`)."""
+    plugin_cells = {(c.task, c.backbone, c.strategy): c for c in plan.cells if STRATEGIES.source(c.strategy)}
+    if not plugin_cells:
+        return
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.suite != plan.suite.name or name.cell not in plugin_cells:
+            continue
+        cell = plugin_cells[name.cell]
+        stored, source = summary.user_attrs.get("strategy_source"), STRATEGIES.source(cell.strategy)
+        if stored is not None and stored != source:
+            raise ConfigError(f"{plan.suite.path}: {cell.label}: the store holds runs of {cell.strategy!r} from "
+                              f"other plugin code (sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); "
+                              f"use another --out or --storage, or rename the strategy")
+
+
+def same_plugin_code(study: optuna.Study, cell: Cell, where: str) -> None:
+    """A plugin strategy's studies remember its code digest: runs of an edited plugin are not
+    mixed with the old one's in one cell (one line, instead of silently counting old seeds)."""
+    source = STRATEGIES.source(cell.strategy)
+    if source is None:
+        return
+    stored = study.user_attrs.get("strategy_source")
+    if stored is not None and stored != source:
+        raise ConfigError(f"{where}: {cell.label}: the store holds runs of {cell.strategy!r} from other plugin code "
+                          f"(sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); use another --out "
+                          f"or --storage, or rename the strategy")
+    study.set_user_attr("strategy_source", source)
+
+
 def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, storage: BaseStorage,
              tuning: SuiteCell, runtime: Runtime, observer: RunObserver) -> CellOutcome:
     """Tunes one cell (unless it has nothing to search) and evaluates its best configuration
@@ -214,6 +247,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
     if strategy.tunable:
         name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
         study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
+        same_plugin_code(study, cell, suite.path)
         study.set_user_attr("protocol", protocol(suite.trials, suite.search,
                                                  decay_norm_and_bias=suite.training.decay_norm_and_bias).model_dump())
         study.set_user_attr("suite_fingerprint", suite.fingerprint())
@@ -243,6 +277,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
         study_name=str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "eval")),
         storage=storage, direction="maximize", load_if_exists=True)
     eval_study.set_user_attr("suite_fingerprint", suite.fingerprint())
+    same_plugin_code(eval_study, cell, suite.path)
     observer.cell_started(cell, phase="evaluating", total=len(seeds))
     params = with_dependencies(best, strategy, members) if isinstance(members, Members) else best
     evaluate(eval_study, strategy, backbone, task, params, seeds=seeds, context=context, runtime=runtime,

@@ -81,7 +81,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
         suite_name, task, backbone, strategy = name.suite, name.task, name.backbone, name.strategy
         if cells is not None and name.cell not in cells:
             continue
-        protocol = protocol or read_protocol(summary.user_attrs, where=f"study {name}")
+        if protocol is None and "protocol" in summary.user_attrs:  # a study created by a run killed before it
+            protocol = read_protocol(summary.user_attrs, where=f"study {name}")  # stored its protocol has none
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False):
             steps = t.intermediate_values

@@ -15,7 +15,6 @@ from tlbench.backbones import BACKBONES, Backbone
 from tlbench.config import Frozen, fields_at, format_error, validate_block
 from tlbench.errors import ConfigError
 from tlbench.suites.datasets import DATASETS
-from tlbench.suites.pools import Dataset
 
 # Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
 Int = Annotated[int, Strict()]
@@ -94,10 +93,6 @@ class TaskSpec(_Typed):
     image_size: Int | None = Field(None, ge=8, le=1024)
     augment: Literal["none", "flip", "crop_flip"] = "none"
     LATER_FIELDS = ("image_size", "augment")
-
-    @property
-    def dataset_class(self) -> type[Dataset]:
-        return DATASETS.get(self.dataset)
 
     def typed_args(self, where: str = "") -> Frozen:
         """``args`` as the dataset's ``Args`` (``where``: the prefix of errors)."""
@@ -240,6 +235,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}:{where}: not valid YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a suite must be a mapping of fields, got {type(data).__name__}")
+    if seen and isinstance(data.get("plugins"), list):  # an included file's plugins: relative to it
+        data["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and (p.endswith(".py") or "/" in p)
+                           and not Path(p).is_absolute() else p for p in data["plugins"]]
     include = data.pop("include", None)
     if include is None:
         return data

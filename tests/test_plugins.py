@@ -30,7 +30,9 @@ def registries():
     saved = [(r, dict(r._entries), dict(r._origins)) for r in (STRATEGIES, BACKBONES, DATASETS)]
     sources = dict(_PLUGIN_SOURCES)
     loaded = plugins._LOADED_ENTRY_POINTS
+    path = list(sys.path)  # plugin folders join the import path
     yield
+    sys.path[:] = path
     for registry, entries, origins in saved:
         registry._entries, registry._origins = entries, origins
     _PLUGIN_SOURCES.clear()
@@ -247,10 +249,39 @@ def test_datasets_and_backbones_plug_in_the_same_way(tmp_path: Path, capsys: pyt
     assert "tasks.blobs-5shot.args.n: Input should be greater than 0 (got -1)" in capsys.readouterr().err
 
 
-def test_a_plugin_file_imports_its_own_helpers(tmp_path: Path, registries) -> None:
+def test_a_plugin_file_imports_its_own_helpers(tmp_path: Path, registries, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored afterwards
+    before = list(sys.path)
     (tmp_path / "shared_space.py").write_text("def space(trial):\n    return {'epochs': 2}\n")
     (tmp_path / "uses_helper.py").write_text(
         "from shared_space import space\nfrom tlbench.strategies.full_finetune import FullFinetune\n"
         "class Helped(FullFinetune):\n    name = 'helped'\n    description = 'imports a sibling module'\n")
     plugin = plugins.load_plugin("uses_helper.py", base=tmp_path, where="test")
-    assert [c.__name__ for c in plugin.classes] == ["Helped"] and str(tmp_path) not in sys.path
+    assert [c.__name__ for c in plugin.classes] == ["Helped"]
+    assert sys.path == [*before, str(tmp_path)]  # appended: it shadows nothing, and lazy imports work
+
+
+def test_an_included_suites_plugins_are_relative_to_it(tmp_path: Path, registries) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "bitfit.py").write_text((EXAMPLES / "bitfit" / "bitfit.py").read_text())
+    (tmp_path / "base" / "base.yaml").write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nplugins: [bitfit.py]\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "suite.yaml").write_text("include: ../base/base.yaml\nname: inc\n"
+                                                  "strategies: [linear_probe, bitfit]\n")
+    assert main(["run", str(tmp_path / "mine" / "suite.yaml"), "--dry-run"]) == 0
+
+
+@pytest.mark.slow
+def test_an_edited_plugin_is_not_mixed_into_its_old_runs(tmp_path: Path) -> None:
+    (tmp_path / "bitfit.py").write_text((EXAMPLES / "bitfit" / "bitfit.py").read_text())
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nname: edit\nplugins: [bitfit.py]\n"
+                     "strategies: [bitfit]\n")
+    args = ("run", str(suite), "--out", str(tmp_path / "out"), "--trials", "1", "--seeds", "1")
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (tmp_path / "bitfit.py").write_text((tmp_path / "bitfit.py").read_text() + "\n# a fix\n")
+    again = cli(*args)
+    assert again.returncode == 2
+    [line] = again.stderr.strip().splitlines()
+    assert "the store holds runs of 'bitfit' from other plugin code" in line and "another --out" in line

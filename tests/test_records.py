@@ -104,3 +104,46 @@ def test_load_results_opens_a_store_by_its_path_and_never_creates_one(tmp_path: 
     with pytest.raises(TlbenchError, match="no such journal file"):
         tlbench.load_results(tmp_path / "typo" / "store.journal")
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_tuning_study_without_its_protocol_is_skipped(tmp_path: Path) -> None:
+    """A run killed between creating a tuning study and storing its protocol leaves such a study."""
+    import tlbench
+
+    journal = old_store(tmp_path)
+    storage = open_storage(str(journal), tmp_path)
+    optuna.create_study(study_name=str(StudyName("smoke", "t", "b", "s", "tune")), storage=storage)
+    results = tlbench.load_results(storage, "smoke", importances=False)
+    assert results.protocol is not None and len(results.runs) == 16
+
+
+def test_an_invalid_run_record_fails_its_trial_in_one_line(tiny_backbone, tiny_task, runtime) -> None:
+    from optuna.trial import TrialState
+
+    from tlbench.evaluate import evaluate
+    from tlbench.strategies import STRATEGIES, Predictor
+
+    from helpers import run_context
+
+    class Uncounted(Predictor):
+        trainable_parameters = None  # a plugin's predictor that does not say
+        inference_parameters = 10
+
+        def __init__(self, inner: Predictor) -> None:
+            self.inner = inner
+
+        def logits(self, split):
+            return self.inner.logits(split)
+
+    class NoCount(STRATEGIES.get("linear_probe")):  # type: ignore[misc,valid-type]
+        name = "no_count"
+
+        def fit(self, *args, **kwargs):
+            return Uncounted(super().fit(*args, **kwargs))
+
+    study = optuna.create_study(direction="maximize")
+    probe = NoCount(epochs=(2, 2), batch_size=8)
+    with pytest.raises(TlbenchError, match=r"strategy 'no_count': its run record is invalid \(trainable_param"):
+        evaluate(study, probe, tiny_backbone, tiny_task, {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2},
+                 seeds=[1], context=run_context(), runtime=runtime)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]

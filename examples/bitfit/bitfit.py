@@ -16,7 +16,9 @@ class BitFit(Strategy):
     description = "only the bias terms of the backbone and the new head train (Ben Zaken et al. 2022)"
 
     def search_space(self, trial, backbone):
-        # the shared optimizer space (SGD or AdamW, learning rate, weight decay, warm-up) and epochs
+        # the shared optimizer space (SGD or AdamW, learning rate, weight decay, warm-up) and epochs;
+        # weight decay reaches only the head's weight matrix here: biases never decay unless the
+        # suite sets training.decay_norm_and_bias
         return {**suggest_optimizer(trial), "epochs": self.suggest_epochs(trial)}
 
     def fit(self, backbone, task, params, *, seed, reporter, runtime):

@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from tlbench.errors import ConfigError, TlbenchError
+from tlbench.registry import BUILTIN
 
 if TYPE_CHECKING:
     from tlbench.plan import Plan
+    from tlbench.registry import Registry
+
+
+def builtin_order(strategies: "Registry[Any]") -> list[str]:
+    """The built-in strategies' names: each keeps its colour in every report, whatever
+    plugins are loaded (a plugin's colour comes after them)."""
+    return [name for name in strategies.names() if strategies.origin(name) == BUILTIN]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +127,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
                           f"or failed); nothing to report")
     report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
-                          strategy_order=STRATEGIES.names())
+                          strategy_order=builtin_order(STRATEGIES))
     print(report.path("table.md").read_text())
     console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, trials.parquet, "
                   f"figures/) in {report.seconds:.1f} s")
@@ -154,7 +162,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"report: {where}: the store holds no evaluation runs; nothing to report")
     suites = sorted(results.runs["suite"].unique())
     report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}",
-                          strategy_order=STRATEGIES.names())
+                          strategy_order=builtin_order(STRATEGIES))
     print(report.path("table.md").read_text())
     console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, trials.parquet, "
                   f"figures/) in {report.seconds:.1f} s")

@@ -267,3 +267,36 @@ def test_report_of_a_missing_or_empty_store_is_one_line(tmp_path, capsys, args, 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("tlbench: error: ") and needle in err[0]
+
+
+def test_the_runner_reports_to_an_observer_and_writes_no_report(tmp_path: Path) -> None:
+    """run_plan prints nothing and writes no report: it tells an observer what happens and
+    returns what it ran; the command line renders and reports."""
+    from tlbench.paths import default_cache_dir
+    from tlbench.plan import load_plan
+    from tlbench.runner import RunObserver, run_plan
+    from tlbench.runtime import make_runtime
+
+    events: list[tuple[str, ...]] = []
+
+    class Recording(RunObserver):
+        def plan_started(self, plan):
+            events.append(("plan", str(len(plan.cells))))
+
+        def cell_started(self, cell, *, phase, total):
+            events.append(("start", cell.strategy, phase, str(total)))
+
+        def cell_finished(self, cell, outcome):
+            events.append(("done", cell.strategy, outcome.summary.split(":")[0]))
+
+    smoke = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
+    plan = load_plan(smoke, trials=2, seeds=1, strategies=["linear_probe", "scratch"])
+    storage = open_storage(None, tmp_path)
+    result = run_plan(plan, out=tmp_path, storage=storage, runtime=make_runtime("cpu", None),
+                      cache_dir=default_cache_dir(), observer=Recording())
+    assert events[0] == ("plan", "4")
+    assert ("start", "linear_probe", "tuning", "2") in events and ("start", "scratch", "evaluating", "1") in events
+    assert [e[1] for e in events if e[0] == "done"] == ["linear_probe", "scratch"] * 2
+    assert len(result.seeds) == 1 and all(o.evaluated for o in result.outcomes)
+    assert not (tmp_path / "table.md").exists() and not (tmp_path / "report.html").exists()
+    assert len(load_runs(storage)) == 2 * 2  # tasks × strategies × 1 seed

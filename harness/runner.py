@@ -200,7 +200,8 @@ class SuiteCell(CellRecipes):
 
 def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
     """Before anything runs: no plugin strategy of the plan has studies in the store written
-    by other code of that plugin (see :func:`same_plugin_code`)."""
+    by other code of that plugin, so runs of an edited plugin are never mixed with the old
+    code's in one cell (one line, instead of silently counting old seeds as done)."""
     plugin_cells = {(c.task, c.backbone, c.strategy): c for c in plan.cells if STRATEGIES.source(c.strategy)}
     if not plugin_cells:
         return
@@ -216,18 +217,12 @@ def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
                               f"use another --out or --storage, or rename the strategy")
 
 
-def same_plugin_code(study: optuna.Study, cell: Cell, where: str) -> None:
-    """A plugin strategy's studies remember its code digest: runs of an edited plugin are not
-    mixed with the old one's in one cell (one line, instead of silently counting old seeds)."""
+def remember_plugin_code(study: optuna.Study, cell: Cell) -> None:
+    """Stores a plugin strategy's code digest on its study, for :func:`check_plugin_code`
+    to compare the next run against."""
     source = STRATEGIES.source(cell.strategy)
-    if source is None:
-        return
-    stored = study.user_attrs.get("strategy_source")
-    if stored is not None and stored != source:
-        raise ConfigError(f"{where}: {cell.label}: the store holds runs of {cell.strategy!r} from other plugin code "
-                          f"(sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); use another --out "
-                          f"or --storage, or rename the strategy")
-    study.set_user_attr("strategy_source", source)
+    if source is not None:
+        study.set_user_attr("strategy_source", source)
 
 
 def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, storage: BaseStorage,
@@ -247,7 +242,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
     if strategy.tunable:
         name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
         study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
-        same_plugin_code(study, cell, suite.path)
+        remember_plugin_code(study, cell)
         study.set_user_attr("protocol", protocol(suite.trials, suite.search,
                                                  decay_norm_and_bias=suite.training.decay_norm_and_bias).model_dump())
         study.set_user_attr("suite_fingerprint", suite.fingerprint())
@@ -277,7 +272,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
         study_name=str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "eval")),
         storage=storage, direction="maximize", load_if_exists=True)
     eval_study.set_user_attr("suite_fingerprint", suite.fingerprint())
-    same_plugin_code(eval_study, cell, suite.path)
+    remember_plugin_code(eval_study, cell)
     observer.cell_started(cell, phase="evaluating", total=len(seeds))
     params = with_dependencies(best, strategy, members) if isinstance(members, Members) else best
     evaluate(eval_study, strategy, backbone, task, params, seeds=seeds, context=context, runtime=runtime,

@@ -59,9 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plan_backbone(plan: "Plan", name: str) -> Any:
+    """A random-init copy of backbone ``name`` (what its strategies' search spaces read)."""
+    from tlbench.backbones import build_backbone
+
+    spec = plan.suite.backbones[name]
+    return build_backbone(spec.arch, spec.typed_args())
+
+
 def print_dry_run(plan: "Plan", console: Console) -> None:
     """The plan without training: each task's data (path and whether it is there), then
-    each cell's split sizes, trials and seeds."""
+    each cell's split sizes, budget and seeds, the search spaces the suite sets and its
+    sensitivity studies."""
+    from tlbench.spaces import effective
     from tlbench.suites.datasets import data_access
 
     suite = plan.suite
@@ -78,7 +88,17 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
             sizes = "train 800, val 200, test: the official test split (data missing)"
         else:
             sizes = "split sizes known once the data is present"
-        console.print(f"  {cell.label}: {sizes}; {suite.trials} trials, {suite.seeds} seeds", highlight=False)
+        budget = plan.budget(cell.strategy, cell.backbone)
+        tuning = (f"{budget.trials} trials" if budget.epochs is None else f"{budget.epochs:g} backbone epochs")
+        console.print(f"  {cell.label}: {sizes}; {tuning}, {suite.seeds} seeds", highlight=False)
+    for (strategy, backbone), overrides in sorted(plan.spaces.items()):
+        console.print(f"  search space of {strategy} on {backbone}: " + ", ".join(
+            f"{k} {v}" for k, v in effective(plan.make_strategy(strategy), plan_backbone(plan, backbone),
+                                             overrides).items()), highlight=False)
+    for i, spec in enumerate(suite.sensitivity):
+        grid = " × ".join(f"{name} {values}" for name, values in spec.params.items())
+        console.print(f"  sensitivity[{i}]: {spec.strategy}, {grid}, {spec.seeds} seeds per value on "
+                      f"{', '.join(spec.tasks or suite.tasks)}", highlight=False)
     if plan.missing:
         remedy = ("the run will download them" if data.download else
                   "set `download: true` in the suite, or place the files at the paths above (or pass --data-root)")
@@ -112,7 +132,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         storage = open_storage(args.storage, out)
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
-    console.print(f"suite {suite.name}: {len(plan.cells)} cells × {suite.trials} trials, "
+    tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else
+              f"{suite.budget_epochs:g} backbone epochs of tuning") + (" (grid)" if plan.grids else "")
+    console.print(f"suite {suite.name}: {len(plan.cells)} cells × {tuning}, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"
                   f"{', compiled' if runtime.execution.compile else ''}), out {out}")

@@ -8,6 +8,7 @@ error becomes one line naming the file, the field, the value and what is allowed
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from typing import Annotated, Any, ClassVar, Mapping
@@ -33,9 +34,23 @@ class Frozen(BaseModel):
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
         for name in self.LATER_FIELDS:
-            if name in data and data[name] == type(self).model_fields[name].default:
+            if name in data and data[name] == type(self).model_fields[name].get_default(call_default_factory=True):
                 del data[name]
         return data
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message never prints a huge value."""
+    text = reprlib_repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def reprlib_repr(value: Any) -> str:
+    """A repr that stops early in large containers (``reprlib``), so that even a deeply
+    nested value costs little to describe."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 120, 120, 8, 8, 3
+    return r.repr(value)
 
 
 def format_loc(loc: tuple[object, ...]) -> str:
@@ -87,13 +102,13 @@ def format_error(err: ValidationError, model: type[BaseModel], where: str, *, se
     if first["type"] == "extra_forbidden":
         allowed = fields_at(model, tuple(first["loc"])[:-1])
         hint = "; check its spelling" if allowed is None else f"; allowed: {', '.join(allowed) or 'none'}"
-        return f"{at}: unknown field (got {first.get('input')!r}){hint}"
+        return f"{at}: unknown field (got {short_repr(first.get('input'))}){hint}"
     if first["type"] == "missing":
         return f"{at}: required field is missing"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "value_error":  # cross-field checks: the message says it all
         return f"{at}: {msg}"
-    return f"{at}: {msg} (got {first.get('input')!r})"
+    return f"{at}: {msg} (got {short_repr(first.get('input'))})"
 
 
 F = typing.TypeVar("F", bound=Frozen)

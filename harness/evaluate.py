@@ -41,10 +41,13 @@ def _taken_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
 
 def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
              params: dict[str, Any], *, seeds: list[int], context: RunContext,
-             runtime: Runtime, on_seed: Callable[[int], None] = lambda n: None) -> list[RunRecord]:
+             runtime: Runtime, on_seed: Callable[[int], None] = lambda n: None,
+             share: bool = True) -> list[RunRecord]:
     """Runs every seed not yet recorded in ``study``; returns the new records.
 
     ``context`` (suite, task, backbone, strategy, tuning summary) is copied into each record.
+    ``share``: offer the trained models to the strategies that reuse them (not for the
+    variations of a sensitivity study).
     """
     recover_orphans(study)
     study.set_user_attr("params", params)  # the configuration the table reports
@@ -54,7 +57,7 @@ def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         if seed in _taken_seeds(study, params):  # re-read: other workers make progress too
             continue
         record = _run_one(study, strategy, backbone, task, params, seed=seed, context=context,
-                          runtime=runtime)
+                          runtime=runtime, share=share)
         if record is not None:
             records.append(record)
     on_seed(len(seeds))
@@ -63,7 +66,7 @@ def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
 
 def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
              params: dict[str, Any], *, seed: int, context: RunContext,
-             runtime: Runtime) -> RunRecord | None:
+             runtime: Runtime, share: bool = True) -> RunRecord | None:
     trial = study.ask()
     trial.set_user_attr("worker", worker_id())
     trial.set_user_attr("seed", seed)
@@ -91,7 +94,8 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     if shifted is not None:
         logits[shifted.fingerprint] = predictor.logits(shifted)
     members = runtime.members
-    if isinstance(members, Members) and strategy.name in members.reuse.needed:  # kept for strategies that reuse it
+    # kept for the strategies that reuse it
+    if share and isinstance(members, Members) and strategy.name in members.reuse.needed:
         key = members.key(strategy.name, seed, params)
         members.record(key, member_from(
             predictor, key=key, strategy=strategy.name, index=members.index_of(seed), seed=seed,

@@ -11,7 +11,9 @@
 5. backbone sources (published weights' names, checkpoints);
 6. data: where each dataset's files are, and the tasks (labels and file lists);
 7. shapes: two examples of every task through each backbone that reads it;
-8. cells.
+8. search spaces: the suite's overrides checked against each strategy's declared space (per
+   backbone), a grid search's grids and the sensitivity studies' values;
+9. cells.
 
 Nothing is validated twice: a strategy is made from its typed options, a backbone built or a
 dataset loaded from its typed ``args``.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +33,9 @@ from tlbench.data import Task
 from tlbench.errors import ConfigError
 from tlbench.plugins import load_entry_points, load_suite_plugins
 from tlbench.pretrain import check_backbone_source, preprocess_for
+from tlbench.search import Budget
+from tlbench.spaces import Override, axis, check_value, explore, grid, parse_overrides
+from tlbench.spaces import declared as declared_space
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites import bundled_suites
 from tlbench.suites.config import Suite, parse_suite
@@ -58,6 +64,10 @@ class Plan:
     declared: tuple[str, ...] = ()  # the suite file's strategies, before --strategies narrowed them
     #: Per task (source tasks too): where its dataset's files are expected, and those absent.
     data_paths: dict[str, tuple[list[Path], list[Path]]] = field(default_factory=dict)
+    #: Per (strategy, backbone): the suite's overrides of the strategy's search space.
+    spaces: dict[tuple[str, str], dict[str, Override]] = field(default_factory=dict)
+    #: Per (strategy, backbone), for a grid search: its configurations in order.
+    grids: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     _bound: dict[tuple[str, str], Task] = field(default_factory=dict, repr=False)
 
     @property
@@ -72,6 +82,19 @@ class Plan:
                                      where=f"{self.suite.path}: strategy_options.{name}")
             return make_strategy(self.suite, name, options)
         return make_strategy(self.suite, name, self.options[name])
+
+    def space(self, strategy: str, backbone: str) -> dict[str, Override]:
+        return self.spaces.get((strategy, backbone), {})
+
+    def budget(self, strategy: str, backbone: str) -> Budget:
+        """What tuning ``strategy`` on ``backbone`` may spend: a grid search its grid, else
+        the suite's trials or epochs."""
+        suite = self.suite
+        if (strategy, backbone) in self.grids:
+            return Budget(trials=len(self.grids[(strategy, backbone)]))
+        if suite.budget_epochs is not None:
+            return Budget(epochs=suite.budget_epochs, max_trials=suite.max_trials)
+        return Budget(trials=suite.trials)
 
     def task_for(self, task: str, backbone: str) -> Task:
         """Task ``task`` as backbone ``backbone`` reads it: image files preprocessed as its
@@ -147,7 +170,109 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, options, suite.tasks[name].backbones), task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
-    return Plan(suite, tasks, cells, options, tuple(declared), data_paths)
+    spaces, grids = search_spaces(suite, declared, options, cells, probes)
+    return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids)
+
+
+def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen], cells: list[Cell],
+                  probes: dict[str, Backbone]) -> tuple[dict[tuple[str, str], dict[str, Override]],
+                                                        dict[tuple[str, str], list[dict[str, Any]]]]:
+    """The suite's ``search_space`` overrides per (strategy, backbone), checked against what
+    the strategy declares for that backbone; a grid search's grids (their size is the trial
+    budget: a ``trials`` the suite sets must agree); the sensitivity studies' values."""
+    where = f"{suite.path}: search_space"
+    known = set(declared) | set(suite.strategies)
+    for name in suite.search_space:
+        STRATEGIES.get(name, where=where)
+        if name not in known:
+            raise ConfigError(f"{where}.{name}: not among the suite's strategies ({', '.join(declared)})")
+
+    def probe(backbone: str) -> Backbone:
+        if backbone not in probes:
+            spec = suite.backbones[backbone]
+            probes[backbone] = build_backbone(spec.arch, spec.typed_args(), where=f"{suite.path}: backbones.{backbone}")
+        return probes[backbone]
+
+    pairs = sorted({(c.strategy, c.backbone) for c in cells})
+    spaces: dict[tuple[str, str], dict[str, Override]] = {}
+    for strategy, backbone in pairs:
+        raw = suite.search_space.get(strategy)
+        if raw is not None:
+            spaces[(strategy, backbone)] = parse_overrides(make_strategy(suite, strategy, options[strategy]),
+                                                           probe(backbone), raw, where=f"{where}.{strategy}")
+    for strategy in suite.search_space:  # checked even when no cell of this run uses it
+        if not any(s == strategy for s, _ in pairs):
+            parse_overrides(make_strategy(suite, strategy, options[strategy]), probe(next(iter(suite.backbones))),
+                            suite.search_space[strategy], where=f"{where}.{strategy}")
+    longest = suite.training.epochs[1]
+    if suite.budget_epochs is not None and suite.budget_epochs < longest:
+        raise ConfigError(f"{suite.path}: budget.epochs: {suite.budget_epochs:g} is smaller than one trial (training "
+                          f"may run up to {longest} epochs); give at least {longest}, and several times that to "
+                          f"tune")
+    grids: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    if suite.search.sampler == "grid":
+        if suite.budget_epochs is not None:
+            raise ConfigError(f"{suite.path}: budget.epochs: a grid search trains its whole grid; remove the epochs "
+                              f"budget or choose another search.sampler")
+        explicit = "trials" in suite.model_fields_set
+        for strategy, backbone in pairs:
+            instance = make_strategy(suite, strategy, options[strategy])
+            if not instance.tunable:
+                continue
+            points = grid(instance, probe(backbone), spaces.get((strategy, backbone), {}), suite.search.grid_points)
+            if len(points) >= 500_000:
+                raise ConfigError(f"{where}.{strategy}: the grid has {len(points):,} configurations; fix or narrow "
+                                  f"some hyperparameters")
+            if explicit and len(points) != suite.trials:
+                shape = grid_shape(instance, probe(backbone), spaces.get((strategy, backbone), {}),
+                                   suite.search.grid_points)
+                raise ConfigError(f"{suite.path}: trials: {suite.trials}, but the grid of {strategy} on {backbone} has "
+                                  f"{len(points)} configurations ({shape}); "
+                                  f"a grid search trains each once: remove trials (and --trials) or set it to "
+                                  f"{len(points)}")
+            grids[(strategy, backbone)] = points
+    check_sensitivity(suite, declared, options, cells, probe, spaces)
+    return spaces, grids
+
+
+def grid_shape(strategy: Strategy, backbone: Backbone, overrides: dict[str, Override], points: int) -> str:
+    """How a grid's size comes about, per branch: ``optimizer=sgd: lr_sgd 3 × epochs 3``."""
+    parts = []
+    for leaf in explore(lambda t: strategy.search_space(t, backbone), overrides):
+        picked = ", ".join(f"{k}={v}" for k, v in leaf.picked.items())
+        sizes = " × ".join(f"{n} {len(axis(d, points))}" for n, d in sorted(leaf.dists.items())
+                           if n not in leaf.picked)
+        parts.append(f"{picked}: {sizes}" if picked else sizes)
+    return "; ".join(parts)
+
+
+def check_sensitivity(suite: Suite, declared: list[str], options: dict[str, Frozen], cells: list[Cell],
+                      probe: Any, spaces: dict[tuple[str, str], dict[str, Override]]) -> None:
+    """Each sensitivity study names a tunable strategy of the suite, tasks of the suite and
+    hyperparameters it declares, with values of their type inside the declared range."""
+    for i, spec in enumerate(suite.sensitivity):
+        where = f"{suite.path}: sensitivity[{i}]"
+        STRATEGIES.get(spec.strategy, where=f"{where}.strategy")
+        if spec.strategy not in set(declared) | set(suite.strategies):
+            raise ConfigError(f"{where}.strategy: {spec.strategy!r} is not among the suite's strategies "
+                              f"({', '.join(declared)})")
+        strategy = make_strategy(suite, spec.strategy, options[spec.strategy])
+        if not strategy.tunable:
+            raise ConfigError(f"{where}.strategy: {spec.strategy} has nothing to tune (it chooses inside fit); a "
+                              f"sensitivity study varies a tuned hyperparameter")
+        for task in spec.tasks or []:
+            if task not in suite.tasks:
+                raise ConfigError(f"{where}.tasks: unknown task {task!r}; defined: {', '.join(suite.tasks)}")
+        backbones = sorted({b for t, s in suite.tasks.items() if not spec.tasks or t in spec.tasks
+                            for b in s.backbones})
+        for backbone in backbones:
+            space = declared_space(strategy, probe(backbone))
+            for name, values in spec.params.items():
+                if name not in space:
+                    raise ConfigError(f"{where}.params.{name}: unknown hyperparameter; {spec.strategy} searches: "
+                                      f"{', '.join(sorted(space))}")
+                for j, value in enumerate(values):
+                    check_value(space[name], value, f"{where}.params.{name}[{j}]")
 
 
 def with_overrides(suite: Suite, *, trials: int | None, seeds: int | None, strategies: list[str] | None,
@@ -161,6 +286,8 @@ def with_overrides(suite: Suite, *, trials: int | None, seeds: int | None, strat
             if value < 1:
                 raise ConfigError(f"--{flag} {value}: must be a positive integer")
             updates[flag] = value
+    if trials is not None:  # --trials: a budget in trials, whatever the suite's budget was
+        updates["budget"] = None
     if strategies is not None:
         if not strategies:
             raise ConfigError(f"--strategies: give at least one; known: {', '.join(STRATEGIES.names())}")

@@ -28,7 +28,7 @@ from tlbench.errors import TlbenchError
 
 SCHEMA_VERSION = 2
 SEP = "::"
-Kind = Literal["tune", "eval"]
+Kind = Literal["tune", "eval", "sens"]  # tuning, evaluation, sensitivity study
 
 
 class StoreError(TlbenchError):
@@ -53,7 +53,7 @@ class StudyName:
     def parse(cls, name: str) -> "StudyName | None":
         """The parts of a tlbench study name; None for any other study in the store."""
         parts = name.split(SEP)
-        if len(parts) != 5 or parts[4] not in ("tune", "eval") or not all(parts):
+        if len(parts) != 5 or parts[4] not in ("tune", "eval", "sens") or not all(parts):
             return None
         return cls(*parts)  # type: ignore[arg-type]
 
@@ -76,9 +76,10 @@ class Protocol(Frozen):
     pruner: str
     pruner_startup_trials: int
     pruner_warmup_epochs: int
-    budget: int
+    budget: int  # finished trials per cell; with an epochs budget, the most trials that count
     objective: str
     weight_decay: str | None = None  # which parameters decay (None: a store from before it was recorded)
+    budget_epochs: float | None = None  # an epochs budget: backbone epochs of training per cell
 
 
 class RunContext(Frozen):
@@ -98,9 +99,15 @@ class RunContext(Frozen):
     tuning_budget: int
     tuning_seeds: str
     tuning_best_trial_seed: int | None = None
+    # Backbone epochs of training the counted tuning trials spent (a forward and backward
+    # pass of the cell's backbone over the training split; None: not recorded).
+    tuning_compute: float | None = None
     suite_fingerprint: str
     backbone_weights: str
     task_info: dict[str, Any] = {}
+    # A run of a sensitivity study: ``varied`` (hyperparameter → the value set), ``tuned``
+    # (their tuned values) and ``base`` (a digest of the tuned configuration varied).
+    sensitivity: dict[str, Any] | None = None
 
 
 class RunRecord(RunContext):
@@ -198,6 +205,34 @@ def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
     if not frame.empty:
         frame = frame.sort_values(["suite", "task", "backbone", "strategy", "seed"], ignore_index=True)
     return frame
+
+
+def load_sensitivity(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
+    """The runs of every sensitivity study as a tidy frame, one row per run, with a column
+    per varied hyperparameter (``varied:<name>``) and its tuned value (``tuned:<name>``);
+    only runs around each cell's current tuned configuration, one per value and seed."""
+    rows: list[dict[str, Any]] = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.kind != "sens" or (suite is not None and name.suite != suite):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        base = summary.user_attrs.get("base")
+        seen: set[tuple[str, int]] = set()
+        for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+            if "record" not in t.user_attrs:
+                continue
+            record = RunRecord.from_stored(dict(t.user_attrs["record"]), where=f"study {name}")
+            sens = record.sensitivity or {}
+            key = (repr(sorted(sens.get("varied", {}).items())), record.seed)
+            if sens.get("base") != base or key in seen:
+                continue
+            seen.add(key)
+            row = record.row()
+            row.update({f"varied:{k}": v for k, v in sens.get("varied", {}).items()})
+            row.update({f"tuned:{k}": v for k, v in sens.get("tuned", {}).items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def read_protocol(attrs: dict[str, Any], *, where: str) -> Protocol:

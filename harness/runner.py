@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from tlbench.plan import Cell, Plan
 from tlbench.pretrain import materialize_backbone
 from tlbench.records import RunContext, StudyName
 from tlbench.runtime import Runtime
-from tlbench.search import TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
+from tlbench.search import Budget, TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
+from tlbench.spaces import Fixed, SpaceTrial, effective
 from tlbench.store import check_compatible
 from tlbench.strategies import STRATEGIES, Strategy
+from tlbench.suites.config import SensitivitySpec
 
 
 class RunObserver:
@@ -108,6 +111,10 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                            observer=observer)
         outcomes.append(outcome)
         observer.cell_finished(cell, outcome)
+        for spec in plan.suite.sensitivity:
+            if outcome.evaluated and spec.strategy == cell.strategy and (not spec.tasks or cell.task in spec.tasks):
+                run_sensitivity(cell, plan, spec, backbones[cell.backbone], storage=storage, tuning=recipes,
+                                runtime=dataclasses.replace(runtime, members=members), observer=observer)
     seeds = tuple(evaluation_seed(suite.seed, k) for k in range(suite.seeds))
     return RunResult(suite.name, frozenset((c.task, c.backbone, c.strategy) for c in plan.cells), seeds,
                      tuple(outcomes))
@@ -154,8 +161,9 @@ def tuned_params(storage: BaseStorage, plan: Plan, cell: Cell, strategy: str, ba
             return Tuned(dict(params))
     tune_name = str(StudyName(suite.name, cell.task, cell.backbone, strategy, "tune"))
     if tune_name in names:
-        result = summarize(optuna.load_study(study_name=tune_name, storage=storage), suite.trials)
-        if result.n_complete + result.n_pruned >= suite.trials:
+        result = summarize(optuna.load_study(study_name=tune_name, storage=storage),
+                           plan.budget(strategy, cell.backbone))
+        if result.done:
             if result.best_params is None:
                 return Tuned(None, f"completed no tuning trial ({result.n_pruned} pruned)", finished=True)
             return Tuned(result.best_params)
@@ -196,6 +204,13 @@ class SuiteCell(CellRecipes):
 
     def task(self, backbone: str) -> Task:
         return self.plan.task_for(self.plan_cell.task, backbone)
+
+
+def _slots(budget: Budget, result: TuneResult | None) -> int:
+    """The tuning slots a cell used: its trial budget, or the trials an epochs budget counted."""
+    if budget.epochs is None or result is None:
+        return budget.cap
+    return max(1, result.n_complete + result.n_pruned)
 
 
 def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
@@ -239,17 +254,21 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
         if tuned.params is None:
             raise ConfigError(f"{cell.task} / {cell.backbone}: {cell.strategy} reuses models of "
                               f"{dependency!r}, which {tuned.reason}")
+    budget = plan.budget(cell.strategy, cell.backbone)
     if strategy.tunable:
         name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
-        study = make_study(name, storage, budget=suite.trials, seed=suite.seed, search=suite.search)
+        study = make_study(name, storage, budget=budget, seed=suite.seed, search=suite.search,
+                           grid=plan.grids.get((cell.strategy, cell.backbone)))
         remember_plugin_code(study, cell)
-        study.set_user_attr("protocol", protocol(suite.trials, suite.search,
+        study.set_user_attr("protocol", protocol(budget, suite.search,
                                                  decay_norm_and_bias=suite.training.decay_norm_and_bias).model_dump())
+        study.set_user_attr("search_space", effective(strategy, backbone, plan.space(cell.strategy, cell.backbone)))
         study.set_user_attr("suite_fingerprint", suite.fingerprint())
-        observer.cell_started(cell, phase="tuning", total=suite.trials)
+        observer.cell_started(cell, phase="tuning", total=budget.cap)
         result: TuneResult | None = tune(
-            study, strategy, backbone, task, budget=suite.trials, suite_seed=suite.seed, runtime=runtime,
-            on_trial=lambda n: observer.cell_progress(cell, phase="tuning", done=n))
+            study, strategy, backbone, task, budget=budget, suite_seed=suite.seed, runtime=runtime,
+            on_trial=lambda n: observer.cell_progress(cell, phase="tuning", done=n),
+            space=plan.space(cell.strategy, cell.backbone))
         best = result.best_params if result is not None else None
         if best is None:
             return CellOutcome(cell, False, result, skipped=f"no trial completed ({result.n_pruned} pruned, "
@@ -264,8 +283,9 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
         tuning_best_trial=result.best_trial if result else None,
         tuning_trials_complete=result.n_complete if result else 0,
         tuning_trials_pruned=result.n_pruned if result else 0,
-        tuning_seconds=result.seconds if result else 0.0, tuning_budget=suite.trials,
-        tuning_seeds=f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, suite.trials - 1)}",
+        tuning_seconds=result.seconds if result else 0.0, tuning_budget=budget.cap,
+        tuning_compute=result.compute if result else None,
+        tuning_seeds=f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, _slots(budget, result) - 1)}",
         tuning_best_trial_seed=result.best_seed if result else None,
         suite_fingerprint=suite.fingerprint(), backbone_weights=backbone.weights_id, task_info=task.info)
     eval_study = optuna.create_study(
@@ -279,3 +299,61 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
              on_seed=lambda n: observer.cell_progress(cell, phase="evaluating", done=n))
     return CellOutcome(cell, True, result, time.perf_counter() - start)
 
+
+
+def sensitivity_points(spec: SensitivitySpec) -> list[dict[str, Any]]:
+    """Every combination of a sensitivity study's values, in the order given."""
+    names = list(spec.params)
+    return [dict(zip(names, values)) for values in itertools.product(*(spec.params[n] for n in names))]
+
+
+def run_sensitivity(cell: Cell, plan: Plan, spec: SensitivitySpec, backbone: Backbone, *, storage: BaseStorage,
+                    tuning: SuiteCell, runtime: Runtime, observer: RunObserver) -> int:
+    """Re-runs the cell's tuned configuration with ``spec``'s hyperparameters set to each
+    combination of its values, on its first ``spec.seeds`` evaluation seeds, into the cell's
+    sensitivity study (resumable: runs already stored are not repeated). Returns the number
+    of runs the study should hold."""
+    suite = plan.suite
+    strategy = plan.make_strategy(cell.strategy)
+    overrides = plan.space(cell.strategy, cell.backbone)
+    tune_name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
+    result = summarize(optuna.load_study(study_name=tune_name, storage=storage), plan.budget(cell.strategy,
+                                                                                               cell.backbone))
+    if result.best_values is None or result.best_params is None:
+        return 0
+    fixed = {k: o.value for k, o in overrides.items() if isinstance(o, Fixed)}
+    tuned_values = {**fixed, **result.best_values}
+    base = hashlib.sha256(json.dumps(result.best_params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    study = optuna.create_study(study_name=str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "sens")),
+                                storage=storage, direction="maximize", load_if_exists=True)
+    study.set_user_attr("suite_fingerprint", suite.fingerprint())
+    study.set_user_attr("base", base)
+    remember_plugin_code(study, cell)
+    points = sensitivity_points(spec)
+    seeds = [evaluation_seed(suite.seed, k) for k in range(spec.seeds)]
+    observer.cell_started(cell, phase="sensitivity", total=len(points))
+    task = plan.task_for(cell.task, cell.backbone)
+    members = runtime.members
+    for i, varied in enumerate(points):
+        observer.cell_progress(cell, phase="sensitivity", done=i)
+        values = {**tuned_values, **varied}
+        try:
+            others = {k: o for k, o in overrides.items() if k not in varied}  # a varied value beats a fixed one
+            params = strategy.search_space(SpaceTrial(optuna.trial.FixedTrial(values), others), backbone)
+        except ValueError as err:  # the varied value opens a branch the tuned configuration has no values for
+            raise ConfigError(f"{suite.path}: sensitivity of {cell.strategy} over {', '.join(varied)}: {err}; vary "
+                              f"hyperparameters that do not change which others exist") from None
+        params = with_dependencies(params, strategy, members) if isinstance(members, Members) else params
+        context = RunContext(
+            suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
+            strategy_origin=STRATEGIES.origin(cell.strategy), tuning_best_val_accuracy=result.best_value,
+            tuning_best_trial=result.best_trial, tuning_trials_complete=result.n_complete,
+            tuning_trials_pruned=result.n_pruned, tuning_seconds=result.seconds,
+            tuning_budget=plan.budget(cell.strategy, cell.backbone).cap, tuning_compute=result.compute,
+            tuning_seeds="", tuning_best_trial_seed=result.best_seed, suite_fingerprint=suite.fingerprint(),
+            backbone_weights=backbone.weights_id, task_info=task.info,
+            sensitivity={"varied": varied, "tuned": {k: tuned_values.get(k) for k in varied}, "base": base})
+        evaluate(study, strategy, backbone, task, params, seeds=seeds, context=context, runtime=runtime,
+                 share=False)
+    observer.cell_progress(cell, phase="sensitivity", done=len(points))
+    return len(points) * len(seeds)

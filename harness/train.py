@@ -15,19 +15,83 @@ from tlbench.errors import NonFiniteLoss
 
 
 class Reporter(Protocol):
-    """Receives the validation metric after each epoch; may raise ``optuna.TrialPruned``."""
+    """Receives the validation metric after each epoch (may raise ``optuna.TrialPruned``)
+    and the FLOPs training spends (what an epochs budget counts)."""
 
     def report(self, epoch: int, value: float) -> None: ...
 
+    def spend(self, flops: float) -> None: ...
+
 
 class NullReporter:
-    """A reporter that records the history and never prunes (evaluation runs)."""
+    """A reporter that records the history and the FLOPs spent, and never prunes
+    (evaluation runs)."""
 
     def __init__(self) -> None:
         self.history: list[float] = []
+        self.flops = 0.0
 
     def report(self, epoch: int, value: float) -> None:
         self.history.append(value)
+
+    def spend(self, flops: float) -> None:
+        self.flops += flops
+
+
+class SpendOnly:
+    """Passes FLOPs on to ``reporter`` but no metric: a stage of a strategy (LP-FT's probe)
+    whose compute counts but whose accuracy is not the trial's."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def report(self, epoch: int, value: float) -> None:
+        pass
+
+    def spend(self, flops: float) -> None:
+        spend(self.reporter, flops)
+
+
+def spend(reporter: Reporter, flops: float) -> None:
+    """Charges ``flops`` to ``reporter`` (a plugin's reporter may not count them)."""
+    charge = getattr(reporter, "spend", None)
+    if charge is not None and flops > 0:
+        charge(flops)
+
+
+_FLOPS: dict[tuple, float] = {}
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of one forward pass of ``model`` per example of ``x`` (a batch, typically of
+    one), counted by torch's FLOP counter in eval mode (no random state is used, no batch
+    statistics change); 0 when they cannot be counted. Counted once per architecture and
+    input shape in a process (the counter costs about as much as a small training step)."""
+    if len(x) == 0:
+        return 0.0
+    key = (type(model).__qualname__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
+           tuple(x.shape[1:]), x.dtype)
+    if key not in _FLOPS:
+        _FLOPS[key] = _count_flops(model, x)
+    return _FLOPS[key]
+
+
+def _count_flops(model: nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    modes = [(m, m.training) for m in model.modules()]  # hooks may keep some parts in eval mode
+    try:
+        param = next(model.parameters(), None)
+        x = x.to(param.device) if param is not None else x
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        return float(counter.get_total_flops()) / len(x)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        return 0.0
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @dataclass(frozen=True)
@@ -157,6 +221,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     history: list[float] = []
     step = 0
     forward = execution.prepare(model)  # hooks keep seeing ``model`` itself
+    per_example: float | None = None  # forward FLOPs of the model, counted on the first batch
     for epoch in range(epochs):
         model.train()
         for hook in hooks:
@@ -165,6 +230,8 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         batches = epoch_batches(len(y), batch_size, gen, device)
         for idx, xb in zip(batches, read_train(batches)):
             xb = execution.inputs(xb)
+            if per_example is None:
+                per_example = forward_flops(model, xb[:1])
             with execution.autocast(device):
                 batch = Batch(xb, y[idx], idx, forward(xb))
                 loss = criterion(batch)
@@ -181,6 +248,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
             for hook in hooks:
                 hook.on_step_end(step)
             total += loss.detach()
+        spend(reporter, 3 * (per_example or 0.0) * sum(len(i) for i in batches))  # forward + backward
         value = float(total)
         if not math.isfinite(value):
             raise NonFiniteLoss(epoch, value)
@@ -226,6 +294,7 @@ def fit_linear_head(head: nn.Linear, train: tuple[torch.Tensor, torch.Tensor],
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v / (1 - b2 ** step)).sqrt_().add_(eps)
                 p.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))
+        spend(reporter, 3 * 2 * w.numel() * len(y))  # the head's forward and backward matrix products
         value = float(total)
         if not math.isfinite(value):
             raise NonFiniteLoss(epoch, value)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from tlbench.reports import figures, stats
+from tlbench.reports import figures, stats, studies
 from tlbench.reports.data import Results
 from tlbench.reports.tables import (
     Table,
@@ -104,6 +104,11 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     cost = cost_table(runs)
     if cost:
         tables.append(("tab:cost", cost))
+    colours = figures.palette(sorted(set(runs["strategy"]) | set(results.sensitivity.get("strategy", []))),
+                              strategy_order)
+    study_tables, study_files = studies.studies_section(runs, results.sensitivity, out / "figures",
+                                                        colours=colours, seed=seed)
+    tables += study_tables
     if rank_test is not None and rank_test.reason:
         report.notes.append(f"No Friedman test or critical difference: {rank_test.reason}.")
     if runs.groupby(["column", "strategy"])["seed"].nunique().max() < 2:
@@ -118,7 +123,7 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     report.files += [out / "table.md", out / "table.tex"]
 
     report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed, has_shift=has_shift,
-                             strategy_order=strategy_order)
+                             strategy_order=strategy_order) + study_files
     html_path = out / "report.html"
     html_path.write_text(_html(title, results, tables, report, out))
     report.files.append(html_path)
@@ -238,6 +243,9 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], report:
     prov.append(("report written", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
     figs = "".join(_img(out / "figures" / f"{name}.png", caption) for name, caption in FIGURES
                    if (out / "figures" / f"{name}.png").exists())
+    figs += "".join(_img(p, f"{p.stem.split('_', 1)[1]}: " + (studies.SWEEP_CAPTION if p.stem.startswith("sweep_")
+                                                            else studies.SENSITIVITY_CAPTION))
+                    for p in report.files if p.suffix == ".png" and p.stem.startswith(("sweep_", "sensitivity_")))
     notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in report.notes)
     files = ", ".join(f"<code>{html.escape(p.relative_to(out).as_posix())}</code>" for p in report.files)
     return f"""<!DOCTYPE html>

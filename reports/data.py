@@ -17,7 +17,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from tlbench.records import Protocol, StudyName, load_runs, read_protocol
+from tlbench.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
 from tlbench.storage import open_existing_storage
 
 
@@ -30,6 +30,7 @@ class Results:
     importances: pd.DataFrame  # strategy, task, backbone, param, importance
     protocol: Protocol | None = None  # None when the store holds no tuning study
     search_spaces: dict[str, dict[str, str]] = field(default_factory=dict)  # strategy → param → range
+    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs of sensitivity studies
 
     @property
     def empty(self) -> bool:
@@ -108,7 +109,12 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
                                          "epochs_reported", "seconds", "seed", "params", "reason", "retry_of",
                                          "started", "completed"])
     imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
-    return Results(runs, trials, imps, protocol, {k: dict(sorted(v.items())) for k, v in sorted(spaces.items())})
+    sensitivity = load_sensitivity(storage, suite)
+    if not sensitivity.empty and cells is not None:
+        keep = [k in cells for k in zip(sensitivity["task"], sensitivity["backbone"], sensitivity["strategy"])]
+        sensitivity = sensitivity[pd.Series(keep, index=sensitivity.index, dtype=bool)].reset_index(drop=True)
+    return Results(runs, trials, imps, protocol, {k: dict(sorted(v.items())) for k, v in sorted(spaces.items())},
+                   sensitivity)
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:

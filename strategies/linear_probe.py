@@ -12,7 +12,7 @@ from tlbench.backbones import Backbone, Classifier
 from tlbench.data import Split, Task
 from tlbench.runtime import Runtime
 from tlbench.strategies.base import Predictor, Strategy, cpu_state
-from tlbench.train import Reporter, fit_linear_head
+from tlbench.train import Reporter, fit_linear_head, forward_flops, spend
 
 
 class ProbePredictor(Predictor):
@@ -72,6 +72,10 @@ def train_probe(backbone: Backbone, task: Task, params: dict[str, Any], *, seed:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = backbone.new_head(task.num_classes).to(runtime.device)
+    # The feature pass is charged to every probe, cached or not: what a probe costs does not
+    # depend on which run computed the features first.
+    x1 = task.train.x.head(1) if task.lazy else task.train.x[:1]  # type: ignore[union-attr]
+    spend(reporter, forward_flops(backbone, x1) * len(task.train))
     fit_linear_head(head, (feats(task.train), task.train.y), (feats(task.val), task.val.y),
                     lr=params["lr"], weight_decay=params["weight_decay"], epochs=params["epochs"],
                     batch_size=batch_size, seed=seed, device=runtime.device, reporter=reporter,

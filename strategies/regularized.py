@@ -14,7 +14,7 @@ from tlbench.strategies.base import Predictor, Strategy
 from tlbench.strategies.full_finetune import finetune, new_classifier
 from tlbench.strategies.linear_probe import suggest_probe, train_probe
 from tlbench.strategies.parts import L2SP, suggest_optimizer
-from tlbench.train import NullReporter, Reporter
+from tlbench.train import Reporter, SpendOnly
 
 
 class LPFT(Strategy):
@@ -35,7 +35,7 @@ class LPFT(Strategy):
     def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
             reporter: Reporter, runtime: Runtime) -> Predictor:
         probe = {k.removeprefix("probe_"): v for k, v in params.items() if k.startswith("probe_")}
-        head = train_probe(backbone, task, probe, seed=seed, reporter=NullReporter(), runtime=runtime,
+        head = train_probe(backbone, task, probe, seed=seed, reporter=SpendOnly(reporter), runtime=runtime,
                            batch_size=self.batch_size)
         model = new_classifier(backbone, task.num_classes, seed=seed, runtime=runtime, head=head)
         return finetune(model, task, params, seed=seed, reporter=reporter, runtime=runtime,

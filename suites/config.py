@@ -92,7 +92,16 @@ class TaskSpec(_Typed):
     # and training augmentation (random resized crop and/or horizontal flip).
     image_size: Int | None = Field(None, ge=8, le=1024)
     augment: Literal["none", "flip", "crop_flip"] = "none"
-    LATER_FIELDS = ("image_size", "augment")
+    # One field swept over values: the suite expands the task into one task per value, named
+    # ``<task>.<field><value>`` (see :func:`expand_sweeps`); never left on a parsed suite.
+    sweep: dict[str, list[Any]] | None = None
+    LATER_FIELDS = ("image_size", "augment", "sweep")
+    # (family, field, value) of a task expanded from a sweep; reports group by it.
+    _swept: tuple[str, str, Any] | None = PrivateAttr(None)
+
+    @property
+    def swept(self) -> tuple[str, str, Any] | None:
+        return self._swept
 
     def typed_args(self, where: str = "") -> Frozen:
         """``args`` as the dataset's ``Args`` (``where``: the prefix of errors)."""
@@ -159,26 +168,78 @@ class TrainingSpec(Frozen):
         return self
 
 
+SAMPLERS = ("tpe", "random", "qmc", "grid", "cmaes", "gp")
+
+
 class SearchSpec(Frozen):
     """Sampler and pruner settings, identical for every strategy of a suite."""
 
+    # Optuna's TPE (default), random, quasi-Monte Carlo (scrambled Sobol), CMA-ES, Gaussian
+    # process; or an exhaustive grid (float ranges cut into ``grid_points`` values).
+    sampler: Literal["tpe", "random", "qmc", "grid", "cmaes", "gp"] = "tpe"
     sampler_startup_trials: Int | None = Field(None, ge=0)  # default: max(3, trials // 3)
     pruner: Literal["median", "none"] = "median"
     pruner_startup_trials: Int = Field(3, ge=0)
     pruner_warmup_epochs: Int = Field(3, ge=0)
+    grid_points: Int = Field(3, ge=2, le=100)  # grid sampler: values per float (or wide int) range
+    LATER_FIELDS = ("sampler", "grid_points")
+
+
+class BudgetSpec(Frozen):
+    """What each strategy's tuning may spend: ``trials`` finished (completed or pruned)
+    trials, or ``epochs`` of training in total, in backbone epochs: one forward and backward
+    pass of the cell's backbone over the task's training split, counted in FLOPs (a pruned
+    trial counts what it ran, a linear probe the feature pass and its head's epochs). An
+    epochs budget stops starting trials once it is spent, and after ``max_trials`` at most."""
+
+    trials: Int | None = Field(None, gt=0, lt=500_000)
+    epochs: float | None = Field(None, gt=0)
+    max_trials: Int = Field(500, gt=0, lt=500_000)
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetSpec":
+        if (self.trials is None) == (self.epochs is None):
+            raise ValueError("give exactly one of trials (finished trials per strategy) or epochs "
+                             "(backbone epochs of training per strategy)")
+        return self
+
+
+class SensitivitySpec(Frozen):
+    """Re-runs a strategy's tuned configuration with one hyperparameter (or two) set to
+    each value of a grid, ``seeds`` evaluation seeds per value."""
+
+    strategy: str
+    params: dict[str, list[Any]] = Field(min_length=1, max_length=2)
+    seeds: Int = Field(3, gt=0, le=1000)
+    tasks: list[str] | None = None  # default: every task of the suite
+
+    @model_validator(mode="after")
+    def _values(self) -> "SensitivitySpec":
+        for name, values in self.params.items():
+            if not values:
+                raise ValueError(f"params.{name}: give at least one value")
+        return self
 
 
 class Suite(Frozen):
     name: str
     seed: Seed = 0
-    trials: Int = Field(10, gt=0)
-    seeds: Int = Field(3, gt=0)
+    # Bounded so that tuning slots stay below the evaluation seeds' offset (500,000).
+    trials: Int = Field(10, gt=0, lt=500_000)
+    seeds: Int = Field(3, gt=0, le=100_000)
     strategies: list[str] = Field(min_length=1)
     # Per-strategy settings (a distillation's student, an ensemble's members), by name;
     # each strategy's ``Options`` model validates its block.
     strategy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     training: TrainingSpec = TrainingSpec()
     search: SearchSpec = SearchSpec()
+    # Per strategy, hyperparameters of its search space fixed (``optimizer: sgd``), given
+    # another range (``lr_sgd: {low: 1e-3, high: 0.1, log: true}``) or fewer choices
+    # (``optimizer: [sgd]``); checked against the strategy's declared space by the planner.
+    search_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # ``{trials: N}`` (the top-level ``trials``) or ``{epochs: E}``: see BudgetSpec.
+    budget: BudgetSpec | None = None
+    sensitivity: list[SensitivitySpec] = Field(default_factory=list)
     source_tasks: dict[str, TaskSpec] = Field(default_factory=dict)
     tasks: dict[str, TaskSpec]
     backbones: dict[str, BackboneSpec]
@@ -192,6 +253,28 @@ class Suite(Frozen):
     # code version, and every record names its strategy's origin.
     plugins: list[str] = Field(default_factory=list)
     path: str = ""
+    LATER_FIELDS = ("search_space", "sensitivity")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_trials(cls, data: Any) -> Any:
+        """``budget: {trials: N}`` is the top-level ``trials: N`` (both: they must agree)."""
+        if isinstance(data, dict) and isinstance(data.get("budget"), dict) and "trials" in data["budget"]:
+            trials = data["budget"]["trials"]
+            if "trials" in data and data["trials"] != trials:
+                raise ValueError(f"trials: {data['trials']!r} and budget.trials: {trials!r} disagree; give one")
+            data = {**data, "trials": trials}
+        return data
+
+    @property
+    def budget_epochs(self) -> float | None:
+        """The epochs budget per strategy, or None when the budget counts trials."""
+        return self.budget.epochs if self.budget is not None else None
+
+    @property
+    def max_trials(self) -> int:
+        """The most trials a cell may run: the budget in trials, or an epochs budget's cap."""
+        return self.trials if self.budget_epochs is None else self.budget.max_trials  # type: ignore[union-attr]
 
     @model_validator(mode="after")
     def _names(self) -> "Suite":
@@ -209,7 +292,7 @@ class Suite(Frozen):
         """A hash of everything that changes a cell's results. The budget (trials, seeds)
         and the strategy list are left out: extending or narrowing a run reuses its store."""
         blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
-                                                   "download", "plugins"}),
+                                                   "download", "plugins", "budget", "sensitivity"}),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -260,6 +343,71 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Fields a task may sweep: a short name and where it lives in the task's spec.
+SWEEPABLE = {"shots": ("split", "shots"), "val_per_class": ("split", "val_per_class"),
+             "train_per_class": ("split", "train_per_class"), "max_test": ("split", "max_test"),
+             "test_fraction": ("split", "test_fraction"), "val_fraction": ("split", "val_fraction"),
+             "split_seed": ("split", "seed"), "severity": ("shift", "severity"), "image_size": ("image_size",)}
+
+
+def sweep_name(task: str, field: str, value: Any) -> str:
+    """The name of the task a sweep makes for one value: ``digits.shots5``,
+    ``mnist.severity0.25`` (floats in their shortest form)."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{task}.{field}{text}"
+
+
+def expand_sweeps(suite: Suite) -> Suite:
+    """The suite with every task that sweeps a field replaced by one task per value (in the
+    order given), each remembering its family, field and value; errors name the field."""
+    where = suite.path
+    if not any(spec.sweep for spec in suite.tasks.values()):
+        for name, spec in suite.source_tasks.items():
+            if spec.sweep:
+                raise ConfigError(f"{where}: source_tasks.{name}.sweep: only tasks (not source tasks) can sweep")
+        return suite
+    tasks: dict[str, TaskSpec] = {}
+    for name, spec in suite.tasks.items():
+        if spec.sweep is None:
+            tasks[name] = spec
+            continue
+        at = f"{where}: tasks.{name}.sweep"
+        if len(spec.sweep) != 1:
+            given = ", ".join(spec.sweep) or "none"
+            raise ConfigError(f"{at}: sweep exactly one field (got {len(spec.sweep)}: {given})")
+        (field, values), = spec.sweep.items()
+        if field not in SWEEPABLE:
+            raise ConfigError(f"{at}: {field!r} cannot be swept; sweepable fields: {', '.join(SWEEPABLE)}")
+        if not values:
+            raise ConfigError(f"{at}.{field}: empty sweep; list at least one value")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{at}.{field}: {values} lists a value twice")
+        route = SWEEPABLE[field]
+        if route[0] == "shift" and spec.shift is None:
+            raise ConfigError(f"{at}: sweeping {field!r} needs a shift: block on the task")
+        base = spec.model_dump(exclude={"sweep"})
+        for value in values:
+            data = json.loads(json.dumps(base, default=str))
+            if len(route) == 2:
+                data.setdefault(route[0], {})[route[1]] = value
+            else:
+                data[route[0]] = value
+            try:
+                expanded = TaskSpec(**data)
+            except ValidationError as err:
+                raise ConfigError(format_error(err, TaskSpec, f"{at}.{field}", sep=": ").replace(
+                    f"{at}.{field}: {'.'.join(route)}", f"{at}.{field}") + f" (sweep value {value!r})") from None
+            expanded._swept = (name, field, value)
+            new = sweep_name(name, field, value)
+            if not NAME.fullmatch(new):
+                raise ConfigError(f"{at}.{field}: value {value!r} makes the task name {new!r}, which must match "
+                                  f"{NAME.pattern}")
+            if new in suite.tasks or new in tasks or new in suite.source_tasks:
+                raise ConfigError(f"{at}: the swept task {new!r} clashes with another task of that name")
+            tasks[new] = expanded
+    return suite.model_copy(update={"tasks": tasks})
+
+
 def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None) -> Suite:
     """Reads and validates a suite file: its schema, and each dataset's and backbone's
     ``args`` against the class it names (typed once, kept on the spec). ``plugins`` is
@@ -276,6 +424,7 @@ def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None)
         suite = Suite(**data, path=str(path))
     except ValidationError as err:
         raise ConfigError(format_error(err, Suite, str(path), sep=": ")) from None
+    suite = expand_sweeps(suite)
     if plugins is not None:
         plugins(suite)
     for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):

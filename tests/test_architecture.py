@@ -26,7 +26,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "tlbench.reuse", "tlbench.storage"),
     "suites": ("tlbench.suites.*",),
     "strategies": ("tlbench.strategies.*",),
-    "runner": ("tlbench.plan", "tlbench.plugins", "tlbench.pretrain", "tlbench.search", "tlbench.evaluate",
+    "runner": ("tlbench.plan", "tlbench.plugins", "tlbench.pretrain", "tlbench.search", "tlbench.samplers",
+               "tlbench.spaces", "tlbench.evaluate",
                "tlbench.members", "tlbench.store", "tlbench.runner"),
     "reports": ("tlbench.reports.*",),
     "testing": ("tlbench.testing",),  # the strategy contract as a check: built on the runner's model server

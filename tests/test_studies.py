@@ -1,0 +1,384 @@
+"""Hyperparameter studies: search spaces set in the suite, samplers, compute budgets, sweeps
+and sensitivity studies (issue 12)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tlbench.cli import main
+from tlbench.errors import NonFiniteLoss
+from tlbench.plan import load_plan
+from tlbench.samplers import EXACT_RESUME, SAMPLER_CLASSES
+from tlbench.search import Budget, make_study, summarize, tune
+from tlbench.spaces import Fixed, Range, effective, explore, grid, parse_overrides
+from tlbench.storage import open_existing_storage, open_storage
+from tlbench.store import worker_id
+from tlbench.strategies import STRATEGIES
+from tlbench.strategies.base import ModelPredictor, Strategy
+from tlbench.suites.config import SearchSpec, parse_suite
+from tlbench.testing import tiny_backbone
+
+SMALL = """\
+name: small
+seed: 0
+trials: 3
+seeds: 1
+strategies: [linear_probe, full_finetune]
+training: {epochs: [2, 3], batch_size: 16}
+backbones:
+  b: {arch: cnn2d, args: {width: 8, depth: 2}}
+tasks:
+  d:
+    dataset: digits
+    split: {shots: 2, val_per_class: 3, test_fraction: 0.3}
+    backbones: [b]
+"""
+
+
+def write(tmp_path: Path, extra: str = "", *, base: str = SMALL, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(base + textwrap.dedent(extra))
+    return path
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+BAD = {
+    "unknown hyperparameter": ("search_space: {full_finetune: {lr: 0.1}}",
+                               ["search_space.full_finetune.lr", "unknown hyperparameter", "lr_sgd"]),
+    "wrong type": ("search_space: {full_finetune: {lr_sgd: fast}}",
+                   ["search_space.full_finetune.lr_sgd", "wrong type", "'fast'"]),
+    "wrong type of an integer": ("search_space: {full_finetune: {epochs: 2.5}}",
+                                 ["search_space.full_finetune.epochs", "an integer"]),
+    "empty range": ("search_space: {full_finetune: {lr_sgd: {low: 0.1, high: 0.01}}}",
+                    ["search_space.full_finetune.lr_sgd", "empty range"]),
+    "log range not positive": ("search_space: {linear_probe: {lr: {low: 0, high: 0.1}}}",
+                               ["search_space.linear_probe.lr", "log-scale range must be positive"]),
+    "choice not declared": ("search_space: {full_finetune: {optimizer: [rmsprop]}}",
+                            ["search_space.full_finetune.optimizer", "rmsprop", "declared choices"]),
+    "search space of an unknown strategy": ("search_space: {fine_tune: {lr: 0.1}}",
+                                            ["search_space", "fine_tune"]),
+    "search space of a strategy with nothing to search": (
+        "strategies: [full_finetune, ensemble]\nstrategy_options: {ensemble: {members: [full_finetune]}}\n"
+        "search_space: {ensemble: {size: 2}}", ["search_space.ensemble", "nothing to search"]),
+    "unknown sampler": ("search: {sampler: bayes}", ["search.sampler", "'tpe'", "bayes"]),
+    "grid and budget disagree": ("strategies: [linear_probe]\nsearch: {sampler: grid}\n"
+                                 "search_space: {linear_probe: {epochs: 2}}",
+                                 ["trials: 3", "grid of linear_probe", "9 configurations", "set it to 9"]),
+    "grid with an epochs budget": ("search: {sampler: grid}\nbudget: {epochs: 30}\n",
+                                   ["budget.epochs", "grid search"]),
+    "epochs budget smaller than one trial": ("budget: {epochs: 2}", ["budget.epochs", "smaller than one trial"]),
+    "budget of both kinds": ("budget: {trials: 3, epochs: 30}", ["budget", "exactly one of trials"]),
+    "budget and trials disagree": ("budget: {trials: 5}", ["trials: 3 and budget.trials: 5 disagree"]),
+    "trials beyond the seed offset": ("trials: 100000000000000000000", ["trials", "less than 500000"]),
+    "sweep over an unknown field": ("sweep: {colour: [1, 2]}", ["tasks.d.sweep", "'colour' cannot be swept",
+                                                                 "shots"]),
+    "empty sweep": ("sweep: {shots: []}", ["tasks.d.sweep.shots", "empty sweep"]),
+    "sweep of a bad value": ("sweep: {shots: [1, -2]}", ["tasks.d.sweep.shots", "sweep value -2"]),
+    "sweep of a shift without one": ("sweep: {severity: [0.1]}", ["tasks.d.sweep", "needs a shift"]),
+    "sensitivity with nothing to tune": (
+        "strategies: [full_finetune, ensemble]\nstrategy_options: {ensemble: {members: [full_finetune]}}\n"
+        "sensitivity: [{strategy: ensemble, params: {size: [2, 3]}}]",
+        ["sensitivity[0].strategy", "nothing to tune"]),
+    "sensitivity value outside the range": (
+        "sensitivity: [{strategy: full_finetune, params: {lr_sgd: [0.01, 5.0]}}]",
+        ["sensitivity[0].params.lr_sgd[1]", "5.0 is outside the declared range"]),
+    "sensitivity on an unknown hyperparameter": (
+        "sensitivity: [{strategy: full_finetune, params: {lr: [0.01]}}]",
+        ["sensitivity[0].params.lr", "unknown hyperparameter"]),
+    "sensitivity on a strategy not in the suite": (
+        "sensitivity: [{strategy: l2_sp, params: {alpha: [0.01]}}]",
+        ["sensitivity[0].strategy", "not among the suite's strategies"]),
+    "sensitivity over three hyperparameters": (
+        "sensitivity: [{strategy: full_finetune, params: {lr_sgd: [0.01], epochs: [2], weight_decay: [0.001]}}]",
+        ["sensitivity[0].params"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_study_settings_stop_before_training_with_one_line(tmp_path, capsys, case) -> None:
+    extra, needles = BAD[case]
+    if extra.startswith("sweep"):  # a field of the task
+        path = write(tmp_path, base=SMALL.replace("    backbones: [b]\n", f"    backbones: [b]\n    {extra}\n"))
+    elif extra.startswith(("strategies:", "trials:")):  # replaces the base's line
+        lines = extra.split("\n")
+        key = lines[0].split(":")[0]
+        old = next(line for line in SMALL.splitlines() if line.startswith(key + ":"))
+        path = write(tmp_path, "\n".join(lines[1:]) + "\n", base=SMALL.replace(old, lines[0]))
+    else:
+        path = write(tmp_path, extra + "\n")
+    rc = main(["run", str(path), "--dry-run", "--out", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert rc == 2, (case, err)
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlbench: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not (tmp_path / "o").exists()  # nothing trained or written
+
+
+def test_error_messages_cut_huge_values(tmp_path, capsys) -> None:
+    path = write(tmp_path, f"search_space: {{full_finetune: {{lr_sgd: '{'x' * 100_000}'}}}}\n")
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 400 and "…" in err
+
+
+# ------------------------------------------------------------------ search spaces
+
+
+def test_declared_spaces_are_explored_branch_by_branch() -> None:
+    ff = STRATEGIES.get("full_finetune")(epochs=(2, 5))
+    leaves = explore(lambda t: ff.search_space(t, tiny_backbone()))
+    assert [leaf.picked for leaf in leaves] == [{"optimizer": "sgd"}, {"optimizer": "adamw"}]
+    assert "lr_sgd" in leaves[0].dists and "lr_adamw" in leaves[1].dists
+
+
+def test_overrides_fix_narrow_and_restrict_and_are_what_tuning_samples(tmp_path, runtime) -> None:
+    ff = STRATEGIES.get("full_finetune")(epochs=(2, 5))
+    backbone = tiny_backbone()
+    overrides = parse_overrides(ff, backbone, {"optimizer": "sgd", "lr_sgd": {"low": 0.02, "high": 0.05},
+                                               "epochs": {"low": 3, "high": 4, "log": False}}, where="x")
+    assert overrides["optimizer"] == Fixed("sgd")
+    assert overrides["lr_sgd"] == Range(0.02, 0.05, True)  # the declared log scale is kept
+    described = effective(ff, backbone, overrides)
+    assert described["optimizer"] == "fixed: sgd" and described["lr_sgd"] == "[0.02, 0.05] (log)"
+    assert "lr_adamw" not in described
+
+    class Recording(Strategy):
+        name, description = "recording", "test double"
+        search_space = ff.search_space
+
+        def fit(self, backbone, task, params, *, seed, reporter, runtime):
+            reporter.report(0, params["lr"])
+            return ModelPredictor(backbone, device=runtime.device, trainable=1)
+
+    strategy = Recording(epochs=(2, 5))
+    study = make_study("s::t::b::recording::tune", open_storage(None, tmp_path), budget=6, seed=0)
+    tune(study, strategy, backbone, None, budget=6, suite_seed=0, runtime=runtime, space=overrides)
+    for t in study.trials:
+        params = t.user_attrs["params"]
+        assert params["optimizer"] == "sgd" and 0.02 <= params["lr"] <= 0.05 and params["epochs"] in (3, 4)
+        assert "optimizer" not in t.params  # fixed: never sampled
+
+
+def test_overridden_spaces_are_in_the_fingerprint_and_old_suites_keep_theirs(tmp_path) -> None:
+    base = parse_suite(write(tmp_path)).fingerprint()
+    narrowed = parse_suite(write(tmp_path, "search_space: {full_finetune: {optimizer: sgd}}\n", name="n.yaml"))
+    assert narrowed.fingerprint() != base
+    # budgets and sensitivity studies do not change a cell's results: the store is reused
+    assert parse_suite(write(tmp_path, "budget: {epochs: 30}\n", name="e.yaml")).fingerprint() == base
+    assert parse_suite(write(tmp_path, "sensitivity: [{strategy: full_finetune, params: {epochs: [2]}}]\n",
+                             name="x.yaml")).fingerprint() == base
+
+
+# ------------------------------------------------------------------ samplers
+
+
+class Quadratic(Strategy):
+    """Validation accuracy peaks at x = 0.3, y = 7, opt = b; three reported epochs."""
+
+    name, description = "quadratic", "test double"
+
+    def search_space(self, trial, backbone):
+        return {"x": trial.suggest_float("x", 0.0, 1.0), "y": trial.suggest_int("y", 1, 10),
+                "opt": trial.suggest_categorical("opt", ["a", "b"])}
+
+    def fit(self, backbone, task, params, *, seed, reporter, runtime):
+        value = 1 - (params["x"] - 0.3) ** 2 - abs(params["y"] - 7) / 20 - 0.1 * (params["opt"] == "a")
+        for epoch in range(3):
+            reporter.report(epoch, value)
+        return ModelPredictor(backbone, device=runtime.device, trainable=1)
+
+
+def _proposals(study: optuna.Study) -> list[tuple]:
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    return [tuple(sorted(t.user_attrs["params"].items())) for t in sorted(finished, key=lambda t: t.number)]
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLER_CLASSES))
+def test_every_sampler_tunes_and_resumes_after_a_dead_worker(tmp_path, runtime, sampler) -> None:
+    """An uninterrupted study against one whose worker died holding slot 3: the sampler's
+    proposals are the same for the samplers listed as exact (the README says which are not)."""
+    search = SearchSpec(sampler=sampler, sampler_startup_trials=2, pruner="none")
+    strategy = Quadratic()
+    points = grid(strategy, None, {}, 2) if sampler == "grid" else None
+    budget = len(points) if points else 7
+    clean = make_study("c::t::b::quadratic::tune", open_storage(None, tmp_path / "a"), budget=budget, seed=5,
+                       search=search, grid=points)
+    result = tune(clean, strategy, None, None, budget=budget, suite_seed=0, runtime=runtime)
+    assert result.n_complete == budget and result.best_value is not None
+    storage = open_storage(None, tmp_path / "b")
+    part = make_study("c::t::b::quadratic::tune", storage, budget=budget, seed=5, search=search, grid=points)
+    tune(part, strategy, None, None, budget=3, suite_seed=0, runtime=runtime)
+    dead = part.ask()  # a worker killed in slot 3 after drawing its configuration
+    dead.set_user_attr("params", strategy.search_space(dead, None))
+    dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
+    again = make_study("c::t::b::quadratic::tune", storage, budget=budget, seed=5, search=search, grid=points)
+    tune(again, strategy, None, None, budget=budget, suite_seed=0, runtime=runtime)
+    assert summarize(again, budget).n_complete == budget
+    if sampler in EXACT_RESUME:
+        assert _proposals(again) == _proposals(clean)
+    if sampler == "grid":  # each configuration once
+        assert sorted(_proposals(clean)) == sorted(tuple(sorted(p.items())) for p in points)
+
+
+# ------------------------------------------------------------------ compute budgets
+
+
+class Costly(Strategy):
+    """Spends ``cost`` backbone epochs' worth of FLOPs per epoch, for ``epochs`` epochs;
+    prunes (NaN) when x > 0.8 after one epoch."""
+
+    name, description = "costly", "test double"
+
+    def __init__(self, cost: float, **kw) -> None:
+        super().__init__(**kw)
+        self.cost = cost
+
+    def search_space(self, trial, backbone):
+        return {"x": trial.suggest_float("x", 0.0, 1.0), "epochs": self.suggest_epochs(trial)}
+
+    def fit(self, backbone, task, params, *, seed, reporter, runtime):
+        for epoch in range(params["epochs"]):
+            reporter.spend(self.cost * UNIT)
+            if params["x"] > 0.8:
+                raise NonFiniteLoss(epoch, float("nan"))
+            reporter.report(epoch, params["x"])
+        return ModelPredictor(backbone, device=runtime.device, trainable=1)
+
+
+UNIT = 1e6
+
+
+def test_an_epochs_budget_gives_cheap_strategies_more_trials_and_counts_pruned_ones(tmp_path, runtime,
+                                                                                   monkeypatch) -> None:
+    monkeypatch.setattr("tlbench.search.compute_unit", lambda backbone, task: UNIT)
+    budget = Budget(epochs=20, max_trials=100)
+    results = {}
+    for cost in (1.0, 0.25):
+        study = make_study(f"s::t::b::costly{cost}::tune", open_storage(None, tmp_path / str(cost)), budget=budget,
+                           seed=0)
+        results[cost] = tune(study, Costly(cost, epochs=(2, 4)), None, None, budget=budget, suite_seed=0,
+                             runtime=runtime)
+        finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        spent = [t.user_attrs["compute"] for t in sorted(finished, key=lambda t: t.number)]
+        assert sum(spent[:-1]) < 20 <= sum(spent)  # the last trial started before the budget ran out
+        pruned = [t for t in finished if t.state == TrialState.PRUNED]
+        assert pruned, "the test needs pruned trials"
+        for t in pruned:  # what each ran: one epoch when its loss diverged, else the epochs it reported
+            assert t.user_attrs["compute"] == pytest.approx(cost * max(1, len(t.intermediate_values)))
+        assert results[cost].compute == pytest.approx(sum(spent))
+    full, cheap = results[1.0], results[0.25]
+    assert cheap.n_complete + cheap.n_pruned >= 3 * (full.n_complete + full.n_pruned)
+
+
+def test_training_loops_charge_backbone_epochs(runtime, tiny_task) -> None:
+    """Full fine-tuning charges about one backbone epoch per epoch; a linear probe the feature
+    pass (a third) plus a tiny head."""
+    from tlbench.search import compute_unit
+    from tlbench.train import NullReporter
+
+    backbone = tiny_backbone()
+    unit = compute_unit(backbone, tiny_task)
+    assert unit and unit > 0
+    for name, low, high in (("full_finetune", 2.9, 3.3), ("linear_probe", 0.3, 0.4)):
+        strategy = STRATEGIES.get(name)(epochs=(3, 3), batch_size=8)
+        params = strategy.search_space(optuna.trial.FixedTrial({"optimizer": "sgd", "lr_sgd": 0.01, "lr": 0.01,
+                                                                "weight_decay": 1e-4, "warmup_fraction": 0.0}),
+                                       backbone)
+        reporter = NullReporter()
+        strategy.fit(backbone, tiny_task, params, seed=0, reporter=reporter, runtime=runtime)
+        assert low <= reporter.flops / unit <= high, (name, reporter.flops / unit)
+
+
+# ------------------------------------------------------------------ sweeps
+
+
+def test_a_sweep_expands_into_predictably_named_tasks(tmp_path) -> None:
+    path = write(tmp_path, base=SMALL.replace("    backbones: [b]\n", "    backbones: [b]\n"
+                                              "    shift: {kind: noise, severity: 0.1}\n"
+                                              "    sweep: {severity: [0.5, 0.25, 1]}\n"))
+    suite = parse_suite(path)
+    assert list(suite.tasks) == ["d.severity0.5", "d.severity0.25", "d.severity1"]
+    assert [t.swept for t in suite.tasks.values()] == [("d", "severity", 0.5), ("d", "severity", 0.25),
+                                                       ("d", "severity", 1)]
+    assert list(parse_suite(path).tasks) == list(suite.tasks)  # deterministic
+    explicit = write(tmp_path, name="e.yaml", base=SMALL.replace("  d:\n", "  d.severity0.5:\n").replace(
+        "    backbones: [b]\n", "    backbones: [b]\n    shift: {kind: noise, severity: 0.5}\n"))
+    one = write(tmp_path, name="o.yaml", base=SMALL.replace("    backbones: [b]\n", "    backbones: [b]\n"
+                "    shift: {kind: noise, severity: 0.1}\n    sweep: {severity: [0.5]}\n"))
+    assert parse_suite(one).fingerprint() == parse_suite(explicit).fingerprint()  # a sweep is its tasks
+    plan = load_plan(one)
+    assert plan.tasks["d.severity0.5"].info["sweep"] == {"family": "d", "field": "severity", "value": 0.5}
+
+
+# ------------------------------------------------------------------ resume after kill -9
+
+
+STUDY = """\
+name: sweepsens
+seed: 0
+trials: 2
+seeds: 1
+strategies: [linear_probe]
+training: {epochs: [2, 3], batch_size: 16}
+sensitivity:
+  - {strategy: linear_probe, params: {lr: [0.001, 0.01, 0.1]}, seeds: 2}
+backbones:
+  b: {arch: cnn2d, args: {width: 8, depth: 2}}
+tasks:
+  d:
+    dataset: digits
+    split: {shots: 2, val_per_class: 3, test_fraction: 0.3}
+    sweep: {shots: [1, 3]}
+    backbones: [b]
+"""
+
+
+def _run(tmp_path: Path, out: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "TLBENCH_CACHE": str(tmp_path / f"cache-{out}")}
+    return subprocess.Popen([sys.executable, "-m", "tlbench.cli", "run", str(tmp_path / "s.yaml"), "--out",
+                             str(tmp_path / out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def _records(path: Path) -> tuple[list, list]:
+    from tlbench.records import load_runs, load_sensitivity
+
+    storage = open_existing_storage(str(path / "store.journal"))
+    runs = load_runs(storage)[["task", "strategy", "seed", "params", "test_accuracy"]]
+    sens = load_sensitivity(storage)[["task", "seed", "varied:lr", "tuned:lr", "test_accuracy"]]
+    return (sorted(map(repr, runs.to_dict("records"))), sorted(map(repr, sens.to_dict("records"))))
+
+
+def test_a_sweep_and_its_sensitivity_study_resume_exactly_after_kill_9(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text(STUDY)
+    clean = _run(tmp_path, "clean")
+    assert clean.wait(timeout=300) == 0, clean.stderr.read()
+    killed = _run(tmp_path, "killed")
+    journal = tmp_path / "killed" / "store.journal"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill -9 in the middle of the first task's sensitivity study
+        if journal.exists() and journal.read_text().count('"record"') >= 3 and "::sens" in journal.read_text():
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    text = journal.read_text()
+    assert "d.shots3::b::linear_probe::sens" not in text, "killed too late to test resuming"
+    resumed = _run(tmp_path, "killed")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    runs, sens = _records(tmp_path / "killed")
+    assert (runs, sens) == _records(tmp_path / "clean")
+    assert len(runs) == 2 and len(sens) == 2 * 3 * 2

@@ -382,3 +382,104 @@ def test_a_sweep_and_its_sensitivity_study_resume_exactly_after_kill_9(tmp_path)
     runs, sens = _records(tmp_path / "killed")
     assert (runs, sens) == _records(tmp_path / "clean")
     assert len(runs) == 2 and len(sens) == 2 * 3 * 2
+
+
+# ------------------------------------------------------------------ the report of a study
+
+
+def _sweep_runs(gaps: dict[int, float], seeds: int = 5):
+    """Runs of a swept family: scratch trails the best transfer strategy by ``gaps[shots]``."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for shots, gap in gaps.items():
+        for seed in range(seeds):
+            noise = rng.normal(0, 0.01)
+            for strategy, acc in (("linear_probe", 0.9), ("full_finetune", 0.85), ("scratch", 0.9 - gap)):
+                rows.append({"suite": "s", "task": f"d.shots{shots}", "backbone": "b", "strategy": strategy,
+                             "seed": 500000 + seed, "test_accuracy": acc + noise + rng.normal(0, 0.002),
+                             "task_info": {"sweep": {"family": "d", "field": "shots", "value": shots}}})
+    return pd.DataFrame(rows)
+
+
+def test_the_crossover_table_names_where_transfer_stops_paying_off() -> None:
+    from tlbench.reports.studies import crossover_tables, sweep_summary
+    from tlbench.reports.tables import to_latex, to_markdown
+
+    runs = _sweep_runs({1: 0.4, 2: 0.2, 5: 0.0, 10: 0.0})
+    [table] = crossover_tables(runs)
+    text = to_markdown(table)
+    assert "Transfer stops paying off at shots = 5" in text
+    assert [row[0].text for row in table.rows] == ["1", "2", "5", "10"]  # numeric order, not text order
+    assert [row[-1].text for row in table.rows] == ["yes", "yes", "no", "no"]
+    assert "\\begin{tabular}" in to_latex(table)
+    summary = sweep_summary(runs)
+    assert set(summary["strategy"]) == {"linear_probe", "full_finetune", "scratch"} and (summary["n"] == 5).all()
+    never = crossover_tables(_sweep_runs({1: 0.4, 2: 0.3}))[0]
+    assert "significantly worse at every shots tested" in to_markdown(never)
+    few = crossover_tables(_sweep_runs({1: 0.4, 2: 0.3}, seeds=2))[0]
+    assert "fewer than 5 shared seeds" in to_markdown(few)
+
+
+def test_sweep_and_sensitivity_figures_are_written(tmp_path) -> None:
+    import pandas as pd
+
+    from tlbench.reports.figures import palette
+    from tlbench.reports.studies import sensitivity_summary, studies_section
+
+    rows = []
+    for task in ("a", "b"):
+        for lr in (0.001, 0.01, 0.1):
+            for wd in (0.0, 0.1):
+                for seed in range(3):
+                    rows.append({"task": task, "backbone": "b", "strategy": "full_finetune", "seed": seed,
+                                 "test_accuracy": 0.5 + lr + wd / 10 + seed / 100, "varied:lr": lr,
+                                 "varied:wd": wd, "tuned:lr": 0.01, "tuned:wd": 0.1})
+                rows.append({"task": task, "backbone": "b", "strategy": "full_finetune", "seed": 0,
+                             "test_accuracy": 0.5 + lr, "varied:lr": lr, "tuned:lr": 0.01})
+    frame = pd.DataFrame(rows)
+    summary = sensitivity_summary(frame)
+    assert set(summary["params"]) == {("lr",), ("lr", "wd")}
+    one = summary[summary["params"] == ("lr",)]
+    assert len(one) == 6 and (one["tuned_x"] == 0.01).all()
+    runs = _sweep_runs({1: 0.4, 5: 0.0})
+    colours = palette(["full_finetune", "linear_probe", "scratch"])
+    tables, files = studies_section(runs, frame, tmp_path, colours=colours)
+    names = sorted(p.name for p in files)
+    assert names == sorted(["sweep_d.png", "sweep_d.pdf", "sensitivity_full_finetune_lr.png",
+                            "sensitivity_full_finetune_lr.pdf", "sensitivity_full_finetune_lr-wd.png",
+                            "sensitivity_full_finetune_lr-wd.pdf"])
+    assert all(p.stat().st_size > 1000 for p in files) and len(tables) == 1
+
+
+def test_the_bundled_shots_study_shows_transfer_paying_off_less_as_shots_grow(tmp_path, monkeypatch) -> None:
+    """A smaller version of `tlbench run shots` (fewer glyphs, shots, trials and seeds): the
+    gap between the linear probe and scratch shrinks from 1 to 10 shots per class."""
+    import pandas as pd
+
+    from tlbench.suites import bundled_suites
+
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    suite = tmp_path / "shots-small.yaml"
+    suite.write_text(f'include: "{bundled_suites()["shots"]}"\n' + textwrap.dedent("""\
+        trials: 3
+        seeds: 3
+        strategies: [linear_probe, scratch]
+        training: {epochs: [10, 20]}
+        source_tasks:
+          glyphs-alnum: {args: {n: 6000}}
+        backbones:
+          glyph-cnn: {args: {width: 16}, pretrain: {epochs: 2}}
+        tasks:
+          digits: {sweep: {shots: [1, 10]}}
+        """))
+    assert main(["run", str(suite), "--out", str(tmp_path / "o")]) == 0
+    runs = pd.read_parquet(tmp_path / "o" / "runs.parquet")
+    means = runs.groupby(["task", "strategy"])["test_accuracy"].mean().unstack("strategy")
+    gap = means["linear_probe"] - means["scratch"]
+    assert gap["digits.shots1"] > 0.1, means
+    assert gap["digits.shots1"] > gap["digits.shots10"] + 0.05, means
+    assert (tmp_path / "o" / "figures" / "sweep_digits.png").exists()
+    assert "Where transfer stops paying off: digits" in (tmp_path / "o" / "table.md").read_text()

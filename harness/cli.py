@@ -105,6 +105,22 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
         console.print(f"{len(plan.missing)} task(s) lack their data: {remedy}")
 
 
+def written(files: list[Path], out: Path) -> str:
+    """Every file a report wrote, relative to its folder: those directly in it, then each
+    subfolder once with its files (``figures/ (4 files: a.png, a.pdf, …)``), in writing order."""
+    top: list[str] = []
+    folders: dict[str, list[str]] = {}
+    for path in files:
+        rel = path.relative_to(out) if path.is_relative_to(out) else path
+        if len(rel.parts) == 1:
+            top.append(rel.as_posix())
+        else:
+            folders.setdefault(rel.parts[0], []).append(Path(*rel.parts[1:]).as_posix())
+    parts = top + [f"{folder}/ ({len(names)} file{'s' if len(names) != 1 else ''}: {', '.join(names)})"
+                   for folder, names in folders.items()]
+    return ", ".join(parts)
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.console import ConsoleObserver
     from tlbench.paths import default_cache_dir
@@ -151,8 +167,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
                           strategy_order=builtin_order(STRATEGIES))
     print(report.path("table.md").read_text())
-    console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, trials.parquet, "
-                  f"figures/) in {report.seconds:.1f} s")
+    console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")
     return 0
 
 
@@ -186,8 +201,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}",
                           strategy_order=builtin_order(STRATEGIES))
     print(report.path("table.md").read_text())
-    console.print(f"wrote the report to {out} (report.html, table.md, table.tex, runs.parquet, trials.parquet, "
-                  f"figures/) in {report.seconds:.1f} s")
+    console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from tlbench.backbones import Backbone
 from tlbench.data import Task
 from tlbench.errors import ConfigError, NonFiniteLoss
 from tlbench.reuse import Member, ModelServer, OwnTime, splits_of
-from tlbench.train import NullReporter
+from tlbench.train import NullReporter, median_seconds
 
 if TYPE_CHECKING:
     from tlbench.runtime import Runtime
@@ -42,10 +41,10 @@ def member_from(predictor: "Predictor", *, key: str, strategy: str, index: int, 
     """Wraps a fitted predictor: its logits on every split of ``task`` (reusing ``logits``
     already computed, by fingerprint), its cost and optionally its weights."""
     logits = dict(logits or {})
-    if inference_seconds is None:
-        start = time.perf_counter()
+    if inference_seconds is None:  # timed as an evaluation run's: a warm-up pass, then the median
         logits[task.test.fingerprint] = predictor.logits(task.test)
-        inference_seconds = predictor.inference_seconds(task.test, measured=time.perf_counter() - start)
+        measured = median_seconds(lambda: predictor.logits(task.test))
+        inference_seconds = predictor.inference_seconds(task.test, measured=measured)
     for split in splits_of(task):
         if split.fingerprint not in logits:
             logits[split.fingerprint] = predictor.logits(split)

@@ -7,9 +7,11 @@ study, named by :class:`StudyName`. An evaluation run is a trial of the latter w
 the store only through this module, so they never depend on how records are written.
 
 Schema versions: 1 — records written before versioning (one flat mapping, a strategy's own
-facts mixed in with the metrics); 2 — those facts under ``strategy_info``. Version-1
-records are read as version 2; a record of a newer schema than this release knows is
-refused with one line naming it.
+facts mixed in with the metrics); 2 — those facts under ``strategy_info``; 3 — the feature
+pass charged as ``feature_seconds`` and inference timed as a median after a warm-up. Older
+records are read as version 3 (``feature_seconds`` None: not recorded); a record of a newer
+schema than this release knows is refused with one line naming it (an older tlbench reading a
+version-3 record says to upgrade instead of calling the new field malformed).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pydantic import ValidationError
 from tlbench.config import Frozen
 from tlbench.errors import TlbenchError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SEP = "::"
 Kind = Literal["tune", "eval", "sens"]  # tuning, evaluation, sensitivity study
 
@@ -123,6 +125,11 @@ class RunRecord(RunContext):
     shifted_test_accuracy: float | None = None
     train_seconds: float  # own training time plus that of every reused model
     own_train_seconds: float
+    #: The frozen backbone's pass over the splits a strategy trains on from cached features
+    #: (a linear probe's, LP-FT's), as long as it took when computed: charged alike to every run
+    #: of the cell, cached or not, and left out of the train seconds. 0: no such pass; None: a
+    #: record written before it was charged (its train seconds include the pass when it ran it).
+    feature_seconds: float | None = None
     trainable_parameters: int
     inference_parameters: int
     inference_seconds: float
@@ -165,6 +172,8 @@ class RunRecord(RunContext):
             data = {**{k: v for k, v in data.items() if k in fields},
                     "strategy_info": {k: v for k, v in data.items() if k not in fields},
                     "schema_version": SCHEMA_VERSION}
+        elif version == 2:  # the same fields, without feature_seconds (None: not recorded)
+            data = {**data, "schema_version": SCHEMA_VERSION}
         try:
             return cls.model_validate(data)
         except ValidationError as err:

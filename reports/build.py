@@ -21,7 +21,9 @@ from tlbench.reports.tables import (
     across_tasks_table,
     column_labels,
     cost_table,
+    few_seeds_note,
     flat_runs,
+    hyperparameter_tables,
     improvement_table,
     to_html,
     to_latex,
@@ -36,6 +38,7 @@ class ReportOutputs:
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
     seconds: float = 0.0
+    captions: dict[str, str] = field(default_factory=dict)  # figure stem → caption, in the page's order
 
     def path(self, name: str) -> Path:
         return self.out / name
@@ -67,9 +70,11 @@ def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
 
 def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
                  strategy_order: Sequence[str] = ()) -> ReportOutputs:
-    """Writes runs.parquet/.csv, trials.parquet, table.md/.tex, figures/*.png|pdf and
-    report.html into ``out``; returns the files and the notes on what was not computable.
-    ``strategy_order`` (the registry's names) fixes each strategy's colour across reports."""
+    """Writes runs.parquet/.csv, trials.parquet, table.md/.tex (the results, then the "Selected
+    hyperparameters" appendix), figures/*.png|pdf (a slice figure per tuned strategy among them)
+    and report.html into ``out``; returns the files, the figures' captions and the notes on what
+    was not computable. ``strategy_order`` (the registry's names) fixes each strategy's colour
+    across reports."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     report = ReportOutputs(out)
@@ -113,19 +118,30 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
         report.notes.append(f"No Friedman test or critical difference: {rank_test.reason}.")
     if runs.groupby(["column", "strategy"])["seed"].nunique().max() < 2:
         report.notes.append("No confidence intervals or paired tests: every cell has a single seed.")
+    elif (fewest := stats.fewest_seeds(runs, "test_accuracy")) < stats.MIN_SEEDS:
+        report.notes.append(few_seeds_note(fewest, "every interval, paired test and probability of improvement "
+                                                   "in this report is descriptive; each table and figure says so "
+                                                   "where it applies."))
+    selected = [(f"tab:hparams:{i}", t) for i, t in enumerate(hyperparameter_tables(results.runs,
+                                                                                    results.search_spaces))]
 
     (out / "table.md").write_text(
         f"# {title}\n\n" + "\n".join(to_markdown(t) for _, t in tables)
-        + "".join(f"\n_{n}_\n" for n in report.notes))
+        + "".join(f"\n_{n}_\n" for n in report.notes)
+        + (f"\n## {HPARAMS}\n\n" + "\n".join(to_markdown(t) for _, t in selected) if selected else ""))
     (out / "table.tex").write_text(
         "% tlbench report tables; needs \\usepackage{booktabs}\n"
-        + "\n".join(to_latex(t, label=label) for label, t in tables))
+        + "\n".join(to_latex(t, label=label) for label, t in tables)
+        # \clearpage: the results' floats are placed first, so an appendix of one table per strategy
+        # never piles up more floats than LaTeX can hold (18) when the file is compiled on its own.
+        + (f"\n% {HPARAMS} (an appendix: one table per strategy)\n\\clearpage\n"
+           + "\n".join(to_latex(t, label=label) for label, t in selected) if selected else ""))
     report.files += [out / "table.md", out / "table.tex"]
 
     report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed, has_shift=has_shift,
                              strategy_order=strategy_order) + study_files
     html_path = out / "report.html"
-    html_path.write_text(_html(title, results, tables, report, out))
+    html_path.write_text(_html(title, results, tables, selected, report, out))
     report.files.append(html_path)
     report.seconds = time.perf_counter() - start
     return report
@@ -134,30 +150,57 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
 def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | None, out: Path,
              report: ReportOutputs, *, seed: int, has_shift: bool, strategy_order: Sequence[str]) -> list[Path]:
     colours = figures.palette(sorted(runs["strategy"].unique()), strategy_order)
+    captions = report.captions
+    captions.update(FIGURES)
+    caveat = {metric: few_seeds_note(n, "the intervals are descriptive (too narrow).")
+              for metric in ("test_accuracy", "shifted_test_accuracy")
+              if metric in runs and 2 <= (n := stats.fewest_seeds(runs, metric)) < stats.MIN_SEEDS}
     files = figures.accuracy_figure(stats.summarize(runs, "test_accuracy", seed=seed), out,
-                                    metric_label="test accuracy", name="accuracy", colours=colours)
+                                    metric_label="test accuracy", name="accuracy", colours=colours,
+                                    note=caveat.get("test_accuracy", ""))
     if has_shift:
         files += figures.accuracy_figure(stats.summarize(runs, "shifted_test_accuracy", seed=seed), out,
                                          metric_label="shifted-test accuracy", name="accuracy_shifted",
-                                         colours=colours)
+                                         colours=colours, note=caveat.get("shifted_test_accuracy", ""))
+    for name, metric in (("accuracy", "test_accuracy"), ("accuracy_shifted", "shifted_test_accuracy")):
+        if metric in caveat:
+            captions[name] += " " + caveat[metric]
     if rank_test is not None and len(rank_test.ranks) >= 2:
         files += figures.cd_diagram(rank_test, out, colours=colours)
     matrix = stats.improvement_matrix(runs, "test_accuracy")
     if len(matrix) >= 2:
-        files += figures.improvement_figure(matrix, out)
+        fewest = stats.fewest_seeds(runs, "test_accuracy")
+        note = (few_seeds_note(fewest, "each probability compares a handful of runs: descriptive, not evidence.")
+                if fewest < stats.MIN_SEEDS else "")
+        files += figures.improvement_figure(matrix, out, note=note)
+        captions["improvement"] += (" " + note) if note else ""
     files += figures.cost_figure(runs, out, colours=colours)
     curves = tuning_curves(results.trials, results.protocol.budget if results.protocol else None)
     if not curves.empty:
         files += figures.tuning_figure(curves, out, colours=colours)
     else:
         report.notes.append("No tuning curves: the store holds no finished tuning trial.")
+    for strategy in sorted(results.trials["strategy"].unique()):
+        made = figures.slice_figure(results.trials, strategy, out, scales=results.scales.get(strategy))
+        if made:
+            files += made
+            captions[figures.slice_name(strategy)] = (
+                f"{strategy}: validation accuracy of each tuning trial against each hyperparameter that varied "
+                f"(one panel each; colours are tasks). Filled: completed trials; hollow: pruned ones, at the "
+                f"accuracy where they stopped (a shorter run's). Log-scale ranges on a log axis, categorical "
+                f"ones as categories (jittered).")
     if not results.importances.empty:
         files += figures.importance_figure(results.importances, out)
     else:
         report.notes.append("No hyperparameter importances: no cell has two completed tuning trials "
                             "with a varying parameter.")
+    written = {path.stem for path in files}
+    for name in [n for n in captions if n not in written]:  # the captions of the figures drawn, in order
+        del captions[name]
     return files
 
+
+HPARAMS = "Selected hyperparameters"
 
 FIGURES = [
     ("accuracy", "Test accuracy per task: mean and 95% bootstrap interval over evaluation seeds."),
@@ -204,7 +247,8 @@ def _dl(items: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items) + "</dl>"
 
 
-def _html(title: str, results: Results, tables: list[tuple[str, Table]], report: ReportOutputs, out: Path) -> str:
+def _html(title: str, results: Results, tables: list[tuple[str, Table]], selected: list[tuple[str, Table]],
+          report: ReportOutputs, out: Path) -> str:
     runs, protocol = results.runs, results.protocol
     seeds = runs.groupby(["task", "backbone", "strategy"])["seed"].nunique()
     proto = [
@@ -241,8 +285,8 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], report:
     if "started_at" in runs and runs["started_at"].notna().any():
         prov.append(("runs started", f"{runs['started_at'].min()} … {runs['started_at'].max()}"))
     prov.append(("report written", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
-    figs = "".join(_img(out / "figures" / f"{name}.png", caption) for name, caption in FIGURES
-                   if (out / "figures" / f"{name}.png").exists())
+    figs = "".join(_img(out / "figures" / f"{name}.png", caption) for name, caption in report.captions.items()
+                   if (out / "figures" / f"{name}.png") in report.files)
     figs += "".join(_img(p, f"{p.stem.split('_', 1)[1]}: " + (studies.SWEEP_CAPTION if p.stem.startswith("sweep_")
                                                             else studies.SENSITIVITY_CAPTION))
                     for p in report.files if p.suffix == ".png" and p.stem.startswith(("sweep_", "sensitivity_")))
@@ -261,6 +305,8 @@ every number is recomputable from <code>runs.parquet</code>.</p>
 {''.join(to_html(t) for _, t in tables)}
 <h2>Figures</h2>
 {figs}
+<h2>{HPARAMS}</h2>
+{''.join(to_html(t) for _, t in selected) or '<p>no runs</p>'}
 <h2>Protocol</h2>
 {_dl(proto)}
 <h2>Search spaces</h2>

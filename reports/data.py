@@ -30,6 +30,8 @@ class Results:
     importances: pd.DataFrame  # strategy, task, backbone, param, importance
     protocol: Protocol | None = None  # None when the store holds no tuning study
     search_spaces: dict[str, dict[str, str]] = field(default_factory=dict)  # strategy → param → range
+    #: strategy → param → "log", "linear" or "categorical": how a slice figure draws its axis
+    scales: dict[str, dict[str, str]] = field(default_factory=dict)
     sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs of sensitivity studies
 
     @property
@@ -45,6 +47,25 @@ def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
         scale = " (log)" if d.log else ""
         return f"[{d.low:g}, {d.high:g}]{scale}"
     return repr(d)
+
+
+def _scale(distribution: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return "categorical"
+    return "log" if getattr(distribution, "log", False) else "linear"
+
+
+def _scale_of_description(text: str) -> str | None:
+    """The axis a declared range implies (``[a, b] (log)``, ``{a, b}``, ``fixed: x``); None
+    when the text does not say."""
+    text = text.strip()
+    if text.endswith("(log)"):
+        return "log"
+    if text.startswith("{") or text.startswith("fixed"):
+        return "categorical"
+    if text.startswith("["):
+        return "linear"
+    return None
 
 
 def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *, importances: bool = True,
@@ -74,7 +95,9 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
     rows: list[dict[str, Any]] = []
     imp_rows: list[dict[str, Any]] = []
     protocol: Protocol | None = None
-    spaces: dict[str, dict[str, str]] = {}
+    spaces: dict[str, dict[str, str]] = {}  # derived from the trials' distributions
+    declared: dict[str, dict[str, str]] = {}  # the effective spaces a run stored (study attribute search_space)
+    scales: dict[str, dict[str, str]] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         name = StudyName.parse(summary.study_name)
         if name is None or name.kind != "tune" or (suite is not None and name.suite != suite):
@@ -84,6 +107,10 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             continue
         if protocol is None and "protocol" in summary.user_attrs:  # a study created by a run killed before it
             protocol = read_protocol(summary.user_attrs, where=f"study {name}")  # stored its protocol has none
+        space = summary.user_attrs.get("search_space")
+        if isinstance(space, dict):
+            for param, text in space.items():
+                declared.setdefault(strategy, {}).setdefault(str(param), str(text))
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False):
             steps = t.intermediate_values
@@ -101,6 +128,7 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             })
             for name, dist in t.distributions.items():
                 spaces.setdefault(strategy, {}).setdefault(name, _describe(dist))
+                scales.setdefault(strategy, {}).setdefault(name, _scale(dist))
         if importances:
             for param, value in _importances(study).items():
                 imp_rows.append({"strategy": strategy, "task": task, "backbone": backbone, "param": param,
@@ -109,12 +137,18 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
                                          "epochs_reported", "seconds", "seed", "params", "reason", "retry_of",
                                          "started", "completed"])
     imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
+    spaces.update(declared)  # what the run declared wins over what its trials happened to sample
+    for strategy, space in declared.items():  # declared but never sampled (or fixed): the text says the scale
+        for param, text in space.items():
+            scale = _scale_of_description(text)
+            if scale is not None:
+                scales.setdefault(strategy, {}).setdefault(param, scale)
     sensitivity = load_sensitivity(storage, suite)
     if not sensitivity.empty and cells is not None:
         keep = [k in cells for k in zip(sensitivity["task"], sensitivity["backbone"], sensitivity["strategy"])]
         sensitivity = sensitivity[pd.Series(keep, index=sensitivity.index, dtype=bool)].reset_index(drop=True)
     return Results(runs, trials, imps, protocol, {k: dict(sorted(v.items())) for k, v in sorted(spaces.items())},
-                   sensitivity)
+                   {k: dict(sorted(v.items())) for k, v in sorted(scales.items())}, sensitivity)
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:

@@ -7,7 +7,9 @@ position in the registry so two reports colour a strategy alike.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from tlbench.reports import stats  # noqa: E402
+from tlbench.reports.tables import column_labels  # noqa: E402
 
 PANEL_W, PANEL_H = 3.3, 2.6
 RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
@@ -46,10 +49,14 @@ def markers(colours: dict[str, str]) -> dict[str, str]:
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    """PNG and PDF, cropped to what is drawn: the tight box is computed once for both (with
+    ``bbox_inches="tight"`` each save lays the whole figure out an extra time, most of a
+    figure's cost)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=200, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
+    fig.savefig(paths[0], dpi=200, bbox_inches=box)
+    fig.savefig(paths[1], bbox_inches=box)
     plt.close(fig)
     return paths
 
@@ -71,10 +78,16 @@ def _legend(fig: plt.Figure, strategies: Sequence[str], colours: dict, *, marker
                title="strategy")
 
 
+def _note(fig: plt.Figure, note: str) -> None:
+    """A caveat printed under the figure, so it travels with the PNG and PDF into a paper."""
+    if note:
+        fig.text(0.0, -0.02, note, ha="left", va="top", fontsize=6.5, style="italic", wrap=True)
+
+
 def accuracy_figure(summary: pd.DataFrame, out: Path, *, metric_label: str, name: str,
-                    colours: dict) -> list[Path]:
+                    colours: dict, note: str = "") -> list[Path]:
     """Per task, each strategy's mean with its 95% bootstrap interval (horizontal, so long
-    strategy names never overlap)."""
+    strategy names never overlap); ``note``: a caveat printed under it (few seeds)."""
     with plt.rc_context(RC), sns.axes_style("whitegrid"):
         columns = sorted(summary["column"].unique())
         order = (summary.groupby("strategy")["mean"].mean().sort_values(ascending=False).index.tolist())
@@ -94,6 +107,7 @@ def accuracy_figure(summary: pd.DataFrame, out: Path, *, metric_label: str, name
             ax.set_title(column)
             ax.set_xlabel(f"{metric_label} (%)")
         fig.tight_layout()
+        _note(fig, note)
         return _save(fig, out, name)
 
 
@@ -157,6 +171,10 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "cost_accuracy") -> list[Path]:
     """Per task: test accuracy against training seconds (log scale, reused models included),
     one point per strategy (mean over seeds), the Pareto front as a dashed staircase."""
+    label = "training time per run (s, log)"
+    if "feature_seconds" in runs and runs["feature_seconds"].notna().any():  # part of what a probe costs
+        runs = runs.assign(train_seconds=runs["train_seconds"] + runs["feature_seconds"].fillna(0.0))
+        label = "training time per run (s, log; feature pass included)"
     means = (runs.groupby(["column", "strategy"])[["train_seconds", "test_accuracy"]].mean().reset_index())
     columns = sorted(means["column"].unique())
     strategies = sorted(means["strategy"].unique())
@@ -175,7 +193,7 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
                            linewidth=0.8, zorder=2)
             ax.set_xscale("log")
             ax.set_title(column)
-            ax.set_xlabel("training time per run (s, log)")
+            ax.set_xlabel(label)
             ax.set_ylabel("test accuracy (%)")
         _legend(fig, strategies, colours, shapes=markers(colours))
         fig.tight_layout()
@@ -213,7 +231,7 @@ def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str =
 
 
 def _heatmap(data: pd.DataFrame, out: Path, name: str, *, size: tuple[float, float], xlabel: str, ylabel: str,
-             **heatmap: object) -> list[Path]:
+             note: str = "", **heatmap: object) -> list[Path]:
     """An annotated heatmap with slanted column labels, saved as PNG and PDF."""
     with plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=size)
@@ -225,6 +243,7 @@ def _heatmap(data: pd.DataFrame, out: Path, name: str, *, size: tuple[float, flo
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
         fig.tight_layout()
+        _note(fig, note)
         return _save(fig, out, name)
 
 
@@ -236,8 +255,87 @@ def importance_figure(importances: pd.DataFrame, out: Path, *, name: str = "impo
                     cbar_kws={"label": "importance (fANOVA)"})
 
 
-def improvement_figure(matrix: pd.DataFrame, out: Path, *, name: str = "improvement") -> list[Path]:
-    """P(row strategy's run beats column strategy's run), averaged over tasks, every pair."""
+def improvement_figure(matrix: pd.DataFrame, out: Path, *, name: str = "improvement", note: str = "") -> list[Path]:
+    """P(row strategy's run beats column strategy's run), averaged over tasks, every pair;
+    ``note``: a caveat printed under it (few seeds)."""
     side = 0.42 * len(matrix) + 1.6
     return _heatmap(matrix, out, name, size=(side + 0.8, side), xlabel="column strategy", ylabel="row strategy",
-                    cmap="RdBu_r", center=0.5, square=True, cbar_kws={"label": "P(row > column)"})
+                    note=note, cmap="RdBu_r", center=0.5, square=True, cbar_kws={"label": "P(row > column)"})
+
+
+def slice_figure(trials: pd.DataFrame, strategy: str, out: Path, *, scales: dict[str, str] | None = None,
+                 internal: frozenset[str] = frozenset({"reuses"})) -> list[Path]:
+    """Validation accuracy against each hyperparameter over one strategy's tuning trials
+    (Optuna's slice plot): one panel per hyperparameter that varied, one colour per task;
+    completed trials solid, pruned ones faded at the accuracy where they stopped (a shorter
+    run's, so not the same quantity). Log-scale ranges get a log axis, categorical ones
+    (and any non-numeric value) a category axis. No files when nothing varied."""
+    scales = scales or {}
+    data = trials[(trials["strategy"] == strategy) & trials["state"].isin(["COMPLETE", "PRUNED"])]
+    data = data.dropna(subset=["value"])
+    if data.empty:
+        return []
+    data = data.assign(column=column_labels(data))
+    parsed = [json.loads(p) if isinstance(p, str) else dict(p or {}) for p in data["params"]]
+    names = sorted({k for p in parsed for k in p if k not in internal})
+    varied = [n for n in names if len({json.dumps(p.get(n), sort_keys=True, default=str) for p in parsed
+                                       if n in p}) > 1]
+    if not varied:
+        return []
+    columns = sorted(data["column"].unique())
+    colours = {c: COLOURS[i % len(COLOURS)] for i, c in enumerate(columns)}
+    values = data["value"].to_numpy(float) * 100
+    complete = (data["state"] == "COMPLETE").to_numpy()
+    with plt.rc_context(RC), sns.axes_style("whitegrid"):
+        fig, axes = _panels(len(varied))
+        for i, (ax, name) in enumerate(zip(axes.flat, varied)):
+            xs = [p.get(name) for p in parsed]
+            have = np.array([x is not None for x in xs])
+            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, h in zip(xs, have) if h)
+            scale = scales.get(name) or _family_scale(name, scales) or ("linear" if numeric else "categorical")
+            if scale == "categorical" or not numeric:
+                categories = sorted({str(x) for x, h in zip(xs, have) if h})
+                jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(xs))
+                position = np.array([categories.index(str(x)) + j if h else np.nan
+                                     for x, h, j in zip(xs, have, jitter)])
+                ax.set_xticks(range(len(categories)), categories)
+            else:
+                position = np.array([float(x) if h else np.nan for x, h in zip(xs, have)])
+                if scale == "log" and np.nanmin(position) > 0:
+                    ax.set_xscale("log")
+                    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2×10⁻⁵ 3×10⁻⁵… overlap
+                elif all(isinstance(x, int) for x, h in zip(xs, have) if h):
+                    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            for column in columns:
+                in_column = (data["column"] == column).to_numpy() & have
+                for done, alpha, face in ((True, 0.85, colours[column]), (False, 0.3, "none")):
+                    pick = in_column & (complete == done)
+                    if pick.any():
+                        ax.scatter(position[pick], values[pick], s=14, alpha=alpha, facecolor=face,
+                                   edgecolor=colours[column], linewidth=0.8)
+            ax.set_xlabel(name + (" (log)" if ax.get_xscale() == "log" else ""))
+            ax.set_ylabel("validation accuracy (%)" if i % axes.shape[1] == 0 else "")
+        handles = [plt.Line2D([], [], color=colours[c], marker="o", linestyle="none", markersize=4) for c in columns]
+        handles.append(plt.Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle="none",
+                                  markersize=4, alpha=0.5))
+        fig.legend(handles, [*columns, "pruned"], loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                   title="task")
+        fig.suptitle(f"{strategy}: tuning trials", fontsize=9)
+        # Fixed spacing instead of tight_layout, which lays every panel out once more (a third of the
+        # figure's cost); _save crops the outer margins.
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15 / axes.shape[0], top=1 - 0.12 / axes.shape[0],
+                            wspace=0.12, hspace=0.5)
+        return _save(fig, out, slice_name(strategy))
+
+
+def _family_scale(name: str, scales: dict[str, str]) -> str | None:
+    """The scale of a parameter the search space declares per variant: a strategy's ``lr`` is
+    drawn as ``lr_sgd`` or ``lr_adamw`` (one per optimizer), both on a log scale."""
+    family = {scale for key, scale in scales.items() if key.startswith(name + "_")}
+    return family.pop() if len(family) == 1 else None
+
+
+def slice_name(strategy: str) -> str:
+    """The file stem of a strategy's slice figure (a plugin's name may hold any character)."""
+    return "slice_" + re.sub(r"[^A-Za-z0-9_.-]", "_", strategy)
+

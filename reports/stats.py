@@ -22,6 +22,19 @@ from scipy import stats
 CONFIDENCE = 0.95
 ALPHA = 0.05
 RESAMPLES = 10_000
+#: Below this many evaluation seeds per cell, bootstrap intervals are too narrow and paired
+#: tests have little power: the report calls what it computes from them descriptive.
+MIN_SEEDS = 5
+
+
+def fewest_seeds(runs: pd.DataFrame, metric: str, strategies: Sequence[str] | None = None) -> int:
+    """The smallest number of runs with ``metric`` in any (strategy, column) cell (of
+    ``strategies`` when given); 0 without runs."""
+    data = runs.dropna(subset=[metric])
+    if strategies is not None:
+        data = data[data["strategy"].isin(list(strategies))]
+    counts = data.groupby(["strategy", "column"]).size()
+    return int(counts.min()) if len(counts) else 0
 
 
 def expanded_confidence(n: int, confidence: float = CONFIDENCE) -> float:

@@ -58,6 +58,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     align: str = ""  # one of l/r per column; default: label left, the rest right
     wide: bool = False  # LaTeX: scaled to the text width (needs graphicx)
+    placement: str = "t"  # LaTeX float placement
 
     def alignment(self) -> str:
         return self.align or "l" + "r" * (len(self.header) - 1)
@@ -71,6 +72,15 @@ def fmt_number(value: float | None, digits: int = 1, *, grouped: bool = False) -
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:,.{digits}f}" if grouped else f"{value:.{digits}f}"
+
+
+FEW_SEEDS = "Few seeds"  # every statistic that cannot be trusted at the run's seeds starts its caveat so
+
+
+def few_seeds_note(n: int, consequence: str) -> str:
+    """The one low-seed caveat, worded alike under every table and figure it applies to."""
+    return (f"{FEW_SEEDS}: {n} evaluation seed{'s' if n != 1 else ''} per task and strategy (fewer than "
+            f"{stats.MIN_SEEDS}), so {consequence}")
 
 
 def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int = 0) -> Table | None:
@@ -116,9 +126,11 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
              f"the columns every strategy has (1 = best)."]
     if single_seed:
         notes.append("Cells without ± have one seed: no confidence interval from one seed.")
-    if 2 <= low_n < 5:
-        notes.append(f"Intervals from fewer than 5 seeds are too narrow (a bootstrap of {low_n} values cannot "
-                     f"cover 95%): read them as descriptive.")
+    if low_n < stats.MIN_SEEDS:
+        notes.append(few_seeds_note(low_n, f"the intervals are too narrow (a bootstrap of {low_n} value"
+                                           f"{'s' if low_n != 1 else ''} cannot cover 95%) and the paired tests "
+                                           f"have little power ({MARK} on most strategies says little): read "
+                                           f"both as descriptive."))
     if untestable:
         notes.append("Some comparisons could not be tested (fewer than two shared seeds).")
     return Table(["strategy", *columns, "avg. rank"], rows, caption, notes)
@@ -132,25 +144,38 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
         return None
     agg = {"train_seconds": ("train_seconds", "mean"), "trainable": ("trainable_parameters", "mean"),
            "peak": ("peak_memory_mb", "mean"), "runs": ("seed", "count")}
-    for name, col in (("own", "own_train_seconds"), ("inference", "inference_parameters"),
-                      ("ms", "inference_ms_per_example")):
+    # Records from before the feature pass was charged (and inference timed by a median) have none.
+    features = "feature_seconds" in runs and runs["feature_seconds"].notna().any()
+    for name, col in (("own", "own_train_seconds"), ("features", "feature_seconds"),
+                      ("inference", "inference_parameters"), ("ms", "inference_ms_per_example")):
         if col in runs:
             agg[name] = (col, "mean")
     stats_frame = runs.groupby(["column", "strategy"]).agg(**agg).reset_index()
-    header = ["task", "strategy", "train s", "own train s", "trainable params", "peak memory MB",
-              "inference params", "inference ms/example", "runs"]
+    header = ["task", "strategy", "train s", "own train s", *(["feature pass s"] if features else []),
+              "trainable params", "peak memory MB", "inference params", "inference ms/example", "runs"]
     rows = []
     for r in stats_frame.to_dict("records"):
         rows.append([Cell(r["column"]), Cell(r["strategy"]), Cell(f"{r['train_seconds']:.2f}"),
-                     Cell(fmt_number(r.get("own"), 2)), Cell(fmt_number(r["trainable"], 0, grouped=True)),
+                     Cell(fmt_number(r.get("own"), 2)),
+                     *([Cell(fmt_number(r["features"] or math.nan, 2))] if features else []),
+                     Cell(fmt_number(r["trainable"], 0, grouped=True)),
                      Cell(fmt_number(r["peak"], 0)), Cell(fmt_number(r.get("inference"), 0, grouped=True)),
                      Cell(fmt_number(r.get("ms"), 3)), Cell(str(int(r["runs"])))])
     kinds = sorted(runs["peak_memory_kind"].dropna().unique()) if "peak_memory_kind" in runs else []
     notes = ["Means over evaluation runs. Train s includes the training time of models a strategy "
              "reuses (a distillation's teacher, an ensemble's members); own train s is its own. "
-             "Inference params: parameters one prediction runs through (K models for an averaged "
-             "ensemble)." + (f" Peak memory: {', '.join(kinds)}." if kinds else "")]
-    return Table(header, rows, "Cost per strategy and task", notes, align="llrrrrrrr", wide=True)
+             + ("Feature pass s: the frozen backbone's pass over the train and validation splits that a "
+                "strategy training on cached features (linear probe, LP-FT) reads, as long as it took when "
+                "computed, charged to every run of the cell whether it computed the features or found them "
+                "cached, and left out of train s, so the columns compare strategies, not cache states "
+                "(– : no such pass). " if features else "")
+             + "Inference params: parameters one prediction runs through (K models for an averaged "
+             "ensemble)."
+             + (" Inference ms/example: the median of up to 3 timed passes over the test split after a "
+                "warm-up pass (a probe's through its backbone, not the feature cache)." if features else "")
+             + (f" Peak memory: {', '.join(kinds)}." if kinds else "")]
+    return Table(header, rows, "Cost per strategy and task", notes, align="ll" + "r" * (len(header) - 2),
+                 wide=True)
 
 
 def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
@@ -166,18 +191,25 @@ def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
     iqm = (stats.iqm_by_strategy(runs, metric, seed=seed) if iqm is None else iqm).set_index("strategy")
     order = list(test.ranks.index) + sorted(set(iqm.index) - set(test.ranks.index))
     best_iqm = iqm["iqm"].max() if len(iqm) else math.nan
-    rows = []
+    rows, intervals = [], False
     for strategy in order:
         if strategy not in iqm.index:
             continue
         r = iqm.loc[strategy]
         ci = "" if math.isnan(r["low"]) else f" [{r['low']:.3f}, {r['high']:.3f}]"
+        intervals |= bool(ci)
         rows.append([Cell(strategy), Cell(f"{r['iqm']:.3f}{ci}", bold=math.isclose(r["iqm"], best_iqm)),
                      Cell(fmt_number(test.ranks.get(strategy, math.nan), 2)), Cell(str(int(r["runs"])))])
     tasks = int(iqm["tasks"].max()) if len(iqm) else 0
     notes = [f"IQM: interquartile mean of every strategy's task × seed runs on the {tasks} task(s) all "
              f"strategies have, in {iqm.attrs.get('scale', 'raw accuracy')}, with a 95% stratified-bootstrap "
-             f"interval (seeds resampled within each task; Agarwal et al. 2021)."]
+             f"interval (seeds resampled within each task; Agarwal et al. 2021). Bold: the highest IQM (a point "
+             f"estimate, not a test)."]
+    fewest = stats.fewest_seeds(runs[runs["column"].isin(stats.common_columns(runs, metric))], metric)
+    if intervals and fewest < stats.MIN_SEEDS:
+        notes.append(few_seeds_note(fewest, f"resampling {fewest} run{'s' if fewest != 1 else ''} per task "
+                                            f"cannot show how much the IQM would move with other seeds: the "
+                                            f"intervals are too narrow; read them as descriptive."))
     if test.reason:
         notes.append(f"No Friedman test: {test.reason}.")
     else:
@@ -201,7 +233,9 @@ def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
     if len(iqm) < 2:
         return None
     top = iqm.loc[iqm["iqm"].idxmax(), "strategy"]
-    rows = []
+    compare = stats.compare_to_best(runs, metric, stats.summarize(runs, metric, seed=seed))
+    tied = compare[[v is not None and not pd.isna(v) and bool(v) for v in compare["tied"]]]  # best or † there
+    rows, fewest, unbolded, conflicts = [], math.inf, False, []
     for other in iqm.sort_values("iqm", ascending=False)["strategy"]:
         if other == top:
             continue
@@ -210,12 +244,33 @@ def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
             continue
         point, low, high = result
         ci = "" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]"
-        rows.append([Cell(other), Cell(f"{point:.2f}{ci}", bold=low > 0.5 if not math.isnan(low) else False)])
-    return Table([f"{top} vs", "P(improvement) (95% CI)"], rows, "Probability of improvement",
-                 [f"P({top} > other): the probability that a run of {top} scores above a run of the other "
-                  f"strategy on a task (ties count ½), averaged over tasks, with a 95% stratified-bootstrap "
-                  f"interval (Agarwal et al. 2021). Bold: the interval lies above 0.5 (each interval on its "
-                  f"own, not corrected for the {len(rows)} comparisons). All pairs: figures/improvement."])
+        n = stats.fewest_seeds(runs, metric, (top, other))
+        fewest = min(fewest, n)
+        above = not math.isnan(low) and low > 0.5
+        bold = above and n >= stats.MIN_SEEDS  # an interval from a handful of seeds is no evidence
+        unbolded |= above and not bold
+        if bold:
+            columns = sorted(tied.loc[tied["strategy"] == other, "column"])
+            if columns:
+                conflicts.append(f"{other} ({', '.join(columns)})")
+        rows.append([Cell(other), Cell(f"{point:.2f}{ci}", bold=bold)])
+    notes = [f"P({top} > other): the probability that a run of {top} scores above a run of the other "
+             f"strategy on a task (ties count ½), averaged over tasks, with a 95% stratified-bootstrap "
+             f"interval (Agarwal et al. 2021). Bold: the interval lies above 0.5 (each interval on its "
+             f"own, not corrected for the {len(rows)} comparisons) and every cell compared has at least "
+             f"{stats.MIN_SEEDS} seeds. All pairs: figures/improvement."]
+    if fewest < stats.MIN_SEEDS:
+        notes.append(few_seeds_note(int(fewest), "a bootstrap over so few runs gives intervals that are far too "
+                                                 "narrow (1.00 [1.00, 1.00] only says that these runs were "
+                                                 "ordered so): read them as descriptive"
+                                    + ("; none is bold, though some lie above 0.5." if unbolded else ".")))
+    if conflicts:
+        notes.append(f"Bold here, yet the best or {MARK} (not significantly different from the best) in the main "
+                     f"table: {'; '.join(conflicts)}. The two answer different questions: the main table's paired "
+                     f"t-test asks whether mean accuracy differs within one task, over its seeds, Holm-corrected; "
+                     f"this interval asks how often one run beats another, pooled over tasks, uncorrected, and a "
+                     f"small but consistent difference can pass it while failing the t-test.")
+    return Table([f"{top} vs", "P(improvement) (95% CI)"], rows, "Probability of improvement", notes)
 
 
 # ------------------------------------------------------------------ renderers
@@ -255,7 +310,7 @@ def to_latex(table: Table, *, label: str = "") -> str:
         return rf"\textbf{{{text}}}" if c.bold else text
 
     caption = latex_escape(table.caption + ". " + " ".join(table.notes))
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{caption}}}"]
+    lines = [rf"\begin{{table}}[{table.placement}]", r"\centering", r"\small", rf"\caption{{{caption}}}"]
     if label:
         lines.append(rf"\label{{{label}}}")
     if table.wide:
@@ -281,3 +336,74 @@ def to_html(table: Table) -> str:
     notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table.notes)
     return (f"<figure class=\"table\"><figcaption>{html.escape(table.caption)}</figcaption>"
             f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>{notes}</figure>\n")
+
+
+# ------------------------------------------------------------------ selected hyperparameters
+
+#: Keys of a run's params that are bookkeeping, not hyperparameters (a reusing strategy's digest
+#: of the configurations it reused).
+INTERNAL_PARAMS = frozenset({"reuses"})
+
+
+def fmt_param(value: object) -> str:
+    """A hyperparameter as a paper prints it: floats to 3 significant digits, in scientific
+    notation when tiny or huge (3.16e-03, 0.25, 12), lists comma-separated."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if value == 0 or value.is_integer() and abs(value) < 1e6:
+            return f"{value:.0f}" if value.is_integer() else f"{value:.3g}"
+        return f"{value:.3g}" if 1e-2 <= abs(value) < 1e4 else f"{value:.2e}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt_param(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {fmt_param(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _params(value: object) -> dict:
+    if isinstance(value, str):  # a runs frame read back from runs.parquet / runs.csv
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return {k: v for k, v in value.items() if k not in INTERNAL_PARAMS} if isinstance(value, dict) else {}
+
+
+def hyperparameter_tables(runs: pd.DataFrame,
+                          spaces: dict[str, dict[str, str]] | None = None) -> list[Table]:
+    """"Selected hyperparameters": per strategy, a row per task × backbone with the
+    configuration its evaluation runs used (the ``params`` of the runs, without bookkeeping
+    keys), one column per hyperparameter; ``spaces`` (strategy → param → range) adds the
+    searched ranges as a note."""
+    if runs.empty or "params" not in runs:
+        return []
+    several_suites = "suite" in runs and runs["suite"].nunique() > 1
+    tables = []
+    for strategy, group in runs.sort_values(["task", "backbone", "seed"]).groupby("strategy", sort=True):
+        cells: list[tuple[str, str, dict]] = []
+        keys = ["suite", "task", "backbone"] if "suite" in group else ["task", "backbone"]
+        for key, cell in group.groupby(keys, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            task = f"{key[0]}: {key[1]}" if several_suites else key[-2]
+            cells.append((task, key[-1], _params(cell["params"].iloc[0])))  # one configuration per cell
+        names = sorted({name for _, _, params in cells for name in params})
+        rows = [[Cell(task), Cell(backbone), *(Cell(fmt_param(params[n]) if n in params else "–") for n in names)]
+                for task, backbone, params in cells]
+        header = ["task", "backbone", *names]
+        notes = ["The configuration every evaluation run of the cell used: the best of its tuning trials, with "
+                 "what the strategy or the suite fixes. –: not part of that configuration (e.g. the learning "
+                 "rate of the optimizer that was not chosen)."]
+        space = (spaces or {}).get(strategy)
+        if space:
+            notes.append("Searched: " + "; ".join(f"{name} {text}" for name, text in space.items()) + ".")
+        if not names:
+            notes.append(f"{strategy} has no hyperparameters.")
+        width = sum(max(len(h), *(len(r[i].text) for r in rows)) + 2 for i, h in enumerate(header))
+        numeric = ["r" if all(isinstance(p.get(n), (int, float)) and not isinstance(p.get(n), bool)
+                              for _, _, p in cells if n in p) else "l" for n in names]
+        tables.append(Table(header, rows, f"Selected hyperparameters: {strategy}", notes,
+                            align="ll" + "".join(numeric), wide=width > 70, placement="htbp"))
+    return tables

@@ -236,8 +236,13 @@ def test_run_writes_the_report(smoke_run: Path) -> None:
 def test_report_command_reads_only_the_store(smoke_run: Path, tmp_path, capsys) -> None:
     before = trial_counts(smoke_run)
     out = tmp_path / "report"
+    capsys.readouterr()
     assert main(["report", str(smoke_run), "--out", str(out)]) == 0
     assert trial_counts(smoke_run) == before  # nothing trained
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("wrote the report"))
+    for path in out.rglob("*"):  # every file written, named in the one line
+        assert path.is_dir() or path.name in line, path
+    assert "figures/ (" in line and "slice_full_finetune.pdf" in line
     body = (out / "table.md").read_text().split("\n", 1)[1]
     assert body == (smoke_run / "table.md").read_text().split("\n", 1)[1]  # same tables as the run's
     assert main(["report", "--storage", str(smoke_run / "store.journal"), "--out", str(tmp_path / "r2")]) == 0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 import torch
 
 from tlbench.features import FeatureCache
@@ -67,3 +68,51 @@ def test_features_support_autograd(tiny_backbone, tiny_task) -> None:
     head = torch.nn.Linear(feats.shape[1], 2)
     head(feats).sum().backward()  # an inference-mode tensor would refuse this
     assert head.weight.grad is not None
+
+
+def test_a_charge_reports_the_pass_as_computed_whether_or_not_it_was_cached(tiny_backbone, tiny_task,
+                                                                            tmp_path) -> None:
+    cache = FeatureCache(tmp_path)
+    cpu = torch.device("cpu")
+    with cache.charge() as first:
+        cache.get(tiny_backbone, tiny_task.train.x, tiny_task.train.fingerprint, device=cpu)
+        cache.get(tiny_backbone, tiny_task.val.x, tiny_task.val.fingerprint, device=cpu)
+    with cache.charge() as second:  # the same features, from memory
+        cache.get(tiny_backbone, tiny_task.train.x, tiny_task.train.fingerprint, device=cpu)
+        cache.get(tiny_backbone, tiny_task.val.x, tiny_task.val.fingerprint, device=cpu)
+    with FeatureCache(tmp_path).charge() as nothing:
+        pass
+    assert first.computed_seconds > 0 and second.computed_seconds == 0
+    assert first.pass_seconds == second.pass_seconds == pytest.approx(first.computed_seconds)
+    assert nothing.pass_seconds is None
+    disk = FeatureCache(tmp_path)  # another process: the pass time was stored with the features
+    with disk.charge() as third:
+        disk.get(tiny_backbone, tiny_task.train.x, tiny_task.train.fingerprint, device=cpu)
+        disk.get(tiny_backbone, tiny_task.val.x, tiny_task.val.fingerprint, device=cpu)
+    assert disk.computed == 0 and third.pass_seconds == first.pass_seconds
+
+
+def test_probe_runs_are_charged_the_feature_pass_alike_and_train_without_it(tiny_backbone, tiny_task, runtime,
+                                                                           monkeypatch) -> None:
+    import time
+
+    import tlbench.features
+    from tlbench.evaluate import evaluate
+
+    from helpers import run_context
+
+    slow = tlbench.features.compute_features
+
+    def slow_features(*args, **kwargs):  # a backbone pass that costs something measurable
+        time.sleep(0.3)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(tlbench.features, "compute_features", slow_features)
+    probe = STRATEGIES.get("linear_probe")(epochs=(2, 2), batch_size=8)
+    study = optuna.create_study(direction="maximize")
+    first, second = evaluate(study, probe, tiny_backbone, tiny_task, {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2},
+                             seeds=[1, 2], context=run_context(), runtime=runtime)
+    # The first run computed train and val features (0.6 s), the second found them cached.
+    assert first.feature_seconds == second.feature_seconds >= 0.6
+    assert first.own_train_seconds < 0.3 and second.own_train_seconds < 0.3
+    assert first.train_seconds == first.own_train_seconds

@@ -147,3 +147,46 @@ def test_an_invalid_run_record_fails_its_trial_in_one_line(tiny_backbone, tiny_t
         evaluate(study, probe, tiny_backbone, tiny_task, {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2},
                  seeds=[1], context=run_context(), runtime=runtime)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_inference_is_timed_after_a_warm_up_and_scored_on_the_first_pass(tiny_backbone, tiny_task, runtime) -> None:
+    from tlbench.evaluate import evaluate
+    from tlbench.strategies import STRATEGIES, Predictor
+    from tlbench.train import INFERENCE_REPEATS, NullReporter, accuracy
+
+    from helpers import run_context
+
+    calls: list[int] = []
+
+    class Counted(Predictor):
+        trainable_parameters = 1
+        inference_parameters = 1
+
+        def __init__(self, inner: Predictor) -> None:
+            self.inner = inner
+
+        def logits(self, split):
+            out = self.inner.logits(split)
+            if split is tiny_task.test:
+                calls.append(len(calls))
+                if len(calls) > 1:  # a timed repeat: its logits must not be what is scored
+                    out = -out
+            return out
+
+        def inference_seconds(self, split, *, measured):
+            return measured  # what the harness measured, not the probe's own backbone timing
+
+    class CountedProbe(STRATEGIES.get("linear_probe")):  # type: ignore[misc,valid-type]
+        name = "counted"
+
+        def fit(self, *args, **kwargs):
+            return Counted(super().fit(*args, **kwargs))
+
+    params = {"lr": 0.05, "weight_decay": 1e-4, "epochs": 3}
+    [record] = evaluate(optuna.create_study(direction="maximize"), CountedProbe(epochs=(3, 3), batch_size=8),
+                        tiny_backbone, tiny_task, params, seeds=[1], context=run_context(), runtime=runtime)
+    assert len(calls) == 1 + INFERENCE_REPEATS  # one warm-up pass, then the timed ones
+    plain = STRATEGIES.get("linear_probe")(epochs=(3, 3), batch_size=8).fit(
+        tiny_backbone, tiny_task, params, seed=1, reporter=NullReporter(), runtime=runtime)
+    assert record.test_accuracy == accuracy(plain.logits(tiny_task.test), tiny_task.test.y)
+    assert record.inference_seconds > 0

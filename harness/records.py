@@ -8,7 +8,8 @@ the store only through this module, so they never depend on how records are writ
 
 Schema versions: 1 — records written before versioning (one flat mapping, a strategy's own
 facts mixed in with the metrics); 2 — those facts under ``strategy_info``; 3 — the feature
-pass charged as ``feature_seconds`` and inference timed as a median after a warm-up. Older
+pass charged as ``feature_seconds``, inference timed as a median after a warm-up, the tuning
+compute (``tuning_compute``) and sensitivity-study facts (``sensitivity``). Older
 records are read as version 3 (``feature_seconds`` None: not recorded); a record of a newer
 schema than this release knows is refused with one line naming it (an older tlbench reading a
 version-3 record says to upgrade instead of calling the new field malformed).

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from tlbench.records import Protocol
 from tlbench.reports import figures, stats, studies
 from tlbench.reports.data import Results
 from tlbench.reports.tables import (
@@ -48,10 +49,10 @@ def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
     """Dodge et al.'s expected best validation accuracy per cell, over the completed trials
     among its first ``budget`` finished ones (a pruned trial's accuracy is that of a shorter
     run, so it is not a draw of the same quantity); compute per completed trial includes the
-    pruned trials' seconds."""
+    pruned trials' seconds and backbone epochs (``epochs``: NaN for stores that did not count them)."""
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     if finished.empty:
-        return pd.DataFrame(columns=["column", "strategy", "trials", "expected_max", "std", "seconds"])
+        return pd.DataFrame(columns=["column", "strategy", "trials", "expected_max", "std", "seconds", "epochs"])
     finished = finished.assign(column=column_labels(finished))
     parts = []
     for (column, strategy), group in finished.groupby(["column", "strategy"]):
@@ -62,9 +63,11 @@ def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
         seconds = group["seconds"].dropna()
         per_complete = float(seconds.mean() * len(group) / len(complete)) if len(seconds) else math.nan
         curve = stats.tuning_curve(complete["value"].to_numpy(float), per_complete, len(complete))
-        parts.append(curve.assign(column=column, strategy=strategy))
+        spent = group["compute"].dropna() if "compute" in group else pd.Series(dtype=float)
+        epochs = float(spent.sum() / len(complete)) if len(spent) == len(group) else math.nan
+        parts.append(curve.assign(column=column, strategy=strategy, epochs=curve["trials"] * epochs))
     if not parts:
-        return pd.DataFrame(columns=["column", "strategy", "trials", "expected_max", "std", "seconds"])
+        return pd.DataFrame(columns=["column", "strategy", "trials", "expected_max", "std", "seconds", "epochs"])
     return pd.concat(parts, ignore_index=True)
 
 
@@ -212,9 +215,10 @@ FIGURES = [
     ("cost_accuracy", "Test accuracy against training time per run (reused models included); outlined points "
                       "are on the Pareto front (dashed)."),
     ("tuning_curves", "Expected best validation accuracy (± one standard deviation) after n completed tuning "
-                      "trials, and against the compute that takes including pruned trials (Dodge et al. "
-                      "2019). The trials come from TPE, not independent random draws, so this describes this "
-                      "search. A curve still rising at the budget depends on it."),
+                      "trials, and against the compute that takes including pruned trials, in backbone epochs "
+                      "(seconds for stores that did not count them) (Dodge et al. 2019). The trials come from the "
+                      "suite's sampler, not independent random draws, so this describes this search. A curve "
+                      "still rising at the budget depends on it."),
     ("importances", "Hyperparameter importance (fANOVA over completed trials, mean over tasks; the learning "
                     "rate is one parameter across optimizers). Few completed trials per cell make these "
                     "rough."),
@@ -247,14 +251,24 @@ def _dl(items: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items) + "</dl>"
 
 
+def _budget(protocol: Protocol) -> str:
+    if protocol.budget_epochs is not None:
+        return (f"{protocol.budget_epochs:g} backbone epochs of training per cell, the same for every strategy "
+                f"(one epoch: a forward and backward pass of the cell's backbone over its training split, counted "
+                f"in FLOPs; pruned trials count what they ran; at most {protocol.budget} trials)")
+    if protocol.sampler.startswith("grid"):
+        return "each strategy's whole grid, every configuration once (see the search spaces)"
+    return f"{protocol.budget} finished trials per cell (completed or pruned), the same for every strategy"
+
+
 def _html(title: str, results: Results, tables: list[tuple[str, Table]], selected: list[tuple[str, Table]],
           report: ReportOutputs, out: Path) -> str:
     runs, protocol = results.runs, results.protocol
     seeds = runs.groupby(["task", "backbone", "strategy"])["seed"].nunique()
     proto = [
-        ("tuning budget", f"{protocol.budget} finished trials per cell (completed or pruned), the "
-                          f"same for every strategy"),
-        ("sampler", f"{protocol.sampler}, {protocol.n_startup_trials} random start-up trials"),
+        ("tuning budget", _budget(protocol)),
+        ("sampler", protocol.sampler + ("" if protocol.sampler.startswith(("grid", "RandomSampler", "QMCSampler"))
+                                        else f", {protocol.n_startup_trials} random start-up trials")),
         ("pruner", f"{protocol.pruner} (start-up {protocol.pruner_startup_trials} trials, "
                    f"warm-up {protocol.pruner_warmup_epochs} epochs)"),
         ("objective", protocol.objective),

@@ -119,7 +119,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             rows.append({
                 "suite": suite_name, "task": task, "backbone": backbone, "strategy": strategy,
                 "number": t.number, "state": t.state.name, "value": value, "epochs_reported": len(steps),
-                "seconds": t.user_attrs.get("seconds"), "seed": t.user_attrs.get("seed"),
+                "seconds": t.user_attrs.get("seconds"), "compute": t.user_attrs.get("compute"),
+                "seed": t.user_attrs.get("seed"),
                 "params": json.dumps(t.user_attrs.get("params", t.params), sort_keys=True, default=str),
                 "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("failed_reason"),
                 "retry_of": t.user_attrs.get("retry_of"),
@@ -134,7 +135,7 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
                 imp_rows.append({"strategy": strategy, "task": task, "backbone": backbone, "param": param,
                                  "importance": value})
     trials = pd.DataFrame(rows, columns=["suite", "task", "backbone", "strategy", "number", "state", "value",
-                                         "epochs_reported", "seconds", "seed", "params", "reason", "retry_of",
+                                         "epochs_reported", "seconds", "compute", "seed", "params", "reason", "retry_of",
                                          "started", "completed"])
     imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
     spaces.update(declared)  # what the run declared wins over what its trials happened to sample

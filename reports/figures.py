@@ -89,7 +89,7 @@ def accuracy_figure(summary: pd.DataFrame, out: Path, *, metric_label: str, name
     """Per task, each strategy's mean with its 95% bootstrap interval (horizontal, so long
     strategy names never overlap); ``note``: a caveat printed under it (few seeds)."""
     with plt.rc_context(RC), sns.axes_style("whitegrid"):
-        columns = sorted(summary["column"].unique())
+        columns = sorted(summary["column"].unique(), key=stats.natural_key)
         order = (summary.groupby("strategy")["mean"].mean().sort_values(ascending=False).index.tolist())
         fig, axes = _panels(len(columns), height=0.22 * len(order) + 0.9)
         for ax, column in zip(axes.flat, columns):
@@ -176,7 +176,7 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
         runs = runs.assign(train_seconds=runs["train_seconds"] + runs["feature_seconds"].fillna(0.0))
         label = "training time per run (s, log; feature pass included)"
     means = (runs.groupby(["column", "strategy"])[["train_seconds", "test_accuracy"]].mean().reset_index())
-    columns = sorted(means["column"].unique())
+    columns = sorted(means["column"].unique(), key=stats.natural_key)
     strategies = sorted(means["strategy"].unique())
     with plt.rc_context(RC), sns.axes_style("whitegrid"):
         fig, axes = _panels(len(columns), sharey=False)
@@ -202,13 +202,15 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
 
 def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str = "tuning_curves") -> list[Path]:
     """Expected best validation accuracy (± one std) after n trials, against n and against
-    the compute n trials cost (Dodge et al. 2019); one column per task."""
-    columns = sorted(curves["column"].unique())
+    the compute n trials cost (Dodge et al. 2019): backbone epochs when the store counted them,
+    else seconds; one column per task."""
+    columns = sorted(curves["column"].unique(), key=stats.natural_key)
+    cost = "epochs" if "epochs" in curves and curves["epochs"].notna().all() else "seconds"
     strategies = sorted(curves["strategy"].unique())
     with plt.rc_context(RC), sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(2, len(columns), figsize=(PANEL_W * len(columns), 2 * PANEL_H), squeeze=False)
         for j, column in enumerate(columns):
-            for i, x in enumerate(("trials", "seconds")):
+            for i, x in enumerate(("trials", cost)):
                 ax = axes[i, j]
                 for strategy in strategies:
                     c = curves[(curves["column"] == column) & (curves["strategy"] == strategy)]
@@ -218,8 +220,9 @@ def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str =
                     ax.fill_between(c[x], ((c["expected_max"] - c["std"]) * 100).clip(0, 100),
                                     ((c["expected_max"] + c["std"]) * 100).clip(0, 100), color=colours[strategy],
                                     alpha=0.06, linewidth=0)
-                ax.set_xlabel("completed tuning trials" if x == "trials" else "tuning compute (s, log)")
-                if x == "seconds":
+                ax.set_xlabel({"trials": "completed tuning trials", "seconds": "tuning compute (s, log)",
+                               "epochs": "tuning compute (backbone epochs, log)"}[x])
+                if x != "trials":
                     ax.set_xscale("log")
                 else:
                     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -282,7 +285,7 @@ def slice_figure(trials: pd.DataFrame, strategy: str, out: Path, *, scales: dict
                                        if n in p}) > 1]
     if not varied:
         return []
-    columns = sorted(data["column"].unique())
+    columns = sorted(data["column"].unique(), key=stats.natural_key)
     colours = {c: COLOURS[i % len(COLOURS)] for i, c in enumerate(columns)}
     values = data["value"].to_numpy(float) * 100
     complete = (data["state"] == "COMPLETE").to_numpy()

@@ -12,12 +12,20 @@ written here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+
+def natural_key(text: str) -> list:
+    """Sorts ``digits.shots2`` before ``digits.shots10`` (numbers in names compare as numbers)."""
+    return [(0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?", part) else (1, 0.0, part)
+            for part in re.split(r"(\d+(?:\.\d+)?)", str(text)) if part]
+
 
 CONFIDENCE = 0.95
 ALPHA = 0.05

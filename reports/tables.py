@@ -93,7 +93,7 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
     compare = stats.compare_to_best(runs, metric, summary).set_index(["strategy", "column"])
     means, _ = stats.mean_matrix(summary)
     ranks = stats.average_ranks(means) if means.shape[1] else pd.Series(dtype=float)
-    columns = sorted(summary["column"].unique())
+    columns = sorted(summary["column"].unique(), key=stats.natural_key)
     strategies = list(ranks.index) + sorted(set(summary["strategy"]) - set(ranks.index))
     indexed = summary.set_index(["strategy", "column"])
     best = summary.groupby("column")["mean"].max()
@@ -146,18 +146,21 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
            "peak": ("peak_memory_mb", "mean"), "runs": ("seed", "count")}
     # Records from before the feature pass was charged (and inference timed by a median) have none.
     features = "feature_seconds" in runs and runs["feature_seconds"].notna().any()
-    for name, col in (("own", "own_train_seconds"), ("features", "feature_seconds"),
+    compute = "tuning_compute" in runs and runs["tuning_compute"].notna().any()
+    for name, col in (("own", "own_train_seconds"), ("features", "feature_seconds"), ("compute", "tuning_compute"),
                       ("inference", "inference_parameters"), ("ms", "inference_ms_per_example")):
         if col in runs:
             agg[name] = (col, "mean")
     stats_frame = runs.groupby(["column", "strategy"]).agg(**agg).reset_index()
     header = ["task", "strategy", "train s", "own train s", *(["feature pass s"] if features else []),
+              *(["tuning compute"] if compute else []),
               "trainable params", "peak memory MB", "inference params", "inference ms/example", "runs"]
     rows = []
     for r in stats_frame.to_dict("records"):
         rows.append([Cell(r["column"]), Cell(r["strategy"]), Cell(f"{r['train_seconds']:.2f}"),
                      Cell(fmt_number(r.get("own"), 2)),
                      *([Cell(fmt_number(r["features"] or math.nan, 2))] if features else []),
+                     *([Cell(fmt_number(r["compute"], 1))] if compute else []),
                      Cell(fmt_number(r["trainable"], 0, grouped=True)),
                      Cell(fmt_number(r["peak"], 0)), Cell(fmt_number(r.get("inference"), 0, grouped=True)),
                      Cell(fmt_number(r.get("ms"), 3)), Cell(str(int(r["runs"])))])
@@ -169,6 +172,9 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
                 "computed, charged to every run of the cell whether it computed the features or found them "
                 "cached, and left out of train s, so the columns compare strategies, not cache states "
                 "(– : no such pass). " if features else "")
+             + ("Tuning compute: the backbone epochs the cell's counted tuning trials trained (one epoch = a "
+                "forward and backward pass of the cell's backbone over the training split, counted in FLOPs; "
+                "pruned trials count what they ran; – : nothing tuned). " if compute else "")
              + "Inference params: parameters one prediction runs through (K models for an averaged "
              "ensemble)."
              + (" Inference ms/example: the median of up to 3 timed passes over the test split after a "

@@ -483,3 +483,26 @@ def test_the_bundled_shots_study_shows_transfer_paying_off_less_as_shots_grow(tm
     assert gap["digits.shots1"] > gap["digits.shots10"] + 0.05, means
     assert (tmp_path / "o" / "figures" / "sweep_digits.png").exists()
     assert "Where transfer stops paying off: digits" in (tmp_path / "o" / "table.md").read_text()
+
+
+def test_the_cost_table_and_tuning_curves_show_the_compute_spent() -> None:
+    import pandas as pd
+
+    from tlbench.reports.build import tuning_curves
+    from tlbench.reports.tables import cost_table, to_markdown
+
+    runs = pd.DataFrame([{"suite": "s", "task": "t", "backbone": "b", "strategy": s, "seed": k,
+                          "train_seconds": 1.0, "own_train_seconds": 1.0, "trainable_parameters": 10,
+                          "inference_parameters": 10, "inference_ms_per_example": 0.1, "peak_memory_mb": 5.0,
+                          "tuning_compute": c} for s, c in (("full_finetune", 60.0), ("linear_probe", 7.5))
+                         for k in range(2)])
+    table = cost_table(runs)
+    assert "tuning compute" in table.header
+    assert [row[table.header.index("tuning compute")].text for row in table.rows] == ["60.0", "7.5"]
+    assert "backbone epochs" in to_markdown(table)
+    trials = pd.DataFrame([{"suite": "s", "task": "t", "backbone": "b", "strategy": "full_finetune", "number": n,
+                            "state": state, "value": 0.5 + n / 10, "seconds": 1.0, "compute": compute}
+                           for n, (state, compute) in enumerate((("COMPLETE", 10.0), ("PRUNED", 2.0),
+                                                                 ("COMPLETE", 10.0)))])
+    curves = tuning_curves(trials, None)
+    assert list(curves["epochs"]) == [11.0, 22.0]  # (10 + 2 + 10) / 2 completed trials per completed one

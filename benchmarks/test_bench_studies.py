@@ -63,7 +63,8 @@ def test_equal_compute_against_equal_trials_and_the_pruner_saving(tmp_path) -> N
             "tuning_trials_complete", "mean"), pruned=("tuning_trials_pruned", "mean"),
             test=("test_accuracy", "mean"))
 
-    side = per_strategy(a).join(per_strategy(b), lsuffix=" (20 trials)", rsuffix=f" ({epochs:.0f} epochs)")
+    side = pd.concat([per_strategy(a).add_suffix(" (20 trials)"),
+                      per_strategy(b).add_suffix(f" ({epochs:.0f} epochs)")], axis=1)
     ranks = pd.DataFrame({"rank, 20 trials": _ranks(a.runs), f"rank, {epochs:.0f} epochs": _ranks(b.runs)})
     ranks["moved"] = ranks.iloc[:, 1] - ranks.iloc[:, 0]
     total = {name: float(r.runs.groupby(["task", "strategy"])["tuning_compute"].first().sum())

@@ -181,11 +181,11 @@ def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen],
     the strategy declares for that backbone; a grid search's grids (their size is the trial
     budget: a ``trials`` the suite sets must agree); the sensitivity studies' values."""
     where = f"{suite.path}: search_space"
-    known = set(declared) | set(suite.strategies)
-    for name in suite.search_space:
-        STRATEGIES.get(name, where=where)
-        if name not in known:
-            raise ConfigError(f"{where}.{name}: not among the suite's strategies ({', '.join(declared)})")
+    options = dict(options)
+    for name in suite.search_space:  # a strategy an including file dropped: still checked, never run
+        cls = STRATEGIES.get(name, where=where)
+        if name not in options:
+            options[name] = validate_block(cls.Options, None, where=f"{suite.path}: strategy_options.{name}")
 
     def probe(backbone: str) -> Backbone:
         if backbone not in probes:
@@ -260,11 +260,12 @@ def check_sensitivity(suite: Suite, declared: list[str], options: dict[str, Froz
         if not strategy.tunable:
             raise ConfigError(f"{where}.strategy: {spec.strategy} has nothing to tune (it chooses inside fit); a "
                               f"sensitivity study varies a tuned hyperparameter")
+        families = {s.swept[0] for s in suite.tasks.values() if s.swept is not None}
         for task in spec.tasks or []:
-            if task not in suite.tasks:
-                raise ConfigError(f"{where}.tasks: unknown task {task!r}; defined: {', '.join(suite.tasks)}")
-        backbones = sorted({b for t, s in suite.tasks.items() if not spec.tasks or t in spec.tasks
-                            for b in s.backbones})
+            if task not in suite.tasks and task not in families:
+                raise ConfigError(f"{where}.tasks: unknown task {task!r}; defined: "
+                                  f"{', '.join([*suite.tasks, *sorted(families)])}")
+        backbones = sorted({b for t, s in suite.tasks.items() if spec.covers(t, s) for b in s.backbones})
         for backbone in backbones:
             space = declared_space(strategy, probe(backbone))
             for name, values in spec.params.items():

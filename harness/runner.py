@@ -112,7 +112,8 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
         outcomes.append(outcome)
         observer.cell_finished(cell, outcome)
         for spec in plan.suite.sensitivity:
-            if outcome.evaluated and spec.strategy == cell.strategy and (not spec.tasks or cell.task in spec.tasks):
+            if outcome.evaluated and spec.strategy == cell.strategy and spec.covers(cell.task,
+                                                                                      plan.suite.tasks[cell.task]):
                 run_sensitivity(cell, plan, spec, backbones[cell.backbone], storage=storage, tuning=recipes,
                                 runtime=dataclasses.replace(runtime, members=members), observer=observer)
     seeds = tuple(evaluation_seed(suite.seed, k) for k in range(suite.seeds))
@@ -264,7 +265,8 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
                                                  decay_norm_and_bias=suite.training.decay_norm_and_bias).model_dump())
         study.set_user_attr("search_space", effective(strategy, backbone, plan.space(cell.strategy, cell.backbone)))
         study.set_user_attr("suite_fingerprint", suite.fingerprint())
-        observer.cell_started(cell, phase="tuning", total=budget.cap)
+        observer.cell_started(cell, phase="tuning" if budget.epochs is None else "tuning (backbone epochs)",
+                              total=budget.total)
         result: TuneResult | None = tune(
             study, strategy, backbone, task, budget=budget, suite_seed=suite.seed, runtime=runtime,
             on_trial=lambda n: observer.cell_progress(cell, phase="tuning", done=n),

@@ -3,6 +3,7 @@ or backbone epochs of training)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -58,11 +59,15 @@ class Budget:
         """The most trials that count."""
         return self.trials if self.trials is not None else self.max_trials
 
-    def describe(self) -> str:
-        if self.epochs is None:
-            return f"{self.trials} finished trials per cell (completed or pruned)"
-        return (f"{self.epochs:g} backbone epochs of training per cell (at most {self.max_trials} trials; a "
-                f"pruned trial counts what it trained)")
+    def progress(self, result: "TuneResult") -> int:
+        """How far tuning is, in this budget's unit: finished trials, or backbone epochs spent."""
+        done = result.n_complete + result.n_pruned
+        return done if self.epochs is None else int(min(result.compute, self.epochs))
+
+    @property
+    def total(self) -> int:
+        """The budget in its unit (what :meth:`progress` counts up to)."""
+        return self.cap if self.epochs is None else int(math.ceil(self.epochs))
 
 
 def protocol(budget: int | Budget, search: SearchSpec | None = None, *,
@@ -219,10 +224,10 @@ def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task
                                                           "seed": orphan.user_attrs.get("seed")})
     unit = compute_unit(backbone, task)
     while not (state := summarize(study, budget)).done:
-        on_trial(state.n_complete + state.n_pruned)
+        on_trial(budget.progress(state))
         _run_trial(study, strategy, backbone, task, suite_seed=suite_seed, runtime=runtime, unit=unit,
                    space=space or {})
-    on_trial(state.n_complete + state.n_pruned)
+    on_trial(budget.progress(state))
     return state
 
 

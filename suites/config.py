@@ -211,7 +211,11 @@ class SensitivitySpec(Frozen):
     strategy: str
     params: dict[str, list[Any]] = Field(min_length=1, max_length=2)
     seeds: Int = Field(3, gt=0, le=1000)
-    tasks: list[str] | None = None  # default: every task of the suite
+    tasks: list[str] | None = None  # default: every task of the suite; a swept task's name: all its tasks
+
+    def covers(self, task: str, spec: "TaskSpec") -> bool:
+        """Whether the study runs on ``task`` (named, or one of a named sweep's tasks)."""
+        return not self.tasks or task in self.tasks or (spec.swept is not None and spec.swept[0] in self.tasks)
 
     @model_validator(mode="after")
     def _values(self) -> "SensitivitySpec":

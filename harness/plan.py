@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -190,7 +190,8 @@ def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen],
     def probe(backbone: str) -> Backbone:
         if backbone not in probes:
             spec = suite.backbones[backbone]
-            probes[backbone] = build_backbone(spec.arch, spec.typed_args(), where=f"{suite.path}: backbones.{backbone}")
+            probes[backbone] = build_backbone(spec.arch, spec.typed_args(),
+                                              where=f"{suite.path}: backbones.{backbone}")
         return probes[backbone]
 
     pairs = sorted({(c.strategy, c.backbone) for c in cells})
@@ -231,7 +232,7 @@ def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen],
                                   f"a grid search trains each once: remove trials (and --trials) or set it to "
                                   f"{len(points)}")
             grids[(strategy, backbone)] = points
-    check_sensitivity(suite, declared, options, cells, probe, spaces)
+    check_sensitivity(suite, declared, options, probe)
     return spaces, grids
 
 
@@ -246,8 +247,8 @@ def grid_shape(strategy: Strategy, backbone: Backbone, overrides: dict[str, Over
     return "; ".join(parts)
 
 
-def check_sensitivity(suite: Suite, declared: list[str], options: dict[str, Frozen], cells: list[Cell],
-                      probe: Any, spaces: dict[tuple[str, str], dict[str, Override]]) -> None:
+def check_sensitivity(suite: Suite, declared: list[str], options: dict[str, Frozen],
+                      probe: Callable[[str], Backbone]) -> None:
     """Each sensitivity study names a tunable strategy of the suite, tasks of the suite and
     hyperparameters it declares, with values of their type inside the declared range."""
     for i, spec in enumerate(suite.sensitivity):

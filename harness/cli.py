@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    run.add_argument("--report", choices=["full", "tables", "none"], default="full",
+                     help="what the run writes at the end: the full report (default), its tables, data files and "
+                          "HTML without figures (much faster), or nothing (workers of a larger run; `tlbench "
+                          "report` writes it from the store)")
     rep = sub.add_parser("report", help="tables, statistics, figures and report.html from a store (never trains)")
     rep.add_argument("run_dir", nargs="?", type=Path, help="a run's output directory (reads RUN_DIR/store.journal)")
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
@@ -160,12 +164,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     with ConsoleObserver(console) as observer:
         ran = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir, observer=observer)
     # The report shows this invocation's cells and seeds (a store may hold more).
+    if args.report == "none":
+        console.print(f"ran {len(ran.outcomes)} cells into the store; no report written (--report none): "
+                      + (f"tlbench report {out} writes it" if args.storage is None else
+                         "tlbench report --storage (the same storage) writes it"))
+        return 0
     results = load_results(storage, suite.name, cells=ran.cells, seeds=ran.seeds)
     if results.empty:
         raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
                           f"or failed); nothing to report")
     report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
-                          strategy_order=builtin_order(STRATEGIES))
+                          strategy_order=builtin_order(STRATEGIES), figures_too=args.report == "full")
     print(report.path("table.md").read_text())
     console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")
     return 0

@@ -72,12 +72,14 @@ def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
 
 
 def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
-                 strategy_order: Sequence[str] = ()) -> ReportOutputs:
+                 strategy_order: Sequence[str] = (), figures_too: bool = True) -> ReportOutputs:
     """Writes runs.parquet/.csv, trials.parquet, table.md/.tex (the results, then the "Selected
     hyperparameters" appendix), figures/*.png|pdf (a slice figure per tuned strategy among them)
     and report.html into ``out``; returns the files, the figures' captions and the notes on what
     was not computable. ``strategy_order`` (the registry's names) fixes each strategy's colour
-    across reports."""
+    across reports. Without ``figures_too`` no figure is drawn (the tables, data files and an
+    HTML page without images: what ``tlbench run --report tables`` writes, in a fraction of
+    the time)."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     report = ReportOutputs(out)
@@ -115,7 +117,7 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     colours = figures.palette(sorted(set(runs["strategy"]) | set(results.sensitivity.get("strategy", []))),
                               strategy_order)
     study_tables, study_files = studies.studies_section(runs, results.sensitivity, out / "figures",
-                                                        colours=colours, seed=seed)
+                                                        colours=colours, seed=seed, draw=figures_too)
     tables += study_tables
     if rank_test is not None and rank_test.reason:
         report.notes.append(f"No Friedman test or critical difference: {rank_test.reason}.")
@@ -141,8 +143,11 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
            + "\n".join(to_latex(t, label=label) for label, t in selected) if selected else ""))
     report.files += [out / "table.md", out / "table.tex"]
 
-    report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed, has_shift=has_shift,
-                             strategy_order=strategy_order) + study_files
+    if figures_too:
+        report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed,
+                                 has_shift=has_shift, strategy_order=strategy_order) + study_files
+    else:
+        report.notes.append("Figures not drawn (tlbench run --report tables); tlbench report draws them.")
     html_path = out / "report.html"
     html_path.write_text(_html(title, results, tables, selected, report, out))
     report.files.append(html_path)

@@ -255,11 +255,13 @@ SENSITIVITY_CAPTION = ("Test accuracy (mean and 95% bootstrap interval over the 
 
 
 def studies_section(runs: pd.DataFrame, sensitivity: pd.DataFrame, out: Path, *, colours: dict,
-                    seed: int = 0) -> tuple[list[tuple[str, Table]], list[Path]]:
-    """The report's tables (with LaTeX labels) and figures for a suite's sweeps and
-    sensitivity studies; nothing when it has neither."""
+                    seed: int = 0, draw: bool = True) -> tuple[list[tuple[str, Table]], list[Path]]:
+    """The report's tables (with LaTeX labels) and figures (unless not ``draw``) for a suite's
+    sweeps and sensitivity studies; nothing when it has neither."""
     tables = [(f"tab:crossover{i or ''}", t) for i, t in enumerate(crossover_tables(runs, seed=seed))]
-    files = []
+    files: list[Path] = []
+    if not draw:
+        return tables, files
     summary = sweep_summary(runs, seed=seed)
     if not summary.empty:
         files += sweep_figures(summary, out, colours=colours)

@@ -115,7 +115,7 @@ def test_reusing_from_the_store_alone(smoke_run: Path, tmp_path) -> None:
 
 def test_rerun_redoes_nothing(smoke_run: Path, capsys) -> None:
     before = trial_counts(smoke_run)
-    assert main(["run", "smoke", "--out", str(smoke_run)]) == 0
+    assert main(["run", "smoke", "--out", str(smoke_run), "--report", "none"]) == 0
     assert trial_counts(smoke_run) == before
     assert "reusing cached pretrained backbone" in capsys.readouterr().err
 
@@ -126,7 +126,7 @@ def test_more_seeds_extends_without_redoing(smoke_run: Path, tmp_path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(smoke_run, out)
     before = load_runs(open_storage(None, out))
-    assert main(["run", "smoke", "--out", str(out), "--seeds", "3"]) == 0
+    assert main(["run", "smoke", "--out", str(out), "--seeds", "3", "--report", "none"]) == 0
     after = load_runs(open_storage(None, out))
     assert len(after) == CELLS * 3
     merged = before.merge(after, on=["task", "backbone", "strategy", "seed"], suffixes=("", "_new"))
@@ -141,14 +141,18 @@ def test_fewer_seeds_or_strategies_narrow_the_table(smoke_run: Path, tmp_path) -
     out = tmp_path / "copy"
     shutil.copytree(smoke_run, out)
     before = trial_counts(out)
-    assert main(["run", "smoke", "--out", str(out), "--seeds", "1", "--strategies", "scratch"]) == 0
+    assert main(["run", "smoke", "--out", str(out), "--seeds", "1", "--strategies", "scratch", "--report",
+                 "tables"]) == 0
     runs = pd.read_parquet(out / "runs.parquet")
     assert set(runs["strategy"]) == {"scratch"} and len(runs) == 2  # 2 tasks × 1 seed
     assert trial_counts(out) == before  # nothing re-run
 
 
 def test_same_seeds_same_metrics(smoke_run: Path, tmp_path) -> None:
-    assert main(["run", "smoke", "--out", str(tmp_path), "--strategies", "linear_probe,scratch"]) == 0
+    assert main(["run", "smoke", "--out", str(tmp_path), "--strategies", "linear_probe,scratch",
+                 "--report", "tables"]) == 0
+    # --report tables: the tables, data files and page, no figure drawn
+    assert not (tmp_path / "figures").exists() and "Figures not drawn" in (tmp_path / "report.html").read_text()
     a = pd.read_parquet(smoke_run / "runs.parquet")
     b = pd.read_parquet(tmp_path / "runs.parquet")
     keys = ["task", "backbone", "strategy", "seed"]
@@ -163,7 +167,8 @@ def test_same_seeds_same_metrics(smoke_run: Path, tmp_path) -> None:
 def test_resume_after_kill_9(tmp_path) -> None:
     out = tmp_path / "killed"
     subset = ["--strategies", "full_finetune,distillation,ensemble,linear_probe"]  # reuse included
-    cmd = [sys.executable, "-m", "tlbench.cli", "run", "smoke", "--out", str(out), "--trials", "8", *subset]
+    cmd = [sys.executable, "-m", "tlbench.cli", "run", "smoke", "--out", str(out), "--trials", "8", *subset,
+           "--report", "none"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     journal = out / "store.journal"
@@ -179,7 +184,7 @@ def test_resume_after_kill_9(tmp_path) -> None:
     proc.wait()
     assert killed, "the run finished before it could be interrupted"
     assert not (out / "runs.parquet").exists()
-    assert main(["run", "smoke", "--out", str(out), "--trials", "8", *subset]) == 0
+    assert main(["run", "smoke", "--out", str(out), "--trials", "8", *subset, "--report", "tables"]) == 0
     runs = pd.read_parquet(out / "runs.parquet")
     assert len(runs) == 2 * 4 * SEEDS
     assert not runs.duplicated(["task", "backbone", "strategy", "seed"]).any()
@@ -187,7 +192,7 @@ def test_resume_after_kill_9(tmp_path) -> None:
         assert finished == (8 if name.endswith("::tune") else SEEDS), name
     # The resumed run holds exactly the records an uninterrupted run produces.
     clean = tmp_path / "clean"
-    assert main(["run", "smoke", "--out", str(clean), "--trials", "8", *subset]) == 0
+    assert main(["run", "smoke", "--out", str(clean), "--trials", "8", *subset, "--report", "tables"]) == 0
     keys = ["task", "backbone", "strategy", "seed"]
     expected = pd.read_parquet(clean / "runs.parquet").sort_values(keys, ignore_index=True)
     got = runs.sort_values(keys, ignore_index=True)

@@ -441,7 +441,7 @@ def write_folder_suite(root: Path, *, seeds: int, image_size: int, augment: str,
 def test_image_folder_suite_runs_end_to_end(tmp_path: Path) -> None:
     write_folder_suite(tmp_path, seeds=2, image_size=16, augment="flip",
                        backbone="{arch: cnn2d, args: {in_channels: 3, width: 8, depth: 2}}")
-    r = tlbench("run", "s.yaml", "--out", "out", "--cache-dir", "cache", cwd=tmp_path)
+    r = tlbench("run", "s.yaml", "--out", "out", "--cache-dir", "cache", "--report", "tables", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     import pandas as pd
 

@@ -48,7 +48,7 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subp
 @pytest.mark.slow
 def test_a_plugin_file_runs_beside_the_built_ins(tmp_path: Path) -> None:
     got = cli("run", str(EXAMPLES / "bitfit" / "suite.yaml"), "--out", str(tmp_path), "--trials", "2",
-              "--seeds", "2")
+              "--seeds", "2", "--report", "tables")
     assert got.returncode == 0, got.stderr[-2000:]
     runs = pd.read_parquet(tmp_path / "runs.parquet")
     assert set(runs["strategy"]) == {"linear_probe", "full_finetune", "bitfit"}
@@ -78,7 +78,7 @@ def test_an_installed_entry_point_is_found_without_a_suite_line(tmp_path: Path) 
     assert "norm_tune" not in cli("list", "strategies").stdout  # only where the package is installed
     out = tmp_path / "run"
     ran = cli("run", str(EXAMPLES / "tlbench-example-plugin" / "suite.yaml"), "--out", str(out), "--trials", "2",
-              "--seeds", "2", env=env)
+              "--seeds", "2", "--report", "tables", env=env)
     assert ran.returncode == 0, ran.stderr[-2000:]
     runs = pd.read_parquet(out / "runs.parquet")
     origins = set(runs[runs["strategy"] == "norm_tune"]["strategy_origin"])
@@ -277,7 +277,7 @@ def test_an_edited_plugin_is_not_mixed_into_its_old_runs(tmp_path: Path) -> None
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nname: edit\nplugins: [bitfit.py]\n"
                      "strategies: [bitfit]\n")
-    args = ("run", str(suite), "--out", str(tmp_path / "out"), "--trials", "1", "--seeds", "1")
+    args = ("run", str(suite), "--out", str(tmp_path / "out"), "--trials", "1", "--seeds", "1", "--report", "none")
     first = cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "bitfit.py").write_text((tmp_path / "bitfit.py").read_text() + "\n# a fix\n")

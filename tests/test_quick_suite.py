@@ -10,12 +10,15 @@ from tlbench.cli import main
 
 @pytest.mark.slow
 def test_quick_suite_shows_transfer_paying_off(tmp_path) -> None:
-    # The baselines only (~1 min); all eleven strategies take ~3 min and are timed in
+    # The baselines only (under a minute); all eleven strategies take ~5 min and are timed in
     # benchmarks/test_bench_quick_suite.py.
     strategies = "linear_probe,full_finetune,scratch"
-    assert main(["run", "quick", "--out", str(tmp_path), "--strategies", strategies]) == 0
+    # 6 of the suite's 10 seeds and no figures: the check is on the numbers (most of the time is
+    # pretraining the two backbones).
+    assert main(["run", "quick", "--out", str(tmp_path), "--strategies", strategies, "--seeds", "6",
+                 "--report", "tables"]) == 0
     runs = pd.read_parquet(tmp_path / "runs.parquet")
-    assert len(runs) == 2 * 3 * 10  # tasks × strategies × evaluation seeds
+    assert len(runs) == 2 * 3 * 6  # tasks × strategies × evaluation seeds
     stats = runs.groupby(["task", "strategy"])["test_accuracy"].agg(["mean", "std"])
     for task in ("digits-2shot", "mnist1d-shifted"):
         scratch = stats.loc[(task, "scratch")]

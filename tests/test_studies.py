@@ -353,7 +353,8 @@ tasks:
 def _run(tmp_path: Path, out: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "TLBENCH_CACHE": str(tmp_path / f"cache-{out}")}
     return subprocess.Popen([sys.executable, "-m", "tlbench.cli", "run", str(tmp_path / "s.yaml"), "--out",
-                             str(tmp_path / out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+                             str(tmp_path / out), "--report", "none"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, **kw)
 
 
 def _records(path: Path) -> tuple[list, list]:
@@ -369,6 +370,7 @@ def test_a_sweep_and_its_sensitivity_study_resume_exactly_after_kill_9(tmp_path)
     (tmp_path / "s.yaml").write_text(STUDY)
     clean = _run(tmp_path, "clean")
     assert clean.wait(timeout=300) == 0, clean.stderr.read()
+    assert not (tmp_path / "clean" / "table.md").exists()  # --report none: the store only
     killed = _run(tmp_path, "killed")
     journal = tmp_path / "killed" / "store.journal"
     deadline = time.time() + 240

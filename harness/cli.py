@@ -63,19 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan_backbone(plan: "Plan", name: str) -> Any:
-    """A random-init copy of backbone ``name`` (what its strategies' search spaces read)."""
-    from tlbench.backbones import build_backbone
-
-    spec = plan.suite.backbones[name]
-    return build_backbone(spec.arch, spec.typed_args())
-
-
 def print_dry_run(plan: "Plan", console: Console) -> None:
     """The plan without training: each task's data (path and whether it is there), then
     each cell's split sizes, budget and seeds, the search spaces the suite sets and its
     sensitivity studies."""
-    from tlbench.spaces import effective
     from tlbench.suites.datasets import data_access
 
     suite = plan.suite
@@ -95,10 +86,9 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
         budget = plan.budget(cell.strategy, cell.backbone)
         tuning = (f"{budget.trials} trials" if budget.epochs is None else f"{budget.epochs:g} backbone epochs")
         console.print(f"  {cell.label}: {sizes}; {tuning}, {suite.seeds} seeds", highlight=False)
-    for (strategy, backbone), overrides in sorted(plan.spaces.items()):
+    for strategy, backbone in sorted(plan.spaces):  # the spaces the suite overrides
         console.print(f"  search space of {strategy} on {backbone}: " + ", ".join(
-            f"{k} {v}" for k, v in effective(plan.make_strategy(strategy), plan_backbone(plan, backbone),
-                                             overrides).items()), highlight=False)
+            f"{k} {v}" for k, v in plan.searched[(strategy, backbone)].items()), highlight=False)
     for i, spec in enumerate(suite.sensitivity):
         grid = " × ".join(f"{name} {values}" for name, values in spec.params.items())
         console.print(f"  sensitivity[{i}]: {spec.strategy}, {grid}, {spec.seeds} seeds per value on "
@@ -163,12 +153,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     with ConsoleObserver(console) as observer:
         ran = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir, observer=observer)
-    # The report shows this invocation's cells and seeds (a store may hold more).
     if args.report == "none":
         console.print(f"ran {len(ran.outcomes)} cells into the store; no report written (--report none): "
                       + (f"tlbench report {out} writes it" if args.storage is None else
                          "tlbench report --storage (the same storage) writes it"))
         return 0
+    # The report shows this invocation's cells and seeds (a store may hold more).
     results = load_results(storage, suite.name, cells=ran.cells, seeds=ran.seeds)
     if results.empty:
         raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "

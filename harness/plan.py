@@ -34,7 +34,7 @@ from tlbench.errors import ConfigError
 from tlbench.plugins import load_entry_points, load_suite_plugins
 from tlbench.pretrain import check_backbone_source, preprocess_for
 from tlbench.search import Budget
-from tlbench.spaces import Override, axis, check_value, explore, grid, parse_overrides
+from tlbench.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides
 from tlbench.spaces import declared as declared_space
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites import bundled_suites
@@ -68,6 +68,9 @@ class Plan:
     spaces: dict[tuple[str, str], dict[str, Override]] = field(default_factory=dict)
     #: Per (strategy, backbone), for a grid search: its configurations in order.
     grids: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    #: Per tunable (strategy, backbone): the searched space, one description per hyperparameter
+    #: (what each tuning study stores and the dry run prints).
+    searched: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     _bound: dict[tuple[str, str], Task] = field(default_factory=dict, repr=False)
 
     @property
@@ -170,16 +173,18 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, options, suite.tasks[name].backbones), task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
-    spaces, grids = search_spaces(suite, declared, options, cells, probes)
-    return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids)
+    spaces, grids, searched = search_spaces(suite, declared, options, cells, probes)
+    return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids, searched)
 
 
 def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen], cells: list[Cell],
                   probes: dict[str, Backbone]) -> tuple[dict[tuple[str, str], dict[str, Override]],
-                                                        dict[tuple[str, str], list[dict[str, Any]]]]:
+                                                        dict[tuple[str, str], list[dict[str, Any]]],
+                                                        dict[tuple[str, str], dict[str, str]]]:
     """The suite's ``search_space`` overrides per (strategy, backbone), checked against what
     the strategy declares for that backbone; a grid search's grids (their size is the trial
-    budget: a ``trials`` the suite sets must agree); the sensitivity studies' values."""
+    budget: a ``trials`` the suite sets must agree); the spaces each tunable cell searches;
+    and the sensitivity studies' values are checked."""
     where = f"{suite.path}: search_space"
     options = dict(options)
     for name in suite.search_space:  # a strategy an including file dropped: still checked, never run
@@ -233,7 +238,10 @@ def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen],
                                   f"{len(points)}")
             grids[(strategy, backbone)] = points
     check_sensitivity(suite, declared, options, probe)
-    return spaces, grids
+    searched = {(strategy, backbone): effective(instance, probe(backbone), spaces.get((strategy, backbone), {}))
+                for strategy, backbone in pairs
+                if (instance := make_strategy(suite, strategy, options[strategy])).tunable}
+    return spaces, grids, searched
 
 
 def grid_shape(strategy: Strategy, backbone: Backbone, overrides: dict[str, Override], points: int) -> str:

@@ -189,25 +189,30 @@ def _version() -> str:
     return __version__
 
 
+def _stored_records(storage: BaseStorage, suite: str | None, kind: Kind):
+    """Per study of ``kind`` (of ``suite``, or all): its summary and its completed trials'
+    records, in trial order."""
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.kind != kind or (suite is not None and name.suite != suite):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+        yield summary, [RunRecord.from_stored(dict(t.user_attrs["record"]), where=f"study {name}")
+                        for t in trials if "record" in t.user_attrs]
+
+
 def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
     """All completed evaluation runs as a tidy frame (one row per run): only runs of each
     cell's current best configuration, one per seed (two workers racing for a seed may both
     have finished it: the first one counts)."""
     rows: list[dict[str, Any]] = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        name = StudyName.parse(summary.study_name)
-        if name is None or name.kind != "eval" or (suite is not None and name.suite != suite):
+    for summary, records in _stored_records(storage, suite, "eval"):
+        if not records:
             continue
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if "record" in t.user_attrs]
-        if not complete:
-            continue
-        records = [(t.number, RunRecord.from_stored(dict(t.user_attrs["record"]), where=f"study {name}"))
-                   for t in complete]
-        current = summary.user_attrs.get("params", records[-1][1].params)
+        current = summary.user_attrs.get("params", records[-1].params)
         seen: set[int] = set()
-        for _, record in sorted(records, key=lambda r: r[0]):
+        for record in records:
             if record.params == current and record.seed not in seen:
                 seen.add(record.seed)
                 rows.append(record.row())
@@ -222,17 +227,10 @@ def load_sensitivity(storage: BaseStorage, suite: str | None = None) -> pd.DataF
     per varied hyperparameter (``varied:<name>``) and its tuned value (``tuned:<name>``);
     only runs around each cell's current tuned configuration, one per value and seed."""
     rows: list[dict[str, Any]] = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        name = StudyName.parse(summary.study_name)
-        if name is None or name.kind != "sens" or (suite is not None and name.suite != suite):
-            continue
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    for summary, records in _stored_records(storage, suite, "sens"):
         base = summary.user_attrs.get("base")
         seen: set[tuple[str, int]] = set()
-        for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
-            if "record" not in t.user_attrs:
-                continue
-            record = RunRecord.from_stored(dict(t.user_attrs["record"]), where=f"study {name}")
+        for record in records:
             sens = record.sensitivity or {}
             key = (repr(sorted(sens.get("varied", {}).items())), record.seed)
             if sens.get("base") != base or key in seen:

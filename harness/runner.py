@@ -29,7 +29,7 @@ from tlbench.pretrain import materialize_backbone
 from tlbench.records import RunContext, StudyName
 from tlbench.runtime import Runtime
 from tlbench.search import Budget, TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
-from tlbench.spaces import Fixed, SpaceTrial, effective
+from tlbench.spaces import Fixed, SpaceTrial
 from tlbench.store import check_compatible
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites.config import SensitivitySpec
@@ -263,7 +263,7 @@ def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, 
         remember_plugin_code(study, cell)
         study.set_user_attr("protocol", protocol(budget, suite.search,
                                                  decay_norm_and_bias=suite.training.decay_norm_and_bias).model_dump())
-        study.set_user_attr("search_space", effective(strategy, backbone, plan.space(cell.strategy, cell.backbone)))
+        study.set_user_attr("search_space", plan.searched[(cell.strategy, cell.backbone)])
         study.set_user_attr("suite_fingerprint", suite.fingerprint())
         observer.cell_started(cell, phase="tuning" if budget.epochs is None else "tuning (backbone epochs)",
                               total=budget.total)

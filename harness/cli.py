@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="torch.compile the model each strategy trains")
     run.add_argument("--workers", default="auto", help="DataLoader workers for image-file datasets: auto "
                                                       "(min(16, cores) on CUDA, 0 on CPU) or a number")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads torch uses in this process (default: torch's, one per core); bit-identical "
+                          "results across runs need the same number")
     run.add_argument("--data-root", type=Path, default=None,
                      help="where image datasets live (default: the suite's data_root, $TLBENCH_DATA, "
                           "or data/ in the cache directory)")
@@ -127,6 +130,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.store import check_compatible
     from tlbench.strategies import STRATEGIES
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: give a number of CPU threads >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     strategies = None
     if args.strategies is not None:
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

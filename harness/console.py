@@ -21,7 +21,7 @@ class ConsoleObserver(RunObserver):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console, transient=True)
         self._cells: TaskID | None = None
-        self._bar: TaskID | None = None
+        self._bars: dict[str, TaskID] = {}  # one per cell this worker has open (several when workers share a run)
 
     def __enter__(self) -> "ConsoleObserver":
         self.progress.start()
@@ -37,21 +37,21 @@ class ConsoleObserver(RunObserver):
         self._cells = self.progress.add_task("cells", total=len(plan.cells))
 
     def cell_started(self, cell: "Cell", *, phase: str, total: int) -> None:
-        self._end_bar()
-        self._bar = self.progress.add_task(f"  {cell.label}: {phase}", total=total)
+        self._end_bar(cell)
+        self._bars[cell.label] = self.progress.add_task(f"  {cell.label}: {phase}", total=total)
 
     def cell_progress(self, cell: "Cell", *, phase: str, done: int) -> None:
-        if self._bar is not None:
-            self.progress.update(self._bar, completed=done)
+        if cell.label in self._bars:
+            self.progress.update(self._bars[cell.label], completed=done)
 
     def cell_finished(self, cell: "Cell", outcome: CellOutcome) -> None:
-        self._end_bar()
+        self._end_bar(cell)
         style = "yellow" if outcome.skipped else ""
         self.console.print(f"[{style}]{outcome.summary}[/{style}]" if style else outcome.summary)
         if self._cells is not None:
             self.progress.advance(self._cells)
 
-    def _end_bar(self) -> None:
-        if self._bar is not None:
-            self.progress.remove_task(self._bar)
-            self._bar = None
+    def _end_bar(self, cell: "Cell") -> None:
+        bar = self._bars.pop(cell.label, None)
+        if bar is not None:
+            self.progress.remove_task(bar)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from tlbench.backbones import Backbone
@@ -18,58 +20,93 @@ from tlbench.provenance import provenance
 from tlbench.records import RunContext, RunRecord
 from tlbench.reuse import OwnTime
 from tlbench.runtime import Runtime
-from tlbench.store import recover_orphans, worker_alive, worker_id
+from tlbench.search import Step
+from tlbench.store import Heartbeat, claim, recover_orphans, worker_id
 from tlbench.strategies.base import Strategy
 from tlbench.train import NullReporter, accuracy, median_seconds
 
 
-def _taken_seeds(study: optuna.Study, params: dict[str, Any]) -> set[int]:
+def _same_run(params: dict[str, Any], seed: int) -> Callable[[FrozenTrial], bool]:
+    return lambda t: t.user_attrs.get("seed") == seed and t.user_attrs.get("params") == params
+
+
+def seed_states(trials: list[FrozenTrial], params: dict[str, Any]) -> tuple[set[int], set[int]]:
     """Seeds evaluated with exactly ``params`` (a new best configuration makes earlier
-    evaluations stale), or being evaluated right now by another live worker."""
-    taken = set()
-    for t in study.get_trials(deepcopy=False):
+    evaluations stale; a seed that diverged deterministically counts as done), and seeds a
+    live claim holds right now."""
+    done, held = set(), set()
+    for t in trials:
         if t.user_attrs.get("params") != params or "seed" not in t.user_attrs:
             continue
-        final = t.state == TrialState.FAIL and t.user_attrs.get("final")
-        running_elsewhere = (t.state == TrialState.RUNNING and t.user_attrs.get("worker") != worker_id()
-                             and worker_alive(t.user_attrs.get("worker", "")))
-        if t.state == TrialState.COMPLETE or final or running_elsewhere:
-            taken.add(int(t.user_attrs["seed"]))
-    return taken
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("final")):
+            done.add(int(t.user_attrs["seed"]))
+        elif t.state == TrialState.RUNNING:
+            held.add(int(t.user_attrs["seed"]))
+    return done, held - done
+
+
+def evaluate_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
+                  params: dict[str, Any], *, seeds: list[int], context: RunContext, runtime: Runtime,
+                  share: bool = True, on_seed: Callable[[int], None] = lambda n: None) -> Step:
+    """One step of a cell's evaluation: fails dead workers' runs, then claims and runs the
+    first seed that no one has run or holds; ``wait`` while the rest are held elsewhere."""
+    recover_orphans(study)
+    if study.user_attrs.get("params") != params:
+        study.set_user_attr("params", params)  # the configuration the table reports
+    done, held = seed_states(study.get_trials(deepcopy=False), params)
+    on_seed(sum(s in done for s in seeds))
+    todo = [s for s in seeds if s not in done]
+    if not todo:
+        return "done"
+    free = [s for s in todo if s not in held]
+    if not free:
+        return "wait"
+    _run_one(study, strategy, backbone, task, params, seed=free[0], context=context, runtime=runtime, share=share)
+    return "ran"
 
 
 def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
              params: dict[str, Any], *, seeds: list[int], context: RunContext,
              runtime: Runtime, on_seed: Callable[[int], None] = lambda n: None,
-             share: bool = True) -> list[RunRecord]:
-    """Runs every seed not yet recorded in ``study``; returns the new records.
+             share: bool = True, poll_s: float = 0.5) -> list[RunRecord]:
+    """Runs every seed not yet recorded in ``study``, with other workers if there are any
+    (each seed is claimed by one: :func:`tlbench.store.claim`); returns the records this
+    worker made, once every seed is done wherever it ran.
 
     ``context`` (suite, task, backbone, strategy, tuning summary) is copied into each record.
     ``share``: offer the trained models to the strategies that reuse them (not for the
     variations of a sensitivity study).
     """
-    recover_orphans(study)
-    study.set_user_attr("params", params)  # the configuration the table reports
-    records = []
-    for i, seed in enumerate(seeds):
-        on_seed(i)
-        if seed in _taken_seeds(study, params):  # re-read: other workers make progress too
-            continue
-        record = _run_one(study, strategy, backbone, task, params, seed=seed, context=context,
-                          runtime=runtime, share=share)
-        if record is not None:
-            records.append(record)
-    on_seed(len(seeds))
-    return records
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    while (step := evaluate_step(study, strategy, backbone, task, params, seeds=seeds, context=context,
+                                 runtime=runtime, share=share, on_seed=on_seed)) != "done":
+        if step == "wait":
+            time.sleep(poll_s)
+    mine = worker_id()
+    return [RunRecord.from_stored(t.user_attrs["record"]) for t in study.get_trials(deepcopy=False)
+            if t.number not in before and t.state == TrialState.COMPLETE and t.user_attrs.get("worker") == mine]
 
 
 def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
              params: dict[str, Any], *, seed: int, context: RunContext,
              runtime: Runtime, share: bool = True) -> RunRecord | None:
-    trial = study.ask()
-    trial.set_user_attr("worker", worker_id())
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("params", params)
+    frozen = claim(study, {"seed": seed, "params": params}, _same_run(params, seed))
+    if frozen is None:  # another worker claimed this seed first
+        return None
+    try:
+        with Heartbeat(study._storage, frozen._trial_id):
+            return _evaluate_claimed(study, frozen, strategy, backbone, task, params, seed=seed, context=context,
+                                     runtime=runtime, share=share)
+    except (UpdateFinishedTrialError, ValueError) as err:
+        if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+            raise
+        return None  # taken over after this worker was judged dead: the seed's new claim runs it
+
+
+def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strategy, backbone: Backbone, task: Task,
+                      params: dict[str, Any], *, seed: int, context: RunContext, runtime: Runtime,
+                      share: bool) -> RunRecord | None:
+    storage, trial_id = study._storage, trial._trial_id
     started = dt.datetime.now(dt.timezone.utc)
     clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
     try:
@@ -77,12 +114,17 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
             predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
                                      runtime=runtime)
     except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
-        trial.set_user_attr("failed_reason", str(err))
-        trial.set_user_attr("final", True)
-        study.tell(trial, state=TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "failed_reason", str(err))
+        storage.set_trial_user_attr(trial_id, "final", True)
+        study.tell(trial.number, state=TrialState.FAIL)
         return None
-    except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
+    except BaseException as err:  # the seed is free again for the next claim
+        try:
+            storage.set_trial_user_attr(trial_id, "failed_reason", "interrupted" if isinstance(
+                err, KeyboardInterrupt) else f"{type(err).__name__}: {str(err)[:200]}")
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError):
+            pass
         raise
     # The feature pass is charged as its own cost (feature_seconds, the same for every run of the
     # cell), so own time leaves it out whether this run computed the features or found them cached.
@@ -130,10 +172,10 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     except ValidationError as err:  # a predictor (a plugin's) reported something that is not a number
         first = err.errors()[0]
         reason = f"{'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})"
-        trial.set_user_attr("failed_reason", f"invalid run record: {reason}")
-        study.tell(trial, state=TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "failed_reason", f"invalid run record: {reason}")
+        study.tell(trial.number, state=TrialState.FAIL)
         raise ConfigError(f"strategy {strategy.name!r}: its run record is invalid ({reason}); "
                           f"`tlbench check {strategy.name}` checks its predictor") from None
-    trial.set_user_attr("record", record.model_dump())
-    study.tell(trial, record.test_accuracy)
+    storage.set_trial_user_attr(trial_id, "record", record.model_dump())
+    study.tell(trial.number, record.test_accuracy)
     return record

@@ -22,13 +22,14 @@ from tlbench.backbones import Backbone
 from tlbench.codeversion import code_version
 from tlbench.data import Task
 from tlbench.errors import ConfigError
-from tlbench.evaluate import evaluate
+from tlbench.evaluate import evaluate_step
 from tlbench.members import ArtifactStore, CellRecipes, Members, Reuse
 from tlbench.plan import Cell, Plan
 from tlbench.pretrain import materialize_backbone
 from tlbench.records import RunContext, StudyName
 from tlbench.runtime import Runtime
-from tlbench.search import Budget, TuneResult, evaluation_seed, make_study, protocol, summarize, tune, tuning_seed
+from tlbench.search import (Budget, Step, TuneResult, compute_unit, evaluation_seed, make_study, protocol, summarize,
+                            tune_step, tuning_seed)
 from tlbench.spaces import Fixed, SpaceTrial
 from tlbench.store import check_compatible
 from tlbench.strategies import STRATEGIES, Strategy
@@ -83,9 +84,18 @@ class RunResult:
 
 
 def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, cache_dir: Path,
-             observer: RunObserver | None = None) -> RunResult:
+             observer: RunObserver | None = None, poll_s: float = 1.0) -> RunResult:
     """Runs every cell of ``plan`` into ``storage`` (artifacts of reused models under
-    ``out/models``); returns what ran."""
+    ``out/models``) until all of it is done, with whatever other workers share the storage;
+    returns what ran.
+
+    Work is taken in plan order, one unit at a time (a tuning slot, an evaluation seed, a
+    sensitivity run), each claimed in the store (:func:`tlbench.store.claim`): the first unit
+    of the plan that may start now and that no one holds. A single worker therefore runs
+    cell after cell exactly as before; several workers spread over the slots that may run at
+    once (:func:`tlbench.search.independent_slots`), other cells and evaluation seeds, and a
+    cell that reuses another's models waits for that cell to finish. A worker with nothing
+    it may start waits for the others, so a run that ends has every cell done."""
     observer = observer or RunObserver()
     suite = plan.suite
     runtime = dataclasses.replace(runtime, decay_norm_and_bias=suite.training.decay_norm_and_bias)
@@ -95,30 +105,57 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                                             log=observer.log, loading=runtime.execution.loading)
                  for name in plan.backbones}
     needed, keep_weights = plan.reused()
-    reuse = Reuse(needed, keep_weights)
+    groups = Groups(storage, plan, backbones, Reuse(needed, keep_weights), out / "models")
     observer.plan_started(plan)
-    recipes: SuiteCell | None = None
-    members: Members | None = None
-    outcomes = []
+    works: dict[tuple[str, str, str], CellWork] = {}
     for cell in plan.cells:
-        if recipes is None or members is None or (recipes.plan_cell.task, recipes.backbone_name) != (cell.task,
-                                                                                                   cell.backbone):
-            # one per task × backbone (cells come grouped): its strategies share models
-            recipes = SuiteCell(storage, plan, cell, backbones[cell.backbone], reuse)
-            members = Members(recipes, ArtifactStore(out / "models"), backbones)
-        outcome = run_cell(cell, plan, plan.make_strategy(cell.strategy), backbones[cell.backbone],
-                           storage=storage, tuning=recipes, runtime=dataclasses.replace(runtime, members=members),
-                           observer=observer)
-        outcomes.append(outcome)
-        observer.cell_finished(cell, outcome)
-        for spec in plan.suite.sensitivity:
-            if outcome.evaluated and spec.strategy == cell.strategy and spec.covers(cell.task,
-                                                                                      plan.suite.tasks[cell.task]):
-                run_sensitivity(cell, plan, spec, backbones[cell.backbone], storage=storage, tuning=recipes,
-                                runtime=dataclasses.replace(runtime, members=members), observer=observer)
+        works[(cell.task, cell.backbone, cell.strategy)] = CellWork(
+            cell, plan, backbones[cell.backbone], storage=storage, groups=groups, runtime=runtime,
+            observer=observer, works=works)
+    noted = time.monotonic()
+    while True:
+        waiting = []
+        for work in works.values():
+            if work.outcome is not None:
+                continue
+            step = work.step()
+            if step == "ran":
+                break  # back to the first open cell: one worker keeps the plan's order
+            if step == "wait":
+                waiting.append(work)
+        else:
+            if not waiting:
+                break
+            if time.monotonic() - noted > 60:
+                noted = time.monotonic()
+                observer.log(f"waiting for other workers: {', '.join(w.cell.label for w in waiting[:3])}"
+                             f"{' …' if len(waiting) > 3 else ''} ({len(waiting)} cells have work held elsewhere "
+                             f"or waiting for it)")
+            time.sleep(poll_s)
     seeds = tuple(evaluation_seed(suite.seed, k) for k in range(suite.seeds))
     return RunResult(suite.name, frozenset((c.task, c.backbone, c.strategy) for c in plan.cells), seeds,
-                     tuple(outcomes))
+                     tuple(w.outcome for w in works.values() if w.outcome is not None))
+
+
+class Groups:
+    """The model server of each task × backbone (its strategies share models), built on first
+    use; the two most recently used are kept (cells of one group come together in the plan)."""
+
+    def __init__(self, storage: BaseStorage, plan: Plan, backbones: dict[str, Backbone], reuse: Reuse,
+                 models: Path) -> None:
+        self.storage, self.plan, self.backbones, self.reuse, self.models = storage, plan, backbones, reuse, models
+        self._groups: dict[tuple[str, str], tuple[SuiteCell, Members]] = {}
+
+    def __call__(self, cell: Cell) -> tuple["SuiteCell", Members]:
+        key = (cell.task, cell.backbone)
+        if key not in self._groups:
+            recipes = SuiteCell(self.storage, self.plan, cell, self.backbones[cell.backbone], self.reuse)
+            self._groups[key] = (recipes, Members(recipes, ArtifactStore(self.models), self.backbones))
+            while len(self._groups) > 2:
+                del self._groups[next(iter(self._groups))]
+        else:
+            self._groups[key] = self._groups.pop(key)  # most recently used last
+        return self._groups[key]
 
 
 def with_dependencies(params: dict[str, Any], strategy: Strategy, members: Members) -> dict[str, Any]:
@@ -241,66 +278,166 @@ def remember_plugin_code(study: optuna.Study, cell: Cell) -> None:
         study.set_user_attr("strategy_source", source)
 
 
-def run_cell(cell: Cell, plan: Plan, strategy: Strategy, backbone: Backbone, *, storage: BaseStorage,
-             tuning: SuiteCell, runtime: Runtime, observer: RunObserver) -> CellOutcome:
-    """Tunes one cell (unless it has nothing to search) and evaluates its best configuration
-    on the suite's evaluation seeds."""
-    suite, task = plan.suite, plan.task_for(cell.task, cell.backbone)
-    start = time.perf_counter()
-    members = runtime.members
-    for dependency in strategy.requires():  # before any trial: a missing one is one clear line
-        tuned = tuning(dependency)
-        if tuned.params is None and tuned.finished:
-            return CellOutcome(cell, False, skipped=f"skipped: {dependency} {tuned.reason}")
-        if tuned.params is None:
-            raise ConfigError(f"{cell.task} / {cell.backbone}: {cell.strategy} reuses models of "
-                              f"{dependency!r}, which {tuned.reason}")
-    budget = plan.budget(cell.strategy, cell.backbone)
-    if strategy.tunable:
-        name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
-        study = make_study(name, storage, budget=budget, seed=suite.seed, search=suite.search,
-                           grid=plan.grids.get((cell.strategy, cell.backbone)))
-        remember_plugin_code(study, cell)
-        study.set_user_attr("protocol", protocol(budget, suite.search,
-                                                 decay_norm_and_bias=suite.training.decay_norm_and_bias).model_dump())
-        study.set_user_attr("search_space", plan.searched[(cell.strategy, cell.backbone)])
-        study.set_user_attr("suite_fingerprint", suite.fingerprint())
-        observer.cell_started(cell, phase="tuning" if budget.epochs is None else "tuning (backbone epochs)",
-                              total=budget.total)
-        result: TuneResult | None = tune(
-            study, strategy, backbone, task, budget=budget, suite_seed=suite.seed, runtime=runtime,
-            on_trial=lambda n: observer.cell_progress(cell, phase="tuning", done=n),
-            space=plan.space(cell.strategy, cell.backbone))
-        best = result.best_params if result is not None else None
-        if best is None:
-            return CellOutcome(cell, False, result, skipped=f"no trial completed ({result.n_pruned} pruned, "
-                                                            f"{result.n_failed} failed); not evaluated")
-    else:  # nothing to search: evaluated with its fixed configuration
-        result, best = None, fixed_params(strategy, backbone)
-    seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
-    context = RunContext(
-        suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
-        strategy_origin=STRATEGIES.origin(cell.strategy),
-        tuning_best_val_accuracy=result.best_value if result else None,
-        tuning_best_trial=result.best_trial if result else None,
-        tuning_trials_complete=result.n_complete if result else 0,
-        tuning_trials_pruned=result.n_pruned if result else 0,
-        tuning_seconds=result.seconds if result else 0.0, tuning_budget=budget.cap,
-        tuning_compute=result.compute if result else None,
-        tuning_seeds=f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, _slots(budget, result) - 1)}",
-        tuning_best_trial_seed=result.best_seed if result else None,
-        suite_fingerprint=suite.fingerprint(), backbone_weights=backbone.weights_id, task_info=task.info)
-    eval_study = optuna.create_study(
-        study_name=str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "eval")),
-        storage=storage, direction="maximize", load_if_exists=True)
-    eval_study.set_user_attr("suite_fingerprint", suite.fingerprint())
-    remember_plugin_code(eval_study, cell)
-    observer.cell_started(cell, phase="evaluating", total=len(seeds))
-    params = with_dependencies(best, strategy, members) if isinstance(members, Members) else best
-    evaluate(eval_study, strategy, backbone, task, params, seeds=seeds, context=context, runtime=runtime,
-             on_seed=lambda n: observer.cell_progress(cell, phase="evaluating", done=n))
-    return CellOutcome(cell, True, result, time.perf_counter() - start)
+class CellWork:
+    """One cell's work in a run — tuning slots, then evaluation seeds, then sensitivity runs —
+    taken one unit per :meth:`step` (``ran`` a unit, ``wait`` for work others hold, ``done``;
+    then :attr:`outcome` says what became of the cell)."""
 
+    def __init__(self, cell: Cell, plan: Plan, backbone: Backbone, *, storage: BaseStorage, groups: Groups,
+                 runtime: Runtime, observer: RunObserver, works: dict[tuple[str, str, str], "CellWork"]) -> None:
+        self.cell, self.plan, self.backbone, self.storage = cell, plan, backbone, storage
+        self.groups, self.base_runtime, self.observer, self.works = groups, runtime, observer, works
+        self.strategy = plan.make_strategy(cell.strategy)
+        self.budget = plan.budget(cell.strategy, cell.backbone)
+        self.outcome: CellOutcome | None = None
+        self.result: TuneResult | None = None
+        self.params: dict[str, Any] | None = None  # the configuration evaluated (after tuning)
+        self.seconds = 0.0
+        self._phase = ""
+        self._studies: dict[str, optuna.Study] = {}
+        self._sensitivity: list[tuple[optuna.Study, dict[str, Any], RunContext, list[int]]] | None = None
+
+    # ---------------------------------------------------------------- the steps
+    def step(self) -> Step:
+        start = time.perf_counter()
+        try:
+            return self._step()
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _step(self) -> Step:
+        recipes, members = self.groups(self.cell)
+        runtime = dataclasses.replace(self.base_runtime, members=members)
+        task = self.plan.task_for(self.cell.task, self.cell.backbone)
+        cell, suite = self.cell, self.plan.suite
+        for dependency in self.strategy.requires():  # its models must exist first
+            other = self.works.get((cell.task, cell.backbone, dependency))
+            if other is not None and other.outcome is None:
+                return "wait"
+            tuned = recipes(dependency)
+            if tuned.params is None and tuned.finished:
+                return self._finish(CellOutcome(cell, False, skipped=f"skipped: {dependency} {tuned.reason}"))
+            if tuned.params is None:
+                raise ConfigError(f"{cell.task} / {cell.backbone}: {cell.strategy} reuses models of "
+                                  f"{dependency!r}, which {tuned.reason}")
+        if self.params is None:
+            if self.strategy.tunable:
+                study = self._tuning_study()
+                self._enter("tuning" if self.budget.epochs is None else "tuning (backbone epochs)", self.budget.total)
+                step = tune_step(study, self.strategy, self.backbone, task, budget=self.budget, suite_seed=suite.seed,
+                                 runtime=runtime, space=self.plan.space(cell.strategy, cell.backbone),
+                                 unit=self._unit(task),
+                                 on_trial=lambda n: self.observer.cell_progress(cell, phase="tuning", done=n))
+                if step != "done":
+                    return step
+                self.result = summarize(study, self.budget)
+                best = self.result.best_params
+                if best is None:
+                    r = self.result
+                    return self._finish(CellOutcome(cell, False, r, skipped=f"no trial completed ({r.n_pruned} "
+                                                                              f"pruned, {r.n_failed} failed); not "
+                                                                              f"evaluated"))
+            else:  # nothing to search: evaluated with its fixed configuration
+                best = fixed_params(self.strategy, self.backbone)
+            self.params = with_dependencies(best, self.strategy, members)
+        seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
+        self._enter("evaluating", len(seeds))
+        step = evaluate_step(self._eval_study(), self.strategy, self.backbone, task, self.params, seeds=seeds,
+                             context=self._context(task), runtime=runtime,
+                             on_seed=lambda n: self.observer.cell_progress(cell, phase="evaluating", done=n))
+        if step != "done":
+            return step
+        step = self._sensitivity_step(task, runtime)
+        if step != "done":
+            return step
+        return self._finish(CellOutcome(cell, True, self.result, self.seconds))
+
+    def _sensitivity_step(self, task: Task, runtime: Runtime) -> Step:
+        if self._sensitivity is None:
+            self._sensitivity = []
+            for spec in self.plan.suite.sensitivity:
+                if spec.strategy == self.cell.strategy and spec.covers(self.cell.task,
+                                                                       self.plan.suite.tasks[self.cell.task]):
+                    self._sensitivity += sensitivity_runs(self.cell, self.plan, spec, self.backbone, self.storage,
+                                                          runtime.members, task)
+        if not self._sensitivity:
+            return "done"
+        self._enter("sensitivity", len(self._sensitivity))
+        waited = False
+        for i, (study, params, context, seeds) in enumerate(self._sensitivity):
+            step = evaluate_step(study, self.strategy, self.backbone, task, params, seeds=seeds,
+                                 context=context, runtime=runtime, share=False)
+            if step == "ran":
+                self.observer.cell_progress(self.cell, phase="sensitivity", done=i)
+                return step
+            waited = waited or step == "wait"
+        return "wait" if waited else "done"
+
+    def _finish(self, outcome: CellOutcome) -> Step:
+        self.outcome = outcome
+        self.observer.cell_finished(self.cell, outcome)
+        return "done"
+
+    def _enter(self, phase: str, total: int) -> None:
+        if phase != self._phase:
+            self._phase = phase
+            self.observer.cell_started(self.cell, phase=phase, total=total)
+
+    # ---------------------------------------------------------------- what a step needs, made once
+    def _unit(self, task: Task) -> float | None:
+        if "unit" not in self.__dict__:
+            self.__dict__["unit"] = compute_unit(self.backbone, task)
+        return self.__dict__["unit"]
+
+    def _tuning_study(self) -> optuna.Study:
+        if "tune" not in self._studies:
+            suite, cell = self.plan.suite, self.cell
+            name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
+            study = make_study(name, self.storage, budget=self.budget, seed=suite.seed, search=suite.search,
+                               grid=self.plan.grids.get((cell.strategy, cell.backbone)))
+            _set_attrs(study, {"protocol": protocol(self.budget, suite.search,
+                                                    decay_norm_and_bias=suite.training.decay_norm_and_bias
+                                                    ).model_dump(),
+                               "search_space": self.plan.searched[(cell.strategy, cell.backbone)],
+                               "suite_fingerprint": suite.fingerprint()})
+            remember_plugin_code(study, cell)
+            self._studies["tune"] = study
+        return self._studies["tune"]
+
+    def _eval_study(self) -> optuna.Study:
+        if "eval" not in self._studies:
+            suite, cell = self.plan.suite, self.cell
+            study = optuna.create_study(
+                study_name=str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "eval")),
+                storage=self.storage, direction="maximize", load_if_exists=True)
+            _set_attrs(study, {"suite_fingerprint": suite.fingerprint()})
+            remember_plugin_code(study, cell)
+            self._studies["eval"] = study
+        return self._studies["eval"]
+
+    def _context(self, task: Task) -> RunContext:
+        suite, cell, result, budget = self.plan.suite, self.cell, self.result, self.budget
+        return RunContext(
+            suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
+            strategy_origin=STRATEGIES.origin(cell.strategy),
+            tuning_best_val_accuracy=result.best_value if result else None,
+            tuning_best_trial=result.best_trial if result else None,
+            tuning_trials_complete=result.n_complete if result else 0,
+            tuning_trials_pruned=result.n_pruned if result else 0,
+            tuning_seconds=result.seconds if result else 0.0, tuning_budget=budget.cap,
+            tuning_compute=result.compute if result else None,
+            tuning_seeds=f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, _slots(budget, result) - 1)}",
+            tuning_best_trial_seed=result.best_seed if result else None,
+            suite_fingerprint=suite.fingerprint(), backbone_weights=self.backbone.weights_id, task_info=task.info)
+
+
+def _set_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    """Sets a study's attributes that differ from the stored ones (every worker opening the
+    study writes the same values; unchanged ones are not written again)."""
+    stored = study.user_attrs
+    for key, value in attrs.items():
+        if stored.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def sensitivity_points(spec: SensitivitySpec) -> list[dict[str, Any]]:
@@ -309,35 +446,28 @@ def sensitivity_points(spec: SensitivitySpec) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(spec.params[n] for n in names))]
 
 
-def run_sensitivity(cell: Cell, plan: Plan, spec: SensitivitySpec, backbone: Backbone, *, storage: BaseStorage,
-                    tuning: SuiteCell, runtime: Runtime, observer: RunObserver) -> int:
-    """Re-runs the cell's tuned configuration with ``spec``'s hyperparameters set to each
-    combination of its values, on its first ``spec.seeds`` evaluation seeds, into the cell's
-    sensitivity study (resumable: runs already stored are not repeated). Returns the number
-    of runs the study should hold."""
+def sensitivity_runs(cell: Cell, plan: Plan, spec: SensitivitySpec, backbone: Backbone, storage: BaseStorage,
+                     members: Any, task: Task) -> list[tuple[optuna.Study, dict[str, Any], RunContext, list[int]]]:
+    """The runs of a sensitivity study of a tuned cell: its tuned configuration with ``spec``'s
+    hyperparameters set to each combination of its values, each on the first ``spec.seeds``
+    evaluation seeds, into the cell's sensitivity study (resumable: stored runs are not repeated)."""
     suite = plan.suite
     strategy = plan.make_strategy(cell.strategy)
     overrides = plan.space(cell.strategy, cell.backbone)
     tune_name = str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "tune"))
-    result = summarize(optuna.load_study(study_name=tune_name, storage=storage), plan.budget(cell.strategy,
-                                                                                               cell.backbone))
+    budget = plan.budget(cell.strategy, cell.backbone)
+    result = summarize(optuna.load_study(study_name=tune_name, storage=storage), budget)
     if result.best_values is None or result.best_params is None:
-        return 0
+        return []
     fixed = {k: o.value for k, o in overrides.items() if isinstance(o, Fixed)}
     tuned_values = {**fixed, **result.best_values}
     base = hashlib.sha256(json.dumps(result.best_params, sort_keys=True, default=str).encode()).hexdigest()[:12]
     study = optuna.create_study(study_name=str(StudyName(suite.name, cell.task, cell.backbone, cell.strategy, "sens")),
                                 storage=storage, direction="maximize", load_if_exists=True)
-    study.set_user_attr("suite_fingerprint", suite.fingerprint())
-    study.set_user_attr("base", base)
+    _set_attrs(study, {"suite_fingerprint": suite.fingerprint(), "base": base})
     remember_plugin_code(study, cell)
-    points = sensitivity_points(spec)
-    seeds = [evaluation_seed(suite.seed, k) for k in range(spec.seeds)]
-    observer.cell_started(cell, phase="sensitivity", total=len(points))
-    task = plan.task_for(cell.task, cell.backbone)
-    members = runtime.members
-    for i, varied in enumerate(points):
-        observer.cell_progress(cell, phase="sensitivity", done=i)
+    runs = []
+    for varied in sensitivity_points(spec):
         values = {**tuned_values, **varied}
         try:
             others = {k: o for k, o in overrides.items() if k not in varied}  # a varied value beats a fixed one
@@ -351,11 +481,9 @@ def run_sensitivity(cell: Cell, plan: Plan, spec: SensitivitySpec, backbone: Bac
             strategy_origin=STRATEGIES.origin(cell.strategy), tuning_best_val_accuracy=result.best_value,
             tuning_best_trial=result.best_trial, tuning_trials_complete=result.n_complete,
             tuning_trials_pruned=result.n_pruned, tuning_seconds=result.seconds,
-            tuning_budget=plan.budget(cell.strategy, cell.backbone).cap, tuning_compute=result.compute,
+            tuning_budget=budget.cap, tuning_compute=result.compute,
             tuning_seeds="", tuning_best_trial_seed=result.best_seed, suite_fingerprint=suite.fingerprint(),
             backbone_weights=backbone.weights_id, task_info=task.info,
             sensitivity={"varied": varied, "tuned": {k: tuned_values.get(k) for k in varied}, "base": base})
-        evaluate(study, strategy, backbone, task, params, seeds=seeds, context=context, runtime=runtime,
-                 share=False)
-    observer.cell_progress(cell, phase="sensitivity", done=len(points))
-    return len(points) * len(seeds)
+        runs.append((study, params, context, [evaluation_seed(suite.seed, k) for k in range(spec.seeds)]))
+    return runs

@@ -1,7 +1,7 @@
 """The suite's sampler, made resumable: every random state re-derived from (seed, slot).
 
-A trial's *slot* is its position among the study's counted trials (:func:`trial_slot`): one
-worker gets 0, 1, 2, … whether or not it was interrupted and resumed. Re-seeding a sampler's
+A trial's *slot* is its place in the budget (0 … trials−1), claimed with the trial
+(:func:`slot_of`; :mod:`tlbench.search`), never counted: a slot retried after a crash keeps it. Re-seeding a sampler's
 random state from the slot before each trial makes a resumed study propose exactly what an
 uninterrupted one would have, for every sampler whose proposal depends only on the finished
 trials and its random state: TPE, random, QMC (whose position in the sequence is the slot,
@@ -14,8 +14,9 @@ process does not have, so its later proposals differ slightly.
 
 from __future__ import annotations
 
+import copy
 import warnings
-from typing import Any, Iterator
+from typing import Any, Container, Iterator
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -31,17 +32,64 @@ SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSa
 EXACT_RESUME = ("tpe", "random", "qmc", "grid")
 
 
+def slot_of(trial: FrozenTrial) -> int | None:
+    """The budget slot a tuning trial holds: claimed with the trial (``slot``), or, for trials
+    written before slots were claimed, read back from its training seed
+    (``suite_seed·SEED_STRIDE + slot``, slots < 500,000). None for a trial tlbench did not make."""
+    slot = trial.user_attrs.get("slot")
+    if slot is not None:
+        return int(slot)
+    seed = trial.user_attrs.get("seed")
+    return int(seed) % SEED_STRIDE if seed is not None else None
+
+
 def trial_slot(study: optuna.Study, number: int) -> int:
-    """The position of trial ``number`` among the study's non-failed trials: the count of
-    finished ones plus the other running ones that a worker has stamped. One worker gets
-    0, 1, 2, … whether or not the study was interrupted and resumed; concurrent workers get
-    distinct slots. A running trial without a stamp is one whose process died between
-    creating and stamping it (or, for a moment, a live worker's): counting it would shift
-    every later slot of a resumed run."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                      TrialState.RUNNING))
-    return sum(t.number != number and (t.state != TrialState.RUNNING or "worker" in t.user_attrs)
-               for t in trials)
+    """The slot of trial ``number`` (see :func:`slot_of`); a trial without one takes the next
+    slot after the study's non-failed trials (for a trial made outside tlbench's tuner)."""
+    trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    slot = slot_of(trial)
+    if slot is not None:
+        return slot
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return sum(t.number != number and (t.state != TrialState.RUNNING or "worker" in t.user_attrs) for t in trials)
+
+
+class SlotView:
+    """The study as the trial in ``slot`` sees it: only the trials of lower slots, numbered by
+    their slots and in slot order, which is the study a single worker has at that point. The
+    sampler and the pruner are handed this view (the trial is built on it), so a proposal and a
+    pruning decision depend on (seed, slot, the results of lower slots) only — never on which
+    other trials happen to be running or finished when several workers share the study — and a
+    slot retried after a crash is proposed the same configuration again."""
+
+    def __init__(self, study: optuna.Study, slot: int) -> None:
+        self._study, self.slot = study, slot
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        below = []
+        for t in self._study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
+            slot = slot_of(t)
+            if slot is not None and slot < self.slot:
+                view = copy.deepcopy(t) if deepcopy else copy.copy(t)
+                view.number = slot  # TPE orders by number: slot order is the single worker's order
+                below.append(view)
+        return sorted(below, key=lambda t: t.number)
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+def _slot(study: Any, trial: FrozenTrial) -> int:
+    slot = slot_of(trial)
+    return slot if slot is not None else trial_slot(getattr(study, "_study", study), trial.number)
 
 
 def _random_states(obj: Any, seen: set[int] | None = None) -> Iterator[LazyRandomState]:
@@ -65,7 +113,7 @@ class SlotSeeded:
     slot: int = 0
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.slot = trial_slot(study, trial.number)
+        self.slot = _slot(study, trial)
         state = (self._base_seed * SEED_STRIDE + self.slot) % 2**32
         for rng in _random_states(self):
             rng.rng.seed(state)
@@ -131,7 +179,7 @@ class GridSampler(optuna.samplers.BaseSampler):
         self.slot = 0
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.slot = trial_slot(study, trial.number)
+        self.slot = _slot(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}

@@ -4,11 +4,13 @@ or backbone epochs of training)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 import optuna
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.backbones import Backbone
 from tlbench.data import Task
@@ -16,16 +18,17 @@ from tlbench.errors import NonFiniteLoss
 from tlbench.records import Protocol
 from tlbench.reuse import OwnTime
 from tlbench.runtime import Runtime
-from tlbench.samplers import SAMPLER_CLASSES, SEED_STRIDE, SlotSeededTPESampler, make_sampler, trial_slot
+from tlbench.samplers import (SAMPLER_CLASSES, SEED_STRIDE, GridSampler, SlotQMCSampler, SlotRandomSampler,
+                              SlotSeededTPESampler, SlotView, make_sampler, slot_of, trial_slot)
 from tlbench.spaces import Override, SpaceTrial
-from tlbench.store import recover_orphans, worker_id
+from tlbench.store import Heartbeat, claim, lost_claim, recover_orphans
 from tlbench.strategies.base import Strategy
 from tlbench.suites.config import SearchSpec
 from tlbench.train import forward_flops
 
-__all__ = ["Budget", "EVAL_OFFSET", "SEED_STRIDE", "SlotSeededTPESampler", "TrialReporter", "TuneResult",
-           "compute_unit", "evaluation_seed", "make_study", "protocol", "summarize", "trial_slot", "tune",
-           "tuning_seed"]
+__all__ = ["Budget", "EVAL_OFFSET", "SEED_STRIDE", "SlotSeededTPESampler", "Slots", "TrialReporter", "TuneResult",
+           "compute_unit", "evaluation_seed", "independent_slots", "make_study", "next_slot", "protocol", "slots",
+           "summarize", "trial_slot", "tune", "tune_step", "tuning_seed"]
 
 EVAL_OFFSET = 500_000
 
@@ -162,32 +165,96 @@ class TuneResult:
     best_values: dict[str, Any] | None = None  # the best trial's sampled hyperparameters
 
 
-def _counted(finished: list[optuna.trial.FrozenTrial], budget: Budget | None) -> tuple[list, bool]:
-    """The finished trials a budget counts, in number order, and whether it is spent: the
-    first ``trials``; or, for an epochs budget, each trial that started before the trials
-    before it had spent it (one worker starts a trial only then)."""
-    ordered = sorted(finished, key=lambda t: t.number)
+@dataclass(frozen=True)
+class Slots:
+    """A tuning study's budget slots as its trials say: the finished trial of each slot, the
+    slots a live claim holds, and the last failed trial of each slot (its retry's ``retry_of``)."""
+
+    finished: dict[int, FrozenTrial] = field(default_factory=dict)
+    held: frozenset[int] = frozenset()
+    failed: dict[int, int] = field(default_factory=dict)
+
+
+def slots(trials: list[FrozenTrial]) -> Slots:
+    finished: dict[int, FrozenTrial] = {}
+    held, failed = set(), {}
+    for t in sorted(trials, key=lambda t: t.number):
+        slot = slot_of(t)
+        if slot is None:
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            finished.setdefault(slot, t)  # the lowest-numbered, should an old release have run a slot twice
+        elif t.state == TrialState.RUNNING:
+            held.add(slot)
+        elif t.state == TrialState.FAIL and not lost_claim(t):
+            failed[slot] = t.number
+    return Slots(finished, frozenset(held - set(finished)), failed)
+
+
+def _counted(state: Slots, budget: Budget | None) -> tuple[list, bool]:
+    """The finished trials a budget counts, in slot order, and whether it is spent: slots
+    0 … trials−1; or, for an epochs budget, each slot that starts before the slots before it
+    have spent the budget (one worker starts a trial only then)."""
     if budget is None:
-        return ordered, False
+        return [state.finished[s] for s in sorted(state.finished)], False
     if budget.epochs is None:
-        return ordered[:budget.trials], len(ordered) >= (budget.trials or 0)
+        counted = [state.finished[s] for s in range(budget.cap) if s in state.finished]
+        return counted, len(counted) == budget.cap
     counted, spent = [], 0.0
-    for t in ordered:
-        if spent >= budget.epochs or len(counted) >= budget.max_trials:
+    for s in range(budget.max_trials):
+        if spent >= budget.epochs or s not in state.finished:
             break
-        counted.append(t)
-        spent += trial_compute(t)
+        counted.append(state.finished[s])
+        spent += trial_compute(state.finished[s])
     return counted, spent >= budget.epochs or len(counted) >= budget.max_trials
 
 
-def summarize(study: optuna.Study, budget: int | Budget | None = None) -> TuneResult:
-    """The outcome of the trials ``budget`` counts (all when None): a study tuned further
+def independent_slots(study: optuna.Study, budget: Budget) -> float:
+    """How many leading slots may run at once: those whose proposal and pruning ignore every
+    other trial (their view of lower slots cannot matter) — all of them for random, QMC and
+    grid search, the random start-up trials of a model-based sampler, fewer than the median
+    pruner's start-up trials. Any later slot waits until every lower slot has finished, so
+    that it is proposed (and pruned) exactly as a single worker would; an epochs budget runs
+    its slots one after another (whether a slot is spent at all depends on the ones before)."""
+    if budget.epochs is not None:
+        return 1
+    sampler, pruner = study.sampler, study.pruner
+    free: float = 0
+    if isinstance(sampler, (SlotRandomSampler, SlotQMCSampler, GridSampler)):
+        free = math.inf
+    elif hasattr(sampler, "_n_startup_trials"):
+        free = sampler._n_startup_trials
+    if isinstance(pruner, optuna.pruners.MedianPruner):
+        free = min(free, pruner._n_startup_trials)
+    elif not isinstance(pruner, optuna.pruners.NopPruner):
+        free = 0
+    return free
+
+
+def next_slot(state: Slots, budget: Budget, independent: float) -> int | None:
+    """The lowest slot no one holds that may start now, or None (the budget is spent, or
+    every open slot waits for lower ones still running elsewhere)."""
+    spent = 0.0
+    for s in range(budget.cap):
+        if s in state.finished:
+            spent += trial_compute(state.finished[s])
+            if budget.epochs is not None and spent >= budget.epochs:
+                return None
+            continue
+        if s in state.held:
+            continue
+        return s if s < independent or all(x in state.finished for x in range(s)) else None
+    return None
+
+
+def summarize(study: optuna.Study, budget: int | Budget | None = None,
+              trials: list[FrozenTrial] | None = None) -> TuneResult:
+    """The outcome of the slots ``budget`` counts (all when None): a study tuned further
     by an earlier, longer run still compares at the suite's budget."""
-    trials = study.get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    counted, done = _counted(finished, None if budget is None else Budget.of(budget))
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    counted, done = _counted(slots(trials), None if budget is None else Budget.of(budget))
     complete = [t for t in counted if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    best = max(complete, key=lambda t: (t.value, -slot_of(t))) if complete else None
     return TuneResult(
         best_params=dict(best.user_attrs["params"]) if best else None,
         best_value=best.value if best else None,
@@ -195,7 +262,7 @@ def summarize(study: optuna.Study, budget: int | Budget | None = None) -> TuneRe
         best_seed=best.user_attrs.get("seed") if best else None,
         n_complete=len(complete),
         n_pruned=len(counted) - len(complete),
-        n_failed=sum(t.state == TrialState.FAIL for t in trials),
+        n_failed=sum(t.state == TrialState.FAIL and not lost_claim(t) for t in trials),
         seconds=sum(t.user_attrs.get("seconds", 0.0) for t in counted),
         compute=sum(trial_compute(t) for t in counted),
         done=done,
@@ -203,72 +270,104 @@ def summarize(study: optuna.Study, budget: int | Budget | None = None) -> TuneRe
     )
 
 
+Step = Literal["ran", "wait", "done"]
+
+
+def tune_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *, budget: Budget,
+              suite_seed: int, runtime: Runtime, space: dict[str, Override] | None = None,
+              unit: float | None = None, on_trial: Callable[[int], None] = lambda n: None) -> Step:
+    """One step of a cell's tuning: fails dead workers' trials, then claims and runs the next
+    slot that may start; ``wait`` when every open slot is held or waits for lower ones."""
+    recover_orphans(study)
+    trials = study.get_trials(deepcopy=False)
+    state = slots(trials)
+    result = summarize(study, budget, trials)
+    on_trial(budget.progress(result))
+    if result.done:
+        return "done"
+    slot = next_slot(state, budget, independent_slots(study, budget))
+    if slot is None:
+        return "wait"
+    _run_trial(study, slot, state.failed.get(slot), strategy, backbone, task, suite_seed=suite_seed,
+               runtime=runtime, unit=unit, space=space or {})
+    return "ran"
+
+
 def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *, budget: int | Budget,
          suite_seed: int, runtime: Runtime, on_trial: Callable[[int], None] = lambda n: None,
-         space: dict[str, Override] | None = None) -> TuneResult:
+         space: dict[str, Override] | None = None, poll_s: float = 0.5) -> TuneResult:
     """Runs trials until ``budget`` is spent: that many finished (completed or pruned)
     trials, or that many backbone epochs of training. ``space``: the suite's overrides of
-    the strategy's search space.
+    the strategy's search space. Other workers may tune the same study at the same time:
+    each slot is claimed by one of them (:func:`tlbench.store.claim`), and this call returns
+    once every counted slot has finished, wherever it ran.
 
-    Trials orphaned by a dead worker are failed and their configuration is queued again.
-    A trial whose loss turns NaN/inf is pruned with the reason recorded.
+    A dead worker's trial is failed and its slot claimed again (same configuration, same
+    seed). A trial whose loss turns NaN/inf is pruned with the reason recorded.
     """
     budget = Budget.of(budget)
-    for orphan in recover_orphans(study):
-        # Retried with its own configuration and training seed, as if never interrupted; but
-        # only when its whole configuration was drawn (a process killed between two suggest
-        # calls leaves a partial one): otherwise the next trial takes the same slot, and the
-        # slot-seeded sampler proposes the same configuration again.
-        if "params" in orphan.user_attrs:
-            study.enqueue_trial(orphan.params, user_attrs={"retry_of": orphan.number,
-                                                          "seed": orphan.user_attrs.get("seed")})
     unit = compute_unit(backbone, task)
-    while not (state := summarize(study, budget)).done:
-        on_trial(budget.progress(state))
-        _run_trial(study, strategy, backbone, task, suite_seed=suite_seed, runtime=runtime, unit=unit,
-                   space=space or {})
-    on_trial(budget.progress(state))
-    return state
+    while (step := tune_step(study, strategy, backbone, task, budget=budget, suite_seed=suite_seed, runtime=runtime,
+                             space=space, unit=unit, on_trial=on_trial)) != "done":
+        if step == "wait":
+            time.sleep(poll_s)
+    return summarize(study, budget)
 
 
-def _run_trial(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *,
-               suite_seed: int, runtime: Runtime, unit: float | None, space: dict[str, Override]) -> None:
-    trial = study.ask()
-    trial.set_user_attr("worker", worker_id())
-    seed = trial.user_attrs.get("seed")
-    if seed is None:
-        seed = tuning_seed(suite_seed, trial_slot(study, trial.number))
-        trial.set_user_attr("seed", seed)
-    params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
-    trial.set_user_attr("params", params)
+class _Taken(Exception):
+    """Another worker failed this trial (it judged this worker dead): its slot is theirs now."""
+
+
+def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: Strategy, backbone: Backbone,
+               task: Task, *, suite_seed: int, runtime: Runtime, unit: float | None,
+               space: dict[str, Override]) -> None:
+    seed = tuning_seed(suite_seed, slot)
+    attrs: dict[str, Any] = {"slot": slot, "seed": seed}
+    if retry_of is not None:
+        attrs["retry_of"] = retry_of
+    frozen = claim(study, attrs, lambda t: slot_of(t) == slot)
+    if frozen is None:  # another worker claimed this slot first
+        return
+    # The trial lives on the slot's view of the study: its sampler and pruner see the lower slots only.
+    trial = optuna.Trial(SlotView(study, slot), frozen._trial_id)  # type: ignore[arg-type]
     reporter = TrialReporter(trial)
     clock = OwnTime(runtime.members)  # a teacher trained on demand is not this trial's time
-    try:
-        strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
-    except optuna.TrialPruned as pruned:
-        _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(pruned))
-    except NonFiniteLoss as err:
-        _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(err))
-    except KeyboardInterrupt:  # Ctrl-C: the next run retries this configuration first
-        if "params" in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": seed})
-        _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="interrupted")
-        raise
-    except BaseException:
-        _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="exception")
-        raise
-    else:
-        _finish(study, trial, clock, reporter, unit, TrialState.COMPLETE, value=reporter.last)
+    with Heartbeat(study._storage, frozen._trial_id):
+        try:
+            params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
+            trial.set_user_attr("params", params)
+            strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
+        except UpdateFinishedTrialError:
+            return  # taken over after this worker was judged dead: the slot's new claim runs it
+        except optuna.TrialPruned as pruned:
+            _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(pruned))
+        except NonFiniteLoss as err:
+            _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(err))
+        except KeyboardInterrupt:  # Ctrl-C: the slot is free again; the next run retries it first
+            _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="interrupted")
+            raise
+        except BaseException:
+            _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="exception")
+            raise
+        else:
+            _finish(study, trial, clock, reporter, unit, TrialState.COMPLETE, value=reporter.last)
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, clock: OwnTime, reporter: TrialReporter,
             unit: float | None, state: TrialState, *, value: float | None = None, reason: str | None = None) -> None:
-    trial.set_user_attr("seconds", clock.seconds)
-    if reporter.flops:
-        trial.set_user_attr("flops", reporter.flops)
-    trial.set_user_attr("compute", reporter.flops / unit if unit and reporter.flops else float(max(1, reporter.epochs)))
-    if reason:
-        trial.set_user_attr("prune_reason" if state == TrialState.PRUNED else "failed_reason", reason)
-    if state == TrialState.COMPLETE and value is None:
-        state, value = TrialState.FAIL, None
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    try:
+        trial.set_user_attr("seconds", clock.seconds)
+        if reporter.flops:
+            trial.set_user_attr("flops", reporter.flops)
+        trial.set_user_attr("compute", reporter.flops / unit if unit and reporter.flops
+                            else float(max(1, reporter.epochs)))
+        if reason:
+            trial.set_user_attr("prune_reason" if state == TrialState.PRUNED else "failed_reason", reason)
+        if state == TrialState.COMPLETE and value is None:
+            state, value = TrialState.FAIL, None
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except (UpdateFinishedTrialError, ValueError) as err:
+        if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+            raise
+        # another worker failed this trial meanwhile (it judged this worker dead): its result is dropped,
+        # and the slot's new claim trains the same configuration with the same seed

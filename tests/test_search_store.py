@@ -5,7 +5,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tlbench.errors import NonFiniteLoss
-from tlbench.search import evaluation_seed, make_study, tune, tuning_seed
+from tlbench.search import Budget, evaluation_seed, make_study, tune, tuning_seed
 from tlbench.storage import open_storage
 from tlbench.store import recover_orphans, worker_id
 from tlbench.strategies.base import ModelPredictor, Strategy
@@ -48,26 +48,77 @@ def test_nan_trials_are_pruned_with_reason_and_budget_is_exact(tmp_path, runtime
     assert len(study.get_trials()) == len(trials)
 
 
-def test_orphaned_running_trials_are_failed_and_retried(tmp_path, runtime) -> None:
-    storage = open_storage(None, tmp_path)
-    study = make_study("s::t::b::flaky::tune", storage, budget=3, seed=0)
-    orphan = study.ask()
-    orphan.suggest_float("x", 0.0, 1.0)
-    orphan.set_user_attr("worker", "no-such-host-is-this:1:1")  # another host: can't tell
-    dead = study.ask()
-    x_dead = dead.suggest_float("x", 0.0, 1.0)
-    dead.set_user_attr("params", {"x": x_dead})  # its configuration was complete
-    dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")  # dead pid here
+def forged_claim(study, attrs, *, worker=None):
+    """A claim as another worker makes it (by default a dead process on this host)."""
+    from tlbench.store import claim
+
+    import tlbench.store as store
+    real = store.worker_id
+    store.worker_id = lambda: worker or (real().rsplit(":", 2)[0] + ":999999999:1")
+    try:
+        return claim(study, attrs, lambda t: False)
+    finally:
+        store.worker_id = real
+
+
+def test_dead_workers_claims_are_failed_and_their_slots_retried(tmp_path, runtime) -> None:
+    from tlbench.search import tune_step
+
+    clean = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path / "clean"), budget=4, seed=0)
+    tune(clean, FlakyStrategy(), None, None, budget=4, suite_seed=0, runtime=runtime)
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=4, seed=0)
+    dead = forged_claim(study, {"slot": 1, "seed": tuning_seed(0, 1), "params": {"x": 0.3}})
+    foreign = study.ask()  # a trial no tlbench worker made: ignored by the slots
+    foreign.set_user_attr("worker", "no-such-host-is-this:1:1")
     mine = study.ask()
     mine.set_user_attr("worker", worker_id())
-    tune(study, FlakyStrategy(), None, None, budget=3, suite_seed=0, runtime=runtime)
+    tune(study, FlakyStrategy(), None, None, budget=4, suite_seed=0, runtime=runtime)
     states = {t.number: t.state for t in study.get_trials()}
     assert states[dead.number] == TrialState.FAIL
     assert "orphaned" in study.trials[dead.number].user_attrs["failed_reason"]
-    assert states[orphan.number] == TrialState.RUNNING == states[mine.number]
+    assert states[foreign.number] == TrialState.RUNNING == states[mine.number]
     assert recover_orphans(study) == []
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == dead.number]
-    assert len(retried) == 1 and retried[0].params["x"] == x_dead
+    assert len(retried) == 1 and retried[0].user_attrs["slot"] == 1
+    # every slot trained what an uninterrupted worker trained there
+    assert _by_slot(study) == _by_slot(clean)
+    assert tune_step(study, FlakyStrategy(), None, None, budget=Budget.of(4), suite_seed=0,
+                     runtime=runtime) == "done"
+
+
+def _by_slot(study):
+    from tlbench.samplers import slot_of
+
+    return sorted((slot_of(t), t.params["x"], t.user_attrs["seed"], t.state) for t in study.trials
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def test_a_slot_a_live_worker_holds_elsewhere_is_waited_for(tmp_path, runtime) -> None:
+    from tlbench.search import summarize, tune_step
+
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=5, seed=0)
+    held = forged_claim(study, {"slot": 0, "seed": tuning_seed(0, 0)}, worker="another-host:12:34")
+    steps = [tune_step(study, FlakyStrategy(), None, None, budget=Budget.of(5), suite_seed=0, runtime=runtime)
+             for _ in range(4)]
+    # slots 1 and 2 are random start-up trials (free to run); slot 3 waits for slot 0's result
+    assert steps == ["ran", "ran", "wait", "wait"]
+    assert sorted(t.user_attrs["slot"] for t in study.trials if t.state != TrialState.RUNNING) == [1, 2]
+    study.tell(held.number, 0.25)  # the other host finishes its slot
+    tune(study, FlakyStrategy(), None, None, budget=5, suite_seed=0, runtime=runtime)
+    assert summarize(study, 5).done and len(study.trials) == 5
+
+
+def test_two_claims_of_one_unit_leave_one(tmp_path) -> None:
+    from tlbench.store import claim, lost_claim
+
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=5, seed=0)
+    same = lambda t: t.user_attrs.get("slot") == 3  # noqa: E731
+    first = claim(study, {"slot": 3}, same)
+    assert first is not None and claim(study, {"slot": 3}, same) is None
+    loser = study.trials[-1]
+    assert loser.state == TrialState.FAIL and lost_claim(loser) and loser.user_attrs["claim_lost"] == first.number
+    study.tell(first.number, state=TrialState.FAIL)  # the holder fails: the unit is free again
+    assert claim(study, {"slot": 3}, same) is not None
 
 
 def test_tuning_and_evaluation_seeds_are_distinct() -> None:
@@ -101,7 +152,7 @@ def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) 
     assert first.state == TrialState.FAIL and first.user_attrs["failed_reason"] == "interrupted"
     tune(study, FlakyStrategy(), None, None, budget=2, suite_seed=0, runtime=runtime)
     retry = study.trials[1]
-    assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params and retry.user_attrs["slot"] == 0
 
 
 def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
@@ -117,20 +168,22 @@ def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
 
 
 @pytest.mark.parametrize("complete", [True, False, None],
-                         ids=["killed-in-fit", "killed-while-suggesting", "killed-before-stamping"])
+                         ids=["killed-in-fit", "killed-while-suggesting", "a-foreign-running-trial"])
 def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime, complete: bool | None) -> None:
     clean = make_study("c::t::b::flaky::tune", open_storage(None, tmp_path / "a"), budget=8, seed=3)
     tune(clean, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
     resumed_storage = open_storage(None, tmp_path / "b")
     part = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
     tune(part, FlakyStrategy(), None, None, budget=3, suite_seed=0, runtime=runtime)
-    dead = part.ask()  # a worker dies mid-trial: in fit, before its configuration was whole,
-    if complete is not None:  # or right after asking, before it stamped the trial as its own
-        x = dead.suggest_float("x", 0.0, 1.0)
+    if complete is None:  # a RUNNING trial tlbench did not make takes no slot
+        dead = part.ask()
+        dead.suggest_float("x", 0.0, 1.0)
+    else:  # a worker dies in slot 3: in fit, or before its configuration was whole
+        dead = forged_claim(part, {"slot": 3, "seed": tuning_seed(0, 3)})
+        part._storage.set_trial_param(dead._trial_id, "x", 0.123,
+                                      optuna.distributions.FloatDistribution(0.0, 1.0))
         if complete:
-            dead.set_user_attr("params", {"x": x})
-        dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
-        dead.set_user_attr("seed", tuning_seed(0, 3))
+            part._storage.set_trial_user_attr(dead._trial_id, "params", {"x": 0.123})
     again = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
     tune(again, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
 
@@ -139,33 +192,32 @@ def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime, complete: bool
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
     assert finished(again) == finished(clean)
-    assert any(t.user_attrs.get("retry_of") == dead.number for t in again.trials) == bool(complete)
+    assert any(t.user_attrs.get("retry_of") == dead.number for t in again.trials) == (complete is not None)
 
 
-def test_evaluation_skips_seeds_a_live_worker_holds(tmp_path, tiny_backbone, tiny_task, runtime) -> None:
-    import os
+def test_evaluation_waits_for_seeds_a_live_worker_holds(tmp_path, tiny_backbone, tiny_task, runtime) -> None:
     import subprocess
     import sys
 
-    from tlbench.evaluate import evaluate
+    from tlbench.evaluate import evaluate, evaluate_step
+    from tlbench.store import _proc_start
     from tlbench.strategies import STRATEGIES
 
     storage = open_storage(None, tmp_path)
-    study = optuna.create_study(study_name="s::t::b::scratch::eval", storage=storage)
+    study = optuna.create_study(study_name="s::t::b::linear_probe::eval", storage=storage)
     probe = STRATEGIES.get("linear_probe")(epochs=(2, 2), batch_size=8)
     params = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2}
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    kwargs = dict(seeds=[10, 11, 12], context=run_context(suite="s"), runtime=runtime)
     try:
-        from tlbench.store import _proc_start
-
-        held = study.ask()
-        held.set_user_attr("worker", f"{worker_id().rsplit(':', 2)[0]}:{other.pid}:{_proc_start(other.pid)}")
-        held.set_user_attr("seed", 11)
-        held.set_user_attr("params", params)
-        records = evaluate(study, probe, tiny_backbone, tiny_task, params, seeds=[10, 11, 12],
-                           context=run_context(suite="s"), runtime=runtime)
+        held = forged_claim(study, {"seed": 11, "params": params},
+                            worker=f"{worker_id().rsplit(':', 2)[0]}:{other.pid}:{_proc_start(other.pid)}")
+        steps = [evaluate_step(study, probe, tiny_backbone, tiny_task, params, **kwargs) for _ in range(3)]
+        assert steps == ["ran", "ran", "wait"]
+        assert sorted(t.user_attrs["seed"] for t in study.trials if t.state == TrialState.COMPLETE) == [10, 12]
     finally:
         other.kill()
         other.wait()
-    assert sorted(r.seed for r in records) == [10, 12]
-    assert os.path.exists(tmp_path / "store.journal")
+    records = evaluate(study, probe, tiny_backbone, tiny_task, params, **kwargs)  # its holder died: run here
+    assert [r.seed for r in records] == [11]
+    assert study.trials[held.number].state == TrialState.FAIL

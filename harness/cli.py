@@ -148,7 +148,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = plan.suite
     storage = None
     if not args.dry_run:
-        storage = open_storage(args.storage, out)
+        # Retries (a database that refuses connections for a moment) are worth a line each.
+        storage = open_storage(args.storage, out, log=lambda line: console.print(line, markup=False))
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
     tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else
@@ -184,7 +185,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from tlbench.records import suites_in
     from tlbench.reports.build import write_report
     from tlbench.reports.data import load_results
-    from tlbench.storage import open_existing_storage
+    from tlbench.storage import mask_url, open_existing_storage
     from tlbench.strategies import STRATEGIES
 
     if (args.run_dir is None) == (args.storage is None):
@@ -196,7 +197,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
                               f"directory of a tlbench run, or --storage URL")
         storage, where = open_existing_storage(str(journal)), str(journal)
     else:
-        storage, where = open_existing_storage(args.storage), args.storage
+        storage, where = open_existing_storage(args.storage), mask_url(args.storage)  # messages show no password
     out = args.out or args.run_dir or Path("report")
     results = load_results(storage, args.suite)
     if results.empty:

@@ -18,6 +18,22 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server for the whole session (starting one takes about 2 s); a skip
+    without the server binaries, a failure under CI. Tests take a database each: ``postgres_url``."""
+    from postgres import private_postgres, require_bindir
+
+    with private_postgres(require_bindir()) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """A fresh, empty database on the session's server, as a SQLAlchemy URL."""
+    return postgres.new_database()
+
+
 @pytest.fixture
 def tiny_task():
     """Digits, 3 classes, 4 shots: a task that trains in milliseconds."""

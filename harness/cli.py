@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None,
                      help="CPU threads torch uses in this process (default: torch's, one per core); bit-identical "
                           "results across runs need the same number")
+    run.add_argument("--heartbeat", type=float, default=None, metavar="SECONDS",
+                     help="database stores: record a running trial's heartbeat every SECONDS (default 10); a worker "
+                          "silent for 4 intervals is dead, on any host, and its work is taken over")
     run.add_argument("--data-root", type=Path, default=None,
                      help="where image datasets live (default: the suite's data_root, $TLBENCH_DATA, "
                           "or data/ in the cache directory)")
@@ -149,7 +152,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     storage = None
     if not args.dry_run:
         # Retries (a database that refuses connections for a moment) are worth a line each.
-        storage = open_storage(args.storage, out, log=lambda line: console.print(line, markup=False))
+        storage = open_storage(args.storage, out, heartbeat=args.heartbeat,
+                               log=lambda line: console.print(line, markup=False))
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
     tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else

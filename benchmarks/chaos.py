@@ -1,0 +1,316 @@
+"""Chaos test: many workers on one store, killed with ``kill -9`` at random, must leave exactly
+the records of one uninterrupted worker.
+
+    python benchmarks/chaos.py [--storage journal|postgres] [--workers 3] [--kills 10]
+                               [--interval 3] [--remote] [--suite FILE]
+
+1. A reference: one worker runs the suite, uninterrupted, into its own journal store.
+2. ``--workers`` W workers (``tlbench run … --report none``) share one store (a journal file, or
+   a private PostgreSQL server started for the run). Every ``--interval`` seconds or so a random
+   live worker is killed with SIGKILL and a fresh one started in its place, ``--kills`` K times;
+   then the workers finish. With ``--remote`` worker 0 stamps its trials with another host name
+   (``TLBENCH_HOST``), so the others cannot see its process and must rely on the database's
+   heartbeat: it is killed once while it holds a tuning trial and once while it holds an
+   evaluation run.
+3. The store is compared with the reference: records expected / got / missing / duplicated /
+   different, tuned parameters, trials left RUNNING or WAITING, tuning budget overshoot, failed
+   trials (and claims lost in races, which never ran), wall times.
+
+Every worker and the reference run with ``--threads 1``: torch's CPU kernels may round
+differently with another number of threads, and the comparison is bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+REMOTE_HOST = "chaos-remote-host"
+#: A small suite: one task and backbone, a reused model (distillation's teacher), start-up
+#: slots that run in parallel, later slots that wait for them.
+DEFAULT_SUITE = f"""\
+include: {ROOT / 'suites' / 'smoke.yaml'}
+name: chaos
+trials: 4
+seeds: 3
+strategies: [linear_probe, full_finetune, l2_sp, distillation]
+search: {{sampler_startup_trials: 2, pruner_startup_trials: 2}}
+tasks:
+  digits-2shot: {{backbones: [glyph-cnn]}}
+"""
+
+
+@dataclass
+class Outcome:
+    """What the chaos run left in the store, against the reference."""
+
+    expected: int = 0
+    got: int = 0
+    missing: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    different: list[str] = field(default_factory=list)
+    params_different: list[str] = field(default_factory=list)
+    left_running: int = 0
+    left_waiting: int = 0
+    overshoot: int = 0
+    failed: int = 0
+    claims_lost: int = 0
+    kills: list[str] = field(default_factory=list)
+    worker_errors: list[str] = field(default_factory=list)
+    reference_s: float = 0.0
+    chaos_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicated or self.different or self.params_different or self.left_running
+                    or self.left_waiting or self.overshoot or self.worker_errors) and self.got == self.expected
+
+    def lines(self) -> list[str]:
+        return [
+            f"records expected {self.expected}, got {self.got}; missing {len(self.missing)}, duplicated "
+            f"{len(self.duplicated)}, different {len(self.different)}; tuned parameters different "
+            f"{len(self.params_different)}",
+            f"trials left RUNNING {self.left_running}, WAITING {self.left_waiting}; tuning budget overshoot "
+            f"{self.overshoot}; FAIL {self.failed} (killed or failed work) + {self.claims_lost} claims lost in races",
+            f"kills {len(self.kills)}: {', '.join(self.kills)}",
+            f"wall time: reference (1 worker) {self.reference_s:.1f} s, chaos {self.chaos_s:.1f} s",
+            *(f"worker error: {e}" for e in self.worker_errors),
+            *(f"missing: {k}" for k in self.missing[:5]), *(f"duplicated: {k}" for k in self.duplicated[:5]),
+            *(f"different: {k}" for k in self.different[:5]), *(f"params: {k}" for k in self.params_different[:5]),
+            "PASS" if self.ok else "FAIL",
+        ]
+
+
+def worker_command(suite: Path, storage: str, out: Path, cache: Path, heartbeat: float) -> list[str]:
+    return [sys.executable, "-m", "tlbench.cli", "run", str(suite), "--storage", storage, "--out", str(out),
+            "--report", "none", "--threads", "1", "--cache-dir", str(cache), "--heartbeat", str(heartbeat)]
+
+
+class Workers:
+    """W worker processes; a killed one is replaced by a fresh one in the same place (the
+    same host name for the simulated remote worker)."""
+
+    def __init__(self, command: list[str], n: int, logs: Path, *, remote: bool) -> None:
+        self.command, self.logs, self.remote = command, logs, remote
+        self.procs: list[subprocess.Popen | None] = [None] * n
+        self.started = 0
+        self.errors: list[str] = []
+        for i in range(n):
+            self.start(i)
+
+    def start(self, i: int) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.remote and i == 0:
+            env["TLBENCH_HOST"] = REMOTE_HOST
+        self.started += 1
+        log = open(self.logs / f"worker-{i}-{self.started}.log", "w")
+        self.procs[i] = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def alive(self) -> list[int]:
+        return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is None]
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        assert proc is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.start(i)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                self.errors.append(f"pid {proc.pid} did not finish within {timeout:.0f} s")
+            if proc.returncode not in (0, -signal.SIGKILL):
+                self.errors.append(f"pid {proc.pid} exited {proc.returncode} (see {self.logs})")
+
+
+def holds(storage_url: str, pid: int, kind: str) -> bool:
+    """Whether the worker ``pid`` of the remote host holds a RUNNING trial of a ``kind`` study."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tlbench.storage import open_storage
+
+    storage = open_storage(storage_url, Path("."))
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if not summary.study_name.endswith(f"::{kind}"):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get("worker", "")
+            if worker.startswith(f"{REMOTE_HOST}:{pid}:"):
+                return True
+    return False
+
+
+def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, rng: random.Random) -> list[str]:
+    """K kills of random live workers every ``interval`` seconds or so; with a remote worker,
+    the second kill hits it while it tunes and a later one while it evaluates."""
+    done: list[str] = []
+    wanted = {1: "tune", max(2, kills - 2): "eval"} if workers.remote else {}
+    while len(done) < kills:
+        time.sleep(interval * rng.uniform(0.5, 1.5))
+        alive = workers.alive()
+        if not alive:
+            break
+        kind = wanted.get(len(done))
+        victim = rng.choice(alive)
+        if kind is not None and 0 in alive:
+            victim = 0
+            deadline = time.monotonic() + 90
+            proc = workers.procs[0]
+            while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+                if holds(storage_url, proc.pid, kind):
+                    break
+                time.sleep(0.2)
+            else:
+                kind = f"{kind}? (never seen holding one)"
+        if workers.procs[victim] is None or workers.procs[victim].poll() is not None:
+            continue
+        workers.kill(victim)
+        done.append(f"w{victim}" + (f"@{REMOTE_HOST} holding {kind}" if kind else ""))
+    return done
+
+
+def compare(reference: str, chaos: str, suite: str) -> Outcome:
+    import optuna
+    from optuna.trial import TrialState
+
+    from tlbench.records import StudyName, load_runs
+    from tlbench.samplers import slot_of
+    from tlbench.storage import open_storage
+    from tlbench.store import lost_claim
+
+    out = Outcome()
+    ref_store, chaos_store = open_storage(reference, Path(".")), open_storage(chaos, Path("."))
+    keys = ["task", "backbone", "strategy", "seed"]
+    ref, got = load_runs(ref_store, suite), load_runs(chaos_store, suite)
+    out.expected, out.got = len(ref), len(got)
+    ref_rows = {tuple(r[k] for k in keys): r for r in ref.to_dict("records")}
+    got_rows = {tuple(r[k] for k in keys): r for r in got.to_dict("records")}
+    out.missing = [str(k) for k in ref_rows if k not in got_rows]
+    columns = ("params", "test_accuracy", "val_accuracy", "shifted_test_accuracy", "tuning_best_val_accuracy",
+               "tuning_best_trial_seed")
+    for key, row in ref_rows.items():
+        if key in got_rows:
+            diff = [c for c in columns if json.dumps(row.get(c), sort_keys=True, default=str)
+                    != json.dumps(got_rows[key].get(c), sort_keys=True, default=str)]
+            if diff:
+                out.different.append(f"{key}: {', '.join(diff)}")
+    budgets: dict[str, int] = {}
+    for summary in optuna.get_all_study_summaries(ref_store, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is not None and name.kind == "tune":
+            budgets[summary.study_name] = (summary.user_attrs.get("protocol") or {}).get("budget", 0)
+    ref_params = {s.study_name: s.user_attrs.get("params")
+                  for s in optuna.get_all_study_summaries(ref_store, include_best_trial=False)}
+    for summary in optuna.get_all_study_summaries(chaos_store, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is None:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=chaos_store)
+        trials = study.get_trials(deepcopy=False)
+        out.left_running += sum(t.state == TrialState.RUNNING for t in trials)
+        out.left_waiting += sum(t.state == TrialState.WAITING for t in trials)
+        out.claims_lost += sum(lost_claim(t) for t in trials)
+        out.failed += sum(t.state == TrialState.FAIL and not lost_claim(t) for t in trials)
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        if name.kind == "tune":
+            slots = [slot_of(t) for t in finished]
+            out.overshoot += sum(s is not None and s >= budgets.get(summary.study_name, 0) for s in slots)
+            out.duplicated += [f"{summary.study_name} slot {s}" for s in set(slots) if slots.count(s) > 1]
+        else:
+            runs = [json.dumps([t.user_attrs.get("params"), t.user_attrs.get("seed")], sort_keys=True, default=str)
+                    for t in finished]
+            out.duplicated += [f"{summary.study_name} {r}" for r in set(runs) if runs.count(r) > 1]
+        if name.kind == "eval" and summary.user_attrs.get("params") != ref_params.get(summary.study_name):
+            out.params_different.append(summary.study_name)
+    return out
+
+
+@contextlib.contextmanager
+def store(kind: str, folder: Path) -> Iterator[str]:
+    if kind == "journal":
+        yield f"journal:{folder / 'chaos.journal'}"
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres import private_postgres, require_bindir
+
+    with private_postgres(require_bindir()) as server:
+        yield server.url
+
+
+def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval: float = 3.0, remote: bool = False,
+        suite: Path | None = None, folder: Path | None = None, cache: Path | None = None, heartbeat: float = 1.0,
+        seed: int = 0, log=print) -> Outcome:
+    """The whole chaos test; returns what it found (``Outcome.ok``: nothing lost or doubled,
+    everything equal to the uninterrupted run)."""
+    folder = folder or Path(tempfile.mkdtemp(prefix="tlbench-chaos-"))
+    cache = cache or folder / "cache"
+    if suite is None:
+        suite = folder / "chaos.yaml"
+        suite.write_text(DEFAULT_SUITE)
+    from tlbench.plan import load_plan
+
+    name = load_plan(suite, dry_run=True, cache_dir=cache).suite.name
+    reference = f"journal:{folder / 'reference.journal'}"
+    start = time.perf_counter()
+    ref = subprocess.run(worker_command(suite, reference, folder / "reference", cache, heartbeat),
+                         capture_output=True, text=True)
+    if ref.returncode != 0:
+        raise RuntimeError(f"the reference run failed:\n{ref.stdout[-2000:]}\n{ref.stderr[-2000:]}")
+    reference_s = time.perf_counter() - start
+    log(f"reference run: {reference_s:.1f} s")
+    logs = folder / "logs"
+    logs.mkdir(exist_ok=True)
+    with store(storage, folder) as url:
+        start = time.perf_counter()
+        crew = Workers(worker_command(suite, url, folder / "chaos", cache, heartbeat), workers, logs, remote=remote)
+        done = unleash(crew, url, kills=kills, interval=interval, rng=random.Random(seed))
+        crew.wait(timeout=600)
+        chaos_s = time.perf_counter() - start
+        outcome = compare(reference, url, name)
+    outcome.kills, outcome.worker_errors = done, crew.errors
+    outcome.reference_s, outcome.chaos_s = reference_s, chaos_s
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--storage", choices=["journal", "postgres"], default="journal")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--interval", type=float, default=3.0, help="seconds between kills, on average")
+    parser.add_argument("--remote", action="store_true", help="worker 0 on a simulated other host (PostgreSQL)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval of database stores, s")
+    parser.add_argument("--suite", type=Path, help="suite file (default: a small copy of the smoke suite)")
+    parser.add_argument("--folder", type=Path, help="where stores, logs and caches go (default: a temp folder)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
+    args = parser.parse_args(argv)
+    outcome = run(storage=args.storage, workers=args.workers, kills=args.kills, interval=args.interval,
+                  remote=args.remote, suite=args.suite, folder=args.folder, heartbeat=args.heartbeat, seed=args.seed)
+    for line in outcome.lines():
+        print(line)
+    return 0 if outcome.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

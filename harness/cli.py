@@ -118,6 +118,12 @@ def written(files: list[Path], out: Path) -> str:
     return ", ".join(parts)
 
 
+def warn(console: Console, line: str) -> None:
+    """One line on stderr that is not an error (the store repaired something); printed through the
+    progress display's console so that it lands above it."""
+    console.print(f"tlbench: warning: {line}", markup=False, highlight=False)
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.console import ConsoleObserver
     from tlbench.paths import default_cache_dir
@@ -148,7 +154,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = plan.suite
     storage = None
     if not args.dry_run:
-        storage = open_storage(args.storage, out)
+        storage = open_storage(args.storage, out, notify=lambda line: warn(console, line))
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
     tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else

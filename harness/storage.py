@@ -1,6 +1,7 @@
 """Opening a store: one Optuna storage URL holds every tuning trial and evaluation run.
 
-A journal file (a path, or ``journal:PATH``; the default, in a run's ``--out``) or any database URL Optuna accepts (``sqlite:///…``,
+A journal file (``journal:PATH``, an existing journal file or a ``*.journal`` / ``*.log`` path; the
+default, in a run's ``--out``) or any database URL Optuna accepts (``sqlite:///…``,
 ``postgresql+psycopg2://…``). A journal is read with every line checked, so a damaged file stops
 with one line naming the line; a line cut off at the end (a crash or a full disk mid-write) is moved
 aside before anything is appended to it.
@@ -23,13 +24,19 @@ from optuna.storages.journal._storage import JournalOperation
 
 from tlbench.errors import ConfigError
 
+#: Names a bare ``--storage`` path may end in to be taken as a (new) journal file.
+JOURNAL_SUFFIXES = (".journal", ".log")
+#: What ``--storage`` accepts, for the error that refuses anything else.
+STORAGE_FORMS = ("journal:PATH, an existing journal file, a path ending in .journal or .log, or a database URL "
+                 "such as sqlite:///file.db or postgresql+psycopg2://user@host/db")
 #: How every journal line Optuna writes begins (up to the colon, after which older releases put a space).
 _RECORD_START = b'{"op_code"'
 _OPS = frozenset(int(op) for op in JournalOperation)
 
 def open_storage(url: str | None, out: Path, *, notify: Callable[[str], None] | None = None) -> BaseStorage:
-    """``None`` → a journal file in ``out``; a path or ``journal:PATH`` → a journal file;
-    anything else is passed to Optuna as a database URL (sqlite://, postgresql+psycopg2://). ``notify`` hears, in one line each, what was repaired in a journal
+    """``None`` → a journal file in ``out``; ``journal:PATH``, an existing file or a ``*.journal``
+    path → a journal file; anything with ``://`` is passed to Optuna as a database URL (sqlite://,
+    postgresql+psycopg2://). ``notify`` hears, in one line each, what was repaired in a journal
     (a cut-off last line moved aside), now or when this process appends to it."""
     if url is None:
         return _journal(out / "store.journal", notify=notify)
@@ -58,11 +65,19 @@ def open_existing_storage(url: str) -> BaseStorage:
 
 
 def _journal_path(url: str) -> Path | None:
-    """The journal file a storage argument names (a path or ``journal:PATH``); None for a
-    database URL."""
+    """The journal file a storage argument names; None for a database URL. Anything else is
+    refused: taking every string as a path made a typo (``--storage ::::``) start a fresh run
+    in a new file."""
     if url.startswith("journal:"):
+        if not url.removeprefix("journal:"):
+            raise ConfigError(f"--storage {url!r}: journal: needs a file path; accepted: {STORAGE_FORMS}")
         return Path(url.removeprefix("journal:"))
-    return None if "://" in url else Path(url)
+    if "://" in url:
+        return None
+    path = Path(url)
+    if url and (path.suffix in JOURNAL_SUFFIXES or path.is_file()):
+        return path
+    raise ConfigError(f"--storage {url!r}: not a store; accepted: {STORAGE_FORMS}")
 
 
 def _journal(path: Path, *, notify: Callable[[str], None] | None = None, write: bool = True) -> BaseStorage:

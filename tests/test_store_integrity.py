@@ -234,3 +234,35 @@ def test_an_sqlite_file_given_as_a_path_says_how_to_open_it(tmp_path) -> None:
     optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
     with pytest.raises(ConfigError, match="give --storage sqlite:///"):
         open_existing_storage(str(db))
+
+
+# ------------------------------------------------------------------ --storage and --out
+
+
+@pytest.mark.parametrize("bad", ["::::", "typo", "store.jounral", "journal:", ""])
+def test_a_storage_string_that_names_no_store_is_refused(tmp_path, monkeypatch, bad) -> None:
+    monkeypatch.chdir(tmp_path)  # where a bare name would have become a new journal
+    with pytest.raises(ConfigError) as err:
+        open_storage(bad, tmp_path)
+    message = str(err.value)
+    for form in ("journal:PATH", "an existing journal file", ".journal", "sqlite:///", "postgresql+psycopg2://"):
+        assert form in message, message
+    assert list(tmp_path.iterdir()) == []  # no new store started
+
+
+def test_a_storage_typo_in_a_run_starts_nothing(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small.yaml").write_text(SMALL)
+    assert main(["run", "small.yaml", "--out", "out", "--storage", "::::"]) == 2
+    assert "accepted: journal:PATH" in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.yaml"]
+
+
+def test_storage_strings_that_name_a_journal(tmp_path) -> None:
+    existing = journal_with_trials(tmp_path / "old-store")  # no suffix, but it exists
+    for url in (f"journal:{tmp_path / 'a'}", str(tmp_path / "b.journal"), str(tmp_path / "c.log"), str(existing)):
+        open_storage(url, tmp_path)
+    assert {p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")} == {"a", "b.journal", "c.log",
+                                                                                    "old-store"}
+    open_storage(None, tmp_path / "run")  # --out's default: <out>/store.journal
+    assert (tmp_path / "run" / "store.journal").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,23 @@ def warn(console: Console, line: str) -> None:
     console.print(f"tlbench: warning: {line}", markup=False, highlight=False)
 
 
+def check_writable_dir(out: Path, flag: str) -> None:
+    """Refuses, before any work and without creating anything, an output directory that cannot
+    be written: an existing file, a path through a file, or a folder this process may not write."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        through = "" if existing == out else f" ({existing} is a file)"
+        raise ConfigError(f"{flag} {out}: not a directory{through}; give a directory to write into")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{flag} {out}: cannot write to {existing} ({err.strerror or err}); give a writable "
+                          f"directory") from None
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.console import ConsoleObserver
     from tlbench.paths import default_cache_dir
@@ -154,6 +172,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = plan.suite
     storage = None
     if not args.dry_run:
+        check_writable_dir(out, "--out")
         storage = open_storage(args.storage, out, notify=lambda line: warn(console, line))
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
@@ -204,6 +223,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     else:
         storage, where = open_existing_storage(args.storage), args.storage
     out = args.out or args.run_dir or Path("report")
+    check_writable_dir(out, "--out")
     results = load_results(storage, args.suite)
     if results.empty:
         if args.suite:

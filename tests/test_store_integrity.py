@@ -266,3 +266,20 @@ def test_storage_strings_that_name_a_journal(tmp_path) -> None:
                                                                                     "old-store"}
     open_storage(None, tmp_path / "run")  # --out's default: <out>/store.journal
     assert (tmp_path / "run" / "store.journal").is_file()
+
+
+@pytest.mark.parametrize("command", ["report", "run"])
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where, command) -> None:
+    """An --out that is a file, or lies under one, used to end a report in a traceback."""
+    path = journal_with_trials(tmp_path / "run" / "store.journal")
+    before = path.read_bytes()
+    (tmp_path / "taken").write_text("a file the user keeps\n")
+    out = tmp_path / "taken" if where == "a file" else tmp_path / "taken" / "report"
+    (tmp_path / "small.yaml").write_text(SMALL)
+    argv = {"report": ["report", str(path.parent), "--out", str(out)],
+            "run": ["run", str(tmp_path / "small.yaml"), "--out", str(out), "--storage", str(path)]}[command]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"--out {out}" in line and "not a directory" in line, line
+    assert (tmp_path / "taken").read_text() == "a file the user keeps\n" and path.read_bytes() == before

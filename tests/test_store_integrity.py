@@ -4,6 +4,7 @@ suite file each stop with one line and exit 2, and nothing stored is changed."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import subprocess
@@ -21,6 +22,7 @@ from tlbench.cli import main
 from tlbench.errors import ConfigError
 from tlbench.records import load_runs
 from tlbench.storage import open_existing_storage, open_storage
+from tlbench.suites.config import MAX_SUITE_VALUES, parse_suite
 
 SMALL = """\
 name: small
@@ -283,3 +285,61 @@ def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where, comm
     line = one_error_line(capsys)
     assert f"--out {out}" in line and "not a directory" in line, line
     assert (tmp_path / "taken").read_text() == "a file the user keeps\n" and path.read_bytes() == before
+
+
+# ------------------------------------------------------------------ hostile suite files
+
+
+def laughs(levels: int = 9) -> str:
+    """A "billion laughs": each level a list of nine aliases of the one before (9**9 values)."""
+    lines = ["    - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"    - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("field", ["sweep", "strategies", "args"])
+def test_a_billion_laughs_suite_is_refused_at_once(tmp_path, field) -> None:
+    """Nested aliases expand a 1 kB file to 387 million values; whatever walked them (a repr of a
+    swept value, a hash of the settings) hung. The suite is refused before validation."""
+    block = {"sweep": "    sweep:\n      shots:\n" + laughs().replace("    -", "        -"),
+             "strategies": "", "args": "    args:\n      x:\n" + laughs().replace("    -", "        -")}[field]
+    text = SMALL.replace("    backbones: [b]\n", "    backbones: [b]\n" + block)
+    if field == "strategies":
+        text = text.replace("strategies: [linear_probe]\n", "strategies:\n" + laughs())
+    path = tmp_path / "laughs.yaml"
+    path.write_text(text)
+    assert path.stat().st_size < 2000
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"expands to more than {MAX_SUITE_VALUES:,} values") as err:
+        parse_suite(path)
+    assert time.perf_counter() - start < 0.5
+    assert str(path) in str(err.value) and "YAML aliases" in str(err.value) and len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize("size", [10_000_000, 20_000])
+def test_a_huge_string_gives_a_short_line(tmp_path, size) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text(SMALL.replace("strategies: [linear_probe]", f"strategies: [linear_probe, {'x' * size}]"))
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        parse_suite(path)
+    assert time.perf_counter() - start < 0.5
+    message = str(err.value)
+    assert len(message) < 200 and str(path) in message, message
+    if size == 20_000:
+        assert "strategies[1]: a string of 20,000 characters" in message
+
+
+def test_a_hostile_suite_through_the_command_line_is_one_line(tmp_path, capsys) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(SMALL.replace("strategies: [linear_probe]\n", "strategies:\n" + laughs()))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "YAML aliases" in one_error_line(capsys)
+
+
+def test_bundled_suites_are_far_below_the_bounds() -> None:
+    from tlbench.suites import bundled_suites
+
+    for path in bundled_suites().values():
+        parse_suite(Path(path))
+        assert os.path.getsize(path) < 10_000

@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 REMOTE_HOST = "chaos-remote-host"

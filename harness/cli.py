@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,29 @@ def written(files: list[Path], out: Path) -> str:
     return ", ".join(parts)
 
 
+def warn(console: Console, line: str) -> None:
+    """One line on stderr that is not an error (the store repaired something); printed through the
+    progress display's console so that it lands above it."""
+    console.print(f"tlbench: warning: {line}", markup=False, highlight=False)
+
+
+def check_writable_dir(out: Path, flag: str) -> None:
+    """Refuses, before any work and without creating anything, an output directory that cannot
+    be written: an existing file, a path through a file, or a folder this process may not write."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        through = "" if existing == out else f" ({existing} is a file)"
+        raise ConfigError(f"{flag} {out}: not a directory{through}; give a directory to write into")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{flag} {out}: cannot write to {existing} ({err.strerror or err}); give a writable "
+                          f"directory") from None
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.console import ConsoleObserver
     from tlbench.paths import default_cache_dir
@@ -151,9 +175,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = plan.suite
     storage = None
     if not args.dry_run:
+        check_writable_dir(out, "--out")
         # Retries (a database that refuses connections for a moment) are worth a line each.
         storage = open_storage(args.storage, out, heartbeat=args.heartbeat,
-                               log=lambda line: console.print(line, markup=False))
+                               log=lambda line: console.print(line, markup=False),
+                               notify=lambda line: warn(console, line))
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
     tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else
@@ -203,6 +229,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     else:
         storage, where = open_existing_storage(args.storage), mask_url(args.storage)  # messages show no password
     out = args.out or args.run_dir or Path("report")
+    check_writable_dir(out, "--out")
     results = load_results(storage, args.suite)
     if results.empty:
         if args.suite:

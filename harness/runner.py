@@ -28,8 +28,18 @@ from tlbench.plan import Cell, Plan
 from tlbench.pretrain import materialize_backbone
 from tlbench.records import RunContext, StudyName
 from tlbench.runtime import Runtime
-from tlbench.search import (Budget, Step, TuneResult, compute_unit, evaluation_seed, make_study, protocol, summarize,
-                            tune_step, tuning_seed)
+from tlbench.search import (
+    Budget,
+    Step,
+    TuneResult,
+    compute_unit,
+    evaluation_seed,
+    make_study,
+    protocol,
+    summarize,
+    tune_step,
+    tuning_seed,
+)
 from tlbench.spaces import Fixed, SpaceTrial
 from tlbench.store import check_compatible
 from tlbench.strategies import STRATEGIES, Strategy

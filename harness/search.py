@@ -18,8 +18,18 @@ from tlbench.errors import NonFiniteLoss
 from tlbench.records import Protocol
 from tlbench.reuse import OwnTime
 from tlbench.runtime import Runtime
-from tlbench.samplers import (SAMPLER_CLASSES, SEED_STRIDE, GridSampler, SlotQMCSampler, SlotRandomSampler,
-                              SlotSeededTPESampler, SlotView, make_sampler, slot_of, trial_slot)
+from tlbench.samplers import (
+    SAMPLER_CLASSES,
+    SEED_STRIDE,
+    GridSampler,
+    SlotQMCSampler,
+    SlotRandomSampler,
+    SlotSeededTPESampler,
+    SlotView,
+    make_sampler,
+    slot_of,
+    trial_slot,
+)
 from tlbench.spaces import Override, SpaceTrial
 from tlbench.store import Heartbeat, claim, lost_claim, recover_orphans
 from tlbench.strategies.base import Strategy

@@ -1,7 +1,10 @@
 """Opening a store: one Optuna storage URL holds every tuning trial and evaluation run.
 
-A journal file (a path, or ``journal:PATH``; the default, in a run's ``--out``) or any
-database URL Optuna accepts (``sqlite:///…``, ``postgresql+psycopg2://…``).
+A journal file (``journal:PATH``, an existing journal file or a ``*.journal`` / ``*.log`` path; the
+default, in a run's ``--out``) or any database URL Optuna accepts (``sqlite:///…``,
+``postgresql+psycopg2://…``). A journal is read with every line checked, so a damaged file stops
+with one line naming the line; a line cut off at the end (a crash or a full disk mid-write) is moved
+aside before anything is appended to it.
 
 A database is opened by many workers at once, often on an empty database, and over networks
 that drop connections: the opening retries what another worker or the network caused (the
@@ -12,16 +15,23 @@ URL's password.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 import random
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal._storage import JournalOperation
 
 from tlbench.errors import ConfigError
 
@@ -30,7 +40,8 @@ from tlbench.errors import ConfigError
 HEARTBEAT_S = 10
 GRACE_FACTOR = 4
 CONNECT_TIMEOUT_S = 10  # libpq waits forever for a host that drops packets, by default
-_ALLOWED = "allowed: a journal file path, journal:PATH, or a database URL (sqlite:///…, postgresql+psycopg2://…)"
+_ALLOWED = ("allowed: journal:PATH, an existing journal file, a *.journal path, or a database URL (sqlite:///…, "
+            "postgresql+psycopg2://…)")
 
 
 @dataclass(frozen=True)
@@ -48,20 +59,33 @@ class Retry:
             yield min(self.max_wait, self.first_wait * 2 ** attempt) * random.uniform(0.5, 1.5)
 
 
+#: Names a bare ``--storage`` path may end in to be taken as a (new) journal file.
+JOURNAL_SUFFIXES = (".journal", ".log")
+#: What ``--storage`` accepts, for the error that refuses anything else.
+STORAGE_FORMS = ("journal:PATH, an existing journal file, a path ending in .journal or .log, or a database URL "
+                 "such as sqlite:///file.db or postgresql+psycopg2://user@host/db")
+#: How every journal line Optuna writes begins (up to the colon, after which older releases put a space).
+_RECORD_START = b'{"op_code"'
+_OPS = frozenset(int(op) for op in JournalOperation)
+
+
 def open_storage(url: str | None, out: Path, *, heartbeat: float | None = None, grace: float | None = None,
-                 log: Callable[[str], None] | None = None, retry: Retry = Retry()) -> BaseStorage:
-    """``None`` → a journal file in ``out``; a path or ``journal:PATH`` → a journal file;
-    anything else is passed to Optuna as a database URL (sqlite://, postgresql+psycopg2://).
+                 log: Callable[[str], None] | None = None, retry: Retry = Retry(),
+                 notify: Callable[[str], None] | None = None) -> BaseStorage:
+    """``None`` → a journal file in ``out``; ``journal:PATH``, an existing file or a ``*.journal``
+    path → a journal file; anything with ``://`` is passed to Optuna as a database URL (sqlite://,
+    postgresql+psycopg2://). ``notify`` hears, in one line each, what was repaired in a journal
+    (a cut-off last line moved aside), now or when this process appends to it.
 
     A database store has Optuna's heartbeat on, every ``heartbeat`` seconds (an integer ≥ 1;
     default HEARTBEAT_S): a trial whose worker stopped recording it is stale after ``grace``
     seconds (an integer ≥ 2; default GRACE_FACTOR intervals), as ``_get_stale_trial_ids`` reports.
     A journal has no heartbeat, and ignores both. ``log`` gets one line per retried failure."""
     if url is None:
-        return _journal(out / "store.journal")
+        return _journal(out / "store.journal", notify=notify)
     path = _journal_path(url)
     if path is not None:
-        return _journal(path)
+        return _journal(path, notify=notify)
     interval = int(max(1, heartbeat)) if heartbeat is not None else HEARTBEAT_S
     grace_s = int(max(2, grace)) if grace is not None else max(2, GRACE_FACTOR * interval)
     return _database(url, heartbeat=interval, grace=grace_s, log=log or (lambda line: None), retry=retry)
@@ -202,25 +226,200 @@ def open_existing_storage(url: str) -> BaseStorage:
     path = _journal_path(url)
     if path is not None and not path.is_file():
         raise ConfigError(f"--storage {url!r}: no such journal file; give the store of a tlbench run")
+    if path is not None:
+        return _journal(path, write=False)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"--storage {url!r}: no such SQLite database (reading must not create one)")
     return open_storage(url, Path("."))
 
 
 def _journal_path(url: str) -> Path | None:
-    """The journal file a storage argument names (a path or ``journal:PATH``); None for a
-    database URL."""
+    """The journal file a storage argument names; None for a database URL. Anything else is
+    refused: taking every string as a path made a typo (``--storage ::::``) start a fresh run
+    in a new file."""
     if url.startswith("journal:"):
+        if not url.removeprefix("journal:"):
+            raise ConfigError(f"--storage {url!r}: journal: needs a file path; accepted: {STORAGE_FORMS}")
         return Path(url.removeprefix("journal:"))
-    return None if "://" in url else Path(url)
+    if "://" in url:
+        return None
+    path = Path(url)
+    if url and (path.suffix in JOURNAL_SUFFIXES or path.is_file()):
+        return path
+    raise ConfigError(f"--storage {url!r}: not a store; accepted: {STORAGE_FORMS}")
 
 
-def _journal(path: Path) -> BaseStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+def _journal(path: Path, *, notify: Callable[[str], None] | None = None, write: bool = True) -> BaseStorage:
+    """A journal storage on ``path``, its lines checked as they are read (the first damaged one
+    stops it). Opened for writing, a cut-off last line is then moved aside (``notify`` says so),
+    under the lock Optuna's appends hold; reading skips such a line, as Optuna does."""
+    from optuna.storages.journal import JournalStorage
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        backend = CheckedJournal(path, notify=notify)
     except OSError as err:
         raise ConfigError(f"storage {path}: cannot open the journal file ({err.strerror or err}); "
                           f"give a writable file path") from None
+    try:
+        storage = JournalStorage(backend)
+        if write:
+            backend.cut_torn_tail()
+        return storage
+    except ConfigError:
+        raise
+    except OSError as err:
+        raise ConfigError(f"storage {path}: cannot {'repair' if write else 'read'} the journal file "
+                          f"({err.strerror or err})") from None
+    except Exception as err:  # noqa: BLE001 - a record Optuna cannot replay fails in many ways
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise ConfigError(backend.damaged(f"Optuna cannot replay it: {type(err).__name__}: {detail}")) from None
+
+
+class CheckedJournal(JournalFileBackend):
+    """Optuna's journal file, with two repairs of its failure modes.
+
+    Reading checks every line: Optuna raises a bare JSON error one line late (a traceback, no line
+    number) and skips a damaged last complete line, which the next append then buries. Appending
+    first moves a cut-off last line aside (a writer that crashed or hit a full disk mid-line):
+    Optuna would append to it and make the whole file unreadable.
+    """
+
+    def __init__(self, path: Path, *, notify: Callable[[str], None] | None = None) -> None:
+        self._lock_obj = JournalFileSymlinkLock(str(path))  # the lock Optuna's appends take
+        super().__init__(str(path), lock_obj=self._lock_obj)
+        self.path = path
+        self._notify = notify
+        self._at: tuple[int, int] = (0, 0)  # (line number, byte offset) of the line being replayed
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_notify"] = None  # a copy in another process has no one to tell
+        return state
+
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        """Optuna's reader (same offsets cache, same stop at bytes another writer is still
+        writing), raising one line that names the file, line and byte offset of a bad line."""
+        with open(self._file_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size  # later appends are read next time
+            number, offset = 0, 0
+            if log_number_from in self._log_number_offset:
+                number, offset = log_number_from, self._log_number_offset[log_number_from]
+                f.seek(offset)
+            for line in f:
+                if offset + len(line) > size:
+                    break
+                if not line.endswith(b"\n"):  # a line being written now, or cut off
+                    if not _record_start(line):
+                        self._at = (number + 1, offset)
+                        raise ConfigError(self.damaged("the last line is not a journal record and has no newline"))
+                    break
+                self._log_number_offset.setdefault(number + 1, offset + len(line))
+                if number >= log_number_from:
+                    self._at = (number + 1, offset)
+                    yield self._record(line)
+                number, offset = number + 1, offset + len(line)
+
+    def _record(self, line: bytes) -> dict[str, Any]:
+        try:
+            log = json.loads(line)
+        except UnicodeDecodeError:
+            raise ConfigError(self.damaged("not UTF-8 text")) from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(self.damaged(f"not JSON: {err.msg} at column {err.colno}")) from None
+        if not isinstance(log, dict) or type(log.get("op_code")) is not int or log["op_code"] not in _OPS:
+            raise ConfigError(self.damaged("JSON, but not a journal operation: no known op_code"))
+        return log
+
+    def damaged(self, why: str) -> str:
+        """The one line that stops at a bad line of the journal: where it is and what to do."""
+        line, offset = self._at
+        hint = ""
+        try:
+            with open(self._file_path, "rb") as f:
+                if f.read(16).startswith(b"SQLite format 3"):
+                    hint = f"; it is an SQLite database: give --storage sqlite:///{self.path}"
+        except OSError:
+            pass
+        return (f"storage {self.path}: line {line} (byte {offset}) is damaged ({why}){hint}; nothing was changed: "
+                f"restore the file from a copy, or cut that line out to keep the records around it")
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Optuna's append, after moving aside a cut-off last line another writer left."""
+        with get_lock_file(self._lock_obj):
+            self._cut_torn_tail_locked()
+            data = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            with open(self._file_path, "ab") as f:
+                f.write(data.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+
+    def cut_torn_tail(self) -> None:
+        """Moves a cut-off last line aside now (when a run opens the store), so the run says so
+        before it starts. A complete last line needs no lock: appends only add whole lines after it."""
+        with open(self._file_path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 1))
+            if size == 0 or f.read(1) == b"\n":
+                return
+        with get_lock_file(self._lock_obj):
+            self._cut_torn_tail_locked()
+
+    def _cut_torn_tail_locked(self) -> None:
+        """Under the append lock, bytes after the last newline are no line being written: a writer
+        died or ran out of disk mid-line. They go to ``<journal>.torn-<UTC time>`` and the file is cut
+        back to its last complete line; the record they began was never stored, so it is redone."""
+        with open(self._file_path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            good = _after_last_newline(f, size)
+            if good == size:
+                return
+            f.seek(good)
+            torn = f.read()
+            if not _record_start(torn):
+                f.seek(0)
+                self._at = (sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) + 1, good)
+                raise ConfigError(self.damaged("the last line is not a journal record and has no newline"))
+            aside = _write_aside(self.path, torn)  # before cutting: nothing is lost if this fails
+            f.truncate(good)
+            f.flush()
+            os.fsync(f.fileno())
+        if self._notify is not None:
+            self._notify(f"storage {self.path}: the last line was cut off mid-write (a crash or a full disk): "
+                         f"moved its {len(torn)} bytes (from byte {good}) to {aside.name}; the complete lines before "
+                         f"it are kept and the cut record counts as never written")
+
+
+def _record_start(data: bytes) -> bool:
+    """Whether ``data`` is how a journal line begins (or a prefix of that): a cut-off record,
+    as opposed to foreign bytes that must not be taken for one."""
+    return _RECORD_START.startswith(data[: len(_RECORD_START)])
+
+
+def _after_last_newline(f: BinaryIO, size: int, chunk: int = 1 << 16) -> int:
+    """The offset just after the last ``\\n`` of the open file ``f`` (0 when it has none), read backwards."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        f.seek(start)
+        found = f.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
+
+def _write_aside(path: Path, data: bytes) -> Path:
+    """Writes ``data`` to a new ``<path>.torn-<UTC time>[-n]`` beside ``path`` (never over another)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        aside = path.with_name(f"{path.name}.torn-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            with open(aside, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return aside
+        except FileExistsError:
+            continue
+    raise OSError(f"no free name for {path.name}.torn-{stamp}")

@@ -73,6 +73,11 @@ def worker_alive(worker: str) -> bool:
 
 # ------------------------------------------------------------------ claims
 
+#: Trials this process holds right now (claimed, not yet finished). A RUNNING trial stamped by this
+#: process but not held is left over from an earlier run in the same process (a test calling the
+#: command line twice, a cut-off journal that lost the trial's last write): dead like any other.
+_HELD: set[int] = set()
+
 
 def claim(study: optuna.Study, attrs: dict[str, Any], same: Callable[[FrozenTrial], bool]) -> FrozenTrial | None:
     """Claims one unit of work (a tuning slot, an evaluation seed) for this worker, atomically.
@@ -90,12 +95,14 @@ def claim(study: optuna.Study, attrs: dict[str, Any], same: Callable[[FrozenTria
                            trial_id=-1)
     storage = study._storage
     trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    _HELD.add(trial_id)
     beat(storage, trial_id)
     mine = storage.get_trial(trial_id)
     for t in study.get_trials(deepcopy=False):
         if t.number < mine.number and t.state != TrialState.FAIL and same(t):
             storage.set_trial_user_attr(trial_id, "claim_lost", t.number)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            _HELD.discard(trial_id)
             return None
     study._thread_local.cached_all_trials = None  # the sampler reads the study afresh (as ask() does)
     return mine
@@ -113,7 +120,7 @@ def beat(storage: BaseStorage, trial_id: int) -> None:
 
 
 class Heartbeat:
-    """While a claimed trial runs, its heartbeat is recorded every ``heartbeat_interval`` seconds
+    """Holds a claimed trial while it runs (every claim is run inside one). Its heartbeat is recorded every ``heartbeat_interval`` seconds
     in a thread (database storages; Optuna's own thread only runs inside ``Study.optimize``),
     so workers anywhere can tell a dead worker's trial by its stale heartbeat."""
 
@@ -140,6 +147,7 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        _HELD.discard(self.trial_id)  # finished (or failed) by now
 
 
 def _grace(storage: BaseStorage) -> float:
@@ -184,7 +192,7 @@ def dead_trials(study: optuna.Study, *, grace_s: float = 120.0) -> list[FrozenTr
     A journal file keeps no heartbeat: a worker on another host counts as alive."""
     storage = study._storage
     running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if t.user_attrs.get("worker") != worker_id()]
+               if t.user_attrs.get("worker") != worker_id() or t._trial_id not in _HELD]
     if not running:
         return []
     stale: set[int] = set()
@@ -201,6 +209,8 @@ def dead_trials(study: optuna.Study, *, grace_s: float = 120.0) -> list[FrozenTr
         worker = t.user_attrs.get("worker")
         if worker is None:
             gone = _age(t) > grace_s
+        elif worker == worker_id():
+            gone = True  # stamped by this process, which does not hold it (see _HELD)
         else:
             gone = (not worker_alive(worker) or t._trial_id in stale
                     or (t._trial_id in never and _age(t) > grace))

@@ -13,9 +13,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from postgres import free_port
 from tlbench.errors import ConfigError
 from tlbench.storage import Retry, mask_url, open_storage
+
+from postgres import free_port
 
 QUICK = Retry(attempts=3, first_wait=0.1, max_wait=0.5)  # at most about 0.45 s of waiting
 

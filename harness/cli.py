@@ -1,4 +1,5 @@
-"""The ``tlbench`` command line: ``run`` a suite, ``report`` on a store, ``check`` a strategy, ``list`` what is available."""
+"""The ``tlbench`` command line: ``run`` a suite (or ``launch`` many workers of one), ``report`` on a store, ``check``
+a strategy, ``list`` what is available."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tlbench.launch import add_launch_parser
+
     parser = argparse.ArgumentParser(prog="tlbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = sub.add_parser("run", help="tune, evaluate and tabulate every cell of a suite")
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the run writes at the end: the full report (default), its tables, data files and "
                           "HTML without figures (much faster), or nothing (workers of a larger run; `tlbench "
                           "report` writes it from the store)")
+    add_launch_parser(sub)
     rep = sub.add_parser("report", help="tables, statistics, figures and report.html from a store (never trains)")
     rep.add_argument("run_dir", nargs="?", type=Path, help="a run's output directory (reads RUN_DIR/store.journal)")
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
@@ -335,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args, console)
         if args.command == "check":
             return cmd_check(args, console)
+        if args.command == "launch":
+            from tlbench.launch import cmd_launch
+
+            return cmd_launch(args, console)
         return cmd_list(args, console)
     except TlbenchError as err:
         print(f"tlbench: error: {err}", file=sys.stderr)

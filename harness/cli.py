@@ -1,12 +1,14 @@
-"""The ``tlbench`` command line: ``run`` a suite, ``report`` on a store, ``check`` a strategy, ``list`` what is available."""
+"""The ``tlbench`` command line: ``run`` a suite (or ``launch`` many workers of one), ``report`` on a store, ``check``
+a strategy, ``list`` what is available."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection, NoReturn
 
 from rich.console import Console
 
@@ -14,8 +16,12 @@ from tlbench.errors import ConfigError, TlbenchError
 from tlbench.registry import BUILTIN
 
 if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
     from tlbench.plan import Plan
     from tlbench.registry import Registry
+    from tlbench.runtime import Runtime
+    from tlbench.suites.config import Suite
 
 
 def builtin_order(strategies: "Registry[Any]") -> list[str]:
@@ -24,39 +30,60 @@ def builtin_order(strategies: "Registry[Any]") -> list[str]:
     return [name for name in strategies.names() if strategies.origin(name) == BUILTIN]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A subcommand's parser whose errors are one line and exit 2, like every other refusal of tlbench (argparse
+    would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tlbench: error: {self.prog.removeprefix('tlbench ')}: {message} ({self.prog} -h lists "
+                     f"the options)\n")
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The options of one worker of a suite (``tlbench run``'s, short of the store and the report), returned so
+    that ``tlbench launch`` passes exactly these on to the workers it starts."""
+    add = parser.add_argument
+    return [
+        add("--out", type=Path, help="output directory (default: runs/<suite name>)"),
+        add("--trials", type=int, help="override the suite's per-cell trial budget"),
+        add("--seeds", type=int, help="override the suite's number of evaluation seeds"),
+        add("--strategies", help="comma-separated strategies to run instead of the suite's list"),
+        add("--device", default="auto", help="auto (default), cpu or cuda"),
+        add("--precision", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
+        add("--channels-last", default="auto", help="auto (on for CUDA), on or off: channels_last memory format "
+                                                    "for image (4-D) inputs"),
+        add("--compile", action="store_true", help="torch.compile the model each strategy trains"),
+        add("--workers", default="auto", help="DataLoader workers for image-file datasets: auto (min(16, cores) "
+                                              "on CUDA, 0 on CPU) or a number"),
+        add("--threads", type=int, default=None,
+            help="CPU threads torch uses in this process (default: torch's, one per core); bit-identical results "
+                 "across runs need the same number"),
+        add("--heartbeat", type=float, default=None, metavar="SECONDS",
+            help="database stores: record a running trial's heartbeat every SECONDS (default 10); a worker silent "
+                 "for 4 intervals is dead, on any host, and its work is taken over"),
+        add("--data-root", type=Path, default=None,
+            help="where image datasets live (default: the suite's data_root, $TLBENCH_DATA, or data/ in the cache "
+                 "directory)"),
+        add("--cache-dir", type=Path, default=None,
+            help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)"),
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tlbench.launch import add_launch_parser
+
     parser = argparse.ArgumentParser(prog="tlbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = sub.add_parser("run", help="tune, evaluate and tabulate every cell of a suite")
     run.add_argument("suite", help="suite YAML file, or a bundled suite name (tlbench list suites)")
-    run.add_argument("--out", type=Path, help="output directory (default: runs/<suite name>)")
     run.add_argument("--storage", help="Optuna storage URL or journal file (default: <out>/store.journal)")
-    run.add_argument("--trials", type=int, help="override the suite's per-cell trial budget")
-    run.add_argument("--seeds", type=int, help="override the suite's number of evaluation seeds")
-    run.add_argument("--strategies", help="comma-separated strategies to run instead of the suite's list")
-    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    run.add_argument("--precision", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32")
-    run.add_argument("--channels-last", default="auto", help="auto (on for CUDA), on or off: channels_last "
-                                                            "memory format for image (4-D) inputs")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model each strategy trains")
-    run.add_argument("--workers", default="auto", help="DataLoader workers for image-file datasets: auto "
-                                                      "(min(16, cores) on CUDA, 0 on CPU) or a number")
-    run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads torch uses in this process (default: torch's, one per core); bit-identical "
-                          "results across runs need the same number")
-    run.add_argument("--heartbeat", type=float, default=None, metavar="SECONDS",
-                     help="database stores: record a running trial's heartbeat every SECONDS (default 10); a worker "
-                          "silent for 4 intervals is dead, on any host, and its work is taken over")
-    run.add_argument("--data-root", type=Path, default=None,
-                     help="where image datasets live (default: the suite's data_root, $TLBENCH_DATA, "
-                          "or data/ in the cache directory)")
-    run.add_argument("--cache-dir", type=Path, default=None,
-                     help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)")
+    add_worker_options(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
     run.add_argument("--report", choices=["full", "tables", "none"], default="full",
                      help="what the run writes at the end: the full report (default), its tables, data files and "
                           "HTML without figures (much faster), or nothing (workers of a larger run; `tlbench "
                           "report` writes it from the store)")
+    add_launch_parser(sub)
     rep = sub.add_parser("report", help="tables, statistics, figures and report.html from a store (never trains)")
     rep.add_argument("run_dir", nargs="?", type=Path, help="a run's output directory (reads RUN_DIR/store.journal)")
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
@@ -145,17 +172,70 @@ def check_writable_dir(out: Path, flag: str) -> None:
                           f"directory") from None
 
 
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from tlbench.console import ConsoleObserver
+@dataclass(frozen=True)
+class Prepared:
+    """A suite checked and ready to run: what ``tlbench run`` refuses before it trains anything (a bad suite, its
+    data, a device, a store that holds other settings or other plugin code), shared with ``tlbench launch`` so
+    that a launch is refused exactly when each of its workers would be."""
+
+    plan: "Plan"
+    runtime: "Runtime"
+    out: Path
+    cache_dir: Path
+    storage: "BaseStorage | None"  # None for a dry run: nothing is opened
+
+
+def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Console | None = None) -> Prepared:
     from tlbench.paths import default_cache_dir
     from tlbench.plan import load_plan, resolve_suite_path
-    from tlbench.reports.build import write_report
-    from tlbench.reports.data import load_results
-    from tlbench.runner import check_plugin_code, run_plan
+    from tlbench.runner import check_plugin_code
     from tlbench.runtime import make_runtime
     from tlbench.storage import open_storage
     from tlbench.store import check_compatible
+
+    strategies = None
+    if args.strategies is not None:
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    cache_dir = args.cache_dir or default_cache_dir()
+    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
+                     strategies=strategies, data_root=args.data_root, cache_dir=cache_dir, dry_run=dry_run)
+    runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
+                           compile=args.compile, workers=args.workers)
+    out = args.out or Path("runs") / plan.suite.name
+    suite = plan.suite
+    storage = None
+    if not dry_run:
+        check_writable_dir(out, "--out")
+        console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        # Retries (a database that refuses connections for a moment) are worth a line each.
+        storage = open_storage(args.storage, out, heartbeat=getattr(args, "heartbeat", None),
+                               log=lambda line: console.print(line, markup=False),
+                               notify=lambda line: warn(console, line))
+        check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
+        check_plugin_code(storage, plan)
+    return Prepared(plan, runtime, out, cache_dir, storage)
+
+
+def write_run_report(storage: "BaseStorage", suite: "Suite", out: Path, *, cells: Collection[tuple[str, str, str]],
+                     seeds: Collection[int], figures: bool, console: Console) -> None:
+    """The report of a run's cells and seeds (a store may hold more), its main table printed."""
+    from tlbench.reports.build import write_report
+    from tlbench.reports.data import load_results
     from tlbench.strategies import STRATEGIES
+
+    results = load_results(storage, suite.name, cells=cells, seeds=seeds)
+    if results.empty:
+        raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
+                          f"or failed); nothing to report")
+    report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
+                          strategy_order=builtin_order(STRATEGIES), figures_too=figures)
+    print(report.path("table.md").read_text())
+    console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from tlbench.console import ConsoleObserver
+    from tlbench.runner import run_plan
 
     if args.threads is not None:
         if args.threads < 1:
@@ -163,50 +243,29 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    strategies = None
-    if args.strategies is not None:
-        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    cache_dir = args.cache_dir or default_cache_dir()
-    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
-                     strategies=strategies, data_root=args.data_root, cache_dir=cache_dir, dry_run=args.dry_run)
-    runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
-                           compile=args.compile, workers=args.workers)
-    out = args.out or Path("runs") / plan.suite.name
+    prepared = prepare_run(args, dry_run=args.dry_run, console=console)
+    plan, runtime, out, storage = prepared.plan, prepared.runtime, prepared.out, prepared.storage
     suite = plan.suite
-    storage = None
-    if not args.dry_run:
-        check_writable_dir(out, "--out")
-        # Retries (a database that refuses connections for a moment) are worth a line each.
-        storage = open_storage(args.storage, out, heartbeat=args.heartbeat,
-                               log=lambda line: console.print(line, markup=False),
-                               notify=lambda line: warn(console, line))
-        check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
-        check_plugin_code(storage, plan)
     tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else
               f"{suite.budget_epochs:g} backbone epochs of tuning") + (" (grid)" if plan.grids else "")
     console.print(f"suite {suite.name}: {len(plan.cells)} cells × {tuning}, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"
                   f"{', compiled' if runtime.execution.compile else ''}), out {out}")
-    if args.dry_run:
+    if storage is None:
         print_dry_run(plan, console)
         return 0
     with ConsoleObserver(console) as observer:
-        ran = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=cache_dir, observer=observer)
+        ran = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=prepared.cache_dir,
+                       observer=observer)
     if args.report == "none":
         console.print(f"ran {len(ran.outcomes)} cells into the store; no report written (--report none): "
                       + (f"tlbench report {out} writes it" if args.storage is None else
                          "tlbench report --storage (the same storage) writes it"))
         return 0
     # The report shows this invocation's cells and seeds (a store may hold more).
-    results = load_results(storage, suite.name, cells=ran.cells, seeds=ran.seeds)
-    if results.empty:
-        raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
-                          f"or failed); nothing to report")
-    report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
-                          strategy_order=builtin_order(STRATEGIES), figures_too=args.report == "full")
-    print(report.path("table.md").read_text())
-    console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")
+    write_run_report(storage, suite, out, cells=ran.cells, seeds=ran.seeds, figures=args.report == "full",
+                     console=console)
     return 0
 
 
@@ -301,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what happens
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # -h, or a bad flag (one line already printed): a code, as from any refusal
+        return done.code if isinstance(done.code, int) else 2
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         if args.command == "run":
@@ -310,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args, console)
         if args.command == "check":
             return cmd_check(args, console)
+        if args.command == "launch":
+            from tlbench.launch import cmd_launch
+
+            return cmd_launch(args, console)
         return cmd_list(args, console)
     except TlbenchError as err:
         print(f"tlbench: error: {err}", file=sys.stderr)

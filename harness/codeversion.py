@@ -23,8 +23,9 @@ PACKAGE = "tlbench"
 #: by pyproject.toml): walked like the package's own folder.
 SUBPACKAGES = ("strategies", "suites", "reports")
 #: Modules (and packages, by prefix) that cannot change a result: they only read stored
-#: records or render them. Leaving one out by mistake only invalidates caches too often.
-PRESENTATION = ("tlbench.reports", "tlbench.cli", "tlbench.console", "tlbench.testing")
+#: records or render them (or, the launcher, only start workers). Leaving one out by mistake only invalidates
+#: caches too often.
+PRESENTATION = ("tlbench.reports", "tlbench.cli", "tlbench.console", "tlbench.launch", "tlbench.testing")
 
 
 def _walk(package: str, directory: Path) -> dict[str, Path]:

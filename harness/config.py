@@ -13,7 +13,13 @@ import types
 import typing
 from typing import Annotated, Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from tlbench.errors import ConfigError
 

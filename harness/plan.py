@@ -34,7 +34,15 @@ from tlbench.errors import ConfigError
 from tlbench.plugins import load_entry_points, load_suite_plugins
 from tlbench.pretrain import check_backbone_source, preprocess_for
 from tlbench.search import Budget
-from tlbench.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides
+from tlbench.spaces import (
+    Override,
+    axis,
+    check_value,
+    effective,
+    explore,
+    grid,
+    parse_overrides,
+)
 from tlbench.spaces import declared as declared_space
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites import bundled_suites

@@ -18,7 +18,13 @@ from typing import Callable, Iterator
 import torch
 
 from tlbench.atomic import save_atomic
-from tlbench.backbones import Backbone, Classifier, TorchvisionBackbone, build_backbone, load_checkpoint
+from tlbench.backbones import (
+    Backbone,
+    Classifier,
+    TorchvisionBackbone,
+    build_backbone,
+    load_checkpoint,
+)
 from tlbench.codeversion import code_version
 from tlbench.data import Loading, Preprocess, Task
 from tlbench.errors import ConfigError

@@ -21,7 +21,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from tlbench.backbones import Backbone
 from tlbench.config import short_repr

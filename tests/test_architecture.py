@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                "tlbench.members", "tlbench.store", "tlbench.runner"),
     "reports": ("tlbench.reports.*",),
     "testing": ("tlbench.testing",),  # the strategy contract as a check: built on the runner's model server
-    "cli": ("tlbench.cli", "tlbench.console"),
+    "cli": ("tlbench.cli", "tlbench.console", "tlbench.launch"),
     "api": ("tlbench",),  # the façade: re-exports lazily from every layer
 }
 #: layer → the layers it may import (itself included)

@@ -13,7 +13,14 @@ import pytest
 
 from tlbench.cli import main
 from tlbench.errors import TlbenchError
-from tlbench.records import SCHEMA_VERSION, RunRecord, StoreError, StudyName, load_runs, read_protocol
+from tlbench.records import (
+    SCHEMA_VERSION,
+    RunRecord,
+    StoreError,
+    StudyName,
+    load_runs,
+    read_protocol,
+)
 from tlbench.storage import open_storage
 from tlbench.strategies.base import ModelPredictor
 

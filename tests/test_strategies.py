@@ -12,7 +12,13 @@ import torch
 
 from tlbench.backbones import Classifier
 from tlbench.strategies import STRATEGIES
-from tlbench.strategies.ensemble import EnsemblePredictor, average_states, greedy_selection, probabilities, soup
+from tlbench.strategies.ensemble import (
+    EnsemblePredictor,
+    average_states,
+    greedy_selection,
+    probabilities,
+    soup,
+)
 from tlbench.strategies.full_finetune import finetune, new_classifier
 from tlbench.strategies.linear_probe import train_probe
 from tlbench.strategies.parts import (

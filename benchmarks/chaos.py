@@ -40,15 +40,34 @@ ROOT = Path(__file__).resolve().parent.parent
 REMOTE_HOST = "chaos-remote-host"
 #: A small suite: one task and backbone, a reused model (distillation's teacher), start-up
 #: slots that run in parallel, later slots that wait for them.
-DEFAULT_SUITE = f"""\
-include: {ROOT / 'suites' / 'smoke.yaml'}
+DEFAULT_SUITE = """\
 name: chaos
-trials: 4
-seeds: 3
+seed: 0
+trials: 6
+seeds: 4
 strategies: [linear_probe, full_finetune, l2_sp, distillation]
-search: {{sampler_startup_trials: 2, pruner_startup_trials: 2}}
+strategy_options:
+  distillation: {student: {signal-cnn: signal-cnn-small}, teacher: full_finetune}
+training: {epochs: [15, 30], batch_size: 16}
+search: {sampler_startup_trials: 2, pruner_startup_trials: 2, pruner_warmup_epochs: 1}
+source_tasks:
+  mnist1d-source: {dataset: mnist1d, args: {num_samples: 1000, seed: 42}}
+backbones:
+  signal-cnn:
+    arch: cnn1d
+    args: {width: 8, depth: 3}
+    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
+  signal-cnn-small:
+    arch: cnn1d
+    args: {width: 4, depth: 3}
+    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
 tasks:
-  digits-2shot: {{backbones: [glyph-cnn]}}
+  mnist1d-shifted:
+    dataset: mnist1d
+    args: {num_samples: 1000, seed: 7, shear_scale: 1.5, scale_coeff: 0.6, iid_noise_scale: 0.1}
+    split: {seed: 0, shots: 20, val_per_class: 10}
+    shift: {kind: noise, severity: 0.5}
+    backbones: [signal-cnn]
 """
 
 
@@ -142,28 +161,30 @@ class Workers:
                 self.errors.append(f"pid {proc.pid} exited {proc.returncode} (see {self.logs})")
 
 
-def holds(storage_url: str, pid: int, kind: str) -> bool:
-    """Whether the worker ``pid`` of the remote host holds a RUNNING trial of a ``kind`` study."""
+def holders(storage_url: str) -> dict[int, set[str]]:
+    """pid → the kinds of study (tune, eval, sens) in which that worker holds a RUNNING trial."""
     import optuna
     from optuna.trial import TrialState
 
     from tlbench.storage import open_storage
 
+    held: dict[int, set[str]] = {}
     storage = open_storage(storage_url, Path("."))
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if not summary.study_name.endswith(f"::{kind}"):
-            continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            worker = t.user_attrs.get("worker", "")
-            if worker.startswith(f"{REMOTE_HOST}:{pid}:"):
-                return True
-    return False
+            try:
+                pid = int(t.user_attrs.get("worker", "").rsplit(":", 2)[1])
+            except (IndexError, ValueError):
+                continue
+            held.setdefault(pid, set()).add(summary.study_name.rsplit("::", 1)[-1])
+    return held
 
 
 def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, rng: random.Random) -> list[str]:
-    """K kills of random live workers every ``interval`` seconds or so; with a remote worker,
-    the second kill hits it while it tunes and a later one while it evaluates."""
+    """K kills of random live workers every ``interval`` seconds or so, preferring workers that
+    hold work at that moment (a kill while a worker still imports tests little); with a remote
+    worker, the second kill hits it while it tunes and a later one while it evaluates."""
     done: list[str] = []
     wanted = {1: "tune", max(2, kills - 2): "eval"} if workers.remote else {}
     while len(done) < kills:
@@ -172,21 +193,25 @@ def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, 
         if not alive:
             break
         kind = wanted.get(len(done))
-        victim = rng.choice(alive)
+        held = holders(storage_url)
+        busy = [i for i in alive if workers.procs[i].pid in held]  # type: ignore[union-attr]
+        victim = rng.choice(busy or alive)
+        what = "/".join(sorted(held.get(workers.procs[victim].pid, ()))) or "nothing yet"  # type: ignore[union-attr]
         if kind is not None and 0 in alive:
             victim = 0
             deadline = time.monotonic() + 90
             proc = workers.procs[0]
             while proc is not None and proc.poll() is None and time.monotonic() < deadline:
-                if holds(storage_url, proc.pid, kind):
+                if kind in holders(storage_url).get(proc.pid, ()):
                     break
                 time.sleep(0.2)
             else:
                 kind = f"{kind}? (never seen holding one)"
+            what = kind
         if workers.procs[victim] is None or workers.procs[victim].poll() is not None:
             continue
         workers.kill(victim)
-        done.append(f"w{victim}" + (f"@{REMOTE_HOST} holding {kind}" if kind else ""))
+        done.append(f"w{victim}" + (f"@{REMOTE_HOST}" if workers.remote and victim == 0 else "") + f" ({what})")
     return done
 
 
@@ -264,6 +289,7 @@ def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval
     """The whole chaos test; returns what it found (``Outcome.ok``: nothing lost or doubled,
     everything equal to the uninterrupted run)."""
     folder = folder or Path(tempfile.mkdtemp(prefix="tlbench-chaos-"))
+    folder.mkdir(parents=True, exist_ok=True)
     cache = cache or folder / "cache"
     if suite is None:
         suite = folder / "chaos.yaml"

@@ -3,10 +3,12 @@ artifacts and pretrained checkpoints share these two helpers."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -34,3 +36,18 @@ def load_or_none(path: Path | None) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file counts as absent
         return None
+
+
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``path``'s ``.lock`` file while a cache entry is built, so of
+    several workers that miss the same entry at once one builds it and the others wait, then
+    find it (each checks the cache again inside). The lock is the operating system's
+    (``flock``): a killed builder releases it, and a stale lock file is harmless."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

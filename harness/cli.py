@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "HTML without figures (much faster), or nothing (workers of a larger run; `tlbench "
                           "report` writes it from the store)")
     add_launch_parser(sub)
+    sta = sub.add_parser("status", help="where a run stands: per cell, the work done, held and left, and the "
+                                        "workers holding it (reads the store only)")
+    sta.add_argument("suite", help="the suite file (or bundled name) the workers run")
+    sta.add_argument("--storage", help="the workers' storage URL or journal file (default: <out>/store.journal)")
+    sta.add_argument("--out", type=Path, help="the run's output directory (default: runs/<suite name>)")
+    sta.add_argument("--trials", type=int, help="the --trials the workers were given, if any")
+    sta.add_argument("--seeds", type=int, help="the --seeds the workers were given, if any")
+    sta.add_argument("--strategies", help="the --strategies the workers were given, if any")
     rep = sub.add_parser("report", help="tables, statistics, figures and report.html from a store (never trains)")
     rep.add_argument("run_dir", nargs="?", type=Path, help="a run's output directory (reads RUN_DIR/store.journal)")
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
@@ -269,6 +277,45 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    """``tlbench status SUITE --storage URL``: the store's view of a run (never trains)."""
+    from tlbench.plan import load_plan, resolve_suite_path
+    from tlbench.status import run_status
+    from tlbench.storage import mask_url, open_existing_storage
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds, strategies=strategies,
+                     dry_run=True)
+    out = args.out or Path("runs") / plan.suite.name
+    url = args.storage or str(out / "store.journal")
+    storage = open_existing_storage(url)
+    cells = run_status(storage, plan)
+    states = [c.state for c in cells]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "waiting", "not started")
+                       if states.count(s))
+    print(f"suite {plan.suite.name} in {mask_url(url)}: {len(cells)} cells ({counts}); "
+          f"{sum(c.left for c in cells)} units of work left (tuning slots, evaluation seeds, sensitivity runs)")
+    width = max(len(c.cell.label) for c in cells)
+    print(f"  {'cell':<{width}}  {'tuning':>13}  {'evaluated':>9}  {'sensitivity':>11}  {'held':>4}  "
+          f"{'failed':>6}  state")
+    for c in cells:
+        tuning = ("-" if c.tuning_total is None and c.tuning_done and not c.tuned else
+                  f"{c.tuned}/{c.tuning_total}" if c.tuning_total is not None else
+                  f"{c.tuned} ({'done' if c.tuning_done else c.budget})")
+        sens = f"{c.sensitivity_done}/{c.sensitivity_total}" if c.sensitivity_total else "-"
+        print(f"  {c.cell.label:<{width}}  {tuning:>13}  {f'{c.evaluated}/{c.seeds}':>9}  {sens:>11}  "
+              f"{c.held:>4}  {c.failed:>6}  {c.state}")
+    workers: dict[str, bool] = {}
+    for c in cells:
+        workers.update(c.workers)
+    alive = sorted(w for w, ok in workers.items() if ok)
+    dead = sorted(w for w, ok in workers.items() if not ok)
+    print(f"workers holding work: {len(alive)} alive" + (f" ({', '.join(alive)})" if alive else "")
+          + (f"; {len(dead)} dead ({', '.join(dead)}): the next worker that looks takes their work over" if dead
+             else ""))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """``tlbench report (--storage URL | RUN_DIR) --out DIR``: reads stored results only."""
     from tlbench.records import suites_in
@@ -370,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, console)
         if args.command == "report":
             return cmd_report(args, console)
+        if args.command == "status":
+            return cmd_status(args, console)
         if args.command == "check":
             return cmd_check(args, console)
         if args.command == "launch":

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from tlbench.atomic import save_atomic
+from tlbench.atomic import building, save_atomic
 from tlbench.backbones import (
     Backbone,
     Classifier,
@@ -158,6 +158,12 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     task = source_task(name, suite)
     key = pretrain_key(name, spec, suite, data=task.fingerprint if task.lazy else None)
     cache = PretrainCache(cache_dir / "backbones")
+    with building(cache.paths(key)[0]):  # workers starting together pretrain it once; the others wait
+        return _cached_or_pretrained(name, spec, key, cache, backbone, task, device=device, log=log, loading=loading)
+
+
+def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "PretrainCache", backbone: Backbone, task: Task, *,
+                          device: torch.device, log: Callable[[str], None], loading: Loading) -> Backbone:
     hit, reason = cache.load(key, backbone)
     if hit is not None:
         log(f"reusing cached pretrained backbone {name} ({cache.paths(key)[0]})")

@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "strategies": ("tlbench.strategies.*",),
     "runner": ("tlbench.plan", "tlbench.plugins", "tlbench.pretrain", "tlbench.search", "tlbench.samplers",
                "tlbench.spaces", "tlbench.evaluate",
-               "tlbench.members", "tlbench.store", "tlbench.runner"),
+               "tlbench.members", "tlbench.store", "tlbench.runner", "tlbench.status"),
     "reports": ("tlbench.reports.*",),
     "testing": ("tlbench.testing",),  # the strategy contract as a check: built on the runner's model server
     "cli": ("tlbench.cli", "tlbench.console", "tlbench.launch"),

@@ -273,6 +273,11 @@ def compare(reference: str, chaos: str, suite: str) -> Outcome:
 
 @contextlib.contextmanager
 def store(kind: str, folder: Path) -> Iterator[str]:
+    """A fresh store of ``kind``: a journal file in ``folder``, a private PostgreSQL server for the
+    run, or the database URL given."""
+    if "://" in kind:
+        yield kind
+        return
     if kind == "journal":
         yield f"journal:{folder / 'chaos.journal'}"
         return
@@ -287,7 +292,8 @@ def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval
         suite: Path | None = None, folder: Path | None = None, cache: Path | None = None, heartbeat: float = 1.0,
         seed: int = 0, log=print) -> Outcome:
     """The whole chaos test; returns what it found (``Outcome.ok``: nothing lost or doubled,
-    everything equal to the uninterrupted run)."""
+    everything equal to the uninterrupted run). ``storage``: journal, postgres (a private server
+    started for the run) or the URL of an empty database."""
     folder = folder or Path(tempfile.mkdtemp(prefix="tlbench-chaos-"))
     folder.mkdir(parents=True, exist_ok=True)
     cache = cache or folder / "cache"

@@ -1,0 +1,143 @@
+"""Many workers on one store: each study's budget met exactly, the single worker's results,
+whatever dies when (the chaos test, on a journal and on a real PostgreSQL server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tlbench.samplers import slot_of
+from tlbench.search import make_study, summarize, tune
+from tlbench.storage import open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+#: A strategy that sleeps a little per epoch, so that workers overlap, and prunes nothing.
+WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tlbench.runtime import make_runtime
+    from tlbench.search import make_study, tune
+    from tlbench.storage import open_storage
+    from tlbench.strategies.base import ModelPredictor, Strategy
+
+    class Slow(Strategy):
+        name, description = "slow", "test double"
+
+        def search_space(self, trial, backbone):
+            return {"x": trial.suggest_float("x", 0.0, 1.0), "y": trial.suggest_float("y", 1e-3, 1.0, log=True)}
+
+        def fit(self, backbone, task, params, *, seed, reporter, runtime):
+            for epoch in range(3):
+                time.sleep(0.05)
+                reporter.report(epoch, 1.0 - (params["x"] - 0.3) ** 2 - params["y"] * 0.1 + 0.01 * epoch)
+            return ModelPredictor(backbone, device=runtime.device, trainable=1)
+
+    storage = open_storage(sys.argv[1], Path("."))
+    study = make_study("s::t::b::slow::tune", storage, budget=10, seed=7)
+    tune(study, Slow(), None, None, budget=10, suite_seed=0, runtime=make_runtime("cpu", Path(sys.argv[2])),
+         poll_s=0.05)
+""")
+
+
+def _slots(storage) -> list[tuple]:
+    study = optuna.load_study(study_name="s::t::b::slow::tune", storage=storage)
+    return sorted((slot_of(t), t.params["x"], t.params["y"], t.user_attrs["seed"], t.state.name, t.value)
+                  for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def _run_workers(script: Path, url: str, cache: Path, n: int) -> None:
+    procs = [subprocess.Popen([sys.executable, str(script), url, str(cache)], stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgres"])
+def test_workers_sharing_a_study_propose_exactly_the_single_workers_slots(tmp_path, kind, request) -> None:
+    """Three processes tune one study at once (TPE after three random start-up slots, the median
+    pruner): exactly 10 slots finish, none twice, and every slot trains what one worker trained."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    _run_workers(script, f"journal:{tmp_path / 'one.journal'}", tmp_path / "cache", 1)
+    single = _slots(open_storage(f"journal:{tmp_path / 'one.journal'}", tmp_path))
+    url = request.getfixturevalue("postgres_url") if kind == "postgres" else f"journal:{tmp_path / 'many.journal'}"
+    _run_workers(script, url, tmp_path / "cache", 3)
+    storage = open_storage(url, tmp_path)
+    many = _slots(storage)
+    assert [s[0] for s in many] == list(range(10))  # each slot once: no overshoot, no duplicate
+    assert many == single
+    study = optuna.load_study(study_name="s::t::b::slow::tune", storage=storage)
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert summarize(study, 10).best_params == summarize(
+        optuna.load_study(study_name="s::t::b::slow::tune", storage=open_storage(
+            f"journal:{tmp_path / 'one.journal'}", tmp_path)), 10).best_params
+
+
+def test_a_single_worker_still_runs_slot_after_slot(tmp_path, runtime) -> None:
+    """One worker's trial numbers are its slots: the order of an uninterrupted run is unchanged."""
+    from test_search_store import FlakyStrategy
+
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=6, seed=0)
+    tune(study, FlakyStrategy(), None, None, budget=6, suite_seed=0, runtime=runtime)
+    assert [(t.number, slot_of(t)) for t in study.trials] == [(i, i) for i in range(6)]
+
+
+CHAOS_SUITE = """\
+name: chaos
+seed: 0
+trials: 4
+seeds: 2
+strategies: [linear_probe, full_finetune, distillation]
+strategy_options:
+  distillation: {student: {signal-cnn: signal-cnn-small}, teacher: full_finetune}
+training: {epochs: [6, 12], batch_size: 16}
+search: {sampler_startup_trials: 2, pruner_startup_trials: 2, pruner_warmup_epochs: 1}
+source_tasks:
+  mnist1d-source: {dataset: mnist1d, args: {num_samples: 1000, seed: 42}}
+backbones:
+  signal-cnn:
+    arch: cnn1d
+    args: {width: 8, depth: 3}
+    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
+  signal-cnn-small:
+    arch: cnn1d
+    args: {width: 4, depth: 3}
+    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
+tasks:
+  mnist1d-shifted:
+    dataset: mnist1d
+    args: {num_samples: 1000, seed: 7, shear_scale: 1.5, scale_coeff: 0.6, iid_noise_scale: 0.1}
+    split: {seed: 0, shots: 20, val_per_class: 10}
+    backbones: [signal-cnn]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["journal", "postgres"])
+def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_path, kind, request) -> None:
+    """benchmarks/chaos.py on a small suite: three workers, random ones killed with SIGKILL (on
+    PostgreSQL one of them on a simulated other host, killed while it tunes and while it
+    evaluates, found dead by its heartbeat), then completion: nothing lost, doubled or left
+    RUNNING/WAITING, no overshoot, every record and tuned configuration equal to one
+    uninterrupted worker's."""
+    import chaos
+
+    store = request.getfixturevalue("postgres_url") if kind == "postgres" else "journal"  # no server: skip (CI: fail)
+    suite = tmp_path / "chaos.yaml"
+    suite.write_text(CHAOS_SUITE)
+    outcome = chaos.run(storage=store, workers=3, kills=4, interval=2.5, remote=kind == "postgres", suite=suite,
+                        folder=tmp_path, heartbeat=1.0, log=lambda line: None)
+    assert outcome.ok, "\n".join(outcome.lines())
+    assert len(outcome.kills) == 4 and outcome.expected == 6
+    if kind == "postgres":
+        assert sum("@" in k and "tune" in k for k in outcome.kills) == 1, outcome.kills
+        assert sum("@" in k and "eval" in k for k in outcome.kills) == 1, outcome.kills

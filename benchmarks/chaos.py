@@ -183,35 +183,41 @@ def holders(storage_url: str) -> dict[int, set[str]]:
 
 def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, rng: random.Random) -> list[str]:
     """K kills of random live workers every ``interval`` seconds or so, preferring workers that
-    hold work at that moment (a kill while a worker still imports tests little); with a remote
-    worker, the second kill hits it while it tunes and a later one while it evaluates."""
+    hold work at that moment (waiting up to 3 intervals for one: a kill while a worker still
+    imports tests little). A remote worker
+    is spared by those until it has been killed once while it holds a tuning trial and once
+    while it holds an evaluation run: it is watched, and killed the moment it does."""
     done: list[str] = []
-    wanted = {1: "tune", max(2, kills - 2): "eval"} if workers.remote else {}
+    need = ["tune", "eval"] if workers.remote else []
+    next_kill = time.monotonic() + interval * rng.uniform(0.5, 1.5)
     while len(done) < kills:
-        time.sleep(interval * rng.uniform(0.5, 1.5))
+        time.sleep(0.2)
         alive = workers.alive()
         if not alive:
             break
-        kind = wanted.get(len(done))
         held = holders(storage_url)
-        busy = [i for i in alive if workers.procs[i].pid in held]  # type: ignore[union-attr]
-        victim = rng.choice(busy or alive)
-        what = "/".join(sorted(held.get(workers.procs[victim].pid, ()))) or "nothing yet"  # type: ignore[union-attr]
-        if kind is not None and 0 in alive:
-            victim = 0
-            deadline = time.monotonic() + 90
-            proc = workers.procs[0]
-            while proc is not None and proc.poll() is None and time.monotonic() < deadline:
-                if kind in holders(storage_url).get(proc.pid, ()):
-                    break
-                time.sleep(0.2)
-            else:
-                kind = f"{kind}? (never seen holding one)"
-            what = kind
-        if workers.procs[victim] is None or workers.procs[victim].poll() is not None:
+        remote = workers.procs[0] if workers.remote else None
+        if need and remote is not None and remote.poll() is None:
+            hit = next((kind for kind in need if kind in held.get(remote.pid, ())), None)
+            if hit is not None:
+                need.remove(hit)
+                workers.kill(0)
+                done.append(f"w0@{REMOTE_HOST} ({hit})")
+                next_kill = time.monotonic() + interval * rng.uniform(0.5, 1.5)
+                continue
+        if time.monotonic() < next_kill or len(done) >= kills - len(need):  # the last kills are the remote's
             continue
+        candidates = [i for i in alive if not (need and workers.remote and i == 0)]
+        busy = [i for i in candidates if workers.procs[i].pid in held]  # type: ignore[union-attr]
+        if not busy and time.monotonic() < next_kill + 3 * interval:
+            continue  # wait a little for a worker that holds work
+        if not candidates:
+            continue
+        victim = rng.choice(busy or candidates)
+        what = "/".join(sorted(held.get(workers.procs[victim].pid, ()))) or "nothing yet"  # type: ignore[union-attr]
         workers.kill(victim)
         done.append(f"w{victim}" + (f"@{REMOTE_HOST}" if workers.remote and victim == 0 else "") + f" ({what})")
+        next_kill = time.monotonic() + interval * rng.uniform(0.5, 1.5)
     return done
 
 

@@ -123,12 +123,18 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
             cell, plan, backbones[cell.backbone], storage=storage, groups=groups, runtime=runtime,
             observer=observer, works=works)
     noted = time.monotonic()
+    lost = Reconnect(observer.log)
     while True:
         waiting = []
         for work in works.values():
             if work.outcome is not None:
                 continue
-            step = work.step()
+            try:
+                step = work.step()
+            except optuna.exceptions.StorageInternalError as err:  # the database went away for a moment
+                lost.wait(err)
+                break  # scan again from the top; a unit left half-written is failed and redone by its claim rules
+            lost.ok()
             if step == "ran":
                 break  # back to the first open cell: one worker keeps the plan's order
             if step == "wait":
@@ -145,6 +151,28 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     seeds = tuple(evaluation_seed(suite.seed, k) for k in range(suite.seeds))
     return RunResult(suite.name, frozenset((c.task, c.backbone, c.strategy) for c in plan.cells), seeds,
                      tuple(w.outcome for w in works.values() if w.outcome is not None))
+
+
+class Reconnect:
+    """Backoff for a database that drops the connection in the middle of a run (a restart, a
+    failover, the network): one line per retry, waits doubling from 1 s to 60 s, and the error
+    itself after ``attempts`` in a row. Optuna's RDBStorage rolls back and raises
+    StorageInternalError; its pool (pre-pinged) opens a fresh connection on the next call."""
+
+    def __init__(self, log: Any, attempts: int = 8) -> None:
+        self.log, self.attempts, self.failures = log, attempts, 0
+
+    def wait(self, err: Exception) -> None:
+        self.failures += 1
+        if self.failures >= self.attempts:
+            raise err
+        delay = min(60.0, 2.0 ** (self.failures - 1))
+        self.log(f"storage: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}; retrying in "
+                 f"{delay:.0f} s (attempt {self.failures + 1} of {self.attempts})")
+        time.sleep(delay)
+
+    def ok(self) -> None:
+        self.failures = 0
 
 
 class Groups:

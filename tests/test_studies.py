@@ -133,7 +133,11 @@ def test_bad_study_settings_stop_before_training_with_one_line(tmp_path, capsys,
 
 def test_error_messages_cut_huge_values(tmp_path, capsys) -> None:
     path = write(tmp_path, f"search_space: {{full_finetune: {{lr_sgd: '{'x' * 100_000}'}}}}\n")
-    assert main(["run", str(path), "--dry-run"]) == 2
+    assert main(["run", str(path), "--dry-run"]) == 2  # refused as a string too long to be a value
+    err = capsys.readouterr().err
+    assert len(err) < 400 and "search_space.full_finetune.lr_sgd: a string of 100,000 characters" in err
+    path = write(tmp_path, f"search_space: {{full_finetune: {{lr_sgd: '{'x' * 3_000}'}}}}\n")
+    assert main(["run", str(path), "--dry-run"]) == 2  # short enough to read, too long to print whole
     err = capsys.readouterr().err
     assert len(err) < 400 and "…" in err
 

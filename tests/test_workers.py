@@ -142,3 +142,36 @@ def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_pat
     if kind == "postgres":
         assert sum("@" in k and "tune" in k for k in outcome.kills) == 1, outcome.kills
         assert sum("@" in k and "eval" in k for k in outcome.kills) == 1, outcome.kills
+
+
+def test_a_dropped_database_connection_mid_run_is_retried_with_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """Optuna's database storage raises StorageInternalError when the server goes away for a
+    moment: the worker says so in one line, waits and carries on where the store says it is."""
+    from test_launch import TINY
+
+    from tlbench.cli import main
+    from tlbench.runner import CellWork
+
+    real, calls = CellWork.step, []
+
+    def flaky(self):
+        calls.append(1)
+        if len(calls) == 2:  # in the middle of the run
+            raise optuna.exceptions.StorageInternalError("(psycopg2.OperationalError) server closed the connection")
+        return real(self)
+
+    monkeypatch.setattr(CellWork, "step", flaky)
+    monkeypatch.setattr("tlbench.runner.time.sleep", lambda s: None)
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--report", "none"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("storage: ")]
+    assert len(said) == 1 and "server closed the connection" in said[0] and "retrying in 1 s" in said[0]
+    runs = load_runs_of(tmp_path / "out" / "store.journal")
+    assert len(runs) == 2
+
+
+def load_runs_of(journal: Path):
+    from tlbench.records import load_runs
+
+    return load_runs(open_storage(f"journal:{journal}", journal.parent))

@@ -250,8 +250,7 @@ def test_report_command_reads_only_the_store(smoke_run: Path, tmp_path, capsys) 
     assert "figures/ (" in line and "slice_full_finetune.pdf" in line
     body = (out / "table.md").read_text().split("\n", 1)[1]
     assert body == (smoke_run / "table.md").read_text().split("\n", 1)[1]  # same tables as the run's
-    assert main(["report", "--storage", str(smoke_run / "store.journal"), "--out", str(tmp_path / "r2")]) == 0
-    assert (tmp_path / "r2" / "report.html").is_file()
+    # (`report --storage` on a journal: tests/test_store_integrity.py, on small stores)
     # every number is recomputable from runs.parquet: one cell by hand
     runs = pd.read_parquet(out / "runs.parquet")
     ft = runs[(runs["strategy"] == "full_finetune") & (runs["task"] == "digits-2shot")]["test_accuracy"]

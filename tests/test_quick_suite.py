@@ -13,10 +13,10 @@ def test_quick_suite_shows_transfer_paying_off(tmp_path) -> None:
     # The baselines only (under a minute); all eleven strategies take ~5 min and are timed in
     # benchmarks/test_bench_quick_suite.py.
     strategies = "linear_probe,full_finetune,scratch"
-    # 6 of the suite's 10 seeds and no figures: the check is on the numbers (most of the time is
-    # pretraining the two backbones).
+    # 6 of the suite's 10 seeds, 10 of its 20 trials and no figures: the check is on the numbers
+    # (most of the time is pretraining the two backbones).
     assert main(["run", "quick", "--out", str(tmp_path), "--strategies", strategies, "--seeds", "6",
-                 "--report", "tables"]) == 0
+                 "--trials", "10", "--report", "tables"]) == 0
     runs = pd.read_parquet(tmp_path / "runs.parquet")
     assert len(runs) == 2 * 3 * 6  # tasks × strategies × evaluation seeds
     stats = runs.groupby(["task", "strategy"])["test_accuracy"].agg(["mean", "std"])

@@ -94,7 +94,7 @@ class RunResult:
 
 
 def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, cache_dir: Path,
-             observer: RunObserver | None = None, poll_s: float = 1.0) -> RunResult:
+             observer: RunObserver | None = None, poll_s: float = 0.2) -> RunResult:
     """Runs every cell of ``plan`` into ``storage`` (artifacts of reused models under
     ``out/models``) until all of it is done, with whatever other workers share the storage;
     returns what ran.
@@ -105,7 +105,8 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     cell after cell exactly as before; several workers spread over the slots that may run at
     once (:func:`tlbench.search.independent_slots`), other cells and evaluation seeds, and a
     cell that reuses another's models waits for that cell to finish. A worker with nothing
-    it may start waits for the others, so a run that ends has every cell done."""
+    it may start waits for the others (looking again after ``poll_s``, then less and less often,
+    up to every 5 s), so a run that ends has every cell done."""
     observer = observer or RunObserver()
     suite = plan.suite
     runtime = dataclasses.replace(runtime, decay_norm_and_bias=suite.training.decay_norm_and_bias)
@@ -124,6 +125,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
             observer=observer, works=works)
     noted = time.monotonic()
     lost = Reconnect(observer.log)
+    pause = poll_s
     while True:
         waiting = []
         for work in works.values():
@@ -136,6 +138,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                 break  # scan again from the top; a unit left half-written is failed and redone by its claim rules
             lost.ok()
             if step == "ran":
+                pause = poll_s
                 break  # back to the first open cell: one worker keeps the plan's order
             if step == "wait":
                 waiting.append(work)
@@ -147,7 +150,8 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                 observer.log(f"waiting for other workers: {', '.join(w.cell.label for w in waiting[:3])}"
                              f"{' …' if len(waiting) > 3 else ''} ({len(waiting)} cells have work held elsewhere "
                              f"or waiting for it)")
-            time.sleep(poll_s)
+            time.sleep(pause)
+            pause = min(5.0, pause * 1.5)  # others are busy for a while: look less often (a database is shared)
     seeds = tuple(evaluation_seed(suite.seed, k) for k in range(suite.seeds))
     return RunResult(suite.name, frozenset((c.task, c.backbone, c.strategy) for c in plan.cells), seeds,
                      tuple(w.outcome for w in works.values() if w.outcome is not None))

@@ -24,8 +24,8 @@ from tlbench.storage import open_storage
 #: (suite, extra run options): the smoke suite the issue names (about 10 s of work: fixed costs
 #: dominate), and a larger slice of the quick suite where the work does.
 WORKLOADS = {"smoke": ("smoke", []),
-             "quick-slice": ("quick", ["--strategies", "linear_probe,full_finetune,scratch,l2_sp", "--trials", "6",
-                                       "--seeds", "4"])}
+             "quick-slice": ("quick", ["--strategies", "linear_probe,full_finetune,scratch,l2_sp", "--trials", "12",
+                                       "--seeds", "8"])}
 
 
 def _tlbench(*args: str, cache: Path) -> float:
@@ -45,12 +45,12 @@ def test_two_workers_against_one(tmp_path, workload) -> None:
              "--seeds", "1", "--report", "none", cache=cache)
     cores = len(os.sched_getaffinity(0))
     runs = {}
-    for name, args in [
+    for i, (name, args) in enumerate([
         (f"1 worker, {cores} threads", ["run", SUITE, "--threads", str(cores)]),
         ("1 worker, 1 thread", ["run", SUITE, "--threads", "1"]),
         (f"{cores} workers (launch), 1 thread each", ["launch", SUITE, "--jobs", str(cores), "--report", "none"]),
-    ]:
-        out = tmp_path / name.split(",")[0].replace(" ", "-")
+    ]):
+        out = tmp_path / f"run{i}"  # a store of its own each
         storage = f"journal:{out / 'store.journal'}"
         extra = ["--report", "none"] if args[0] == "run" else []
         runs[name] = (_tlbench(*args, "--out", str(out), "--storage", storage, *options, *extra, cache=cache),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from typing import Any, Callable
 
@@ -24,6 +25,12 @@ from tlbench.search import Step
 from tlbench.store import Heartbeat, claim, recover_orphans, worker_id
 from tlbench.strategies.base import Strategy
 from tlbench.train import NullReporter, accuracy, median_seconds
+
+
+def stored_form(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as the store gives them back (JSON: tuples become lists), so that comparing a
+    configuration with a stored one never fails on form alone (a seed would never count as done)."""
+    return json.loads(json.dumps(params, default=str))
 
 
 def _same_run(params: dict[str, Any], seed: int) -> Callable[[FrozenTrial], bool]:
@@ -50,6 +57,7 @@ def evaluate_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, t
                   share: bool = True, on_seed: Callable[[int], None] = lambda n: None) -> Step:
     """One step of a cell's evaluation: fails dead workers' runs, then claims and runs the
     first seed that no one has run or holds; ``wait`` while the rest are held elsewhere."""
+    params = stored_form(params)
     recover_orphans(study)
     if study.user_attrs.get("params") != params:
         study.set_user_attr("params", params)  # the configuration the table reports

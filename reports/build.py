@@ -56,7 +56,9 @@ def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
     finished = finished.assign(column=column_labels(finished))
     parts = []
     for (column, strategy), group in finished.groupby(["column", "strategy"]):
-        group = group.sort_values("number").head(budget) if budget else group
+        # budget order is slot order (trial numbers interleave when several workers tuned the study)
+        order = ["slot", "number"] if "slot" in group else ["number"]
+        group = group.sort_values(order).head(budget) if budget else group
         complete = group[group["state"] == "COMPLETE"].dropna(subset=["value"])
         if complete.empty:
             continue

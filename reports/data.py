@@ -118,7 +118,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             value = t.value if t.state == TrialState.COMPLETE else (last if t.state == TrialState.PRUNED else None)
             rows.append({
                 "suite": suite_name, "task": task, "backbone": backbone, "strategy": strategy,
-                "number": t.number, "state": t.state.name, "value": value, "epochs_reported": len(steps),
+                "number": t.number, "slot": t.user_attrs.get("slot", t.number), "state": t.state.name,
+                "value": value, "epochs_reported": len(steps),
                 "seconds": t.user_attrs.get("seconds"), "compute": t.user_attrs.get("compute"),
                 "seed": t.user_attrs.get("seed"),
                 "params": json.dumps(t.user_attrs.get("params", t.params), sort_keys=True, default=str),
@@ -134,9 +135,9 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             for param, value in _importances(study).items():
                 imp_rows.append({"strategy": strategy, "task": task, "backbone": backbone, "param": param,
                                  "importance": value})
-    trials = pd.DataFrame(rows, columns=["suite", "task", "backbone", "strategy", "number", "state", "value",
-                                         "epochs_reported", "seconds", "compute", "seed", "params", "reason", "retry_of",
-                                         "started", "completed"])
+    trials = pd.DataFrame(rows, columns=["suite", "task", "backbone", "strategy", "number", "slot", "state",
+                                         "value", "epochs_reported", "seconds", "compute", "seed", "params", "reason",
+                                         "retry_of", "started", "completed"])
     imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
     spaces.update(declared)  # what the run declared wins over what its trials happened to sample
     for strategy, space in declared.items():  # declared but never sampled (or fixed): the text says the scale

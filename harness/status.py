@@ -25,7 +25,7 @@ class CellStatus:
     tuned: int = 0  # slots finished (counted by the budget)
     tuning_total: int | None = None  # slots of a trial budget (None: an epochs budget, or nothing to tune)
     tuning_done: bool = False
-    held: int = 0  # units held by a claim right now (any phase)
+    held: int = 0  # units a live worker's claim holds right now (any phase)
     failed: int = 0  # trials that failed (killed workers, errors; not claims lost in a race)
     evaluated: int = 0
     seeds: int = 0
@@ -67,8 +67,9 @@ def cell_status(storage: BaseStorage, plan: Plan, cell: Cell, names: set[str]) -
         dead = {t.number for t in dead_trials(study)}
         for t in trials:
             if t.state == TrialState.RUNNING and "worker" in t.user_attrs:
-                status.held += 1
-                status.workers[t.user_attrs["worker"]] = t.number not in dead
+                alive = t.number not in dead
+                status.held += alive  # a dead worker's unit is free for the next worker that looks
+                status.workers[t.user_attrs["worker"]] = alive
             status.failed += t.state == TrialState.FAIL and not lost_claim(t) and not t.user_attrs.get("final")
     if strategy.tunable:
         study, trials = studies["tune"]

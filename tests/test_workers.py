@@ -180,3 +180,41 @@ def load_runs_of(journal: Path):
     from tlbench.records import load_runs
 
     return load_runs(open_storage(f"journal:{journal}", journal.parent))
+
+
+def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsys) -> None:
+    """`tlbench status` after a run (every cell done), then with one evaluation seed of a cell
+    held by a live worker elsewhere and one tuning slot by a dead worker on this host."""
+    from test_launch import TINY
+    from test_search_store import forged_claim
+
+    from tlbench.cli import main
+    from tlbench.records import StudyName
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY)
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--report", "none"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(suite), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 cells (2 done); 0 units of work left" in text, text
+    assert "d / b / linear_probe" in text and "2/2" in text and "1/1" in text
+    # a third seed for cell d, held by a live worker on another host; a dead claim of a slot of cell e
+    storage = open_storage(f"journal:{out / 'store.journal'}", out)
+    evaluation = optuna.load_study(study_name=str(StudyName("tiny-launch", "d", "b", "linear_probe", "eval")),
+                                   storage=storage)
+    params = evaluation.user_attrs["params"]
+    from tlbench.search import evaluation_seed
+
+    forged_claim(evaluation, {"seed": evaluation_seed(0, 1), "params": params}, worker="elsewhere:7:7")
+    tuning = optuna.load_study(study_name=str(StudyName("tiny-launch", "e", "b", "linear_probe", "tune")),
+                               storage=storage)
+    forged_claim(tuning, {"slot": 2, "seed": 2})
+    assert main(["status", str(suite), "--out", str(out), "--seeds", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "2 cells (1 running, 1 waiting); 2 units of work left" in text, text  # a second seed for each
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  d ") or line.startswith("  e ")}
+    assert lines["d"].split()[-1] == "running" and " 1/2 " in lines["d"], text  # seed 2 held, not done
+    assert "1 alive (elsewhere:7:7)" in text and "1 dead" in text, text
+    assert main(["status", str(suite), "--storage", "nonsense"]) == 2  # a bad --storage: one line

@@ -162,7 +162,8 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
         return _cached_or_pretrained(name, spec, key, cache, backbone, task, device=device, log=log, loading=loading)
 
 
-def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "PretrainCache", backbone: Backbone, task: Task, *,
+def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "PretrainCache", backbone: Backbone,
+                          task: Task, *,
                           device: torch.device, log: Callable[[str], None], loading: Loading) -> Backbone:
     hit, reason = cache.load(key, backbone)
     if hit is not None:

@@ -120,9 +120,10 @@ def beat(storage: BaseStorage, trial_id: int) -> None:
 
 
 class Heartbeat:
-    """Holds a claimed trial while it runs (every claim is run inside one). Its heartbeat is recorded every ``heartbeat_interval`` seconds
-    in a thread (database storages; Optuna's own thread only runs inside ``Study.optimize``),
-    so workers anywhere can tell a dead worker's trial by its stale heartbeat."""
+    """Holds a claimed trial while it runs (every claim is run inside one). Its heartbeat is
+    recorded every ``heartbeat_interval`` seconds in a thread (database storages; Optuna's own
+    thread only runs inside ``Study.optimize``), so workers anywhere can tell a dead worker's
+    trial by its stale heartbeat."""
 
     def __init__(self, storage: BaseStorage, trial_id: int) -> None:
         self.storage, self.trial_id = storage, trial_id

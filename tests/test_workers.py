@@ -136,7 +136,8 @@ def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_pat
     suite = tmp_path / "chaos.yaml"
     suite.write_text(CHAOS_SUITE)
     workers = 3 if kind == "postgres" else 2  # the benchmark's figures: 3 workers, 10 kills each (README)
-    outcome = chaos.run(storage=store, workers=workers, kills=4 if kind == "postgres" else 3, interval=2.0, remote=kind == "postgres", suite=suite,
+    outcome = chaos.run(storage=store, workers=workers, kills=4 if kind == "postgres" else 3, interval=2.0,
+                        remote=kind == "postgres", suite=suite,
                         folder=tmp_path, heartbeat=1.0, log=lambda line: None)
     assert outcome.ok, "\n".join(outcome.lines())
     assert len(outcome.kills) >= 3 and outcome.expected == 12, outcome.kills  # the run may end before the 4th
@@ -148,10 +149,10 @@ def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_pat
 def test_a_dropped_database_connection_mid_run_is_retried_with_one_line(tmp_path, monkeypatch, capsys) -> None:
     """Optuna's database storage raises StorageInternalError when the server goes away for a
     moment: the worker says so in one line, waits and carries on where the store says it is."""
-    from test_launch import TINY
-
     from tlbench.cli import main
     from tlbench.runner import CellWork
+
+    from test_launch import TINY
 
     real, calls = CellWork.step, []
 
@@ -185,11 +186,11 @@ def load_runs_of(journal: Path):
 def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsys) -> None:
     """`tlbench status` after a run (every cell done), then with one evaluation seed of a cell
     held by a live worker elsewhere and one tuning slot by a dead worker on this host."""
-    from test_launch import TINY
-    from test_search_store import forged_claim
-
     from tlbench.cli import main
     from tlbench.records import StudyName
+
+    from test_launch import TINY
+    from test_search_store import forged_claim
 
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)

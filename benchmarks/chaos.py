@@ -34,41 +34,53 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 REMOTE_HOST = "chaos-remote-host"
 #: A small suite: one task and backbone, a reused model (distillation's teacher), start-up
 #: slots that run in parallel, later slots that wait for them.
-DEFAULT_SUITE = """\
+SUITE_TEMPLATE = """\
 name: chaos
 seed: 0
-trials: 6
-seeds: 4
-strategies: [linear_probe, full_finetune, l2_sp, distillation]
+trials: {trials}
+seeds: {seeds}
+strategies: [{strategies}]
 strategy_options:
-  distillation: {student: {signal-cnn: signal-cnn-small}, teacher: full_finetune}
-training: {epochs: [15, 30], batch_size: 16}
-search: {sampler_startup_trials: 2, pruner_startup_trials: 2, pruner_warmup_epochs: 1}
+  distillation: {{student: {{signal-cnn: signal-cnn-small}}, teacher: full_finetune}}
+training: {{epochs: [{epochs[0]}, {epochs[1]}], batch_size: 16}}
+search: {{sampler_startup_trials: 2, pruner_startup_trials: 2, pruner_warmup_epochs: 1}}
 source_tasks:
-  mnist1d-source: {dataset: mnist1d, args: {num_samples: 1000, seed: 42}}
+  mnist1d-source: {{dataset: mnist1d, args: {{num_samples: 1000, seed: 42}}}}
 backbones:
   signal-cnn:
     arch: cnn1d
-    args: {width: 8, depth: 3}
-    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
+    args: {{width: 8, depth: 3}}
+    pretrain: {{task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}}
   signal-cnn-small:
     arch: cnn1d
-    args: {width: 4, depth: 3}
-    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
+    args: {{width: 4, depth: 3}}
+    pretrain: {{task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}}
 tasks:
   mnist1d-shifted:
     dataset: mnist1d
-    args: {num_samples: 1000, seed: 7, shear_scale: 1.5, scale_coeff: 0.6, iid_noise_scale: 0.1}
-    split: {seed: 0, shots: 20, val_per_class: 10}
-    shift: {kind: noise, severity: 0.5}
+    args: {{num_samples: 1000, seed: 7, shear_scale: 1.5, scale_coeff: 0.6, iid_noise_scale: 0.1}}
+    split: {{seed: 0, shots: 20, val_per_class: 10}}
+    shift: {{kind: noise, severity: 0.5}}
     backbones: [signal-cnn]
 """
+
+
+def suite_text(*, trials: int = 6, seeds: int = 4, epochs: tuple[int, int] = (15, 30),
+               strategies: tuple[str, ...] = ("linear_probe", "full_finetune", "l2_sp", "distillation")) -> str:
+    """The chaos suite (the benchmark's by default; the tests' smaller copy with other sizes)."""
+    return SUITE_TEMPLATE.format(trials=trials, seeds=seeds, epochs=epochs, strategies=", ".join(strategies))
+
+
+DEFAULT_SUITE = suite_text()
 
 
 @dataclass
@@ -161,15 +173,12 @@ class Workers:
                 self.errors.append(f"pid {proc.pid} exited {proc.returncode} (see {self.logs})")
 
 
-def holders(storage_url: str) -> dict[int, set[str]]:
+def holders(storage: "BaseStorage") -> dict[int, set[str]]:
     """pid → the kinds of study (tune, eval, sens) in which that worker holds a RUNNING trial."""
     import optuna
     from optuna.trial import TrialState
 
-    from tlbench.storage import open_storage
-
     held: dict[int, set[str]] = {}
-    storage = open_storage(storage_url, Path("."))
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -187,6 +196,9 @@ def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, 
     imports tests little). A remote worker
     is spared by those until it has been killed once while it holds a tuning trial and once
     while it holds an evaluation run: it is watched, and killed the moment it does."""
+    from tlbench.storage import open_storage
+
+    storage = open_storage(storage_url, Path("."))  # opened once: it is read every 0.2 s
     done: list[str] = []
     need = ["tune", "eval"] if workers.remote else []
     next_kill = time.monotonic() + interval * rng.uniform(0.5, 1.5)
@@ -195,7 +207,7 @@ def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, 
         alive = workers.alive()
         if not alive:
             break
-        held = holders(storage_url)
+        held = holders(storage)
         remote = workers.procs[0] if workers.remote else None
         if need and remote is not None and remote.poll() is None:
             hit = next((kind for kind in need if kind in held.get(remote.pid, ())), None)

@@ -39,6 +39,19 @@ class OneLineParser(argparse.ArgumentParser):
                      f"the options)\n")
 
 
+def _at_least(kind: type, low: float, what: str) -> Any:
+    """An argparse type: a number of ``kind`` ≥ ``low``; anything else is the one-line error."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"give {what} >= {low:g} (got {text!r})")
+        return value
+    return parse
+
+
 def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The options of one worker of a suite (``tlbench run``'s, short of the store and the report), returned so
     that ``tlbench launch`` passes exactly these on to the workers it starts."""
@@ -55,10 +68,11 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
         add("--compile", action="store_true", help="torch.compile the model each strategy trains"),
         add("--workers", default="auto", help="DataLoader workers for image-file datasets: auto (min(16, cores) "
                                               "on CUDA, 0 on CPU) or a number"),
-        add("--threads", type=int, default=None,
+        add("--threads", type=_at_least(int, 1, "a number of CPU threads"), default=None,
             help="CPU threads torch uses in this process (default: torch's, one per core); bit-identical results "
                  "across runs need the same number"),
-        add("--heartbeat", type=float, default=None, metavar="SECONDS",
+        add("--heartbeat", type=_at_least(float, 1, "a heartbeat interval in seconds"), default=None,
+            metavar="SECONDS",
             help="database stores: record a running trial's heartbeat every SECONDS (default 10); a worker silent "
                  "for 4 intervals is dead, on any host, and its work is taken over"),
         add("--data-root", type=Path, default=None,
@@ -246,8 +260,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.runner import run_plan
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads {args.threads}: give a number of CPU threads >= 1")
         import torch
 
         torch.set_num_threads(args.threads)

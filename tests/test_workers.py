@@ -91,34 +91,6 @@ def test_a_single_worker_still_runs_slot_after_slot(tmp_path, runtime) -> None:
     assert [(t.number, slot_of(t)) for t in study.trials] == [(i, i) for i in range(6)]
 
 
-CHAOS_SUITE = """\
-name: chaos
-seed: 0
-trials: 4
-seeds: 4
-strategies: [linear_probe, full_finetune, distillation]
-strategy_options:
-  distillation: {student: {signal-cnn: signal-cnn-small}, teacher: full_finetune}
-training: {epochs: [6, 12], batch_size: 16}
-search: {sampler_startup_trials: 2, pruner_startup_trials: 2, pruner_warmup_epochs: 1}
-source_tasks:
-  mnist1d-source: {dataset: mnist1d, args: {num_samples: 1000, seed: 42}}
-backbones:
-  signal-cnn:
-    arch: cnn1d
-    args: {width: 8, depth: 3}
-    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
-  signal-cnn-small:
-    arch: cnn1d
-    args: {width: 4, depth: 3}
-    pretrain: {task: mnist1d-source, epochs: 2, batch_size: 128, lr: 0.003}
-tasks:
-  mnist1d-shifted:
-    dataset: mnist1d
-    args: {num_samples: 1000, seed: 7, shear_scale: 1.5, scale_coeff: 0.6, iid_noise_scale: 0.1}
-    split: {seed: 0, shots: 20, val_per_class: 10}
-    backbones: [signal-cnn]
-"""
 
 
 @pytest.mark.slow
@@ -134,7 +106,8 @@ def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_pat
 
     store = request.getfixturevalue("postgres_url") if kind == "postgres" else "journal"  # no server: skip (CI: fail)
     suite = tmp_path / "chaos.yaml"
-    suite.write_text(CHAOS_SUITE)
+    suite.write_text(chaos.suite_text(trials=4, seeds=4, epochs=(6, 12),
+                                      strategies=("linear_probe", "full_finetune", "distillation")))
     workers = 3 if kind == "postgres" else 2  # the benchmark's figures: 3 workers, 10 kills each (README)
     outcome = chaos.run(storage=store, workers=workers, kills=4 if kind == "postgres" else 3, interval=2.0,
                         remote=kind == "postgres", suite=suite,
@@ -219,3 +192,18 @@ def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsy
     assert lines["d"].split()[-1] == "running" and " 1/2 " in lines["d"], text  # seed 2 held, not done
     assert "1 alive (elsewhere:7:7)" in text and "1 dead" in text, text
     assert main(["status", str(suite), "--storage", "nonsense"]) == 2  # a bad --storage: one line
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--threads", "0", "a number of CPU threads >= 1"),
+                                                 ("--threads", "two", "a number of CPU threads >= 1"),
+                                                 ("--heartbeat", "0.5", "a heartbeat interval in seconds >= 1"),
+                                                 ("--heartbeat", "-3", "a heartbeat interval in seconds >= 1")])
+@pytest.mark.parametrize("command", ["run", "launch"])
+def test_worker_numbers_out_of_range_are_one_line(tmp_path, capsys, flag, value, needle, command) -> None:
+    from tlbench.cli import main
+
+    extra = ["--storage", f"journal:{tmp_path / 's.journal'}"] if command == "launch" else []
+    assert main([command, "smoke", "--out", str(tmp_path / "o"), *extra, flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {flag}: give {needle} (got '{value}')" in err[0], err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s.journal").exists()

@@ -1,5 +1,5 @@
 """Inputs of a split as the training loop reads them: in-memory tensors, or images decoded
-and preprocessed lazily by DataLoader workers.
+and preprocessed lazily.
 
 An in-memory split (the offline datasets) is one tensor moved to the device once and
 indexed per batch. An image split (torchvision datasets, image folders) is an
@@ -7,6 +7,12 @@ indexed per batch. An image split (torchvision datasets, image folders) is an
 examples in it, and the preprocessing a backbone needs. Both are read through a
 :class:`Reader`, which yields the inputs of whatever batches of positions the loop asks
 for, so the loop's seeded batch order (and ``Batch.index``) is the same for both.
+
+An image view is read from the image cache (:mod:`tlbench.imagecache`: decoded once into
+a memory-mapped uint8 file) when :class:`Loading` has one, else from its files by DataLoader
+workers. Either way a batch arrives as uint8 pixels and is flipped (``flip``) and
+normalised on the training device by the same code, so the two paths give the model the
+same tensors wherever the preprocessing is deterministic.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Literal, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -37,6 +45,9 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
+    #: Images at their own size: no resize, no crop (``image_size: native``); ``resize`` and
+    #: ``crop`` are then 0.
+    native: bool = False
 
     @classmethod
     def from_transforms(cls, transforms: Any) -> "Preprocess":
@@ -45,30 +56,111 @@ class Preprocess:
                    mean=tuple(float(v) for v in transforms.mean), std=tuple(float(v) for v in transforms.std),
                    interpolation=str(transforms.interpolation.value))
 
-    def at(self, size: int | None) -> "Preprocess":
-        """The same preprocessing at crop size ``size`` (the resize keeps its ratio)."""
+    def at(self, size: "int | Literal['native'] | None") -> "Preprocess":
+        """The same preprocessing at crop size ``size`` (the resize keeps its ratio), or at
+        the images' own size (``"native"``)."""
+        if size == "native":
+            return replace(self, resize=0, crop=0, native=True)
         if size is None or size == self.crop:
             return self
         return replace(self, resize=max(size, round(size * self.resize / self.crop)), crop=size)
 
-    def transform(self, augment: Augment = "none") -> Any:
+    def pixels(self, augment: Augment = "none") -> Any:
+        """PIL image → uint8 CHW tensor: resize + centre crop (or, for ``crop_flip``, the
+        random resized crop and flip), as the files are read; ``flip`` and normalisation are
+        applied per batch (:func:`flip_draws`, :func:`normalize`)."""
         from torchvision.transforms import InterpolationMode, v2
 
         mode = InterpolationMode(self.interpolation)
-        # Resizing the PIL image (before ToImage) is what torchvision's presets do.
-        tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
         if augment == "crop_flip":  # Inception-style random resized crop, as in ImageNet training
-            head = [v2.RandomResizedCrop(self.crop, interpolation=mode, antialias=True),
-                    v2.RandomHorizontalFlip()]
-        else:
+            crop = _OwnSizeCrop(mode) if self.native else v2.RandomResizedCrop(self.crop, interpolation=mode,
+                                                                                antialias=True)
+            head = [crop, v2.RandomHorizontalFlip()]
+        elif self.native:
+            head = []
+        else:  # resizing the PIL image (before ToImage) is what torchvision's presets do
             head = [v2.Resize(self.resize, interpolation=mode, antialias=True), v2.CenterCrop(self.crop)]
-            if augment == "flip":
-                head.append(v2.RandomHorizontalFlip())
-        return v2.Compose([*head, *tail])
+        return v2.Compose([*head, v2.ToImage()])
+
+    def transform(self, augment: Augment = "none") -> Any:
+        """The whole torchvision pipeline on one PIL image (float, normalised): the reference
+        the batched path (:meth:`pixels` + :func:`normalize`) is tested against."""
+        from torchvision.transforms import v2
+
+        head = [self.pixels(augment)] + ([v2.RandomHorizontalFlip()] if augment == "flip" else [])
+        return v2.Compose([*head, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))])
 
     def describe(self) -> dict[str, Any]:
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
+        out = {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+               "interpolation": self.interpolation}
+        return {**out, "native": True} if self.native else out
+
+    @property
+    def size_label(self) -> str:
+        return "native" if self.native else f"{self.crop}x{self.crop}"
+
+
+class _OwnSizeCrop:
+    """``RandomResizedCrop`` to the image's own size (``image_size: native``)."""
+
+    def __init__(self, mode: Any) -> None:
+        self.mode = mode
+
+    def __call__(self, image: Any) -> Any:
+        from torchvision.transforms import v2
+
+        width, height = image.size
+        return v2.RandomResizedCrop((height, width), interpolation=self.mode, antialias=True)(image)
+
+
+def normalize(x: torch.Tensor, preprocess: Preprocess, *, channels_last: bool = False) -> torch.Tensor:
+    """A batch of uint8 images (N, C, H, W; any strides) → float32, scaled to [0, 1] and
+    normalised with ``preprocess``'s mean and std, on ``x``'s device: two passes over the
+    batch (a converting copy and one fused multiply-add), within 1e-6 of torchvision's
+    ``ToDtype(scale=True)`` + ``Normalize``. ``channels_last`` picks the output layout."""
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device).contiguous(memory_format=fmt)
+    out.copy_(x)
+    return torch.addcmul(-mean / std, out, 1.0 / (255.0 * std), out=out)
+
+
+_GOLDEN, _MASK = np.uint64(0x9E3779B97F4A7C15), (1 << 64) - 1
+
+
+def uniforms(seeds: Iterable[int], n: int) -> np.ndarray:
+    """``n`` uniform draws in [0, 1) per seed (shape (len(seeds), n)): splitmix64 of the seed
+    and the draw's number. A counter-based stream: the draws of an example depend on its seed
+    only, not on the batch, the device or the order examples are read in."""
+    s = np.asarray([int(v) & _MASK for v in seeds], dtype=np.uint64).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        z = s + _GOLDEN * np.arange(1, n + 1, dtype=np.uint64).reshape(1, -1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+#: Which draw of an example's stream decides its flip (the random resized crop uses draws 0..39).
+FLIP_DRAW = 40
+
+
+def flip_draws(seeds: Iterable[int]) -> torch.Tensor:
+    """Whether each example (by its sample seed) is flipped horizontally: probability 1/2."""
+    seeds = list(seeds)
+    if not seeds:
+        return torch.zeros(0, dtype=torch.bool)
+    return torch.from_numpy(uniforms(seeds, FLIP_DRAW + 1)[:, FLIP_DRAW] < 0.5)
+
+
+def flip_where(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) with the images where ``flips`` is set mirrored left-right."""
+    if bool(flips.any()):
+        where = flips.to(x.device)
+        x = x.clone()
+        x[where] = x[where].flip(-1)
+    return x
 
 
 class ImageSource(Protocol):
@@ -114,7 +206,10 @@ class ImageView:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """(N, 3, crop, crop): every image is read as RGB and centre-cropped."""
+        """(N, 3, crop, crop): every image is read as RGB and centre-cropped (native size:
+        the first image's)."""
+        if self.preprocess is not None and self.preprocess.native and len(self):
+            return (len(self), *self.head(1).shape[1:])
         crop = self.preprocess.crop if self.preprocess else 0
         return (len(self), 3, crop, crop)
 
@@ -125,21 +220,22 @@ class ImageView:
         if self.preprocess is None:
             raise RuntimeError("ImageView read before a backbone's preprocessing was bound to it")
         augment = self.augment if train else "none"
-        return _Images(self.source, self.indices.tolist(), self.preprocess.transform(augment),
-                       random=augment != "none")
+        return _Images(self.source, self.indices.tolist(), self.preprocess.pixels(augment),
+                       random=augment == "crop_flip")
 
     def head(self, n: int) -> torch.Tensor:
         """The first ``n`` inputs, preprocessed without augmentation (for shape checks)."""
+        assert self.preprocess is not None
         images = self.dataset(train=False)
-        return torch.stack([images[i] for i in range(min(n, len(self)))])
+        return normalize(torch.stack([images[i] for i in range(min(n, len(self)))]), self.preprocess)
 
 
 class _Images(Dataset):
-    """``(sample seed, position)`` → preprocessed tensor; runs in DataLoader workers.
+    """``(sample seed, position)`` → uint8 tensor; runs in DataLoader workers.
 
-    A random transform (augmentation) draws from a generator seeded per sample by the
-    Reader, so the crops and flips of a run depend on its seed, epoch and the example, not
-    on the number of workers or on what else used the global random state.
+    A random transform (the random resized crop) draws from a generator seeded per sample
+    by the Reader, so the crops and flips of a run depend on its seed, epoch and the
+    example, not on the number of workers or on what else used the global random state.
     """
 
     def __init__(self, source: ImageSource, indices: list[int], transform: Any, *, random: bool = False) -> None:
@@ -150,20 +246,45 @@ class _Images(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> torch.Tensor:
         sample_seed, position = item if isinstance(item, tuple) else (0, item)
-        index = self.indices[position]
-        try:
-            image = self.source[index][0]
-            if getattr(image, "mode", "RGB") != "RGB":  # grayscale / palette / CMYK files
-                image = image.convert("RGB")
-        except Exception as err:  # noqa: BLE001 - PIL and the dataset classes raise many types
-            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            raise UnreadableData(f"cannot read {describe_example(self.source, index)}: {reason}; fix or remove "
-                                 f"the file and run again (finished work is kept)") from None
+        image = read_rgb(self.source, self.indices[position])
         if not self.random:
             return self.transform(image)
         with torch.random.fork_rng(devices=[]):  # torchvision's v2 transforms draw from torch's RNG
             torch.manual_seed(sample_seed)
             return self.transform(image)
+
+
+def read_rgb(source: ImageSource, index: int) -> Any:
+    """Example ``index`` of ``source`` decoded as an 8-bit RGB PIL image (:func:`to_rgb`);
+    a file that cannot be read raises :class:`UnreadableData` naming it."""
+    try:
+        return to_rgb(source[index][0])
+    except Exception as err:  # noqa: BLE001 - PIL and the dataset classes raise many types
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UnreadableData(f"cannot read {describe_example(source, index)}: {reason}; fix or remove "
+                             f"the file and run again (finished work is kept)") from None
+
+
+#: PIL modes of more than 8 bits per sample, read as 16-bit values (PNG's 16-bit grayscale
+#: opens as ``I;16`` or, in older Pillow, ``I``).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Any) -> Any:
+    """An image as 8-bit RGB. 16-bit grayscale (and 32-bit integer ``I``, read as 16-bit)
+    is scaled from its full range, 65,535 → 255, rather than clipped at 255 as PIL's
+    ``convert`` does (which turns most of a 16-bit image white); palette, grayscale, CMYK
+    and alpha images convert as PIL converts them (alpha dropped)."""
+    from PIL import Image
+
+    mode = getattr(image, "mode", "RGB")
+    if mode == "RGB":
+        return image
+    if mode in WIDE_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        eight = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight, "L").convert("RGB")
+    return image.convert("RGB")
 
 
 Inputs = torch.Tensor | ImageView
@@ -183,14 +304,50 @@ def describe_example(source: Any, index: int) -> str:
     return f"example {index} of {type(source).__name__}"
 
 
+class CachedInputs(Protocol):
+    """A split's images held decoded (:class:`tlbench.imagecache.CachedSplit`)."""
+
+    def read(self, positions: torch.Tensor, seeds: list[int] | None, *, device: torch.device,
+             channels_last: bool = False) -> torch.Tensor: ...
+
+
+class ImageStore(Protocol):
+    """Where decoded images are kept (:class:`tlbench.imagecache.ImageCache`): the cached form
+    of a view, or None to read its files."""
+
+    def open(self, view: "ImageView", augment: Augment) -> CachedInputs | None: ...
+
+
 @dataclass(frozen=True)
 class Loading:
-    """How image splits are read: DataLoader worker processes (persistent across the epochs
-    of one fit) and pinned host memory for asynchronous copies to a GPU."""
+    """How image splits are read: from the image cache when there is one (``images``),
+    else by DataLoader worker processes (persistent across the epochs of one fit), with
+    pinned host memory for asynchronous copies to a GPU."""
 
     workers: int = 0
     pin_memory: bool = False
     prefetch: int = 4
+    images: ImageStore | None = field(default=None, compare=False)
+
+
+_SEEN: list[set[str]] = []
+
+
+@contextmanager
+def inputs_seen() -> Iterator[set[str]]:
+    """Collects how the image splits read inside the block were produced: ``"cache"``
+    (decoded images from the image cache) and/or ``"files"`` (decoded from their files)."""
+    seen: set[str] = set()
+    _SEEN.append(seen)
+    try:
+        yield seen
+    finally:
+        _SEEN.remove(seen)
+
+
+def _saw(how: str) -> None:
+    for seen in _SEEN:
+        seen.add(how)
 
 
 class _Batches(Sampler[list[tuple[int, int]]]):
@@ -213,24 +370,32 @@ class Reader:
     Args:
         x: the split's inputs.
         device: where batches go.
-        loading: worker settings (image views only).
+        loading: the image cache and worker settings (image views only).
         train: apply the view's training augmentation.
         seed: seeds the augmentation: each pass (epoch) and example gets its own stream.
+        channels_last: the layout of image batches (what the model runs in).
     """
 
     def __init__(self, x: Inputs, *, device: torch.device, loading: Loading = Loading(),
-                 train: bool = False, seed: int = 0) -> None:
-        self.device = device
+                 train: bool = False, seed: int = 0, channels_last: bool = False) -> None:
+        self.device, self.channels_last = device, channels_last
         self.seed, self.passes = seed, 0
         self.tensor: torch.Tensor | None = None
         self.loader: DataLoader | None = None
+        self.cached: CachedInputs | None = None
         if isinstance(x, ImageView):
-            self.sampler = _Batches()
-            workers = loading.workers
-            self.loader = DataLoader(x.dataset(train=train), batch_sampler=self.sampler, num_workers=workers,
-                                     pin_memory=loading.pin_memory and device.type == "cuda",
-                                     persistent_workers=workers > 0,
-                                     prefetch_factor=loading.prefetch if workers > 0 else None)
+            assert x.preprocess is not None, "ImageView read before a backbone's preprocessing was bound to it"
+            self.preprocess = x.preprocess
+            self.augment: Augment = x.augment if train else "none"
+            self.cached = loading.images.open(x, self.augment) if loading.images is not None else None
+            _saw("cache" if self.cached is not None else "files")
+            if self.cached is None:
+                self.sampler = _Batches()
+                workers = loading.workers
+                self.loader = DataLoader(x.dataset(train=train), batch_sampler=self.sampler, num_workers=workers,
+                                         pin_memory=loading.pin_memory and device.type == "cuda",
+                                         persistent_workers=workers > 0,
+                                         prefetch_factor=loading.prefetch if workers > 0 else None)
         else:
             self.tensor = x.to(device)
 
@@ -239,12 +404,22 @@ class Reader:
             for idx in batches:
                 yield self.tensor[idx.to(self.device)]
             return
-        assert self.loader is not None
         base = (self.seed * 1_000_003 + self.passes) * 10_000_019
         self.passes += 1
-        self.sampler.batches = [[((base + p) % 2**63, p) for p in idx.tolist()] for idx in batches]
-        for xb in self.loader:
-            yield xb.to(self.device, non_blocking=True)
+        batches = [idx.cpu() for idx in batches]
+        seeds = [[(base + p) % 2**63 for p in idx.tolist()] for idx in batches]
+        if self.cached is not None:
+            for idx, s in zip(batches, seeds):
+                yield self.cached.read(idx, s if self.augment != "none" else None, device=self.device,
+                                       channels_last=self.channels_last)
+            return
+        assert self.loader is not None
+        self.sampler.batches = [list(zip(s, idx.tolist())) for idx, s in zip(batches, seeds)]
+        for xb, s in zip(self.loader, seeds):
+            xb = xb.to(self.device, non_blocking=True)
+            if self.augment == "flip":
+                xb = flip_where(xb, flip_draws(s))
+            yield normalize(xb, self.preprocess, channels_last=self.channels_last)
 
 
 def sequential(n: int, batch_size: int) -> list[torch.Tensor]:
@@ -253,13 +428,13 @@ def sequential(n: int, batch_size: int) -> list[torch.Tensor]:
 
 
 def read_all(x: Inputs, *, device: torch.device, loading: Loading = Loading(),
-             batch_size: int = 512) -> Iterator[torch.Tensor]:
+             batch_size: int = 512, channels_last: bool = False) -> Iterator[torch.Tensor]:
     """Every input of a split in order, in batches (no augmentation)."""
     if isinstance(x, torch.Tensor):  # slices are views: no index copy
         for i in range(0, len(x), batch_size):
             yield x[i:i + batch_size].to(device, non_blocking=True)
         return
-    yield from Reader(x, device=device, loading=loading)(sequential(len(x), batch_size))
+    yield from Reader(x, device=device, loading=loading, channels_last=channels_last)(sequential(len(x), batch_size))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import torch
 
@@ -114,7 +114,7 @@ def check_weights_name(name: str, suite: Suite) -> None:
         spec.arch_class.check_weights(spec.typed_args(), spec.weights)
 
 
-def preprocess_for(name: str, suite: Suite, image_size: int | None = None) -> Preprocess:
+def preprocess_for(name: str, suite: Suite, image_size: "int | Literal['native'] | None" = None) -> Preprocess:
     """How image files are prepared for backbone ``name``: what its published weights expect
     (resolution, resize, normalisation, interpolation: ``weights.transforms()`` for
     torchvision, the pretrained config for timm), else torchvision's ImageNet default

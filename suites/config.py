@@ -88,9 +88,10 @@ class TaskSpec(_Typed):
     split: SplitSpec = SplitSpec()
     shift: ShiftSpec | None = None
     backbones: list[str] = Field(default_factory=list)
-    # Image-file datasets only: the crop size (default: the backbone weights' own, e.g. 224)
-    # and training augmentation (random resized crop and/or horizontal flip).
-    image_size: Int | None = Field(None, ge=8, le=1024)
+    # Image-file datasets only: the crop size (default: the backbone weights' own, e.g. 224), or
+    # ``native`` (the images as they are: no resize, no crop), and training augmentation
+    # (random resized crop and/or horizontal flip).
+    image_size: Annotated[int, Strict(), Field(ge=8, le=1024)] | Literal["native"] | None = None
     augment: Literal["none", "flip", "crop_flip"] = "none"
     # One field swept over values: the suite expands the task into one task per value, named
     # ``<task>.<field><value>`` (see :func:`expand_sweeps`); never left on a parsed suite.

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Collection, NoReturn
 
 from rich.console import Console
 
@@ -18,6 +18,7 @@ from tlbench.registry import BUILTIN
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
+    from tlbench.imagecache import ImageCache
     from tlbench.plan import Plan
     from tlbench.registry import Registry
     from tlbench.runtime import Runtime
@@ -52,6 +53,30 @@ def _at_least(kind: type, low: float, what: str) -> Any:
     return parse
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 0.9:
+        raise argparse.ArgumentTypeError(f"give a share of device memory between 0 and 0.9 (got {text!r})")
+    return value
+
+
+def image_cache_of(args: argparse.Namespace, cache_dir: Path, *, log: Callable[[str], None]) -> "ImageCache | None":
+    """The image cache ``--image-cache`` and ``--image-cache-limit`` ask for (None: off)."""
+    from tlbench.imagecache import ImageCache, parse_size
+
+    choice = getattr(args, "image_cache", "auto")
+    if choice == "off":
+        return None
+    directory = cache_dir / "images" if choice == "auto" else Path(choice).expanduser()
+    limit_text = getattr(args, "image_cache_limit", "auto")
+    limit = None if limit_text == "auto" else parse_size(limit_text)
+    return ImageCache(directory, limit=limit, device_share=getattr(args, "image_cache_device_share", 0.25),
+                      log=log)
+
+
 def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The options of one worker of a suite (``tlbench run``'s, short of the store and the report), returned so
     that ``tlbench launch`` passes exactly these on to the workers it starts."""
@@ -80,6 +105,17 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
                  "directory)"),
         add("--cache-dir", type=Path, default=None,
             help="pretrained-backbone and feature cache (default: $TLBENCH_CACHE or ~/.cache/tlbench)"),
+        add("--image-cache", default="auto", metavar="off|auto|DIR",
+            help="decode image-file datasets once into memory-mapped uint8 files and read every epoch, trial, "
+                 "seed and strategy from them: auto (default: images/ in the cache directory), a directory, or "
+                 "off (decode the files on every read)"),
+        add("--image-cache-limit", default="auto", metavar="auto|SIZE",
+            help="the most disk the image cache may use, e.g. 20GB (default auto: half the free space plus what "
+                 "it holds, at most 100 GiB); a split that would cross it is read from its files, with a line "
+                 "saying so"),
+        add("--image-cache-device-share", type=_share, default=0.25, metavar="FRACTION",
+            help="on a GPU, keep a split's cached images in device memory when they take at most this share of "
+                 "it (default 0.25), else stream them through pinned memory"),
     ]
 
 
@@ -221,8 +257,12 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
     cache_dir = args.cache_dir or default_cache_dir()
     plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
                      strategies=strategies, data_root=args.data_root, cache_dir=cache_dir, dry_run=dry_run)
+    shown = console or Console(stderr=True, highlight=False, soft_wrap=True)
+    images = image_cache_of(args, cache_dir, log=lambda line: shown.print(line, markup=False))
+    if images is not None and (plan.missing or any(t.lazy for t in plan.tasks.values())):
+        check_writable_dir(images.directory, "--image-cache")
     runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
-                           compile=args.compile, workers=args.workers)
+                           compile=args.compile, workers=args.workers, images=images)
     out = args.out or Path("runs") / plan.suite.name
     suite = plan.suite
     storage = None
@@ -272,12 +312,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"
                   f"{', compiled' if runtime.execution.compile else ''}), out {out}")
+    images = runtime.execution.loading.images
+    lazy = plan.missing or any(t.lazy for t in plan.tasks.values())
+    if lazy:
+        console.print(image_cache_line(images))
     if storage is None:
         print_dry_run(plan, console)
         return 0
     with ConsoleObserver(console) as observer:
+        if images is not None:
+            images.log = observer.log
         ran = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=prepared.cache_dir,
                        observer=observer)
+    if lazy and images is not None:
+        console.print(image_cache_summary(images))
     if args.report == "none":
         console.print(f"ran {len(ran.outcomes)} cells into the store; no report written (--report none): "
                       + (f"tlbench report {out} writes it" if args.storage is None else
@@ -287,6 +335,30 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     write_run_report(storage, suite, out, cells=ran.cells, seeds=ran.seeds, figures=args.report == "full",
                      console=console)
     return 0
+
+
+def image_cache_line(images: "ImageCache | None") -> str:
+    """Where image files are read from, and what the cache holds."""
+    from tlbench.imagecache import human
+
+    if images is None:
+        return "image cache: off (--image-cache off): images are decoded from their files on every read"
+    limit = "auto" if images.limit is None else human(images.limit)
+    return (f"image cache: {images.directory} (holds {human(images.used())}; limit {limit}; a split is "
+            f"decoded once per preprocessing)")
+
+
+def image_cache_summary(images: "ImageCache") -> str:
+    """What the image cache cost and saved in this run."""
+    from tlbench.imagecache import human
+
+    usage = images.summary()
+    built = (f"built {usage.built} entr{'y' if usage.built == 1 else 'ies'} ({human(usage.built_bytes)} in "
+             f"{usage.build_seconds:.1f} s)" if usage.built else "built nothing (every entry was cached)")
+    fallbacks = f"; {usage.fallbacks} split(s) read from files (limit)" if usage.fallbacks else ""
+    return (f"image cache: {built}; read {usage.images_read:,} images from it, about "
+            f"{usage.decode_seconds_saved:.0f} s of decoding saved at the measured build rate; it holds "
+            f"{human(images.used())}{fallbacks}")
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from tlbench.backbones import Backbone
-from tlbench.data import Task
+from tlbench.data import Task, inputs_seen
 from tlbench.errors import ConfigError, NonFiniteLoss
 from tlbench.members import Members, member_from
 from tlbench.memory import PeakMemory
@@ -102,9 +102,9 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     if frozen is None:  # another worker claimed this seed first
         return None
     try:
-        with Heartbeat(study._storage, frozen._trial_id):
+        with Heartbeat(study._storage, frozen._trial_id), inputs_seen() as seen:
             return _evaluate_claimed(study, frozen, strategy, backbone, task, params, seed=seed, context=context,
-                                     runtime=runtime, share=share)
+                                     runtime=runtime, share=share, seen=seen)
     except (UpdateFinishedTrialError, ValueError) as err:
         if isinstance(err, ValueError) and "Cannot tell" not in str(err):
             raise
@@ -113,7 +113,7 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
 
 def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strategy, backbone: Backbone, task: Task,
                       params: dict[str, Any], *, seed: int, context: RunContext, runtime: Runtime,
-                      share: bool) -> RunRecord | None:
+                      share: bool, seen: set[str]) -> RunRecord | None:
     storage, trial_id = study._storage, trial._trial_id
     started = dt.datetime.now(dt.timezone.utc)
     clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
@@ -171,7 +171,9 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
         "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
         "num_classes": task.num_classes, "precision": runtime.execution.tag,
         "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
-        "loader_workers": runtime.execution.loading.workers if task.lazy else 0,
+        "loader_workers": runtime.execution.loading.workers if "files" in seen else 0,
+        # every read of the run is in (fit and the scored passes); "features": it read cached features only
+        "image_inputs": "+".join(sorted(seen)) or ("features" if task.lazy else ""),
         "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
         **provenance(runtime.device),
     }

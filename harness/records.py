@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from tlbench.config import Frozen
 from tlbench.errors import TlbenchError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SEP = "::"
 Kind = Literal["tune", "eval", "sens"]  # tuning, evaluation, sensitivity study
 
@@ -146,6 +146,10 @@ class RunRecord(RunContext):
     channels_last: bool = False
     compiled: bool = False
     loader_workers: int = 0
+    #: How the run's image inputs were produced: "cache" (decoded once into the image cache and
+    #: read from it), "files" (decoded from the files as read), "cache+files", "features" (it read
+    #: cached backbone features only), or "" (tensors, or a record written before schema 4).
+    image_inputs: str = ""
     split_fingerprint: str
     started_at: str
     tlbench_version: str
@@ -173,7 +177,7 @@ class RunRecord(RunContext):
             data = {**{k: v for k, v in data.items() if k in fields},
                     "strategy_info": {k: v for k, v in data.items() if k not in fields},
                     "schema_version": SCHEMA_VERSION}
-        elif version == 2:  # the same fields, without feature_seconds (None: not recorded)
+        elif version in (2, 3):  # without feature_seconds (2: None, not recorded) and image_inputs ("")
             data = {**data, "schema_version": SCHEMA_VERSION}
         try:
             return cls.model_validate(data)

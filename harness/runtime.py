@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tlbench.data import Loading
+from tlbench.data import ImageStore, Loading
 from tlbench.errors import ConfigError
 from tlbench.features import FeatureCache
 from tlbench.train import Execution
@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"--device {name!r}: allowed: auto, cpu, cuda")
 
 
-def resolve_loading(device: torch.device, workers: str = "auto") -> Loading:
+def resolve_loading(device: torch.device, workers: str = "auto", images: ImageStore | None = None) -> Loading:
     """DataLoader workers for image-file tasks: ``auto`` is min(16, CPU cores) with a GPU to
     feed (and pinned memory) — one core decodes and crops ~420–500 JPEGs/s
     (benchmarks/test_bench_loading.py), while issue 5 quotes ~4,300 img/s for ResNet-50 in bf16
@@ -56,11 +56,11 @@ def resolve_loading(device: torch.device, workers: str = "auto") -> Loading:
         n = int(workers)
     else:
         raise ConfigError(f"--workers {workers!r}: allowed: auto or a whole number (0: load in the main process)")
-    return Loading(workers=n, pin_memory=device.type == "cuda")
+    return Loading(workers=n, pin_memory=device.type == "cuda", images=images)
 
 
 def resolve_execution(device: torch.device, *, precision: str = "auto", channels_last: str = "auto",
-                      compile: bool = False, workers: str = "auto") -> Execution:
+                      compile: bool = False, workers: str = "auto", images: ImageStore | None = None) -> Execution:
     """``auto``: bf16 autocast and channels_last on CUDA (bf16 where the GPU supports it),
     float32 and the default layout on CPU, so CPU runs are unchanged."""
     allowed = {"precision": ("auto", "bf16", "fp32"), "channels-last": ("auto", "on", "off")}
@@ -70,12 +70,14 @@ def resolve_execution(device: torch.device, *, precision: str = "auto", channels
     cuda = device.type == "cuda"
     bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     layout = channels_last == "on" or (channels_last == "auto" and cuda)
-    return Execution(bf16=bf16, channels_last=layout, compile=compile, loading=resolve_loading(device, workers))
+    return Execution(bf16=bf16, channels_last=layout, compile=compile,
+                     loading=resolve_loading(device, workers, images))
 
 
 def make_runtime(device: str, cache_dir: Path | None, *, precision: str = "auto", channels_last: str = "auto",
-                 compile: bool = False, workers: str = "auto") -> Runtime:
+                 compile: bool = False, workers: str = "auto", images: ImageStore | None = None) -> Runtime:
+    """A runtime; ``images`` is the image cache image-file splits are read from (None: their files)."""
     resolved = resolve_device(device)
     return Runtime(resolved, FeatureCache(cache_dir / "features" if cache_dir else None),
                    execution=resolve_execution(resolved, precision=precision, channels_last=channels_last,
-                                               compile=compile, workers=workers))
+                                               compile=compile, workers=workers, images=images))

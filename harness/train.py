@@ -164,8 +164,8 @@ def predict_logits(model: nn.Module, x: Inputs, *, device: torch.device, batch_s
                    execution: Execution = Execution()) -> torch.Tensor:
     """Logits for ``x`` (a tensor or an image view) in eval mode, batched, returned on the
     CPU as float32."""
-    return _logits(model, read_all(x, device=device, loading=execution.loading, batch_size=batch_size),
-                   device=device, execution=execution)
+    return _logits(model, read_all(x, device=device, loading=execution.loading, batch_size=batch_size,
+                                   channels_last=execution.channels_last), device=device, execution=execution)
 
 
 @torch.inference_mode()
@@ -236,8 +236,9 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         NonFiniteLoss: when an epoch's summed loss is NaN or infinite.
     """
     y = train[1].to(device)
-    read_train = Reader(train[0], device=device, loading=execution.loading, train=True, seed=seed)
-    read_val = Reader(val[0], device=device, loading=execution.loading)
+    layout = execution.channels_last
+    read_train = Reader(train[0], device=device, loading=execution.loading, train=True, seed=seed, channels_last=layout)
+    read_val = Reader(val[0], device=device, loading=execution.loading, channels_last=layout)
     val_batches = sequential(len(val[1]), 512)
     gen = torch.Generator().manual_seed(seed)
     history: list[float] = []

@@ -133,7 +133,39 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
                                            f"both as descriptive."))
     if untestable:
         notes.append("Some comparisons could not be tested (fewer than two shared seeds).")
+    inputs = inputs_note(runs)
+    if inputs:
+        notes.append(inputs)
     return Table(["strategy", *columns, "avg. rank"], rows, caption, notes)
+
+
+INPUTS = {"cache": "decoded once into the image cache and read from it",
+          "files": "decoded from the image files as read",
+          "cache+files": "partly from the image cache, partly from the files",
+          "features": "cached backbone features only"}
+
+
+def inputs_note(runs: pd.DataFrame) -> str:
+    """How the runs' image inputs were produced (schema 4 records; tensors say nothing):
+    one phrase when every run agrees, else the count of runs per way and the cells that mix
+    image-cache and file reads across their seeds."""
+    if "image_inputs" not in runs:
+        return ""
+    how = runs["image_inputs"].fillna("").astype(str)
+    images = runs[how != ""]
+    if images.empty:
+        return ""
+    kinds = images["image_inputs"].value_counts()
+    if len(kinds) == 1:
+        return f"Image inputs: {INPUTS.get(kinds.index[0], kinds.index[0])} in every image-file run."
+    parts = "; ".join(f"{n} run{'s' if n != 1 else ''} {INPUTS.get(k, k)}" for k, n in kinds.items())
+    sources = images.assign(way=images["image_inputs"].replace({"features": None}))
+    per_cell = sources.groupby(["task", "backbone", "strategy"])["way"].agg(lambda s: set(s.dropna()))
+    mixed = [" / ".join(cell) for cell, ways in per_cell.items() if len(ways) > 1]
+    note = f"Image inputs: {parts}."
+    if mixed:
+        note += " Cells whose seeds read them differently: " + ", ".join(mixed) + "."
+    return note
 
 
 def cost_table(runs: pd.DataFrame) -> Table | None:

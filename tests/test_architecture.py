@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: layer → the modules in it (a name ending in ".*" covers a whole subpackage)
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("tlbench.version", "tlbench.errors", "tlbench.registry", "tlbench.config", "tlbench.paths",
-             "tlbench.codeversion", "tlbench.atomic", "tlbench.data", "tlbench.train", "tlbench.backbones",
-             "tlbench.memory", "tlbench.provenance", "tlbench.features", "tlbench.runtime", "tlbench.records",
-             "tlbench.reuse", "tlbench.storage"),
+             "tlbench.codeversion", "tlbench.atomic", "tlbench.data", "tlbench.imagecache", "tlbench.train",
+             "tlbench.backbones", "tlbench.memory", "tlbench.provenance", "tlbench.features", "tlbench.runtime",
+             "tlbench.records", "tlbench.reuse", "tlbench.storage"),
     "suites": ("tlbench.suites.*",),
     "strategies": ("tlbench.strategies.*",),
     "runner": ("tlbench.plan", "tlbench.plugins", "tlbench.pretrain", "tlbench.search", "tlbench.samplers",

@@ -459,6 +459,8 @@ class Task:
     num_classes: int
     shifted_test: Split | None = None
     info: dict[str, object] = field(default_factory=dict)
+    #: The classes' names in label order ("0".."k-1" when the dataset has none).
+    class_names: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -482,7 +484,7 @@ class Task:
 
         info = {**self.info, "preprocess": preprocess.describe(), "augment": augment}
         return Task(self.name, bind(self.train, augment), bind(self.val), bind(self.test), self.num_classes,
-                    bind(self.shifted_test), info)
+                    bind(self.shifted_test), info, self.class_names)
 
     @property
     def fingerprint(self) -> str:

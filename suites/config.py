@@ -84,7 +84,7 @@ class _Typed(Frozen):
 class TaskSpec(_Typed):
     dataset: str
     args: dict[str, Any] = Field(default_factory=dict)
-    classes: list[int] | None = None
+    classes: list[Int | str] | None = None  # indices into the sorted class names, or the names
     split: SplitSpec = SplitSpec()
     shift: ShiftSpec | None = None
     backbones: list[str] = Field(default_factory=list)

@@ -9,6 +9,7 @@ line names the dataset, the path looked at, and how to get them.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -19,7 +20,7 @@ from pydantic import Field
 from tlbench.config import Frozen
 from tlbench.data import ImageView
 from tlbench.errors import ConfigError
-from tlbench.suites.pools import DataAccess, DataPool, Dataset, NoArgs
+from tlbench.suites.pools import DataAccess, DataPool, Dataset, NoArgs, name_list
 
 
 class TorchvisionDataset(Dataset):
@@ -35,6 +36,7 @@ class TorchvisionDataset(Dataset):
     """
 
     tv_class: ClassVar[str]
+    downloadable: ClassVar[bool] = True
     folder: ClassVar[str]
     layout: ClassVar[str]
     train: ClassVar[dict[str, Any]] = {"split": "train"}
@@ -131,11 +133,11 @@ def labels_of(ds: Any) -> np.ndarray:
 
 
 def identity_of(ds: Any, root: Path) -> str:
-    """What identifies a dataset's content, cheaply: its class, size and labels, plus its
-    file list relative to ``root`` with each file's size and modification time (or its pixel
-    array for datasets held in memory), so moving the data root (keeping times, as ``mv`` and
-    ``cp -p`` do) does not change it and different files do."""
-    digest = hashlib.sha256(type(ds).__name__.encode())
+    """What identifies a dataset's content, cheaply: its class (its ``identity_name`` if it
+    has one), size and labels, plus its file list relative to ``root`` with each file's size
+    and modification time (or its pixel array for datasets held in memory), so moving the data
+    root (keeping times, as ``mv`` and ``cp -p`` do) does not change it and different files do."""
+    digest = hashlib.sha256(getattr(ds, "identity_name", type(ds).__name__).encode())
     digest.update(labels_of(ds).tobytes())
     data = getattr(ds, "data", None)
     if isinstance(data, np.ndarray):
@@ -263,6 +265,7 @@ class Cars(TorchvisionDataset):
     name = "stanford_cars"
     description = "Stanford Cars, 8.1k/8.0k images, 196 classes (torchvision; manual download)"
     tv_class, folder = "StanfordCars", "stanford_cars"
+    downloadable = False
     layout = ("stanford_cars/ with cars_train/, cars_test/, devkit/ and cars_test_annos_withlabels.mat "
               "(the original host is gone: torchvision cannot download it)")
 
@@ -273,10 +276,82 @@ class FolderArgs(Frozen):
     test: str | None = None
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder of an image tree is never read: a hidden name (a leading dot:
+    ``.ipynb_checkpoints``, ``.DS_Store``, the ``._*`` files macOS writes on other disks) or
+    the ``__MACOSX`` folder of a zip archive made on macOS."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def class_folders(path: Path) -> list[str]:
+    """The class folders of an image tree: its subfolders (links followed) that are not
+    hidden (:func:`is_hidden`), sorted by name as torchvision sorts them."""
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries if not is_hidden(e.name) and e.is_dir())
+
+
+def image_extensions() -> tuple[str, ...]:
+    """The file extensions read as images (torchvision's ``IMG_EXTENSIONS``; any case)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(IMG_EXTENSIONS)
+
+
+def _make_visible_image_folder() -> type:
+    """Defines :class:`VisibleImageFolder`. Subclassing torchvision's ``ImageFolder`` imports
+    torchvision, which would add about a second to every command if this module did it."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    class VisibleImageFolder(ImageFolder):
+        """torchvision's ``ImageFolder`` without hidden entries (:func:`is_hidden`): they are
+        neither classes nor images, at any depth of a class folder. A class folder without
+        images is kept (``allow_empty``) for the caller to name every such folder."""
+
+        #: What :func:`identity_of` hashes in place of the class name: a tree without hidden
+        #: entries keeps the identity (and the caches and results keyed on it) that plain
+        #: ``ImageFolder`` gave it.
+        identity_name = "ImageFolder"
+
+        def __init__(self, root: str) -> None:
+            self._skip = len(os.path.join(os.path.expanduser(root), ""))  # as torchvision expands it
+            super().__init__(root, is_valid_file=self.is_image, allow_empty=True)
+
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            classes = class_folders(Path(directory))
+            if not classes:
+                raise FileNotFoundError(f"no class folders in {directory}")
+            return classes, {name: i for i, name in enumerate(classes)}
+
+        def is_image(self, path: str) -> bool:
+            """An image file by its extension (any case), with no hidden name below the root."""
+            return (not any(is_hidden(part) for part in path[self._skip:].split(os.sep))
+                    and has_file_allowed_extension(path, tuple(IMG_EXTENSIONS)))
+
+    # pickled by its module and name (DataLoader workers that spawn), found there by __getattr__
+    VisibleImageFolder.__module__, VisibleImageFolder.__qualname__ = __name__, "VisibleImageFolder"
+    return VisibleImageFolder
+
+
+def visible_image_folder() -> type:
+    """The class :class:`VisibleImageFolder`, defined on first use."""
+    cls = globals().get("VisibleImageFolder")
+    if cls is None:
+        cls = globals()["VisibleImageFolder"] = _make_visible_image_folder()
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """``VisibleImageFolder`` on first access (PEP 562): how pickle finds it by name."""
+    if name == "VisibleImageFolder":
+        return visible_image_folder()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class ImageFolderDataset(Dataset):
-    """A local tree ``<path>/<class>/<image>`` (torchvision's ``ImageFolder``); optional
-    ``val`` and ``test`` trees with the same classes are the official splits. Relative
-    paths are under the data root."""
+    """A local tree ``<path>/<class>/<image>`` (torchvision's ``ImageFolder``, hidden files
+    and folders skipped); optional ``val`` and ``test`` trees with the same class folders are
+    the official splits. Relative paths are under the data root."""
 
     name = "image_folder"
     description = "a local tree <path>/<class>/*.jpg|png (+ optional val/test trees) read lazily"
@@ -295,19 +370,41 @@ class ImageFolderDataset(Dataset):
         return assemble(self.name, train, val, test, root=data.root, names=tuple(classes))
 
     def _open(self, path: Path, field: str, classes: list[str] | None) -> Any:
-        from torchvision.datasets import ImageFolder
-
-        layout = "one folder per class holding .jpg/.png/... images"
+        """The tree at ``path`` (``args.<field>``); ``classes``: the training tree's, which a
+        val or test tree must have too."""
+        where = f"dataset image_folder: args.{field}: {path}"
+        accepted = image_extensions()
+        layout = f"one folder per class holding images ({', '.join(accepted)}; any case)"
         if not path.is_dir():
-            raise ConfigError(f"dataset image_folder: args.{field}: {path} is not a folder; expected {layout}")
+            raise ConfigError(f"{where} is not a folder; expected {layout}")
         try:
-            ds = ImageFolder(str(path))
-        except (FileNotFoundError, RuntimeError) as err:
-            raise ConfigError(f"dataset image_folder: args.{field}: {path}: {str(err).splitlines()[0][:120]}; "
+            found = class_folders(path)
+        except OSError as err:
+            raise ConfigError(f"{where} cannot be read ({type(err).__name__}: {err.strerror or err}); "
                               f"expected {layout}") from None
-        if classes is not None and list(ds.classes) != classes:
-            raise ConfigError(f"dataset image_folder: args.{field}: {path} has classes {ds.classes[:5]}..., "
-                              f"the training tree {classes[:5]}...; the trees need the same class folders")
+        if not found:
+            with os.scandir(path) as entries:
+                loose = sum(1 for e in entries if not is_hidden(e.name) and e.name.lower().endswith(accepted))
+            hint = f" ({loose} images lie directly in it, outside any class folder)" if loose else ""
+            raise ConfigError(f"{where} has no class folders{hint}; hidden folders are skipped; expected {layout}")
+        if classes is not None and found != classes:
+            here, there = set(found), set(classes)
+            lacks = [c for c in classes if c not in here]
+            extra = [c for c in found if c not in there]
+            diff = [f"lacks classes {name_list(lacks)}"] if lacks else []
+            diff += [f"has extra {name_list(extra)}"] if extra else []
+            raise ConfigError(f"{where} {' and '.join(diff)} compared with the training tree args.path; the trees "
+                              f"need the same class folders")
+        try:
+            ds = visible_image_folder()(str(path))
+        except (OSError, RuntimeError) as err:
+            raise ConfigError(f"{where} cannot be read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:160] if str(err) else ''}); expected {layout}") from None
+        used = set(ds.targets)
+        empty = [name for i, name in enumerate(ds.classes) if i not in used]
+        if empty:
+            raise ConfigError(f"{where}: class folder(s) {name_list(empty)} hold no images; files with other "
+                              f"extensions and hidden files are not read; expected {layout}")
         return ds
 
 

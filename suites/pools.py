@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -56,6 +57,8 @@ class Dataset(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Args: ClassVar[type[Frozen]]
+    #: Whether ``download: true`` can fetch missing files (a local folder cannot be downloaded).
+    downloadable: ClassVar[bool] = False
 
     @abstractmethod
     def load(self, args: Frozen, data: DataAccess) -> DataPool:
@@ -69,3 +72,12 @@ class Dataset(ABC):
 
 class NoArgs(Frozen):
     """The argument block of a dataset that takes none."""
+
+
+def name_list(names: Sequence[str], limit: int = 20) -> str:
+    """``names`` for a one-line error: all of them as a list when there are at most ``limit``,
+    else the first ``limit`` and how many more."""
+    shown = list(names)
+    if len(shown) <= limit:
+        return repr(shown)
+    return f"{shown[:limit]!r} and {len(shown) - limit} more"

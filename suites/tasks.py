@@ -8,6 +8,7 @@ with :meth:`Task.bound` before anything reads it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -15,6 +16,7 @@ from tlbench.data import ImageView, Inputs, Task, split_of, tensor_fingerprint
 from tlbench.errors import ConfigError
 from tlbench.suites.config import ShiftSpec, SplitSpec, TaskSpec
 from tlbench.suites.datasets import DataAccess, DataPool, load_pool
+from tlbench.suites.pools import name_list
 
 
 def _per_class(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -39,7 +41,7 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
     """Materialises a task from its spec; raises ConfigError for impossible splits and for
     data that is missing (image datasets under ``data``'s root)."""
     pool = load_pool(spec.dataset, spec.typed_args(where), where=where, data=data)
-    classes = _check_classes(pool, spec.classes, where)
+    classes = _check_classes(pool, spec.classes, where, dataset=spec.dataset)
     num_classes = len(classes) if classes else pool.num_classes
     sp = spec.split
     _check_protocol(pool, spec, where)
@@ -85,7 +87,8 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
     if spec.swept is not None:  # a task of a sweep: its family, the swept field and this task's value
         family, field, value = spec.swept
         info["sweep"] = {"family": family, "field": field, "value": value}
-    return Task(name, split_of(x[tr], y[tr]), split_of(x[va], y[va]), test, num_classes, shifted, info)
+    return Task(name, split_of(x[tr], y[tr]), split_of(x[va], y[va]), test, num_classes, shifted, info,
+                tuple(labels))
 
 
 def _train_val(rest: list[torch.Tensor], sp: SplitSpec, labels: list[str],
@@ -174,14 +177,30 @@ def _check_class_size(n: int, sp: SplitSpec, *, label: str, where: str) -> int:
     return n_val
 
 
-def _check_classes(pool: DataPool, classes: list[int] | None, where: str) -> list[int] | None:
+def _check_classes(pool: DataPool, classes: Sequence[int | str] | None, where: str, *,
+                   dataset: str = "") -> list[int] | None:
+    """The pool's indices of a task's ``classes``: an int is an index into the pool's class
+    names (the sorted class folder names of an image folder), a string names a class."""
     if classes is None:
         return None
-    bad = [c for c in classes if not 0 <= c < pool.num_classes]
-    if bad or len(set(classes)) != len(classes) or len(classes) < 2:
-        raise ConfigError(f"{where}.classes: {classes} is not a list of at least two distinct class "
-                          f"indices in 0..{pool.num_classes - 1}")
-    return list(classes)
+    names = list(pool.class_names)
+    chosen = [_class_index(names, c, where, dataset) if isinstance(c, str) else c for c in classes]
+    bad = [c for c in chosen if not 0 <= c < pool.num_classes]
+    if bad or len(set(chosen)) != len(chosen) or len(chosen) < 2:
+        raise ConfigError(f"{where}.classes: {list(classes)} is not a list of at least two distinct classes "
+                          f"(indices in 0..{pool.num_classes - 1} or class names)")
+    return chosen
+
+
+def _class_index(names: list[str], name: str, where: str, dataset: str) -> int:
+    """The index of the class called ``name``; a ConfigError when none is, or several are."""
+    found = [i for i, n in enumerate(names) if n == name]
+    if not found:
+        of = f"dataset {dataset!r}" if dataset else "the dataset"
+        raise ConfigError(f"{where}.classes: {name!r} is not a class name of {of}; available: {name_list(names)}")
+    if len(found) > 1:
+        raise ConfigError(f"{where}.classes: {name!r} names classes {found}; select one by its index")
+    return found[0]
 
 
 def apply_shift(x: torch.Tensor, shift: ShiftSpec | None, *, where: str = "shift") -> torch.Tensor:

@@ -164,9 +164,14 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
     suite = plan.suite
     data = data_access(suite)
     console.print(f"data root {data.root} (download: {'yes' if data.download else 'no'})")
+    inputs, warnings = describe_inputs(plan)
     for name, (paths, absent) in plan.data_paths.items():
         where = ", ".join(f"{p} ({'MISSING' if p in absent else 'present'})" for p in paths) or "bundled/generated"
-        console.print(f"  task {name}: dataset {suite.task_spec(name).dataset}, {where}", highlight=False)
+        more = f"; {inputs[name]}" if name in inputs else ""
+        console.print(f"  task {name}: dataset {suite.task_spec(name).dataset}, {where}{more}", highlight=False,
+                      markup=False)
+    for line in warnings:
+        warn(console, line)
     for cell in plan.cells:
         t = plan.tasks.get(cell.task)
         if t is not None:
@@ -186,9 +191,44 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
         console.print(f"  sensitivity[{i}]: {spec.strategy}, {grid}, {spec.seeds} seeds per value on "
                       f"{', '.join(spec.tasks or suite.tasks)}", highlight=False)
     if plan.missing:
-        remedy = ("the run will download them" if data.download else
-                  "set `download: true` in the suite, or place the files at the paths above (or pass --data-root)")
-        console.print(f"{len(plan.missing)} task(s) lack their data: {remedy}")
+        from tlbench.suites.datasets import DATASETS
+
+        local = [t for t in plan.missing if not DATASETS.get(suite.task_spec(t).dataset).downloadable]
+        fetched = [t for t in plan.missing if t not in local]
+        if fetched:
+            remedy = ("the run will download them" if data.download else "set `download: true` in the suite, or "
+                      "place the files at the paths above (or pass --data-root)")
+            console.print(f"{len(fetched)} task(s) lack their data ({', '.join(fetched)}): {remedy}", highlight=False)
+        if local:
+            console.print(f"{len(local)} task(s) lack their files, which cannot be downloaded ({', '.join(local)}): "
+                          "place them at the paths above, or correct the paths (relative ones are under the data "
+                          "root, which --data-root sets)", highlight=False)
+
+
+def describe_inputs(plan: "Plan") -> tuple[dict[str, str], list[str]]:
+    """Per built task (source tasks too): its classes (count and names), then the input each
+    backbone reads next to the size its weights were pretrained at; and a warning per
+    backbone whose inputs differ from that size."""
+    from tlbench.plan import input_sizes
+
+    def size(shape: tuple[int, ...]) -> str:
+        return "×".join(str(int(d)) for d in shape)
+
+    sizes = input_sizes(plan)
+    lines: dict[str, str] = {}
+    warnings: list[str] = []
+    for name, task in {**plan.sources, **plan.tasks}.items():
+        names = list(task.class_names)
+        shown = ", ".join(names[:12]) + (f", … ({len(names) - 12} more)" if len(names) > 12 else "")
+        parts = [f"{task.num_classes} classes ({shown})"]
+        for backbone, (shape, trained) in sizes.get(name, {}).items():
+            parts.append(f"{backbone} reads {size(shape)}" + (f" (pretrained at {size(trained)})" if trained else ""))
+            if trained is not None and len(shape) == 3 and tuple(shape[-2:]) != trained:
+                field = plan.suite.task_where(name).split(": ", 1)[1] + ".image_size"
+                warnings.append(f"task {name}: backbone {backbone} reads {size(shape[-2:])} inputs but was pretrained"
+                                f" at {size(trained)}; set {field} to match, if that is not intended")
+        lines[name] = "; ".join(parts)
+    return lines, warnings
 
 
 def written(files: list[Path], out: Path) -> str:

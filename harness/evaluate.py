@@ -107,8 +107,24 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
                                      runtime=runtime, share=share, seen=seen)
     except (UpdateFinishedTrialError, ValueError) as err:
         if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+            _release(study, frozen, err)
             raise
         return None  # taken over after this worker was judged dead: the seed's new claim runs it
+    except BaseException as err:  # training, scoring or recording stopped: the seed is free again
+        _release(study, frozen, err)
+        raise
+
+
+def _release(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> None:
+    """Fails a claimed run on the way out of an error or interrupt (an unreadable test image,
+    Ctrl-C), with the reason, so that no run is left RUNNING until the next start on this
+    host; the next claim of its seed runs it again. A run already finished stays as it is."""
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {str(err)[:200]}"
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "failed_reason", reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):
+        pass
 
 
 def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strategy, backbone: Backbone, task: Task,
@@ -126,14 +142,6 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
         storage.set_trial_user_attr(trial_id, "final", True)
         study.tell(trial.number, state=TrialState.FAIL)
         return None
-    except BaseException as err:  # the seed is free again for the next claim
-        try:
-            storage.set_trial_user_attr(trial_id, "failed_reason", "interrupted" if isinstance(
-                err, KeyboardInterrupt) else f"{type(err).__name__}: {str(err)[:200]}")
-            study.tell(trial.number, state=TrialState.FAIL)
-        except (UpdateFinishedTrialError, ValueError):
-            pass
-        raise
     # The feature pass is charged as its own cost (feature_seconds, the same for every run of the
     # cell), so own time leaves it out whether this run computed the features or found them cached.
     # Features computed while training members on demand are already inside those models' time.

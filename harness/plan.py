@@ -79,6 +79,8 @@ class Plan:
     #: Per tunable (strategy, backbone): the searched space, one description per hyperparameter
     #: (what each tuning study stores and the dry run prints).
     searched: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    #: Source tasks that are not also target tasks, built to check their splits and inputs.
+    sources: dict[str, Task] = field(default_factory=dict)
     _bound: dict[tuple[str, str], Task] = field(default_factory=dict, repr=False)
 
     @property
@@ -174,15 +176,17 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
              for name, spec in suite.tasks.items() if name not in missing}
     probes: dict[str, Backbone] = {}  # one random-init copy per backbone for the shape checks
     sources = {spec.pretrain.task for spec in suite.backbones.values() if spec.pretrain}
+    built_sources: dict[str, Task] = {}
     for name in sorted(sources - set(tasks) - missing):  # splits of source tasks must be possible too
-        source = build_task(name, suite.task_spec(name), where=suite.task_where(name), data=data)
-        check_inputs(suite, _pretrained_by(suite, name), source, probes)
+        built_sources[name] = build_task(name, suite.task_spec(name), where=suite.task_where(name), data=data)
+        check_inputs(suite, _pretrained_by(suite, name), built_sources[name], probes)
     for name, task in tasks.items():
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, options, suite.tasks[name].backbones), task, probes)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
     spaces, grids, searched = search_spaces(suite, declared, options, cells, probes)
-    return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids, searched)
+    return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids, searched,
+                built_sources)
 
 
 def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen], cells: list[Cell],
@@ -421,5 +425,60 @@ def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[st
                 backbone.eval()(x)
         except (RuntimeError, ValueError) as err:
             reason = str(err).splitlines()[0][:160]
-            raise ConfigError(f"{suite.task_where(task.name)}.backbones: backbone {name!r} ({spec.arch}) "
-                              f"cannot take this task's inputs of shape {tuple(x.shape[1:])}: {reason}") from None
+            channels = int(x.shape[1]) if x.dim() == 4 else None
+            declared = getattr(spec.typed_args(), "in_channels", None)
+            hint = (f"; set backbones.{name}.args.in_channels: {channels}"
+                    if channels is not None and declared is not None and declared != channels else "")
+            if task.name in suite.tasks:  # the task's list of backbones chose it
+                field, which = f"{suite.task_where(task.name)}.backbones", "this task's inputs"
+            else:  # a source task: the backbone's pretraining chose it
+                field = f"{suite.path}: backbones.{name}.pretrain.task"
+                which = f"the inputs of {suite.task_where(task.name).split(': ', 1)[1]}"
+            raise ConfigError(f"{field}: backbone {name!r} ({spec.arch}) cannot take {which} of shape "
+                              f"{tuple(x.shape[1:])}: {reason}{hint}") from None
+
+
+def input_sizes(plan: Plan) -> dict[str, dict[str, tuple[tuple[int, ...], tuple[int, int] | None]]]:
+    """Per built task (source tasks too), per backbone that reads it: the shape of one input
+    as that backbone sees it, and the spatial size the backbone's weights were pretrained at
+    (``None`` when nothing says: random or checkpointed weights, inputs without a height and
+    width). The dry run prints both and warns when they differ."""
+    suite = plan.suite
+    readers: dict[str, set[str]] = {}
+    for cell in plan.cells:
+        readers.setdefault(cell.task, set()).add(cell.backbone)
+    for name, spec in suite.backbones.items():
+        if spec.pretrain is not None:
+            readers.setdefault(spec.pretrain.task, set()).add(name)
+    out: dict[str, dict[str, tuple[tuple[int, ...], tuple[int, int] | None]]] = {}
+    for task_name, backbones in readers.items():
+        if task_name not in plan.tasks and task_name not in plan.sources:
+            continue
+        out[task_name] = {b: (_input_shape(plan, task_name, b), None if _pretrains_on(plan, b, task_name)
+                              else pretrained_size(plan, b)) for b in sorted(backbones)}
+    return out
+
+
+def _pretrains_on(plan: Plan, backbone: str, task: str) -> bool:
+    pretrain = plan.suite.backbones[backbone].pretrain
+    return pretrain is not None and pretrain.task == task
+
+
+def _input_shape(plan: Plan, task: str, backbone: str) -> tuple[int, ...]:
+    """One input of ``task`` as ``backbone`` reads it (image files: after its preprocessing)."""
+    spec = plan.suite.task_spec(task)
+    built = plan.tasks.get(task) or plan.sources[task]
+    return built.bound(preprocess_for(backbone, plan.suite, spec.image_size)).input_shape
+
+
+def pretrained_size(plan: Plan, backbone: str) -> tuple[int, int] | None:
+    """The height and width ``backbone``'s weights were trained at: the published weights'
+    resolution, or the source task's inputs for weights the harness pretrains."""
+    spec = plan.suite.backbones[backbone]
+    if spec.weights is not None:
+        crop = spec.arch_class.weights_preprocess(spec.typed_args(), spec.weights).crop
+        return (crop, crop) if crop else None
+    if spec.pretrain is not None and spec.pretrain.task in {**plan.tasks, **plan.sources}:
+        shape = _input_shape(plan, spec.pretrain.task, backbone)
+        return (int(shape[-2]), int(shape[-1])) if len(shape) == 3 else None
+    return None

@@ -448,3 +448,81 @@ def test_image_folder_suite_runs_end_to_end(tmp_path: Path) -> None:
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert set(runs["strategy"]) == {"linear_probe", "full_finetune"} and len(runs) == 4
     assert (runs["n_test"] == 12).all()
+
+
+def test_dry_run_prints_classes_and_input_size_against_the_pretrained_size(tmp_path: Path) -> None:
+    write_folder_suite(tmp_path, seeds=1, image_size=16, augment="none",
+                       backbone="{arch: resnet, args: {variant: resnet18}, weights: DEFAULT}")
+    r = tlbench("run", "s.yaml", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("  task shapes: dataset image_folder"))
+    assert "3 classes (a, b, c); net reads 3×16×16 (pretrained at 224×224)" in line, line
+    assert ("warning: task shapes: backbone net reads 16×16 inputs but was pretrained at 224×224; "
+            "set tasks.shapes.image_size to match") in r.stderr, r.stderr
+    (tmp_path / "s.yaml").write_text((tmp_path / "s.yaml").read_text().replace("image_size: 16", "image_size: 224"))
+    r = tlbench("run", "s.yaml", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
+    assert r.returncode == 0 and "net reads 3×224×224 (pretrained at 224×224)" in r.stderr, r.stderr
+    assert "warning" not in r.stderr, r.stderr
+
+
+def test_a_grayscale_backbone_on_rgb_folders_points_to_in_channels(tmp_path: Path) -> None:
+    write_folder_suite(tmp_path, seeds=1, image_size=16, augment="none", backbone="{arch: cnn2d}")
+    r = tlbench("run", "s.yaml", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "s.yaml: tasks.shapes.backbones: backbone 'net' (cnn2d) cannot take this task's inputs of shape " \
+           "(3, 16, 16)" in r.stderr
+    assert r.stderr.rstrip().endswith("set backbones.net.args.in_channels: 3"), r.stderr
+
+
+def test_dry_run_of_a_missing_local_folder_does_not_suggest_downloading(tmp_path: Path) -> None:
+    write_folder_suite(tmp_path, seeds=1, image_size=16, augment="none",
+                       backbone="{arch: cnn2d, args: {in_channels: 3}}")
+    (tmp_path / "s.yaml").write_text((tmp_path / "s.yaml").read_text().replace("shapes/train", "shapez/train"))
+    r = tlbench("run", "s.yaml", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "shapez/train (MISSING)" in r.stderr and "download: true" not in r.stderr, r.stderr
+    assert "1 task(s) lack their files, which cannot be downloaded (shapes): place them at the paths" in r.stderr
+
+
+def test_an_evaluation_stopped_by_an_unreadable_test_image_is_failed_not_left_running(tmp_path: Path) -> None:
+    """Fine-tuning reads the training tree; the test tree is first read when the trained model
+    is scored, after the run was claimed: the claim must be failed on the way out."""
+    import optuna
+
+    from tlbench.storage import open_existing_storage
+
+    write_folder_suite(tmp_path, seeds=1, image_size=16, augment="none",
+                       backbone="{arch: cnn2d, args: {in_channels: 3, width: 4, depth: 2}}")
+    broken = tmp_path / "data" / "shapes" / "test" / "b" / "broken.png"
+    broken.write_bytes(b"not a png")
+    r = tlbench("run", "s.yaml", "--out", "out", "--cache-dir", "cache", "--strategies", "full_finetune",
+                "--report", "none", cwd=tmp_path)
+    assert r.returncode == 2 and f"cannot read {broken}" in r.stderr, r.stderr[-2000:]
+    storage = open_existing_storage(str(tmp_path / "out" / "store.journal"))
+    evaluations = [s for s in optuna.get_all_study_summaries(storage) if "eval" in s.study_name]
+    assert evaluations, [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    trials = [t for s in evaluations for t in optuna.load_study(study_name=s.study_name, storage=storage).trials]
+    assert trials and all(t.state == optuna.trial.TrialState.FAIL for t in trials), [t.state for t in trials]
+    assert all(f"cannot read {broken}" in t.user_attrs["failed_reason"] for t in trials)
+
+
+def test_a_grayscale_backbone_pretrained_on_an_rgb_folder_points_to_in_channels(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data" / "src", ["a", "b"], 4)
+    write_folder(tmp_path / "data" / "tgt", ["a", "b"], 4)
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        name: pre
+        strategies: [linear_probe]
+        data_root: data
+        source_tasks:
+          src: {dataset: image_folder, args: {path: src}, image_size: 16}
+        tasks:
+          tgt: {dataset: image_folder, args: {path: tgt}, image_size: 16, split: {val_per_class: 1},
+                backbones: [net]}
+        backbones:
+          net: {arch: cnn2d, pretrain: {task: src, epochs: 1}}
+    """))
+    r = tlbench("run", "s.yaml", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert ("s.yaml: backbones.net.pretrain.task: backbone 'net' (cnn2d) cannot take the inputs of source_tasks.src "
+            "of shape (3, 16, 16)") in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith("set backbones.net.args.in_channels: 3"), r.stderr

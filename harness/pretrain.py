@@ -139,7 +139,8 @@ def check_backbone_source(name: str, suite: Suite) -> None:
 
 
 def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: torch.device,
-                         log: Callable[[str], None] = print, loading: Loading = Loading()) -> Backbone:
+                         log: Callable[[str], None] = print, loading: Loading = Loading(),
+                         progress_every: float = 30.0) -> Backbone:
     """Builds backbone ``name`` of ``suite`` with its weights (pretraining if needed, reading
     an image-file source task with ``loading``'s workers; always in float32, so the cached
     checkpoint does not depend on the device's precision)."""
@@ -159,12 +160,13 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
     key = pretrain_key(name, spec, suite, data=task.fingerprint if task.lazy else None)
     cache = PretrainCache(cache_dir / "backbones")
     with building(cache.paths(key)[0]):  # workers starting together pretrain it once; the others wait
-        return _cached_or_pretrained(name, spec, key, cache, backbone, task, device=device, log=log, loading=loading)
+        return _cached_or_pretrained(name, spec, key, cache, backbone, task, device=device, log=log, loading=loading,
+                                     progress_every=progress_every)
 
 
 def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "PretrainCache", backbone: Backbone,
-                          task: Task, *,
-                          device: torch.device, log: Callable[[str], None], loading: Loading) -> Backbone:
+                          task: Task, *, device: torch.device, log: Callable[[str], None], loading: Loading,
+                          progress_every: float) -> Backbone:
     hit, reason = cache.load(key, backbone)
     if hit is not None:
         log(f"reusing cached pretrained backbone {name} ({cache.paths(key)[0]})")
@@ -174,7 +176,9 @@ def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "Pretr
         log(reason)
     log(f"pretraining backbone {name} on {spec.pretrain.task} ({spec.pretrain.epochs} epochs) …")
     start = time.perf_counter()
-    val_acc = pretrain(backbone, task, spec.pretrain, device=device, loading=loading)
+    progress = PretrainProgress(f"pretraining {name}", spec.pretrain.epochs, len(task.train), log,
+                                every=progress_every)
+    val_acc = pretrain(backbone, task, spec.pretrain, device=device, loading=loading, reporter=progress)
     seconds = time.perf_counter() - start
     backbone = backbone.cpu()
     cache.save(key, backbone, {"backbone": name, "source_task": spec.pretrain.task,
@@ -195,17 +199,39 @@ def source_task(name: str, suite: Suite) -> Task:
     return task.bound(preprocess_for(name, suite, source.image_size), source.augment)
 
 
+class PretrainProgress(NullReporter):
+    """Logs pretraining's progress (epoch, source val accuracy, images/s) after the first
+    epoch and then at most every ``every`` seconds: a batch job's log shows it is alive
+    (the last epoch is the caller's closing line)."""
+
+    def __init__(self, what: str, epochs: int, images: int, log: Callable[[str], None], *,
+                 every: float = 30.0) -> None:
+        super().__init__()
+        self.what, self.epochs, self.images, self.log, self.every = what, epochs, images, log, every
+        self.start = self.last = time.perf_counter()
+
+    def report(self, epoch: int, value: float) -> None:
+        super().report(epoch, value)
+        now = time.perf_counter()
+        done = len(self.history)
+        if done < self.epochs and (done == 1 or now - self.last >= self.every):
+            self.last = now
+            rate = done * self.images / max(now - self.start, 1e-9)
+            self.log(f"{self.what}: epoch {done}/{self.epochs}, source val accuracy {value:.3f}, "
+                     f"{rate:,.0f} images/s")
+
+
 def pretrain(backbone: Backbone, task: Task, p: PretrainSpec, *, device: torch.device,
-             loading: Loading = Loading()) -> float:
+             loading: Loading = Loading(), reporter: NullReporter | None = None) -> float:
     """Supervised training on the source ``task`` (AdamW + one-cycle); returns source val
-    accuracy."""
+    accuracy (``reporter`` receives each epoch's)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         model = Classifier(backbone, backbone.new_head(task.num_classes)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         total = p.epochs * steps_per_epoch(len(task.train), p.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=total)
-        reporter = NullReporter()
+        reporter = reporter or NullReporter()
         fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y),
                    epochs=p.epochs, batch_size=p.batch_size, seed=p.seed, device=device,
                    reporter=reporter, scheduler=sched, execution=Execution(loading=loading))

@@ -57,3 +57,19 @@ def test_pretraining_learns_the_source_task(suite, tmp_path) -> None:
                          log=logs.append)
     acc = float(logs[-1].split("source val accuracy ")[1].split(")")[0])
     assert acc > 0.4  # 10 classes: chance is 0.1
+
+
+def test_pretraining_logs_progress_lines_for_batch_logs(suite, tmp_path) -> None:
+    spec = suite.backbones["signal-cnn"]
+    longer = spec.model_copy(update={"pretrain": spec.pretrain.model_copy(update={"epochs": 4})})
+    suite = suite.model_copy(update={"backbones": {**suite.backbones, "signal-cnn": longer}})
+    logs: list[str] = []
+    materialize_backbone("signal-cnn", suite, cache_dir=tmp_path, device=torch.device("cpu"), log=logs.append,
+                         progress_every=0.0)
+    progress = [line for line in logs if line.startswith("pretraining signal-cnn: epoch")]
+    assert [line.split(",")[0] for line in progress] == [f"pretraining signal-cnn: epoch {e}/4" for e in (1, 2, 3)]
+    assert all("source val accuracy 0." in line and line.endswith(" images/s") for line in progress), progress
+    logs.clear()
+    materialize_backbone("signal-cnn", suite, cache_dir=tmp_path / "again", device=torch.device("cpu"),
+                         log=logs.append, progress_every=3600.0)
+    assert len([line for line in logs if ": epoch " in line]) == 1  # the first epoch, then at most hourly

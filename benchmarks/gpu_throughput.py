@@ -10,15 +10,19 @@ For ResNet-50 and ViT-B/16 at 224 px, batch 128, it measures training steps per 
 channels_last, (c) tlbench's ``fit_epochs`` with the same settings as (b) — tlbench's defaults
 on CUDA — and (d) tlbench's feature extraction (inference, bf16). Targets: (c)/(b) ≥ 0.95 and
 (c)/(a) ≥ 1.9. Inputs are synthetic tensors already on the device, so only the loops differ.
-Then (e), for ResNet-50: the same loop fed from JPEG files (an ImageFolder the script writes,
+Then (e), for the ResNets: the same loop fed from JPEG files (an ImageFolder the script writes,
 320x256 px) through tlbench's lazy image path: DataLoader workers decoding, random resized
-crop + flip to 224, pinned memory; the gap between (e) and (c) is what loading costs.
+crop + flip to 224, pinned memory; the gap between (e) and (c) is what loading costs. And (f)
+the loop fed from the image cache (decoded once, kept on the GPU as uint8 when it fits):
+``flip`` (stored at 224, flipped and normalised on the device) and ``crop_flip`` (random
+resized crops cut on the device from images stored at 1.5x the crop); target (f)/(c) ≥ 0.9.
 ``--smoke`` runs a tiny version on CPU (a test does, so the script keeps working).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -53,6 +57,7 @@ _map_checkout()
 from tlbench.backbones import Classifier, TorchvisionResNet, VisionTransformer  # noqa: E402
 from tlbench.data import ImageView, Loading, Preprocess  # noqa: E402
 from tlbench.features import compute_features  # noqa: E402
+from tlbench.imagecache import ImageCache  # noqa: E402
 from tlbench.train import Execution, Hook, NullReporter, fit_epochs  # noqa: E402
 
 
@@ -143,14 +148,15 @@ def write_jpegs(root: Path, n: int, classes: int = 10) -> None:
 
 
 def jpeg_loop(model: nn.Module, root: Path, *, batch: int, crop: int, warmup: int, execution: Execution,
-              device: torch.device) -> float:
-    """tlbench's loop over the JPEGs under ``root`` (one epoch), timed after ``warmup`` steps."""
+              device: torch.device, augment: str = "crop_flip") -> float:
+    """tlbench's loop over the JPEGs under ``root`` (one epoch), read as ``execution.loading``
+    says (workers, or the image cache: built when the loop starts), timed after ``warmup`` steps."""
     from torchvision.datasets import ImageFolder
 
     folder = ImageFolder(str(root))
     y = torch.as_tensor(folder.targets)
     view = ImageView(folder, torch.arange(len(y)), "bench").bound(Preprocess(resize=round(crop * 232 / 224),
-                                                                             crop=crop), "crop_flip")
+                                                                             crop=crop), augment)
     clock = StepClock(warmup, device)
     steps = len(y) // batch
 
@@ -185,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         cases, steps, warmup = [("resnet", "resnet18", 32, 4)], 2, 1
     else:
-        cases, steps, warmup = [("resnet", "resnet50", 224, 128), ("vit", "vit_b_16", 224, 128)], args.steps, 5
+        cases = [("resnet", "resnet50", 224, 128), ("resnet", "resnet18", 224, 256), ("vit", "vit_b_16", 224, 128)]
+        steps, warmup = args.steps, 5
     fast = Execution(bf16=True, channels_last=True)
     workers = min(16, os.cpu_count() or 1) if not args.smoke else 2
     jpeg = Execution(bf16=device.type == "cuda", channels_last=device.type == "cuda",
@@ -208,10 +215,20 @@ def main(argv: list[str] | None = None) -> dict:
         row["tlbench_default_vs_hand_fp32"] = row["tlbench_bf16_cl"] / row["hand_fp32"]
         if arch == "resnet":
             with tempfile.TemporaryDirectory() as tmp:
-                write_jpegs(Path(tmp), batch * (warmup + steps))
-                row["tlbench_jpeg_workers"] = jpeg_loop(make_model(arch, variant, device), Path(tmp), batch=batch,
-                                                        crop=size, warmup=warmup, execution=jpeg, device=device)
-            row["jpeg_workers"] = workers
+                n = batch * (warmup + steps)
+                write_jpegs(Path(tmp) / "jpegs", n)
+                row["tlbench_jpeg_workers"] = jpeg_loop(make_model(arch, variant, device), Path(tmp) / "jpegs",
+                                                        batch=batch, crop=size, warmup=warmup, execution=jpeg,
+                                                        device=device)
+                row["jpeg_workers"] = workers
+                cache = ImageCache(Path(tmp) / "cache", log=lambda line: None)
+                cached = dataclasses.replace(fast, loading=Loading(images=cache))
+                for augment in ("flip", "crop_flip"):  # built as the loop starts, copied to the device in warmup
+                    row[f"cache_{augment}"] = jpeg_loop(make_model(arch, variant, device), Path(tmp) / "jpegs",
+                                                        batch=batch, crop=size, warmup=warmup, execution=cached,
+                                                        device=device, augment=augment)
+                    row[f"cache_{augment}_vs_tensors"] = row[f"cache_{augment}"] / row["tlbench_bf16_cl"]
+                row["cache_build_s"] = cache.summary().build_seconds
         rows.append(row)
         del x, y
         if device.type == "cuda":
@@ -227,6 +244,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['features_bf16']:,.0f} | {r['tlbench_vs_hand_same_settings']:.2f}× | "
               f"{r['tlbench_default_vs_hand_fp32']:.2f}× |")
     for r in rows:
+        if "cache_flip" in r:
+            print(f"{r['model']} fed from the image cache: flip {r['cache_flip']:,.0f} img/s "
+                  f"({r['cache_flip_vs_tensors']:.2f}× tensors on the device), random resized crop + flip "
+                  f"{r['cache_crop_flip']:,.0f} img/s ({r['cache_crop_flip_vs_tensors']:.2f}×); built in "
+                  f"{r['cache_build_s']:.1f} s")
         if "tlbench_jpeg_workers" in r:
             print(f"{r['model']} fed from JPEG files by {r['jpeg_workers']} workers: "
                   f"{r['tlbench_jpeg_workers']:,.0f} img/s ({r['tlbench_jpeg_workers'] / r['tlbench_bf16_cl']:.2f}× "

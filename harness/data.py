@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tlbench.errors import UnreadableData
+from tlbench.errors import ImageSizeMismatch, UnreadableData
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -220,8 +220,12 @@ class ImageView:
         if self.preprocess is None:
             raise RuntimeError("ImageView read before a backbone's preprocessing was bound to it")
         augment = self.augment if train else "none"
+        size = None
+        if self.preprocess.native and len(self):  # every image must have the first's size
+            first = read_rgb(self.source, int(self.indices[0]))
+            size = (first.height, first.width)
         return _Images(self.source, self.indices.tolist(), self.preprocess.pixels(augment),
-                       random=augment == "crop_flip")
+                       random=augment == "crop_flip", size=size)
 
     def head(self, n: int) -> torch.Tensor:
         """The first ``n`` inputs, preprocessed without augmentation (for shape checks)."""
@@ -238,8 +242,10 @@ class _Images(Dataset):
     example, not on the number of workers or on what else used the global random state.
     """
 
-    def __init__(self, source: ImageSource, indices: list[int], transform: Any, *, random: bool = False) -> None:
+    def __init__(self, source: ImageSource, indices: list[int], transform: Any, *, random: bool = False,
+                 size: tuple[int, int] | None = None) -> None:
         self.source, self.indices, self.transform, self.random = source, indices, transform, random
+        self.size = size  # (height, width) every image must have (``image_size: native``)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -247,11 +253,23 @@ class _Images(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> torch.Tensor:
         sample_seed, position = item if isinstance(item, tuple) else (0, item)
         image = read_rgb(self.source, self.indices[position])
+        if self.size is not None:
+            check_native_size(self.source, self.indices[position], (image.height, image.width), self.size)
         if not self.random:
             return self.transform(image)
         with torch.random.fork_rng(devices=[]):  # torchvision's v2 transforms draw from torch's RNG
             torch.manual_seed(sample_seed)
             return self.transform(image)
+
+
+def check_native_size(source: ImageSource, index: int, size: tuple[int, int], first: tuple[int, int]) -> None:
+    """``image_size: native`` reads every image at its own size, so all must have the first's
+    (height, width); :class:`ImageSizeMismatch` names the first image that does not."""
+    if tuple(size) != tuple(first):
+        raise ImageSizeMismatch(
+            f"image_size: native needs images of one size; {describe_example(source, index)} is "
+            f"{size[1]}x{size[0]}, the first was {first[1]}x{first[0]} (width x height); set image_size to a "
+            f"number of pixels instead")
 
 
 def read_rgb(source: ImageSource, index: int) -> Any:

@@ -22,9 +22,22 @@ class UnreadableData(TlbenchError):
     """
 
     def __init__(self, message: str) -> None:
-        last = message.strip().splitlines()[-1] if message.strip() else message
-        prefix = f"{type(self).__module__}.{type(self).__name__}: "
-        super().__init__(last.removeprefix(prefix))
+        super().__init__(_original_line(type(self), message))
+
+
+class ImageSizeMismatch(ConfigError):
+    """``image_size: native`` on images that are not all of one size. Raised in DataLoader
+    workers too, and kept to its original line as :class:`UnreadableData` is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_original_line(type(self), message))
+
+
+def _original_line(kind: type, message: str) -> str:
+    """The original message of an error a DataLoader worker re-raised in the main process
+    (which passes the worker's whole traceback as the message): its last line, unprefixed."""
+    last = message.strip().splitlines()[-1] if message.strip() else message
+    return last.removeprefix(f"{kind.__module__}.{kind.__name__}: ")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -56,6 +56,7 @@ from tlbench.data import (
     ImageSource,
     ImageView,
     Preprocess,
+    check_native_size,
     flip_draws,
     flip_where,
     normalize,
@@ -487,11 +488,9 @@ class ImageCache:
             with os.fdopen(fd, "wb") as f:
                 for batch in loader:
                     for pixels in batch:
-                        if form.kind == "native" and shapes and tuple(pixels.shape[:2]) != shapes[0]:
-                            raise ConfigError(
-                                f"image_size: native needs images of one size; {_name_of(view, len(shapes))} is "
-                                f"{pixels.shape[1]}x{pixels.shape[0]}, the first was {shapes[0][1]}x{shapes[0][0]} "
-                                f"(width x height); set image_size to a number of pixels instead")
+                        if form.kind == "native" and shapes:
+                            check_native_size(view.source, int(view.indices[len(shapes)]), pixels.shape[:2],
+                                              shapes[0])
                         shapes.append(tuple(pixels.shape[:2]))
                         raw = pixels.tobytes()
                         f.write(raw)
@@ -548,12 +547,6 @@ class ImageCache:
 
 class _OverLimit(Exception):
     pass
-
-
-def _name_of(view: ImageView, position: int) -> str:
-    from tlbench.data import describe_example
-
-    return describe_example(view.source, int(view.indices[position]))
 
 
 def _sha256(path: Path) -> str:

@@ -47,5 +47,40 @@ def test_image_folder_suite_on_the_gpu_records_its_settings(tmp_path: Path) -> N
                  "--device", "cuda", "--workers", "2"]) == 0
     runs = pd.read_csv(out / "runs.csv")
     assert (runs["peak_memory_kind"] == "cuda_max_allocated").all() and (runs["peak_memory_mb"] > 0).all()
-    assert (runs["channels_last"]).all() and (runs["loader_workers"] == 2).all()
-    assert runs["test_accuracy"].notna().all()
+    assert (runs["channels_last"]).all() and runs["test_accuracy"].notna().all()
+    # fine-tuning read the image cache (no workers); the probe read its cached features
+    assert set(runs["image_inputs"]) <= {"cache", "features"} and (runs["loader_workers"] == 0).all()
+    files = tmp_path / "files"
+    assert main(["run", str(suite), "--out", str(files), "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cuda", "--workers", "2", "--image-cache", "off"]) == 0
+    runs = pd.read_csv(files / "runs.csv")
+    finetuned = runs[runs["strategy"] == "full_finetune"]
+    assert (finetuned["image_inputs"] == "files").all() and (finetuned["loader_workers"] == 2).all()
+
+
+@pytest.mark.parametrize("share", [0.25, 0.0], ids=["resident", "streamed"])
+@pytest.mark.parametrize("augment", ["flip", "crop_flip"])
+def test_the_image_cache_on_the_gpu_reads_as_on_the_cpu(tmp_path: Path, share: float, augment: str) -> None:
+    """Kept on the device (or streamed through pinned memory when it does not fit the share),
+    the cache gives the batches the CPU gives: flips exactly, random resized crops up to the
+    rounding of the resampling kernels (one uint8 step)."""
+    from test_imagecache import folder_view, write_images
+
+    from tlbench.data import Loading, Preprocess, Reader, sequential
+    from tlbench.imagecache import ImageCache
+
+    write_images(tmp_path / "imgs", 48)
+    view = folder_view(tmp_path / "imgs", Preprocess(resize=40, crop=32), augment)
+    cache = ImageCache(tmp_path / "cache", device_share=share, log=lambda line: None)
+    batches = sequential(len(view), 16)
+
+    def read(device: torch.device) -> torch.Tensor:
+        reader = Reader(view, device=device, loading=Loading(images=cache), train=True, seed=3)
+        return torch.cat([xb.float().cpu() for xb in reader(batches)])
+
+    gpu, cpu = read(CUDA), read(torch.device("cpu"))
+    entry = next(e for e in cache._entries.values() if e is not None)
+    assert (entry.on(CUDA, share) is not None) == (share > 0)
+    step = 1 / 255 / min(view.preprocess.std)  # one uint8 step after normalisation
+    tolerance = 1e-5 if augment == "flip" else 1.01 * step
+    assert (gpu - cpu).abs().max().item() <= tolerance

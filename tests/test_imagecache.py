@@ -304,11 +304,19 @@ def test_native_size_keeps_every_pixel(tmp_path: Path) -> None:
     assert crops.shape == (12, 3, 32, 32)
 
 
-def test_native_size_needs_one_size(tmp_path: Path) -> None:
-    write_images(tmp_path / "n", 12)  # mixed sizes
+@pytest.mark.parametrize("how", ["cache", "files", "two workers"])
+def test_native_size_needs_one_size(tmp_path: Path, how: str) -> None:
+    write_images(tmp_path / "n", 12)  # mixed sizes: the second image (c0/4.png) differs from the first
     view = folder_view(tmp_path / "n", Preprocess().at("native"))
-    with pytest.raises(ConfigError, match="image_size: native needs images of one size"):
-        read(view, cache=ImageCache(tmp_path / "cache", log=lambda line: None))
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None) if how == "cache" else None
+    with pytest.raises(ConfigError) as err:  # the cache is built as the Reader opens it
+        reader = Reader(view, device=CPU, loading=Loading(images=cache, workers=2 if how == "two workers" else 0))
+        for _ in reader(sequential(len(view), 4)):
+            pass
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("image_size: native needs images of one size; "), message
+    assert "the first was 24x20 (width x height); set image_size to a number of pixels instead" in message
+    assert f"{tmp_path / 'n' / 'c0' / '4.png'} is 52x25" in message
 
 
 # --------------------------------------------------------------------------- a run

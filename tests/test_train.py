@@ -203,6 +203,7 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path) -> None:
     spec.loader.exec_module(module)
     result = module.main(["--smoke", "--out", str(tmp_path / "gpu.json")])
     [row] = result["rows"]
-    for key in ("hand_fp32", "hand_bf16_cl", "tlbench_bf16_cl", "features_bf16", "tlbench_jpeg_workers"):
+    for key in ("hand_fp32", "hand_bf16_cl", "tlbench_bf16_cl", "features_bf16", "tlbench_jpeg_workers", "cache_flip",
+                "cache_crop_flip"):
         assert row[key] > 0
     assert json.loads((tmp_path / "gpu.json").read_text())["rows"][0]["model"] == "resnet18"

@@ -388,3 +388,65 @@ def test_an_unwritable_image_cache_is_one_line(tmp_path: Path) -> None:
     assert "--image-cache" in r.stderr and "not a directory" in r.stderr
     r = _run(tmp_path, "--out", "o", "--image-cache-limit", "huge")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--image-cache-limit" in r.stderr
+
+
+# --------------------------------------------------------------------------- output buffers
+
+
+def test_an_output_buffer_is_reused_only_when_nothing_else_holds_it() -> None:
+    from tlbench.data import OutputPool
+
+    shape = (2, 3, 4, 4)
+
+    def handed_out_again(hold) -> bool:
+        """Whether the pool hands a batch's memory out again while ``hold(batch)`` keeps
+        something of it alive."""
+        pool = OutputPool()
+        batch = pool.get(shape, channels_last=False)
+        ptr = batch.data_ptr()
+        keep = hold(batch)
+        del batch
+        again = pool.get(shape, channels_last=False).data_ptr() == ptr
+        del keep
+        return again
+
+    assert handed_out_again(lambda b: None)  # nothing holds it: reused
+    assert not handed_out_again(lambda b: b)  # a variable
+    assert not handed_out_again(lambda b: b[0])  # a view
+    assert not handed_out_again(lambda b: b.numpy())  # an array over its memory
+    assert not handed_out_again(lambda b: [b])  # a list of batches
+    assert not handed_out_again(lambda b: torch.nn.Conv2d(3, 1, 1)(b))  # the graph saves the input
+    pool = OutputPool()
+    assert pool.get(shape, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batches_kept_by_the_caller_are_never_overwritten(images: Path, tmp_path: Path) -> None:
+    view = folder_view(images, PRE, "flip")
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None)
+    for loading in (Loading(images=cache), Loading()):
+        batches = sequential(len(view), 8)
+        kept = list(Reader(view, device=CPU, loading=loading, train=True, seed=1)(batches))
+        copied = [xb.clone() for xb in Reader(view, device=CPU, loading=loading, train=True, seed=1)(batches)]
+        assert len({xb.data_ptr() for xb in kept}) == len(kept)
+        assert all(torch.equal(a, b) for a, b in zip(kept, copied))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_the_cpu_crop_is_torchvisions_resized_crop(mode: str) -> None:
+    """The CPU path calls torch's uint8 resize directly (torchvision's dispatch costs ~0.1 ms a
+    crop); it must give torchvision's bytes for downscaled and upscaled crops alike."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    from tlbench.imagecache import cpu_resized_crop
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(0, 256, (1, 57, 83, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    for _ in range(40):
+        h, w = int(rng.integers(1, 58)), int(rng.integers(1, 84))
+        top, left = int(rng.integers(0, 58 - h)), int(rng.integers(0, 84 - w))
+        size = (int(rng.integers(4, 96)), int(rng.integers(4, 96)))
+        ours = cpu_resized_crop(image, top, left, h, w, size, mode)
+        theirs = F.resized_crop(image, top, left, h, w, list(size), interpolation=InterpolationMode(mode),
+                                antialias=True)
+        assert torch.equal(ours, theirs), (top, left, h, w, size)

@@ -1,0 +1,208 @@
+"""The image cache against decoding JPEG files on every read, measured side by side in one run.
+
+* images per second delivered to the training loop (``harness.data.Reader``, 224-px inputs as
+  ResNet-50's weights expect) for a deterministic read (resize 256 + centre crop 224, what
+  evaluation and ``flip`` read) and for random resized crops + flip (``crop_flip``): the JPEG
+  path with 2 DataLoader workers against the cache read in the training process; at 500x375
+  (the most common ImageNet size) and at 320x256; with the cache's build time and disk size;
+* a full fine-tuning epoch of a small backbone (MobileNetV3-small, 224 px) end to end, files
+  against cache: on a CPU the decoding workers compete with training for the same cores;
+* the accuracy of random resized crops from the cache against torchvision's PIL path over
+  several seeds on a small image task (digits written as PNGs): the difference of the means
+  must lie within the seeds' spread.
+
+Run with ``pytest benchmarks/test_bench_imagecache.py -s``; the figures are printed and kept in
+``benchmark.extra_info``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlbench.backbones import Classifier, build_backbone
+from tlbench.data import ImageView, Loading, Preprocess, Reader, sequential
+from tlbench.imagecache import ImageCache, human
+from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.suites.datasets import DataAccess
+from tlbench.suites.tasks import build_task
+from tlbench.train import Execution, NullReporter, fit_epochs, predict_logits
+
+CPU = torch.device("cpu")
+N_IMAGES = 256
+EVAL = Preprocess(resize=256, crop=224)
+
+
+def write_jpegs(root: Path, size: tuple[int, int], n: int = N_IMAGES) -> Path:
+    """``n`` photograph-like JPEGs (smooth noise, quality 90) of ``size`` in 4 classes."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / "train" / f"c{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize(size, Image.BILINEAR).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def train_view(root: Path, preprocess: Preprocess, augment: str) -> ImageView:
+    spec = TaskSpec(dataset="image_folder", args={"path": "train"}, split=SplitSpec(val_per_class=1))
+    task = build_task("jpegs", spec, where="bench", data=DataAccess(root))
+    view = task.bound(preprocess, augment).train.x
+    assert isinstance(view, ImageView)
+    return view
+
+
+def rate(view: ImageView, loading: Loading, rounds: int = 2) -> float:
+    """Images per second a training Reader delivers over ``rounds`` epochs (after one batch
+    has started any workers)."""
+    reader = Reader(view, device=CPU, loading=loading, train=True)
+    batches = sequential(len(view), 64)
+    for _ in reader(batches[:1]):
+        pass
+    start = time.perf_counter()
+    n = 0
+    for _ in range(rounds):  # each pass is a new epoch (new crops)
+        for xb in reader(batches):
+            assert xb.shape[1:] == (3, 224, 224) and xb.dtype == torch.float32
+            n += len(xb)
+    assert n == rounds * len(view)
+    return n / (time.perf_counter() - start)
+
+
+@pytest.mark.parametrize("size", [(500, 375), (320, 256)], ids=["500x375", "320x256"])
+def test_cache_against_jpeg_workers(benchmark, tmp_path: Path, size: tuple[int, int]) -> None:
+    root = write_jpegs(tmp_path / "jpegs", size)
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None)
+    figures: dict[str, float | str] = {}
+    for name, augment in (("deterministic", "none"), ("rrc", "crop_flip")):
+        view = train_view(root, EVAL, augment)
+        start = time.perf_counter()
+        assert cache.open(view, augment) is not None  # built now
+        figures[f"{name}_build_s"] = round(time.perf_counter() - start, 2)
+        files = rate(view, Loading(workers=2))
+        cached = rate(view, Loading(images=cache), rounds=4)
+        figures.update({f"{name}_files_img_s": round(files), f"{name}_cache_img_s": round(cached),
+                        f"{name}_speedup": round(cached / files, 1)})
+    usage = cache.summary()
+    figures["disk"] = human(sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file()))
+    figures["build_img_s"] = round(2 * N_IMAGES / usage.build_seconds) if usage.build_seconds else 0
+    benchmark.extra_info.update(figures)
+    benchmark.pedantic(lambda: rate(train_view(root, EVAL, "none"), Loading(images=cache), rounds=1),
+                       rounds=1, iterations=1)
+    print(f"\nJPEG {size[0]}x{size[1]} -> 224 px, {N_IMAGES} images: "
+          f"deterministic: files (2 workers) {figures['deterministic_files_img_s']} img/s, cache "
+          f"{figures['deterministic_cache_img_s']} img/s ({figures['deterministic_speedup']}x); "
+          f"random resized crop + flip: files {figures['rrc_files_img_s']} img/s, cache "
+          f"{figures['rrc_cache_img_s']} img/s ({figures['rrc_speedup']}x); cache built in "
+          f"{figures['deterministic_build_s']} s + {figures['rrc_build_s']} s, {figures['disk']} on disk")
+
+
+def test_a_fine_tuning_epoch_from_cache_against_files(benchmark, tmp_path: Path) -> None:
+    """One epoch of MobileNetV3-small (random init; 224-px random resized crops + flip) on 256
+    JPEGs of 500x375, then scoring them: files with 2 workers against the cache, in one run."""
+    root = write_jpegs(tmp_path / "jpegs", (500, 375))
+    view = train_view(root, EVAL, "crop_flip")
+    y = torch.arange(len(view)) % 4
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None)
+    cache.open(view, "crop_flip")
+    cache.open(view.bound(EVAL, "none"), "none")
+
+    def epoch(loading: Loading) -> float:
+        torch.manual_seed(0)
+        backbone = build_backbone("mobilenet_v3", {"variant": "mobilenet_v3_small"})
+        model = Classifier(backbone, backbone.new_head(4))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        start = time.perf_counter()
+        fit_epochs(model, opt, (view, y), (view.bound(EVAL, "none"), y), epochs=1, batch_size=32, seed=0,
+                   device=CPU, reporter=NullReporter(), execution=Execution(loading=loading))
+        return time.perf_counter() - start
+
+    files, cached = epoch(Loading(workers=2)), epoch(Loading(images=cache))
+    benchmark.extra_info.update({"files_s": round(files, 1), "cache_s": round(cached, 1),
+                                 "speedup": round(files / cached, 2)})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\nMobileNetV3-small, one epoch of {len(view)} images at 224 px (train + val pass): files with 2 "
+          f"workers {files:.1f} s, cache {cached:.1f} s ({files / cached:.2f}x)")
+
+
+def write_digits(root: Path) -> None:
+    """sklearn's digits as 32-px RGB PNGs: 60% train, 40% test, per class folder."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        split = "test" if rng.random() < 0.4 else "train"
+        folder = root / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).convert("RGB").save(folder / f"{i}.png")
+
+
+SEEDS = 8
+EPOCHS = 20
+
+
+def crop_statistics(task, loading: Loading, epochs: int = 3) -> torch.Tensor:
+    """Per training crop (3 epochs of random resized crops + flips): its mean, its contrast
+    (standard deviation) and its sharpness (mean absolute horizontal gradient), normalised."""
+    reader = Reader(task.train.x, device=CPU, loading=loading, train=True, seed=0)
+    rows = []
+    for _ in range(epochs):
+        for xb in reader(sequential(len(task.train.x), 256)):
+            sharpness = (xb[..., 1:] - xb[..., :-1]).abs().mean((1, 2, 3))
+            rows.append(torch.stack([xb.mean((1, 2, 3)), xb.std((1, 2, 3)), sharpness], 1))
+    return torch.cat(rows)
+
+
+def test_random_resized_crops_from_the_cache_learn_as_the_pil_path_does(benchmark, tmp_path: Path) -> None:
+    """The same small CNN trained on the same split with the same seeds (init, batch order), its
+    random resized crops cut by torchvision from PIL images or by the cache from stored uint8:
+    the crops' statistics side by side, and the test accuracy over ``SEEDS`` seeds (paired)."""
+    write_digits(tmp_path / "digits")
+    spec = TaskSpec(dataset="image_folder", args={"path": "train", "test": "test"}, split=SplitSpec(val_per_class=5))
+    task = build_task("digits", spec, where="bench", data=DataAccess(tmp_path / "digits"))
+    task = task.bound(Preprocess(resize=32, crop=28), "crop_flip")
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None)
+    pil_stats, cache_stats = crop_statistics(task, Loading()), crop_statistics(task, Loading(images=cache))
+
+    def accuracy(seed: int, loading: Loading) -> float:
+        torch.manual_seed(seed)
+        backbone = build_backbone("cnn2d", {"in_channels": 3, "width": 16, "depth": 3})
+        model = Classifier(backbone, backbone.new_head(10))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+        steps = EPOCHS * -(-len(task.train) // 64)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+        execution = Execution(loading=loading)
+        fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y), epochs=EPOCHS,
+                   batch_size=64, seed=seed, device=CPU, reporter=NullReporter(), scheduler=schedule,
+                   execution=execution)
+        logits = predict_logits(model, task.test.x, device=CPU, execution=execution)
+        return float((logits.argmax(1) == task.test.y).float().mean())
+
+    pil = [accuracy(s, Loading()) for s in range(SEEDS)]
+    cached = [accuracy(s, Loading(images=cache)) for s in range(SEEDS)]
+    diffs = [c - p for c, p in zip(cached, pil)]
+    half = 2.365 * statistics.stdev(diffs) / SEEDS ** 0.5  # t(0.975, 7): the paired difference's 95% interval
+    spread = max(statistics.stdev(pil), statistics.stdev(cached))
+    benchmark.extra_info.update({
+        "pil": [round(a, 4) for a in pil], "cache": [round(a, 4) for a in cached],
+        "difference": round(statistics.mean(diffs), 4), "difference_ci95": round(half, 4),
+        "crop_stats_pil": [round(v, 4) for v in pil_stats.mean(0).tolist()],
+        "crop_stats_cache": [round(v, 4) for v in cache_stats.mean(0).tolist()]})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    names = ("mean", "contrast", "sharpness")
+    print("\ndigits as 32-px PNGs, random resized crop 28 + flip: training crops (3 epochs), PIL path vs cache: "
+          + ", ".join(f"{n} {a:.4f} vs {b:.4f}" for n, a, b in zip(names, pil_stats.mean(0), cache_stats.mean(0))))
+    print(f"test accuracy over {SEEDS} seeds: PIL path {100 * statistics.mean(pil):.2f} ± "
+          f"{100 * statistics.stdev(pil):.2f} %, cache {100 * statistics.mean(cached):.2f} ± "
+          f"{100 * statistics.stdev(cached):.2f} % (mean ± sd); paired difference {100 * statistics.mean(diffs):+.2f} "
+          f"± {100 * half:.2f} points (95% interval); seeds' spread {100 * spread:.2f}")
+    assert abs(statistics.mean(diffs)) <= spread, (pil, cached)
+    assert torch.allclose(pil_stats.mean(0), cache_stats.mean(0), atol=0.02, rtol=0.02)

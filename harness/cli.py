@@ -384,7 +384,10 @@ def image_cache_line(images: "ImageCache | None") -> str:
     if images is None:
         return "image cache: off (--image-cache off): images are decoded from their files on every read"
     limit = "auto" if images.limit is None else human(images.limit)
-    return (f"image cache: {images.directory} (holds {human(images.used())}; limit {limit}; a split is "
+    used = images.used()
+    over = ("; over its limit: what it holds is read, nothing new is cached"
+            if images.limit is not None and used > images.limit else "")
+    return (f"image cache: {images.directory} (holds {human(used)}; limit {limit}{over}; a split is "
             f"decoded once per preprocessing)")
 
 
@@ -394,7 +397,8 @@ def image_cache_summary(images: "ImageCache") -> str:
 
     usage = images.summary()
     built = (f"built {usage.built} entr{'y' if usage.built == 1 else 'ies'} ({human(usage.built_bytes)} in "
-             f"{usage.build_seconds:.1f} s)" if usage.built else "built nothing (every entry was cached)")
+             f"{usage.build_seconds:.1f} s)" if usage.built else
+             "built nothing" + ("" if usage.fallbacks else " (every entry was cached)"))
     fallbacks = f"; {usage.fallbacks} split(s) read from files (limit)" if usage.fallbacks else ""
     return (f"image cache: {built}; read {usage.images_read:,} images from it, about "
             f"{usage.decode_seconds_saved:.0f} s of decoding saved at the measured build rate; it holds "

@@ -140,8 +140,8 @@ class OutputPool:
     refers to it or its memory), so a batch still in use is never overwritten.
     """
 
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
+    def __init__(self, size: int = 3) -> None:
+        self.size = size  # the batch being made, the one the caller still holds, and one spare
         self.buffers: list[torch.Tensor] = []
 
     def get(self, shape: tuple[int, ...], *, channels_last: bool) -> torch.Tensor:

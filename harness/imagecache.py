@@ -512,7 +512,7 @@ class ImageCache:
     def _build(self, view: ImageView, form: StoredForm, key: str) -> Entry | None:
         n = len(view)
         name = view.identity.split(":")[0]
-        low = n * 3 * (form.crop * form.crop if form.kind == "crop" else form.bound * form.bound)
+        low = n * 3 * form.crop * form.crop if form.kind == "crop" else 0  # exact; the others are known as built
         used, limit = self.used(), self.allowed()
         if used + low > limit:
             return self._fallback(f"{n} images of {name} need at least {human(low)} and the cache holds "
@@ -522,7 +522,6 @@ class ImageCache:
         workers = workers if workers > 1 and n >= 64 else 0
         loader = DataLoader(_Decode(view.source, view.indices.tolist(), form), batch_size=32,
                             num_workers=workers, collate_fn=_listed)
-        self.log(f"image cache: decoding {n} images of {name} ({form.label()}) into {data_path.parent} …")
         fd, tmp = tempfile.mkstemp(dir=data_path.parent, suffix=".u8.tmp")
         digest, written, shapes = hashlib.sha256(), 0, []
         start = last = time.perf_counter()
@@ -540,6 +539,9 @@ class ImageCache:
                         written += len(raw)
                     if used + written > limit:
                         raise _OverLimit()
+                    if len(shapes) == len(batch):  # said once the first batch fits, so a fallback is one line
+                        self.log(f"image cache: decoding {n} images of {name} ({form.label()}) into "
+                                 f"{data_path.parent} …")
                     now = time.perf_counter()
                     if self.progress_every >= 0 and now - last >= self.progress_every and len(shapes) < n:
                         last = now

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, Strict, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
 
 from tlbench.backbones import BACKBONES, Backbone
 from tlbench.config import Frozen, fields_at, format_error, format_loc, validate_block
@@ -99,6 +99,14 @@ class TaskSpec(_Typed):
     LATER_FIELDS = ("image_size", "augment", "sweep")
     # (family, field, value) of a task expanded from a sweep; reports group by it.
     _swept: tuple[str, str, Any] | None = PrivateAttr(None)
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, value: Any) -> Any:
+        """One message for every wrong value, naming both kinds of value allowed."""
+        if value is None or value == "native" or (type(value) is int and 8 <= value <= 1024):
+            return value
+        raise ValueError(f"allowed: a number of pixels from 8 to 1024, or native (got {value!r})")
 
     @property
     def swept(self) -> tuple[str, str, Any] | None:

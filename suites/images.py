@@ -297,6 +297,18 @@ def image_extensions() -> tuple[str, ...]:
     return tuple(IMG_EXTENSIONS)
 
 
+def open_image(path: str) -> Any:
+    """An image file as PIL decodes it, in its own mode. torchvision's loader converts to RGB
+    here, which clips 16-bit images (``I;16``) at 255; :func:`tlbench.data.to_rgb` converts
+    them when they are read, scaling 16 bits to 8."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    return image
+
+
 def _make_visible_image_folder() -> type:
     """Defines :class:`VisibleImageFolder`. Subclassing torchvision's ``ImageFolder`` imports
     torchvision, which would add about a second to every command if this module did it."""
@@ -315,7 +327,7 @@ def _make_visible_image_folder() -> type:
 
         def __init__(self, root: str) -> None:
             self._skip = len(os.path.join(os.path.expanduser(root), ""))  # as torchvision expands it
-            super().__init__(root, is_valid_file=self.is_image, allow_empty=True)
+            super().__init__(root, loader=open_image, is_valid_file=self.is_image, allow_empty=True)
 
         def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
             classes = class_folders(Path(directory))

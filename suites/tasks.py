@@ -186,9 +186,12 @@ def _check_classes(pool: DataPool, classes: Sequence[int | str] | None, where: s
     names = list(pool.class_names)
     chosen = [_class_index(names, c, where, dataset) if isinstance(c, str) else c for c in classes]
     bad = [c for c in chosen if not 0 <= c < pool.num_classes]
-    if bad or len(set(chosen)) != len(chosen) or len(chosen) < 2:
+    repeated = sorted({c for c in chosen if chosen.count(c) > 1})
+    if bad or repeated or len(chosen) < 2:
+        why = (f"{name_list([str(c) for c in bad])} out of range" if bad else
+               f"{name_list([names[c] for c in repeated])} chosen twice" if repeated else "fewer than two")
         raise ConfigError(f"{where}.classes: {list(classes)} is not a list of at least two distinct classes "
-                          f"(indices in 0..{pool.num_classes - 1} or class names)")
+                          f"({why}; indices in 0..{pool.num_classes - 1} or class names)")
     return chosen
 
 

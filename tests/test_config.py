@@ -106,6 +106,16 @@ BAD_SUITES: list[tuple[str, str, tuple[str, ...]]] = [
           glyph-cnn:
             weights: DEFAULT
         """, ("backbones.glyph-cnn", "at most one of weights, checkpoint, pretrain")),
+    ("image-size-typo", """
+        tasks:
+          digits-2shot:
+            image_size: nativ
+        """, ("tasks.digits-2shot.image_size", "a number of pixels from 8 to 1024, or native", "'nativ'")),
+    ("image-size-too-small", """
+        tasks:
+          digits-2shot:
+            image_size: 0
+        """, ("tasks.digits-2shot.image_size", "from 8 to 1024, or native", "(got 0)")),
     ("misspelled-top-field", "trails: 3", ("trails", "unknown field")),
     ("misspelled-split-field", """
         tasks:

@@ -257,10 +257,11 @@ def test_an_unknown_class_name_lists_the_names(tmp_path: Path) -> None:
 
 def test_bad_class_selections(tmp_path: Path) -> None:
     tree(tmp_path / "f", ["cat", "dog", "fox"], 3)
-    for bad in (["cat", 0], ["cat"], [0, 7]):  # a repeat, one class, an index out of range
+    for bad, why in ((["cat", 0], "['cat'] chosen twice"), (["cat"], "fewer than two"),
+                     ([0, 7, 9], "['7', '9'] out of range")):
         msg = error(tmp_path, {"path": "f"}, bad)
         assert msg == (f"{WHERE}.classes: {bad} is not a list of at least two distinct classes "
-                       f"(indices in 0..2 or class names)")
+                       f"({why}; indices in 0..2 or class names)")
 
 
 def test_other_datasets_take_class_names_too() -> None:

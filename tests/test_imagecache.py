@@ -128,6 +128,33 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     assert (rgb == 255).mean() < 0.01  # PIL's convert("RGB") clips ~99% of this ramp to white
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["files", "cache"])
+def test_sixteen_bit_pngs_in_an_image_folder_reach_the_model_scaled(tmp_path: Path, cached: bool) -> None:
+    """Through the whole path a suite uses (``image_folder`` → task → Reader), not only
+    ``to_rgb``: torchvision's folder loader converts to RGB itself, which clips."""
+    from tlbench.data import normalize
+    from tlbench.suites.config import SplitSpec, TaskSpec
+    from tlbench.suites.datasets import DataAccess
+    from tlbench.suites.tasks import build_task
+
+    rng = np.random.default_rng(0)
+    values = {}
+    for label in ("a", "b"):
+        (tmp_path / "f" / label).mkdir(parents=True)
+        for i in range(4):
+            deep = (rng.integers(0, 256, (8, 8)).astype(np.uint16) * 257)
+            Image.fromarray(deep).save(tmp_path / "f" / label / f"{i}.png")
+            values[str(tmp_path / "f" / label / f"{i}.png")] = deep
+    spec = TaskSpec(dataset="image_folder", args={"path": "f"}, split=SplitSpec(val_per_class=1, test_fraction=0.25))
+    task = build_task("deep", spec, where="t", data=DataAccess(tmp_path)).bound(Preprocess().at("native"))
+    view = task.train.x
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None) if cached else None
+    x = read(view, cache=cache)
+    files = [view.source.samples[int(i)][0] for i in view.indices]
+    want = torch.stack([torch.from_numpy((values[f] // 257).astype(np.uint8)).expand(3, 8, 8) for f in files])
+    assert torch.equal(x, normalize(want, view.preprocess))
+
+
 # --------------------------------------------------------------------------- random resized crops
 
 
@@ -235,9 +262,10 @@ def test_the_disk_limit_falls_back_to_the_files_with_one_line(images: Path, tmp_
     assert not list((tmp_path / "cache").glob("*/*.u8"))
     # crossing the limit while building (the bounded form's size is only known then): no partial entry
     big = folder_view(images, PRE, "crop_flip")
+    lines.clear()
     limited = ImageCache(tmp_path / "cache2", limit=40 * 3 * 24 * 24 + 500, log=lines.append)
     read(big, cache=limited)
-    assert "would take the cache over" in lines[-1]
+    assert len(lines) == 1 and "would take the cache over" in lines[0], lines  # no "decoding …" line first
     assert not [p for p in (tmp_path / "cache2").rglob("*") if p.suffix in (".u8", ".json", ".tmp")]
 
 

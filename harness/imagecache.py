@@ -99,6 +99,30 @@ def pixel_code_version() -> str:
     return digest.hexdigest()[:16]
 
 
+def source_code(source: ImageSource) -> list[str]:
+    """The files of tlbench's modules that define how ``source`` decodes its images (its
+    class and its ``loader``; each part of a concatenation), so that changing them — such
+    as how an image folder opens 16-bit files — changes the keys of the entries they built."""
+    files: set[str] = set()
+    for part in getattr(source, "datasets", None) or [source]:
+        owners = [*type(part).__mro__, getattr(part, "loader", None)]
+        for owner in owners:
+            name = getattr(owner, "__module__", None) or ""
+            module = sys.modules.get(name)
+            if name.startswith("tlbench.") and getattr(module, "__file__", None):
+                files.add(str(module.__file__))
+    return sorted(files)
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def _file_digest(path: str) -> str:
+    if path not in _DIGESTS:
+        _DIGESTS[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _DIGESTS[path]
+
+
 @dataclass(frozen=True)
 class StoredForm:
     """How a split's images are stored (see the module docstring)."""
@@ -440,6 +464,8 @@ class ImageCache:
         digest.update(view.indices.to(torch.int64).numpy().tobytes())
         digest.update(json.dumps(form.describe(), sort_keys=True).encode())
         digest.update(pixel_code_version().encode())
+        for path in source_code(view.source):  # how the source opens its images (a folder's loader)
+            digest.update(_file_digest(path).encode())
         return digest.hexdigest()[:32]
 
     def paths(self, key: str) -> tuple[Path, Path]:

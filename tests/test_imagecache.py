@@ -210,6 +210,27 @@ def test_random_crops_match_the_file_path_in_distribution(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- keys, corruption, limits
 
 
+def test_the_code_that_opens_a_folders_images_is_part_of_the_key(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image folder's loader (how it opens 16-bit files, say) lives in suites/images.py, not in
+    the cache's own modules: editing it must not leave entries it decoded differently."""
+    from tlbench import imagecache
+    from tlbench.suites.config import SplitSpec, TaskSpec
+    from tlbench.suites.datasets import DataAccess
+    from tlbench.suites.tasks import build_task
+
+    write_images(tmp_path / "f", 12)
+    spec = TaskSpec(dataset="image_folder", args={"path": "f"}, split=SplitSpec(val_per_class=1, test_fraction=0.25))
+    view = build_task("t", spec, where="t", data=DataAccess(tmp_path)).bound(PRE).train.x
+    import tlbench.suites.images as folders
+
+    files = imagecache.source_code(view.source)
+    assert files == [folders.__file__]
+    before = ImageCache.key(view, StoredForm.of(PRE, "none"))
+    monkeypatch.setitem(imagecache._DIGESTS, files[0], "edited")
+    assert ImageCache.key(view, StoredForm.of(PRE, "none")) != before
+
+
 def test_changed_file_or_preprocessing_makes_a_new_entry(images: Path, tmp_path: Path) -> None:
     cache = ImageCache(tmp_path / "cache", log=lambda line: None)
     view = folder_view(images, PRE)

@@ -96,10 +96,6 @@ class Preprocess:
                "interpolation": self.interpolation}
         return {**out, "native": True} if self.native else out
 
-    @property
-    def size_label(self) -> str:
-        return "native" if self.native else f"{self.crop}x{self.crop}"
-
 
 class _OwnSizeCrop:
     """``RandomResizedCrop`` to the image's own size (``image_size: native``)."""

@@ -34,6 +34,7 @@ pinned host memory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -52,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlbench.atomic import building
+from tlbench.codeversion import digest_of
 from tlbench.data import (
     Augment,
     ImageSource,
@@ -91,36 +93,31 @@ def pixel_code_version() -> str:
     import PIL
     import torchvision
 
-    import tlbench.data as data
-
-    digest = hashlib.sha256(f"{FORMAT}|{PIL.__version__}|{torchvision.__version__}".encode())
-    for module in (data.__file__, __file__):
-        digest.update(Path(module).read_bytes())
-    return digest.hexdigest()[:16]
+    return f"{FORMAT}|{PIL.__version__}|{torchvision.__version__}|{code_digest(['tlbench.data', __name__])}"
 
 
 def source_code(source: ImageSource) -> list[str]:
-    """The files of tlbench's modules that define how ``source`` decodes its images (its
-    class and its ``loader``; each part of a concatenation), so that changing them — such
-    as how an image folder opens 16-bit files — changes the keys of the entries they built."""
-    files: set[str] = set()
+    """tlbench's modules that define how ``source`` decodes its images (its class and its
+    ``loader``; each part of a concatenation), so that changing them — such as how an image
+    folder opens 16-bit files — changes the keys of the entries they built."""
+    names: set[str] = set()
     for part in getattr(source, "datasets", None) or [source]:
-        owners = [*type(part).__mro__, getattr(part, "loader", None)]
-        for owner in owners:
+        for owner in [*type(part).__mro__, getattr(part, "loader", None)]:
             name = getattr(owner, "__module__", None) or ""
-            module = sys.modules.get(name)
-            if name.startswith("tlbench.") and getattr(module, "__file__", None):
-                files.add(str(module.__file__))
-    return sorted(files)
+            if name.startswith("tlbench.") and getattr(sys.modules.get(name), "__file__", None):
+                names.add(name)
+    return sorted(names)
 
 
-_DIGESTS: dict[str, str] = {}
+def code_digest(modules: list[str]) -> str:
+    """:func:`tlbench.codeversion.digest_of` over these modules' sources (each file read once
+    per process)."""
+    return digest_of({name: _module_source(name) for name in modules})
 
 
-def _file_digest(path: str) -> str:
-    if path not in _DIGESTS:
-        _DIGESTS[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return _DIGESTS[path]
+@functools.lru_cache(maxsize=None)
+def _module_source(name: str) -> bytes:
+    return Path(sys.modules[name].__file__ or "").read_bytes()
 
 
 @dataclass(frozen=True)
@@ -464,8 +461,7 @@ class ImageCache:
         digest.update(view.indices.to(torch.int64).numpy().tobytes())
         digest.update(json.dumps(form.describe(), sort_keys=True).encode())
         digest.update(pixel_code_version().encode())
-        for path in source_code(view.source):  # how the source opens its images (a folder's loader)
-            digest.update(_file_digest(path).encode())
+        digest.update(code_digest(source_code(view.source)).encode())  # how the source opens its images
         return digest.hexdigest()[:32]
 
     def paths(self, key: str) -> tuple[Path, Path]:

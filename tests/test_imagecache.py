@@ -224,10 +224,11 @@ def test_the_code_that_opens_a_folders_images_is_part_of_the_key(tmp_path: Path,
     view = build_task("t", spec, where="t", data=DataAccess(tmp_path)).bound(PRE).train.x
     import tlbench.suites.images as folders
 
-    files = imagecache.source_code(view.source)
-    assert files == [folders.__file__]
+    assert imagecache.source_code(view.source) == [folders.__name__]
     before = ImageCache.key(view, StoredForm.of(PRE, "none"))
-    monkeypatch.setitem(imagecache._DIGESTS, files[0], "edited")
+    read_source = imagecache._module_source
+    monkeypatch.setattr(imagecache, "_module_source",
+                        lambda name: b"# edited" if name == folders.__name__ else read_source(name))
     assert ImageCache.key(view, StoredForm.of(PRE, "none")) != before
 
 
@@ -429,7 +430,7 @@ def test_a_run_reads_the_cache_by_default_and_records_it(tmp_path: Path) -> None
     assert a["params"].astype(str).tolist() == b["params"].astype(str).tolist()
 
 
-def test_an_unwritable_image_cache_is_one_line(tmp_path: Path) -> None:
+def test_bad_image_cache_options_are_one_line(tmp_path: Path) -> None:
     _suite(tmp_path, "none")
     (tmp_path / "afile").write_text("x")
     r = _run(tmp_path, "--out", "o", "--image-cache", str(tmp_path / "afile" / "images"))
@@ -437,6 +438,10 @@ def test_an_unwritable_image_cache_is_one_line(tmp_path: Path) -> None:
     assert "--image-cache" in r.stderr and "not a directory" in r.stderr
     r = _run(tmp_path, "--out", "o", "--image-cache-limit", "huge")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--image-cache-limit" in r.stderr
+    for share in ("2", "half"):
+        r = _run(tmp_path, "--out", "o", "--image-cache-device-share", share)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "--image-cache-device-share" in r.stderr and f"between 0 and 0.9 (got {share!r})" in r.stderr
 
 
 # --------------------------------------------------------------------------- output buffers

@@ -343,25 +343,34 @@ def test_a_distillation_student_reads_images_as_its_own_weights_expect(tmp_path:
     assert torch.equal(predictor.logits(cell.test), expected)
 
 
-def test_pretraining_on_image_files_is_cached_by_their_content(tmp_path: Path) -> None:
-    """A source task of image files: the spec does not fix its content, so the checkpoint's
-    cache key includes the files' identity."""
-    from tlbench.pretrain import materialize_backbone
-    from tlbench.suites.config import parse_suite
-
-    write_folder(tmp_path / "data" / "src", ["a", "b"], 6)
-    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+def write_pretraining_suite(root: Path, *, target: str, backbone: str) -> Path:
+    """``root/s.yaml``: a source task ``src`` of image files (2 classes of 6 images under
+    ``root/data/src``, 16 px) and the given target task and backbone (YAML lines)."""
+    write_folder(root / "data" / "src", ["a", "b"], 6)
+    path = root / "s.yaml"
+    path.write_text(textwrap.dedent("""
         name: src
         strategies: [linear_probe]
         data_root: data
         source_tasks:
           src: {dataset: image_folder, args: {path: src}, split: {val_per_class: 1}, image_size: 16}
         tasks:
-          digits: {dataset: digits, backbones: [cnn]}
+          TARGET
         backbones:
-          cnn: {arch: cnn2d, args: {in_channels: 3, width: 4, depth: 2}, pretrain: {task: src, epochs: 1}}
-    """))
-    suite = parse_suite(tmp_path / "s.yaml")
+          BACKBONE
+    """).replace("TARGET", target).replace("BACKBONE", backbone))
+    return path
+
+
+def test_pretraining_on_image_files_is_cached_by_their_content(tmp_path: Path) -> None:
+    """A source task of image files: the spec does not fix its content, so the checkpoint's
+    cache key includes the files' identity."""
+    from tlbench.pretrain import materialize_backbone
+    from tlbench.suites.config import parse_suite
+
+    suite = parse_suite(write_pretraining_suite(
+        tmp_path, target="digits: {dataset: digits, backbones: [cnn]}",
+        backbone="cnn: {arch: cnn2d, args: {in_channels: 3, width: 4, depth: 2}, pretrain: {task: src, epochs: 1}}"))
 
     def weights_id() -> str:
         return materialize_backbone("cnn", suite, cache_dir=tmp_path / "cache", device=torch.device("cpu"),
@@ -507,20 +516,10 @@ def test_an_evaluation_stopped_by_an_unreadable_test_image_is_failed_not_left_ru
 
 
 def test_a_grayscale_backbone_pretrained_on_an_rgb_folder_points_to_in_channels(tmp_path: Path) -> None:
-    write_folder(tmp_path / "data" / "src", ["a", "b"], 4)
     write_folder(tmp_path / "data" / "tgt", ["a", "b"], 4)
-    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
-        name: pre
-        strategies: [linear_probe]
-        data_root: data
-        source_tasks:
-          src: {dataset: image_folder, args: {path: src}, image_size: 16}
-        tasks:
-          tgt: {dataset: image_folder, args: {path: tgt}, image_size: 16, split: {val_per_class: 1},
-                backbones: [net]}
-        backbones:
-          net: {arch: cnn2d, pretrain: {task: src, epochs: 1}}
-    """))
+    write_pretraining_suite(tmp_path, backbone="net: {arch: cnn2d, pretrain: {task: src, epochs: 1}}",
+                            target="tgt: {dataset: image_folder, args: {path: tgt}, image_size: 16, "
+                                   "split: {val_per_class: 1}, backbones: [net]}")
     r = tlbench("run", "s.yaml", "--dry-run", "--cache-dir", "cache", cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert ("s.yaml: backbones.net.pretrain.task: backbone 'net' (cnn2d) cannot take the inputs of source_tasks.src "

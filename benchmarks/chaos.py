@@ -2,7 +2,7 @@
 the records of one uninterrupted worker.
 
     python benchmarks/chaos.py [--storage journal|postgres] [--workers 3] [--kills 10]
-                               [--interval 3] [--remote] [--suite FILE]
+                               [--interval 3] [--remote] [--lock-kills K] [--suite FILE]
 
 1. A reference: one worker runs the suite, uninterrupted, into its own journal store.
 2. ``--workers`` W workers (``tlbench run … --report none``) share one store (a journal file, or
@@ -11,7 +11,10 @@ the records of one uninterrupted worker.
    then the workers finish. With ``--remote`` worker 0 stamps its trials with another host name
    (``TLBENCH_HOST``), so the others cannot see its process and must rely on the database's
    heartbeat: it is killed once while it holds a tuning trial and once while it holds an
-   evaluation run.
+   evaluation run. On a journal the workers name the store by a relative path, as the README's
+   commands do, and ``--lock-kills`` K of the kills hit a worker while it holds the journal's write
+   lock: the lock's owner record is watched, its holder stopped (SIGSTOP), and killed if the record
+   still says it holds the lock, else let go on (SIGCONT) and the next holder tried.
 3. The store is compared with the reference: records expected / got / missing / duplicated /
    different, tuned parameters, trials left RUNNING or WAITING, tuning budget overshoot, failed
    trials (and claims lost in races, which never ran), wall times.
@@ -133,8 +136,8 @@ class Workers:
     """W worker processes; a killed one is replaced by a fresh one in the same place (the
     same host name for the simulated remote worker)."""
 
-    def __init__(self, command: list[str], n: int, logs: Path, *, remote: bool) -> None:
-        self.command, self.logs, self.remote = command, logs, remote
+    def __init__(self, command: list[str], n: int, logs: Path, *, remote: bool, cwd: Path | None = None) -> None:
+        self.command, self.logs, self.remote, self.cwd = command, logs, remote, cwd
         self.procs: list[subprocess.Popen | None] = [None] * n
         self.started = 0
         self.errors: list[str] = []
@@ -147,7 +150,7 @@ class Workers:
             env["TLBENCH_HOST"] = REMOTE_HOST
         self.started += 1
         log = open(self.logs / f"worker-{i}-{self.started}.log", "w")
-        self.procs[i] = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs[i] = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
 
     def alive(self) -> list[int]:
         return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is None]
@@ -190,10 +193,40 @@ def holders(storage: "BaseStorage") -> dict[int, set[str]]:
     return held
 
 
-def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, rng: random.Random) -> list[str]:
+def kill_lock_holder(workers: Workers, owner: Path, *, within: float) -> str | None:
+    """Kills a worker while it holds the journal's write lock (``owner``: the lock's owner record);
+    what was killed, or None when no worker was caught holding it within ``within`` seconds. A
+    worker named by the record is stopped first, so the record read after stopping it is the truth
+    at the moment of the kill."""
+    from tlbench.journallock import read_record
+
+    pids = {p.pid: i for i, p in enumerate(workers.procs) if p is not None and p.poll() is None}
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        record = read_record(owner)
+        try:
+            pid = int(record["worker"].rsplit(":", 2)[1]) if record else None
+        except (KeyError, IndexError, ValueError):
+            pid = None
+        if pid not in pids or record.get("phase") not in ("linking", "held"):  # type: ignore[union-attr]
+            time.sleep(0.001)
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        again = read_record(owner)
+        if again is not None and again.get("worker") == record["worker"] and again.get("phase") in ("linking",
+                                                                                                     "held"):
+            workers.kill(pids[pid])
+            return f"w{pids[pid]} (journal lock, {again['phase']})"
+        os.kill(pid, signal.SIGCONT)  # it let go meanwhile
+    return None
+
+
+def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, rng: random.Random,
+            lock_kills: int = 0, owner: Path | None = None) -> list[str]:
     """K kills of random live workers every ``interval`` seconds or so, preferring workers that
     hold work at that moment (waiting up to 3 intervals for one: a kill while a worker still
-    imports tests little). A remote worker
+    imports tests little). The first ``lock_kills`` of them hit a worker that holds the journal's
+    write lock (``owner``: its owner record; :func:`kill_lock_holder`). A remote worker
     is spared by those until it has been killed once while it holds a tuning trial and once
     while it holds an evaluation run: it is watched, and killed the moment it does."""
     from tlbench.storage import open_storage
@@ -207,6 +240,13 @@ def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, 
         alive = workers.alive()
         if not alive:
             break
+        if owner is not None and sum("journal lock" in d for d in done) < lock_kills:
+            if time.monotonic() >= next_kill:
+                hit = kill_lock_holder(workers, owner, within=3 * interval)
+                if hit is not None:
+                    done.append(hit)
+                next_kill = time.monotonic() + interval * rng.uniform(0.5, 1.5)
+            continue
         held = holders(storage)
         remote = workers.procs[0] if workers.remote else None
         if need and remote is not None and remote.poll() is None:
@@ -297,7 +337,7 @@ def store(kind: str, folder: Path) -> Iterator[str]:
         yield kind
         return
     if kind == "journal":
-        yield f"journal:{folder / 'chaos.journal'}"
+        yield f"journal:{folder / 'store' / 'chaos.journal'}"
         return
     sys.path.insert(0, str(ROOT / "tests"))
     from postgres import private_postgres, require_bindir
@@ -308,16 +348,18 @@ def store(kind: str, folder: Path) -> Iterator[str]:
 
 def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval: float = 3.0, remote: bool = False,
         suite: Path | None = None, folder: Path | None = None, cache: Path | None = None, heartbeat: float = 1.0,
-        seed: int = 0, log=print) -> Outcome:
+        seed: int = 0, lock_kills: int = 0, log=print) -> Outcome:
     """The whole chaos test; returns what it found (``Outcome.ok``: nothing lost or doubled,
     everything equal to the uninterrupted run). ``storage``: journal, postgres (a private server
-    started for the run) or the URL of an empty database."""
-    folder = folder or Path(tempfile.mkdtemp(prefix="tlbench-chaos-"))
+    started for the run) or the URL of an empty database. A journal is named by its path relative
+    to the workers' folder, and ``lock_kills`` of the kills hit the holder of its write lock."""
+    folder = (folder or Path(tempfile.mkdtemp(prefix="tlbench-chaos-"))).resolve()  # workers start in it
     folder.mkdir(parents=True, exist_ok=True)
-    cache = cache or folder / "cache"
+    cache = (cache or folder / "cache").resolve()
     if suite is None:
         suite = folder / "chaos.yaml"
         suite.write_text(DEFAULT_SUITE)
+    suite = suite.resolve()
     from tlbench.plan import load_plan
 
     name = load_plan(suite, dry_run=True, cache_dir=cache).suite.name
@@ -333,8 +375,14 @@ def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval
     logs.mkdir(exist_ok=True)
     with store(storage, folder) as url:
         start = time.perf_counter()
-        crew = Workers(worker_command(suite, url, folder / "chaos", cache, heartbeat), workers, logs, remote=remote)
-        done = unleash(crew, url, kills=kills, interval=interval, rng=random.Random(seed))
+        given, owner = url, None
+        if url.startswith("journal:"):  # as the README's commands name a store: relative to where workers start
+            journal = Path(url.removeprefix("journal:"))
+            given, owner = str(journal.relative_to(folder)), journal.with_name(journal.name + ".lock.owner")
+        crew = Workers(worker_command(suite, given, Path("chaos"), cache, heartbeat), workers, logs, remote=remote,
+                       cwd=folder)
+        done = unleash(crew, url, kills=kills, interval=interval, rng=random.Random(seed), lock_kills=lock_kills,
+                       owner=owner)
         crew.wait(timeout=600)
         chaos_s = time.perf_counter() - start
         outcome = compare(reference, url, name)
@@ -350,13 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between kills, on average")
     parser.add_argument("--remote", action="store_true", help="worker 0 on a simulated other host (PostgreSQL)")
+    parser.add_argument("--lock-kills", type=int, default=0,
+                        help="journal: how many of the kills hit a worker while it holds the journal's write lock")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval of database stores, s")
     parser.add_argument("--suite", type=Path, help="suite file (default: a small copy of the smoke suite)")
     parser.add_argument("--folder", type=Path, help="where stores, logs and caches go (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     args = parser.parse_args(argv)
     outcome = run(storage=args.storage, workers=args.workers, kills=args.kills, interval=args.interval,
-                  remote=args.remote, suite=args.suite, folder=args.folder, heartbeat=args.heartbeat, seed=args.seed)
+                  remote=args.remote, suite=args.suite, folder=args.folder, heartbeat=args.heartbeat, seed=args.seed,
+                  lock_kills=args.lock_kills)
     for line in outcome.lines():
         print(line)
     return 0 if outcome.ok else 1

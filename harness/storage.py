@@ -29,11 +29,11 @@ from typing import Any, BinaryIO
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._storage import JournalOperation
 
 from tlbench.errors import ConfigError
+from tlbench.journallock import JournalLock
 
 # Optuna's heartbeat for database stores, when the caller gives none: a worker records one every
 # HEARTBEAT_S seconds, and its RUNNING trial is stale after GRACE_FACTOR missed intervals.
@@ -286,8 +286,9 @@ class CheckedJournal(JournalFileBackend):
     """
 
     def __init__(self, path: Path, *, notify: Callable[[str], None] | None = None) -> None:
-        self._lock_obj = JournalFileSymlinkLock(str(path))  # the lock Optuna's appends take
-        super().__init__(str(path), lock_obj=self._lock_obj)
+        # Opened by its absolute path, so that the process may change folders; ``path`` as given names it in messages.
+        self._lock_obj = JournalLock(path, say=notify)
+        super().__init__(str(self._lock_obj.journal), lock_obj=self._lock_obj)
         self.path = path
         self._notify = notify
         self._at: tuple[int, int] = (0, 0)  # (line number, byte offset) of the line being replayed
@@ -346,7 +347,7 @@ class CheckedJournal(JournalFileBackend):
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Optuna's append, after moving aside a cut-off last line another writer left."""
-        with get_lock_file(self._lock_obj):
+        with self._lock_obj.held():
             self._cut_torn_tail_locked()
             data = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
             with open(self._file_path, "ab") as f:
@@ -362,7 +363,7 @@ class CheckedJournal(JournalFileBackend):
             f.seek(max(0, size - 1))
             if size == 0 or f.read(1) == b"\n":
                 return
-        with get_lock_file(self._lock_obj):
+        with self._lock_obj.held():
             self._cut_torn_tail_locked()
 
     def _cut_torn_tail_locked(self) -> None:

@@ -10,11 +10,7 @@ storage), which frees the unit for the next claim.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import os
-import socket
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -24,51 +20,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.errors import ConfigError
+from tlbench.processes import worker_alive, worker_id
 from tlbench.records import StudyName
-
-
-def _proc_start(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time since boot
-
-
-def host_name() -> str:
-    """The host a worker stamps its trials with: ``$TLBENCH_HOST`` when set (containers that share
-    a host name but not a process table must each set their own; tests forge another host this
-    way), else the machine's name."""
-    return os.environ.get("TLBENCH_HOST") or socket.gethostname()
-
-
-@functools.lru_cache(maxsize=1)
-def worker_id() -> str:
-    """host:pid:start-time of this process; unique even when a pid is reused."""
-    pid = os.getpid()
-    return f"{host_name()}:{pid}:{_proc_start(pid) or dt.datetime.now().timestamp()}"
-
-
-def worker_alive(worker: str) -> bool:
-    """Whether the process that stamped a trial still runs. Workers on other hosts cannot
-    be checked here and count as alive (a database store's heartbeat covers them: see
-    :func:`recover_orphans`); without /proc only the pid is checked."""
-    try:
-        host, pid_text, start = worker.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return True  # not a stamp of ours: leave it alone
-    if host != host_name():
-        return True
-    if _proc_start(os.getpid()) is None:  # no /proc (macOS): is the pid in use at all?
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return _proc_start(pid) == start
 
 
 # ------------------------------------------------------------------ claims

@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("tlbench.version", "tlbench.errors", "tlbench.registry", "tlbench.config", "tlbench.paths",
              "tlbench.codeversion", "tlbench.atomic", "tlbench.data", "tlbench.imagecache", "tlbench.train",
              "tlbench.backbones", "tlbench.memory", "tlbench.provenance", "tlbench.features", "tlbench.runtime",
-             "tlbench.records", "tlbench.reuse", "tlbench.storage"),
+             "tlbench.records", "tlbench.reuse", "tlbench.storage", "tlbench.processes", "tlbench.journallock"),
     "suites": ("tlbench.suites.*",),
     "strategies": ("tlbench.strategies.*",),
     "runner": ("tlbench.plan", "tlbench.plugins", "tlbench.pretrain", "tlbench.search", "tlbench.samplers",

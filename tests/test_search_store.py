@@ -199,7 +199,7 @@ def test_evaluation_waits_for_seeds_a_live_worker_holds(tmp_path, tiny_backbone,
     import sys
 
     from tlbench.evaluate import evaluate, evaluate_step
-    from tlbench.store import _proc_start
+    from tlbench.processes import proc_start
     from tlbench.strategies import STRATEGIES
 
     storage = open_storage(None, tmp_path)
@@ -210,7 +210,7 @@ def test_evaluation_waits_for_seeds_a_live_worker_holds(tmp_path, tiny_backbone,
     kwargs = dict(seeds=[10, 11, 12], context=run_context(suite="s"), runtime=runtime)
     try:
         held = forged_claim(study, {"seed": 11, "params": params},
-                            worker=f"{worker_id().rsplit(':', 2)[0]}:{other.pid}:{_proc_start(other.pid)}")
+                            worker=f"{worker_id().rsplit(':', 2)[0]}:{other.pid}:{proc_start(other.pid)}")
         steps = [evaluate_step(study, probe, tiny_backbone, tiny_task, params, **kwargs) for _ in range(3)]
         assert steps == ["ran", "ran", "wait"]
         assert sorted(t.user_attrs["seed"] for t in study.trials if t.state == TrialState.COMPLETE) == [10, 12]

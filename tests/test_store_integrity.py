@@ -264,8 +264,9 @@ def test_storage_strings_that_name_a_journal(tmp_path) -> None:
     existing = journal_with_trials(tmp_path / "old-store")  # no suffix, but it exists
     for url in (f"journal:{tmp_path / 'a'}", str(tmp_path / "b.journal"), str(tmp_path / "c.log"), str(existing)):
         open_storage(url, tmp_path)
-    assert {p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")} == {"a", "b.journal", "c.log",
-                                                                                    "old-store"}
+    beside = (".lock", ".lock.owner")  # the write lock and its owner record
+    assert {p.name for p in tmp_path.iterdir() if not p.name.endswith(beside)} == {"a", "b.journal", "c.log",
+                                                                                 "old-store"}
     open_storage(None, tmp_path / "run")  # --out's default: <out>/store.journal
     assert (tmp_path / "run" / "store.journal").is_file()
 

@@ -82,7 +82,8 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
     that ``tlbench launch`` passes exactly these on to the workers it starts."""
     add = parser.add_argument
     return [
-        add("--out", type=Path, help="output directory (default: runs/<suite name>)"),
+        add("--out", type=Path, help="output directory (default: the folder of the journal file --storage names, "
+                                     "else runs/<suite name>); refused when it holds another store's results"),
         add("--trials", type=int, help="override the suite's per-cell trial budget"),
         add("--seeds", type=int, help="override the suite's number of evaluation seeds"),
         add("--strategies", help="comma-separated strategies to run instead of the suite's list"),
@@ -303,11 +304,12 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
         check_writable_dir(images.directory, "--image-cache")
     runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
                            compile=args.compile, workers=args.workers, images=images)
-    out = args.out or Path("runs") / plan.suite.name
+    out = args.out or default_out(args.storage, plan.suite.name)
     suite = plan.suite
     storage = None
     if not dry_run:
         check_writable_dir(out, "--out")
+        check_out_is_this_stores(out, args.storage)
         console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         # Retries (a database that refuses connections for a moment) are worth a line each.
         storage = open_storage(args.storage, out, heartbeat=getattr(args, "heartbeat", None),
@@ -315,7 +317,49 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
                                notify=lambda line: warn(console, line))
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
+        mark_store(out, args.storage)
     return Prepared(plan, runtime, out, cache_dir, storage)
+
+
+#: In a run's output folder whose store is not its own ``store.journal``: which store its report and logs are of.
+STORE_MARK = "store.txt"
+
+
+def default_out(storage: str | None, suite: str) -> Path:
+    """``--out`` when it is not given: the folder of the journal file ``--storage`` names (its report beside it),
+    else ``runs/<suite name>``."""
+    from tlbench.storage import journal_path
+
+    path = journal_path(storage) if storage is not None else None
+    return path.parent if path is not None else Path("runs") / suite
+
+
+def check_out_is_this_stores(out: Path, storage: str | None) -> None:
+    """Refuses an output folder that holds another store's results (its own ``store.journal``, or the mark
+    :func:`mark_store` left), before anything is written: a report there would replace that store's tables
+    with this one's, silently."""
+    from tlbench.storage import store_label
+
+    mine = store_label(storage, out)
+    others = []
+    if (out / "store.journal").is_file() and store_label(None, out) != mine:
+        others.append(str(out / "store.journal"))
+    mark = out / STORE_MARK
+    if mark.is_file() and (other := mark.read_text().strip()) and other != mine:
+        others.append(other)
+    if others:
+        raise ConfigError(f"--out {out}: it holds the results of another store ({others[0]}); give this store's run "
+                          f"another --out, or --storage {others[0]} to continue that one")
+
+
+def mark_store(out: Path, storage: str | None) -> None:
+    """Writes which store ``out`` reports on, when that is not ``out/store.journal``."""
+    from tlbench.storage import store_label
+
+    label = store_label(storage, out)
+    if label != store_label(None, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STORE_MARK).write_text(label + "\n")
 
 
 def write_run_report(storage: "BaseStorage", suite: "Suite", out: Path, *, cells: Collection[tuple[str, str, str]],
@@ -408,21 +452,27 @@ def image_cache_summary(images: "ImageCache") -> str:
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
     """``tlbench status SUITE --storage URL``: the store's view of a run (never trains)."""
     from tlbench.plan import load_plan, resolve_suite_path
+    from tlbench.records import suites_in
     from tlbench.status import run_status
     from tlbench.storage import mask_url, open_existing_storage
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds, strategies=strategies,
-                     dry_run=True)
+                     dry_run=True, data=False)
     out = args.out or Path("runs") / plan.suite.name
     url = args.storage or str(out / "store.journal")
     storage = open_existing_storage(url)
+    held = suites_in(storage)
+    if plan.suite.name not in held and held:
+        raise ConfigError(f"status: {mask_url(url)} holds no study of suite {plan.suite.name!r}; suites there: "
+                          f"{', '.join(held)}")
     cells = run_status(storage, plan)
     states = [c.state for c in cells]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "waiting", "not started")
                        if states.count(s))
     print(f"suite {plan.suite.name} in {mask_url(url)}: {len(cells)} cells ({counts}); "
-          f"{sum(c.left for c in cells)} units of work left (tuning slots, evaluation seeds, sensitivity runs)")
+          f"{sum(c.left for c in cells)} units of work left (tuning slots, evaluation seeds, sensitivity runs)"
+          + ("" if held else "; the store is empty: no worker has started on it yet"))
     width = max(len(c.cell.label) for c in cells)
     print(f"  {'cell':<{width}}  {'tuning':>13}  {'evaluated':>9}  {'sensitivity':>11}  {'held':>4}  "
           f"{'failed':>6}  state")
@@ -531,6 +581,23 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def command(args: argparse.Namespace, console: Console) -> int:
+    """Runs the subcommand ``args`` names."""
+    if args.command == "run":
+        return cmd_run(args, console)
+    if args.command == "report":
+        return cmd_report(args, console)
+    if args.command == "status":
+        return cmd_status(args, console)
+    if args.command == "check":
+        return cmd_check(args, console)
+    if args.command == "launch":
+        from tlbench.launch import cmd_launch
+
+        return cmd_launch(args, console)
+    return cmd_list(args, console)
+
+
 def main(argv: list[str] | None = None) -> int:
     import optuna
 
@@ -541,25 +608,29 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 2
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        if args.command == "run":
-            return cmd_run(args, console)
-        if args.command == "report":
-            return cmd_report(args, console)
-        if args.command == "status":
-            return cmd_status(args, console)
-        if args.command == "check":
-            return cmd_check(args, console)
-        if args.command == "launch":
-            from tlbench.launch import cmd_launch
-
-            return cmd_launch(args, console)
-        return cmd_list(args, console)
+        code = command(args, console)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+        return code
     except TlbenchError as err:
         print(f"tlbench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tlbench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tlbench status … | head -1`: the reader has what it wanted
+        return closed_pipe()
+
+
+def closed_pipe() -> int:
+    """The reader of standard output went away: stop quietly with the status a process killed by SIGPIPE has,
+    as other Unix tools do. Standard output is pointed at /dev/null so that the interpreter's final flush of what
+    is still buffered does not fail with a second error at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

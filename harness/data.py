@@ -18,8 +18,10 @@ same tensors wherever the preprocessing is deterministic.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -287,7 +289,8 @@ class _Images(Dataset):
         sample_seed, position = item if isinstance(item, tuple) else (0, item)
         image = read_rgb(self.source, self.indices[position])
         if self.size is not None:
-            check_native_size(self.source, self.indices[position], (image.height, image.width), self.size)
+            check_native_size(self.source, self.indices[position], (image.height, image.width), self.size,
+                              self.indices[0])
         if not self.random:
             return self.transform(image)
         with torch.random.fork_rng(devices=[]):  # torchvision's v2 transforms draw from torch's RNG
@@ -295,14 +298,16 @@ class _Images(Dataset):
             return self.transform(image)
 
 
-def check_native_size(source: ImageSource, index: int, size: tuple[int, int], first: tuple[int, int]) -> None:
-    """``image_size: native`` reads every image at its own size, so all must have the first's
-    (height, width); :class:`ImageSizeMismatch` names the first image that does not."""
+def check_native_size(source: ImageSource, index: int, size: tuple[int, int], first: tuple[int, int],
+                      first_index: int) -> None:
+    """``image_size: native`` reads every image at its own size, so all must have the size of the
+    first (example ``first_index``, ``first`` as (height, width)); :class:`ImageSizeMismatch` names
+    the first image that does not, and the one it was compared with."""
     if tuple(size) != tuple(first):
         raise ImageSizeMismatch(
             f"image_size: native needs images of one size; {describe_example(source, index)} is "
-            f"{size[1]}x{size[0]}, the first was {first[1]}x{first[0]} (width x height); set image_size to a "
-            f"number of pixels instead")
+            f"{size[1]}x{size[0]}, but the first, {describe_example(source, first_index)}, is {first[1]}x{first[0]} "
+            f"(width x height); set image_size to a number of pixels instead")
 
 
 def read_rgb(source: ImageSource, index: int) -> Any:
@@ -311,9 +316,35 @@ def read_rgb(source: ImageSource, index: int) -> Any:
     try:
         return to_rgb(source[index][0])
     except Exception as err:  # noqa: BLE001 - PIL and the dataset classes raise many types
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise UnreadableData(f"cannot read {describe_example(source, index)}: {reason}; fix or remove "
+        where = describe_example(source, index)
+        raise UnreadableData(f"cannot read {where}: {why_unreadable(err, where)}; fix or remove "
                              f"the file and run again (finished work is kept)") from None
+
+
+def why_unreadable(err: Exception, where: str) -> str:
+    """Why an image could not be read, in plain words: Pillow's own message names an open file
+    object (``cannot identify image file <_io.BufferedReader name=…>``), not what is wrong."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        size: int | None = os.path.getsize(where)
+    except OSError:
+        size = None
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if isinstance(err, UnidentifiedImageError):
+        head = b""
+        with contextlib.suppress(OSError):
+            with open(where, "rb") as f:
+                head = f.read(12)
+        begins = f", beginning {head!r}" if head else ""
+        bytes_ = f"its {size:,} bytes" if size is not None else "it"
+        return f"not an image: Pillow recognises no image format in {bytes_}{begins}"
+    text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    if "truncated" in text.lower():
+        return f"the image is cut off ({size:,} bytes; the rest of the file is missing)" if size else \
+            "the image is cut off"
+    return text
 
 
 #: PIL modes of more than 8 bits per sample, read as 16-bit values (PNG's 16-bit grayscale

@@ -553,7 +553,7 @@ class ImageCache:
                     for pixels in batch:
                         if form.kind == "native" and shapes:
                             check_native_size(view.source, int(view.indices[len(shapes)]), pixels.shape[:2],
-                                              shapes[0])
+                                              shapes[0], int(view.indices[0]))
                         shapes.append(tuple(pixels.shape[:2]))
                         raw = pixels.tobytes()
                         f.write(raw)

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -138,6 +138,28 @@ def parse_devices(text: str | None) -> list[int] | None:
     return devices
 
 
+def visible_gpus(devices: Sequence[int], text: str) -> dict[int, str]:
+    """Each ``--devices`` index → the ``CUDA_VISIBLE_DEVICES`` value that shows a worker that GPU. Indices count
+    the GPUs this process sees: under a scheduler that sets ``CUDA_VISIBLE_DEVICES`` (Slurm does), a job's own
+    GPUs, so ``--devices 0,1`` in a job given GPUs 4 and 6 pins workers to 4 and 6. A GPU that does not exist is
+    refused in one line."""
+    import torch
+
+    count = torch.cuda.device_count()
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    shown_mask = f" (CUDA_VISIBLE_DEVICES={mask})" if mask is not None else ""
+    if count == 0:
+        raise ConfigError(f"--devices {text}: CUDA sees no GPU here{shown_mask}; leave --devices out to run the "
+                          f"workers on the CPU")
+    missing = sorted(d for d in set(devices) if d >= count)
+    if missing:
+        seen = "0" if count == 1 else f"0-{count - 1}"
+        raise ConfigError(f"--devices {text}: no GPU {', '.join(map(str, missing))}; CUDA sees {count} "
+                          f"(indices {seen}){shown_mask}")
+    ids = [v.strip() for v in (mask or "").split(",") if v.strip()]
+    return {d: ids[d] if len(ids) >= count else str(d) for d in devices}
+
+
 def assign_slots(jobs: int | None, cores: Sequence[int], *, devices: Sequence[int] | None = None,
                  per_device: int | None = None, threads: int | None = None) -> tuple[list[Slot], str | None]:
     """Each worker's cores, threads and GPU, and a line to print when the workers must share cores.
@@ -226,6 +248,9 @@ def check_flags(args: argparse.Namespace) -> tuple[list[Slot], str | None]:
                                    threads=args.threads)
         if devices is not None and args.device == "cpu":
             raise ConfigError(f"--devices {args.devices} pins workers to GPUs, but --device cpu runs them on CPU")
+        if devices is not None:
+            ids = visible_gpus(devices, args.devices)
+            slots = [replace(s, device=ids[int(s.device)]) if s.device is not None else s for s in slots]
         if devices is None and args.device == "cuda" and len(slots) > 1:
             note = "; ".join(filter(None, [note, f"all {len(slots)} workers use the first GPU they see; "
                                                  f"--devices 0,1,… gives each its own"]))
@@ -258,14 +283,25 @@ def cmd_launch(args: argparse.Namespace, console: Console) -> int:
         code = launch_local(args, prepared, slots, console)
     else:
         code = launch_submitit(args, prepared, console)
-    if code != 0 or args.detach or args.report == "none":
+    if code not in (0, 1) or args.detach:
         return code
     from tlbench.search import evaluation_seed
+    from tlbench.status import run_status
     from tlbench.storage import open_storage
 
     # Reopened: a database connection may have been idle for as long as the workers ran.
-    write_run_report(open_storage(args.storage, prepared.out), suite, prepared.out,
-                     cells={(c.task, c.backbone, c.strategy) for c in prepared.plan.cells},
+    storage = open_storage(args.storage, prepared.out)
+    if code == 1:  # a worker died or failed: the others may still have finished the suite
+        left = sum(c.left for c in run_status(storage, prepared.plan))
+        if left:
+            say(console, f"{left} units of work are left; fix the cause and run the same command again (the store "
+                         f"keeps what the workers finished)")
+            return 1
+        say(console, "the other workers finished the suite: every cell is done in the store"
+                     + (", so its report is written" if args.report != "none" else ""))
+    if args.report == "none":
+        return 0
+    write_run_report(storage, suite, prepared.out, cells={(c.task, c.backbone, c.strategy) for c in prepared.plan.cells},
                      seeds={evaluation_seed(suite.seed, k) for k in range(suite.seeds)},
                      figures=args.report == "full", console=console)
     return 0
@@ -358,8 +394,7 @@ def watch(started: list[Started], console: Console) -> int:
     except KeyboardInterrupt:
         return interrupted(pending, console)
     if failed:
-        say(console, f"{failed} of {len(started)} workers failed; fix the cause and run the same command again "
-                     f"(the store keeps what the others finished)")
+        say(console, f"{failed} of {len(started)} workers failed")
         return 1
     say(console, f"all {len(started)} workers finished")
     return 0
@@ -508,8 +543,7 @@ def watch_jobs(jobs: list[Any], console: Console) -> int:
                      f"command again to resume (finished trials and runs are kept)")
         return 130
     if failed:
-        say(console, f"{failed} of {len(jobs)} jobs failed; fix the cause and run the same command again "
-                     f"(the store keeps what the others finished)")
+        say(console, f"{failed} of {len(jobs)} jobs failed")
         return 1
     say(console, f"all {len(jobs)} jobs finished")
     return 0

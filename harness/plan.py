@@ -152,11 +152,13 @@ def resolve_suite_path(arg: str) -> Path:
 
 def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None,
               strategies: list[str] | None = None, data_root: Path | None = None, cache_dir: Path | None = None,
-              dry_run: bool = False) -> Plan:
+              dry_run: bool = False, data: bool = True) -> Plan:
     """Parses and checks the whole suite (names, references, splits, data) before any
     training. The data root is ``data_root``, else the suite's, else ``$TLBENCH_DATA``, else
     ``cache_dir/data``, resolved once into the plan's suite; a ``dry_run`` plan leaves out
-    the tasks whose image files are absent (``Plan.missing``) instead of failing."""
+    the tasks whose image files are absent (``Plan.missing``) instead of failing. Without
+    ``data`` (what ``tlbench status`` needs: cells, budgets, seeds) no dataset is read and no
+    shape checked, and search spaces are built only for a grid search's budgets."""
     load_entry_points()
     suite = parse_suite(path, plugins=lambda s: load_suite_plugins(s.plugins, base=Path(s.path).parent,
                                                                     where=s.path))
@@ -166,24 +168,29 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     check_references(suite)
     options = typed_options(suite, declared)
     order = run_order(suite, declared, options)
+    cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
+    if not data:
+        probes: dict[str, Backbone] = {}
+        spaces, grids, searched = (search_spaces(suite, declared, options, cells, probes)
+                                   if suite.search.sampler == "grid" else ({}, {}, {}))
+        return Plan(suite, {}, cells, options, tuple(declared), {}, spaces, grids, searched, {})
     for name in suite.backbones:
         check_backbone_source(name, suite)
-    data = data_access(suite)
-    data_paths = {name: data_location(suite.task_spec(name).dataset, suite.task_spec(name).typed_args(), data)
+    access = data_access(suite)
+    data_paths = {name: data_location(suite.task_spec(name).dataset, suite.task_spec(name).typed_args(), access)
                   for name in [*suite.source_tasks, *suite.tasks]}
     missing = {name for name, (_, absent) in data_paths.items() if absent} if dry_run else set()
-    tasks = {name: build_task(name, spec, where=suite.task_where(name), data=data)
+    tasks = {name: build_task(name, spec, where=suite.task_where(name), data=access)
              for name, spec in suite.tasks.items() if name not in missing}
-    probes: dict[str, Backbone] = {}  # one random-init copy per backbone for the shape checks
+    probes = {}  # one random-init copy per backbone for the shape checks
     sources = {spec.pretrain.task for spec in suite.backbones.values() if spec.pretrain}
     built_sources: dict[str, Task] = {}
     for name in sorted(sources - set(tasks) - missing):  # splits of source tasks must be possible too
-        built_sources[name] = build_task(name, suite.task_spec(name), where=suite.task_where(name), data=data)
+        built_sources[name] = build_task(name, suite.task_spec(name), where=suite.task_where(name), data=access)
         check_inputs(suite, _pretrained_by(suite, name), built_sources[name], probes)
     for name, task in tasks.items():
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, options, suite.tasks[name].backbones), task, probes)
-    cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
     spaces, grids, searched = search_spaces(suite, declared, options, cells, probes)
     return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids, searched,
                 built_sources)

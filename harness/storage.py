@@ -71,7 +71,7 @@ _OPS = frozenset(int(op) for op in JournalOperation)
 
 def open_storage(url: str | None, out: Path, *, heartbeat: float | None = None, grace: float | None = None,
                  log: Callable[[str], None] | None = None, retry: Retry = Retry(),
-                 notify: Callable[[str], None] | None = None) -> BaseStorage:
+                 notify: Callable[[str], None] | None = None, read_only: bool = False) -> BaseStorage:
     """``None`` → a journal file in ``out``; ``journal:PATH``, an existing file or a ``*.journal``
     path → a journal file; anything with ``://`` is passed to Optuna as a database URL (sqlite://,
     postgresql+psycopg2://). ``notify`` hears, in one line each, what was repaired in a journal
@@ -80,15 +80,17 @@ def open_storage(url: str | None, out: Path, *, heartbeat: float | None = None, 
     A database store has Optuna's heartbeat on, every ``heartbeat`` seconds (an integer ≥ 1;
     default HEARTBEAT_S): a trial whose worker stopped recording it is stale after ``grace``
     seconds (an integer ≥ 2; default GRACE_FACTOR intervals), as ``_get_stale_trial_ids`` reports.
-    A journal has no heartbeat, and ignores both. ``log`` gets one line per retried failure."""
+    A journal has no heartbeat, and ignores both. ``log`` gets one line per retried failure.
+    ``read_only`` (a database): refuse one without Optuna's tables rather than create them."""
     if url is None:
         return _journal(out / "store.journal", notify=notify)
-    path = _journal_path(url)
+    path = journal_path(url)
     if path is not None:
         return _journal(path, notify=notify)
     interval = int(max(1, heartbeat)) if heartbeat is not None else HEARTBEAT_S
     grace_s = int(max(2, grace)) if grace is not None else max(2, GRACE_FACTOR * interval)
-    return _database(url, heartbeat=interval, grace=grace_s, log=log or (lambda line: None), retry=retry)
+    return _database(url, heartbeat=interval, grace=grace_s, log=log or (lambda line: None), retry=retry,
+                     read_only=read_only)
 
 
 def mask_url(url: str) -> str:
@@ -113,10 +115,12 @@ def _hide(text: str, url: str) -> str:
     return text
 
 
-def _database(url: str, *, heartbeat: int, grace: int, log: Callable[[str], None], retry: Retry) -> BaseStorage:
+def _database(url: str, *, heartbeat: int, grace: int, log: Callable[[str], None], retry: Retry,
+              read_only: bool = False) -> BaseStorage:
     """Optuna's RDBStorage, opened with retries: the schema-creation race of workers starting on
     an empty database and connections that fail for a moment are retried with backoff; the
-    rest, and what still fails after the last attempt, is one ConfigError naming the masked URL."""
+    rest, and what still fails after the last attempt, is one ConfigError naming the masked URL.
+    ``read_only``: a database without Optuna's tables is refused instead of given them."""
     shown = mask_url(url)
     engine_kwargs = _engine_kwargs(url, shown)
     waits = retry.waits()
@@ -124,10 +128,15 @@ def _database(url: str, *, heartbeat: int, grace: int, log: Callable[[str], None
     attempt = 1
     while True:
         try:
+            if read_only and not _has_tables(url, engine_kwargs):
+                raise ConfigError(f"--storage {shown}: the database holds no store (no Optuna tables); give the "
+                                  f"store of a tlbench run (reading creates nothing)")
             with warnings.catch_warnings():  # heartbeat_interval is "experimental": a warning per worker
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                                  grace_period=grace)
+                                                  grace_period=grace, skip_table_creation=read_only)
+        except ConfigError:
+            raise
         except Exception as err:  # noqa: BLE001 - drivers raise many types; sorted below
             kind, reason = _classify(err)
             reason = _hide(reason, url)
@@ -147,6 +156,17 @@ def _database(url: str, *, heartbeat: int, grace: int, log: Callable[[str], None
             log(f"storage {shown}: {cause}; retrying in {wait:.1f} s (attempt {attempt + 1} of {retry.attempts})")
             time.sleep(wait)
             attempt += 1
+
+
+def _has_tables(url: str, engine_kwargs: dict) -> bool:
+    """Whether the database holds Optuna's tables (its studies table), asked without creating anything."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def _engine_kwargs(url: str, shown: str) -> dict:
@@ -223,17 +243,24 @@ def _first_line(err: BaseException) -> str:
 def open_existing_storage(url: str) -> BaseStorage:
     """Opens a store that must already exist (for reading): a journal file that is missing
     is an error here, not a new empty store."""
-    path = _journal_path(url)
+    path = journal_path(url)
     if path is not None and not path.is_file():
         raise ConfigError(f"--storage {url!r}: no such journal file; give the store of a tlbench run")
     if path is not None:
         return _journal(path, write=False)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"--storage {url!r}: no such SQLite database (reading must not create one)")
-    return open_storage(url, Path("."))
+    return open_storage(url, Path("."), read_only=True)
 
 
-def _journal_path(url: str) -> Path | None:
+def store_label(url: str | None, out: Path) -> str:
+    """The store ``url`` names (``None``: ``out``'s journal) as one string that is the same however it is
+    written: a journal file's real absolute path, or the database URL with its password masked."""
+    path = out / "store.journal" if url is None else journal_path(url)
+    return os.path.realpath(path) if path is not None else mask_url(url or "")
+
+
+def journal_path(url: str) -> Path | None:
     """The journal file a storage argument names; None for a database URL. Anything else is
     refused: taking every string as a path made a typo (``--storage ::::``) start a fresh run
     in a new file."""

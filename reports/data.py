@@ -15,7 +15,7 @@ from typing import Any, Collection
 import optuna
 import pandas as pd
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
 from tlbench.storage import open_existing_storage
@@ -37,6 +37,13 @@ class Results:
     @property
     def empty(self) -> bool:
         return self.runs.empty
+
+
+def _lost(trial: FrozenTrial) -> str | None:
+    """Why a trial that lost the race for its unit failed (it never ran; the store marks it ``claim_lost``,
+    with the number of the trial that holds the unit)."""
+    holder = trial.user_attrs.get("claim_lost")
+    return None if holder is None else f"claim lost: trial {holder} holds the same unit of work (this one never ran)"
 
 
 def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
@@ -123,7 +130,7 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
                 "seconds": t.user_attrs.get("seconds"), "compute": t.user_attrs.get("compute"),
                 "seed": t.user_attrs.get("seed"),
                 "params": json.dumps(t.user_attrs.get("params", t.params), sort_keys=True, default=str),
-                "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("failed_reason"),
+                "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("failed_reason") or _lost(t),
                 "retry_of": t.user_attrs.get("retry_of"),
                 "started": t.datetime_start.isoformat() if t.datetime_start else None,
                 "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,

@@ -365,8 +365,8 @@ def test_native_size_needs_one_size(tmp_path: Path, how: str) -> None:
             pass
     message = str(err.value)
     assert "\n" not in message and message.startswith("image_size: native needs images of one size; "), message
-    assert "the first was 24x20 (width x height); set image_size to a number of pixels instead" in message
-    assert f"{tmp_path / 'n' / 'c0' / '4.png'} is 52x25" in message
+    assert f"{tmp_path / 'n' / 'c0' / '4.png'} is 52x25, but the first, {tmp_path / 'n' / 'c0' / '0.png'}, is " \
+           f"24x20 (width x height); set image_size to a number of pixels instead" in message  # both images named
 
 
 # --------------------------------------------------------------------------- a run

@@ -232,19 +232,37 @@ def test_download_fetches_every_split(tmp_path: Path, monkeypatch: pytest.Monkey
     assert len(pool.x) == 40 and pool.test_y is not None and len(pool.test_y) == 20
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path: Path, workers: int) -> None:
+def _truncated_png() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()[:60]
+
+
+@pytest.mark.parametrize("workers, content, why", [
+    (0, b"not a jpeg at all", "not an image: Pillow recognises no image format in its 17 bytes, beginning "
+                              "b'not a jpeg a'"),
+    (2, b"<!DOCTYPE html><html>Forbidden</html>", "not an image: Pillow recognises no image format in its 37 "
+                                                  "bytes, beginning b'<!DOCTYPE ht'"),
+    (0, b"", "the file is empty (0 bytes)"),
+    (0, None, "the image is cut off (60 bytes; the rest of the file is missing)"),
+])
+def test_a_corrupt_image_is_one_line_naming_the_file_and_why(tmp_path: Path, workers: int, content, why) -> None:
+    """Pillow says "cannot identify image file <_io.BufferedReader name=…>"; the line says what is wrong in
+    plain words: not an image (with the bytes it begins with: an error page saved as a JPEG shows it), an
+    empty file, an image cut off."""
     from tlbench.errors import UnreadableData
 
     write_folder(tmp_path / "f", ["a", "b"], 4)
-    (tmp_path / "f" / "b" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (tmp_path / "f" / "b" / "broken.jpg").write_bytes(_truncated_png() if content is None else content)
     view = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=1).bound(Preprocess(16, 16))
     with pytest.raises(UnreadableData) as err:  # wherever the seeded split put the file
         for x in (view.train.x, view.val.x, view.test.x):
             list(read_all(x, device=torch.device("cpu"), loading=Loading(workers=workers), batch_size=4))
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith(f"cannot read {tmp_path / 'f' / 'b' / 'broken.jpg'}: ")
-    assert "fix or remove the file" in msg
+    assert "\n" not in msg and msg.startswith(f"cannot read {tmp_path / 'f' / 'b' / 'broken.jpg'}: {why}; "), msg
+    assert "fix or remove the file" in msg and "BufferedReader" not in msg
 
 
 def test_in_memory_datasets_reject_image_options(tmp_path: Path) -> None:

@@ -1,0 +1,224 @@
+"""The operator's commands around a shared store: where a run's report goes, GPUs that exist, `tlbench
+status` as a read-only, pipe-friendly view, the reasons trials failed, and the launcher's report after a
+worker died."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tlbench import launch
+from tlbench.cli import main
+from tlbench.errors import ConfigError
+from tlbench.storage import open_existing_storage, open_storage
+
+from test_launch import CELLS, TINY, stored_cells
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tlbench: error: "), err
+    return err[0]
+
+
+# ------------------------------------------------------------------ where the report goes
+
+
+@pytest.mark.slow
+def test_a_run_on_a_named_journal_reports_beside_it_and_never_over_another_stores_report(suite, tmp_path,
+                                                                                         monkeypatch, capsys) -> None:
+    """`--storage runs/exp2/store.journal` without --out reports into runs/exp2 (it used to replace
+    runs/<suite>'s tables with exp2's, silently); an --out that holds another store's results is refused
+    before anything is written, whether that store is its journal or a database it reported on."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(suite), "--report", "tables"]) == 0  # runs/tiny-launch/store.journal
+    first = Path("runs/tiny-launch")
+    before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
+    assert main(["run", str(suite), "--storage", "runs/exp2/store.journal", "--report", "tables"]) == 0
+    assert (Path("runs/exp2") / "table.md").is_file() and stored_cells(Path("runs/exp2/store.journal")) == CELLS
+    capsys.readouterr()
+    for storage in ("runs/exp2/store.journal", "sqlite:///other.db"):
+        assert main(["run", str(suite), "--storage", storage, "--out", str(first), "--report", "tables"]) == 2
+        line = one_error_line(capsys)
+        assert f"--out {first}: it holds the results of another store ({first / 'store.journal'}); give this " in line
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before  # nothing touched
+    assert not Path("other.db").exists()
+    # A database store's report folder is marked, so another store is refused there too.
+    assert main(["run", str(suite), "--storage", "sqlite:///a.db", "--out", "db-report", "--report", "none"]) == 0
+    assert Path("db-report/store.txt").read_text().strip() == "sqlite:///a.db"
+    assert main(["run", str(suite), "--storage", "sqlite:///a.db", "--out", "db-report", "--report", "none"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(suite), "--storage", "sqlite:///b.db", "--out", "db-report", "--report", "none"]) == 2
+    assert "it holds the results of another store (sqlite:///a.db)" in one_error_line(capsys)
+    assert not Path("b.db").exists()
+
+
+def test_launch_derives_its_folder_from_the_store(suite, tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    def record(args, prepared, slots, console):
+        seen["out"] = prepared.out
+        return 0
+
+    monkeypatch.setattr(launch, "launch_local", record)
+    monkeypatch.chdir(tmp_path)
+    assert main(["launch", str(suite), "--storage", "runs/exp2/store.journal", "--jobs", "2", "--report",
+                 "none"]) == 0
+    assert seen["out"] == Path("runs/exp2")
+
+
+# ------------------------------------------------------------------ GPUs that exist
+
+
+def test_devices_that_do_not_exist_are_refused_in_one_line(suite, tmp_path, monkeypatch, capsys) -> None:
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(launch, "start_worker", refuse)
+    argv = ["launch", str(suite), "--storage", str(tmp_path / "s.journal"), "--out", str(tmp_path / "o")]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert main([*argv, "--devices", "0"]) == 2
+    assert "--devices 0: CUDA sees no GPU here; leave --devices out to run the workers on the CPU" in \
+        one_error_line(capsys)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert main([*argv, "--devices", "0,5,7"]) == 2
+    assert "--devices 0,5,7: no GPU 5, 7; CUDA sees 2 (indices 0-1)" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_device_indices_count_the_gpus_this_process_sees(monkeypatch) -> None:
+    """Under Slurm a job sees its own GPUs through CUDA_VISIBLE_DEVICES: --devices 0,1 means those."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert launch.visible_gpus([0, 1], "0,1") == {0: "4", 1: "6"}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert launch.visible_gpus([1], "1") == {1: "1"}
+
+
+# ------------------------------------------------------------------ tlbench status
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("status")
+    suite = tmp / "tiny.yaml"
+    suite.write_text(TINY)
+    assert main(["run", str(suite), "--out", str(tmp / "out"), "--report", "none"]) == 0
+    return suite, tmp / "out"
+
+
+def test_status_into_a_closed_pipe_stops_quietly(finished) -> None:
+    """`tlbench status … | head -1`: the reader went away, which is no error (it ended in a BrokenPipeError
+    traceback)."""
+    suite, out = finished
+    proc = subprocess.Popen([sys.executable, "-m", "tlbench.cli", "status", str(suite), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before anything was written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err  # as a process killed by SIGPIPE
+
+
+def test_status_of_a_suite_the_store_does_not_hold_says_which_it_holds(finished, capsys) -> None:
+    suite, out = finished
+    assert main(["status", "smoke", "--storage", str(out / "store.journal")]) == 2
+    assert "holds no study of suite 'smoke'; suites there: tiny-launch" in one_error_line(capsys)
+
+
+def test_status_of_an_empty_store_says_no_worker_has_started(suite, tmp_path, capsys) -> None:
+    empty = tmp_path / "empty.journal"
+    empty.touch()
+    assert main(["status", str(suite), "--storage", str(empty)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "2 cells (2 not started)" in first and "the store is empty: no worker has started on it yet" in first
+
+
+def test_status_and_report_create_nothing_in_a_database(suite, tmp_path, capsys) -> None:
+    """The README says status only reads: on a database without Optuna's tables it said nothing was there
+    and left the tables behind."""
+    import sqlalchemy
+
+    db = tmp_path / "empty.db"
+    sqlalchemy.create_engine(f"sqlite:///{db}").connect().close()  # an existing, empty database file
+    for argv in (["status", str(suite), "--storage", f"sqlite:///{db}"], ["report", "--storage", f"sqlite:///{db}",
+                                                                           "--out", str(tmp_path / "r")]):
+        assert main(argv) == 2
+        assert "the database holds no store (no Optuna tables)" in one_error_line(capsys)
+        assert sqlalchemy.inspect(sqlalchemy.create_engine(f"sqlite:///{db}")).get_table_names() == []
+
+
+def test_status_creates_no_tables_on_postgresql(suite, postgres_url, capsys) -> None:
+    import sqlalchemy
+
+    assert main(["status", str(suite), "--storage", postgres_url]) == 2
+    assert "the database holds no store (no Optuna tables)" in one_error_line(capsys)
+    assert sqlalchemy.inspect(sqlalchemy.create_engine(postgres_url)).get_table_names() == []
+    with pytest.raises(ConfigError, match="no Optuna tables"):
+        open_existing_storage(postgres_url)
+    open_storage(postgres_url, Path("."))  # a worker creates them
+    assert "studies" in sqlalchemy.inspect(sqlalchemy.create_engine(postgres_url)).get_table_names()
+    assert main(["status", str(suite), "--storage", postgres_url]) == 0  # now a store, empty
+
+
+# ------------------------------------------------------------------ why a trial failed
+
+
+def test_a_lost_claim_says_why_in_the_trials_table(tmp_path) -> None:
+    from tlbench.reports.data import load_results
+    from tlbench.search import make_study
+
+    from test_search_store import forged_claim
+
+    storage = open_storage(None, tmp_path)
+    study = make_study("s::t::b::linear_probe::tune", storage, budget=2, seed=0)
+    forged_claim(study, {"slot": 0, "seed": 0})  # holds slot 0
+    import tlbench.store as store
+
+    assert store.claim(study, {"slot": 0, "seed": 0}, lambda t: t.user_attrs.get("slot") == 0) is None  # lost
+    trials = load_results(storage, importances=False).trials
+    lost = trials[trials["number"] == 1]
+    assert lost["state"].tolist() == ["FAIL"]
+    assert lost["reason"].tolist() == ["claim lost: trial 0 holds the same unit of work (this one never ran)"]
+
+
+# ------------------------------------------------------------------ the launcher's report
+
+
+def test_the_launcher_reports_a_suite_finished_although_a_worker_died(suite, tmp_path, monkeypatch, capsys) -> None:
+    """One worker died (exit -9), the other finished every cell: the report is written, exit 0; with work
+    left, no report and exit 1."""
+    journal, out = tmp_path / "store.journal", tmp_path / "out"
+
+    def one_dies_after_nothing(args, prepared, slots, console):
+        return 1
+
+    monkeypatch.setattr(launch, "launch_local", one_dies_after_nothing)
+    argv = ["launch", str(suite), "--storage", str(journal), "--jobs", "2", "--out", str(out)]
+    assert main(argv) == 1
+    assert "units of work are left; fix the cause and run the same command again" in capsys.readouterr().err
+    assert not (out / "table.md").exists()
+
+    def other_finishes(args, prepared, slots, console):
+        assert main(["run", str(suite), "--storage", str(journal), "--out", str(out), "--report", "none"]) == 0
+        return 1
+
+    monkeypatch.setattr(launch, "launch_local", other_finishes)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "the other workers finished the suite: every cell is done in the store, so its report is written" in err
+    assert (out / "table.md").is_file()

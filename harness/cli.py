@@ -392,7 +392,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = plan.suite
     tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else
               f"{suite.budget_epochs:g} backbone epochs of tuning") + (" (grid)" if plan.grids else "")
-    console.print(f"suite {suite.name}: {len(plan.cells)} cells × {tuning}, "
+    console.print(f"suite {suite.name}: {len(plan.cells)} cell{'' if len(plan.cells) == 1 else 's'} × {tuning}, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"
                   f"{', compiled' if runtime.execution.compile else ''}), out {out}")
@@ -461,6 +461,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
                      dry_run=True, data=False)
     out = args.out or Path("runs") / plan.suite.name
     url = args.storage or str(out / "store.journal")
+    if args.storage is None and not (out / "store.journal").is_file():
+        raise ConfigError(f"status: {'--out ' if args.out else ''}{out}: no store there (expected {out / 'store.journal'}); "
+                          f"give the --out of a run, or --storage URL")
     storage = open_existing_storage(url)
     held = suites_in(storage)
     if plan.suite.name not in held and held:
@@ -474,7 +477,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
           f"{sum(c.left for c in cells)} units of work left (tuning slots, evaluation seeds, sensitivity runs)"
           + ("" if held else "; the store is empty: no worker has started on it yet"))
     width = max(len(c.cell.label) for c in cells)
-    print(f"  {'cell':<{width}}  {'tuning':>13}  {'evaluated':>9}  {'sensitivity':>11}  {'held':>4}  "
+    print(f"  {'cell':<{width}}  {'tuning':>13}  {'evaluated':>9}  {'sensitivity':>11}  {'held':>4}  {'dead':>4}  "
           f"{'failed':>6}  state")
     for c in cells:
         tuning = ("-" if c.tuning_total is None and c.tuning_done and not c.tuned else
@@ -482,7 +485,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
                   f"{c.tuned} ({'done' if c.tuning_done else c.budget})")
         sens = f"{c.sensitivity_done}/{c.sensitivity_total}" if c.sensitivity_total else "-"
         print(f"  {c.cell.label:<{width}}  {tuning:>13}  {f'{c.evaluated}/{c.seeds}':>9}  {sens:>11}  "
-              f"{c.held:>4}  {c.failed:>6}  {c.state}")
+              f"{c.held:>4}  {c.orphaned:>4}  {c.failed:>6}  {c.state}")
     workers: dict[str, bool] = {}
     for c in cells:
         workers.update(c.workers)

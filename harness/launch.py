@@ -294,8 +294,8 @@ def cmd_launch(args: argparse.Namespace, console: Console) -> int:
     if code == 1:  # a worker died or failed: the others may still have finished the suite
         left = sum(c.left for c in run_status(storage, prepared.plan))
         if left:
-            say(console, f"{left} units of work are left; fix the cause and run the same command again (the store "
-                         f"keeps what the workers finished)")
+            say(console, f"{left} units of work are left; run the same command again to resume (the store keeps "
+                         f"what the workers finished; a worker that failed by itself says why above)")
             return 1
         say(console, "the other workers finished the suite: every cell is done in the store"
                      + (", so its report is written" if args.report != "none" else ""))
@@ -320,6 +320,7 @@ class Started:
     proc: subprocess.Popen[bytes]
     log: Path
     since: float
+    offset: int = 0  # where this launch's part of the log begins (logs are appended to across launches)
 
 
 @contextlib.contextmanager
@@ -359,8 +360,9 @@ def launch_local(args: argparse.Namespace, prepared: Prepared, slots: list[Slot]
     try:
         for slot in slots:
             log = logs / f"worker-{slot.index}.log"
+            offset = log.stat().st_size if log.is_file() else 0
             proc = start_worker(slot, worker_argv(args, prepared.out, threads=slot.threads), log, detach=args.detach)
-            started.append(Started(slot, proc, log, time.monotonic()))
+            started.append(Started(slot, proc, log, time.monotonic(), offset))
             # The kernel's answer, not the plan: what the worker really runs on.
             cores = sorted(os.sched_getaffinity(proc.pid)) if hasattr(os, "sched_getaffinity") else slot.cores
             say(console, f"worker {slot.index}: pid {proc.pid}, "
@@ -388,7 +390,7 @@ def watch(started: list[Started], console: Console) -> int:
                 failed += 1
                 say(console, f"worker {s.slot.index} (pid {s.proc.pid}) failed: exit {code} after {took:.1f} s; "
                              f"the end of {s.log}:")
-                for line in tail(s.log, TAIL_LINES):
+                for line in tail(s.log, TAIL_LINES, offset=s.offset):
                     say(console, f"    {line}")
             time.sleep(0.2)
     except KeyboardInterrupt:
@@ -418,9 +420,12 @@ def interrupted(running: list[Started], console: Console) -> int:
     return 130
 
 
-def tail(path: Path, n: int) -> list[str]:
+def tail(path: Path, n: int, *, offset: int = 0) -> list[str]:
+    """The last ``n`` lines of ``path`` written after byte ``offset`` (this launch's part of an appended log)."""
     try:
-        return path.read_text(errors="replace").splitlines()[-n:]
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace").splitlines()[-n:]
     except OSError:
         return []
 

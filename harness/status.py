@@ -26,6 +26,7 @@ class CellStatus:
     tuning_total: int | None = None  # slots of a trial budget (None: an epochs budget, or nothing to tune)
     tuning_done: bool = False
     held: int = 0  # units a live worker's claim holds right now (any phase)
+    orphaned: int = 0  # units a dead worker's claim still holds: the next worker that looks takes them over
     failed: int = 0  # trials that failed (killed workers, errors; not claims lost in a race)
     evaluated: int = 0
     seeds: int = 0
@@ -69,6 +70,7 @@ def cell_status(storage: BaseStorage, plan: Plan, cell: Cell, names: set[str]) -
             if t.state == TrialState.RUNNING and "worker" in t.user_attrs:
                 alive = t.number not in dead
                 status.held += alive  # a dead worker's unit is free for the next worker that looks
+                status.orphaned += not alive
                 status.workers[t.user_attrs["worker"]] = alive
             status.failed += t.state == TrialState.FAIL and not lost_claim(t) and not t.user_attrs.get("final")
     if strategy.tunable:

@@ -210,7 +210,7 @@ def test_the_launcher_reports_a_suite_finished_although_a_worker_died(suite, tmp
     monkeypatch.setattr(launch, "launch_local", one_dies_after_nothing)
     argv = ["launch", str(suite), "--storage", str(journal), "--jobs", "2", "--out", str(out)]
     assert main(argv) == 1
-    assert "units of work are left; fix the cause and run the same command again" in capsys.readouterr().err
+    assert "units of work are left; run the same command again to resume" in capsys.readouterr().err
     assert not (out / "table.md").exists()
 
     def other_finishes(args, prepared, slots, console):
@@ -222,3 +222,22 @@ def test_the_launcher_reports_a_suite_finished_although_a_worker_died(suite, tmp
     err = capsys.readouterr().err
     assert "the other workers finished the suite: every cell is done in the store, so its report is written" in err
     assert (out / "table.md").is_file()
+
+
+def test_a_failed_workers_log_end_is_this_launchs_not_an_earlier_ones(tmp_path, capsys) -> None:
+    """Logs are appended to across launches: the lines shown under a failed worker begin where this launch's
+    part of its log begins."""
+    from rich.console import Console
+
+    log = tmp_path / "worker-0.log"
+    log.write_text("".join(f"earlier launch line {i}\n" for i in range(20)))
+    offset = log.stat().st_size
+    with log.open("ab") as sink:
+        sink.write(b"== this launch's header\n")
+        sink.flush()
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; print('importing'); sys.exit(3)"], stdout=sink)
+    started = launch.Started(launch.Slot(0, (0,), 1), proc, log, 0.0, offset)
+    assert launch.watch([started], Console(stderr=True, highlight=False, soft_wrap=True)) == 1
+    err = capsys.readouterr().err
+    assert "failed: exit 3" in err and "== this launch's header" in err and "importing" in err
+    assert "earlier launch line" not in err

@@ -195,8 +195,14 @@ def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsy
     assert "2 cells (1 running, 1 waiting); 2 units of work left" in text, text  # a second seed for each
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  d ") or line.startswith("  e ")}
     assert lines["d"].split()[-1] == "running" and " 1/2 " in lines["d"], text  # seed 2 held, not done
+    assert lines["e"].split()[-4:-1] == ["0", "1", "0"], text  # held by no live worker, 1 by a dead one, 0 failed
     assert "1 alive (elsewhere:7:7)" in text and "1 dead" in text, text
     assert main(["status", str(suite), "--storage", "nonsense"]) == 2  # a bad --storage: one line
+    capsys.readouterr()
+    assert main(["status", str(suite), "--out", str(tmp_path / "nothing")]) == 2  # names --out, not --storage
+    assert capsys.readouterr().err.strip() == (f"tlbench: error: status: --out {tmp_path / 'nothing'}: no store there "
+                                               f"(expected {tmp_path / 'nothing' / 'store.journal'}); give the --out "
+                                               f"of a run, or --storage URL")
 
 
 @pytest.mark.parametrize("flag, value, needle", [("--threads", "0", "a number of CPU threads >= 1"),

@@ -25,6 +25,10 @@ from tlbench.storage import open_storage
 from tlbench.strategies.base import ModelPredictor
 
 RELEASE = Path(__file__).resolve().parent / "data" / "release-0.1.0"
+#: A store written by tlbench at schema 4 before its modules were regrouped into layers (commit f6196e7):
+#: tests/data/schema-4/schema4.yaml run with `--report tables` (a search-space override, a sensitivity
+#: study, reused models), and the table `tlbench report` wrote from it.
+SCHEMA4 = Path(__file__).resolve().parent / "data" / "schema-4"
 
 
 def old_store(tmp_path: Path) -> Path:
@@ -51,6 +55,22 @@ def test_a_report_of_the_previous_releases_store_is_the_same(tmp_path: Path, cap
     kd = runs[runs["strategy"] == "distillation"]
     assert kd["teacher"].str.startswith("full_finetune#").all()  # strategy facts: still columns
     assert (runs[runs["strategy"] == "ensemble"]["ensemble_size"] > 0).all()
+
+
+def test_a_report_of_a_store_written_before_the_layers_moved_is_the_same(tmp_path: Path) -> None:
+    from tlbench.reports.data import load_results
+
+    journal = tmp_path / "s4" / "store.journal"
+    journal.parent.mkdir()
+    shutil.copy(SCHEMA4 / "store.journal", journal)
+    assert main(["report", str(journal.parent), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "table.md").read_text() == (SCHEMA4 / "table.md").read_text()
+    results = load_results(open_storage(str(journal), tmp_path), importances=False)
+    assert len(results.runs) == 20 and set(results.runs["strategy"]) == {"linear_probe", "full_finetune", "lp_ft",
+                                                                         "distillation", "ensemble"}
+    assert len(results.sensitivity) == 4 and {"varied:lr_sgd", "tuned:lr_sgd"} <= set(results.sensitivity.columns)
+    assert results.search_spaces["full_finetune"]["lr_sgd"] == "[0.001, 0.1] (log)"
+    assert results.protocol is not None and results.protocol.budget == 3
 
 
 def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

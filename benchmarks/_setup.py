@@ -10,8 +10,8 @@ from typing import Callable
 
 import torch
 
-from tlbench.plan import load_plan
-from tlbench.pretrain import materialize_backbone
+from tlbench.run.plan import load_plan
+from tlbench.run.pretrain import materialize_backbone
 
 QUICK = Path(__file__).resolve().parent.parent / "suites" / "quick.yaml"
 

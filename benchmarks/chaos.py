@@ -198,7 +198,7 @@ def kill_lock_holder(workers: Workers, owner: Path, *, within: float) -> str | N
     what was killed, or None when no worker was caught holding it within ``within`` seconds. A
     worker named by the record is stopped first, so the record read after stopping it is the truth
     at the moment of the kill."""
-    from tlbench.journallock import read_record
+    from tlbench.store.lock import read_record
 
     pids = {p.pid: i for i, p in enumerate(workers.procs) if p is not None and p.poll() is None}
     deadline = time.monotonic() + within
@@ -229,7 +229,7 @@ def unleash(workers: Workers, storage_url: str, *, kills: int, interval: float, 
     write lock (``owner``: its owner record; :func:`kill_lock_holder`). A remote worker
     is spared by those until it has been killed once while it holds a tuning trial and once
     while it holds an evaluation run: it is watched, and killed the moment it does."""
-    from tlbench.storage import open_storage
+    from tlbench.store.opening import open_storage
 
     storage = open_storage(storage_url, Path("."))  # opened once: it is read every 0.2 s
     done: list[str] = []
@@ -277,10 +277,10 @@ def compare(reference: str, chaos: str, suite: str) -> Outcome:
     import optuna
     from optuna.trial import TrialState
 
-    from tlbench.records import StudyName, load_runs
-    from tlbench.samplers import slot_of
-    from tlbench.storage import open_storage
-    from tlbench.store import lost_claim
+    from tlbench.run.samplers import slot_of
+    from tlbench.store.claims import lost_claim
+    from tlbench.store.opening import open_storage
+    from tlbench.store.records import StudyName, load_runs
 
     out = Outcome()
     ref_store, chaos_store = open_storage(reference, Path(".")), open_storage(chaos, Path("."))
@@ -360,7 +360,7 @@ def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval
         suite = folder / "chaos.yaml"
         suite.write_text(DEFAULT_SUITE)
     suite = suite.resolve()
-    from tlbench.plan import load_plan
+    from tlbench.run.plan import load_plan
 
     name = load_plan(suite, dry_run=True, cache_dir=cache).suite.name
     reference = f"journal:{folder / 'reference.journal'}"

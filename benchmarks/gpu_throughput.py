@@ -54,11 +54,13 @@ def _map_checkout() -> None:
 
 
 _map_checkout()
-from tlbench.backbones import Classifier, TorchvisionResNet, VisionTransformer  # noqa: E402
-from tlbench.data import ImageView, Loading, Preprocess  # noqa: E402
-from tlbench.features import compute_features  # noqa: E402
-from tlbench.imagecache import ImageCache  # noqa: E402
-from tlbench.train import Execution, Hook, NullReporter, fit_epochs  # noqa: E402
+from tlbench.data.imagecache import ImageCache  # noqa: E402
+from tlbench.data.preprocess import Preprocess  # noqa: E402
+from tlbench.data.reader import Loading  # noqa: E402
+from tlbench.data.views import ImageView  # noqa: E402
+from tlbench.training.backbones import Classifier, TorchvisionResNet, VisionTransformer  # noqa: E402
+from tlbench.training.features import compute_features  # noqa: E402
+from tlbench.training.loop import Execution, Hook, NullReporter, fit_epochs  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

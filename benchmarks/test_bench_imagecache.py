@@ -26,13 +26,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tlbench.backbones import Classifier, build_backbone
-from tlbench.data import ImageView, Loading, Preprocess, Reader, sequential
-from tlbench.imagecache import ImageCache, human
-from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.data.imagecache import ImageCache, human
+from tlbench.data.preprocess import Preprocess
+from tlbench.data.reader import Loading, Reader, sequential
+from tlbench.data.views import ImageView
 from tlbench.suites.datasets import DataAccess
-from tlbench.suites.tasks import build_task
-from tlbench.train import Execution, NullReporter, fit_epochs, predict_logits
+from tlbench.suites.schema import SplitSpec, TaskSpec
+from tlbench.suites.splitting import build_task
+from tlbench.training.backbones import Classifier, build_backbone
+from tlbench.training.loop import Execution, NullReporter, fit_epochs, predict_logits
 
 CPU = torch.device("cpu")
 N_IMAGES = 256

@@ -1,6 +1,6 @@
 """What tlbench's journal costs against Optuna's own, side by side in one run: Optuna's file backend
 with its symlink lock, against tlbench's (the same file format; every line checked as it is read,
-a cut-off last line looked for before each append, and the write lock of tlbench.journallock:
+a cut-off last line looked for before each append, and the write lock of tlbench.store.lock:
 flock, then the same link, with an owner record).
 
 Each case creates a study in a fresh journal and runs trials as a tuning slot writes them (ask, two
@@ -27,7 +27,7 @@ if kind == "optuna":
     from optuna.storages.journal import JournalFileBackend
     storage = JournalStorage(JournalFileBackend(path))
 else:
-    from tlbench.storage import open_storage
+    from tlbench.store.opening import open_storage
     storage = open_storage("journal:" + path, Path("."))
 study = optuna.create_study(study_name="bench", storage=storage, load_if_exists=True)
 start = time.perf_counter()

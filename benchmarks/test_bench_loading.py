@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tlbench.data import Loading, Preprocess, Reader, sequential
-from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.data.preprocess import Preprocess
+from tlbench.data.reader import Loading, Reader, sequential
 from tlbench.suites.datasets import DataAccess
-from tlbench.suites.tasks import build_task
+from tlbench.suites.schema import SplitSpec, TaskSpec
+from tlbench.suites.splitting import build_task
 
 N_IMAGES = 384
 

@@ -14,11 +14,11 @@ from _setup import best_of, quick_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlbench.backbones import Classifier
 from tlbench.strategies.parts import make_optimizer, warmup_cosine
-from tlbench.suites.config import SplitSpec, TaskSpec
-from tlbench.suites.tasks import build_task
-from tlbench.train import NullReporter, fit_epochs, steps_per_epoch
+from tlbench.suites.schema import SplitSpec, TaskSpec
+from tlbench.suites.splitting import build_task
+from tlbench.training.backbones import Classifier
+from tlbench.training.loop import NullReporter, fit_epochs, steps_per_epoch
 
 EPOCHS, BATCH = 4, 32
 CFG = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "warmup_fraction": 0.1}

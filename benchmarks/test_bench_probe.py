@@ -9,12 +9,12 @@ import torch
 from _setup import best_of, quick_digits
 from torch import nn
 
-from tlbench.backbones import Classifier
-from tlbench.features import FeatureCache
-from tlbench.runtime import Runtime
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.parts import make_optimizer
-from tlbench.train import NullReporter, accuracy, fit_epochs, predict_logits
+from tlbench.training.backbones import Classifier
+from tlbench.training.context import Runtime
+from tlbench.training.features import FeatureCache
+from tlbench.training.loop import NullReporter, accuracy, fit_epochs, predict_logits
 
 PARAMS = {"lr": 0.01, "weight_decay": 1e-4, "epochs": 50}
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 
-from tlbench.cli import main
+from tlbench.cli.main import main
 from tlbench.strategies import STRATEGIES
 
 

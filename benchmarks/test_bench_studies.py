@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tlbench.cli import main
-from tlbench.reports.data import load_results
+from tlbench.cli.main import main
+from tlbench.reports.results import load_results
 from tlbench.suites import bundled_suites
 
 SEEDS = "3"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tlbench.records import load_runs
-from tlbench.storage import open_storage
+from tlbench.store.opening import open_storage
+from tlbench.store.records import load_runs
 
 #: (suite, extra run options): the smoke suite the issue names (about 10 s of work: fixed costs
 #: dominate), and a larger slice of the quick suite where the work does.

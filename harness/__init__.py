@@ -14,15 +14,16 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from tlbench.version import __version__
+from tlbench.core.version import __version__
 
 #: public name → the module that defines it
 _EXPORTS: dict[str, str] = {
     # errors
-    "TlbenchError": "tlbench.errors", "ConfigError": "tlbench.errors", "NonFiniteLoss": "tlbench.errors",
+    "TlbenchError": "tlbench.core.errors", "ConfigError": "tlbench.core.errors", "NonFiniteLoss": "tlbench.core.errors",
     # typed blocks and registries
-    "Frozen": "tlbench.config", "Registry": "tlbench.registry",
-    "STRATEGIES": "tlbench.strategies", "BACKBONES": "tlbench.backbones", "DATASETS": "tlbench.suites.datasets",
+    "Frozen": "tlbench.core.frozen", "Registry": "tlbench.core.registry",
+    "STRATEGIES": "tlbench.strategies", "BACKBONES": "tlbench.training.backbones",
+    "DATASETS": "tlbench.suites.datasets",
     # strategies and what they return
     "Strategy": "tlbench.strategies.base", "Predictor": "tlbench.strategies.base",
     "ModelPredictor": "tlbench.strategies.base",
@@ -35,21 +36,22 @@ _EXPORTS: dict[str, str] = {
     "make_schedule": "tlbench.strategies.parts", "warmup_cosine": "tlbench.strategies.parts",
     "slanted_triangular": "tlbench.strategies.parts",
     # the training loop's contract
-    "Hook": "tlbench.train", "Batch": "tlbench.train", "Reporter": "tlbench.train",
-    "NullReporter": "tlbench.train", "fit_epochs": "tlbench.train", "predict_logits": "tlbench.train",
-    "accuracy": "tlbench.train", "Runtime": "tlbench.runtime",
+    "Hook": "tlbench.training.loop", "Batch": "tlbench.training.loop", "Reporter": "tlbench.training.loop",
+    "NullReporter": "tlbench.training.loop", "fit_epochs": "tlbench.training.loop",
+    "predict_logits": "tlbench.training.loop",
+    "accuracy": "tlbench.training.loop", "Runtime": "tlbench.training.context",
     # backbones, data, tasks
-    "Backbone": "tlbench.backbones", "Classifier": "tlbench.backbones",
-    "TorchvisionBackbone": "tlbench.backbones", "ImageView": "tlbench.data",
+    "Backbone": "tlbench.training.backbones", "Classifier": "tlbench.training.backbones",
+    "TorchvisionBackbone": "tlbench.training.backbones", "ImageView": "tlbench.data.views",
     "TorchvisionDataset": "tlbench.suites.images",
     "Dataset": "tlbench.suites.pools", "DataPool": "tlbench.suites.pools", "DataAccess": "tlbench.suites.pools",
-    "Task": "tlbench.data", "Split": "tlbench.data",
+    "Task": "tlbench.data.splits", "Split": "tlbench.data.splits",
     # reusing other strategies' models
-    "Member": "tlbench.reuse", "ModelServer": "tlbench.reuse",
+    "Member": "tlbench.training.context", "ModelServer": "tlbench.training.context",
     # stored results
-    "load_results": "tlbench.reports.data", "Results": "tlbench.reports.data",
-    "RunRecord": "tlbench.records", "StudyName": "tlbench.records", "Protocol": "tlbench.records",
-    "SCHEMA_VERSION": "tlbench.records",
+    "load_results": "tlbench.reports.results", "Results": "tlbench.reports.results",
+    "RunRecord": "tlbench.store.records", "StudyName": "tlbench.store.records", "Protocol": "tlbench.store.records",
+    "SCHEMA_VERSION": "tlbench.store.records",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -69,15 +71,13 @@ def __dir__() -> list[str]:
 
 
 if _TYPE_CHECKING:  # static analysers see the real names
-    from tlbench.backbones import BACKBONES, Backbone, Classifier, TorchvisionBackbone
-    from tlbench.config import Frozen
-    from tlbench.data import ImageView, Split, Task
-    from tlbench.errors import ConfigError, NonFiniteLoss, TlbenchError
-    from tlbench.records import SCHEMA_VERSION, Protocol, RunRecord, StudyName
-    from tlbench.registry import Registry
-    from tlbench.reports.data import Results, load_results
-    from tlbench.reuse import Member, ModelServer
-    from tlbench.runtime import Runtime
+    from tlbench.core.errors import ConfigError, NonFiniteLoss, TlbenchError
+    from tlbench.core.frozen import Frozen
+    from tlbench.core.registry import Registry
+    from tlbench.data.splits import Split, Task
+    from tlbench.data.views import ImageView
+    from tlbench.reports.results import Results, load_results
+    from tlbench.store.records import SCHEMA_VERSION, Protocol, RunRecord, StudyName
     from tlbench.strategies import STRATEGIES
     from tlbench.strategies.base import ModelPredictor, Predictor, Strategy
     from tlbench.strategies.full_finetune import finetune, new_classifier
@@ -97,4 +97,6 @@ if _TYPE_CHECKING:  # static analysers see the real names
     from tlbench.suites.datasets import DATASETS
     from tlbench.suites.images import TorchvisionDataset
     from tlbench.suites.pools import DataAccess, DataPool, Dataset
-    from tlbench.train import Batch, Hook, NullReporter, Reporter, accuracy, fit_epochs, predict_logits
+    from tlbench.training.backbones import BACKBONES, Backbone, Classifier, TorchvisionBackbone
+    from tlbench.training.context import Member, ModelServer, Runtime
+    from tlbench.training.loop import Batch, Hook, NullReporter, Reporter, accuracy, fit_epochs, predict_logits

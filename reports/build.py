@@ -13,9 +13,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from tlbench.records import Protocol
 from tlbench.reports import figures, stats, studies
-from tlbench.reports.data import Results
+from tlbench.reports.results import Results
 from tlbench.reports.tables import (
     Table,
     accuracy_table,
@@ -31,6 +30,7 @@ from tlbench.reports.tables import (
     to_markdown,
     with_columns,
 )
+from tlbench.store.records import Protocol
 
 
 @dataclass

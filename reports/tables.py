@@ -119,7 +119,8 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
         rows.append(row)
     low_n, high_n = int(summary["n"].min()), int(summary["n"].max())
     seeds = f"{low_n}" if low_n == high_n else f"{low_n}–{high_n}"
-    notes = [f"Mean over {seeds} evaluation seed{'' if high_n == 1 else 's'} ± half-width of the 95% bootstrap confidence interval of "
+    plural = "" if high_n == 1 else "s"
+    notes = [f"Mean over {seeds} evaluation seed{plural} ± half-width of the 95% bootstrap confidence interval of "
              f"the mean (expanded percentile, Hesterberg 2015; {stats.RESAMPLES:,} resamples). Bold: best mean "
              f"per column. {MARK}: not significantly different from the best (paired t-test over the seeds "
              f"both share, Holm-corrected within the column, α = {stats.ALPHA}). Avg. rank: mean rank over "

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from tlbench.registry import Registry
+from tlbench.core.registry import Registry
 from tlbench.strategies.base import Predictor, Strategy
+from tlbench.strategies.discriminative_lr import DiscriminativeLR
 from tlbench.strategies.distillation import KnowledgeDistillation
 from tlbench.strategies.ensemble import Ensemble
-from tlbench.strategies.full_finetune import FullFinetune, Scratch
+from tlbench.strategies.full_finetune import FullFinetune
+from tlbench.strategies.gradual_unfreeze import GradualUnfreeze
+from tlbench.strategies.l2_sp import L2SPStrategy
 from tlbench.strategies.linear_probe import LinearProbe
-from tlbench.strategies.regularized import LPFT, L2SPStrategy
-from tlbench.strategies.schedules import DiscriminativeLR, GradualUnfreeze, Surgical, ULMFiT
+from tlbench.strategies.lp_ft import LPFT
+from tlbench.strategies.scratch import Scratch
+from tlbench.strategies.surgical import Surgical
+from tlbench.strategies.ulmfit import ULMFiT
 
 STRATEGIES: Registry[Strategy] = Registry("strategy", Strategy)
 for _cls in (LinearProbe, FullFinetune, Scratch, GradualUnfreeze, DiscriminativeLR, LPFT, L2SPStrategy,

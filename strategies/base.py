@@ -9,14 +9,13 @@ import optuna
 import torch
 from torch import nn
 
-from tlbench.backbones import Backbone
-from tlbench.config import Frozen, validate_block
-from tlbench.data import Split, Task
-from tlbench.errors import ConfigError
-from tlbench.records import RunRecord
-from tlbench.reuse import ModelServer
-from tlbench.runtime import Runtime
-from tlbench.train import Execution, Reporter, predict_logits
+from tlbench.core.errors import ConfigError
+from tlbench.core.frozen import Frozen, validate_block
+from tlbench.data.splits import Split, Task
+from tlbench.store.records import RunRecord
+from tlbench.training.backbones import Backbone
+from tlbench.training.context import ModelServer, Runtime
+from tlbench.training.loop import Execution, Reporter, predict_logits
 
 
 class Predictor(ABC):

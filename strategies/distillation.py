@@ -8,15 +8,14 @@ import optuna
 import torch
 from pydantic import Field
 
-from tlbench.backbones import Backbone
-from tlbench.config import Frozen
-from tlbench.data import Split, Task
-from tlbench.reuse import splits_of
-from tlbench.runtime import Runtime
+from tlbench.core.frozen import Frozen
+from tlbench.data.splits import Split, Task
 from tlbench.strategies.base import ModelPredictor, Predictor, Strategy, require_members
 from tlbench.strategies.full_finetune import finetune, new_classifier
 from tlbench.strategies.parts import Distillation, suggest_optimizer
-from tlbench.train import Reporter, accuracy
+from tlbench.training.backbones import Backbone
+from tlbench.training.context import Runtime, splits_of
+from tlbench.training.loop import Reporter, accuracy
 
 
 class DistillationOptions(Frozen):

@@ -10,15 +10,15 @@ import optuna
 import torch
 from pydantic import Field
 
-from tlbench.backbones import Backbone, Classifier
-from tlbench.config import Frozen
-from tlbench.data import Reader, Split, Task
-from tlbench.errors import ConfigError
-from tlbench.reuse import Member
-from tlbench.runtime import Runtime
+from tlbench.core.errors import ConfigError
+from tlbench.core.frozen import Frozen
+from tlbench.data.reader import Reader
+from tlbench.data.splits import Split, Task
 from tlbench.strategies.base import ModelPredictor, Predictor, Strategy, require_members
 from tlbench.strategies.full_finetune import new_classifier
-from tlbench.train import Reporter, accuracy, steps_per_epoch
+from tlbench.training.backbones import Backbone, Classifier
+from tlbench.training.context import Member, Runtime
+from tlbench.training.loop import Reporter, accuracy, steps_per_epoch
 
 METHODS = ("average", "greedy", "uniform_soup", "greedy_soup")
 

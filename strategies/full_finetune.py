@@ -1,5 +1,4 @@
-"""Full fine-tuning, the routine every fine-tuning strategy composes, and the from-scratch
-baseline that shares its recipe."""
+"""Full fine-tuning, and :func:`finetune`, the routine every fine-tuning strategy composes."""
 
 from __future__ import annotations
 
@@ -10,12 +9,12 @@ import optuna
 import torch
 from torch import nn
 
-from tlbench.backbones import Backbone, Classifier
-from tlbench.data import Task
-from tlbench.runtime import Runtime
+from tlbench.data.splits import Task
 from tlbench.strategies.base import ModelPredictor, Predictor, Strategy
 from tlbench.strategies.parts import make_optimizer, make_schedule, suggest_optimizer
-from tlbench.train import Criterion, Hook, Reporter, cross_entropy, fit_epochs, steps_per_epoch
+from tlbench.training.backbones import Backbone, Classifier
+from tlbench.training.context import Runtime
+from tlbench.training.loop import Criterion, Hook, Reporter, cross_entropy, fit_epochs, steps_per_epoch
 
 
 def new_classifier(backbone: Backbone, num_classes: int, *, seed: int, runtime: Runtime,
@@ -82,15 +81,3 @@ class FullFinetune(Strategy):
         model = new_classifier(backbone, task.num_classes, seed=seed, runtime=runtime)
         return finetune(model, task, params, seed=seed, reporter=reporter, runtime=runtime,
                         batch_size=self.batch_size)
-
-
-class Scratch(FullFinetune):
-    """The same architecture and recipe from random initialisation: did transfer pay off?"""
-
-    name = "scratch"
-    description = "same architecture from random init, full-fine-tune recipe (baseline)"
-
-    def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
-            reporter: Reporter, runtime: Runtime) -> Predictor:
-        return super().fit(backbone.reinitialized(seed), task, params, seed=seed, reporter=reporter,
-                           runtime=runtime)

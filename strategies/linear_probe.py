@@ -8,11 +8,11 @@ import optuna
 import torch
 from torch import nn
 
-from tlbench.backbones import Backbone, Classifier
-from tlbench.data import Split, Task
-from tlbench.runtime import Runtime
+from tlbench.data.splits import Split, Task
 from tlbench.strategies.base import Predictor, Strategy, cpu_state
-from tlbench.train import Reporter, fit_linear_head, forward_flops, median_seconds, predict_logits, spend
+from tlbench.training.backbones import Backbone, Classifier
+from tlbench.training.context import Runtime
+from tlbench.training.loop import Reporter, fit_linear_head, forward_flops, median_seconds, predict_logits, spend
 
 
 class ProbePredictor(Predictor):

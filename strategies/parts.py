@@ -21,8 +21,8 @@ import optuna
 import torch
 from torch import nn
 
-from tlbench.backbones import Classifier
-from tlbench.train import Batch, Hook
+from tlbench.training.backbones import Backbone, Classifier
+from tlbench.training.loop import Batch, Hook
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "stlr")
@@ -228,3 +228,16 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Ten
     kl = nn.functional.kl_div(torch.log_softmax(student / t, 1), torch.log_softmax(teacher / t, 1),
                               reduction="batchmean", log_target=True)
     return (1 - alpha) * ce + alpha * t * t * kl
+
+
+def suggest_stage_length(trial: optuna.Trial, backbone: Backbone, min_epochs: int) -> int:
+    """Epochs per unfreezing stage, at most what lets every group unfreeze within the
+    shortest searched run (ULMFiT used one epoch per stage). When even one epoch per stage
+    is too long for the shortest runs, their lowest groups stay frozen."""
+    stages = len(backbone.groups)  # stages after the head-only one
+    return trial.suggest_int("epochs_per_stage", 1, max(1, (min_epochs - 1) // stages))
+
+
+def suggest_decay(trial: optuna.Trial) -> float:
+    """Layer-wise decay; ULMFiT's 1/2.6 ≈ 0.38 and BEiT's 0.65–0.9 are inside the range."""
+    return trial.suggest_float("lr_decay", 0.3, 1.0)

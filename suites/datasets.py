@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tlbench.config import Frozen, validate_block
-from tlbench.errors import ConfigError
-from tlbench.paths import default_data_root
-from tlbench.registry import Registry
+from tlbench.core.errors import ConfigError
+from tlbench.core.frozen import Frozen, validate_block
+from tlbench.core.paths import default_data_root
+from tlbench.core.registry import Registry
 from tlbench.suites.images import IMAGE_DATASETS
 from tlbench.suites.pools import DataAccess, DataPool, Dataset, NoArgs
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tlbench.config import Frozen
-from tlbench.data import ImageView
-from tlbench.errors import ConfigError
+from tlbench.core.errors import ConfigError
+from tlbench.core.frozen import Frozen
+from tlbench.data.views import ImageView
 from tlbench.suites.pools import DataAccess, DataPool, Dataset, NoArgs, name_list
 
 
@@ -299,7 +299,7 @@ def image_extensions() -> tuple[str, ...]:
 
 def open_image(path: str) -> Any:
     """An image file as PIL decodes it, in its own mode. torchvision's loader converts to RGB
-    here, which clips 16-bit images (``I;16``) at 255; :func:`tlbench.data.to_rgb` converts
+    here, which clips 16-bit images (``I;16``) at 255; :func:`tlbench.data.views.to_rgb` converts
     them when they are read, scaling 16 bits to 8."""
     from PIL import Image
 

@@ -11,9 +11,9 @@ from typing import ClassVar
 
 import torch
 
-from tlbench.config import Frozen
-from tlbench.data import Inputs
-from tlbench.paths import default_data_root
+from tlbench.core.frozen import Frozen
+from tlbench.core.paths import default_data_root
+from tlbench.data.views import Inputs
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ def postgres_url(postgres) -> str:
 @pytest.fixture
 def tiny_task():
     """Digits, 3 classes, 4 shots: a task that trains in milliseconds."""
-    from tlbench.suites.config import SplitSpec, TaskSpec
-    from tlbench.suites.tasks import build_task
+    from tlbench.suites.schema import SplitSpec, TaskSpec
+    from tlbench.suites.splitting import build_task
 
     spec = TaskSpec(dataset="digits", classes=[0, 1, 7],
                     split=SplitSpec(seed=1, shots=4, val_per_class=4, test_fraction=0.3),
@@ -48,7 +48,7 @@ def tiny_task():
 
 @pytest.fixture
 def tiny_backbone():
-    from tlbench.backbones import build_backbone
+    from tlbench.training.backbones import build_backbone
 
     backbone = build_backbone("cnn2d", {"width": 4, "depth": 3}, seed=3)
     backbone.weights_id = "tiny-test-backbone"
@@ -57,8 +57,8 @@ def tiny_backbone():
 
 @pytest.fixture
 def runtime(tmp_path):
-    from tlbench.features import FeatureCache
-    from tlbench.runtime import Runtime
+    from tlbench.training.context import Runtime
+    from tlbench.training.features import FeatureCache
 
     return Runtime(torch.device("cpu"), FeatureCache(tmp_path / "features"))
 

@@ -11,8 +11,8 @@ def sample_params(strategy, backbone, seed: int = 0) -> dict:
 
 
 def run_context(**fields):
-    """A :class:`~tlbench.records.RunContext` for evaluation runs outside a suite."""
-    from tlbench.records import RunContext
+    """A :class:`~tlbench.store.records.RunContext` for evaluation runs outside a suite."""
+    from tlbench.store.records import RunContext
 
     base = dict(suite="test", task="tiny", backbone="tiny-backbone", strategy="s", tuning_budget=1,
                 tuning_seeds="0..0", suite_fingerprint="test", backbone_weights="random")
@@ -24,7 +24,7 @@ def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, r
                  task_for=None):
     """A cell's model server outside a suite (``tlbench.testing.model_server``): each
     strategy's configuration is ``params[name]`` or a seeded random draw from its space."""
-    from tlbench.members import Reuse
+    from tlbench.run.model_server import Reuse
     from tlbench.strategies import STRATEGIES
     from tlbench.testing import model_server
 

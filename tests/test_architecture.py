@@ -1,9 +1,10 @@
-"""The package's shape: one namespace, imports that point one way, a public API, and a code
-version derived from the sources.
+"""The package's shape: one namespace, a folder tree that is the layer map, imports that point one
+way and never in a circle, a public API, and a code version derived from the sources.
 
-The layer map below is the one in docs/architecture.md. Every import statement counts,
-including those inside functions and under ``TYPE_CHECKING``: a function-level import is
-still a dependency, only a hidden one.
+The layers are ``tlbench``'s subpackages: a module belongs to the layer whose folder holds it, so
+the tree is the map (docs/architecture.md draws it). Every import statement counts, including
+those inside functions and under ``TYPE_CHECKING``: a function-level import is still a
+dependency, only a hidden one.
 """
 
 from __future__ import annotations
@@ -14,47 +15,37 @@ from pathlib import Path
 import pytest
 
 import tlbench
-from tlbench.codeversion import digest_of, package_sources, shapes_results
+from tlbench.core.codeversion import digest_of, package_sources, shapes_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: layer → the modules in it (a name ending in ".*" covers a whole subpackage)
-LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("tlbench.version", "tlbench.errors", "tlbench.registry", "tlbench.config", "tlbench.paths",
-             "tlbench.codeversion", "tlbench.atomic", "tlbench.data", "tlbench.imagecache", "tlbench.train",
-             "tlbench.backbones", "tlbench.memory", "tlbench.provenance", "tlbench.features", "tlbench.runtime",
-             "tlbench.records", "tlbench.reuse", "tlbench.storage", "tlbench.processes", "tlbench.journallock"),
-    "suites": ("tlbench.suites.*",),
-    "strategies": ("tlbench.strategies.*",),
-    "runner": ("tlbench.plan", "tlbench.plugins", "tlbench.pretrain", "tlbench.search", "tlbench.samplers",
-               "tlbench.spaces", "tlbench.evaluate",
-               "tlbench.members", "tlbench.store", "tlbench.runner", "tlbench.status"),
-    "reports": ("tlbench.reports.*",),
-    "testing": ("tlbench.testing",),  # the strategy contract as a check: built on the runner's model server
-    "cli": ("tlbench.cli", "tlbench.console", "tlbench.launch"),
-    "api": ("tlbench",),  # the façade: re-exports lazily from every layer
-}
-#: layer → the layers it may import (itself included)
+#: layer (a subpackage of tlbench) → the layers it may import, itself included. Only the rules live
+#: here: which module is in which layer is where its file is.
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
-    "suites": {"core", "suites"},
-    "strategies": {"core", "strategies"},
-    "runner": {"core", "suites", "strategies", "runner"},
-    "reports": {"core", "reports"},  # stored records only: never the runner, strategies or suites
-    "testing": {"core", "suites", "strategies", "runner", "testing"},
-    "cli": {"core", "suites", "strategies", "runner", "reports", "testing", "cli"},
-    "api": set(LAYERS),
+    "store": {"core", "store"},  # Optuna and records, never PyTorch
+    "data": {"core", "data"},
+    "training": {"core", "data", "training"},
+    "suites": {"core", "data", "training", "suites"},
+    "strategies": {"core", "data", "training", "store", "strategies"},  # siblings of suites
+    "run": {"core", "store", "data", "training", "suites", "strategies", "run"},
+    "reports": {"core", "store", "reports"},  # stored records only: never the runner, strategies or suites
+    "testing": {"core", "store", "data", "training", "suites", "strategies", "run", "testing"},
+    "cli": {"core", "store", "data", "training", "suites", "strategies", "run", "reports", "testing", "cli"},
 }
+ALLOWED["api"] = set(ALLOWED)  # tlbench/__init__: the façade re-exports lazily from every layer
 #: the repository's folders, which must never be imported under their own names
 FOLDERS = {"harness", "strategies", "suites", "reports"}
 
 
 def layer_of(module: str) -> str | None:
-    for layer, members in LAYERS.items():
-        for m in members:
-            if module == m or (m.endswith(".*") and (module == m[:-2] or module.startswith(m[:-1]))):
-                return layer
-    return None
+    """The layer of a module of the package: the subpackage its file is in (``api`` for the package itself)."""
+    parts = module.split(".")
+    if parts[0] != "tlbench":
+        return None
+    if len(parts) == 1:
+        return "api"
+    return parts[1] if parts[1] in ALLOWED else None
 
 
 def imports_of(module: str, source: str, *, is_package: bool = False) -> set[str]:
@@ -82,7 +73,7 @@ def violations(graph: dict[str, set[str]], known: set[str]) -> list[str]:
     for module, targets in sorted(graph.items()):
         layer = layer_of(module)
         if layer is None:
-            bad.append(f"{module}: not assigned to a layer (add it to LAYERS and docs/architecture.md)")
+            bad.append(f"{module}: in no layer (a module belongs in one of the subpackages {sorted(ALLOWED)})")
             continue
         for target in sorted(targets):
             top = target.split(".")[0]
@@ -96,9 +87,72 @@ def violations(graph: dict[str, set[str]], known: set[str]) -> list[str]:
     return bad
 
 
+def resolved(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """module → the package modules it imports (a name imported from a module counts as that module)."""
+    known = set(graph)
+    edges: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        edges[module] = set()
+        for target in targets:
+            parts = target.split(".")
+            for cut in range(len(parts), 0, -1):
+                candidate = ".".join(parts[:cut])
+                if candidate in known:
+                    if candidate != module:
+                        edges[module].add(candidate)
+                    break
+    return edges
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph`` (module → imported names): its strongly connected components of
+    more than one module (Tarjan's algorithm)."""
+    edges = resolved(graph)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
 def package_graph() -> dict[str, set[str]]:
     return {name: imports_of(name, path.read_text(), is_package=path.name == "__init__.py")
             for name, path in package_sources().items()}
+
+
+def test_the_tree_is_the_layer_map() -> None:
+    """Every module sits in a layer's folder; every layer folder has its rules, and every rule a folder."""
+    sources = package_sources()
+    loose = [name for name in sources if name.count(".") == 1 and name.split(".")[1] not in ALLOWED]
+    assert loose == [], f"modules outside every layer's folder: {loose}"
+    folders = {name.split(".")[1] for name in sources if name.count(".") >= 1}
+    assert folders == set(ALLOWED) - {"api"}, (folders, set(ALLOWED))
 
 
 def test_imports_point_one_way() -> None:
@@ -107,21 +161,36 @@ def test_imports_point_one_way() -> None:
     assert violations(graph, set(graph)) == []
 
 
-def test_the_check_catches_an_upward_import_even_inside_a_function() -> None:
-    source = "def f():\n    from tlbench.runner import run_plan\n"
-    graph = {"tlbench.train": imports_of("tlbench.train", source)}
-    known = {"tlbench.train", "tlbench.runner"}
+def test_no_import_cycles_at_all() -> None:
+    """Not even within a layer, nor through imports inside functions or under TYPE_CHECKING: two modules
+    that each need the other are one module, or a third is missing."""
+    assert cycles(package_graph()) == []
+
+
+def test_the_checks_catch_an_upward_import_even_inside_a_function_and_a_cycle() -> None:
+    source = "def f():\n    from tlbench.run.runner import run_plan\n"
+    graph = {"tlbench.training.loop": imports_of("tlbench.training.loop", source)}
+    known = {"tlbench.training.loop", "tlbench.run.runner"}
     [line] = violations(graph, known)
-    assert "tlbench.train (core) imports tlbench.runner (runner)" in line
-    reports_reach_runner = {"tlbench.reports.data": {"tlbench.store"}}
-    assert violations(reports_reach_runner, {"tlbench.store", "tlbench.reports.data"})
-    siblings = {"tlbench.strategies.base": {"tlbench.suites.tasks"}}
-    assert violations(siblings, {"tlbench.suites.tasks", "tlbench.strategies.base"})
-    old_name = {"tlbench.plan": imports_of("tlbench.plan", "import strategies\n")}
-    assert violations(old_name, {"tlbench.plan"}) == ["tlbench.plan imports strategies: import it as "
-                                                      "tlbench.strategies"]
-    relative = imports_of("tlbench.strategies.base", "from ..runner import run_plan\n")
-    assert "tlbench.runner" in relative
+    assert "tlbench.training.loop (training) imports tlbench.run.runner (run)" in line
+    reports_reach_runner = {"tlbench.reports.results": {"tlbench.run.status"}}
+    assert violations(reports_reach_runner, {"tlbench.run.status", "tlbench.reports.results"})
+    siblings = {"tlbench.strategies.base": {"tlbench.suites.splitting"}}
+    assert violations(siblings, {"tlbench.suites.splitting", "tlbench.strategies.base"})
+    old_name = {"tlbench.run.plan": imports_of("tlbench.run.plan", "import strategies\n")}
+    assert violations(old_name, {"tlbench.run.plan"}) == ["tlbench.run.plan imports strategies: import it as "
+                                                          "tlbench.strategies"]
+    assert violations({"tlbench.stray": set()}, {"tlbench.stray"})[0].startswith("tlbench.stray: in no layer")
+    relative = imports_of("tlbench.strategies.base", "from ..run.runner import run_plan\n")
+    assert "tlbench.run.runner" in relative
+    circle = {"tlbench.cli.main": imports_of("tlbench.cli.main", "def f():\n    from tlbench.cli.launch import x\n"),
+              "tlbench.cli.launch": {"tlbench.cli.main", "tlbench.cli.main.main"},
+              "tlbench.cli.worker": set()}
+    assert cycles(circle) == [["tlbench.cli.launch", "tlbench.cli.main"]]
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tlbench.training.b import Runtime\n"
+    pair = {"tlbench.training.a": imports_of("tlbench.training.a", typed),
+            "tlbench.training.b": {"tlbench.training.a.Member"}}
+    assert cycles(pair) == [["tlbench.training.a", "tlbench.training.b"]]
 
 
 def test_the_public_api_resolves_and_lists_itself() -> None:
@@ -139,14 +208,15 @@ def test_the_public_api_resolves_and_lists_itself() -> None:
 
 def test_code_version_covers_every_source_that_shapes_results() -> None:
     sources = package_sources()
-    on_disk = {p.resolve() for folder in ("harness", "strategies", "suites") for p in (ROOT / folder).glob("*.py")}
+    on_disk = {p.resolve() for folder in ("harness", "strategies", "suites") for p in (ROOT / folder).rglob("*.py")}
     assert on_disk <= {p.resolve() for p in sources.values()}  # derived, so a new module is covered
     content = {name: path.read_bytes() for name, path in sources.items()}
     base = digest_of(content)
-    for module in ("tlbench.strategies.full_finetune", "tlbench.suites.images", "tlbench.data", "tlbench.train"):
+    for module in ("tlbench.strategies.full_finetune", "tlbench.suites.images", "tlbench.data.reader",
+                   "tlbench.training.loop"):
         assert shapes_results(module)
         assert digest_of({**content, module: content[module] + b"\n# edited\n"}) != base, module
-    for module in ("tlbench.reports.tables", "tlbench.cli"):
+    for module in ("tlbench.reports.tables", "tlbench.cli.main"):
         assert not shapes_results(module)
         assert digest_of({**content, module: content[module] + b"\n# edited\n"}) == base, module
     assert tlbench.__version__ in base

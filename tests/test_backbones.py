@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlbench.backbones import (
+from tlbench.core.errors import ConfigError
+from tlbench.training.backbones import (
     Classifier,
     EfficientNet,
     ResNetArgs,
@@ -13,7 +14,6 @@ from tlbench.backbones import (
     load_checkpoint,
     state_fingerprint,
 )
-from tlbench.errors import ConfigError
 
 CASES = [
     ("cnn2d", {"width": 4}, (2, 1, 8, 8)),
@@ -40,7 +40,7 @@ PENULTIMATE = {
 def test_torchvision_adapters_compute_the_networks_own_features(arch, args, shape) -> None:
     import torchvision
 
-    from tlbench.backbones import BACKBONES
+    from tlbench.training.backbones import BACKBONES
 
     net = torchvision.models.get_model(args["variant"], weights=None).eval()
     backbone = BACKBONES.get(arch)(**args, net=net).eval()  # shares the modules, wraps them as groups

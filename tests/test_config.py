@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from tlbench.cli import main
-from tlbench.plan import Cell, load_plan
-from tlbench.suites.config import parse_suite
+from tlbench.cli.main import main
+from tlbench.run.plan import Cell, load_plan
+from tlbench.suites.schema import parse_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "suites" / "quick.yaml"
@@ -398,7 +398,7 @@ def test_plan_is_task_x_backbone_x_strategy(tmp_path: Path) -> None:
 
 def test_unknown_override_strategy_raises_config_error() -> None:
     """load_plan itself refuses an unknown strategy override with a ConfigError."""
-    from tlbench.errors import ConfigError
+    from tlbench.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--strategies: unknown strategy 'bogus'"):
         load_plan(SMOKE, strategies=["bogus"])
@@ -558,7 +558,7 @@ def test_backbone_weight_sources_checked_before_training(tmp_path: Path,
                      "backbones.glyph-cnn.checkpoint", "nothere.pt")
     import torch
 
-    from tlbench.backbones import build_backbone
+    from tlbench.training.backbones import build_backbone
 
     torch.save(build_backbone("cnn2d", {"width": 4}).state_dict(), tmp_path / "small.pt")
     misfit = write_suite(tmp_path, """
@@ -671,9 +671,9 @@ def test_each_block_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dataset and backbone args are typed when the suite is parsed and strategy options when
     it is planned; building tasks, binding them to backbones and making strategies reuse the
     typed blocks instead of validating again."""
-    from tlbench.backbones import SmallCNN1d
     from tlbench.strategies.ensemble import EnsembleOptions
     from tlbench.suites.datasets import Mnist1dArgs
+    from tlbench.training.backbones import SmallCNN1d
 
     counts: dict[str, int] = {}
 

@@ -66,7 +66,7 @@ class Silent(FullFinetune):
     description = "never reports"
 
     def fit(self, backbone, task, params, *, seed, reporter, runtime):
-        from tlbench.train import NullReporter
+        from tlbench.training.loop import NullReporter
 
         return super().fit(backbone, task, params, seed=seed, reporter=NullReporter(), runtime=runtime)
 

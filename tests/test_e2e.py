@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from tlbench.cli import main
-from tlbench.records import load_runs
-from tlbench.storage import open_storage
+from tlbench.cli.main import main
+from tlbench.store.opening import open_storage
+from tlbench.store.records import load_runs
 
 STRATEGIES = 11
 CELLS = 2 * STRATEGIES  # 2 tasks × 1 backbone × 11 strategies
@@ -281,10 +281,11 @@ def test_report_of_a_missing_or_empty_store_is_one_line(tmp_path, capsys, args, 
 def test_the_runner_reports_to_an_observer_and_writes_no_report(tmp_path: Path) -> None:
     """run_plan prints nothing and writes no report: it tells an observer what happens and
     returns what it ran; the command line renders and reports."""
-    from tlbench.paths import default_cache_dir
-    from tlbench.plan import load_plan
-    from tlbench.runner import RunObserver, run_plan
-    from tlbench.runtime import make_runtime
+    from tlbench.core.paths import default_cache_dir
+    from tlbench.run.cell import RunObserver
+    from tlbench.run.plan import load_plan
+    from tlbench.run.runner import run_plan
+    from tlbench.training.context import make_runtime
 
     events: list[tuple[str, ...]] = []
 

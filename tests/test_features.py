@@ -4,10 +4,10 @@ import optuna
 import pytest
 import torch
 
-from tlbench.features import FeatureCache
-from tlbench.runtime import Runtime
 from tlbench.strategies import STRATEGIES
-from tlbench.train import NullReporter
+from tlbench.training.context import Runtime
+from tlbench.training.features import FeatureCache
+from tlbench.training.loop import NullReporter
 
 
 def test_probe_trials_never_rerun_the_backbone(tiny_backbone, tiny_task, tmp_path) -> None:
@@ -51,7 +51,7 @@ def test_corrupt_feature_file_is_recomputed(tiny_backbone, tiny_task, tmp_path) 
 
 
 def test_different_random_backbones_never_share_features(tiny_task, tmp_path) -> None:
-    from tlbench.backbones import build_backbone
+    from tlbench.training.backbones import build_backbone
 
     # Same seed, same feature size (64), different networks.
     a = build_backbone("cnn2d", {"width": 16, "depth": 3}, seed=0)
@@ -96,18 +96,18 @@ def test_probe_runs_are_charged_the_feature_pass_alike_and_train_without_it(tiny
                                                                            monkeypatch) -> None:
     import time
 
-    import tlbench.features
-    from tlbench.evaluate import evaluate
-
     from helpers import run_context
 
-    slow = tlbench.features.compute_features
+    import tlbench.training.features
+    from tlbench.run.evaluation import evaluate
+
+    slow = tlbench.training.features.compute_features
 
     def slow_features(*args, **kwargs):  # a backbone pass that costs something measurable
         time.sleep(0.3)
         return slow(*args, **kwargs)
 
-    monkeypatch.setattr(tlbench.features, "compute_features", slow_features)
+    monkeypatch.setattr(tlbench.training.features, "compute_features", slow_features)
     probe = STRATEGIES.get("linear_probe")(epochs=(2, 2), batch_size=8)
     study = optuna.create_study(direction="maximize")
     first, second = evaluate(study, probe, tiny_backbone, tiny_task, {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2},

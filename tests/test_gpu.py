@@ -15,7 +15,7 @@ CUDA = torch.device("cuda")
 
 
 def test_cuda_defaults() -> None:
-    from tlbench.runtime import resolve_execution
+    from tlbench.training.context import resolve_execution
 
     ex = resolve_execution(CUDA)
     assert ex.bf16 == torch.cuda.is_bf16_supported() and ex.channels_last
@@ -24,8 +24,8 @@ def test_cuda_defaults() -> None:
 
 
 def test_features_on_the_gpu_match_the_cpu(tiny_backbone, tiny_task) -> None:
-    from tlbench.features import compute_features
-    from tlbench.train import Execution
+    from tlbench.training.features import compute_features
+    from tlbench.training.loop import Execution
 
     cpu = compute_features(tiny_backbone, tiny_task.val.x, device=torch.device("cpu"))
     gpu = compute_features(tiny_backbone, tiny_task.val.x, device=CUDA, execution=Execution(bf16=True))
@@ -38,7 +38,7 @@ def test_image_folder_suite_on_the_gpu_records_its_settings(tmp_path: Path) -> N
     import pandas as pd
     from test_images import write_folder_suite
 
-    from tlbench.cli import main
+    from tlbench.cli.main import main
 
     suite = write_folder_suite(tmp_path, seeds=1, image_size=32, augment="crop_flip",
                                backbone="{arch: resnet, args: {variant: resnet18, small_input: true}}")
@@ -66,8 +66,9 @@ def test_the_image_cache_on_the_gpu_reads_as_on_the_cpu(tmp_path: Path, share: f
     rounding of the resampling kernels (one uint8 step)."""
     from test_imagecache import folder_view, write_images
 
-    from tlbench.data import Loading, Preprocess, Reader, sequential
-    from tlbench.imagecache import ImageCache
+    from tlbench.data.imagecache import ImageCache
+    from tlbench.data.preprocess import Preprocess
+    from tlbench.data.reader import Loading, Reader, sequential
 
     write_images(tmp_path / "imgs", 48)
     view = folder_view(tmp_path / "imgs", Preprocess(resize=40, crop=32), augment)

@@ -15,12 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tlbench.data import ImageView, Preprocess, read_all
-from tlbench.errors import ConfigError
-from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.core.errors import ConfigError
+from tlbench.data.preprocess import Preprocess
+from tlbench.data.reader import read_all
+from tlbench.data.views import ImageView
 from tlbench.suites.datasets import DataAccess, load_pool
 from tlbench.suites.images import identity_of, image_extensions, visible_image_folder
-from tlbench.suites.tasks import build_task
+from tlbench.suites.schema import SplitSpec, TaskSpec
+from tlbench.suites.splitting import build_task
 
 WHERE = "s.yaml: tasks.t"
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

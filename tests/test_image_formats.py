@@ -16,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tlbench.data import Preprocess, Task
-from tlbench.errors import ConfigError
-from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.core.errors import ConfigError
+from tlbench.data.preprocess import Preprocess
+from tlbench.data.splits import Task
 from tlbench.suites.datasets import DataAccess, DataPool, load_pool
-from tlbench.suites.tasks import build_task
+from tlbench.suites.schema import SplitSpec, TaskSpec
+from tlbench.suites.splitting import build_task
 
 # a uniform grey level per class, so a test can tell which file a position decoded
 LEVELS = (40, 110, 180, 250)

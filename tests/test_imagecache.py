@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from tlbench.data import ImageView, Loading, Preprocess, Reader, inputs_seen, sequential
-from tlbench.errors import ConfigError, UnreadableData
-from tlbench.imagecache import ImageCache, StoredForm, crop_boxes, parse_size
+from tlbench.core.errors import ConfigError, UnreadableData
+from tlbench.data.imagecache import ImageCache, StoredForm, crop_boxes, parse_size
+from tlbench.data.preprocess import Preprocess
+from tlbench.data.reader import Loading, Reader, inputs_seen, sequential
+from tlbench.data.views import ImageView
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -90,7 +92,7 @@ def test_deterministic_preprocessing_reads_exactly_what_the_files_give(images: P
     # and the stored uint8 pixels are torchvision's pipeline on the PIL image, 0 mismatched
     from torchvision.transforms import v2
 
-    from tlbench.data import read_rgb
+    from tlbench.data.views import read_rgb
 
     entry = cache.open(view, augment).entry  # type: ignore[union-attr]
     stored = entry.images().permute(0, 3, 1, 2)
@@ -115,7 +117,7 @@ def test_a_second_reader_reuses_the_entry_across_processes(images: Path, tmp_pat
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
-    from tlbench.data import to_rgb
+    from tlbench.data.views import to_rgb
 
     ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 … 65,520
     Image.fromarray(ramp).save(tmp_path / "deep.png")
@@ -132,10 +134,10 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
 def test_sixteen_bit_pngs_in_an_image_folder_reach_the_model_scaled(tmp_path: Path, cached: bool) -> None:
     """Through the whole path a suite uses (``image_folder`` → task → Reader), not only
     ``to_rgb``: torchvision's folder loader converts to RGB itself, which clips."""
-    from tlbench.data import normalize
-    from tlbench.suites.config import SplitSpec, TaskSpec
+    from tlbench.data.preprocess import normalize
     from tlbench.suites.datasets import DataAccess
-    from tlbench.suites.tasks import build_task
+    from tlbench.suites.schema import SplitSpec, TaskSpec
+    from tlbench.suites.splitting import build_task
 
     rng = np.random.default_rng(0)
     values = {}
@@ -214,10 +216,10 @@ def test_the_code_that_opens_a_folders_images_is_part_of_the_key(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """An image folder's loader (how it opens 16-bit files, say) lives in suites/images.py, not in
     the cache's own modules: editing it must not leave entries it decoded differently."""
-    from tlbench import imagecache
-    from tlbench.suites.config import SplitSpec, TaskSpec
+    from tlbench.data import imagecache
     from tlbench.suites.datasets import DataAccess
-    from tlbench.suites.tasks import build_task
+    from tlbench.suites.schema import SplitSpec, TaskSpec
+    from tlbench.suites.splitting import build_task
 
     write_images(tmp_path / "f", 12)
     spec = TaskSpec(dataset="image_folder", args={"path": "f"}, split=SplitSpec(val_per_class=1, test_fraction=0.25))
@@ -308,8 +310,10 @@ def test_an_unreadable_image_leaves_no_entry(images: Path, tmp_path: Path) -> No
 
 BUILD = """
 import sys, torch, torchvision
-from tlbench.data import ImageView, Preprocess, Reader, Loading, sequential
-from tlbench.imagecache import ImageCache
+from tlbench.data.preprocess import Preprocess
+from tlbench.data.reader import Loading, Reader, sequential
+from tlbench.data.views import ImageView
+from tlbench.data.imagecache import ImageCache
 from tlbench.suites.images import identity_of
 from pathlib import Path
 root = Path(sys.argv[1])
@@ -346,7 +350,8 @@ def test_native_size_keeps_every_pixel(tmp_path: Path) -> None:
     cache = ImageCache(tmp_path / "cache", log=lambda line: None)
     x = read(view, cache=cache)
     assert torch.equal(x, read(view))
-    from tlbench.data import normalize, read_rgb
+    from tlbench.data.preprocess import normalize
+    from tlbench.data.views import read_rgb
 
     raw = torch.stack([torch.from_numpy(np.array(read_rgb(view.source, i))).permute(2, 0, 1) for i in range(12)])
     assert torch.equal(x, normalize(raw, pre))  # no resize, no crop
@@ -407,8 +412,8 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_run_reads_the_cache_by_default_and_records_it(tmp_path: Path) -> None:
     import pandas as pd
 
-    from tlbench.records import load_runs
-    from tlbench.storage import open_existing_storage
+    from tlbench.store.opening import open_existing_storage
+    from tlbench.store.records import load_runs
 
     _suite(tmp_path, "flip")
     cached = _run(tmp_path, "--out", "a")
@@ -448,7 +453,7 @@ def test_bad_image_cache_options_are_one_line(tmp_path: Path) -> None:
 
 
 def test_an_output_buffer_is_reused_only_when_nothing_else_holds_it() -> None:
-    from tlbench.data import OutputPool
+    from tlbench.data.preprocess import OutputPool
 
     shape = (2, 3, 4, 4)
 
@@ -492,7 +497,7 @@ def test_the_cpu_crop_is_torchvisions_resized_crop(mode: str) -> None:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    from tlbench.imagecache import cpu_resized_crop
+    from tlbench.data.imagecache import cpu_resized_crop
 
     rng = np.random.default_rng(0)
     image = torch.from_numpy(rng.integers(0, 256, (1, 57, 83, 3), dtype=np.uint8)).permute(0, 3, 1, 2)

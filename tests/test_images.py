@@ -16,12 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tlbench.data import ImageView, Loading, Preprocess, Reader, read_all
-from tlbench.errors import ConfigError
-from tlbench.suites.config import SplitSpec, TaskSpec
+from tlbench.core.errors import ConfigError
+from tlbench.data.preprocess import Preprocess
+from tlbench.data.reader import Loading, Reader, read_all
+from tlbench.data.views import ImageView
 from tlbench.suites.datasets import DataAccess, load_pool
-from tlbench.suites.tasks import build_task
-from tlbench.train import Execution, NullReporter, fit_epochs, predict_logits
+from tlbench.suites.schema import SplitSpec, TaskSpec
+from tlbench.suites.splitting import build_task
+from tlbench.training.loop import Execution, NullReporter, fit_epochs, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,7 +254,7 @@ def test_a_corrupt_image_is_one_line_naming_the_file_and_why(tmp_path: Path, wor
     """Pillow says "cannot identify image file <_io.BufferedReader name=…>"; the line says what is wrong in
     plain words: not an image (with the bytes it begins with: an error page saved as a JPEG shows it), an
     empty file, an image cut off."""
-    from tlbench.errors import UnreadableData
+    from tlbench.core.errors import UnreadableData
 
     write_folder(tmp_path / "f", ["a", "b"], 4)
     (tmp_path / "f" / "b" / "broken.jpg").write_bytes(_truncated_png() if content is None else content)
@@ -284,10 +286,10 @@ def test_in_memory_datasets_reject_image_options(tmp_path: Path) -> None:
 def test_preprocessing_comes_from_the_weights() -> None:
     import torchvision
 
-    from tlbench.suites.config import parse_suite
+    from tlbench.suites.schema import parse_suite
 
     suite = parse_suite(ROOT / "suites" / "cifar10-resnet50.yaml")
-    from tlbench.pretrain import preprocess_for
+    from tlbench.run.pretrain import preprocess_for
 
     got = preprocess_for("resnet50", suite)
     ref = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
@@ -313,7 +315,7 @@ def test_workers_read_the_same_batches_in_the_same_order(tmp_path: Path) -> None
 
 
 def test_training_on_image_files_is_seeded_and_learns(tmp_path: Path) -> None:
-    from tlbench.backbones import Classifier, SmallCNN2d
+    from tlbench.training.backbones import Classifier, SmallCNN2d
 
     write_folder(tmp_path / "f", ["a", "b", "c"], 12)
     t = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=3, test_fraction=0.25)
@@ -338,10 +340,10 @@ def test_training_on_image_files_is_seeded_and_learns(tmp_path: Path) -> None:
 def test_a_distillation_student_reads_images_as_its_own_weights_expect(tmp_path: Path, runtime) -> None:
     import dataclasses
 
-    from tlbench.backbones import SmallCNN2d, identify
-    from tlbench.strategies import STRATEGIES
-
     from helpers import make_members
+
+    from tlbench.strategies import STRATEGIES
+    from tlbench.training.backbones import SmallCNN2d, identify
 
     write_folder(tmp_path / "f", ["a", "b", "c"], 8)
     plain = task("image_folder", tmp_path, args={"path": "f"}, val_per_class=2)
@@ -383,8 +385,8 @@ def write_pretraining_suite(root: Path, *, target: str, backbone: str) -> Path:
 def test_pretraining_on_image_files_is_cached_by_their_content(tmp_path: Path) -> None:
     """A source task of image files: the spec does not fix its content, so the checkpoint's
     cache key includes the files' identity."""
-    from tlbench.pretrain import materialize_backbone
-    from tlbench.suites.config import parse_suite
+    from tlbench.run.pretrain import materialize_backbone
+    from tlbench.suites.schema import parse_suite
 
     suite = parse_suite(write_pretraining_suite(
         tmp_path, target="digits: {dataset: digits, backbones: [cnn]}",
@@ -516,7 +518,7 @@ def test_an_evaluation_stopped_by_an_unreadable_test_image_is_failed_not_left_ru
     is scored, after the run was claimed: the claim must be failed on the way out."""
     import optuna
 
-    from tlbench.storage import open_existing_storage
+    from tlbench.store.opening import open_existing_storage
 
     write_folder_suite(tmp_path, seeds=1, image_size=16, augment="none",
                        backbone="{arch: cnn2d, args: {in_channels: 3, width: 4, depth: 2}}")

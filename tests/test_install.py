@@ -50,7 +50,9 @@ def test_the_wheel_installs_nothing_but_the_tlbench_package(wheel: Path) -> None
         tops = {name.split("/")[0] for name in zf.namelist()}
         names = set(zf.namelist())
     assert {t for t in tops if not t.endswith(".dist-info")} == {"tlbench"}
-    for module in ("tlbench/__init__.py", "tlbench/cli.py", "tlbench/strategies/base.py",
+    for module in ("tlbench/__init__.py", "tlbench/cli/main.py", "tlbench/cli/__main__.py", "tlbench/core/errors.py",
+                   "tlbench/store/lock.py", "tlbench/data/reader.py", "tlbench/training/loop.py",
+                   "tlbench/run/runner.py", "tlbench/testing/__init__.py", "tlbench/strategies/base.py",
                    "tlbench/suites/quick.yaml", "tlbench/reports/build.py"):
         assert module in names, module
 
@@ -78,10 +80,10 @@ import importlib.util, pathlib, sys
 for folder in ("harness", "strategies", "suites"):  # the repository's folders are not modules
     assert importlib.util.find_spec(folder) is None, folder
 import reports, reports.htmltable
-import tlbench, tlbench.reports.data, tlbench.strategies, tlbench.cli
+import tlbench, tlbench.reports.results, tlbench.strategies, tlbench.cli
 site = pathlib.Path(sys.argv[1])
 assert pathlib.Path(reports.__file__).parent == site / "reports", reports.__file__
-assert pathlib.Path(tlbench.reports.data.__file__).parent == site / "tlbench" / "reports"
+assert pathlib.Path(tlbench.reports.results.__file__).parent == site / "tlbench" / "reports"
 assert hasattr(reports, "Report") and tlbench.Strategy.__name__ == "Strategy"
 assert "linear_probe" in tlbench.STRATEGIES
 print("ok", tlbench.__version__)

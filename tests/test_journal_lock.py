@@ -1,4 +1,4 @@
-"""The journal's write lock (tlbench.journallock): a worker killed while it holds the lock, named
+"""The journal's write lock (tlbench.store.lock): a worker killed while it holds the lock, named
 by a relative or an absolute path, never hangs the others; other programs' locks are still
 respected; writers exclude one another across threads and processes, Optuna's own included."""
 
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tlbench.journallock import JournalLock, read_record
+from tlbench.store.lock import JournalLock, read_record
 
 #: A process that opens the store as ``tlbench run --storage`` does (the path as given, relative or not), takes
 #: its write lock and keeps it until killed.
 HOLDER = """\
 import sys, time
 from pathlib import Path
-from tlbench.storage import open_storage
+from tlbench.store.opening import open_storage
 storage = open_storage(sys.argv[1], Path("."))
 storage._backend._lock_obj.acquire()
 print("held", flush=True)
@@ -39,7 +39,7 @@ if kind == "optuna":
     from optuna.storages.journal import JournalFileSymlinkLock
     lock = JournalFileSymlinkLock(str(journal))
 else:
-    from tlbench.journallock import JournalLock
+    from tlbench.store.lock import JournalLock
     lock = JournalLock(journal)
 counter = journal.with_name("counter")
 for _ in range(n):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tlbench import launch
-from tlbench.cli import build_parser, main
-from tlbench.errors import ConfigError
-from tlbench.launch import Slot, assign_slots, core_list, split_cores, worker_argv
-from tlbench.records import load_runs
-from tlbench.storage import open_storage
+from tlbench.cli import launch
+from tlbench.cli.launch import Slot, assign_slots, core_list, split_cores, worker_argv
+from tlbench.cli.main import build_parser, main
+from tlbench.core.errors import ConfigError
+from tlbench.store.opening import open_storage
+from tlbench.store.records import load_runs
 
 # A random-weights backbone (nothing to pretrain), one cheap strategy, two tasks so two workers have two cells.
 TINY = """\
@@ -221,7 +221,7 @@ def test_slurm_submits_one_array_job_with_the_options_given(suite: Path, tmp_pat
 
 
 def _prepared(args, suite: Path, out: Path) -> launch.Prepared:
-    from tlbench.plan import load_plan
+    from tlbench.run.plan import load_plan
 
     return launch.Prepared(load_plan(suite), None, out, out, None)  # type: ignore[arg-type]
 

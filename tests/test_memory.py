@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from tlbench.memory import rss_mb
+from tlbench.training.memory import rss_mb
 
 # In a fresh interpreter: in the test process, memory freed by earlier tests (a ViT, say) is
 # reused by the allocator and the RSS would not grow — the known limit of CPU growth figures.
 PROBE = """
 import json, torch
-from tlbench.memory import PeakMemory
+from tlbench.training.memory import PeakMemory
 with PeakMemory(torch.device("cpu"), interval_s=0.001) as mem:
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
     for _ in range(20):

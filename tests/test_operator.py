@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tlbench import launch
-from tlbench.cli import main
-from tlbench.errors import ConfigError
-from tlbench.storage import open_existing_storage, open_storage
-
 from test_launch import CELLS, TINY, stored_cells
+
+from tlbench.cli import launch
+from tlbench.cli.main import main
+from tlbench.core.errors import ConfigError
+from tlbench.store.opening import open_existing_storage, open_storage
 
 
 @pytest.fixture
@@ -179,15 +178,15 @@ def test_status_creates_no_tables_on_postgresql(suite, postgres_url, capsys) -> 
 
 
 def test_a_lost_claim_says_why_in_the_trials_table(tmp_path) -> None:
-    from tlbench.reports.data import load_results
-    from tlbench.search import make_study
-
     from test_search_store import forged_claim
+
+    from tlbench.reports.results import load_results
+    from tlbench.run.tuning import make_study
 
     storage = open_storage(None, tmp_path)
     study = make_study("s::t::b::linear_probe::tune", storage, budget=2, seed=0)
     forged_claim(study, {"slot": 0, "seed": 0})  # holds slot 0
-    import tlbench.store as store
+    import tlbench.store.claims as store
 
     assert store.claim(study, {"slot": 0, "seed": 0}, lambda t: t.user_attrs.get("slot") == 0) is None  # lost
     trials = load_results(storage, importances=False).trials

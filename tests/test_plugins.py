@@ -12,13 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tlbench import plugins
-from tlbench.backbones import BACKBONES
-from tlbench.cli import main
-from tlbench.codeversion import code_version, package_version
-from tlbench.registry import _PLUGIN_SOURCES
+from tlbench.cli.main import main
+from tlbench.core.codeversion import code_version, package_version
+from tlbench.core.registry import _PLUGIN_SOURCES
+from tlbench.run import plugins
 from tlbench.strategies import STRATEGIES
 from tlbench.suites.datasets import DATASETS
+from tlbench.training.backbones import BACKBONES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -200,7 +200,7 @@ DATA_AND_BACKBONE = '''
 import torch
 from pydantic import Field
 from tlbench import DataPool, Dataset, Frozen
-from tlbench.backbones import SmallCNN2d
+from tlbench.training.backbones import SmallCNN2d
 
 
 class BlobArgs(Frozen):

@@ -12,11 +12,10 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-
-from tlbench.errors import ConfigError
-from tlbench.storage import Retry, mask_url, open_storage
-
 from postgres import free_port
+
+from tlbench.core.errors import ConfigError
+from tlbench.store.opening import Retry, mask_url, open_storage
 
 QUICK = Retry(attempts=3, first_wait=0.1, max_wait=0.5)  # at most about 0.45 s of waiting
 
@@ -89,7 +88,7 @@ def test_a_bad_url_is_one_line_without_its_password(url, why) -> None:
 
 
 def test_the_cli_says_a_bad_url_in_one_line_and_exits_2(capsys) -> None:
-    from tlbench.cli import main
+    from tlbench.cli.main import main
 
     assert main(["report", "--storage", "postgresql+psycopg3://ann:s3cret@host/db"]) == 2
     err = capsys.readouterr().err.strip()

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlbench.backbones import state_fingerprint
-from tlbench.pretrain import materialize_backbone, pretrain_key
-from tlbench.suites.config import parse_suite
+from tlbench.run.pretrain import materialize_backbone, pretrain_key
+from tlbench.suites.schema import parse_suite
+from tlbench.training.backbones import state_fingerprint
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tlbench.cli import main
+from tlbench.cli.main import main
 
 
 @pytest.mark.slow

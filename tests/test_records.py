@@ -11,17 +11,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tlbench.cli import main
-from tlbench.errors import TlbenchError
-from tlbench.records import (
-    SCHEMA_VERSION,
-    RunRecord,
-    StoreError,
-    StudyName,
-    load_runs,
-    read_protocol,
-)
-from tlbench.storage import open_storage
+from tlbench.cli.main import main
+from tlbench.core.errors import TlbenchError
+from tlbench.store.opening import open_storage
+from tlbench.store.records import SCHEMA_VERSION, RunRecord, StoreError, StudyName, load_runs, read_protocol
 from tlbench.strategies.base import ModelPredictor
 
 RELEASE = Path(__file__).resolve().parent / "data" / "release-0.1.0"
@@ -58,7 +51,7 @@ def test_a_report_of_the_previous_releases_store_is_the_same(tmp_path: Path, cap
 
 
 def test_a_report_of_a_store_written_before_the_layers_moved_is_the_same(tmp_path: Path) -> None:
-    from tlbench.reports.data import load_results
+    from tlbench.reports.results import load_results
 
     journal = tmp_path / "s4" / "store.journal"
     journal.parent.mkdir()
@@ -145,12 +138,11 @@ def test_a_tuning_study_without_its_protocol_is_skipped(tmp_path: Path) -> None:
 
 
 def test_an_invalid_run_record_fails_its_trial_in_one_line(tiny_backbone, tiny_task, runtime) -> None:
+    from helpers import run_context
     from optuna.trial import TrialState
 
-    from tlbench.evaluate import evaluate
+    from tlbench.run.evaluation import evaluate
     from tlbench.strategies import STRATEGIES, Predictor
-
-    from helpers import run_context
 
     class Uncounted(Predictor):
         trainable_parameters = None  # a plugin's predictor that does not say
@@ -177,11 +169,11 @@ def test_an_invalid_run_record_fails_its_trial_in_one_line(tiny_backbone, tiny_t
 
 
 def test_inference_is_timed_after_a_warm_up_and_scored_on_the_first_pass(tiny_backbone, tiny_task, runtime) -> None:
-    from tlbench.evaluate import evaluate
-    from tlbench.strategies import STRATEGIES, Predictor
-    from tlbench.train import INFERENCE_REPEATS, NullReporter, accuracy
-
     from helpers import run_context
+
+    from tlbench.run.evaluation import evaluate
+    from tlbench.strategies import STRATEGIES, Predictor
+    from tlbench.training.loop import INFERENCE_REPEATS, NullReporter, accuracy
 
     calls: list[int] = []
 

@@ -7,8 +7,8 @@ import pkgutil
 import pytest
 
 import tlbench.strategies as strategies
-from tlbench.errors import ConfigError
-from tlbench.registry import Registry
+from tlbench.core.errors import ConfigError
+from tlbench.core.registry import Registry
 from tlbench.strategies import STRATEGIES, Strategy
 
 

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tlbench.records import Protocol
 from tlbench.reports import stats
 from tlbench.reports.build import tuning_curves, write_report
-from tlbench.reports.data import Results
+from tlbench.reports.results import Results
 from tlbench.reports.tables import accuracy_table, cost_table, to_markdown, with_columns
+from tlbench.store.records import Protocol
 
 STRATEGIES = ("linear_probe", "full_finetune", "scratch")
 
@@ -516,8 +516,8 @@ def test_report_writes_a_slice_figure_per_tuned_strategy(two_seed_report) -> Non
 def test_the_search_space_a_run_stored_wins_over_the_sampled_distributions() -> None:
     import optuna
 
-    from tlbench.records import StudyName
-    from tlbench.reports.data import load_results
+    from tlbench.reports.results import load_results
+    from tlbench.store.records import StudyName
 
     storage = optuna.storages.InMemoryStorage()
     dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
@@ -556,7 +556,7 @@ def test_cost_table_shows_the_feature_pass_as_its_own_column() -> None:
 
 
 def test_the_report_line_lists_every_file_written(two_seed_report) -> None:
-    from tlbench.cli import written
+    from tlbench.cli.worker import written
 
     out, report = two_seed_report
     line = written(report.files, out)

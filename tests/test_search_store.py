@@ -2,15 +2,14 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from helpers import run_context
 from optuna.trial import TrialState
 
-from tlbench.errors import NonFiniteLoss
-from tlbench.search import Budget, evaluation_seed, make_study, tune, tuning_seed
-from tlbench.storage import open_storage
-from tlbench.store import recover_orphans, worker_id
+from tlbench.core.errors import NonFiniteLoss
+from tlbench.run.tuning import Budget, evaluation_seed, make_study, tune, tuning_seed
+from tlbench.store.claims import recover_orphans, worker_id
+from tlbench.store.opening import open_storage
 from tlbench.strategies.base import ModelPredictor, Strategy
-
-from helpers import run_context
 
 
 class FlakyStrategy(Strategy):
@@ -50,8 +49,8 @@ def test_nan_trials_are_pruned_with_reason_and_budget_is_exact(tmp_path, runtime
 
 def forged_claim(study, attrs, *, worker=None):
     """A claim as another worker makes it (by default a dead process on this host)."""
-    import tlbench.store as store
-    from tlbench.store import claim
+    import tlbench.store.claims as store
+    from tlbench.store.claims import claim
     real = store.worker_id
     store.worker_id = lambda: worker or (real().rsplit(":", 2)[0] + ":999999999:1")
     try:
@@ -61,7 +60,7 @@ def forged_claim(study, attrs, *, worker=None):
 
 
 def test_dead_workers_claims_are_failed_and_their_slots_retried(tmp_path, runtime) -> None:
-    from tlbench.search import tune_step
+    from tlbench.run.tuning import tune_step
 
     clean = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path / "clean"), budget=4, seed=0)
     tune(clean, FlakyStrategy(), None, None, budget=4, suite_seed=0, runtime=runtime)
@@ -86,14 +85,14 @@ def test_dead_workers_claims_are_failed_and_their_slots_retried(tmp_path, runtim
 
 
 def _by_slot(study):
-    from tlbench.samplers import slot_of
+    from tlbench.run.samplers import slot_of
 
     return sorted((slot_of(t), t.params["x"], t.user_attrs["seed"], t.state) for t in study.trials
                   if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
 
 
 def test_a_slot_a_live_worker_holds_elsewhere_is_waited_for(tmp_path, runtime) -> None:
-    from tlbench.search import summarize, tune_step
+    from tlbench.run.tuning import summarize, tune_step
 
     study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=5, seed=0)
     held = forged_claim(study, {"slot": 0, "seed": tuning_seed(0, 0)}, worker="another-host:12:34")
@@ -108,7 +107,7 @@ def test_a_slot_a_live_worker_holds_elsewhere_is_waited_for(tmp_path, runtime) -
 
 
 def test_two_claims_of_one_unit_leave_one(tmp_path) -> None:
-    from tlbench.store import claim, lost_claim
+    from tlbench.store.claims import claim, lost_claim
 
     study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=5, seed=0)
     same = lambda t: t.user_attrs.get("slot") == 3  # noqa: E731
@@ -127,7 +126,7 @@ def test_tuning_and_evaluation_seeds_are_distinct() -> None:
 
 
 def test_open_storage_variants(tmp_path) -> None:
-    from tlbench.errors import ConfigError
+    from tlbench.core.errors import ConfigError
 
     open_storage(f"journal:{tmp_path / 'a.journal'}", tmp_path)
     open_storage(str(tmp_path / "b.journal"), tmp_path)
@@ -155,7 +154,7 @@ def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) 
 
 
 def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
-    from tlbench.search import summarize
+    from tlbench.run.tuning import summarize
 
     study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=12, seed=0)
     tune(study, FlakyStrategy(), None, None, budget=12, suite_seed=0, runtime=runtime)
@@ -198,8 +197,8 @@ def test_evaluation_waits_for_seeds_a_live_worker_holds(tmp_path, tiny_backbone,
     import subprocess
     import sys
 
-    from tlbench.evaluate import evaluate, evaluate_step
-    from tlbench.processes import proc_start
+    from tlbench.core.processes import proc_start
+    from tlbench.run.evaluation import evaluate, evaluate_step
     from tlbench.strategies import STRATEGIES
 
     storage = open_storage(None, tmp_path)

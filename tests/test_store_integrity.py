@@ -18,11 +18,11 @@ import pytest
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import TrialState
 
-from tlbench.cli import main
-from tlbench.errors import ConfigError
-from tlbench.records import load_runs
-from tlbench.storage import open_existing_storage, open_storage
-from tlbench.suites.config import MAX_SUITE_VALUES, parse_suite
+from tlbench.cli.main import main
+from tlbench.core.errors import ConfigError
+from tlbench.store.opening import open_existing_storage, open_storage
+from tlbench.store.records import load_runs
+from tlbench.suites.schema import MAX_SUITE_VALUES, parse_suite
 
 SMALL = """\
 name: small
@@ -156,7 +156,7 @@ WORKER = """\
 import sys, time
 from pathlib import Path
 import optuna
-from tlbench.storage import open_storage
+from tlbench.store.opening import open_storage
 path, folder = Path(sys.argv[1]), Path(sys.argv[2])
 (folder / f"ready-{sys.argv[3]}").touch()
 while not (folder / "go").exists():

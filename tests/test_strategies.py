@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import make_members, run_context
 
-from tlbench.backbones import Classifier
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.ensemble import (
     EnsemblePredictor,
@@ -29,9 +29,8 @@ from tlbench.strategies.parts import (
     make_optimizer,
     model_groups,
 )
-from tlbench.train import Hook, NullReporter, fit_epochs
-
-from helpers import make_members, run_context
+from tlbench.training.backbones import Classifier
+from tlbench.training.loop import Hook, NullReporter, fit_epochs
 
 SGD = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "warmup_fraction": 0.0}
 ADAMW = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "warmup_fraction": 0.0}
@@ -143,7 +142,7 @@ def test_discriminative_lr_strategy_trains_with_those_groups(tiny_backbone, tiny
 
 def test_lp_ft_fine_tuning_starts_from_the_probed_head(tiny_backbone, tiny_task, cell_runtime,
                                                        monkeypatch) -> None:
-    import tlbench.strategies.regularized as reg
+    import tlbench.strategies.lp_ft as reg
 
     captured = {}
     original = reg.finetune
@@ -235,8 +234,8 @@ def test_distillation_loss_equals_a_hand_computed_example() -> None:
 
 def test_distillation_uses_the_cached_teacher_and_never_changes_it(tiny_backbone, tiny_task, runtime,
                                                                    monkeypatch) -> None:
-    from tlbench.backbones import build_backbone
     from tlbench.strategies.full_finetune import FullFinetune
+    from tlbench.training.backbones import build_backbone
 
     student = build_backbone("cnn2d", {"width": 2, "depth": 3}, seed=1)
     members = make_members(tiny_task, tiny_backbone, keep_weights=frozenset({"full_finetune"}),
@@ -317,7 +316,7 @@ def test_greedy_selection_never_scores_below_its_best_member_on_validation(seed:
 
 
 def test_a_soup_without_member_weights_is_one_line_naming_the_option(tiny_backbone, tiny_task, runtime) -> None:
-    from tlbench.errors import ConfigError
+    from tlbench.core.errors import ConfigError
 
     members = make_members(tiny_task, tiny_backbone)  # no strategy keeps weights: nothing to average
     ens = make("ensemble", members=["full_finetune"], size=2, method="uniform_soup")
@@ -336,7 +335,7 @@ def test_ensemble_members_are_reused_and_its_cost_adds_theirs(tiny_backbone, tin
     cell = dataclasses.replace(runtime, members=members)
     ens = make("ensemble", members=["full_finetune"], size=2)
     params = ens.search_space(None, tiny_backbone)
-    from tlbench.search import evaluation_seed
+    from tlbench.run.tuning import evaluation_seed
     predictor = ens.fit(tiny_backbone, tiny_task, params, seed=evaluation_seed(0, 1),
                         reporter=NullReporter(), runtime=cell)
     library = [members.get("full_finetune", k, cell) for k in (2, 3)]  # ensemble 1 = models 2, 3
@@ -389,8 +388,8 @@ class _Sleepy:
 def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, tiny_task, runtime) -> None:
     import optuna
 
-    from tlbench.evaluate import evaluate
-    from tlbench.search import evaluation_seed
+    from tlbench.run.evaluation import evaluate
+    from tlbench.run.tuning import evaluation_seed
 
     def make_strategy(name):
         if name == "full_finetune":
@@ -413,8 +412,8 @@ def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, 
     assert teacher.train_seconds >= 0.3 and record.own_train_seconds < 0.3
     assert record.inference_seconds >= teacher.inference_seconds + student.inference_seconds
     # a tuning trial that needs the teacher trained on demand does not count it either
-    from tlbench.search import make_study, tune
-    from tlbench.suites.config import SearchSpec
+    from tlbench.run.tuning import make_study, tune
+    from tlbench.suites.schema import SearchSpec
 
     fresh = make_members(tiny_task, tiny_backbone, make=make_strategy, params={"full_finetune": {**SGD, "epochs": 2}})
     kd = make_strategy("distillation")
@@ -426,7 +425,7 @@ def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, 
 
 
 def test_a_diverged_member_is_not_retrained_and_says_which(tiny_backbone, tiny_task, runtime) -> None:
-    from tlbench.errors import NonFiniteLoss
+    from tlbench.core.errors import NonFiniteLoss
 
     calls = []
 
@@ -445,7 +444,7 @@ def test_a_diverged_member_is_not_retrained_and_says_which(tiny_backbone, tiny_t
 
 
 def test_a_retuned_dependency_changes_the_dependents_identity(tiny_backbone, tiny_task) -> None:
-    from tlbench.runner import with_dependencies
+    from tlbench.run.tuned import with_dependencies
 
     kd = make("distillation")
     params = {**SGD, "epochs": 2, "temperature": 2.0, "alpha": 0.5}

@@ -15,17 +15,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tlbench.cli import main
-from tlbench.errors import NonFiniteLoss
-from tlbench.plan import load_plan
-from tlbench.samplers import EXACT_RESUME, SAMPLER_CLASSES
-from tlbench.search import Budget, make_study, summarize, tune
-from tlbench.spaces import Fixed, Range, effective, explore, grid, parse_overrides
-from tlbench.storage import open_existing_storage, open_storage
-from tlbench.store import worker_id
+from tlbench.cli.main import main
+from tlbench.core.errors import NonFiniteLoss
+from tlbench.run.plan import load_plan
+from tlbench.run.samplers import EXACT_RESUME, SAMPLER_CLASSES
+from tlbench.run.spaces import Fixed, Range, effective, explore, grid, parse_overrides
+from tlbench.run.tuning import Budget, make_study, summarize, tune
+from tlbench.store.claims import worker_id
+from tlbench.store.opening import open_existing_storage, open_storage
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.base import ModelPredictor, Strategy
-from tlbench.suites.config import SearchSpec, parse_suite
+from tlbench.suites.schema import SearchSpec, parse_suite
 from tlbench.testing import tiny_backbone
 
 SMALL = """\
@@ -271,7 +271,7 @@ UNIT = 1e6
 
 def test_an_epochs_budget_gives_cheap_strategies_more_trials_and_counts_pruned_ones(tmp_path, runtime,
                                                                                    monkeypatch) -> None:
-    monkeypatch.setattr("tlbench.search.compute_unit", lambda backbone, task: UNIT)
+    monkeypatch.setattr("tlbench.run.tuning.compute_unit", lambda backbone, task: UNIT)
     budget = Budget(epochs=20, max_trials=100)
     results = {}
     for cost in (1.0, 0.25):
@@ -294,8 +294,8 @@ def test_an_epochs_budget_gives_cheap_strategies_more_trials_and_counts_pruned_o
 def test_training_loops_charge_backbone_epochs(runtime, tiny_task) -> None:
     """Full fine-tuning charges about one backbone epoch per epoch; a linear probe the feature
     pass (a third) plus a tiny head."""
-    from tlbench.search import compute_unit
-    from tlbench.train import NullReporter
+    from tlbench.run.tuning import compute_unit
+    from tlbench.training.loop import NullReporter
 
     backbone = tiny_backbone()
     unit = compute_unit(backbone, tiny_task)
@@ -362,7 +362,7 @@ def _run(tmp_path: Path, out: str, **kw) -> subprocess.Popen:
 
 
 def _records(path: Path) -> tuple[list, list]:
-    from tlbench.records import load_runs, load_sensitivity
+    from tlbench.store.records import load_runs, load_sensitivity
 
     storage = open_existing_storage(str(path / "store.journal"))
     runs = load_runs(storage)[["task", "strategy", "seed", "params", "test_accuracy"]]

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import tlbench.suites.datasets as datasets
-import tlbench.suites.tasks as tasks
-from tlbench.data import Split, Task
-from tlbench.errors import ConfigError
-from tlbench.suites.config import ShiftSpec, SplitSpec, TaskSpec
+import tlbench.suites.splitting as tasks
+from tlbench.core.errors import ConfigError
+from tlbench.data.splits import Split, Task
 from tlbench.suites.datasets import DataPool, load_pool
-from tlbench.suites.tasks import apply_shift, build_task
+from tlbench.suites.schema import ShiftSpec, SplitSpec, TaskSpec
+from tlbench.suites.splitting import apply_shift, build_task
 
 M1D = {"num_samples": 600, "seed": 3}          # 480 pool rows, 120 official test rows
 GLYPHS = {"n": 600, "classes": "digits", "seed": 1}

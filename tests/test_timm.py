@@ -15,9 +15,9 @@ from PIL import Image
 
 timm = pytest.importorskip("timm")
 
-from tlbench.backbones import Classifier, TimmArgs, TimmBackbone, build_backbone  # noqa: E402
-from tlbench.errors import ConfigError  # noqa: E402
+from tlbench.core.errors import ConfigError  # noqa: E402
 from tlbench.strategies.parts import FreezeSchedule, group_parameters  # noqa: E402
+from tlbench.training.backbones import Classifier, TimmArgs, TimmBackbone, build_backbone  # noqa: E402
 
 MODELS = [("resnet18", 32), ("vit_tiny_patch16_224", 224), ("convnext_atto", 32), ("efficientnet_b0", 32)]
 
@@ -53,8 +53,8 @@ def test_groups_follow_copies_and_freezing_works() -> None:
 
 
 def test_shorthand_arch_in_a_suite_and_weights_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlbench.plan import load_plan
-    from tlbench.pretrain import materialize_backbone, preprocess_for
+    from tlbench.run.plan import load_plan
+    from tlbench.run.pretrain import materialize_backbone, preprocess_for
 
     (tmp_path / "s.yaml").write_text(textwrap.dedent("""
         name: t
@@ -65,7 +65,7 @@ def test_shorthand_arch_in_a_suite_and_weights_errors(tmp_path: Path, monkeypatc
           vit: {arch: "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", weights: DEFAULT}
           bad: {arch: "timm:resnet18", weights: IMAGENET1K_V1}
     """))
-    from tlbench.suites.config import parse_suite
+    from tlbench.suites.schema import parse_suite
 
     suite = parse_suite(tmp_path / "s.yaml")
     assert suite.backbones["vit"].arch == "timm"
@@ -126,12 +126,12 @@ def test_unknown_model_and_missing_pretrained_config() -> None:
 def test_strategies_train_a_timm_backbone(runtime) -> None:
     """Discriminative rates, gradual unfreezing and the probe act on timm's groups like on
     any backbone."""
-    from tlbench.strategies import STRATEGIES
-    from tlbench.suites.config import SplitSpec, TaskSpec
-    from tlbench.suites.tasks import build_task
-    from tlbench.train import NullReporter
-
     from helpers import sample_params
+
+    from tlbench.strategies import STRATEGIES
+    from tlbench.suites.schema import SplitSpec, TaskSpec
+    from tlbench.suites.splitting import build_task
+    from tlbench.training.loop import NullReporter
 
     task = build_task("t", TaskSpec(dataset="digits", split=SplitSpec(shots=5, val_per_class=3, max_test=50)),
                       where="t")

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from tlbench.errors import NonFiniteLoss
+from tlbench.core.errors import NonFiniteLoss
 from tlbench.strategies.parts import make_optimizer, warmup_cosine
-from tlbench.train import Hook, NullReporter, fit_epochs, steps_per_epoch
+from tlbench.training.loop import Hook, NullReporter, fit_epochs, steps_per_epoch
 
 
 def data(n: int = 40, seed: int = 0):
@@ -68,7 +68,7 @@ def test_unknown_optimizer() -> None:
 
 def test_linear_head_solver_matches_autograd_adamw() -> None:
     from tlbench.strategies.parts import make_optimizer
-    from tlbench.train import fit_linear_head
+    from tlbench.training.loop import fit_linear_head
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
@@ -108,7 +108,7 @@ def test_no_weight_decay_on_biases_and_norms_by_default() -> None:
 
 
 def test_linear_head_solver_flags_divergence() -> None:
-    from tlbench.train import fit_linear_head
+    from tlbench.training.loop import fit_linear_head
 
     x, y = data()
     x = x * float("inf")
@@ -131,7 +131,7 @@ def images(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_bf16_autocast_trains_and_predicts_in_float32_outputs() -> None:
-    from tlbench.train import Execution, predict_logits
+    from tlbench.training.loop import Execution, predict_logits
 
     model = conv_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -146,7 +146,7 @@ def test_bf16_autocast_trains_and_predicts_in_float32_outputs() -> None:
 
 
 def test_channels_last_changes_the_layout_not_the_result() -> None:
-    from tlbench.train import Execution, predict_logits
+    from tlbench.training.loop import Execution, predict_logits
 
     model, x = conv_model().eval(), images()[0]
     reference = predict_logits(model, x, device=torch.device("cpu"))
@@ -160,9 +160,9 @@ def test_channels_last_changes_the_layout_not_the_result() -> None:
 
 
 def test_compile_wraps_the_model_and_cpu_defaults_change_nothing() -> None:
-    from tlbench.errors import ConfigError
-    from tlbench.runtime import resolve_execution
-    from tlbench.train import Execution
+    from tlbench.core.errors import ConfigError
+    from tlbench.training.context import resolve_execution
+    from tlbench.training.loop import Execution
 
     model = conv_model()
     assert Execution(compile=True).prepare(model) is not model  # a lazily compiled wrapper
@@ -175,7 +175,7 @@ def test_compile_wraps_the_model_and_cpu_defaults_change_nothing() -> None:
 
 
 def test_cuda_defaults_are_bf16_and_channels_last(monkeypatch) -> None:
-    from tlbench.runtime import resolve_execution
+    from tlbench.training.context import resolve_execution
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     ex = resolve_execution(torch.device("cuda"))
@@ -184,8 +184,8 @@ def test_cuda_defaults_are_bf16_and_channels_last(monkeypatch) -> None:
 
 
 def test_feature_cache_keys_by_precision(tiny_backbone) -> None:
-    from tlbench.features import FeatureCache
-    from tlbench.train import Execution
+    from tlbench.training.features import FeatureCache
+    from tlbench.training.loop import Execution
 
     assert FeatureCache.key(tiny_backbone, "fp") == FeatureCache.key(tiny_backbone, "fp", Execution())
     assert FeatureCache.key(tiny_backbone, "fp", Execution(bf16=True)) != FeatureCache.key(tiny_backbone, "fp")

@@ -12,9 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tlbench.samplers import slot_of
-from tlbench.search import make_study, summarize, tune
-from tlbench.storage import open_storage
+from tlbench.run.samplers import slot_of
+from tlbench.run.tuning import make_study, summarize, tune
+from tlbench.store.opening import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from tlbench.runtime import make_runtime
-    from tlbench.search import make_study, tune
-    from tlbench.storage import open_storage
+    from tlbench.training.context import make_runtime
+    from tlbench.run.tuning import make_study, tune
+    from tlbench.store.opening import open_storage
     from tlbench.strategies.base import ModelPredictor, Strategy
 
     class Slow(Strategy):
@@ -127,10 +127,10 @@ def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_pat
 def test_a_dropped_database_connection_mid_run_is_retried_with_one_line(tmp_path, monkeypatch, capsys) -> None:
     """Optuna's database storage raises StorageInternalError when the server goes away for a
     moment: the worker says so in one line, waits and carries on where the store says it is."""
-    from tlbench.cli import main
-    from tlbench.runner import CellWork
-
     from test_launch import TINY
+
+    from tlbench.cli.main import main
+    from tlbench.run.cell import CellWork
 
     real, calls = CellWork.step, []
 
@@ -141,7 +141,7 @@ def test_a_dropped_database_connection_mid_run_is_retried_with_one_line(tmp_path
         return real(self)
 
     monkeypatch.setattr(CellWork, "step", flaky)
-    monkeypatch.setattr("tlbench.runner.time.sleep", lambda s: None)
+    monkeypatch.setattr("tlbench.run.runner.time.sleep", lambda s: None)
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)
     assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--report", "none"]) == 0
@@ -156,7 +156,7 @@ def test_a_dropped_database_connection_mid_run_is_retried_with_one_line(tmp_path
 
 
 def load_runs_of(journal: Path):
-    from tlbench.records import load_runs
+    from tlbench.store.records import load_runs
 
     return load_runs(open_storage(f"journal:{journal}", journal.parent))
 
@@ -164,11 +164,11 @@ def load_runs_of(journal: Path):
 def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsys) -> None:
     """`tlbench status` after a run (every cell done), then with one evaluation seed of a cell
     held by a live worker elsewhere and one tuning slot by a dead worker on this host."""
-    from tlbench.cli import main
-    from tlbench.records import StudyName
-
     from test_launch import TINY
     from test_search_store import forged_claim
+
+    from tlbench.cli.main import main
+    from tlbench.store.records import StudyName
 
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)
@@ -184,7 +184,7 @@ def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsy
     evaluation = optuna.load_study(study_name=str(StudyName("tiny-launch", "d", "b", "linear_probe", "eval")),
                                    storage=storage)
     params = evaluation.user_attrs["params"]
-    from tlbench.search import evaluation_seed
+    from tlbench.run.tuning import evaluation_seed
 
     forged_claim(evaluation, {"seed": evaluation_seed(0, 1), "params": params}, worker="elsewhere:7:7")
     tuning = optuna.load_study(study_name=str(StudyName("tiny-launch", "e", "b", "linear_probe", "tune")),
@@ -211,7 +211,7 @@ def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsy
                                                  ("--heartbeat", "-3", "a heartbeat interval in seconds >= 1")])
 @pytest.mark.parametrize("command", ["run", "launch"])
 def test_worker_numbers_out_of_range_are_one_line(tmp_path, capsys, flag, value, needle, command) -> None:
-    from tlbench.cli import main
+    from tlbench.cli.main import main
 
     extra = ["--storage", f"journal:{tmp_path / 's.journal'}"] if command == "launch" else []
     assert main([command, "smoke", "--out", str(tmp_path / "o"), *extra, flag, value]) == 2

@@ -1,0 +1,302 @@
+"""The subcommands ``run``, ``status``, ``report``, ``check`` and ``list`` (``launch`` is in
+:mod:`tlbench.cli.launch`), with what they print: the dry run's plan, the image cache's lines,
+a run's status table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from tlbench.cli.worker import builtin_order, check_writable_dir, prepare_run, warn, write_run_report, written
+from tlbench.core.errors import ConfigError
+
+if TYPE_CHECKING:
+
+    from tlbench.data.imagecache import ImageCache
+    from tlbench.run.plan import Plan
+
+
+def print_dry_run(plan: "Plan", console: Console) -> None:
+    """The plan without training: each task's data (path and whether it is there), then
+    each cell's split sizes, budget and seeds, the search spaces the suite sets and its
+    sensitivity studies."""
+    from tlbench.suites.datasets import data_access
+
+    suite = plan.suite
+    data = data_access(suite)
+    console.print(f"data root {data.root} (download: {'yes' if data.download else 'no'})")
+    inputs, warnings = describe_inputs(plan)
+    for name, (paths, absent) in plan.data_paths.items():
+        where = ", ".join(f"{p} ({'MISSING' if p in absent else 'present'})" for p in paths) or "bundled/generated"
+        more = f"; {inputs[name]}" if name in inputs else ""
+        console.print(f"  task {name}: dataset {suite.task_spec(name).dataset}, {where}{more}", highlight=False,
+                      markup=False)
+    for line in warnings:
+        warn(console, line)
+    for cell in plan.cells:
+        t = plan.tasks.get(cell.task)
+        if t is not None:
+            sizes = f"train {len(t.train)}, val {len(t.val)}, test {len(t.test)}"
+        elif suite.tasks[cell.task].split.protocol == "vtab1k":
+            sizes = "train 800, val 200, test: the official test split (data missing)"
+        else:
+            sizes = "split sizes known once the data is present"
+        budget = plan.budget(cell.strategy, cell.backbone)
+        tuning = (f"{budget.trials} trials" if budget.epochs is None else f"{budget.epochs:g} backbone epochs")
+        console.print(f"  {cell.label}: {sizes}; {tuning}, {suite.seeds} seeds", highlight=False)
+    for strategy, backbone in sorted(plan.spaces):  # the spaces the suite overrides
+        console.print(f"  search space of {strategy} on {backbone}: " + ", ".join(
+            f"{k} {v}" for k, v in plan.searched[(strategy, backbone)].items()), highlight=False)
+    for i, spec in enumerate(suite.sensitivity):
+        grid = " × ".join(f"{name} {values}" for name, values in spec.params.items())
+        console.print(f"  sensitivity[{i}]: {spec.strategy}, {grid}, {spec.seeds} seeds per value on "
+                      f"{', '.join(spec.tasks or suite.tasks)}", highlight=False)
+    if plan.missing:
+        from tlbench.suites.datasets import DATASETS
+
+        local = [t for t in plan.missing if not DATASETS.get(suite.task_spec(t).dataset).downloadable]
+        fetched = [t for t in plan.missing if t not in local]
+        if fetched:
+            remedy = ("the run will download them" if data.download else "set `download: true` in the suite, or "
+                      "place the files at the paths above (or pass --data-root)")
+            console.print(f"{len(fetched)} task(s) lack their data ({', '.join(fetched)}): {remedy}", highlight=False)
+        if local:
+            console.print(f"{len(local)} task(s) lack their files, which cannot be downloaded ({', '.join(local)}): "
+                          "place them at the paths above, or correct the paths (relative ones are under the data "
+                          "root, which --data-root sets)", highlight=False)
+
+
+def describe_inputs(plan: "Plan") -> tuple[dict[str, str], list[str]]:
+    """Per built task (source tasks too): its classes (count and names), then the input each
+    backbone reads next to the size its weights were pretrained at; and a warning per
+    backbone whose inputs differ from that size."""
+    from tlbench.run.plan import input_sizes
+
+    def size(shape: tuple[int, ...]) -> str:
+        return "×".join(str(int(d)) for d in shape)
+
+    sizes = input_sizes(plan)
+    lines: dict[str, str] = {}
+    warnings: list[str] = []
+    for name, task in {**plan.sources, **plan.tasks}.items():
+        names = list(task.class_names)
+        shown = ", ".join(names[:12]) + (f", … ({len(names) - 12} more)" if len(names) > 12 else "")
+        parts = [f"{task.num_classes} classes ({shown})"]
+        for backbone, (shape, trained) in sizes.get(name, {}).items():
+            parts.append(f"{backbone} reads {size(shape)}" + (f" (pretrained at {size(trained)})" if trained else ""))
+            if trained is not None and len(shape) == 3 and tuple(shape[-2:]) != trained:
+                field = plan.suite.task_where(name).split(": ", 1)[1] + ".image_size"
+                warnings.append(f"task {name}: backbone {backbone} reads {size(shape[-2:])} inputs but was pretrained"
+                                f" at {size(trained)}; set {field} to match, if that is not intended")
+        lines[name] = "; ".join(parts)
+    return lines, warnings
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from tlbench.cli.console import ConsoleObserver
+    from tlbench.run.runner import run_plan
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    prepared = prepare_run(args, dry_run=args.dry_run, console=console)
+    plan, runtime, out, storage = prepared.plan, prepared.runtime, prepared.out, prepared.storage
+    suite = plan.suite
+    tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else
+              f"{suite.budget_epochs:g} backbone epochs of tuning") + (" (grid)" if plan.grids else "")
+    console.print(f"suite {suite.name}: {len(plan.cells)} cell{'' if len(plan.cells) == 1 else 's'} × {tuning}, "
+                  f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
+                  f"{', channels_last' if runtime.execution.channels_last else ''}"
+                  f"{', compiled' if runtime.execution.compile else ''}), out {out}")
+    images = runtime.execution.loading.images
+    lazy = plan.missing or any(t.lazy for t in plan.tasks.values())
+    if lazy:
+        console.print(image_cache_line(images))
+    if storage is None:
+        print_dry_run(plan, console)
+        return 0
+    with ConsoleObserver(console) as observer:
+        if images is not None:
+            images.log = observer.log
+        ran = run_plan(plan, out=out, storage=storage, runtime=runtime, cache_dir=prepared.cache_dir,
+                       observer=observer)
+    if lazy and images is not None:
+        console.print(image_cache_summary(images))
+    if args.report == "none":
+        console.print(f"ran {len(ran.outcomes)} cells into the store; no report written (--report none): "
+                      + (f"tlbench report {out} writes it" if args.storage is None else
+                         "tlbench report --storage (the same storage) writes it"))
+        return 0
+    # The report shows this invocation's cells and seeds (a store may hold more).
+    write_run_report(storage, suite, out, cells=ran.cells, seeds=ran.seeds, figures=args.report == "full",
+                     console=console)
+    return 0
+
+
+def image_cache_line(images: "ImageCache | None") -> str:
+    """Where image files are read from, and what the cache holds."""
+    from tlbench.data.imagecache import human
+
+    if images is None:
+        return "image cache: off (--image-cache off): images are decoded from their files on every read"
+    limit = "auto" if images.limit is None else human(images.limit)
+    used = images.used()
+    over = ("; over its limit: what it holds is read, nothing new is cached"
+            if images.limit is not None and used > images.limit else "")
+    return (f"image cache: {images.directory} (holds {human(used)}; limit {limit}{over}; a split is "
+            f"decoded once per preprocessing)")
+
+
+def image_cache_summary(images: "ImageCache") -> str:
+    """What the image cache cost and saved in this run."""
+    from tlbench.data.imagecache import human
+
+    usage = images.summary()
+    built = (f"built {usage.built} entr{'y' if usage.built == 1 else 'ies'} ({human(usage.built_bytes)} in "
+             f"{usage.build_seconds:.1f} s)" if usage.built else
+             "built nothing" + ("" if usage.fallbacks else " (every entry was cached)"))
+    fallbacks = f"; {usage.fallbacks} split(s) read from files (limit)" if usage.fallbacks else ""
+    return (f"image cache: {built}; read {usage.images_read:,} images from it, about "
+            f"{usage.decode_seconds_saved:.0f} s of decoding saved at the measured build rate; it holds "
+            f"{human(images.used())}{fallbacks}")
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    """``tlbench status SUITE --storage URL``: the store's view of a run (never trains)."""
+    from tlbench.run.plan import load_plan, resolve_suite_path
+    from tlbench.run.status import run_status
+    from tlbench.store.opening import mask_url, open_existing_storage
+    from tlbench.store.records import suites_in
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds, strategies=strategies,
+                     dry_run=True, data=False)
+    out = args.out or Path("runs") / plan.suite.name
+    url = args.storage or str(out / "store.journal")
+    if args.storage is None and not (out / "store.journal").is_file():
+        raise ConfigError(f"status: {'--out ' if args.out else ''}{out}: no store there (expected "
+                          f"{out / 'store.journal'}); "
+                          f"give the --out of a run, or --storage URL")
+    storage = open_existing_storage(url)
+    held = suites_in(storage)
+    if plan.suite.name not in held and held:
+        raise ConfigError(f"status: {mask_url(url)} holds no study of suite {plan.suite.name!r}; suites there: "
+                          f"{', '.join(held)}")
+    cells = run_status(storage, plan)
+    states = [c.state for c in cells]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "waiting", "not started")
+                       if states.count(s))
+    print(f"suite {plan.suite.name} in {mask_url(url)}: {len(cells)} cells ({counts}); "
+          f"{sum(c.left for c in cells)} units of work left (tuning slots, evaluation seeds, sensitivity runs)"
+          + ("" if held else "; the store is empty: no worker has started on it yet"))
+    width = max(len(c.cell.label) for c in cells)
+    print(f"  {'cell':<{width}}  {'tuning':>13}  {'evaluated':>9}  {'sensitivity':>11}  {'held':>4}  {'dead':>4}  "
+          f"{'failed':>6}  state")
+    for c in cells:
+        tuning = ("-" if c.tuning_total is None and c.tuning_done and not c.tuned else
+                  f"{c.tuned}/{c.tuning_total}" if c.tuning_total is not None else
+                  f"{c.tuned} ({'done' if c.tuning_done else c.budget})")
+        sens = f"{c.sensitivity_done}/{c.sensitivity_total}" if c.sensitivity_total else "-"
+        print(f"  {c.cell.label:<{width}}  {tuning:>13}  {f'{c.evaluated}/{c.seeds}':>9}  {sens:>11}  "
+              f"{c.held:>4}  {c.orphaned:>4}  {c.failed:>6}  {c.state}")
+    workers: dict[str, bool] = {}
+    for c in cells:
+        workers.update(c.workers)
+    alive = sorted(w for w, ok in workers.items() if ok)
+    dead = sorted(w for w, ok in workers.items() if not ok)
+    print(f"workers holding work: {len(alive)} alive" + (f" ({', '.join(alive)})" if alive else "")
+          + (f"; {len(dead)} dead ({', '.join(dead)}): the next worker that looks takes their work over" if dead
+             else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """``tlbench report (--storage URL | RUN_DIR) --out DIR``: reads stored results only."""
+    from tlbench.reports.build import write_report
+    from tlbench.reports.results import load_results
+    from tlbench.store.opening import mask_url, open_existing_storage
+    from tlbench.store.records import suites_in
+    from tlbench.strategies import STRATEGIES
+
+    if (args.run_dir is None) == (args.storage is None):
+        raise ConfigError("report: give a run directory or --storage URL (exactly one)")
+    if args.run_dir is not None:
+        journal = args.run_dir / "store.journal"
+        if not journal.is_file():
+            raise ConfigError(f"report: {args.run_dir}: no store there (expected {journal}); give the --out "
+                              f"directory of a tlbench run, or --storage URL")
+        storage, where = open_existing_storage(str(journal)), str(journal)
+    else:
+        storage, where = open_existing_storage(args.storage), mask_url(args.storage)  # messages show no password
+    out = args.out or args.run_dir or Path("report")
+    check_writable_dir(out, "--out")
+    results = load_results(storage, args.suite)
+    if results.empty:
+        if args.suite:
+            held = suites_in(storage)
+            raise ConfigError(f"report: --suite {args.suite!r}: {where} holds no evaluation runs of it; "
+                              f"suites there: {', '.join(held) or 'none'}")
+        raise ConfigError(f"report: {where}: the store holds no evaluation runs; nothing to report")
+    suites = sorted(results.runs["suite"].unique())
+    report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}",
+                          strategy_order=builtin_order(STRATEGIES))
+    print(report.path("table.md").read_text())
+    console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    """``tlbench check TARGET``: each property of the contract, pass or a one-line reason."""
+    from tlbench.run.plugins import load_entry_points, load_plugin
+    from tlbench.strategies import STRATEGIES, Strategy
+    from tlbench.testing import check_strategy
+
+    load_entry_points()
+    target = args.target
+    if target in STRATEGIES:
+        classes: list[type[Strategy]] = [STRATEGIES.get(target)]
+    else:
+        entry, _, wanted = target.rpartition(":") if ":" in target else (target, "", "")
+        plugin = load_plugin(entry, base=Path.cwd(), where=f"check {entry}")
+        classes = [c for c in plugin.classes if issubclass(c, Strategy) and (not wanted or c.__name__ == wanted)]
+        if not classes:
+            found = ", ".join(c.__name__ for c in plugin.classes if issubclass(c, Strategy)) or "none"
+            raise ConfigError(f"check {target}: no strategy class {wanted or ''} in {entry}; strategies there: "
+                              f"{found}")
+    failed = []
+    for cls in classes:
+        report = check_strategy(cls)
+        print(report)
+        if not report.ok:
+            failed.append(f"{cls.__name__} fails {len(report.failed)} of {len(report.results)} checks "
+                          f"({'; '.join(r.prop for r in report.failed)})")
+    if failed:
+        raise ConfigError(f"check {target}: " + "; ".join(failed))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from tlbench.run.plugins import load_entry_points
+
+    load_entry_points()
+    if args.what == "strategies":
+        from tlbench.strategies import STRATEGIES
+        rows = [(name, cls.description) for name, cls in STRATEGIES]
+    elif args.what == "backbones":
+        from tlbench.training.backbones import BACKBONES
+        rows = [(name, cls.description) for name, cls in BACKBONES]
+    elif args.what == "datasets":
+        from tlbench.suites.datasets import DATASETS
+        rows = [(name, cls.description) for name, cls in DATASETS]
+    else:
+        from tlbench.suites import bundled_suites
+        rows = [(name, str(path)) for name, path in bundled_suites().items()]
+    width = max(len(r[0]) for r in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+    return 0

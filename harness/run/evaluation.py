@@ -1,0 +1,199 @@
+"""Evaluation: the best configuration re-run on fresh seeds, scored on held-out data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any, Callable
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
+
+from tlbench.core.errors import ConfigError, NonFiniteLoss
+from tlbench.core.provenance import provenance
+from tlbench.data.reader import inputs_seen
+from tlbench.data.splits import Task
+from tlbench.run.model_server import Members, member_from
+from tlbench.run.tuning import Step
+from tlbench.store.claims import Heartbeat, claim, recover_orphans, worker_id
+from tlbench.store.records import RunContext, RunRecord
+from tlbench.strategies.base import Strategy
+from tlbench.training.backbones import Backbone
+from tlbench.training.context import OwnTime, Runtime
+from tlbench.training.loop import NullReporter, accuracy, median_seconds
+from tlbench.training.memory import PeakMemory
+
+
+def stored_form(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as the store gives them back (JSON: tuples become lists), so that comparing a
+    configuration with a stored one never fails on form alone (a seed would never count as done)."""
+    return json.loads(json.dumps(params, default=str))
+
+
+def _same_run(params: dict[str, Any], seed: int) -> Callable[[FrozenTrial], bool]:
+    return lambda t: t.user_attrs.get("seed") == seed and t.user_attrs.get("params") == params
+
+
+def seed_states(trials: list[FrozenTrial], params: dict[str, Any]) -> tuple[set[int], set[int]]:
+    """Seeds evaluated with exactly ``params`` (a new best configuration makes earlier
+    evaluations stale; a seed that diverged deterministically counts as done), and seeds a
+    live claim holds right now."""
+    done, held = set(), set()
+    for t in trials:
+        if t.user_attrs.get("params") != params or "seed" not in t.user_attrs:
+            continue
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("final")):
+            done.add(int(t.user_attrs["seed"]))
+        elif t.state == TrialState.RUNNING:
+            held.add(int(t.user_attrs["seed"]))
+    return done, held - done
+
+
+def evaluate_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
+                  params: dict[str, Any], *, seeds: list[int], context: RunContext, runtime: Runtime,
+                  share: bool = True, on_seed: Callable[[int], None] = lambda n: None) -> Step:
+    """One step of a cell's evaluation: fails dead workers' runs, then claims and runs the
+    first seed that no one has run or holds; ``wait`` while the rest are held elsewhere."""
+    params = stored_form(params)
+    recover_orphans(study)
+    if study.user_attrs.get("params") != params:
+        study.set_user_attr("params", params)  # the configuration the table reports
+    done, held = seed_states(study.get_trials(deepcopy=False), params)
+    on_seed(sum(s in done for s in seeds))
+    todo = [s for s in seeds if s not in done]
+    if not todo:
+        return "done"
+    free = [s for s in todo if s not in held]
+    if not free:
+        return "wait"
+    _run_one(study, strategy, backbone, task, params, seed=free[0], context=context, runtime=runtime, share=share)
+    return "ran"
+
+
+def evaluate(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
+             params: dict[str, Any], *, seeds: list[int], context: RunContext,
+             runtime: Runtime, on_seed: Callable[[int], None] = lambda n: None,
+             share: bool = True, poll_s: float = 0.5) -> list[RunRecord]:
+    """Runs every seed not yet recorded in ``study``, with other workers if there are any
+    (each seed is claimed by one: :func:`tlbench.store.claims.claim`); returns the records this
+    worker made, once every seed is done wherever it ran.
+
+    ``context`` (suite, task, backbone, strategy, tuning summary) is copied into each record.
+    ``share``: offer the trained models to the strategies that reuse them (not for the
+    variations of a sensitivity study).
+    """
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    while (step := evaluate_step(study, strategy, backbone, task, params, seeds=seeds, context=context,
+                                 runtime=runtime, share=share, on_seed=on_seed)) != "done":
+        if step == "wait":
+            time.sleep(poll_s)
+    mine = worker_id()
+    return [RunRecord.from_stored(t.user_attrs["record"]) for t in study.get_trials(deepcopy=False)
+            if t.number not in before and t.state == TrialState.COMPLETE and t.user_attrs.get("worker") == mine]
+
+
+def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,
+             params: dict[str, Any], *, seed: int, context: RunContext,
+             runtime: Runtime, share: bool = True) -> RunRecord | None:
+    frozen = claim(study, {"seed": seed, "params": params}, _same_run(params, seed))
+    if frozen is None:  # another worker claimed this seed first
+        return None
+    try:
+        with Heartbeat(study._storage, frozen._trial_id), inputs_seen() as seen:
+            return _evaluate_claimed(study, frozen, strategy, backbone, task, params, seed=seed, context=context,
+                                     runtime=runtime, share=share, seen=seen)
+    except (UpdateFinishedTrialError, ValueError) as err:
+        if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+            _release(study, frozen, err)
+            raise
+        return None  # taken over after this worker was judged dead: the seed's new claim runs it
+    except BaseException as err:  # training, scoring or recording stopped: the seed is free again
+        _release(study, frozen, err)
+        raise
+
+
+def _release(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> None:
+    """Fails a claimed run on the way out of an error or interrupt (an unreadable test image,
+    Ctrl-C), with the reason, so that no run is left RUNNING until the next start on this
+    host; the next claim of its seed runs it again. A run already finished stays as it is."""
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {str(err)[:200]}"
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "failed_reason", reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):
+        pass
+
+
+def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strategy, backbone: Backbone, task: Task,
+                      params: dict[str, Any], *, seed: int, context: RunContext, runtime: Runtime,
+                      share: bool, seen: set[str]) -> RunRecord | None:
+    storage, trial_id = study._storage, trial._trial_id
+    started = dt.datetime.now(dt.timezone.utc)
+    clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
+    try:
+        with PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
+            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
+                                     runtime=runtime)
+    except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
+        storage.set_trial_user_attr(trial_id, "failed_reason", str(err))
+        storage.set_trial_user_attr(trial_id, "final", True)
+        study.tell(trial.number, state=TrialState.FAIL)
+        return None
+    # The feature pass is charged as its own cost (feature_seconds, the same for every run of the
+    # cell), so own time leaves it out whether this run computed the features or found them cached.
+    # Features computed while training members on demand are already inside those models' time.
+    on_demand = runtime.members.fit_seconds - clock.nested if runtime.members is not None else 0.0
+    seconds = clock.seconds - (features.computed_seconds if on_demand == 0 else 0.0)
+    shifted = task.shifted_test
+    test_logits = predictor.logits(task.test)  # the warm-up pass; its logits are the ones scored
+    measured = median_seconds(lambda: predictor.logits(task.test))
+    inference_seconds = predictor.inference_seconds(task.test, measured=measured)
+    logits = {task.test.fingerprint: test_logits, task.val.fingerprint: predictor.logits(task.val)}
+    if shifted is not None:
+        logits[shifted.fingerprint] = predictor.logits(shifted)
+    members = runtime.members
+    # kept for the strategies that reuse it
+    if share and isinstance(members, Members) and strategy.name in members.reuse.needed:
+        key = members.key(strategy.name, seed, params)
+        members.record(key, member_from(
+            predictor, key=key, strategy=strategy.name, index=members.index_of(seed), seed=seed,
+            params=params, task=task, seconds=seconds, inference_seconds=inference_seconds, logits=logits,
+            keep_weights=strategy.name in members.reuse.keep_weights))
+    fields = {
+        "seed": seed, "params": dict(params),
+        "test_accuracy": accuracy(test_logits, task.test.y),
+        "val_accuracy": accuracy(logits[task.val.fingerprint], task.val.y),
+        "shifted_test_accuracy": accuracy(logits[shifted.fingerprint], shifted.y) if shifted else None,
+        # cost: own training time plus that of reused models (a teacher, ensemble members)
+        "train_seconds": seconds + predictor.reused_seconds, "own_train_seconds": seconds,
+        "feature_seconds": features.pass_seconds or 0.0,  # 0: the strategy reads no cached features
+        "trainable_parameters": predictor.trainable_parameters,
+        "inference_parameters": predictor.inference_parameters,
+        "inference_seconds": inference_seconds,
+        "inference_ms_per_example": 1000 * inference_seconds / max(1, len(task.test)),
+        "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb,
+        "peak_memory_kind": memory.kind, "strategy_info": predictor.info(),
+        "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
+        "num_classes": task.num_classes, "precision": runtime.execution.tag,
+        "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
+        "loader_workers": runtime.execution.loading.workers if "files" in seen else 0,
+        # every read of the run is in (fit and the scored passes); "features": it read cached features only
+        "image_inputs": "+".join(sorted(seen)) or ("features" if task.lazy else ""),
+        "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
+        **provenance(runtime.device),
+    }
+    try:
+        record = RunRecord(**context.model_dump(), **fields)
+    except ValidationError as err:  # a predictor (a plugin's) reported something that is not a number
+        first = err.errors()[0]
+        reason = f"{'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})"
+        storage.set_trial_user_attr(trial_id, "failed_reason", f"invalid run record: {reason}")
+        study.tell(trial.number, state=TrialState.FAIL)
+        raise ConfigError(f"strategy {strategy.name!r}: its run record is invalid ({reason}); "
+                          f"`tlbench check {strategy.name}` checks its predictor") from None
+    storage.set_trial_user_attr(trial_id, "record", record.model_dump())
+    study.tell(trial.number, record.test_accuracy)
+    return record

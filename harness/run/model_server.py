@@ -1,0 +1,214 @@
+"""Serving other strategies' trained models inside a cell: the runner's side of model reuse.
+
+Two pieces, one job each:
+
+- :class:`ArtifactStore` keeps a :class:`~tlbench.training.context.Member` (logits per split, cost, and
+  weights where an ensemble may average them) on disk under a key, and never trusts a torn
+  or foreign file.
+- :class:`Members` (a :class:`~tlbench.training.context.ModelServer`) answers "model *k* of strategy S"
+  from memory, else from the store, else by fitting S with its tuned configuration and
+  evaluation seed *k* (deterministic on CPU, so the same model its evaluation run trained).
+  What it needs to know about the suite — how to make a strategy, its tuned configuration,
+  the seeds, how another backbone reads the task — comes from a :class:`CellRecipes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from tlbench.core.atomic import load_or_none, save_atomic
+from tlbench.core.errors import ConfigError, NonFiniteLoss
+from tlbench.data.splits import Task
+from tlbench.training.backbones import Backbone
+from tlbench.training.context import Member, ModelServer, OwnTime, splits_of
+from tlbench.training.loop import NullReporter, median_seconds
+
+if TYPE_CHECKING:
+    from tlbench.strategies.base import Predictor, Strategy
+    from tlbench.training.context import Runtime
+
+ARTIFACT_VERSION = 2
+
+
+def member_from(predictor: "Predictor", *, key: str, strategy: str, index: int, seed: int,
+                params: dict[str, Any], task: Task, seconds: float, inference_seconds: float | None = None,
+                logits: dict[str, Any] | None = None, keep_weights: bool = False) -> Member:
+    """Wraps a fitted predictor: its logits on every split of ``task`` (reusing ``logits``
+    already computed, by fingerprint), its cost and optionally its weights."""
+    logits = dict(logits or {})
+    if inference_seconds is None:  # timed as an evaluation run's: a warm-up pass, then the median
+        logits[task.test.fingerprint] = predictor.logits(task.test)
+        measured = median_seconds(lambda: predictor.logits(task.test))
+        inference_seconds = predictor.inference_seconds(task.test, measured=measured)
+    for split in splits_of(task):
+        if split.fingerprint not in logits:
+            logits[split.fingerprint] = predictor.logits(split)
+    return Member(strategy, index, seed, dict(params), logits, costs={**predictor.reused, key: seconds},
+                  trainable_parameters=predictor.trainable_parameters,
+                  inference_parameters=predictor.inference_parameters, inference_seconds=inference_seconds,
+                  state=predictor.state() if keep_weights else None)
+
+
+class ArtifactStore:
+    """Trained models on disk under ``root`` (only in memory when ``root`` is None)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path | None:
+        return self.root / f"{key}.pt" if self.root else None
+
+    def load(self, key: str, *, need_weights: bool) -> Member | None:
+        data = load_or_none(self.path(key))  # a torn or foreign file is refitted, not trusted
+        if not isinstance(data, dict) or data.get("version") != ARTIFACT_VERSION:
+            return None
+        if need_weights and data.get("state") is None:
+            return None
+        data.pop("version")
+        return Member(**data)
+
+    def save(self, key: str, member: Member) -> None:
+        path = self.path(key)
+        if path is not None:
+            save_atomic({"version": ARTIFACT_VERSION, **member.__dict__}, path)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Which strategies' models are reused in a suite: ``needed`` (their evaluation runs
+    leave artifacts) and ``keep_weights`` (those whose weights, not only predictions, are
+    reused: soup members)."""
+
+    needed: frozenset[str] = frozenset()
+    keep_weights: frozenset[str] = frozenset()
+
+
+class CellRecipes(ABC):
+    """How the models of one cell are made: what :class:`Members` asks of the suite."""
+
+    #: (suite, task, backbone): where the cell's artifacts live.
+    cell: tuple[str, str, str]
+    #: What else shapes every model of the cell (settings fingerprint, code version).
+    context: str
+    #: The suite's name of the cell's backbone.
+    backbone_name: str
+    reuse: Reuse
+
+    @abstractmethod
+    def strategy(self, name: str) -> "Strategy":
+        """Strategy ``name`` with the suite's settings and options."""
+
+    @abstractmethod
+    def params(self, name: str) -> dict[str, Any]:
+        """The tuned configuration of ``name`` in this cell (``ConfigError`` if it has none)."""
+
+    @abstractmethod
+    def seed(self, index: int) -> int:
+        """The training seed of evaluation-seed index ``index``."""
+
+    @abstractmethod
+    def task(self, backbone: str) -> Task:
+        """The cell's task as ``backbone`` reads it (image files preprocessed for its weights)."""
+
+
+@dataclass
+class Members(ModelServer):
+    """The model server of one cell (task × backbone).
+
+    Args:
+        recipes: how the cell's models are made.
+        store: where their artifacts live.
+        backbones: every backbone of the suite by name (students for distillation).
+    """
+
+    recipes: CellRecipes
+    store: ArtifactStore
+    backbones: Mapping[str, Backbone]
+    fit_seconds: float = 0.0
+    _memory: dict[str, Member] = field(default_factory=dict, repr=False)
+    _failed: dict[str, NonFiniteLoss] = field(default_factory=dict, repr=False)
+
+    @property
+    def backbone_name(self) -> str:  # type: ignore[override]
+        return self.recipes.backbone_name
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.get_backbone(self.backbone_name)
+
+    @property
+    def task(self) -> Task:
+        return self.recipes.task(self.backbone_name)
+
+    @property
+    def reuse(self) -> Reuse:
+        return self.recipes.reuse
+
+    def best_params(self, strategy: str) -> dict[str, Any]:
+        return self.recipes.params(strategy)
+
+    def index_of(self, seed: int) -> int:
+        k = seed - self.recipes.seed(0)
+        return k if 0 <= k < 1 << 20 and self.recipes.seed(k) == seed else 0
+
+    def key(self, strategy: str, seed: int, params: dict[str, Any]) -> str:
+        """The artifact key of a model: everything that shapes it. ``params`` of a strategy
+        that reuses others include a digest of their configurations (see
+        :func:`tlbench.run.tuned.with_dependencies`), so a re-tuned teacher means a new key."""
+        blob = json.dumps({"params": params, "seed": seed, "task": self.task.fingerprint,
+                           "weights": self.backbone.weights_id, "context": self.recipes.context},
+                          sort_keys=True, default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return "/".join((*self.recipes.cell, strategy, digest))
+
+    def get_backbone(self, name: str) -> Backbone:
+        try:
+            return self.backbones[name]
+        except KeyError:
+            raise ConfigError(f"backbone {name!r} is not available to this cell; "
+                              f"defined: {', '.join(self.backbones) or 'none'}") from None
+
+    def task_of(self, backbone: str) -> Task:
+        return self.recipes.task(backbone)
+
+    def record(self, key: str, member: Member) -> None:
+        """Keeps the model an evaluation run just trained (called by the evaluator)."""
+        self._memory[key] = member
+        self.store.save(key, member)
+
+    def get(self, strategy: str, index: int, runtime: "Runtime") -> Member:
+        params = self.recipes.params(strategy)
+        seed = self.recipes.seed(index)
+        key = self.key(strategy, seed, params)
+        need_weights = strategy in self.reuse.keep_weights
+        member = self._memory.get(key)
+        if member is not None and (member.state is not None or not need_weights):
+            return member
+        if key in self._failed:  # diverged before: do not train it again for every trial
+            raise self._failed[key]
+        member = self.store.load(key, need_weights=need_weights)
+        if member is None:
+            member = self._fit(key, strategy, index, seed, params, runtime, keep_weights=need_weights)
+            self.store.save(key, member)
+        self._memory[key] = member
+        return member
+
+    def _fit(self, key: str, strategy: str, index: int, seed: int, params: dict[str, Any], runtime: "Runtime", *,
+             keep_weights: bool) -> Member:
+        clock = OwnTime(self)
+        task = self.task
+        try:
+            predictor = self.recipes.strategy(strategy).fit(self.backbone, task, params, seed=seed,
+                                                            reporter=NullReporter(), runtime=runtime)
+        except NonFiniteLoss as err:
+            self._failed[key] = NonFiniteLoss(err.epoch, err.value, what=f"{strategy} model #{index}")
+            raise self._failed[key] from None
+        member = member_from(predictor, key=key, strategy=strategy, index=index, seed=seed, params=params,
+                             task=task, seconds=clock.seconds, keep_weights=keep_weights)  # minus models
+        self.fit_seconds = clock.nested + clock.elapsed  # it needed in turn; the caller's own time excludes all
+        return member

@@ -1,0 +1,52 @@
+"""What a run writes on its studies besides their trials: attributes every worker writes alike
+(written only when they differ), and a plugin strategy's code digest, so that runs of an edited
+plugin are refused rather than mixed with the old code's in one cell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+
+from tlbench.core.errors import ConfigError
+from tlbench.run.plan import Cell, Plan
+from tlbench.store.records import StudyName
+from tlbench.strategies import STRATEGIES
+
+
+def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
+    """Before anything runs: no plugin strategy of the plan has studies in the store written
+    by other code of that plugin, so runs of an edited plugin are never mixed with the old
+    code's in one cell (one line, instead of silently counting old seeds as done)."""
+    plugin_cells = {(c.task, c.backbone, c.strategy): c for c in plan.cells if STRATEGIES.source(c.strategy)}
+    if not plugin_cells:
+        return
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.suite != plan.suite.name or name.cell not in plugin_cells:
+            continue
+        cell = plugin_cells[name.cell]
+        stored, source = summary.user_attrs.get("strategy_source"), STRATEGIES.source(cell.strategy)
+        if stored is not None and stored != source:
+            raise ConfigError(f"{plan.suite.path}: {cell.label}: the store holds runs of {cell.strategy!r} from "
+                              f"other plugin code (sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); "
+                              f"use another --out or --storage, or rename the strategy")
+
+
+def remember_plugin_code(study: optuna.Study, cell: Cell) -> None:
+    """Stores a plugin strategy's code digest on its study, for :func:`check_plugin_code`
+    to compare the next run against."""
+    source = STRATEGIES.source(cell.strategy)
+    if source is not None:
+        study.set_user_attr("strategy_source", source)
+
+
+def set_changed_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    """Sets a study's attributes that differ from the stored ones (every worker opening the
+    study writes the same values; unchanged ones are not written again)."""
+    stored = study.user_attrs
+    for key, value in attrs.items():
+        if stored.get(key) != value:
+            study.set_user_attr(key, value)

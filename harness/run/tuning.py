@@ -1,0 +1,382 @@
+"""Tuning: one Optuna study per cell, the same budget for every strategy (finished trials,
+or backbone epochs of training)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from tlbench.core.errors import NonFiniteLoss
+from tlbench.data.splits import Task
+from tlbench.run.samplers import (
+    SAMPLER_CLASSES,
+    SEED_STRIDE,
+    GridSampler,
+    SlotQMCSampler,
+    SlotRandomSampler,
+    SlotSeededTPESampler,
+    SlotView,
+    make_sampler,
+    slot_of,
+    trial_slot,
+)
+from tlbench.run.spaces import Override, SpaceTrial
+from tlbench.store.claims import Heartbeat, claim, lost_claim, recover_orphans
+from tlbench.store.records import Protocol
+from tlbench.strategies.base import Strategy
+from tlbench.suites.schema import SearchSpec
+from tlbench.training.backbones import Backbone
+from tlbench.training.context import OwnTime, Runtime
+from tlbench.training.loop import forward_flops
+
+__all__ = ["Budget", "EVAL_OFFSET", "SEED_STRIDE", "SlotSeededTPESampler", "Slots", "TrialReporter", "TuneResult",
+           "compute_unit", "evaluation_seed", "independent_slots", "make_study", "next_slot", "protocol", "slots",
+           "summarize", "trial_slot", "tune", "tune_step", "tuning_seed"]
+
+EVAL_OFFSET = 500_000
+
+
+def tuning_seed(suite_seed: int, slot: int) -> int:
+    """The training seed of the tuning trial in ``slot`` (see :func:`trial_slot`)."""
+    return suite_seed * SEED_STRIDE + slot
+
+
+def evaluation_seed(suite_seed: int, k: int) -> int:
+    """Evaluation seeds never coincide with tuning seeds (tuning slots stay < 500,000)."""
+    return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one cell's tuning may spend: ``trials`` finished trials, or ``epochs`` backbone
+    epochs of training (see :class:`tlbench.suites.schema.BudgetSpec`) in at most
+    ``max_trials`` trials."""
+
+    trials: int | None = None
+    epochs: float | None = None
+    max_trials: int = 500
+
+    @classmethod
+    def of(cls, budget: "int | Budget") -> "Budget":
+        return budget if isinstance(budget, Budget) else cls(trials=int(budget))
+
+    @property
+    def cap(self) -> int:
+        """The most trials that count."""
+        return self.trials if self.trials is not None else self.max_trials
+
+    def progress(self, result: "TuneResult") -> int:
+        """How far tuning is, in this budget's unit: finished trials, or backbone epochs spent."""
+        done = result.n_complete + result.n_pruned
+        return done if self.epochs is None else int(min(result.compute, self.epochs))
+
+    @property
+    def total(self) -> int:
+        """The budget in its unit (what :meth:`progress` counts up to)."""
+        return self.cap if self.epochs is None else int(math.ceil(self.epochs))
+
+
+def protocol(budget: int | Budget, search: SearchSpec | None = None, *,
+             decay_norm_and_bias: bool = False) -> Protocol:
+    """The sampler and pruner settings and the weight-decay convention, identical for every
+    strategy of a suite."""
+    search = search or SearchSpec()
+    b = Budget.of(budget)
+    return Protocol(sampler=SAMPLER_CLASSES[search.sampler], n_startup_trials=startup_trials(b, search),
+                    pruner="MedianPruner" if search.pruner == "median" else "NopPruner",
+                    pruner_startup_trials=search.pruner_startup_trials,
+                    pruner_warmup_epochs=search.pruner_warmup_epochs,
+                    budget=b.cap, budget_epochs=b.epochs, objective="validation accuracy after the last epoch",
+                    weight_decay="every parameter" if decay_norm_and_bias else
+                    "weights of two or more dimensions only (none on biases and normalisation parameters)")
+
+
+def startup_trials(budget: Budget, search: SearchSpec) -> int:
+    """Random start-up trials of a model-based sampler: the suite's, else a third of a
+    trial budget (at least 3), else 5 for an epochs budget."""
+    if search.sampler_startup_trials is not None:
+        return search.sampler_startup_trials
+    return max(3, budget.trials // 3) if budget.trials is not None else 5
+
+
+def make_study(name: str, storage: Any, *, budget: int | Budget, seed: int, search: SearchSpec | None = None,
+               grid: list[dict[str, Any]] | None = None) -> optuna.Study:
+    """Creates or loads a cell's tuning study with the suite's sampler and pruner (``grid``:
+    the configurations of a grid search, in order)."""
+    search = search or SearchSpec()
+    p = protocol(budget, search)
+    sampler = make_sampler(search.sampler, seed=seed, n_startup_trials=p.n_startup_trials, grid=grid)
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if p.pruner == "MedianPruner":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=p.pruner_startup_trials,
+                                             n_warmup_steps=p.pruner_warmup_epochs)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                               direction="maximize", load_if_exists=True)
+
+
+class TrialReporter:
+    """Forwards per-epoch validation accuracy to an Optuna trial, prunes on request, and
+    adds up the FLOPs the trial's training spends (:meth:`spend`)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.last: float | None = None
+        self.flops = 0.0
+        self.epochs = 0
+
+    def report(self, epoch: int, value: float) -> None:
+        self.last = value
+        self.epochs += 1
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"median pruner at epoch {epoch} (val accuracy {value:.4f})")
+
+    def spend(self, flops: float) -> None:
+        self.flops += flops
+
+
+def compute_unit(backbone: Backbone | None, task: Task | None) -> float | None:
+    """FLOPs of one backbone epoch of ``task``: a forward and a backward pass (counted as
+    twice the forward, as usual) of the backbone over every training example; None when
+    they cannot be counted."""
+    if backbone is None or task is None or len(task.train) == 0:
+        return None
+    x = task.train.x.head(1) if task.lazy else task.train.x[:1]  # type: ignore[union-attr]
+    flops = forward_flops(backbone, x)
+    return 3 * flops * len(task.train) if flops > 0 else None
+
+
+def trial_compute(trial: optuna.trial.FrozenTrial) -> float:
+    """A finished trial's compute in backbone epochs (its reported epochs when its FLOPs
+    were not counted, as for a strategy with its own training loop)."""
+    value = trial.user_attrs.get("compute")
+    return float(value) if value is not None else float(max(1, len(trial.intermediate_values)))
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    best_params: dict[str, Any] | None
+    best_value: float | None
+    best_trial: int | None
+    best_seed: int | None
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    seconds: float
+    compute: float = 0.0  # backbone epochs the counted trials trained
+    done: bool = False  # the budget is spent
+    best_values: dict[str, Any] | None = None  # the best trial's sampled hyperparameters
+
+
+@dataclass(frozen=True)
+class Slots:
+    """A tuning study's budget slots as its trials say: the finished trial of each slot, the
+    slots a live claim holds, and the last failed trial of each slot (its retry's ``retry_of``)."""
+
+    finished: dict[int, FrozenTrial] = field(default_factory=dict)
+    held: frozenset[int] = frozenset()
+    failed: dict[int, int] = field(default_factory=dict)
+
+
+def slots(trials: list[FrozenTrial]) -> Slots:
+    finished: dict[int, FrozenTrial] = {}
+    held, failed = set(), {}
+    for t in sorted(trials, key=lambda t: t.number):
+        slot = slot_of(t)
+        if slot is None:
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            finished.setdefault(slot, t)  # the lowest-numbered, should an old release have run a slot twice
+        elif t.state == TrialState.RUNNING:
+            held.add(slot)
+        elif t.state == TrialState.FAIL and not lost_claim(t):
+            failed[slot] = t.number
+    return Slots(finished, frozenset(held - set(finished)), failed)
+
+
+def _counted(state: Slots, budget: Budget | None) -> tuple[list, bool]:
+    """The finished trials a budget counts, in slot order, and whether it is spent: slots
+    0 … trials−1; or, for an epochs budget, each slot that starts before the slots before it
+    have spent the budget (one worker starts a trial only then)."""
+    if budget is None:
+        return [state.finished[s] for s in sorted(state.finished)], False
+    if budget.epochs is None:
+        counted = [state.finished[s] for s in range(budget.cap) if s in state.finished]
+        return counted, len(counted) == budget.cap
+    counted, spent = [], 0.0
+    for s in range(budget.max_trials):
+        if spent >= budget.epochs or s not in state.finished:
+            break
+        counted.append(state.finished[s])
+        spent += trial_compute(state.finished[s])
+    return counted, spent >= budget.epochs or len(counted) >= budget.max_trials
+
+
+def independent_slots(study: optuna.Study, budget: Budget) -> float:
+    """How many leading slots may run at once: those whose proposal and pruning ignore every
+    other trial (their view of lower slots cannot matter) — all of them for random, QMC and
+    grid search, the random start-up trials of a model-based sampler, fewer than the median
+    pruner's start-up trials. Any later slot waits until every lower slot has finished, so
+    that it is proposed (and pruned) exactly as a single worker would; an epochs budget runs
+    its slots one after another (whether a slot is spent at all depends on the ones before)."""
+    if budget.epochs is not None:
+        return 1
+    sampler, pruner = study.sampler, study.pruner
+    free: float = 0
+    if isinstance(sampler, (SlotRandomSampler, SlotQMCSampler, GridSampler)):
+        free = math.inf
+    elif hasattr(sampler, "_n_startup_trials"):
+        free = sampler._n_startup_trials
+    if isinstance(pruner, optuna.pruners.MedianPruner):
+        free = min(free, pruner._n_startup_trials)
+    elif not isinstance(pruner, optuna.pruners.NopPruner):
+        free = 0
+    return free
+
+
+def next_slot(state: Slots, budget: Budget, independent: float) -> int | None:
+    """The lowest slot no one holds that may start now, or None (the budget is spent, or
+    every open slot waits for lower ones still running elsewhere)."""
+    spent = 0.0
+    for s in range(budget.cap):
+        if s in state.finished:
+            spent += trial_compute(state.finished[s])
+            if budget.epochs is not None and spent >= budget.epochs:
+                return None
+            continue
+        if s in state.held:
+            continue
+        return s if s < independent or all(x in state.finished for x in range(s)) else None
+    return None
+
+
+def summarize(study: optuna.Study, budget: int | Budget | None = None,
+              trials: list[FrozenTrial] | None = None) -> TuneResult:
+    """The outcome of the slots ``budget`` counts (all when None): a study tuned further
+    by an earlier, longer run still compares at the suite's budget."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    counted, done = _counted(slots(trials), None if budget is None else Budget.of(budget))
+    complete = [t for t in counted if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: (t.value, -slot_of(t))) if complete else None
+    return TuneResult(
+        best_params=dict(best.user_attrs["params"]) if best else None,
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        best_seed=best.user_attrs.get("seed") if best else None,
+        n_complete=len(complete),
+        n_pruned=len(counted) - len(complete),
+        n_failed=sum(t.state == TrialState.FAIL and not lost_claim(t) for t in trials),
+        seconds=sum(t.user_attrs.get("seconds", 0.0) for t in counted),
+        compute=sum(trial_compute(t) for t in counted),
+        done=done,
+        best_values=dict(best.params) if best else None,
+    )
+
+
+Step = Literal["ran", "wait", "done"]
+
+
+def tune_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *, budget: Budget,
+              suite_seed: int, runtime: Runtime, space: dict[str, Override] | None = None,
+              unit: float | None = None, on_trial: Callable[[int], None] = lambda n: None) -> Step:
+    """One step of a cell's tuning: fails dead workers' trials, then claims and runs the next
+    slot that may start; ``wait`` when every open slot is held or waits for lower ones."""
+    recover_orphans(study)
+    trials = study.get_trials(deepcopy=False)
+    state = slots(trials)
+    result = summarize(study, budget, trials)
+    on_trial(budget.progress(result))
+    if result.done:
+        return "done"
+    slot = next_slot(state, budget, independent_slots(study, budget))
+    if slot is None:
+        return "wait"
+    _run_trial(study, slot, state.failed.get(slot), strategy, backbone, task, suite_seed=suite_seed,
+               runtime=runtime, unit=unit, space=space or {})
+    return "ran"
+
+
+def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *, budget: int | Budget,
+         suite_seed: int, runtime: Runtime, on_trial: Callable[[int], None] = lambda n: None,
+         space: dict[str, Override] | None = None, poll_s: float = 0.5) -> TuneResult:
+    """Runs trials until ``budget`` is spent: that many finished (completed or pruned)
+    trials, or that many backbone epochs of training. ``space``: the suite's overrides of
+    the strategy's search space. Other workers may tune the same study at the same time:
+    each slot is claimed by one of them (:func:`tlbench.store.claims.claim`), and this call returns
+    once every counted slot has finished, wherever it ran.
+
+    A dead worker's trial is failed and its slot claimed again (same configuration, same
+    seed). A trial whose loss turns NaN/inf is pruned with the reason recorded.
+    """
+    budget = Budget.of(budget)
+    unit = compute_unit(backbone, task)
+    while (step := tune_step(study, strategy, backbone, task, budget=budget, suite_seed=suite_seed, runtime=runtime,
+                             space=space, unit=unit, on_trial=on_trial)) != "done":
+        if step == "wait":
+            time.sleep(poll_s)
+    return summarize(study, budget)
+
+
+class _Taken(Exception):
+    """Another worker failed this trial (it judged this worker dead): its slot is theirs now."""
+
+
+def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: Strategy, backbone: Backbone,
+               task: Task, *, suite_seed: int, runtime: Runtime, unit: float | None,
+               space: dict[str, Override]) -> None:
+    seed = tuning_seed(suite_seed, slot)
+    attrs: dict[str, Any] = {"slot": slot, "seed": seed}
+    if retry_of is not None:
+        attrs["retry_of"] = retry_of
+    frozen = claim(study, attrs, lambda t: slot_of(t) == slot)
+    if frozen is None:  # another worker claimed this slot first
+        return
+    # The trial lives on the slot's view of the study: its sampler and pruner see the lower slots only.
+    trial = optuna.Trial(SlotView(study, slot), frozen._trial_id)  # type: ignore[arg-type]
+    reporter = TrialReporter(trial)
+    clock = OwnTime(runtime.members)  # a teacher trained on demand is not this trial's time
+    with Heartbeat(study._storage, frozen._trial_id):
+        try:
+            params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
+            trial.set_user_attr("params", params)
+            strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
+        except UpdateFinishedTrialError:
+            return  # taken over after this worker was judged dead: the slot's new claim runs it
+        except optuna.TrialPruned as pruned:
+            _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(pruned))
+        except NonFiniteLoss as err:
+            _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(err))
+        except KeyboardInterrupt:  # Ctrl-C: the slot is free again; the next run retries it first
+            _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="interrupted")
+            raise
+        except BaseException:
+            _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="exception")
+            raise
+        else:
+            _finish(study, trial, clock, reporter, unit, TrialState.COMPLETE, value=reporter.last)
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, clock: OwnTime, reporter: TrialReporter,
+            unit: float | None, state: TrialState, *, value: float | None = None, reason: str | None = None) -> None:
+    try:
+        trial.set_user_attr("seconds", clock.seconds)
+        if reporter.flops:
+            trial.set_user_attr("flops", reporter.flops)
+        trial.set_user_attr("compute", reporter.flops / unit if unit and reporter.flops
+                            else float(max(1, reporter.epochs)))
+        if reason:
+            trial.set_user_attr("prune_reason" if state == TrialState.PRUNED else "failed_reason", reason)
+        if state == TrialState.COMPLETE and value is None:
+            state, value = TrialState.FAIL, None
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except (UpdateFinishedTrialError, ValueError) as err:
+        if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+            raise
+        # another worker failed this trial meanwhile (it judged this worker dead): its result is dropped,
+        # and the slot's new claim trains the same configuration with the same seed

@@ -1,0 +1,194 @@
+"""What a report reads from the store: runs, tuning trials, importances and the protocol.
+
+Only stored results are read; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Collection
+
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from tlbench.store.opening import open_existing_storage
+from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
+
+
+@dataclass
+class Results:
+    """Everything a report is made of."""
+
+    runs: pd.DataFrame  # one row per evaluation run (tlbench.store.records.load_runs)
+    trials: pd.DataFrame  # one row per tuning trial
+    importances: pd.DataFrame  # strategy, task, backbone, param, importance
+    protocol: Protocol | None = None  # None when the store holds no tuning study
+    search_spaces: dict[str, dict[str, str]] = field(default_factory=dict)  # strategy → param → range
+    #: strategy → param → "log", "linear" or "categorical": how a slice figure draws its axis
+    scales: dict[str, dict[str, str]] = field(default_factory=dict)
+    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs of sensitivity studies
+
+    @property
+    def empty(self) -> bool:
+        return self.runs.empty
+
+
+def _lost(trial: FrozenTrial) -> str | None:
+    """Why a trial that lost the race for its unit failed (it never ran; the store marks it ``claim_lost``,
+    with the number of the trial that holds the unit)."""
+    holder = trial.user_attrs.get("claim_lost")
+    return None if holder is None else f"claim lost: trial {holder} holds the same unit of work (this one never ran)"
+
+
+def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
+    d = distribution
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return "{" + ", ".join(map(str, d.choices)) + "}"
+    if isinstance(d, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
+        scale = " (log)" if d.log else ""
+        return f"[{d.low:g}, {d.high:g}]{scale}"
+    return repr(d)
+
+
+def _scale(distribution: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return "categorical"
+    return "log" if getattr(distribution, "log", False) else "linear"
+
+
+def _scale_of_description(text: str) -> str | None:
+    """The axis a declared range implies (``[a, b] (log)``, ``{a, b}``, ``fixed: x``); None
+    when the text does not say."""
+    text = text.strip()
+    if text.endswith("(log)"):
+        return "log"
+    if text.startswith("{") or text.startswith("fixed"):
+        return "categorical"
+    if text.startswith("["):
+        return "linear"
+    return None
+
+
+def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *, importances: bool = True,
+                 cells: Collection[tuple[str, str, str]] | None = None,
+                 seeds: Collection[int] | None = None) -> Results:
+    """Reads a store: the runs frame, every tuning trial, hyperparameter importances (fANOVA
+    over each cell's completed trials) and the protocol the suite was tuned under.
+
+    Args:
+        storage: an Optuna storage, or where one is: a journal file (a run's
+            ``store.journal``), ``journal:PATH`` or a database URL; it must exist.
+        suite: only this suite's studies (default: all; an unknown name gives empty frames,
+            :func:`tlbench.store.records.suites_in` lists the store's suites).
+        importances: compute fANOVA importances (the slow part of reading a large store).
+        cells: only these (task, backbone, strategy) cells.
+        seeds: only runs of these evaluation seeds (what one ``tlbench run`` ran).
+    """
+    if not isinstance(storage, BaseStorage):
+        storage = open_existing_storage(str(storage))
+    runs = load_runs(storage, suite)
+    if not runs.empty and cells is not None:
+        keep = [k in cells for k in zip(runs["task"], runs["backbone"], runs["strategy"])]
+        runs = runs[pd.Series(keep, index=runs.index, dtype=bool)]
+    if not runs.empty and seeds is not None:
+        runs = runs[runs["seed"].isin(list(seeds))]
+    runs = runs.reset_index(drop=True)
+    rows: list[dict[str, Any]] = []
+    imp_rows: list[dict[str, Any]] = []
+    protocol: Protocol | None = None
+    spaces: dict[str, dict[str, str]] = {}  # derived from the trials' distributions
+    declared: dict[str, dict[str, str]] = {}  # the effective spaces a run stored (study attribute search_space)
+    scales: dict[str, dict[str, str]] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = StudyName.parse(summary.study_name)
+        if name is None or name.kind != "tune" or (suite is not None and name.suite != suite):
+            continue
+        suite_name, task, backbone, strategy = name.suite, name.task, name.backbone, name.strategy
+        if cells is not None and name.cell not in cells:
+            continue
+        if protocol is None and "protocol" in summary.user_attrs:  # a study created by a run killed before it
+            protocol = read_protocol(summary.user_attrs, where=f"study {name}")  # stored its protocol has none
+        space = summary.user_attrs.get("search_space")
+        if isinstance(space, dict):
+            for param, text in space.items():
+                declared.setdefault(strategy, {}).setdefault(str(param), str(text))
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False):
+            steps = t.intermediate_values
+            last = steps[max(steps)] if steps else None
+            value = t.value if t.state == TrialState.COMPLETE else (last if t.state == TrialState.PRUNED else None)
+            rows.append({
+                "suite": suite_name, "task": task, "backbone": backbone, "strategy": strategy,
+                "number": t.number, "slot": t.user_attrs.get("slot", t.number), "state": t.state.name,
+                "value": value, "epochs_reported": len(steps),
+                "seconds": t.user_attrs.get("seconds"), "compute": t.user_attrs.get("compute"),
+                "seed": t.user_attrs.get("seed"),
+                "params": json.dumps(t.user_attrs.get("params", t.params), sort_keys=True, default=str),
+                "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("failed_reason") or _lost(t),
+                "retry_of": t.user_attrs.get("retry_of"),
+                "started": t.datetime_start.isoformat() if t.datetime_start else None,
+                "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
+            })
+            for name, dist in t.distributions.items():
+                spaces.setdefault(strategy, {}).setdefault(name, _describe(dist))
+                scales.setdefault(strategy, {}).setdefault(name, _scale(dist))
+        if importances:
+            for param, value in _importances(study).items():
+                imp_rows.append({"strategy": strategy, "task": task, "backbone": backbone, "param": param,
+                                 "importance": value})
+    trials = pd.DataFrame(rows, columns=["suite", "task", "backbone", "strategy", "number", "slot", "state",
+                                         "value", "epochs_reported", "seconds", "compute", "seed", "params", "reason",
+                                         "retry_of", "started", "completed"])
+    imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
+    spaces.update(declared)  # what the run declared wins over what its trials happened to sample
+    for strategy, space in declared.items():  # declared but never sampled (or fixed): the text says the scale
+        for param, text in space.items():
+            scale = _scale_of_description(text)
+            if scale is not None:
+                scales.setdefault(strategy, {}).setdefault(param, scale)
+    sensitivity = load_sensitivity(storage, suite)
+    if not sensitivity.empty and cells is not None:
+        keep = [k in cells for k in zip(sensitivity["task"], sensitivity["backbone"], sensitivity["strategy"])]
+        sensitivity = sensitivity[pd.Series(keep, index=sensitivity.index, dtype=bool)].reset_index(drop=True)
+    return Results(runs, trials, imps, protocol, {k: dict(sorted(v.items())) for k, v in sorted(spaces.items())},
+                   {k: dict(sorted(v.items())) for k, v in sorted(scales.items())}, sensitivity)
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances (Hutter et al. 2014, Optuna's evaluator, seeded) over the completed
+    trials; empty when fewer than two completed or nothing varied.
+
+    Optuna only scores parameters every trial has, so a learning rate drawn per optimizer
+    (``lr_sgd`` / ``lr_adamw``) would drop out: the trials are copied into an in-memory study
+    with one log-scale ``lr`` instead."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" per cell
+    try:
+        copy = optuna.create_study(direction=study.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for t in complete:
+        params, dists = {}, {}
+        for name, value in t.params.items():
+            key = "lr" if name.startswith("lr_") else name
+            params[key] = value
+            dists[key] = (optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)
+                          if name.startswith("lr_") else t.distributions[name])
+        copy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = optuna.importance.get_param_importances(
+                copy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+    return {k: float(v) for k, v in out.items() if not math.isnan(v)}

@@ -1,0 +1,484 @@
+"""The suite file schema: YAML parsed once, at the edge, into frozen typed objects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+import yaml
+from pydantic import Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
+
+from tlbench.core.errors import ConfigError
+from tlbench.core.frozen import Frozen, fields_at, format_error, format_loc, validate_block
+from tlbench.suites.datasets import DATASETS
+from tlbench.training.backbones import BACKBONES, Backbone
+
+# Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
+Int = Annotated[int, Strict()]
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
+
+
+NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+class SplitSpec(Frozen):
+    """How a task's train / val / test splits are drawn from its dataset.
+
+    Test is the dataset's official test split when it has one, else a stratified
+    ``test_fraction`` of the pool. Validation is ``val_per_class`` examples per class
+    (or ``val_fraction``) from the rest; train is the remainder, or ``shots`` per class.
+    """
+
+    seed: Seed = 0
+    # "vtab1k": 800 train + 200 val drawn at random (seeded) from the official training
+    # split (the 200 from the official val split where there is one), the official test
+    # split for test (Zhai et al. 2019); the per-class fields do not apply.
+    # "official": the dataset's own train / val / test (val carved from train as in
+    # "default" when the dataset has no official val; the default pools train and val).
+    protocol: Literal["default", "vtab1k", "official"] = "default"
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    val_per_class: Int | None = Field(None, gt=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    shots: Int | None = Field(None, gt=0)
+    max_test: Int | None = Field(None, gt=0)
+    # Datasets without an official test split: per class, this many (seeded) examples are
+    # kept for train + val and all the others are test, instead of a test_fraction
+    # (Kornblith et al.'s Caltech-101 protocol: 30 per class, the rest test).
+    train_per_class: Int | None = Field(None, gt=0)
+    LATER_FIELDS = ("train_per_class",)
+
+    @model_validator(mode="after")
+    def _protocol_fields(self) -> "SplitSpec":
+        if self.protocol == "vtab1k":
+            given = [f for f in ("shots", "val_per_class") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"protocol vtab1k draws 800 train + 200 val examples; remove {', '.join(given)}")
+        return self
+
+
+class ShiftSpec(Frozen):
+    """A deterministic corruption of the test split, scored as out-of-distribution."""
+
+    kind: Literal["noise", "rotation", "translation"]
+    severity: float = Field(gt=0)
+    seed: Seed = 0
+
+
+class _Typed(Frozen):
+    """A spec whose ``args`` block is validated into its class's ``Args`` model once (by
+    :func:`parse_suite` for every spec of a suite file) and kept; ``args`` stays the
+    mapping the file gave, which is what fingerprints hash."""
+
+    _typed: Frozen | None = PrivateAttr(None)
+
+    def _resolve(self, registry: Any, name: str, field: str, where: str) -> Frozen:
+        if self._typed is None:
+            cls = registry.get(name, where=f"{where}.{field}" if where else "")
+            self._typed = validate_block(cls.Args, self.args, where=f"{where}.args" if where else "args")
+        return self._typed
+
+
+class TaskSpec(_Typed):
+    dataset: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    classes: list[Int | str] | None = None  # indices into the sorted class names, or the names
+    split: SplitSpec = SplitSpec()
+    shift: ShiftSpec | None = None
+    backbones: list[str] = Field(default_factory=list)
+    # Image-file datasets only: the crop size (default: the backbone weights' own, e.g. 224), or
+    # ``native`` (the images as they are: no resize, no crop), and training augmentation
+    # (random resized crop and/or horizontal flip).
+    image_size: Annotated[int, Strict(), Field(ge=8, le=1024)] | Literal["native"] | None = None
+    augment: Literal["none", "flip", "crop_flip"] = "none"
+    # One field swept over values: the suite expands the task into one task per value, named
+    # ``<task>.<field><value>`` (see :func:`expand_sweeps`); never left on a parsed suite.
+    sweep: dict[str, list[Any]] | None = None
+    LATER_FIELDS = ("image_size", "augment", "sweep")
+    # (family, field, value) of a task expanded from a sweep; reports group by it.
+    _swept: tuple[str, str, Any] | None = PrivateAttr(None)
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, value: Any) -> Any:
+        """One message for every wrong value, naming both kinds of value allowed."""
+        if value is None or value == "native" or (type(value) is int and 8 <= value <= 1024):
+            return value
+        raise ValueError(f"allowed: a number of pixels from 8 to 1024, or native (got {value!r})")
+
+    @property
+    def swept(self) -> tuple[str, str, Any] | None:
+        return self._swept
+
+    def typed_args(self, where: str = "") -> Frozen:
+        """``args`` as the dataset's ``Args`` (``where``: the prefix of errors)."""
+        return self._resolve(DATASETS, self.dataset, "dataset", where)
+
+
+class PretrainSpec(Frozen):
+    task: str
+    epochs: Int = Field(3, gt=0)
+    batch_size: Int = Field(128, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: Seed = 0
+
+
+class BackboneSpec(_Typed):
+    arch: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+    checkpoint: str | None = None
+    pretrain: PretrainSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timm_shorthand(cls, data: Any) -> Any:
+        """``arch: timm:<name>`` is ``arch: timm`` with ``args.model: <name>``."""
+        if isinstance(data, dict) and isinstance(data.get("arch"), str) and data["arch"].startswith("timm:"):
+            args = data.get("args") or {}
+            if isinstance(args, dict):
+                return {**data, "arch": "timm", "args": {**args, "model": data["arch"][len("timm:"):]}}
+        return data
+
+    @property
+    def arch_class(self) -> type[Backbone]:
+        return BACKBONES.get(self.arch)
+
+    def typed_args(self, where: str = "") -> Frozen:
+        """``args`` as the architecture's ``Args`` (``where``: the prefix of errors)."""
+        return self._resolve(BACKBONES, self.arch, "arch", where)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BackboneSpec":
+        given = [k for k in ("weights", "checkpoint", "pretrain") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of weights, checkpoint, pretrain (got {', '.join(given)})")
+        return self
+
+
+class TrainingSpec(Frozen):
+    """Training settings shared by every strategy, so all get the same budget."""
+
+    epochs: tuple[Int, Int] = (5, 40)
+    batch_size: Int = Field(32, gt=0)
+    # Weight decay on biases and normalisation parameters too (every parameter); by default,
+    # as in timm and most fine-tuning recipes, only parameters of two or more dimensions decay.
+    # In the fingerprint even at its default: the default changed (all parameters decayed
+    # before), so a store of the earlier convention is not extended with runs of this one.
+    decay_norm_and_bias: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TrainingSpec":
+        if not 0 < self.epochs[0] <= self.epochs[1]:
+            raise ValueError(f"epochs must be [min, max] with 0 < min <= max, got {list(self.epochs)}")
+        return self
+
+
+SAMPLERS = ("tpe", "random", "qmc", "grid", "cmaes", "gp")
+
+
+class SearchSpec(Frozen):
+    """Sampler and pruner settings, identical for every strategy of a suite."""
+
+    # Optuna's TPE (default), random, quasi-Monte Carlo (scrambled Sobol), CMA-ES, Gaussian
+    # process; or an exhaustive grid (float ranges cut into ``grid_points`` values).
+    sampler: Literal["tpe", "random", "qmc", "grid", "cmaes", "gp"] = "tpe"
+    sampler_startup_trials: Int | None = Field(None, ge=0)  # default: max(3, trials // 3)
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: Int = Field(3, ge=0)
+    pruner_warmup_epochs: Int = Field(3, ge=0)
+    grid_points: Int = Field(3, ge=2, le=100)  # grid sampler: values per float (or wide int) range
+    LATER_FIELDS = ("sampler", "grid_points")
+
+
+class BudgetSpec(Frozen):
+    """What each strategy's tuning may spend: ``trials`` finished (completed or pruned)
+    trials, or ``epochs`` of training in total, in backbone epochs: one forward and backward
+    pass of the cell's backbone over the task's training split, counted in FLOPs (a pruned
+    trial counts what it ran, a linear probe the feature pass and its head's epochs). An
+    epochs budget stops starting trials once it is spent, and after ``max_trials`` at most."""
+
+    trials: Int | None = Field(None, gt=0, lt=500_000)
+    epochs: float | None = Field(None, gt=0)
+    max_trials: Int = Field(500, gt=0, lt=500_000)
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetSpec":
+        if (self.trials is None) == (self.epochs is None):
+            raise ValueError("give exactly one of trials (finished trials per strategy) or epochs "
+                             "(backbone epochs of training per strategy)")
+        return self
+
+
+class SensitivitySpec(Frozen):
+    """Re-runs a strategy's tuned configuration with one hyperparameter (or two) set to
+    each value of a grid, ``seeds`` evaluation seeds per value."""
+
+    strategy: str
+    params: dict[str, list[Any]] = Field(min_length=1, max_length=2)
+    seeds: Int = Field(3, gt=0, le=1000)
+    tasks: list[str] | None = None  # default: every task of the suite; a swept task's name: all its tasks
+
+    def covers(self, task: str, spec: "TaskSpec") -> bool:
+        """Whether the study runs on ``task`` (named, or one of a named sweep's tasks)."""
+        return not self.tasks or task in self.tasks or (spec.swept is not None and spec.swept[0] in self.tasks)
+
+    @model_validator(mode="after")
+    def _values(self) -> "SensitivitySpec":
+        for name, values in self.params.items():
+            if not values:
+                raise ValueError(f"params.{name}: give at least one value")
+        return self
+
+
+class Suite(Frozen):
+    name: str
+    seed: Seed = 0
+    # Bounded so that tuning slots stay below the evaluation seeds' offset (500,000).
+    trials: Int = Field(10, gt=0, lt=500_000)
+    seeds: Int = Field(3, gt=0, le=100_000)
+    strategies: list[str] = Field(min_length=1)
+    # Per-strategy settings (a distillation's student, an ensemble's members), by name;
+    # each strategy's ``Options`` model validates its block.
+    strategy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    training: TrainingSpec = TrainingSpec()
+    search: SearchSpec = SearchSpec()
+    # Per strategy, hyperparameters of its search space fixed (``optimizer: sgd``), given
+    # another range (``lr_sgd: {low: 1e-3, high: 0.1, log: true}``) or fewer choices
+    # (``optimizer: [sgd]``); checked against the strategy's declared space by the planner.
+    search_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # ``{trials: N}`` (the top-level ``trials``) or ``{epochs: E}``: see BudgetSpec.
+    budget: BudgetSpec | None = None
+    sensitivity: list[SensitivitySpec] = Field(default_factory=list)
+    source_tasks: dict[str, TaskSpec] = Field(default_factory=dict)
+    tasks: dict[str, TaskSpec]
+    backbones: dict[str, BackboneSpec]
+    # Where image datasets live (relative: to the suite file; default $TLBENCH_DATA, else
+    # data/ in the cache directory) and whether missing ones may be downloaded. Neither
+    # changes results.
+    data_root: str | None = None
+    download: bool = False
+    # Strategies, backbones and datasets from outside tlbench: Python files (relative to the
+    # suite file) or module names. Not part of the fingerprint: a plugin's code is part of the
+    # code version, and every record names its strategy's origin.
+    plugins: list[str] = Field(default_factory=list)
+    path: str = ""
+    LATER_FIELDS = ("search_space", "sensitivity")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_trials(cls, data: Any) -> Any:
+        """``budget: {trials: N}`` is the top-level ``trials: N`` (both: they must agree)."""
+        if isinstance(data, dict) and isinstance(data.get("budget"), dict) and "trials" in data["budget"]:
+            trials = data["budget"]["trials"]
+            if "trials" in data and data["trials"] != trials:
+                raise ValueError(f"trials: {data['trials']!r} and budget.trials: {trials!r} disagree; give one")
+            data = {**data, "trials": trials}
+        return data
+
+    @property
+    def budget_epochs(self) -> float | None:
+        """The epochs budget per strategy, or None when the budget counts trials."""
+        return self.budget.epochs if self.budget is not None else None
+
+    @property
+    def max_trials(self) -> int:
+        """The most trials a cell may run: the budget in trials, or an epochs budget's cap."""
+        return self.trials if self.budget_epochs is None else self.budget.max_trials  # type: ignore[union-attr]
+
+    @model_validator(mode="after")
+    def _names(self) -> "Suite":
+        # Names become parts of study names ("suite::task::backbone::strategy::kind").
+        groups = {"name": [self.name], "tasks": self.tasks, "source_tasks": self.source_tasks,
+                  "backbones": self.backbones}
+        for group, names in groups.items():
+            for name in names:
+                if not NAME.fullmatch(name):
+                    raise ValueError(f"{group}: name {name!r} must match {NAME.pattern} "
+                                     f"(letters, digits, '_', '-', '.', '+')")
+        return self
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes a cell's results. The budget (trials, seeds)
+        and the strategy list are left out: extending or narrowing a run reuses its store."""
+        blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
+                                                   "download", "plugins", "budget", "sensitivity"}),
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def task_spec(self, name: str) -> TaskSpec:
+        return self.tasks.get(name) or self.source_tasks[name]
+
+    def task_where(self, name: str) -> str:
+        """``FILE: tasks.NAME`` or ``FILE: source_tasks.NAME``: the prefix of error messages."""
+        group = "tasks" if name in self.tasks else "source_tasks"
+        return f"{self.path}: {group}.{name}"
+
+
+#: Bounds no real suite comes near (the bundled ones are under 3 kB and a few hundred values), so that a
+#: hostile or broken file is refused before anything walks, prints or hashes it: YAML aliases let a
+#: 1 kB file expand to a billion values, and one huge string makes every message that names it huge.
+MAX_SUITE_BYTES = 1 << 20
+MAX_SUITE_VALUES = 100_000
+MAX_STRING = 4096  # the longest path Linux takes (PATH_MAX)
+
+
+def _check_size(data: dict[str, Any], path: Path) -> None:
+    """Refuses a suite that expands (aliases repeated) to more than ``MAX_SUITE_VALUES`` values or
+    holds a key or string longer than ``MAX_STRING`` characters. It stops at the bound, so it
+    costs at most that many steps however large the expansion."""
+    count = 0
+    stack: list[tuple[dict[Any, Any] | list[Any], tuple[object, ...]]] = [(data, ())]
+    while stack:
+        value, loc = stack.pop()
+        count += len(value)
+        if count > MAX_SUITE_VALUES:
+            raise ConfigError(f"{path}: the suite expands to more than {MAX_SUITE_VALUES:,} values (YAML aliases "
+                              f"repeating a block?); a suite is far smaller")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and len(key) > MAX_STRING:
+                raise ConfigError(f"{path}: {format_loc(loc) or 'top level'}: a key of {len(key):,} characters; "
+                                  f"keys and values are at most {MAX_STRING:,}")
+            if isinstance(item, (dict, list)):
+                stack.append((item, (*loc, key)))
+            elif isinstance(item, str) and len(item) > MAX_STRING:
+                raise ConfigError(f"{path}: {format_loc((*loc, key))}: a string of {len(item):,} characters; values "
+                                  f"are at most {MAX_STRING:,}")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: suite file not found")
+    size = path.stat().st_size
+    if size > MAX_SUITE_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; a suite file is at most {MAX_SUITE_BYTES:,} (is this a suite?)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a suite is a YAML file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a suite must be a mapping of fields, got {type(data).__name__}")
+    _check_size(data, path)
+    if seen and isinstance(data.get("plugins"), list):  # an included file's plugins: relative to it
+        data["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and (p.endswith(".py") or "/" in p)
+                           and not Path(p).is_absolute() else p for p in data["plugins"]]
+    include = data.pop("include", None)
+    if include is None:
+        return data
+    base_path = (path.parent / str(include)).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: include: {include!r} not found (looked for {base_path})")
+    if base_path in seen:
+        raise ConfigError(f"{path}: include: cycle through {base_path}")
+    return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merges ``over`` into ``base``; mappings merge, everything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+#: Fields a task may sweep: a short name and where it lives in the task's spec.
+SWEEPABLE = {"shots": ("split", "shots"), "val_per_class": ("split", "val_per_class"),
+             "train_per_class": ("split", "train_per_class"), "max_test": ("split", "max_test"),
+             "test_fraction": ("split", "test_fraction"), "val_fraction": ("split", "val_fraction"),
+             "split_seed": ("split", "seed"), "severity": ("shift", "severity"), "image_size": ("image_size",)}
+
+
+def sweep_name(task: str, field: str, value: Any) -> str:
+    """The name of the task a sweep makes for one value: ``digits.shots5``,
+    ``mnist.severity0.25`` (floats in their shortest form)."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{task}.{field}{text}"
+
+
+def expand_sweeps(suite: Suite) -> Suite:
+    """The suite with every task that sweeps a field replaced by one task per value (in the
+    order given), each remembering its family, field and value; errors name the field."""
+    where = suite.path
+    if not any(spec.sweep for spec in suite.tasks.values()):
+        for name, spec in suite.source_tasks.items():
+            if spec.sweep:
+                raise ConfigError(f"{where}: source_tasks.{name}.sweep: only tasks (not source tasks) can sweep")
+        return suite
+    tasks: dict[str, TaskSpec] = {}
+    for name, spec in suite.tasks.items():
+        if spec.sweep is None:
+            tasks[name] = spec
+            continue
+        at = f"{where}: tasks.{name}.sweep"
+        if len(spec.sweep) != 1:
+            given = ", ".join(spec.sweep) or "none"
+            raise ConfigError(f"{at}: sweep exactly one field (got {len(spec.sweep)}: {given})")
+        (field, values), = spec.sweep.items()
+        if field not in SWEEPABLE:
+            raise ConfigError(f"{at}: {field!r} cannot be swept; sweepable fields: {', '.join(SWEEPABLE)}")
+        if not values:
+            raise ConfigError(f"{at}.{field}: empty sweep; list at least one value")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{at}.{field}: {values} lists a value twice")
+        route = SWEEPABLE[field]
+        if route[0] == "shift" and spec.shift is None:
+            raise ConfigError(f"{at}: sweeping {field!r} needs a shift: block on the task")
+        base = spec.model_dump(exclude={"sweep"})
+        for value in values:
+            data = json.loads(json.dumps(base, default=str))
+            if len(route) == 2:
+                data.setdefault(route[0], {})[route[1]] = value
+            else:
+                data[route[0]] = value
+            try:
+                expanded = TaskSpec(**data)
+            except ValidationError as err:
+                raise ConfigError(format_error(err, TaskSpec, f"{at}.{field}", sep=": ").replace(
+                    f"{at}.{field}: {'.'.join(route)}", f"{at}.{field}") + f" (sweep value {value!r})") from None
+            expanded._swept = (name, field, value)
+            new = sweep_name(name, field, value)
+            if not NAME.fullmatch(new):
+                raise ConfigError(f"{at}.{field}: value {value!r} makes the task name {new!r}, which must match "
+                                  f"{NAME.pattern}")
+            if new in suite.tasks or new in tasks or new in suite.source_tasks:
+                raise ConfigError(f"{at}: the swept task {new!r} clashes with another task of that name")
+            tasks[new] = expanded
+    return suite.model_copy(update={"tasks": tasks})
+
+
+def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None) -> Suite:
+    """Reads and validates a suite file: its schema, and each dataset's and backbone's
+    ``args`` against the class it names (typed once, kept on the spec). ``plugins`` is
+    called in between, to register what the suite's ``plugins:`` provide (the planner's
+    loader). References between its parts and the strategies' options are checked by the
+    planner."""
+    data = _read_yaml(path)
+    for key in data:
+        if not isinstance(key, str) or key == "path":
+            allowed = ", ".join(fields_at(Suite, ()) or [])
+            raise ConfigError(f"{path}: {key}: unknown field; allowed: {allowed}")
+    data.setdefault("name", path.stem)
+    try:
+        suite = Suite(**data, path=str(path))
+    except ValidationError as err:
+        raise ConfigError(format_error(err, Suite, str(path), sep=": ")) from None
+    suite = expand_sweeps(suite)
+    if plugins is not None:
+        plugins(suite)
+    for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):
+        for name, spec in specs.items():
+            spec.typed_args(f"{path}: {group}.{name}")
+    for name, backbone in suite.backbones.items():
+        backbone.typed_args(f"{path}: backbones.{name}")
+    return suite

@@ -37,7 +37,7 @@ class FrozenFeatures(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.backbone.eval()
         with torch.no_grad():
-            return self.backbone.features(x)
+            return self.backbone.forward_features(x)
 
 
 def probe_recomputing() -> float:

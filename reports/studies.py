@@ -14,7 +14,7 @@ from scipy import stats as scipy_stats
 
 from tlbench.reports import stats
 from tlbench.reports.figures import RC, _panels, _save, markers, plt, sns
-from tlbench.reports.tables import SCALE, Cell, Table
+from tlbench.reports.tables import SCALE, TableCell, Table
 
 SCRATCH = "scratch"
 
@@ -121,10 +121,10 @@ def crossover_tables(runs: pd.DataFrame, metric: str = "test_accuracy", *, alpha
             verdicts.append((value, worse))
             lo, hi = stats.bootstrap_ci(gap.to_numpy(float), seed=seed)
             ci = "" if math.isnan(lo) else f" [{lo * SCALE:.1f}, {hi * SCALE:.1f}]"
-            rows.append([Cell(f"{value:g}"), Cell(best), Cell(f"{transfer[best] * SCALE:.1f}"),
-                         Cell(f"{means[SCRATCH] * SCALE:.1f}"), Cell(f"{gap.mean() * SCALE:+.1f}{ci}"),
-                         Cell("–" if math.isnan(p) else f"{p:.3g}"),
-                         Cell({None: "untestable", True: "yes", False: "no"}[worse], bold=worse is False)])
+            rows.append([TableCell(f"{value:g}"), TableCell(best), TableCell(f"{transfer[best] * SCALE:.1f}"),
+                         TableCell(f"{means[SCRATCH] * SCALE:.1f}"), TableCell(f"{gap.mean() * SCALE:+.1f}{ci}"),
+                         TableCell("–" if math.isnan(p) else f"{p:.3g}"),
+                         TableCell({None: "untestable", True: "yes", False: "no"}[worse], bold=worse is False)])
         if not rows:
             continue
         testable = [(v, w) for v, w in verdicts if w is not None]

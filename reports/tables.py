@@ -42,7 +42,7 @@ def flat_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
     text: str
     bold: bool = False
     mark: bool = False  # "not distinguishable from the best"
@@ -53,7 +53,7 @@ class Table:
     """A header, rows of cells, a caption and notes; first column is the row label."""
 
     header: list[str]
-    rows: list[list[Cell]]
+    rows: list[list[TableCell]]
     caption: str
     notes: list[str] = field(default_factory=list)
     align: str = ""  # one of l/r per column; default: label left, the rest right
@@ -99,10 +99,10 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
     best = summary.groupby("column")["mean"].max()
     rows, single_seed, untestable = [], False, False
     for strategy in strategies:
-        row = [Cell(strategy)]
+        row = [TableCell(strategy)]
         for column in columns:
             if (strategy, column) not in indexed.index:
-                row.append(Cell("–"))
+                row.append(TableCell("–"))
                 continue
             s = indexed.loc[(strategy, column)]
             text = f"{s['mean'] * SCALE:.1f}"
@@ -114,8 +114,8 @@ def accuracy_table(runs: pd.DataFrame, metric: str, *, caption: str, seed: int =
             tied = compare.loc[(strategy, column), "tied"]  # True, False, or None/NaN: untestable
             testable = tied is not None and not pd.isna(tied)
             untestable |= not testable
-            row.append(Cell(text, bold=is_best, mark=testable and bool(tied) and not is_best))
-        row.append(Cell(fmt_number(ranks.get(strategy, math.nan), 2)))
+            row.append(TableCell(text, bold=is_best, mark=testable and bool(tied) and not is_best))
+        row.append(TableCell(fmt_number(ranks.get(strategy, math.nan), 2)))
         rows.append(row)
     low_n, high_n = int(summary["n"].min()), int(summary["n"].max())
     seeds = f"{low_n}" if low_n == high_n else f"{low_n}–{high_n}"
@@ -190,13 +190,13 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
               "trainable params", "peak memory MB", "inference params", "inference ms/example", "runs"]
     rows = []
     for r in stats_frame.to_dict("records"):
-        rows.append([Cell(r["column"]), Cell(r["strategy"]), Cell(f"{r['train_seconds']:.2f}"),
-                     Cell(fmt_number(r.get("own"), 2)),
-                     *([Cell(fmt_number(r["features"] or math.nan, 2))] if features else []),
-                     *([Cell(fmt_number(r["compute"], 1))] if compute else []),
-                     Cell(fmt_number(r["trainable"], 0, grouped=True)),
-                     Cell(fmt_number(r["peak"], 0)), Cell(fmt_number(r.get("inference"), 0, grouped=True)),
-                     Cell(fmt_number(r.get("ms"), 3)), Cell(str(int(r["runs"])))])
+        rows.append([TableCell(r["column"]), TableCell(r["strategy"]), TableCell(f"{r['train_seconds']:.2f}"),
+                     TableCell(fmt_number(r.get("own"), 2)),
+                     *([TableCell(fmt_number(r["features"] or math.nan, 2))] if features else []),
+                     *([TableCell(fmt_number(r["compute"], 1))] if compute else []),
+                     TableCell(fmt_number(r["trainable"], 0, grouped=True)),
+                     TableCell(fmt_number(r["peak"], 0)), TableCell(fmt_number(r.get("inference"), 0, grouped=True)),
+                     TableCell(fmt_number(r.get("ms"), 3)), TableCell(str(int(r["runs"])))])
     kinds = sorted(runs["peak_memory_kind"].dropna().unique()) if "peak_memory_kind" in runs else []
     notes = ["Means over evaluation runs. Train s includes the training time of models a strategy "
              "reuses (a distillation's teacher, an ensemble's members); own train s is its own. "
@@ -237,8 +237,8 @@ def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
         r = iqm.loc[strategy]
         ci = "" if math.isnan(r["low"]) else f" [{r['low']:.3f}, {r['high']:.3f}]"
         intervals |= bool(ci)
-        rows.append([Cell(strategy), Cell(f"{r['iqm']:.3f}{ci}", bold=math.isclose(r["iqm"], best_iqm)),
-                     Cell(fmt_number(test.ranks.get(strategy, math.nan), 2)), Cell(str(int(r["runs"])))])
+        rows.append([TableCell(strategy), TableCell(f"{r['iqm']:.3f}{ci}", bold=math.isclose(r["iqm"], best_iqm)),
+                     TableCell(fmt_number(test.ranks.get(strategy, math.nan), 2)), TableCell(str(int(r["runs"])))])
     tasks = int(iqm["tasks"].max()) if len(iqm) else 0
     notes = [f"IQM: interquartile mean of every strategy's task × seed runs on the {tasks} task(s) all "
              f"strategies have, in {iqm.attrs.get('scale', 'raw accuracy')}, with a 95% stratified-bootstrap "
@@ -292,7 +292,7 @@ def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
             columns = sorted(tied.loc[tied["strategy"] == other, "column"])
             if columns:
                 conflicts.append(f"{other} ({', '.join(columns)})")
-        rows.append([Cell(other), Cell(f"{point:.2f}{ci}", bold=bold)])
+        rows.append([TableCell(other), TableCell(f"{point:.2f}{ci}", bold=bold)])
     notes = [f"P({top} > other): the probability that a run of {top} scores above a run of the other "
              f"strategy on a task (ties count ½), averaged over tasks, with a 95% stratified-bootstrap "
              f"interval (Agarwal et al. 2021). Bold: the interval lies above 0.5 (each interval on its "
@@ -315,7 +315,7 @@ def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
 # ------------------------------------------------------------------ renderers
 
 def to_markdown(table: Table) -> str:
-    def cell(c: Cell) -> str:
+    def cell(c: TableCell) -> str:
         text = c.text + (MARK if c.mark else "")
         return f"**{text}**" if c.bold else text
 
@@ -344,7 +344,7 @@ def latex_escape(text: str) -> str:
 def to_latex(table: Table, *, label: str = "") -> str:
     """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``, and ``graphicx``
     for wide tables, which are scaled to the text width)."""
-    def cell(c: Cell) -> str:
+    def cell(c: TableCell) -> str:
         text = latex_escape(c.text) + (r"$^\dagger$" if c.mark else "")
         return rf"\textbf{{{text}}}" if c.bold else text
 
@@ -362,7 +362,7 @@ def to_latex(table: Table, *, label: str = "") -> str:
 
 
 def to_html(table: Table) -> str:
-    def cell(c: Cell, tag: str = "td", align: str = "l") -> str:
+    def cell(c: TableCell, tag: str = "td", align: str = "l") -> str:
         text = html.escape(c.text) + (f"<sup>{MARK}</sup>" if c.mark else "")
         if c.bold:
             text = f"<strong>{text}</strong>"
@@ -370,7 +370,7 @@ def to_html(table: Table) -> str:
         return f"<{tag}{cls}>{text}</{tag}>"
 
     aligns = table.alignment()
-    head = "".join(cell(Cell(h), "th", a) for h, a in zip(table.header, aligns))
+    head = "".join(cell(TableCell(h), "th", a) for h, a in zip(table.header, aligns))
     body = "\n".join("<tr>" + "".join(cell(c, "td", a) for c, a in zip(row, aligns)) + "</tr>" for row in table.rows)
     notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table.notes)
     return (f"<figure class=\"table\"><figcaption>{html.escape(table.caption)}</figcaption>"
@@ -429,7 +429,8 @@ def hyperparameter_tables(runs: pd.DataFrame,
             task = f"{key[0]}: {key[1]}" if several_suites else key[-2]
             cells.append((task, key[-1], _params(cell["params"].iloc[0])))  # one configuration per cell
         names = sorted({name for _, _, params in cells for name in params})
-        rows = [[Cell(task), Cell(backbone), *(Cell(fmt_param(params[n]) if n in params else "–") for n in names)]
+        rows = [[TableCell(task), TableCell(backbone),
+                 *(TableCell(fmt_param(params[n]) if n in params else "–") for n in names)]
                 for task, backbone, params in cells]
         header = ["task", "backbone", *names]
         notes = ["The configuration every evaluation run of the cell used: the best of its tuning trials, with "

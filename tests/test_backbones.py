@@ -46,7 +46,7 @@ def test_torchvision_adapters_compute_the_networks_own_features(arch, args, shap
     backbone = BACKBONES.get(arch)(**args, net=net).eval()  # shares the modules, wraps them as groups
     x = torch.randn(shape)
     with torch.no_grad():
-        ours = backbone.features(x)
+        ours = backbone.forward_features(x)
         PENULTIMATE[arch](net)
         theirs = net(x)
     assert ours.shape == theirs.shape == (2, backbone.feature_dim)
@@ -65,7 +65,7 @@ def test_groups_cover_every_parameter_once_in_order(arch, args, shape) -> None:
     manual = x
     for group in backbone.groups:  # input → output: each group consumes the previous output
         manual = group(manual)
-    feats = backbone.features(x)
+    feats = backbone.forward_features(x)
     assert torch.allclose(backbone.pool(manual), feats)
     assert feats.shape == (2, backbone.feature_dim)
     assert Classifier(backbone, backbone.new_head(7))(x).shape == (2, 7)

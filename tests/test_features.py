@@ -29,7 +29,7 @@ def test_probe_trials_never_rerun_the_backbone(tiny_backbone, tiny_task, tmp_pat
     feats = again.get(tiny_backbone, tiny_task.train.x, tiny_task.train.fingerprint,
                       device=torch.device("cpu"))
     assert again.computed == 0
-    assert torch.allclose(feats, tiny_backbone.eval().features(tiny_task.train.x), atol=1e-6)
+    assert torch.allclose(feats, tiny_backbone.eval().forward_features(tiny_task.train.x), atol=1e-6)
 
 
 def test_cache_key_depends_on_weights(tiny_backbone, tiny_task, tmp_path) -> None:

@@ -35,8 +35,8 @@ def test_groups_cover_every_parameter_once_in_timm_order(model: str, size: int) 
     net = timm.create_model(model, pretrained=False, num_classes=0).eval()
     net.load_state_dict(backbone.net.state_dict())
     with torch.no_grad():
-        assert torch.allclose(backbone.eval().features(x), net(x), atol=1e-5)  # timm's own pre-logits
-    assert backbone.features(x).shape == (2, backbone.feature_dim)
+        assert torch.allclose(backbone.eval().forward_features(x), net(x), atol=1e-5)  # timm's own pre-logits
+    assert backbone.forward_features(x).shape == (2, backbone.feature_dim)
     assert set(backbone.state_dict()) == {f"net.{k}" for k in net.state_dict()}  # groups add no keys
 
 

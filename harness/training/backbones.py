@@ -52,10 +52,7 @@ class Backbone(nn.Module, ABC):
         return self.pool(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Alias of :meth:`forward_features`: (N, ...) → (N, D)."""
+        """The backbone as a module is its feature map (:meth:`forward_features`): (N, ...) → (N, D)."""
         return self.forward_features(x)
 
     def new_head(self, num_classes: int) -> nn.Linear:

@@ -36,7 +36,7 @@ class FeatureCharge:
 
 
 class FeatureCache:
-    """Caches ``backbone.features(split.x)`` by weights id and split fingerprint.
+    """Caches ``backbone.forward_features(split.x)`` by weights id and split fingerprint.
 
     Args:
         directory: where to persist features across processes (None: memory only).

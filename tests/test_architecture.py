@@ -10,6 +10,7 @@ dependency, only a hidden one.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,12 @@ ALLOWED: dict[str, set[str]] = {
 ALLOWED["api"] = set(ALLOWED)  # tlbench/__init__: the façade re-exports lazily from every layer
 #: the repository's folders, which must never be imported under their own names
 FOLDERS = {"harness", "strategies", "suites", "reports"}
+#: Optuna's private API: attributes, private modules, the text of an error message. Only
+#: tlbench.store.optuna_internals may use it (its docstring says why each is needed).
+OPTUNA_PRIVATE = re.compile(r"\._storage\b|\._study_id\b|\._trial_id\b|_thread_local|\b_get_trials\b|"
+                            r"optuna(?:\.[A-Za-z_]+)*\._[a-z]|Cannot tell|_get_stale_trial_ids|\._backend\b|"
+                            r"scoped_session|LazyRandomState|JournalOperation|_find_sample_id")
+ADAPTER = "tlbench.store.optuna_internals"
 
 
 def layer_of(module: str) -> str | None:
@@ -165,6 +172,21 @@ def test_no_import_cycles_at_all() -> None:
     """Not even within a layer, nor through imports inside functions or under TYPE_CHECKING: two modules
     that each need the other are one module, or a third is missing."""
     assert cycles(package_graph()) == []
+
+
+def test_optunas_private_api_is_used_in_one_module_only() -> None:
+    """So that an Optuna upgrade that moves a private name breaks one module, and its test
+    (tests/test_optuna_internals.py), instead of changing results silently."""
+    uses = [f"{name}:{number}: {line.strip()}" for name, path in sorted(package_sources().items()) if name != ADAPTER
+            for number, line in enumerate(path.read_text().splitlines(), 1) if OPTUNA_PRIVATE.search(line)]
+    assert uses == []
+    caught = ["storage = study._storage", "t._trial_id", "from optuna.samplers._lazy_random_state import x",
+              'if "Cannot tell" in str(err)', "study._thread_local.cached_all_trials = None",
+              "from optuna.storages._heartbeat import is_heartbeat_enabled", "def _get_trials(self):",
+              "def _find_sample_id(self, study):"]
+    assert all(OPTUNA_PRIVATE.search(line) for line in caught)
+    assert not OPTUNA_PRIVATE.search("RDBStorage(url, heartbeat_interval=h, grace_period=g)")
+    assert OPTUNA_PRIVATE.search(package_sources()[ADAPTER].read_text())  # the adapter does use them
 
 
 def test_the_checks_catch_an_upward_import_even_inside_a_function_and_a_cycle() -> None:

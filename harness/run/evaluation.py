@@ -18,6 +18,7 @@ from tlbench.data.reader import inputs_seen
 from tlbench.data.splits import Task
 from tlbench.run.model_server import Members, member_from
 from tlbench.run.tuning import Step
+from tlbench.store import optuna_internals
 from tlbench.store.claims import Heartbeat, claim, recover_orphans, worker_id
 from tlbench.store.records import RunContext, RunRecord
 from tlbench.strategies.base import Strategy
@@ -102,11 +103,11 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     if frozen is None:  # another worker claimed this seed first
         return None
     try:
-        with Heartbeat(study._storage, frozen._trial_id), inputs_seen() as seen:
+        with Heartbeat.of(study, frozen), inputs_seen() as seen:
             return _evaluate_claimed(study, frozen, strategy, backbone, task, params, seed=seed, context=context,
                                      runtime=runtime, share=share, seen=seen)
     except (UpdateFinishedTrialError, ValueError) as err:
-        if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+        if not optuna_internals.finished_elsewhere(study, frozen, err):
             _release(study, frozen, err)
             raise
         return None  # taken over after this worker was judged dead: the seed's new claim runs it
@@ -121,7 +122,8 @@ def _release(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> Non
     host; the next claim of its seed runs it again. A run already finished stays as it is."""
     reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {str(err)[:200]}"
     try:
-        study._storage.set_trial_user_attr(trial._trial_id, "failed_reason", reason)
+        optuna_internals.storage_of(study).set_trial_user_attr(optuna_internals.trial_id(trial), "failed_reason",
+                                                               reason)
         study.tell(trial.number, state=TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):
         pass
@@ -130,7 +132,7 @@ def _release(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> Non
 def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strategy, backbone: Backbone, task: Task,
                       params: dict[str, Any], *, seed: int, context: RunContext, runtime: Runtime,
                       share: bool, seen: set[str]) -> RunRecord | None:
-    storage, trial_id = study._storage, trial._trial_id
+    storage, trial_id = optuna_internals.storage_of(study), optuna_internals.trial_id(trial)
     started = dt.datetime.now(dt.timezone.utc)
     clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
     try:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Container, Iterator
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import FrozenTrial, TrialState
+
+from tlbench.store import optuna_internals
 
 SEED_STRIDE = 1_000_003
 
@@ -46,7 +47,7 @@ def slot_of(trial: FrozenTrial) -> int | None:
 def trial_slot(study: optuna.Study, number: int) -> int:
     """The slot of trial ``number`` (see :func:`slot_of`); a trial without one takes the next
     slot after the study's non-failed trials (for a trial made outside tlbench's tuner)."""
-    trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    trial = optuna_internals.trial_by_number(study, number)
     slot = slot_of(trial)
     if slot is not None:
         return slot
@@ -54,7 +55,7 @@ def trial_slot(study: optuna.Study, number: int) -> int:
     return sum(t.number != number and (t.state != TrialState.RUNNING or "worker" in t.user_attrs) for t in trials)
 
 
-class SlotView:
+class SlotView(optuna_internals.StudyView):
     """The study as the trial in ``slot`` sees it: only the trials of lower slots, numbered by
     their slots and in slot order, which is the study a single worker has at that point. The
     sampler and the pruner are handed this view (the trial is built on it), so a proposal and a
@@ -63,15 +64,12 @@ class SlotView:
     slot retried after a crash is proposed the same configuration again."""
 
     def __init__(self, study: optuna.Study, slot: int) -> None:
-        self._study, self.slot = study, slot
+        super().__init__(study)
+        self.slot = slot
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
-                    use_cache: bool = False) -> list[FrozenTrial]:
+    def visible(self, trials: list[FrozenTrial], *, deepcopy: bool) -> list[FrozenTrial]:
         below = []
-        for t in self._study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
+        for t in trials:
             slot = slot_of(t)
             if slot is not None and slot < self.slot:
                 view = copy.deepcopy(t) if deepcopy else copy.copy(t)
@@ -79,30 +77,11 @@ class SlotView:
                 below.append(view)
         return sorted(below, key=lambda t: t.number)
 
-    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
-
 
 def _slot(study: Any, trial: FrozenTrial) -> int:
     slot = slot_of(trial)
-    return slot if slot is not None else trial_slot(getattr(study, "_study", study), trial.number)
-
-
-def _random_states(obj: Any, seen: set[int] | None = None) -> Iterator[LazyRandomState]:
-    """Every random state inside a sampler, its nested samplers' included."""
-    seen = seen if seen is not None else set()
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    for value in vars(obj).values():
-        if isinstance(value, LazyRandomState):
-            yield value
-        elif isinstance(value, optuna.samplers.BaseSampler):
-            yield from _random_states(value, seen)
+    return slot if slot is not None else trial_slot(study.study if isinstance(study, SlotView) else study,
+                                                    trial.number)
 
 
 class SlotSeeded:
@@ -115,8 +94,8 @@ class SlotSeeded:
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.slot = _slot(study, trial)
         state = (self._base_seed * SEED_STRIDE + self.slot) % 2**32
-        for rng in _random_states(self):
-            rng.rng.seed(state)
+        for rng in optuna_internals.random_states(self):
+            rng.seed(state)
         super().before_trial(study, trial)  # type: ignore[misc]
 
 
@@ -132,7 +111,7 @@ class SlotRandomSampler(SlotSeeded, optuna.samplers.RandomSampler):
         self._base_seed = seed
 
 
-class SlotQMCSampler(SlotSeeded, optuna.samplers.QMCSampler):
+class SlotQMCSampler(SlotSeeded, optuna_internals.QMCAtIndex, optuna.samplers.QMCSampler):
     """Scrambled Sobol points; point ``slot`` of the sequence for the trial in that slot (Optuna
     counts points in a study attribute that a killed trial has already advanced)."""
 
@@ -142,7 +121,7 @@ class SlotQMCSampler(SlotSeeded, optuna.samplers.QMCSampler):
             super().__init__(seed=seed, scramble=True, warn_independent_sampling=False)
         self._base_seed = seed
 
-    def _find_sample_id(self, study: optuna.Study, search_space: dict[str, BaseDistribution]) -> int:
+    def qmc_index(self) -> int:
         return self.slot
 
 

@@ -27,6 +27,7 @@ from tlbench.run.samplers import (
     trial_slot,
 )
 from tlbench.run.spaces import Override, SpaceTrial
+from tlbench.store import optuna_internals
 from tlbench.store.claims import Heartbeat, claim, lost_claim, recover_orphans
 from tlbench.store.records import Protocol
 from tlbench.strategies.base import Strategy
@@ -338,10 +339,10 @@ def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: S
     if frozen is None:  # another worker claimed this slot first
         return
     # The trial lives on the slot's view of the study: its sampler and pruner see the lower slots only.
-    trial = optuna.Trial(SlotView(study, slot), frozen._trial_id)  # type: ignore[arg-type]
+    trial = optuna_internals.trial_on(SlotView(study, slot), optuna_internals.trial_id(frozen))
     reporter = TrialReporter(trial)
     clock = OwnTime(runtime.members)  # a teacher trained on demand is not this trial's time
-    with Heartbeat(study._storage, frozen._trial_id):
+    with Heartbeat.of(study, frozen):
         try:
             params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
             trial.set_user_attr("params", params)
@@ -376,7 +377,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, clock: OwnTime, reporter: 
             state, value = TrialState.FAIL, None
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     except (UpdateFinishedTrialError, ValueError) as err:
-        if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+        if not optuna_internals.finished_elsewhere(study, trial, err):
             raise
         # another worker failed this trial meanwhile (it judged this worker dead): its result is dropped,
         # and the slot's new claim trains the same configuration with the same seed

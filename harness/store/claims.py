@@ -16,11 +16,11 @@ from typing import Any, Callable
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.core.errors import ConfigError
 from tlbench.core.processes import worker_alive, worker_id
+from tlbench.store import optuna_internals
 from tlbench.store.records import StudyName
 
 # ------------------------------------------------------------------ claims
@@ -45,8 +45,8 @@ def claim(study: optuna.Study, attrs: dict[str, Any], same: Callable[[FrozenTria
                            datetime_complete=None, params={}, distributions={},
                            user_attrs={"worker": worker_id(), **attrs}, system_attrs={}, intermediate_values={},
                            trial_id=-1)
-    storage = study._storage
-    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    storage = optuna_internals.storage_of(study)
+    trial_id = optuna_internals.create_trial(study, template)
     _HELD.add(trial_id)
     beat(storage, trial_id)
     mine = storage.get_trial(trial_id)
@@ -56,7 +56,7 @@ def claim(study: optuna.Study, attrs: dict[str, Any], same: Callable[[FrozenTria
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
             _HELD.discard(trial_id)
             return None
-    study._thread_local.cached_all_trials = None  # the sampler reads the study afresh (as ask() does)
+    optuna_internals.forget_cached_trials(study)  # the sampler reads the study afresh (as ask() does)
     return mine
 
 
@@ -67,7 +67,7 @@ def lost_claim(trial: FrozenTrial) -> bool:
 
 def beat(storage: BaseStorage, trial_id: int) -> None:
     """Records a heartbeat for a running trial, on storages that keep them (databases)."""
-    if is_heartbeat_enabled(storage):
+    if optuna_internals.heartbeat_enabled(storage):
         storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
 
 
@@ -82,8 +82,13 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @classmethod
+    def of(cls, study: optuna.Study, trial: FrozenTrial) -> "Heartbeat":
+        """The heartbeat of a claimed trial of ``study``."""
+        return cls(optuna_internals.storage_of(study), optuna_internals.trial_id(trial))
+
     def __enter__(self) -> "Heartbeat":
-        if is_heartbeat_enabled(self.storage):
+        if optuna_internals.heartbeat_enabled(self.storage):
             interval = float(self.storage.get_heartbeat_interval())  # type: ignore[attr-defined]
             self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="tlbench-heartbeat")
             self._thread.start()
@@ -103,33 +108,6 @@ class Heartbeat:
         _HELD.discard(self.trial_id)  # finished (or failed) by now
 
 
-def _grace(storage: BaseStorage) -> float:
-    backend = getattr(storage, "_backend", storage)
-    interval = storage.get_heartbeat_interval()  # type: ignore[attr-defined]
-    return float(getattr(backend, "grace_period", None) or 2 * interval)
-
-
-def _beaten(storage: BaseStorage, trial_ids: list[int]) -> set[int] | None:
-    """The trials among ``trial_ids`` that have ever recorded a heartbeat (None: unknown). A
-    worker killed between creating its claim and its first heartbeat leaves a trial Optuna
-    never calls stale, so such a trial is judged by its age instead."""
-    backend = getattr(storage, "_backend", storage)
-    if not trial_ids or not hasattr(backend, "scoped_session"):
-        return None
-    try:
-        from optuna.storages._rdb import models
-
-        session = backend.scoped_session()
-        try:
-            rows = session.query(models.TrialHeartbeatModel.trial_id).filter(
-                models.TrialHeartbeatModel.trial_id.in_(trial_ids)).all()
-        finally:
-            backend.scoped_session.remove()
-        return {row[0] for row in rows}
-    except Exception:  # noqa: BLE001 - another storage layout: rely on Optuna's stale list only
-        return None
-
-
 def _age(trial: FrozenTrial) -> float:
     started = trial.datetime_start
     if started is None:
@@ -143,20 +121,22 @@ def dead_trials(study: optuna.Study, *, grace_s: float = 120.0) -> list[FrozenTr
     database storage, one whose heartbeat is older than the grace period (on any host) or that
     never beat and is older than it; a trial no tlbench worker stamped, older than ``grace_s``.
     A journal file keeps no heartbeat: a worker on another host counts as alive."""
-    storage = study._storage
+    storage = optuna_internals.storage_of(study)
     running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if t.user_attrs.get("worker") != worker_id() or t._trial_id not in _HELD]
+               if t.user_attrs.get("worker") != worker_id() or optuna_internals.trial_id(t) not in _HELD]
     if not running:
         return []
     stale: set[int] = set()
     never: set[int] = set()
     grace = grace_s
-    if is_heartbeat_enabled(storage):
-        grace = _grace(storage)
-        stale = set(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
-        beaten = _beaten(storage, [t._trial_id for t in running])
+    if optuna_internals.heartbeat_enabled(storage):
+        grace = optuna_internals.heartbeat_grace(storage)
+        stale = optuna_internals.stale_trial_ids(study)
+        # A worker killed between creating its claim and its first heartbeat leaves a trial Optuna never
+        # calls stale: such a trial is judged by its age instead.
+        beaten = optuna_internals.trials_that_beat(storage, [optuna_internals.trial_id(t) for t in running])
         if beaten is not None:
-            never = {t._trial_id for t in running if t._trial_id not in beaten}
+            never = {optuna_internals.trial_id(t) for t in running if optuna_internals.trial_id(t) not in beaten}
     dead = []
     for t in running:
         worker = t.user_attrs.get("worker")
@@ -165,8 +145,8 @@ def dead_trials(study: optuna.Study, *, grace_s: float = 120.0) -> list[FrozenTr
         elif worker == worker_id():
             gone = True  # stamped by this process, which does not hold it (see _HELD)
         else:
-            gone = (not worker_alive(worker) or t._trial_id in stale
-                    or (t._trial_id in never and _age(t) > grace))
+            gone = (not worker_alive(worker) or optuna_internals.trial_id(t) in stale
+                    or (optuna_internals.trial_id(t) in never and _age(t) > grace))
         if gone:
             dead.append(t)
     return dead
@@ -177,20 +157,22 @@ def recover_orphans(study: optuna.Study, *, grace_s: float = 120.0) -> list[Froz
     for the next claim (a tuning slot keeps its number, so its retry trains the same
     configuration with the same seed); returns them. Waiting trials left by older releases
     (which queued retries) are failed too: a slot is claimed, never queued."""
-    storage = study._storage
+    storage = optuna_internals.storage_of(study)
     orphans = []
     for trial in dead_trials(study, grace_s=grace_s):
         worker = trial.user_attrs.get("worker")
         try:  # another worker may be reclaiming the same orphan right now
-            storage.set_trial_user_attr(trial._trial_id, "failed_reason", f"orphaned: worker {worker} died")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            trial_id = optuna_internals.trial_id(trial)
+            storage.set_trial_user_attr(trial_id, "failed_reason", f"orphaned: worker {worker} died")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue
         orphans.append(trial)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
-            storage.set_trial_user_attr(trial._trial_id, "failed_reason", "superseded: slots are claimed")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            trial_id = optuna_internals.trial_id(trial)
+            storage.set_trial_user_attr(trial_id, "failed_reason", "superseded: slots are claimed")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError):
             continue
     return orphans

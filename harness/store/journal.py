@@ -13,32 +13,34 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._storage import JournalOperation
+from optuna.storages.journal import BaseJournalBackend
 
 from tlbench.core.errors import ConfigError
+from tlbench.store.optuna_internals import JOURNAL_OPS
 from tlbench.store.lock import JournalLock
 
 #: How every journal line Optuna writes begins (up to the colon, after which older releases put a space).
 _RECORD_START = b'{"op_code"'
 
 
-_OPS = frozenset(int(op) for op in JournalOperation)
-
-
-class CheckedJournal(JournalFileBackend):
-    """Optuna's journal file, with two repairs of its failure modes.
+class CheckedJournal(BaseJournalBackend):
+    """Optuna's journal file format, read and written with two repairs of the failure modes of
+    Optuna's own file backend.
 
     Reading checks every line: Optuna raises a bare JSON error one line late (a traceback, no line
     number) and skips a damaged last complete line, which the next append then buries. Appending
     first moves a cut-off last line aside (a writer that crashed or hit a full disk mid-line):
-    Optuna would append to it and make the whole file unreadable.
+    Optuna would append to it and make the whole file unreadable. Every write is made under
+    :class:`~tlbench.store.lock.JournalLock`, which Optuna's own writers respect too.
     """
 
     def __init__(self, path: Path, *, notify: Callable[[str], None] | None = None) -> None:
-        # Opened by its absolute path, so that the process may change folders; ``path`` as given names it in messages.
         self._lock_obj = JournalLock(path, say=notify)
-        super().__init__(str(self._lock_obj.journal), lock_obj=self._lock_obj)
+        # Opened by its absolute path, so that the process may change folders; ``path`` as given names it in messages.
+        self._file = str(self._lock_obj.journal)
+        if not os.path.exists(self._file):
+            open(self._file, "ab").close()
+        self._offsets: dict[int, int] = {0: 0}  # line number → its byte offset, as far as read
         self.path = path
         self._notify = notify
         self._at: tuple[int, int] = (0, 0)  # (line number, byte offset) of the line being replayed
@@ -51,11 +53,11 @@ class CheckedJournal(JournalFileBackend):
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         """Optuna's reader (same offsets cache, same stop at bytes another writer is still
         writing), raising one line that names the file, line and byte offset of a bad line."""
-        with open(self._file_path, "rb") as f:
+        with open(self._file, "rb") as f:
             size = os.fstat(f.fileno()).st_size  # later appends are read next time
             number, offset = 0, 0
-            if log_number_from in self._log_number_offset:
-                number, offset = log_number_from, self._log_number_offset[log_number_from]
+            if log_number_from in self._offsets:
+                number, offset = log_number_from, self._offsets[log_number_from]
                 f.seek(offset)
             for line in f:
                 if offset + len(line) > size:
@@ -65,7 +67,7 @@ class CheckedJournal(JournalFileBackend):
                         self._at = (number + 1, offset)
                         raise ConfigError(self.damaged("the last line is not a journal record and has no newline"))
                     break
-                self._log_number_offset.setdefault(number + 1, offset + len(line))
+                self._offsets.setdefault(number + 1, offset + len(line))
                 if number >= log_number_from:
                     self._at = (number + 1, offset)
                     yield self._record(line)
@@ -78,7 +80,7 @@ class CheckedJournal(JournalFileBackend):
             raise ConfigError(self.damaged("not UTF-8 text")) from None
         except json.JSONDecodeError as err:
             raise ConfigError(self.damaged(f"not JSON: {err.msg} at column {err.colno}")) from None
-        if not isinstance(log, dict) or type(log.get("op_code")) is not int or log["op_code"] not in _OPS:
+        if not isinstance(log, dict) or type(log.get("op_code")) is not int or log["op_code"] not in JOURNAL_OPS:
             raise ConfigError(self.damaged("JSON, but not a journal operation: no known op_code"))
         return log
 
@@ -87,7 +89,7 @@ class CheckedJournal(JournalFileBackend):
         line, offset = self._at
         hint = ""
         try:
-            with open(self._file_path, "rb") as f:
+            with open(self._file, "rb") as f:
                 if f.read(16).startswith(b"SQLite format 3"):
                     hint = f"; it is an SQLite database: give --storage sqlite:///{self.path}"
         except OSError:
@@ -100,7 +102,7 @@ class CheckedJournal(JournalFileBackend):
         with self._lock_obj.held():
             self._cut_torn_tail_locked()
             data = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
-            with open(self._file_path, "ab") as f:
+            with open(self._file, "ab") as f:
                 f.write(data.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
@@ -108,7 +110,7 @@ class CheckedJournal(JournalFileBackend):
     def cut_torn_tail(self) -> None:
         """Moves a cut-off last line aside now (when a run opens the store), so the run says so
         before it starts. A complete last line needs no lock: appends only add whole lines after it."""
-        with open(self._file_path, "rb") as f:
+        with open(self._file, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - 1))
             if size == 0 or f.read(1) == b"\n":
@@ -120,7 +122,7 @@ class CheckedJournal(JournalFileBackend):
         """Under the append lock, bytes after the last newline are no line being written: a writer
         died or ran out of disk mid-line. They go to ``<journal>.torn-<UTC time>`` and the file is cut
         back to its last complete line; the record they began was never stored, so it is redone."""
-        with open(self._file_path, "rb+") as f:
+        with open(self._file, "rb+") as f:
             size = f.seek(0, os.SEEK_END)
             good = _after_last_newline(f, size)
             if good == size:

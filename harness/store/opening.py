@@ -78,7 +78,7 @@ def open_storage(url: str | None, out: Path, *, heartbeat: float | None = None, 
 
     A database store has Optuna's heartbeat on, every ``heartbeat`` seconds (an integer ≥ 1;
     default HEARTBEAT_S): a trial whose worker stopped recording it is stale after ``grace``
-    seconds (an integer ≥ 2; default GRACE_FACTOR intervals), as ``_get_stale_trial_ids`` reports.
+    seconds (an integer ≥ 2; default GRACE_FACTOR intervals), as Optuna's stale-trial check reports.
     A journal has no heartbeat, and ignores both. ``log`` gets one line per retried failure.
     ``read_only`` (a database): refuse one without Optuna's tables rather than create them."""
     if url is None:

@@ -280,7 +280,7 @@ def compare(reference: str, chaos: str, suite: str) -> Outcome:
     from tlbench.run.samplers import slot_of
     from tlbench.store.claims import lost_claim
     from tlbench.store.opening import open_storage
-    from tlbench.store.records import StudyName, load_runs
+    from tlbench.store.records import StudyName, load_runs, read_protocol
 
     out = Outcome()
     ref_store, chaos_store = open_storage(reference, Path(".")), open_storage(chaos, Path("."))
@@ -302,7 +302,7 @@ def compare(reference: str, chaos: str, suite: str) -> Outcome:
     for summary in optuna.get_all_study_summaries(ref_store, include_best_trial=False):
         name = StudyName.parse(summary.study_name)
         if name is not None and name.kind == "tune":
-            budgets[summary.study_name] = (summary.user_attrs.get("protocol") or {}).get("budget", 0)
+            budgets[summary.study_name] = read_protocol(summary.user_attrs, where=summary.study_name).budget.cap
     ref_params = {s.study_name: s.user_attrs.get("params")
                   for s in optuna.get_all_study_summaries(ref_store, include_best_trial=False)}
     for summary in optuna.get_all_study_summaries(chaos_store, include_best_trial=False):

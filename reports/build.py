@@ -185,7 +185,7 @@ def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | N
         files += figures.improvement_figure(matrix, out, note=note)
         captions["improvement"] += (" " + note) if note else ""
     files += figures.cost_figure(runs, out, colours=colours)
-    curves = tuning_curves(results.trials, results.protocol.budget if results.protocol else None)
+    curves = tuning_curves(results.trials, results.protocol.budget.cap if results.protocol else None)
     if not curves.empty:
         files += figures.tuning_figure(curves, out, colours=colours)
     else:
@@ -259,13 +259,14 @@ def _dl(items: list[tuple[str, str]]) -> str:
 
 
 def _budget(protocol: Protocol) -> str:
-    if protocol.budget_epochs is not None:
-        return (f"{protocol.budget_epochs:g} backbone epochs of training per cell, the same for every strategy "
+    budget = protocol.budget
+    if budget.epochs is not None:
+        return (f"{budget.epochs:g} backbone epochs of training per cell, the same for every strategy "
                 f"(one epoch: a forward and backward pass of the cell's backbone over its training split, counted "
-                f"in FLOPs; pruned trials count what they ran; at most {protocol.budget} trials)")
+                f"in FLOPs; pruned trials count what they ran; at most {budget.cap} trials)")
     if protocol.sampler.startswith("grid"):
         return "each strategy's whole grid, every configuration once (see the search spaces)"
-    return f"{protocol.budget} finished trials per cell (completed or pruned), the same for every strategy"
+    return f"{budget.cap} finished trials per cell (completed or pruned), the same for every strategy"
 
 
 def _html(title: str, results: Results, tables: list[tuple[str, Table]], selected: list[tuple[str, Table]],

@@ -14,7 +14,7 @@ from scipy import stats as scipy_stats
 
 from tlbench.reports import stats
 from tlbench.reports.figures import RC, _panels, _save, markers, plt, sns
-from tlbench.reports.tables import SCALE, TableCell, Table
+from tlbench.reports.tables import SCALE, Table, TableCell
 
 SCRATCH = "scratch"
 

@@ -61,7 +61,7 @@ class Predictor(ABC):
     def annotate(self, *, reused: dict[str, float] | None = None, **info: Any) -> "Predictor":
         """Sets :attr:`reused` and adds ``info``; returns self. A fact may not take the name
         of a record field (it would read as a metric in the runs frame)."""
-        taken = sorted(set(info) & set(RunRecord.model_fields))
+        taken = sorted(set(info) & {*RunRecord.columns(), "strategy_info"})
         if taken:
             raise TypeError(f"{type(self).__name__}.annotate: {', '.join(taken)} would shadow run record "
                             f"field(s) of the same name; choose another name")

@@ -11,13 +11,12 @@ from typing import Annotated, Any, Callable, Literal
 import yaml
 from pydantic import Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
 
+from tlbench.core.budget import Budget
 from tlbench.core.errors import ConfigError
-from tlbench.core.frozen import Frozen, fields_at, format_error, format_loc, validate_block
+from tlbench.core.frozen import Frozen, Int, fields_at, format_error, format_loc, validate_block
 from tlbench.suites.datasets import DATASETS
 from tlbench.training.backbones import BACKBONES, Backbone
 
-# Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
-Int = Annotated[int, Strict()]
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
 
 
@@ -194,25 +193,6 @@ class SearchSpec(Frozen):
     LATER_FIELDS = ("sampler", "grid_points")
 
 
-class BudgetSpec(Frozen):
-    """What each strategy's tuning may spend: ``trials`` finished (completed or pruned)
-    trials, or ``epochs`` of training in total, in backbone epochs: one forward and backward
-    pass of the cell's backbone over the task's training split, counted in FLOPs (a pruned
-    trial counts what it ran, a linear probe the feature pass and its head's epochs). An
-    epochs budget stops starting trials once it is spent, and after ``max_trials`` at most."""
-
-    trials: Int | None = Field(None, gt=0, lt=500_000)
-    epochs: float | None = Field(None, gt=0)
-    max_trials: Int = Field(500, gt=0, lt=500_000)
-
-    @model_validator(mode="after")
-    def _one(self) -> "BudgetSpec":
-        if (self.trials is None) == (self.epochs is None):
-            raise ValueError("give exactly one of trials (finished trials per strategy) or epochs "
-                             "(backbone epochs of training per strategy)")
-        return self
-
-
 class SensitivitySpec(Frozen):
     """Re-runs a strategy's tuned configuration with one hyperparameter (or two) set to
     each value of a grid, ``seeds`` evaluation seeds per value."""
@@ -250,8 +230,8 @@ class Suite(Frozen):
     # another range (``lr_sgd: {low: 1e-3, high: 0.1, log: true}``) or fewer choices
     # (``optimizer: [sgd]``); checked against the strategy's declared space by the planner.
     search_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # ``{trials: N}`` (the top-level ``trials``) or ``{epochs: E}``: see BudgetSpec.
-    budget: BudgetSpec | None = None
+    # ``{trials: N}`` (the top-level ``trials``) or ``{epochs: E}``: see tlbench.core.budget.Budget.
+    budget: Budget | None = None
     sensitivity: list[SensitivitySpec] = Field(default_factory=list)
     source_tasks: dict[str, TaskSpec] = Field(default_factory=dict)
     tasks: dict[str, TaskSpec]
@@ -280,14 +260,12 @@ class Suite(Frozen):
         return data
 
     @property
-    def budget_epochs(self) -> float | None:
-        """The epochs budget per strategy, or None when the budget counts trials."""
-        return self.budget.epochs if self.budget is not None else None
-
-    @property
-    def max_trials(self) -> int:
-        """The most trials a cell may run: the budget in trials, or an epochs budget's cap."""
-        return self.trials if self.budget_epochs is None else self.budget.max_trials  # type: ignore[union-attr]
+    def tuning_budget(self) -> Budget:
+        """What each cell's tuning may spend: ``trials`` finished trials, or the ``budget:`` block's
+        epochs (a grid search's cells are budgeted by their grid: :meth:`tlbench.run.plan.Plan.budget`)."""
+        if self.budget is not None and self.budget.epochs is not None:
+            return self.budget
+        return Budget(trials=self.trials)
 
     @model_validator(mode="after")
     def _names(self) -> "Suite":

@@ -10,13 +10,15 @@ def sample_params(strategy, backbone, seed: int = 0) -> dict:
     return draw(strategy, backbone, seed)
 
 
-def run_context(**fields):
-    """A :class:`~tlbench.store.records.RunContext` for evaluation runs outside a suite."""
-    from tlbench.store.records import RunContext
+def run_context(**cell):
+    """A :class:`~tlbench.store.records.RunContext` for evaluation runs outside a suite (``cell``: fields of
+    its :class:`~tlbench.store.records.CellFacts` to change)."""
+    from tlbench.core.budget import Budget
+    from tlbench.store.records import CellFacts, RunContext, TuningFacts
 
-    base = dict(suite="test", task="tiny", backbone="tiny-backbone", strategy="s", tuning_budget=1,
-                tuning_seeds="0..0", suite_fingerprint="test", backbone_weights="random")
-    return RunContext(**{**base, **fields})
+    base = dict(suite="test", task="tiny", backbone="tiny-backbone", strategy="s", suite_fingerprint="test",
+                backbone_weights="random")
+    return RunContext(cell=CellFacts(**{**base, **cell}), tuning=TuningFacts(budget=Budget(trials=1), seeds="0..0"))
 
 
 def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, root=None,

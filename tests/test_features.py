@@ -113,6 +113,6 @@ def test_probe_runs_are_charged_the_feature_pass_alike_and_train_without_it(tiny
     first, second = evaluate(study, probe, tiny_backbone, tiny_task, {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2},
                              seeds=[1, 2], context=run_context(), runtime=runtime)
     # The first run computed train and val features (0.6 s), the second found them cached.
-    assert first.feature_seconds == second.feature_seconds >= 0.6
-    assert first.own_train_seconds < 0.3 and second.own_train_seconds < 0.3
-    assert first.train_seconds == first.own_train_seconds
+    assert first.costs.feature_seconds == second.costs.feature_seconds >= 0.6
+    assert first.costs.own_train_seconds < 0.3 and second.costs.own_train_seconds < 0.3
+    assert first.costs.train_seconds == first.costs.own_train_seconds

@@ -13,6 +13,7 @@ from test_launch import CELLS, TINY, stored_cells
 
 from tlbench.cli import launch
 from tlbench.cli.main import main
+from tlbench.core.budget import Budget
 from tlbench.core.errors import ConfigError
 from tlbench.store.opening import open_existing_storage, open_storage
 
@@ -184,7 +185,7 @@ def test_a_lost_claim_says_why_in_the_trials_table(tmp_path) -> None:
     from tlbench.run.tuning import make_study
 
     storage = open_storage(None, tmp_path)
-    study = make_study("s::t::b::linear_probe::tune", storage, budget=2, seed=0)
+    study = make_study("s::t::b::linear_probe::tune", storage, budget=Budget(trials=2), seed=0)
     forged_claim(study, {"slot": 0, "seed": 0})  # holds slot 0
     import tlbench.store.claims as store
 

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from tlbench.cli.main import main
+from tlbench.core.budget import Budget
 from tlbench.core.errors import TlbenchError
 from tlbench.store.opening import open_storage
 from tlbench.store.records import SCHEMA_VERSION, RunRecord, StoreError, StudyName, load_runs, read_protocol
@@ -63,7 +64,7 @@ def test_a_report_of_a_store_written_before_the_layers_moved_is_the_same(tmp_pat
                                                                          "distillation", "ensemble"}
     assert len(results.sensitivity) == 4 and {"varied:lr_sgd", "tuned:lr_sgd"} <= set(results.sensitivity.columns)
     assert results.search_spaces["full_finetune"]["lr_sgd"] == "[0.001, 0.1] (log)"
-    assert results.protocol is not None and results.protocol.budget == 3
+    assert results.protocol is not None and results.protocol.budget == Budget(trials=3)
 
 
 def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,8 +96,25 @@ def test_version_1_records_keep_strategy_facts_apart_from_metrics() -> None:
     assert record.schema_version == SCHEMA_VERSION and record.strategy_info == {"teacher": "full_finetune#1"}
     assert record.row()["teacher"] == "full_finetune#1" and record.row()["test_accuracy"] == 0.5
     assert RunRecord.from_stored(record.model_dump()) == record
-    with pytest.raises(StoreError, match="malformed"):
-        RunRecord.from_stored({**record.model_dump(), "test_accuracy": "high"})
+    assert record.metrics.test_accuracy == 0.5 and record.tuning.budget.trials == 3 and record.cell.task == "t"
+    dump = record.model_dump()
+    with pytest.raises(StoreError, match=r"malformed \(metrics.test_accuracy"):
+        RunRecord.from_stored({**dump, "metrics": {**dump["metrics"], "test_accuracy": "high"}})
+
+
+def test_records_are_grouped_and_the_runs_frame_keeps_its_columns() -> None:
+    """A record is a few typed groups (cell, tuning, metrics, costs, data, provenance), none with dozens of
+    flat fields; the runs frame still has one column per field, as before schema 5, so analyses and reports
+    read the same columns from stores of any schema."""
+    from tlbench.store.records import GROUPS, RunContext
+
+    assert len(RunRecord.model_fields) <= 12 and len(RunContext.model_fields) <= 4
+    assert all(len(block.model_fields) <= 12 for block in GROUPS.values())
+    journal = SCHEMA4 / "store.journal"
+    old = load_runs(open_storage(str(journal), journal.parent))
+    assert (old["schema_version"] == SCHEMA_VERSION).all()
+    assert set(RunRecord.columns()) <= set(old.columns)
+    assert old["tuning_budget"].tolist() == [3] * len(old) and old["tuning_budget_epochs"].isna().all()
 
 
 def test_a_strategy_fact_cannot_take_a_metrics_name() -> None:
@@ -119,7 +137,7 @@ def test_load_results_opens_a_store_by_its_path_and_never_creates_one(tmp_path: 
 
     journal = old_store(tmp_path)
     results = tlbench.load_results(str(journal), "smoke", importances=False)
-    assert len(results.runs) == 16 and results.protocol is not None and results.protocol.budget == 3
+    assert len(results.runs) == 16 and results.protocol is not None and results.protocol.budget == Budget(trials=3)
     assert tlbench.load_results(f"journal:{journal}", importances=False).runs.equals(results.runs)
     with pytest.raises(TlbenchError, match="no such journal file"):
         tlbench.load_results(tmp_path / "typo" / "store.journal")
@@ -162,7 +180,7 @@ def test_an_invalid_run_record_fails_its_trial_in_one_line(tiny_backbone, tiny_t
 
     study = optuna.create_study(direction="maximize")
     probe = NoCount(epochs=(2, 2), batch_size=8)
-    with pytest.raises(TlbenchError, match=r"strategy 'no_count': its run record is invalid \(trainable_param"):
+    with pytest.raises(TlbenchError, match=r"strategy 'no_count': its run record is invalid \(costs\.trainable_param"):
         evaluate(study, probe, tiny_backbone, tiny_task, {"lr": 0.01, "weight_decay": 1e-4, "epochs": 2},
                  seeds=[1], context=run_context(), runtime=runtime)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
@@ -207,5 +225,5 @@ def test_inference_is_timed_after_a_warm_up_and_scored_on_the_first_pass(tiny_ba
     assert len(calls) == 1 + INFERENCE_REPEATS  # one warm-up pass, then the timed ones
     plain = STRATEGIES.get("linear_probe")(epochs=(3, 3), batch_size=8).fit(
         tiny_backbone, tiny_task, params, seed=1, reporter=NullReporter(), runtime=runtime)
-    assert record.test_accuracy == accuracy(plain.logits(tiny_task.test), tiny_task.test.y)
-    assert record.inference_seconds > 0
+    assert record.metrics.test_accuracy == accuracy(plain.logits(tiny_task.test), tiny_task.test.y)
+    assert record.costs.inference_seconds > 0

@@ -5,8 +5,9 @@ import pytest
 from helpers import run_context
 from optuna.trial import TrialState
 
+from tlbench.core.budget import Budget
 from tlbench.core.errors import NonFiniteLoss
-from tlbench.run.tuning import Budget, evaluation_seed, make_study, tune, tuning_seed
+from tlbench.run.tuning import evaluation_seed, make_study, tune, tuning_seed
 from tlbench.store.claims import recover_orphans, worker_id
 from tlbench.store.opening import open_storage
 from tlbench.strategies.base import ModelPredictor, Strategy
@@ -31,8 +32,8 @@ class FlakyStrategy(Strategy):
 
 def test_nan_trials_are_pruned_with_reason_and_budget_is_exact(tmp_path, runtime) -> None:
     storage = open_storage(None, tmp_path)
-    study = make_study("s::t::b::flaky::tune", storage, budget=8, seed=0)
-    result = tune(study, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+    study = make_study("s::t::b::flaky::tune", storage, budget=Budget(trials=8), seed=0)
+    result = tune(study, FlakyStrategy(), None, None, budget=Budget(trials=8), suite_seed=0, runtime=runtime)
     trials = study.get_trials()
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 8 == result.n_complete + result.n_pruned
@@ -43,7 +44,7 @@ def test_nan_trials_are_pruned_with_reason_and_budget_is_exact(tmp_path, runtime
     assert result.best_value == max(t.value for t in trials if t.state == TrialState.COMPLETE)
     assert {t.user_attrs["seed"] for t in trials} == {tuning_seed(0, t.number) for t in trials}
     # A second call with the same budget runs nothing.
-    tune(study, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+    tune(study, FlakyStrategy(), None, None, budget=Budget(trials=8), suite_seed=0, runtime=runtime)
     assert len(study.get_trials()) == len(trials)
 
 
@@ -62,15 +63,15 @@ def forged_claim(study, attrs, *, worker=None):
 def test_dead_workers_claims_are_failed_and_their_slots_retried(tmp_path, runtime) -> None:
     from tlbench.run.tuning import tune_step
 
-    clean = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path / "clean"), budget=4, seed=0)
-    tune(clean, FlakyStrategy(), None, None, budget=4, suite_seed=0, runtime=runtime)
-    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=4, seed=0)
+    clean = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path / "clean"), budget=Budget(trials=4), seed=0)
+    tune(clean, FlakyStrategy(), None, None, budget=Budget(trials=4), suite_seed=0, runtime=runtime)
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=Budget(trials=4), seed=0)
     dead = forged_claim(study, {"slot": 1, "seed": tuning_seed(0, 1), "params": {"x": 0.3}})
     foreign = study.ask()  # a trial no tlbench worker made: ignored by the slots
     foreign.set_user_attr("worker", "no-such-host-is-this:1:1")
     mine = study.ask()  # stamped by this process, which does not hold it: left over from an earlier run
     mine.set_user_attr("worker", worker_id())
-    tune(study, FlakyStrategy(), None, None, budget=4, suite_seed=0, runtime=runtime)
+    tune(study, FlakyStrategy(), None, None, budget=Budget(trials=4), suite_seed=0, runtime=runtime)
     states = {t.number: t.state for t in study.get_trials()}
     assert states[dead.number] == TrialState.FAIL == states[mine.number]
     assert "orphaned" in study.trials[dead.number].user_attrs["failed_reason"]
@@ -80,7 +81,7 @@ def test_dead_workers_claims_are_failed_and_their_slots_retried(tmp_path, runtim
     assert len(retried) == 1 and retried[0].user_attrs["slot"] == 1
     # every slot trained what an uninterrupted worker trained there
     assert _by_slot(study) == _by_slot(clean)
-    assert tune_step(study, FlakyStrategy(), None, None, budget=Budget.of(4), suite_seed=0,
+    assert tune_step(study, FlakyStrategy(), None, None, budget=Budget(trials=4), suite_seed=0,
                      runtime=runtime) == "done"
 
 
@@ -94,22 +95,22 @@ def _by_slot(study):
 def test_a_slot_a_live_worker_holds_elsewhere_is_waited_for(tmp_path, runtime) -> None:
     from tlbench.run.tuning import summarize, tune_step
 
-    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=5, seed=0)
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=Budget(trials=5), seed=0)
     held = forged_claim(study, {"slot": 0, "seed": tuning_seed(0, 0)}, worker="another-host:12:34")
-    steps = [tune_step(study, FlakyStrategy(), None, None, budget=Budget.of(5), suite_seed=0, runtime=runtime)
+    steps = [tune_step(study, FlakyStrategy(), None, None, budget=Budget(trials=5), suite_seed=0, runtime=runtime)
              for _ in range(4)]
     # slots 1 and 2 are random start-up trials (free to run); slot 3 waits for slot 0's result
     assert steps == ["ran", "ran", "wait", "wait"]
     assert sorted(t.user_attrs["slot"] for t in study.trials if t.state != TrialState.RUNNING) == [1, 2]
     study.tell(held.number, 0.25)  # the other host finishes its slot
-    tune(study, FlakyStrategy(), None, None, budget=5, suite_seed=0, runtime=runtime)
-    assert summarize(study, 5).done and len(study.trials) == 5
+    tune(study, FlakyStrategy(), None, None, budget=Budget(trials=5), suite_seed=0, runtime=runtime)
+    assert summarize(study, Budget(trials=5)).done and len(study.trials) == 5
 
 
 def test_two_claims_of_one_unit_leave_one(tmp_path) -> None:
     from tlbench.store.claims import claim, lost_claim
 
-    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=5, seed=0)
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=Budget(trials=5), seed=0)
     same = lambda t: t.user_attrs.get("slot") == 3  # noqa: E731
     first = claim(study, {"slot": 3}, same)
     assert first is not None and claim(study, {"slot": 3}, same) is None
@@ -143,12 +144,12 @@ class InterruptedStrategy(FlakyStrategy):
 
 def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) -> None:
     storage = open_storage(None, tmp_path)
-    study = make_study("s::t::b::flaky::tune", storage, budget=2, seed=0)
+    study = make_study("s::t::b::flaky::tune", storage, budget=Budget(trials=2), seed=0)
     with pytest.raises(KeyboardInterrupt):
-        tune(study, InterruptedStrategy(), None, None, budget=2, suite_seed=0, runtime=runtime)
+        tune(study, InterruptedStrategy(), None, None, budget=Budget(trials=2), suite_seed=0, runtime=runtime)
     first = study.trials[0]
     assert first.state == TrialState.FAIL and first.user_attrs["failed_reason"] == "interrupted"
-    tune(study, FlakyStrategy(), None, None, budget=2, suite_seed=0, runtime=runtime)
+    tune(study, FlakyStrategy(), None, None, budget=Budget(trials=2), suite_seed=0, runtime=runtime)
     retry = study.trials[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params and retry.user_attrs["slot"] == 0
 
@@ -156,23 +157,23 @@ def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) 
 def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
     from tlbench.run.tuning import summarize
 
-    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=12, seed=0)
-    tune(study, FlakyStrategy(), None, None, budget=12, suite_seed=0, runtime=runtime)
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=Budget(trials=12), seed=0)
+    tune(study, FlakyStrategy(), None, None, budget=Budget(trials=12), suite_seed=0, runtime=runtime)
     first4 = [t for t in study.trials if t.number < 4 and t.state == TrialState.COMPLETE]
-    small = summarize(study, 4)
+    small = summarize(study, Budget(trials=4))
     assert small.n_complete + small.n_pruned == 4
     assert small.best_value == max(t.value for t in first4)
-    assert summarize(study, 12).best_value >= small.best_value
+    assert summarize(study, Budget(trials=12)).best_value >= small.best_value
 
 
 @pytest.mark.parametrize("complete", [True, False, None],
                          ids=["killed-in-fit", "killed-while-suggesting", "a-foreign-running-trial"])
 def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime, complete: bool | None) -> None:
-    clean = make_study("c::t::b::flaky::tune", open_storage(None, tmp_path / "a"), budget=8, seed=3)
-    tune(clean, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+    clean = make_study("c::t::b::flaky::tune", open_storage(None, tmp_path / "a"), budget=Budget(trials=8), seed=3)
+    tune(clean, FlakyStrategy(), None, None, budget=Budget(trials=8), suite_seed=0, runtime=runtime)
     resumed_storage = open_storage(None, tmp_path / "b")
-    part = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
-    tune(part, FlakyStrategy(), None, None, budget=3, suite_seed=0, runtime=runtime)
+    part = make_study("c::t::b::flaky::tune", resumed_storage, budget=Budget(trials=8), seed=3)
+    tune(part, FlakyStrategy(), None, None, budget=Budget(trials=3), suite_seed=0, runtime=runtime)
     if complete is None:  # a RUNNING trial tlbench did not make takes no slot
         dead = part.ask()
         dead.suggest_float("x", 0.0, 1.0)
@@ -182,8 +183,8 @@ def test_resumed_sampling_equals_uninterrupted(tmp_path, runtime, complete: bool
                                       optuna.distributions.FloatDistribution(0.0, 1.0))
         if complete:
             part._storage.set_trial_user_attr(dead._trial_id, "params", {"x": 0.123})
-    again = make_study("c::t::b::flaky::tune", resumed_storage, budget=8, seed=3)
-    tune(again, FlakyStrategy(), None, None, budget=8, suite_seed=0, runtime=runtime)
+    again = make_study("c::t::b::flaky::tune", resumed_storage, budget=Budget(trials=8), seed=3)
+    tune(again, FlakyStrategy(), None, None, budget=Budget(trials=8), suite_seed=0, runtime=runtime)
 
     def finished(study):
         return [(t.params["x"], t.user_attrs["seed"], t.state) for t in study.trials

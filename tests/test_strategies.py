@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import make_members, run_context
 
+from tlbench.core.budget import Budget
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.ensemble import (
     EnsemblePredictor,
@@ -408,17 +409,17 @@ def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, 
     student = members.get("distillation", 0, cell)
     assert len(student.costs) == 2 and set(teacher.costs) < set(student.costs)
     # the teacher trained once and counts once, although both members reuse it
-    assert record.train_seconds == pytest.approx(record.own_train_seconds + sum(student.costs.values()))
-    assert teacher.train_seconds >= 0.3 and record.own_train_seconds < 0.3
-    assert record.inference_seconds >= teacher.inference_seconds + student.inference_seconds
+    assert record.costs.train_seconds == pytest.approx(record.costs.own_train_seconds + sum(student.costs.values()))
+    assert teacher.train_seconds >= 0.3 and record.costs.own_train_seconds < 0.3
+    assert record.costs.inference_seconds >= teacher.inference_seconds + student.inference_seconds
     # a tuning trial that needs the teacher trained on demand does not count it either
     from tlbench.run.tuning import make_study, tune
     from tlbench.suites.schema import SearchSpec
 
     fresh = make_members(tiny_task, tiny_backbone, make=make_strategy, params={"full_finetune": {**SGD, "epochs": 2}})
     kd = make_strategy("distillation")
-    tuning = make_study("t", optuna.storages.InMemoryStorage(), budget=1, seed=0, search=SearchSpec())
-    tune(tuning, kd, tiny_backbone, tiny_task, budget=1, suite_seed=0,
+    tuning = make_study("t", optuna.storages.InMemoryStorage(), budget=Budget(trials=1), seed=0, search=SearchSpec())
+    tune(tuning, kd, tiny_backbone, tiny_task, budget=Budget(trials=1), suite_seed=0,
          runtime=dataclasses.replace(runtime, members=fresh))
     [trial] = tuning.trials
     assert fresh.fit_seconds >= 0.3 and trial.user_attrs["seconds"] < 0.3

@@ -16,11 +16,12 @@ import pytest
 from optuna.trial import TrialState
 
 from tlbench.cli.main import main
+from tlbench.core.budget import Budget
 from tlbench.core.errors import NonFiniteLoss
 from tlbench.run.plan import load_plan
 from tlbench.run.samplers import EXACT_RESUME, SAMPLER_CLASSES
 from tlbench.run.spaces import Fixed, Range, effective, explore, grid, parse_overrides
-from tlbench.run.tuning import Budget, make_study, summarize, tune
+from tlbench.run.tuning import make_study, summarize, tune
 from tlbench.store.claims import worker_id
 from tlbench.store.opening import open_existing_storage, open_storage
 from tlbench.strategies import STRATEGIES
@@ -172,8 +173,8 @@ def test_overrides_fix_narrow_and_restrict_and_are_what_tuning_samples(tmp_path,
             return ModelPredictor(backbone, device=runtime.device, trainable=1)
 
     strategy = Recording(epochs=(2, 5))
-    study = make_study("s::t::b::recording::tune", open_storage(None, tmp_path), budget=6, seed=0)
-    tune(study, strategy, backbone, None, budget=6, suite_seed=0, runtime=runtime, space=overrides)
+    study = make_study("s::t::b::recording::tune", open_storage(None, tmp_path), budget=Budget(trials=6), seed=0)
+    tune(study, strategy, backbone, None, budget=Budget(trials=6), suite_seed=0, runtime=runtime, space=overrides)
     for t in study.trials:
         params = t.user_attrs["params"]
         assert params["optimizer"] == "sgd" and 0.02 <= params["lr"] <= 0.05 and params["epochs"] in (3, 4)
@@ -221,20 +222,20 @@ def test_every_sampler_tunes_and_resumes_after_a_dead_worker(tmp_path, runtime, 
     search = SearchSpec(sampler=sampler, sampler_startup_trials=2, pruner="none")
     strategy = Quadratic()
     points = grid(strategy, None, {}, 2) if sampler == "grid" else None
-    budget = len(points) if points else 7
+    budget = Budget(trials=len(points) if points else 7)
     clean = make_study("c::t::b::quadratic::tune", open_storage(None, tmp_path / "a"), budget=budget, seed=5,
                        search=search, grid=points)
     result = tune(clean, strategy, None, None, budget=budget, suite_seed=0, runtime=runtime)
-    assert result.n_complete == budget and result.best_value is not None
+    assert result.n_complete == budget.trials and result.best_value is not None
     storage = open_storage(None, tmp_path / "b")
     part = make_study("c::t::b::quadratic::tune", storage, budget=budget, seed=5, search=search, grid=points)
-    tune(part, strategy, None, None, budget=3, suite_seed=0, runtime=runtime)
+    tune(part, strategy, None, None, budget=Budget(trials=3), suite_seed=0, runtime=runtime)
     dead = part.ask()  # a worker killed in slot 3 after drawing its configuration
     dead.set_user_attr("params", strategy.search_space(dead, None))
     dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
     again = make_study("c::t::b::quadratic::tune", storage, budget=budget, seed=5, search=search, grid=points)
     tune(again, strategy, None, None, budget=budget, suite_seed=0, runtime=runtime)
-    assert summarize(again, budget).n_complete == budget
+    assert summarize(again, budget).n_complete == budget.trials
     if sampler in EXACT_RESUME:
         assert _proposals(again) == _proposals(clean)
     if sampler == "grid":  # each configuration once

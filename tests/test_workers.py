@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tlbench.core.budget import Budget
 from tlbench.run.samplers import slot_of
 from tlbench.run.tuning import make_study, summarize, tune
 from tlbench.store.opening import open_storage
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
+    from tlbench.core.budget import Budget
     from tlbench.training.context import make_runtime
     from tlbench.run.tuning import make_study, tune
     from tlbench.store.opening import open_storage
@@ -41,9 +43,9 @@ WORKER = textwrap.dedent("""
             return ModelPredictor(backbone, device=runtime.device, trainable=1)
 
     storage = open_storage(sys.argv[1], Path("."))
-    study = make_study("s::t::b::slow::tune", storage, budget=10, seed=7)
-    tune(study, Slow(), None, None, budget=10, suite_seed=0, runtime=make_runtime("cpu", Path(sys.argv[2])),
-         poll_s=0.05)
+    study = make_study("s::t::b::slow::tune", storage, budget=Budget(trials=10), seed=7)
+    tune(study, Slow(), None, None, budget=Budget(trials=10), suite_seed=0,
+         runtime=make_runtime("cpu", Path(sys.argv[2])), poll_s=0.05)
 """)
 
 
@@ -77,17 +79,17 @@ def test_workers_sharing_a_study_propose_exactly_the_single_workers_slots(tmp_pa
     assert many == single
     study = optuna.load_study(study_name="s::t::b::slow::tune", storage=storage)
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert summarize(study, 10).best_params == summarize(
+    assert summarize(study, Budget(trials=10)).best_params == summarize(
         optuna.load_study(study_name="s::t::b::slow::tune", storage=open_storage(
-            f"journal:{tmp_path / 'one.journal'}", tmp_path)), 10).best_params
+            f"journal:{tmp_path / 'one.journal'}", tmp_path)), Budget(trials=10)).best_params
 
 
 def test_a_single_worker_still_runs_slot_after_slot(tmp_path, runtime) -> None:
     """One worker's trial numbers are its slots: the order of an uninterrupted run is unchanged."""
     from test_search_store import FlakyStrategy
 
-    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=6, seed=0)
-    tune(study, FlakyStrategy(), None, None, budget=6, suite_seed=0, runtime=runtime)
+    study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=Budget(trials=6), seed=0)
+    tune(study, FlakyStrategy(), None, None, budget=Budget(trials=6), suite_seed=0, runtime=runtime)
     assert [(t.number, slot_of(t)) for t in study.trials] == [(i, i) for i in range(6)]
 
 

@@ -107,8 +107,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     prepared = prepare_run(args, dry_run=args.dry_run, console=console)
     plan, runtime, out, storage = prepared.plan, prepared.runtime, prepared.out, prepared.storage
     suite = plan.suite
-    tuning = (f"{suite.trials} trials" if suite.budget_epochs is None else
-              f"{suite.budget_epochs:g} backbone epochs of tuning") + (" (grid)" if plan.grids else "")
+    budget = suite.tuning_budget
+    tuning = (budget.describe() + (" of tuning" if budget.epochs is not None else "")
+              + (" (grid)" if plan.grids else ""))
     console.print(f"suite {suite.name}: {len(plan.cells)} cell{'' if len(plan.cells) == 1 else 's'} × {tuning}, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"

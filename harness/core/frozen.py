@@ -17,11 +17,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     SerializerFunctionWrapHandler,
+    Strict,
     ValidationError,
     model_serializer,
 )
 
 from tlbench.core.errors import ConfigError
+
+#: Counts and seeds must be real integers in YAML: `trials: yes` is not 1 trial.
+Int = Annotated[int, Strict()]
 
 
 class Frozen(BaseModel):

@@ -19,9 +19,8 @@ from tlbench.run.evaluation import evaluate_step
 from tlbench.run.plan import Cell, Plan
 from tlbench.run.sensitivity import sensitivity_runs
 from tlbench.run.study_attrs import remember_plugin_code, set_changed_attrs
-from tlbench.run.tuned import ModelServers, fixed_params, with_dependencies
+from tlbench.run.tuned import ModelServers, fixed_params, run_context, with_dependencies
 from tlbench.run.tuning import (
-    Budget,
     Step,
     TuneResult,
     compute_unit,
@@ -30,10 +29,8 @@ from tlbench.run.tuning import (
     protocol,
     summarize,
     tune_step,
-    tuning_seed,
 )
 from tlbench.store.records import RunContext, StudyName
-from tlbench.strategies import STRATEGIES
 from tlbench.training.backbones import Backbone
 from tlbench.training.context import Runtime
 
@@ -73,13 +70,6 @@ class CellOutcome:
         tuned = (f"best val {t.best_value:.3f} | trials {t.n_complete} complete, {t.n_pruned} pruned"
                  if t is not None else "not tuned (nothing to search)")
         return f"{self.cell.label}: {tuned} | {self.seconds:.1f} s"
-
-
-def _slots(budget: Budget, result: TuneResult | None) -> int:
-    """The tuning slots a cell used: its trial budget, or the trials an epochs budget counted."""
-    if budget.epochs is None or result is None:
-        return budget.cap
-    return max(1, result.n_complete + result.n_pruned)
 
 
 class CellWork:
@@ -220,16 +210,4 @@ class CellWork:
         return self._studies["eval"]
 
     def _context(self, task: Task) -> RunContext:
-        suite, cell, result, budget = self.plan.suite, self.cell, self.result, self.budget
-        return RunContext(
-            suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
-            strategy_origin=STRATEGIES.origin(cell.strategy),
-            tuning_best_val_accuracy=result.best_value if result else None,
-            tuning_best_trial=result.best_trial if result else None,
-            tuning_trials_complete=result.n_complete if result else 0,
-            tuning_trials_pruned=result.n_pruned if result else 0,
-            tuning_seconds=result.seconds if result else 0.0, tuning_budget=budget.cap,
-            tuning_compute=result.compute if result else None,
-            tuning_seeds=f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, _slots(budget, result) - 1)}",
-            tuning_best_trial_seed=result.best_seed if result else None,
-            suite_fingerprint=suite.fingerprint(), backbone_weights=self.backbone.weights_id, task_info=task.info)
+        return run_context(self.plan, self.cell, self.backbone, task, self.result, self.budget)

@@ -165,30 +165,32 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
             params=params, task=task, seconds=seconds, inference_seconds=inference_seconds, logits=logits,
             keep_weights=strategy.name in members.reuse.keep_weights))
     fields = {
-        "seed": seed, "params": dict(params),
-        "test_accuracy": accuracy(test_logits, task.test.y),
-        "val_accuracy": accuracy(logits[task.val.fingerprint], task.val.y),
-        "shifted_test_accuracy": accuracy(logits[shifted.fingerprint], shifted.y) if shifted else None,
-        # cost: own training time plus that of reused models (a teacher, ensemble members)
-        "train_seconds": seconds + predictor.reused_seconds, "own_train_seconds": seconds,
-        "feature_seconds": features.pass_seconds or 0.0,  # 0: the strategy reads no cached features
-        "trainable_parameters": predictor.trainable_parameters,
-        "inference_parameters": predictor.inference_parameters,
-        "inference_seconds": inference_seconds,
-        "inference_ms_per_example": 1000 * inference_seconds / max(1, len(task.test)),
-        "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb,
-        "peak_memory_kind": memory.kind, "strategy_info": predictor.info(),
-        "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
-        "num_classes": task.num_classes, "precision": runtime.execution.tag,
-        "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
-        "loader_workers": runtime.execution.loading.workers if "files" in seen else 0,
-        # every read of the run is in (fit and the scored passes); "features": it read cached features only
-        "image_inputs": "+".join(sorted(seen)) or ("features" if task.lazy else ""),
-        "split_fingerprint": task.fingerprint, "started_at": started.isoformat(),
-        **provenance(runtime.device),
+        "seed": seed, "params": dict(params), "strategy_info": predictor.info(),
+        "metrics": {"test_accuracy": accuracy(test_logits, task.test.y),
+                    "val_accuracy": accuracy(logits[task.val.fingerprint], task.val.y),
+                    "shifted_test_accuracy": accuracy(logits[shifted.fingerprint], shifted.y) if shifted else None},
+        "costs": {
+            # own training time plus that of reused models (a teacher, ensemble members)
+            "train_seconds": seconds + predictor.reused_seconds, "own_train_seconds": seconds,
+            "feature_seconds": features.pass_seconds or 0.0,  # 0: the strategy reads no cached features
+            "trainable_parameters": predictor.trainable_parameters,
+            "inference_parameters": predictor.inference_parameters,
+            "inference_seconds": inference_seconds,
+            "inference_ms_per_example": 1000 * inference_seconds / max(1, len(task.test)),
+            "peak_memory_mb": memory.peak_mb, "memory_growth_mb": memory.growth_mb, "peak_memory_kind": memory.kind},
+        "data": {
+            "n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test),
+            "num_classes": task.num_classes, "split_fingerprint": task.fingerprint,
+            # every read of the run is in (fit and the scored passes); "features": it read cached features only
+            "image_inputs": "+".join(sorted(seen)) or ("features" if task.lazy else ""),
+            "loader_workers": runtime.execution.loading.workers if "files" in seen else 0},
+        "provenance": {
+            "started_at": started.isoformat(), "precision": runtime.execution.tag,
+            "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
+            **provenance(runtime.device)},
     }
     try:
-        record = RunRecord(**context.model_dump(), **fields)
+        record = RunRecord.model_validate({**context.model_dump(), **fields})
     except ValidationError as err:  # a predictor (a plugin's) reported something that is not a number
         first = err.errors()[0]
         reason = f"{'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})"
@@ -197,5 +199,5 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
         raise ConfigError(f"strategy {strategy.name!r}: its run record is invalid ({reason}); "
                           f"`tlbench check {strategy.name}` checks its predictor") from None
     storage.set_trial_user_attr(trial_id, "record", record.model_dump())
-    study.tell(trial.number, record.test_accuracy)
+    study.tell(trial.number, record.metrics.test_accuracy)
     return record

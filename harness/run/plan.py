@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from tlbench.core.budget import Budget
 from tlbench.core.errors import ConfigError
 from tlbench.core.frozen import Frozen, validate_block
 from tlbench.data.splits import Task
@@ -34,7 +35,6 @@ from tlbench.run.plugins import load_entry_points, load_suite_plugins
 from tlbench.run.pretrain import check_backbone_source, preprocess_for
 from tlbench.run.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides
 from tlbench.run.spaces import declared as declared_space
-from tlbench.run.tuning import Budget
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites import bundled_suites
 from tlbench.suites.datasets import DataAccess, data_access, data_location
@@ -94,12 +94,9 @@ class Plan:
     def budget(self, strategy: str, backbone: str) -> Budget:
         """What tuning ``strategy`` on ``backbone`` may spend: a grid search its grid, else
         the suite's trials or epochs."""
-        suite = self.suite
         if (strategy, backbone) in self.grids:
             return Budget(trials=len(self.grids[(strategy, backbone)]))
-        if suite.budget_epochs is not None:
-            return Budget(epochs=suite.budget_epochs, max_trials=suite.max_trials)
-        return Budget(trials=suite.trials)
+        return self.suite.tuning_budget
 
     def task_for(self, task: str, backbone: str) -> Task:
         """Task ``task`` as backbone ``backbone`` reads it: image files preprocessed as its
@@ -222,13 +219,14 @@ def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen],
             parse_overrides(make_strategy(suite, strategy, options[strategy]), probe(next(iter(suite.backbones))),
                             suite.search_space[strategy], where=f"{where}.{strategy}")
     longest = suite.training.epochs[1]
-    if suite.budget_epochs is not None and suite.budget_epochs < longest:
-        raise ConfigError(f"{suite.path}: budget.epochs: {suite.budget_epochs:g} is smaller than one trial (training "
+    epochs = suite.tuning_budget.epochs
+    if epochs is not None and epochs < longest:
+        raise ConfigError(f"{suite.path}: budget.epochs: {epochs:g} is smaller than one trial (training "
                           f"may run up to {longest} epochs); give at least {longest}, and several times that to "
                           f"tune")
     grids: dict[tuple[str, str], list[dict[str, Any]]] = {}
     if suite.search.sampler == "grid":
-        if suite.budget_epochs is not None:
+        if epochs is not None:
             raise ConfigError(f"{suite.path}: budget.epochs: a grid search trains its whole grid; remove the epochs "
                               f"budget or choose another search.sampler")
         explicit = "trials" in suite.model_fields_set

@@ -18,10 +18,9 @@ from tlbench.run.model_server import Members
 from tlbench.run.plan import Cell, Plan
 from tlbench.run.spaces import Fixed, SpaceTrial
 from tlbench.run.study_attrs import remember_plugin_code, set_changed_attrs
-from tlbench.run.tuned import with_dependencies
+from tlbench.run.tuned import run_context, with_dependencies
 from tlbench.run.tuning import evaluation_seed, summarize
 from tlbench.store.records import RunContext, StudyName
-from tlbench.strategies import STRATEGIES
 from tlbench.suites.schema import SensitivitySpec
 from tlbench.training.backbones import Backbone
 
@@ -62,14 +61,8 @@ def sensitivity_runs(cell: Cell, plan: Plan, spec: SensitivitySpec, backbone: Ba
             raise ConfigError(f"{suite.path}: sensitivity of {cell.strategy} over {', '.join(varied)}: {err}; vary "
                               f"hyperparameters that do not change which others exist") from None
         params = with_dependencies(params, strategy, members) if isinstance(members, Members) else params
-        context = RunContext(
-            suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
-            strategy_origin=STRATEGIES.origin(cell.strategy), tuning_best_val_accuracy=result.best_value,
-            tuning_best_trial=result.best_trial, tuning_trials_complete=result.n_complete,
-            tuning_trials_pruned=result.n_pruned, tuning_seconds=result.seconds,
-            tuning_budget=budget.cap, tuning_compute=result.compute,
-            tuning_seeds="", tuning_best_trial_seed=result.best_seed, suite_fingerprint=suite.fingerprint(),
-            backbone_weights=backbone.weights_id, task_info=task.info,
-            sensitivity={"varied": varied, "tuned": {k: tuned_values.get(k) for k in varied}, "base": base})
+        context = run_context(plan, cell, backbone, task, result, budget,
+                              sensitivity={"varied": varied, "tuned": {k: tuned_values.get(k) for k in varied},
+                                           "base": base})
         runs.append((study, params, context, [evaluation_seed(suite.seed, k) for k in range(spec.seeds)]))
     return runs

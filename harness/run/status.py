@@ -58,8 +58,7 @@ def cell_status(storage: BaseStorage, plan: Plan, cell: Cell, names: set[str]) -
     suite = plan.suite
     strategy = plan.make_strategy(cell.strategy)
     budget = plan.budget(cell.strategy, cell.backbone)
-    status = CellStatus(cell, f"{budget.trials} trials" if budget.epochs is None else
-                        f"{budget.epochs:g} backbone epochs", seeds=suite.seeds)
+    status = CellStatus(cell, budget.describe(), seeds=suite.seeds)
     studies = {kind: _trials(storage, StudyName(suite.name, cell.task, cell.backbone, cell.strategy, kind), names)
                for kind in ("tune", "eval", "sens")}
     for study, trials in studies.values():

@@ -15,14 +15,15 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from tlbench.core.budget import Budget
 from tlbench.core.codeversion import code_version
 from tlbench.core.errors import ConfigError
 from tlbench.data.splits import Task
 from tlbench.run.model_server import ArtifactStore, CellRecipes, Members, Reuse
 from tlbench.run.plan import Cell, Plan
-from tlbench.run.tuning import evaluation_seed, summarize
-from tlbench.store.records import StudyName
-from tlbench.strategies import Strategy
+from tlbench.run.tuning import TuneResult, evaluation_seed, summarize, tuning_seed
+from tlbench.store.records import CellFacts, RunContext, StudyName, TuningFacts
+from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.training.backbones import Backbone
 
 
@@ -131,3 +132,31 @@ class SuiteCell(CellRecipes):
 
     def task(self, backbone: str) -> Task:
         return self.plan.task_for(self.plan_cell.task, backbone)
+
+
+def slots_used(budget: Budget, result: TuneResult | None) -> int:
+    """The tuning slots a cell used: its trial budget, or the trials an epochs budget counted."""
+    if budget.epochs is None or result is None:
+        return budget.cap
+    return max(1, result.n_complete + result.n_pruned)
+
+
+def run_context(plan: Plan, cell: Cell, backbone: Backbone, task: Task, result: TuneResult | None, budget: Budget,
+                *, sensitivity: dict[str, Any] | None = None) -> RunContext:
+    """What every run of ``cell`` records besides its own results: the cell and how its configuration
+    was tuned (``result``: None for a strategy with nothing to search); for a sensitivity study's
+    runs, what they vary."""
+    suite = plan.suite
+    last = slots_used(budget, result) - 1
+    return RunContext(
+        cell=CellFacts(suite=suite.name, task=cell.task, backbone=cell.backbone, strategy=cell.strategy,
+                       strategy_origin=STRATEGIES.origin(cell.strategy), suite_fingerprint=suite.fingerprint(),
+                       backbone_weights=backbone.weights_id, task_info=task.info),
+        tuning=TuningFacts(budget=budget, best_val_accuracy=result.best_value if result else None,
+                           best_trial=result.best_trial if result else None,
+                           trials_complete=result.n_complete if result else 0,
+                           trials_pruned=result.n_pruned if result else 0,
+                           seconds=result.seconds if result else 0.0, compute=result.compute if result else None,
+                           seeds=f"{tuning_seed(suite.seed, 0)}..{tuning_seed(suite.seed, last)}",
+                           best_trial_seed=result.best_seed if result else None),
+        sensitivity=sensitivity)

@@ -12,6 +12,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from tlbench.core.budget import Budget
 from tlbench.core.errors import NonFiniteLoss
 from tlbench.data.splits import Task
 from tlbench.run.samplers import (
@@ -36,7 +37,7 @@ from tlbench.training.backbones import Backbone
 from tlbench.training.context import OwnTime, Runtime
 from tlbench.training.loop import forward_flops
 
-__all__ = ["Budget", "EVAL_OFFSET", "SEED_STRIDE", "SlotSeededTPESampler", "Slots", "TrialReporter", "TuneResult",
+__all__ = ["EVAL_OFFSET", "SEED_STRIDE", "SlotSeededTPESampler", "Slots", "TrialReporter", "TuneResult",
            "compute_unit", "evaluation_seed", "independent_slots", "make_study", "next_slot", "protocol", "slots",
            "summarize", "trial_slot", "tune", "tune_step", "tuning_seed"]
 
@@ -53,47 +54,16 @@ def evaluation_seed(suite_seed: int, k: int) -> int:
     return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What one cell's tuning may spend: ``trials`` finished trials, or ``epochs`` backbone
-    epochs of training (see :class:`tlbench.suites.schema.BudgetSpec`) in at most
-    ``max_trials`` trials."""
-
-    trials: int | None = None
-    epochs: float | None = None
-    max_trials: int = 500
-
-    @classmethod
-    def of(cls, budget: "int | Budget") -> "Budget":
-        return budget if isinstance(budget, Budget) else cls(trials=int(budget))
-
-    @property
-    def cap(self) -> int:
-        """The most trials that count."""
-        return self.trials if self.trials is not None else self.max_trials
-
-    def progress(self, result: "TuneResult") -> int:
-        """How far tuning is, in this budget's unit: finished trials, or backbone epochs spent."""
-        done = result.n_complete + result.n_pruned
-        return done if self.epochs is None else int(min(result.compute, self.epochs))
-
-    @property
-    def total(self) -> int:
-        """The budget in its unit (what :meth:`progress` counts up to)."""
-        return self.cap if self.epochs is None else int(math.ceil(self.epochs))
-
-
-def protocol(budget: int | Budget, search: SearchSpec | None = None, *,
+def protocol(budget: Budget, search: SearchSpec | None = None, *,
              decay_norm_and_bias: bool = False) -> Protocol:
-    """The sampler and pruner settings and the weight-decay convention, identical for every
-    strategy of a suite."""
+    """The budget, the sampler and pruner settings and the weight-decay convention, identical for
+    every strategy of a suite."""
     search = search or SearchSpec()
-    b = Budget.of(budget)
-    return Protocol(sampler=SAMPLER_CLASSES[search.sampler], n_startup_trials=startup_trials(b, search),
+    return Protocol(sampler=SAMPLER_CLASSES[search.sampler], n_startup_trials=startup_trials(budget, search),
                     pruner="MedianPruner" if search.pruner == "median" else "NopPruner",
                     pruner_startup_trials=search.pruner_startup_trials,
                     pruner_warmup_epochs=search.pruner_warmup_epochs,
-                    budget=b.cap, budget_epochs=b.epochs, objective="validation accuracy after the last epoch",
+                    budget=budget, objective="validation accuracy after the last epoch",
                     weight_decay="every parameter" if decay_norm_and_bias else
                     "weights of two or more dimensions only (none on biases and normalisation parameters)")
 
@@ -106,7 +76,7 @@ def startup_trials(budget: Budget, search: SearchSpec) -> int:
     return max(3, budget.trials // 3) if budget.trials is not None else 5
 
 
-def make_study(name: str, storage: Any, *, budget: int | Budget, seed: int, search: SearchSpec | None = None,
+def make_study(name: str, storage: Any, *, budget: Budget, seed: int, search: SearchSpec | None = None,
                grid: list[dict[str, Any]] | None = None) -> optuna.Study:
     """Creates or loads a cell's tuning study with the suite's sampler and pruner (``grid``:
     the configurations of a grid search, in order)."""
@@ -257,12 +227,12 @@ def next_slot(state: Slots, budget: Budget, independent: float) -> int | None:
     return None
 
 
-def summarize(study: optuna.Study, budget: int | Budget | None = None,
+def summarize(study: optuna.Study, budget: Budget | None = None,
               trials: list[FrozenTrial] | None = None) -> TuneResult:
     """The outcome of the slots ``budget`` counts (all when None): a study tuned further
     by an earlier, longer run still compares at the suite's budget."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    counted, done = _counted(slots(trials), None if budget is None else Budget.of(budget))
+    counted, done = _counted(slots(trials), budget)
     complete = [t for t in counted if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: (t.value, -slot_of(t))) if complete else None
     return TuneResult(
@@ -292,7 +262,7 @@ def tune_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task:
     trials = study.get_trials(deepcopy=False)
     state = slots(trials)
     result = summarize(study, budget, trials)
-    on_trial(budget.progress(result))
+    on_trial(budget.spent(result.n_complete + result.n_pruned, result.compute))
     if result.done:
         return "done"
     slot = next_slot(state, budget, independent_slots(study, budget))
@@ -303,7 +273,7 @@ def tune_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task:
     return "ran"
 
 
-def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *, budget: int | Budget,
+def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, *, budget: Budget,
          suite_seed: int, runtime: Runtime, on_trial: Callable[[int], None] = lambda n: None,
          space: dict[str, Override] | None = None, poll_s: float = 0.5) -> TuneResult:
     """Runs trials until ``budget`` is spent: that many finished (completed or pruned)
@@ -315,7 +285,6 @@ def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task
     A dead worker's trial is failed and its slot claimed again (same configuration, same
     seed). A trial whose loss turns NaN/inf is pruned with the reason recorded.
     """
-    budget = Budget.of(budget)
     unit = compute_unit(backbone, task)
     while (step := tune_step(study, strategy, backbone, task, budget=budget, suite_seed=suite_seed, runtime=runtime,
                              space=space, unit=unit, on_trial=on_trial)) != "done":

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO
 from optuna.storages.journal import BaseJournalBackend
 
 from tlbench.core.errors import ConfigError
-from tlbench.store.optuna_internals import JOURNAL_OPS
 from tlbench.store.lock import JournalLock
+from tlbench.store.optuna_internals import JOURNAL_OPS
 
 #: How every journal line Optuna writes begins (up to the colon, after which older releases put a space).
 _RECORD_START = b'{"op_code"'

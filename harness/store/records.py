@@ -9,10 +9,13 @@ the store only through this module, so they never depend on how records are writ
 Schema versions: 1 — records written before versioning (one flat mapping, a strategy's own
 facts mixed in with the metrics); 2 — those facts under ``strategy_info``; 3 — the feature
 pass charged as ``feature_seconds``, inference timed as a median after a warm-up, the tuning
-compute (``tuning_compute``) and sensitivity-study facts (``sensitivity``). Older
-records are read as version 3 (``feature_seconds`` None: not recorded); a record of a newer
-schema than this release knows is refused with one line naming it (an older tlbench reading a
-version-3 record says to upgrade instead of calling the new field malformed).
+compute (``tuning_compute``) and sensitivity-study facts (``sensitivity``); 4 — how image inputs
+were produced (``image_inputs``); 5 — the fields grouped (``cell``, ``tuning`` with its
+:class:`~tlbench.core.budget.Budget`, ``metrics``, ``costs``, ``data``, ``provenance``). Older
+records are read as version 5 (``feature_seconds`` None where not recorded); the runs frame's
+columns are the same for all. A record of a newer schema than this release knows is refused with
+one line naming it (an older tlbench reading a newer record says to upgrade instead of calling
+the new field malformed).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import optuna
 import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
+from tlbench.core.budget import Budget
 from tlbench.core.errors import TlbenchError
 from tlbench.core.frozen import Frozen
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SEP = "::"
 Kind = Literal["tune", "eval", "sens"]  # tuning, evaluation, sensitivity study
 
@@ -79,51 +83,71 @@ class Protocol(Frozen):
     pruner: str
     pruner_startup_trials: int
     pruner_warmup_epochs: int
-    budget: int  # finished trials per cell; with an epochs budget, the most trials that count
+    budget: Budget
     objective: str
     weight_decay: str | None = None  # which parameters decay (None: a store from before it was recorded)
-    budget_epochs: float | None = None  # an epochs budget: backbone epochs of training per cell
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_budget(cls, data: Any) -> Any:
+        """Protocols stored before the budget had its type: ``budget`` the trials that count, and
+        ``budget_epochs`` beside it for an epochs budget."""
+        if isinstance(data, dict) and not isinstance(data.get("budget"), (dict, Budget)) and "budget" in data:
+            data = dict(data)
+            data["budget"] = Budget.stored(data["budget"], epochs=data.pop("budget_epochs", None))
+        return data
 
 
-class RunContext(Frozen):
-    """What every evaluation run of a cell shares: the cell, its tuning, the backbone's
-    weights and the task's split facts."""
+class CellFacts(Frozen):
+    """Which cell a run belongs to and what it was run from: the suite (and a hash of its settings),
+    the task (and its split's facts), the backbone (and its weights) and the strategy (and its origin:
+    tlbench, or a plugin's file and hash or distribution and version)."""
 
     suite: str
     task: str
     backbone: str
     strategy: str
-    strategy_origin: str = "tlbench"  # a plugin's file and hash, or distribution and version
-    tuning_best_val_accuracy: float | None = None
-    tuning_best_trial: int | None = None
-    tuning_trials_complete: int = 0
-    tuning_trials_pruned: int = 0
-    tuning_seconds: float = 0.0
-    tuning_budget: int
-    tuning_seeds: str
-    tuning_best_trial_seed: int | None = None
-    # Backbone epochs of training the counted tuning trials spent (a forward and backward
-    # pass of the cell's backbone over the training split; None: not recorded).
-    tuning_compute: float | None = None
+    strategy_origin: str = "tlbench"
     suite_fingerprint: str
     backbone_weights: str
     task_info: dict[str, Any] = {}
-    # A run of a sensitivity study: ``varied`` (hyperparameter → the value set), ``tuned``
-    # (their tuned values) and ``base`` (a digest of the tuned configuration varied).
+
+
+class TuningFacts(Frozen):
+    """How the configuration a run trained was found: the budget, the best trial, what tuning spent."""
+
+    budget: Budget
+    best_val_accuracy: float | None = None
+    best_trial: int | None = None
+    trials_complete: int = 0
+    trials_pruned: int = 0
+    seconds: float = 0.0
+    #: Backbone epochs of training the counted trials spent (a forward and backward pass of the
+    #: cell's backbone over the training split; None: not recorded).
+    compute: float | None = None
+    seeds: str = ""  # the tuning trials' training seeds, ``first..last``
+    best_trial_seed: int | None = None
+
+
+class RunContext(Frozen):
+    """What every evaluation run of a cell shares: the cell and its tuning; for a run of a sensitivity
+    study, what it varied: ``varied`` (hyperparameter → the value set), ``tuned`` (their tuned values)
+    and ``base`` (a digest of the tuned configuration varied)."""
+
+    cell: CellFacts
+    tuning: TuningFacts
     sensitivity: dict[str, Any] | None = None
 
 
-class RunRecord(RunContext):
-    """One evaluation run: the best configuration re-trained on one fresh seed, its scores,
-    its cost and its provenance. ``strategy_info`` holds the strategy's own facts (a
-    distillation's teacher, an ensemble's members), apart from the metrics."""
-
-    schema_version: int = SCHEMA_VERSION
-    seed: int
-    params: dict[str, Any]
+class Metrics(Frozen):
     test_accuracy: float
     val_accuracy: float
     shifted_test_accuracy: float | None = None
+
+
+class Costs(Frozen):
+    """What a run cost to train and to use."""
+
     train_seconds: float  # own training time plus that of every reused model
     own_train_seconds: float
     #: The frozen backbone's pass over the splits a strategy trains on from cached features
@@ -138,31 +162,85 @@ class RunRecord(RunContext):
     peak_memory_mb: float | None = None
     memory_growth_mb: float | None = None
     peak_memory_kind: str = ""
+
+
+class DataFacts(Frozen):
+    """The data a run saw, and how its inputs were produced."""
+
     n_train: int
     n_val: int
     n_test: int
     num_classes: int
-    precision: str = "fp32"
-    channels_last: bool = False
-    compiled: bool = False
-    loader_workers: int = 0
-    #: How the run's image inputs were produced: "cache" (decoded once into the image cache and
-    #: read from it), "files" (decoded from the files as read), "cache+files", "features" (it read
-    #: cached backbone features only), or "" (tensors, or a record written before schema 4).
-    image_inputs: str = ""
     split_fingerprint: str
+    #: "cache" (decoded once into the image cache and read from it), "files" (decoded from the files
+    #: as read), "cache+files", "features" (it read cached backbone features only), or "" (tensors,
+    #: or a record written before schema 4).
+    image_inputs: str = ""
+    loader_workers: int = 0  # DataLoader workers that decoded files (0: none read)
+
+
+class Provenance(Frozen):
+    """Where and how a run ran."""
+
     started_at: str
     tlbench_version: str
     torch_version: str
     git_commit: str
     device: str
     host: str
+    precision: str = "fp32"
+    channels_last: bool = False
+    compiled: bool = False
+
+
+#: The groups of a record and of its context, each a typed block.
+GROUPS: dict[str, type[Frozen]] = {"cell": CellFacts, "tuning": TuningFacts, "metrics": Metrics, "costs": Costs,
+                                   "data": DataFacts, "provenance": Provenance}
+#: The fields every record has outside the groups.
+OWN_FIELDS = ("schema_version", "seed", "params", "sensitivity", "strategy_info")
+
+
+def _flat_name(group: str, field: str) -> str:
+    """A grouped field's name as a column of the runs frame (and as records before schema 5 stored it)."""
+    return f"tuning_{field}" if group == "tuning" else field
+
+
+#: column name → (group, field): how records before schema 5 stored each field (flat), and the runs frame's columns.
+FLAT: dict[str, tuple[str, str]] = {_flat_name(g, f): (g, f) for g, block in GROUPS.items() for f in block.model_fields}
+
+
+class RunRecord(RunContext):
+    """One evaluation run: the best configuration re-trained on one fresh seed — its scores
+    (``metrics``), its cost (``costs``), the data it saw (``data``) and its provenance — in the
+    context of its cell (``cell``, ``tuning``). ``strategy_info`` holds the strategy's own facts (a
+    distillation's teacher, an ensemble's members), apart from the metrics."""
+
+    schema_version: int = SCHEMA_VERSION
+    seed: int
+    params: dict[str, Any]
+    metrics: Metrics
+    costs: Costs
+    data: DataFacts
+    provenance: Provenance
     strategy_info: dict[str, Any] = {}
 
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The runs frame's columns a record fills (a strategy's facts add their own)."""
+        return [*(f for f in OWN_FIELDS if f != "strategy_info"), *FLAT, "tuning_budget_epochs"]
+
     def row(self) -> dict[str, Any]:
-        """The record as one row of the runs frame: ``strategy_info`` spread into columns
-        (they cannot shadow a field: :meth:`from_stored` and the strategies keep them apart)."""
-        data = self.model_dump(exclude={"strategy_info"})
+        """The record as one row of the runs frame: every group's fields as columns (the tuning
+        facts prefixed ``tuning_``; the budget as ``tuning_budget``, the trials that count, and
+        ``tuning_budget_epochs``), and ``strategy_info`` spread into columns (they cannot shadow a
+        field: :meth:`from_stored` and the strategies keep them apart)."""
+        data: dict[str, Any] = {"schema_version": self.schema_version, "seed": self.seed, "params": self.params,
+                                "sensitivity": self.sensitivity}
+        for group in GROUPS:
+            for field, value in getattr(self, group).model_dump().items():
+                data[_flat_name(group, field)] = value
+        budget = self.tuning.budget
+        data["tuning_budget"], data["tuning_budget_epochs"] = budget.cap, budget.epochs
         return {**data, **{k: v for k, v in self.strategy_info.items() if k not in data}}
 
     @classmethod
@@ -172,19 +250,32 @@ class RunRecord(RunContext):
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise StoreError(f"{where or 'store'}: holds records of schema version {version}; this tlbench "
                              f"({_version()}) reads versions 1..{SCHEMA_VERSION}: upgrade tlbench to read it")
-        if version == 1:  # flat: everything that is not a field is the strategy's own
-            fields = set(cls.model_fields)
-            data = {**{k: v for k, v in data.items() if k in fields},
-                    "strategy_info": {k: v for k, v in data.items() if k not in fields},
-                    "schema_version": SCHEMA_VERSION}
-        elif version in (2, 3):  # without feature_seconds (2: None, not recorded) and image_inputs ("")
-            data = {**data, "schema_version": SCHEMA_VERSION}
+        if version < 5:
+            data = _nested(data, version)
         try:
             return cls.model_validate(data)
         except ValidationError as err:
             first = err.errors()[0]
             raise StoreError(f"{where or 'store'}: a run record is malformed ({'.'.join(map(str, first['loc']))}: "
                              f"{first['msg']})") from None
+
+
+def _nested(flat: dict[str, Any], version: int) -> dict[str, Any]:
+    """A record of schema 1–4 (one flat mapping) in the grouped form. Schema 1 mixed a strategy's
+    own facts in with the fields: everything that is not a field is the strategy's. Schemas 2 and 3
+    lack ``feature_seconds`` (None: not recorded) and ``image_inputs`` ("")."""
+    known = set(FLAT) | set(OWN_FIELDS)
+    nested: dict[str, Any] = {group: {} for group in GROUPS}
+    for key, value in flat.items():
+        if key in FLAT:
+            group, field = FLAT[key]
+            nested[group][field] = Budget.stored(value) if (group, field) == ("tuning", "budget") else value
+        elif key in OWN_FIELDS:
+            nested[key] = value
+    if version == 1:
+        nested["strategy_info"] = {k: v for k, v in flat.items() if k not in known}
+    nested["schema_version"] = SCHEMA_VERSION
+    return nested
 
 
 def _version() -> str:

@@ -18,6 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.store.opening import open_existing_storage
+from tlbench.store.space import Param, SearchSpace
 from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
 
 
@@ -29,14 +30,29 @@ class Results:
     trials: pd.DataFrame  # one row per tuning trial
     importances: pd.DataFrame  # strategy, task, backbone, param, importance
     protocol: Protocol | None = None  # None when the store holds no tuning study
-    search_spaces: dict[str, dict[str, str]] = field(default_factory=dict)  # strategy → param → range
-    #: strategy → param → "log", "linear" or "categorical": how a slice figure draws its axis
-    scales: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: strategy → its searched space: what its tuning studies stored, else what its trials sampled
+    spaces: dict[str, SearchSpace] = field(default_factory=dict)
     sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs of sensitivity studies
+    #: strategy → what its trials' distributions say (every hyperparameter a trial sampled)
+    sampled: dict[str, SearchSpace] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         return self.runs.empty
+
+    @property
+    def search_spaces(self) -> dict[str, dict[str, str]]:
+        """strategy → hyperparameter → its range as the report writes it (``[0.001, 0.1] (log)``)."""
+        return {strategy: space.describe() for strategy, space in self.spaces.items()}
+
+    @property
+    def scales(self) -> dict[str, dict[str, str]]:
+        """strategy → hyperparameter → ``log``, ``linear`` or ``categorical``: how a slice figure draws its axis
+        (for every hyperparameter a trial sampled, or its stored space declares)."""
+        names = sorted(set(self.spaces) | set(self.sampled))
+        empty = SearchSpace()
+        return {s: dict(sorted({**self.sampled.get(s, empty).scales(), **self.spaces.get(s, empty).scales()}.items()))
+                for s in names}
 
 
 def _lost(trial: FrozenTrial) -> str | None:
@@ -44,35 +60,6 @@ def _lost(trial: FrozenTrial) -> str | None:
     with the number of the trial that holds the unit)."""
     holder = trial.user_attrs.get("claim_lost")
     return None if holder is None else f"claim lost: trial {holder} holds the same unit of work (this one never ran)"
-
-
-def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
-    d = distribution
-    if isinstance(d, optuna.distributions.CategoricalDistribution):
-        return "{" + ", ".join(map(str, d.choices)) + "}"
-    if isinstance(d, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
-        scale = " (log)" if d.log else ""
-        return f"[{d.low:g}, {d.high:g}]{scale}"
-    return repr(d)
-
-
-def _scale(distribution: optuna.distributions.BaseDistribution) -> str:
-    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
-        return "categorical"
-    return "log" if getattr(distribution, "log", False) else "linear"
-
-
-def _scale_of_description(text: str) -> str | None:
-    """The axis a declared range implies (``[a, b] (log)``, ``{a, b}``, ``fixed: x``); None
-    when the text does not say."""
-    text = text.strip()
-    if text.endswith("(log)"):
-        return "log"
-    if text.startswith("{") or text.startswith("fixed"):
-        return "categorical"
-    if text.startswith("["):
-        return "linear"
-    return None
 
 
 def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *, importances: bool = True,
@@ -102,9 +89,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
     rows: list[dict[str, Any]] = []
     imp_rows: list[dict[str, Any]] = []
     protocol: Protocol | None = None
-    spaces: dict[str, dict[str, str]] = {}  # derived from the trials' distributions
-    declared: dict[str, dict[str, str]] = {}  # the effective spaces a run stored (study attribute search_space)
-    scales: dict[str, dict[str, str]] = {}
+    sampled: dict[str, dict[str, Param]] = {}  # what the trials' distributions say
+    declared: dict[str, SearchSpace] = {}  # the effective spaces a run stored (study attribute search_space)
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         name = StudyName.parse(summary.study_name)
         if name is None or name.kind != "tune" or (suite is not None and name.suite != suite):
@@ -114,10 +100,9 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             continue
         if protocol is None and "protocol" in summary.user_attrs:  # a study created by a run killed before it
             protocol = read_protocol(summary.user_attrs, where=f"study {name}")  # stored its protocol has none
-        space = summary.user_attrs.get("search_space")
-        if isinstance(space, dict):
-            for param, text in space.items():
-                declared.setdefault(strategy, {}).setdefault(str(param), str(text))
+        if isinstance(summary.user_attrs.get("search_space"), dict):
+            stored = SearchSpace.from_stored(summary.user_attrs["search_space"])
+            declared[strategy] = declared[strategy] | stored if strategy in declared else stored
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False):
             steps = t.intermediate_values
@@ -136,8 +121,7 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
                 "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
             })
             for name, dist in t.distributions.items():
-                spaces.setdefault(strategy, {}).setdefault(name, _describe(dist))
-                scales.setdefault(strategy, {}).setdefault(name, _scale(dist))
+                sampled.setdefault(strategy, {}).setdefault(name, Param.of(dist))
         if importances:
             for param, value in _importances(study).items():
                 imp_rows.append({"strategy": strategy, "task": task, "backbone": backbone, "param": param,
@@ -146,18 +130,14 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
                                          "value", "epochs_reported", "seconds", "compute", "seed", "params", "reason",
                                          "retry_of", "started", "completed"])
     imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
-    spaces.update(declared)  # what the run declared wins over what its trials happened to sample
-    for strategy, space in declared.items():  # declared but never sampled (or fixed): the text says the scale
-        for param, text in space.items():
-            scale = _scale_of_description(text)
-            if scale is not None:
-                scales.setdefault(strategy, {}).setdefault(param, scale)
+    # what the run declared wins over what its trials happened to sample
+    sampled_spaces = {strategy: SearchSpace(params=params) for strategy, params in sorted(sampled.items())}
+    spaces = {**sampled_spaces, **declared}
     sensitivity = load_sensitivity(storage, suite)
     if not sensitivity.empty and cells is not None:
         keep = [k in cells for k in zip(sensitivity["task"], sensitivity["backbone"], sensitivity["strategy"])]
         sensitivity = sensitivity[pd.Series(keep, index=sensitivity.index, dtype=bool)].reset_index(drop=True)
-    return Results(runs, trials, imps, protocol, {k: dict(sorted(v.items())) for k, v in sorted(spaces.items())},
-                   {k: dict(sorted(v.items())) for k, v in sorted(scales.items())}, sensitivity)
+    return Results(runs, trials, imps, protocol, dict(sorted(spaces.items())), sensitivity, sampled_spaces)
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:

@@ -21,6 +21,7 @@ from tlbench.reports.build import tuning_curves, write_report
 from tlbench.reports.results import Results
 from tlbench.reports.tables import accuracy_table, cost_table, to_markdown, with_columns
 from tlbench.store.records import Protocol
+from tlbench.store.space import Param, SearchSpace
 
 STRATEGIES = ("linear_probe", "full_finetune", "scratch")
 
@@ -63,7 +64,8 @@ def results_for(runs: pd.DataFrame, *, trials: pd.DataFrame | None = None) -> Re
                                 for s in runs["strategy"].unique() for p, v in (("lr", 0.7), ("epochs", 0.3))])
     protocol = Protocol(budget=6, sampler="TPESampler", n_startup_trials=3, pruner="MedianPruner",
                         pruner_startup_trials=3, pruner_warmup_epochs=3, objective="val accuracy")
-    return Results(runs, trials, importances, protocol, {"full_finetune": {"lr": "[0.001, 0.1] (log)"}})
+    return Results(runs, trials, importances, protocol,
+                   {"full_finetune": SearchSpace(params={"lr": Param(kind="float", low=1e-3, high=0.1, log=True)})})
 
 
 # ------------------------------------------------------------------ statistics
@@ -398,7 +400,8 @@ def two_seed_report(tmp_path_factory):
     trials["params"] = [json.dumps({"lr": 10 ** -(1 + n % 3), "optimizer": ["sgd", "adamw"][n % 2]})
                         for n in trials["number"]]
     results = results_for(runs, trials=trials)
-    results.search_spaces = {"linear_probe": {"lr": "[0.0001, 0.1] (log)", "epochs": "fixed: 12"}}
+    results.spaces = {"linear_probe": SearchSpace(params={"lr": Param(kind="float", low=1e-4, high=0.1, log=True),
+                                                          "epochs": Param.fixed(12)})}
     return out, write_report(results, out, title="x")
 
 
@@ -467,7 +470,7 @@ def test_selected_hyperparameters_section_in_markdown_latex_and_html(two_seed_re
     probe = parse_cells(sections(appendix)["Selected hyperparameters: linear_probe"])
     assert probe[("t1", "lr")] == "3.16e-03" and probe[("t1", "weight_decay")] == "1.00e-06"
     assert probe[("t2", "epochs")] == "12" and probe[("t3", "backbone")] == "bb"
-    assert "Searched: lr [0.0001, 0.1] (log); epochs fixed: 12." in appendix
+    assert "Searched: epochs fixed: 12; lr [0.0001, 0.1] (log)." in appendix
     assert parse_cells(sections(appendix)["Selected hyperparameters: ensemble"])[("t1", "members")] == "full_finetune"
     assert "feedbeef" not in md and "reuses" not in appendix  # bookkeeping, not a hyperparameter
     tex = (out / "table.tex").read_text()

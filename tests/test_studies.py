@@ -24,6 +24,7 @@ from tlbench.run.spaces import Fixed, Range, effective, explore, grid, parse_ove
 from tlbench.run.tuning import make_study, summarize, tune
 from tlbench.store.claims import worker_id
 from tlbench.store.opening import open_existing_storage, open_storage
+from tlbench.store.space import Param, SearchSpace
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.base import ModelPredictor, Strategy
 from tlbench.suites.schema import SearchSpec, parse_suite
@@ -103,6 +104,18 @@ BAD = {
     "sensitivity on an unknown task": (
         "sensitivity: [{strategy: full_finetune, params: {lr_sgd: [0.01]}, tasks: [e]}]",
         ["sensitivity[0].tasks", "unknown task 'e'"]),
+    "override of a hyperparameter the fixed choices never suggest": (
+        "search_space: {full_finetune: {optimizer: sgd, lr_adamw: {low: 0.0001, high: 0.01}}}",
+        ["search_space.full_finetune.lr_adamw", "full_finetune never suggests lr_adamw here: optimizer is fixed to "
+         "sgd in this block", "the override would be ignored"]),
+    "override dead by a narrowed choice": (
+        "search_space: {full_finetune: {optimizer: [sgd], lr_adamw: 0.001}}",
+        ["search_space.full_finetune.lr_adamw", "optimizer is fixed to sgd"]),
+    "sensitivity of a hyperparameter the tuned configuration never uses": (
+        "search_space: {full_finetune: {optimizer: sgd}}\n"
+        "sensitivity: [{strategy: full_finetune, params: {lr_adamw: [0.001, 0.01]}}]",
+        ["sensitivity[0].params.lr_adamw", "the tuned configuration of full_finetune never uses lr_adamw",
+         "optimizer is fixed to sgd in search_space.full_finetune", "vary one it searches:", "lr_sgd"]),
     "sensitivity over three hyperparameters": (
         "sensitivity: [{strategy: full_finetune, params: {lr_sgd: [0.01], epochs: [2], weight_decay: [0.001]}}]",
         ["sensitivity[0].params"]),
@@ -160,9 +173,14 @@ def test_overrides_fix_narrow_and_restrict_and_are_what_tuning_samples(tmp_path,
                                                "epochs": {"low": 3, "high": 4, "log": False}}, where="x")
     assert overrides["optimizer"] == Fixed("sgd")
     assert overrides["lr_sgd"] == Range(0.02, 0.05, True)  # the declared log scale is kept
-    described = effective(ff, backbone, overrides)
+    space = effective(ff, backbone, overrides)
+    assert space.params["optimizer"] == Param.fixed("sgd")
+    assert space.params["lr_sgd"] == Param(kind="float", low=0.02, high=0.05, log=True)
+    described = space.describe()
     assert described["optimizer"] == "fixed: sgd" and described["lr_sgd"] == "[0.02, 0.05] (log)"
     assert "lr_adamw" not in described
+    assert SearchSpace.from_stored(space.stored()) == space  # stored as data, read back as objects
+    assert SearchSpace.from_stored(described) == space  # what stores before it held: descriptions
 
     class Recording(Strategy):
         name, description = "recording", "test double"

@@ -50,7 +50,7 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
         console.print(f"  {cell.label}: {sizes}; {tuning}, {suite.seeds} seeds", highlight=False)
     for strategy, backbone in sorted(plan.spaces):  # the spaces the suite overrides
         console.print(f"  search space of {strategy} on {backbone}: " + ", ".join(
-            f"{k} {v}" for k, v in plan.searched[(strategy, backbone)].items()), highlight=False)
+            f"{k} {v}" for k, v in plan.searched[(strategy, backbone)].describe().items()), highlight=False)
     for i, spec in enumerate(suite.sensitivity):
         grid = " × ".join(f"{name} {values}" for name, values in spec.params.items())
         console.print(f"  sensitivity[{i}]: {spec.strategy}, {grid}, {spec.seeds} seeds per value on "

@@ -192,7 +192,7 @@ class CellWork:
             set_changed_attrs(study, {"protocol": protocol(self.budget, suite.search,
                                                     decay_norm_and_bias=suite.training.decay_norm_and_bias
                                                     ).model_dump(),
-                               "search_space": self.plan.searched[(cell.strategy, cell.backbone)],
+                               "search_space": self.plan.searched[(cell.strategy, cell.backbone)].stored(),
                                "suite_fingerprint": suite.fingerprint()})
             remember_plugin_code(study, cell)
             self._studies["tune"] = study

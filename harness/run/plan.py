@@ -33,8 +33,9 @@ from tlbench.core.frozen import Frozen, validate_block
 from tlbench.data.splits import Task
 from tlbench.run.plugins import load_entry_points, load_suite_plugins
 from tlbench.run.pretrain import check_backbone_source, preprocess_for
-from tlbench.run.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides
+from tlbench.run.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides, unused
 from tlbench.run.spaces import declared as declared_space
+from tlbench.store.space import SearchSpace
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites import bundled_suites
 from tlbench.suites.datasets import DataAccess, data_access, data_location
@@ -68,9 +69,9 @@ class Plan:
     spaces: dict[tuple[str, str], dict[str, Override]] = field(default_factory=dict)
     #: Per (strategy, backbone), for a grid search: its configurations in order.
     grids: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-    #: Per tunable (strategy, backbone): the searched space, one description per hyperparameter
-    #: (what each tuning study stores and the dry run prints).
-    searched: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    #: Per tunable (strategy, backbone): the searched space after the suite's overrides (what each
+    #: tuning study stores, the dry run prints and the report shows).
+    searched: dict[tuple[str, str], SearchSpace] = field(default_factory=dict)
     #: Source tasks that are not also target tasks, built to check their splits and inputs.
     sources: dict[str, Task] = field(default_factory=dict)
     _bound: dict[tuple[str, str], Task] = field(default_factory=dict, repr=False)
@@ -188,7 +189,7 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
 def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen], cells: list[Cell],
                   probes: dict[str, Backbone]) -> tuple[dict[tuple[str, str], dict[str, Override]],
                                                         dict[tuple[str, str], list[dict[str, Any]]],
-                                                        dict[tuple[str, str], dict[str, str]]]:
+                                                        dict[tuple[str, str], SearchSpace]]:
     """The suite's ``search_space`` overrides per (strategy, backbone), checked against what
     the strategy declares for that backbone; a grid search's grids (their size is the trial
     budget: a ``trials`` the suite sets must agree); the spaces each tunable cell searches;
@@ -246,7 +247,7 @@ def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen],
                                   f"a grid search trains each once: remove trials (and --trials) or set it to "
                                   f"{len(points)}")
             grids[(strategy, backbone)] = points
-    check_sensitivity(suite, declared, options, probe)
+    check_sensitivity(suite, declared, options, probe, spaces)
     searched = {(strategy, backbone): effective(instance, probe(backbone), spaces.get((strategy, backbone), {}))
                 for strategy, backbone in pairs
                 if (instance := make_strategy(suite, strategy, options[strategy])).tunable}
@@ -265,9 +266,10 @@ def grid_shape(strategy: Strategy, backbone: Backbone, overrides: dict[str, Over
 
 
 def check_sensitivity(suite: Suite, declared: list[str], options: dict[str, Frozen],
-                      probe: Callable[[str], Backbone]) -> None:
+                      probe: Callable[[str], Backbone], spaces: dict[tuple[str, str], dict[str, Override]]) -> None:
     """Each sensitivity study names a tunable strategy of the suite, tasks of the suite and
-    hyperparameters it declares, with values of their type inside the declared range."""
+    hyperparameters it declares and its tuned configuration uses (a hyperparameter the suite's
+    overrides cut off is refused), with values of their type inside the declared range."""
     for i, spec in enumerate(suite.sensitivity):
         where = f"{suite.path}: sensitivity[{i}]"
         STRATEGIES.get(spec.strategy, where=f"{where}.strategy")
@@ -286,10 +288,20 @@ def check_sensitivity(suite: Suite, declared: list[str], options: dict[str, Froz
         backbones = sorted({b for t, s in suite.tasks.items() if spec.covers(t, s) for b in s.backbones})
         for backbone in backbones:
             space = declared_space(strategy, probe(backbone))
+            overrides = spaces.get((spec.strategy, backbone))
+            if overrides is None and spec.strategy in suite.search_space:  # a strategy this run does not run
+                overrides = parse_overrides(strategy, probe(backbone), suite.search_space[spec.strategy],
+                                            where=f"{suite.path}: search_space.{spec.strategy}")
+            dead = unused(strategy, probe(backbone), overrides or {})
             for name, values in spec.params.items():
                 if name not in space:
                     raise ConfigError(f"{where}.params.{name}: unknown hyperparameter; {spec.strategy} searches: "
                                       f"{', '.join(sorted(space))}")
+                if name in dead:
+                    searched = sorted(set(space) - set(dead))
+                    raise ConfigError(f"{where}.params.{name}: the tuned configuration of {spec.strategy} never uses "
+                                      f"{name} ({dead[name]} in search_space.{spec.strategy}); vary one it searches: "
+                                      f"{', '.join(searched)}")
                 for j, value in enumerate(values):
                     check_value(space[name], value, f"{where}.params.{name}[{j}]")
 

@@ -28,6 +28,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from tlbench.store.space import Param, SearchSpace
 from tlbench.core.errors import ConfigError
 from tlbench.core.frozen import short_repr
 from tlbench.strategies.base import Strategy
@@ -64,12 +65,14 @@ class SpaceTrial:
     def __init__(self, trial: Any, overrides: dict[str, Override]) -> None:
         self._trial = trial
         self._overrides = overrides
+        self.asked: set[str] = set()  # every hyperparameter the space suggested, fixed ones included
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._trial, name)
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float:
+        self.asked.add(name)
         o = self._overrides.get(name)
         if isinstance(o, Fixed):
             return float(o.value)
@@ -78,6 +81,7 @@ class SpaceTrial:
         return self._trial.suggest_float(name, low, high, step=step, log=log)
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        self.asked.add(name)
         o = self._overrides.get(name)
         if isinstance(o, Fixed):
             return int(o.value)
@@ -86,6 +90,7 @@ class SpaceTrial:
         return self._trial.suggest_int(name, low, high, step=step, log=log)
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.asked.add(name)
         o = self._overrides.get(name)
         if isinstance(o, Fixed):
             return o.value
@@ -136,6 +141,7 @@ class Leaf:
     dists: dict[str, BaseDistribution]
     picked: dict[str, Any]  # categorical name -> the choice taken in this branch
     fixed: dict[str, Any]
+    used: frozenset[str] = frozenset()  # every hyperparameter the branch suggests, fixed ones included
 
 
 def explore(space: Callable[[Any], Any], overrides: dict[str, Override] | None = None) -> list[Leaf]:
@@ -146,14 +152,15 @@ def explore(space: Callable[[Any], Any], overrides: dict[str, Override] | None =
     while pending:
         prefix = pending.pop()
         rec = _Recorder(prefix)
-        space(SpaceTrial(rec, overrides))
+        trial = SpaceTrial(rec, overrides)
+        space(trial)
         full = list(prefix) + [0] * (len(rec.categoricals) - len(prefix))
         for j in range(len(rec.categoricals) - 1, len(prefix) - 1, -1):
             for alt in range(rec.categoricals[j] - 1, 0, -1):
                 pending.append((*full[:j], alt))
         picked = {n: rec.params[n] for n, d in rec.seen.items() if isinstance(d, CategoricalDistribution)}
         fixed = {n: o.value for n, o in overrides.items() if isinstance(o, Fixed)}
-        leaves.append(Leaf(dict(rec.seen), picked, fixed))
+        leaves.append(Leaf(dict(rec.seen), picked, fixed, frozenset(trial.asked)))
         if len(leaves) > MAX_BRANCHES:
             raise ConfigError(f"the search space has more than {MAX_BRANCHES} branches of categorical choices")
     return leaves
@@ -169,25 +176,44 @@ def declared(strategy: Strategy, backbone: Backbone) -> dict[str, BaseDistributi
 
 
 def describe_dist(d: BaseDistribution) -> str:
-    if isinstance(d, CategoricalDistribution):
-        return "{" + ", ".join(map(str, d.choices)) + "}"
-    if isinstance(d, (FloatDistribution, IntDistribution)):
-        step = f" step {d.step:g}" if d.step not in (None, 1) or (isinstance(d, FloatDistribution) and d.step) else ""
-        return f"[{d.low:g}, {d.high:g}]" + (" (log)" if d.log else "") + step
-    return repr(d)
+    return Param.of(d).describe()
 
 
-def effective(strategy: Strategy, backbone: Backbone, overrides: dict[str, Override]) -> dict[str, str]:
-    """The searched space after the suite's overrides, one description per hyperparameter
-    (``fixed: sgd``, ``[0.001, 0.1] (log)``, ``{sgd, adamw}``), for the store and report."""
-    out: dict[str, str] = {}
+def effective(strategy: Strategy, backbone: Backbone, overrides: dict[str, Override]) -> SearchSpace:
+    """The searched space after the suite's overrides (what the tuning study stores and the report
+    shows): every hyperparameter some branch suggests, with the range it is drawn from, or its fixed
+    value."""
+    params: dict[str, Param] = {}
+    used: set[str] = set()
     for leaf in explore(lambda t: strategy.search_space(t, backbone), overrides):
+        used |= leaf.used
         for name, dist in leaf.dists.items():
-            out.setdefault(name, describe_dist(dist))
+            params.setdefault(name, Param.of(dist))
     for name, o in overrides.items():
-        if isinstance(o, Fixed):
-            out[name] = f"fixed: {o.value}"
-    return dict(sorted(out.items()))
+        if isinstance(o, Fixed) and name in used:
+            params[name] = Param.fixed(o.value)
+    return SearchSpace(params=params)
+
+
+def unused(strategy: Strategy, backbone: Backbone, overrides: dict[str, Override]) -> dict[str, str]:
+    """The hyperparameters that no branch of the space suggests once ``overrides`` apply (a fixed
+    choice cuts off the branches that use them), each with the override that cuts it off."""
+    def used(with_overrides: dict[str, Override]) -> set[str]:
+        return set().union(*(leaf.used for leaf in explore(lambda t: strategy.search_space(t, backbone),
+                                                            with_overrides)))
+
+    reachable = used(overrides)
+    declared_names = used({})
+    out: dict[str, str] = {}
+    for name in sorted(declared_names - reachable):
+        for other, o in overrides.items():
+            if isinstance(o, (Fixed, Choices)) and name in used({k: v for k, v in overrides.items() if k != other}):
+                shown = f"fixed to {o.value}" if isinstance(o, Fixed) else f"limited to {list(o.values)}"
+                out[name] = f"{other} is {shown}"
+                break
+        else:
+            out[name] = "the overrides leave no branch that suggests it"
+    return out
 
 
 # ------------------------------------------------------------------ reading the suite's block
@@ -209,6 +235,11 @@ def parse_overrides(strategy: Strategy, backbone: Backbone, raw: dict[str, Any],
         if name not in space:
             raise ConfigError(f"{at}: unknown hyperparameter; {strategy.name} searches: {', '.join(sorted(space))}")
         out[name] = _override(space[name], spec, at)
+    dead = unused(strategy, backbone, out)
+    for name in out:
+        if name in dead:
+            raise ConfigError(f"{where}.{name}: {strategy.name} never suggests {name} here: {dead[name]} in this "
+                              f"block, so the override would be ignored; remove it, or allow a choice that uses it")
     return out
 
 
@@ -324,4 +355,4 @@ def check_value(dist: BaseDistribution, value: Any, at: str) -> None:
 
 
 __all__ = ["Choices", "Fixed", "Leaf", "Override", "Range", "SpaceTrial", "axis", "check_value", "declared",
-           "describe_dist", "effective", "explore", "grid", "parse_overrides"]
+           "describe_dist", "effective", "explore", "grid", "parse_overrides", "unused"]

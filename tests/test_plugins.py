@@ -18,6 +18,7 @@ from tlbench.core.registry import _PLUGIN_SOURCES
 from tlbench.run import plugins
 from tlbench.strategies import STRATEGIES
 from tlbench.suites.datasets import DATASETS
+from tlbench.testing import PROPERTIES
 from tlbench.training.backbones import BACKBONES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,13 +85,13 @@ def test_an_installed_entry_point_is_found_without_a_suite_line(tmp_path: Path) 
     origins = set(runs[runs["strategy"] == "norm_tune"]["strategy_origin"])
     assert origins == {"distribution tlbench-example-plugin 0.1.0 (tlbench_example_plugin:NormTune)"}
     checked = cli("check", "norm_tune", env=env)
-    assert checked.returncode == 0 and checked.stdout.count("PASS") == 8, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and checked.stdout.count("PASS") == len(PROPERTIES), checked.stdout + checked.stderr
 
 
 def test_tlbench_check_passes_the_example(capsys: pytest.CaptureFixture[str], registries) -> None:
     assert main(["check", str(EXAMPLES / "bitfit" / "bitfit.py:BitFit")]) == 0
     out = capsys.readouterr().out
-    assert out.count("PASS") == 8 and "FAIL" not in out
+    assert out.count("PASS") == len(PROPERTIES) and "FAIL" not in out
 
 
 def test_the_same_check_runs_from_python(registries) -> None:
@@ -189,11 +190,12 @@ def test_a_strategy_that_fails_the_check_is_exit_2(tmp_path: Path, capsys: pytes
     (tmp_path / "broken.py").write_text(BROKEN)
     assert main(["check", str(tmp_path / "broken.py:Broken")]) == 2
     captured = capsys.readouterr()
-    assert "FAIL  is deterministic for a seed" in captured.out and captured.out.count("PASS") == 7
+    assert "FAIL  is deterministic for a seed" in captured.out and captured.out.count("PASS") == len(PROPERTIES) - 1
     [line] = captured.err.strip().splitlines()
-    assert "broken.py:Broken" in line and "Broken fails 1 of 8 checks (is deterministic for a seed)" in line
+    assert "broken.py:Broken" in line
+    assert f"strategy broken fails 1 of {len(PROPERTIES)} checks (is deterministic for a seed)" in line
     assert main(["check", str(tmp_path / "broken.py:Other")]) == 2
-    assert "no strategy class Other" in capsys.readouterr().err
+    assert "no strategy, backbone or dataset class Other" in capsys.readouterr().err
 
 
 DATA_AND_BACKBONE = '''
@@ -223,6 +225,25 @@ class WideCNN(SmallCNN2d):
     name = "wide_cnn"
     description = "the small 2-D CNN under another name"
 '''
+
+
+def test_tlbench_check_checks_every_kind_of_plugin_a_file_defines(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                    registries) -> None:
+    """`tlbench check FILE.py`: the dataset and the backbone it defines, each against its contract; `--args`
+    gives a backbone's or dataset's arguments and a malformed one is one line."""
+    from tlbench.testing import BACKBONE_PROPERTIES, DATASET_PROPERTIES
+
+    (tmp_path / "extras.py").write_text(DATA_AND_BACKBONE)
+    assert main(["check", str(tmp_path / "extras.py")]) == 0
+    out = capsys.readouterr().out
+    assert "tlbench check dataset blobs:" in out and "tlbench check backbone wide_cnn:" in out
+    assert out.count("PASS") == len(BACKBONE_PROPERTIES) + len(DATASET_PROPERTIES) and "FAIL" not in out
+    assert main(["check", str(tmp_path / "extras.py:Blobs"), "--args", "{n: 0}"]) == 2
+    captured = capsys.readouterr()
+    assert "FAIL  its Args take the arguments given: raised ConfigError" in captured.out
+    assert "dataset blobs fails 4 of 5 checks" in captured.err
+    assert main(["check", str(tmp_path / "extras.py:WideCNN"), "--args", "[1, 2]"]) == 2
+    assert "check --args '[1, 2]': give a mapping of arguments" in capsys.readouterr().err
 
 
 def test_datasets_and_backbones_plug_in_the_same_way(tmp_path: Path, capsys: pytest.CaptureFixture[str],

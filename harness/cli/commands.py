@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -252,33 +252,70 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
-    """``tlbench check TARGET``: each property of the contract, pass or a one-line reason."""
+    """``tlbench check TARGET``: each property of the contract of each strategy, backbone or dataset the
+    target names, pass or a one-line reason."""
     from tlbench.run.plugins import load_entry_points, load_plugin
     from tlbench.strategies import STRATEGIES, Strategy
-    from tlbench.testing import check_strategy
+    from tlbench.suites.datasets import DATASETS
+    from tlbench.suites.pools import Dataset
+    from tlbench.testing import check_backbone, check_dataset, check_strategy
+    from tlbench.training.backbones import BACKBONES, Backbone
 
     load_entry_points()
     target = args.target
-    if target in STRATEGIES:
-        classes: list[type[Strategy]] = [STRATEGIES.get(target)]
+    kinds = (Strategy, Backbone, Dataset)
+    registered = [registry.get(target) for registry in (STRATEGIES, BACKBONES, DATASETS) if target in registry]
+    if registered:
+        classes: list[type] = registered
     else:
         entry, _, wanted = target.rpartition(":") if ":" in target else (target, "", "")
         plugin = load_plugin(entry, base=Path.cwd(), where=f"check {entry}")
-        classes = [c for c in plugin.classes if issubclass(c, Strategy) and (not wanted or c.__name__ == wanted)]
+        ours = [c for c in plugin.classes if issubclass(c, kinds)]
+        classes = [c for c in ours if not wanted or c.__name__ == wanted]
         if not classes:
-            found = ", ".join(c.__name__ for c in plugin.classes if issubclass(c, Strategy)) or "none"
-            raise ConfigError(f"check {target}: no strategy class {wanted or ''} in {entry}; strategies there: "
-                              f"{found}")
+            found = ", ".join(c.__name__ for c in ours) or "none"
+            raise ConfigError(f"check {target}: no strategy, backbone or dataset class {wanted or ''} in {entry}; "
+                              f"found: {found}")
+    settings = check_settings(args)
     failed = []
     for cls in classes:
-        report = check_strategy(cls)
+        if issubclass(cls, Strategy):
+            report = check_strategy(cls)
+        elif issubclass(cls, Backbone):
+            report = check_backbone(cls, args=settings["args"], input_shape=settings["input_shape"])
+        else:
+            report = check_dataset(cls, args=settings["args"], data=args.data_root)
         print(report)
         if not report.ok:
-            failed.append(f"{cls.__name__} fails {len(report.failed)} of {len(report.results)} checks "
-                          f"({'; '.join(r.prop for r in report.failed)})")
+            failed.append(f"{report.kind} {report.subject} fails {len(report.failed)} of {len(report.results)} "
+                          f"checks ({'; '.join(r.prop for r in report.failed)})")
     if failed:
         raise ConfigError(f"check {target}: " + "; ".join(failed))
     return 0
+
+
+def check_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--args`` (a YAML mapping) and ``--input-shape`` (``C,H,W``), each refused in one line when malformed."""
+    import yaml
+
+    parsed: Any = {}
+    if args.args is not None:
+        try:
+            parsed = yaml.safe_load(args.args)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"check --args {args.args!r}: not YAML ({str(err).splitlines()[0]}); give a mapping "
+                              f"such as '{{variant: resnet18}}'") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"check --args {args.args!r}: give a mapping of arguments, such as "
+                              f"'{{variant: resnet18}}'")
+    shape = None
+    if args.input_shape is not None:
+        parts = [p.strip() for p in args.input_shape.split(",")]
+        if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"check --input-shape {args.input_shape!r}: give positive sizes separated by commas, "
+                              f"channels first (e.g. 3,224,224)")
+        shape = tuple(int(p) for p in parts)
+    return {"args": parsed, "input_shape": shape}
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:

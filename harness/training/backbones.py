@@ -36,6 +36,8 @@ class Backbone(nn.Module, ABC):
     groups: nn.ModuleList
     feature_dim: int
     weights_id: str = "random"
+    #: The shape of one input (channels first) a contract check feeds it; None: a 3 × 32 × 32 image.
+    example_input: ClassVar[tuple[int, ...] | None] = None
     rebuild_to_reinitialize: ClassVar[bool] = False
     init_args: dict[str, Any] | None = None  # the suite arguments it was built from, when known
 
@@ -160,6 +162,7 @@ class SmallCNN2d(_SmallCNN):
 
     name = "cnn2d"
     description = "small 2-D CNN (conv-BN-ReLU groups) for small images; offline"
+    example_input = (1, 8, 8)
     conv, norm, pool_layer = nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d
 
     def pools_after(self, i: int, depth: int) -> bool:
@@ -171,6 +174,7 @@ class SmallCNN1d(_SmallCNN):
 
     name = "cnn1d"
     description = "small 1-D CNN (conv-BN-ReLU groups) for signals; offline"
+    example_input = (1, 40)
     conv, norm, pool_layer = nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d
 
     def pools_after(self, i: int, depth: int) -> bool:
@@ -334,6 +338,7 @@ class VisionTransformer(TorchvisionBackbone):
     name = "vit"
     description = "torchvision ViT-B/16, B/32, L/16, L/32 (224 px; groups: embedding, each block)"
     Args = VariantArgs
+    example_input = (3, 224, 224)
     VARIANTS: ClassVar[tuple[str, ...]] = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32")
 
     def split(self, net: nn.Module) -> tuple[list[nn.Module], int]:

@@ -39,7 +39,8 @@ _EXPORTS: dict[str, str] = {
     "Hook": "tlbench.training.loop", "Batch": "tlbench.training.loop", "Reporter": "tlbench.training.loop",
     "NullReporter": "tlbench.training.loop", "fit_epochs": "tlbench.training.loop",
     "predict_logits": "tlbench.training.loop",
-    "accuracy": "tlbench.training.loop", "Runtime": "tlbench.training.context",
+    "accuracy": "tlbench.training.loop", "report_final": "tlbench.training.loop",
+    "Runtime": "tlbench.training.context",
     # backbones, data, tasks
     "Backbone": "tlbench.training.backbones", "Classifier": "tlbench.training.backbones",
     "TorchvisionBackbone": "tlbench.training.backbones", "ImageView": "tlbench.data.views",
@@ -99,4 +100,13 @@ if _TYPE_CHECKING:  # static analysers see the real names
     from tlbench.suites.pools import DataAccess, DataPool, Dataset
     from tlbench.training.backbones import BACKBONES, Backbone, Classifier, TorchvisionBackbone
     from tlbench.training.context import Member, ModelServer, Runtime
-    from tlbench.training.loop import Batch, Hook, NullReporter, Reporter, accuracy, fit_epochs, predict_logits
+    from tlbench.training.loop import (
+        Batch,
+        Hook,
+        NullReporter,
+        Reporter,
+        accuracy,
+        fit_epochs,
+        predict_logits,
+        report_final,
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from typing import Any
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -411,6 +412,27 @@ def _params(value: object) -> dict:
     return {k: v for k, v in value.items() if k not in INTERNAL_PARAMS} if isinstance(value, dict) else {}
 
 
+def _chosen(cell: pd.DataFrame) -> dict[str, str]:
+    """What a cell's evaluation runs chose after fit (``chosen``), per hyperparameter: the value, or the
+    range when the runs chose differently."""
+    if "chosen" not in cell:
+        return {}
+    values: dict[str, list[Any]] = {}
+    for chosen in cell["chosen"]:
+        for name, value in (chosen if isinstance(chosen, dict) else {}).items():
+            values.setdefault(name, []).append(value)
+    out = {}
+    for name, seen in values.items():
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen)
+        if len({repr(v) for v in seen}) == 1:
+            out[name] = fmt_param(seen[0])
+        elif numbers:
+            out[name] = f"{fmt_param(min(seen))}–{fmt_param(max(seen))}"
+        else:
+            out[name] = ", ".join(sorted({fmt_param(v) for v in seen}))
+    return out
+
+
 def hyperparameter_tables(runs: pd.DataFrame,
                           spaces: dict[str, dict[str, str]] | None = None) -> list[Table]:
     """"Selected hyperparameters": per strategy, a row per task × backbone with the
@@ -427,15 +449,22 @@ def hyperparameter_tables(runs: pd.DataFrame,
         for key, cell in group.groupby(keys, sort=True):
             key = key if isinstance(key, tuple) else (key,)
             task = f"{key[0]}: {key[1]}" if several_suites else key[-2]
-            cells.append((task, key[-1], _params(cell["params"].iloc[0])))  # one configuration per cell
-        names = sorted({name for _, _, params in cells for name in params})
+            params = _params(cell["params"].iloc[0])  # one configuration per cell
+            params.update({f"{name} (after fit)": text for name, text in _chosen(cell).items()})
+            cells.append((task, key[-1], params))
+        tuned = sorted({name for _, _, params in cells for name in params if not name.endswith(" (after fit)")})
+        names = tuned + sorted({name for _, _, params in cells for name in params} - set(tuned))
         rows = [[TableCell(task), TableCell(backbone),
-                 *(TableCell(fmt_param(params[n]) if n in params else "–") for n in names)]
+                 *(TableCell(params[n] if n.endswith(" (after fit)") else fmt_param(params[n]) if n in params
+                             else "–") for n in names)]
                 for task, backbone, params in cells]
         header = ["task", "backbone", *names]
         notes = ["The configuration every evaluation run of the cell used: the best of its tuning trials, with "
                  "what the strategy or the suite fixes. –: not part of that configuration (e.g. the learning "
                  "rate of the optimizer that was not chosen)."]
+        if len(names) > len(tuned):
+            notes.append("(after fit): chosen by the strategy after training, on validation data, by each evaluation "
+                         "run; a range when the runs chose differently.")
         space = (spaces or {}).get(strategy)
         if space:
             notes.append("Searched: " + "; ".join(f"{name} {text}" for name, text in space.items()) + ".")

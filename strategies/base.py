@@ -58,6 +58,20 @@ class Predictor(ABC):
         ``RunRecord.strategy_info`` (e.g. the teacher's size)."""
         return dict(getattr(self, "_info", {}))
 
+    @property
+    def chosen(self) -> dict[str, Any]:
+        """Hyperparameters the strategy chose after training, on validation data (:meth:`choose`)."""
+        return dict(getattr(self, "_chosen", {}))
+
+    def choose(self, **values: Any) -> "Predictor":
+        """Records hyperparameters chosen after the last epoch on validation data (WiSE-FT's mixing
+        coefficient, SWA's epochs, a softmax temperature); returns self. They are stored with the run
+        (``RunRecord.chosen``) and shown beside the tuned ones in the report's "Selected
+        hyperparameters". Report the validation accuracy they give with :func:`tlbench.report_final`
+        so that tuning maximises it."""
+        self._chosen = {**self.chosen, **values}
+        return self
+
     def annotate(self, *, reused: dict[str, float] | None = None, **info: Any) -> "Predictor":
         """Sets :attr:`reused` and adds ``info``; returns self. A fact may not take the name
         of a record field (it would read as a metric in the runs frame)."""

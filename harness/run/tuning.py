@@ -98,8 +98,17 @@ class TrialReporter:
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
         self.last: float | None = None
+        self.post_fit: float | None = None  # a choice after the last epoch changed it (report_final)
         self.flops = 0.0
         self.epochs = 0
+
+    @property
+    def objective(self) -> float | None:
+        """What the trial maximises: the validation accuracy of what fit returned."""
+        return self.post_fit if self.post_fit is not None else self.last
+
+    def final(self, value: float) -> None:
+        self.post_fit = value
 
     def report(self, epoch: int, value: float) -> None:
         self.last = value
@@ -315,7 +324,9 @@ def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: S
         try:
             params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
             trial.set_user_attr("params", params)
-            strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
+            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
+            if getattr(predictor, "chosen", None):
+                trial.set_user_attr("chosen", predictor.chosen)
         except UpdateFinishedTrialError:
             return  # taken over after this worker was judged dead: the slot's new claim runs it
         except optuna.TrialPruned as pruned:
@@ -329,7 +340,7 @@ def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: S
             _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="exception")
             raise
         else:
-            _finish(study, trial, clock, reporter, unit, TrialState.COMPLETE, value=reporter.last)
+            _finish(study, trial, clock, reporter, unit, TrialState.COMPLETE, value=reporter.objective)
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, clock: OwnTime, reporter: TrialReporter,

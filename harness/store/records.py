@@ -197,7 +197,7 @@ class Provenance(Frozen):
 GROUPS: dict[str, type[Frozen]] = {"cell": CellFacts, "tuning": TuningFacts, "metrics": Metrics, "costs": Costs,
                                    "data": DataFacts, "provenance": Provenance}
 #: The fields every record has outside the groups.
-OWN_FIELDS = ("schema_version", "seed", "params", "sensitivity", "strategy_info")
+OWN_FIELDS = ("schema_version", "seed", "params", "chosen", "sensitivity", "strategy_info")
 
 
 def _flat_name(group: str, field: str) -> str:
@@ -218,6 +218,8 @@ class RunRecord(RunContext):
     schema_version: int = SCHEMA_VERSION
     seed: int
     params: dict[str, Any]
+    #: Hyperparameters the strategy chose after training, on validation data (``Predictor.choose``).
+    chosen: dict[str, Any] = {}
     metrics: Metrics
     costs: Costs
     data: DataFacts
@@ -235,7 +237,7 @@ class RunRecord(RunContext):
         ``tuning_budget_epochs``), and ``strategy_info`` spread into columns (they cannot shadow a
         field: :meth:`from_stored` and the strategies keep them apart)."""
         data: dict[str, Any] = {"schema_version": self.schema_version, "seed": self.seed, "params": self.params,
-                                "sensitivity": self.sensitivity}
+                                "chosen": self.chosen, "sensitivity": self.sensitivity}
         for group in GROUPS:
             for field, value in getattr(self, group).model_dump().items():
                 data[_flat_name(group, field)] = value

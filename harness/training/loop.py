@@ -19,7 +19,10 @@ from tlbench.data.views import Inputs
 
 class Reporter(Protocol):
     """Receives the validation metric after each epoch (may raise ``optuna.TrialPruned``)
-    and the FLOPs training spends (what an epochs budget counts)."""
+    and the FLOPs training spends (what an epochs budget counts). A reporter may also take
+    ``final(value)``: the validation metric of what ``fit`` returns when a choice made after the
+    last epoch changed it (call it through :func:`report_final`, which tolerates reporters
+    without it)."""
 
     def report(self, epoch: int, value: float) -> None: ...
 
@@ -33,6 +36,7 @@ class NullReporter:
     def __init__(self) -> None:
         self.history: list[float] = []
         self.flops = 0.0
+        self.final: float | None = None  # set by report_final
 
     def report(self, epoch: int, value: float) -> None:
         self.history.append(value)
@@ -53,6 +57,23 @@ class SpendOnly:
 
     def spend(self, flops: float) -> None:
         spend(self.reporter, flops)
+
+    def final(self, value: float) -> None:
+        pass  # a stage's choice is not the trial's
+
+
+def report_final(reporter: Reporter, value: float) -> None:
+    """Tells ``reporter`` the validation accuracy of what ``fit`` returns, when the strategy chose
+    something after its last epoch on validation data (WiSE-FT's mixing coefficient, SWA's epochs,
+    a temperature): that value, not the last epoch's, is then what tuning maximises. Reporters
+    without ``final`` (a plugin's own) are left as they are."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"report_final: a validation accuracy in [0, 1], got {value!r}")
+    final = getattr(reporter, "final", None)
+    if callable(final):
+        final(float(value))
+    elif hasattr(reporter, "final"):
+        reporter.final = float(value)  # type: ignore[attr-defined]
 
 
 def spend(reporter: Reporter, flops: float) -> None:

@@ -115,7 +115,7 @@ class Mnist1d(Dataset):
         return DataPool(x, y, tuple(str(i) for i in range(10)), tx, ty)
 
 
-DATASETS: Registry[Dataset] = Registry("dataset", Dataset)
+DATASETS: Registry[Dataset] = Registry("dataset", Dataset, plugin_kind="dataset")
 for _cls in (Digits, Glyphs, Mnist1d, *IMAGE_DATASETS):
     DATASETS.add(_cls)
 

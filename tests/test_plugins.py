@@ -104,21 +104,42 @@ def test_the_same_check_runs_from_python(registries) -> None:
     assert STRATEGIES.origin("bitfit") == plugin.origin
 
 
-def test_a_plugin_is_part_of_the_code_version(tmp_path: Path, registries) -> None:
+def test_each_cache_is_keyed_on_the_code_that_can_change_it(tmp_path: Path, registries) -> None:
+    """A strategy plugin's code keys its own models, not the pretrained backbones or the features; the
+    plugin's code is its file and the helpers it imports, not every file beside it."""
+    from tlbench.core.codeversion import features_version, pretraining_version, strategy_version
+
     assert code_version() == package_version()
+    pretraining, features = pretraining_version(), features_version()
+    full = strategy_version(STRATEGIES.get("full_finetune"))
     source = (EXAMPLES / "bitfit" / "bitfit.py").read_text()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "m.py").write_text(source)
-    plugins.load_plugin("a/m.py", base=tmp_path, where="test")
-    with_a = code_version()
-    assert with_a != package_version() and with_a.startswith(package_version())
-    STRATEGIES._entries.pop("bitfit")
-    STRATEGIES._origins.pop("bitfit")
-    _PLUGIN_SOURCES.clear()
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "m.py").write_text(source + "\n# edited\n")
-    plugins.load_plugin("b/m.py", base=tmp_path, where="test")
-    assert code_version() not in (with_a, package_version())
+
+    def load(folder: str, text: str, helper: str | None = None, unrelated: str | None = None) -> str:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.py").write_text(text)
+        if helper is not None:
+            (tmp_path / folder / "helper.py").write_text(helper)
+        if unrelated is not None:
+            (tmp_path / folder / "notes.py").write_text(unrelated)
+        for registry_map in (STRATEGIES._entries, STRATEGIES._origins, STRATEGIES._sources, STRATEGIES._files):
+            registry_map.pop("bitfit", None)
+        _PLUGIN_SOURCES.clear()
+        plugins.load_plugin(f"{folder}/m.py", base=tmp_path, where="test")
+        return strategy_version(STRATEGIES.get("bitfit"), source=STRATEGIES.source("bitfit"))
+
+    a = load("a", source)
+    assert code_version() != package_version()  # the whole package's code with every plugin's
+    assert (pretraining_version(), features_version()) == (pretraining, features)  # a strategy plugin: not these
+    assert strategy_version(STRATEGIES.get("full_finetune")) == full  # nor another strategy's models
+    assert load("b", source + "\n# edited\n") != a  # an edit, even a comment, re-keys its models
+    assert load("c", source, unrelated="x = 1\n") == a  # a file beside it that it does not import: nothing
+    uses_helper = source.replace("from __future__ import annotations\n",
+                                 "from __future__ import annotations\n\nimport helper  # noqa: F401\n", 1)
+    assert "import helper" in uses_helper
+    with_helper = load("d", uses_helper, helper="A = 1\n")
+    assert load("e", uses_helper, helper="A = 2\n") != with_helper  # a helper it imports: its code
+    assert STRATEGIES.files("bitfit") == {"helper.py": STRATEGIES.files("bitfit")["helper.py"],
+                                          "m.py": STRATEGIES.files("bitfit")["m.py"]}
 
 
 BROKEN = "\n".join([
@@ -305,4 +326,8 @@ def test_an_edited_plugin_is_not_mixed_into_its_old_runs(tmp_path: Path) -> None
     again = cli(*args)
     assert again.returncode == 2
     [line] = again.stderr.strip().splitlines()
-    assert "the store holds runs of 'bitfit' from other plugin code" in line and "another --out" in line
+    assert "the store holds runs of 'bitfit' from other plugin code (bitfit.py changed; sha256" in line
+    assert "another --out" in line
+    (tmp_path / "bitfit.py").write_text((tmp_path / "bitfit.py").read_text().replace("\n# a fix\n", ""))
+    (tmp_path / "notes.py").write_text("# a file beside the plugin that it does not import\n")
+    assert cli(*args).returncode == 0  # back to the code the store knows: the unrelated file locks nothing

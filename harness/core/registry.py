@@ -7,19 +7,23 @@ part of the code version (:func:`plugin_sources`), so caches never outlive a plu
 
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, Iterator, Literal, TypeVar
 
 from tlbench.core.errors import ConfigError
 
 T = TypeVar("T")
 BUILTIN = "tlbench"
-#: origin → a digest of the plugin's code, for every plugin entry of every registry
-_PLUGIN_SOURCES: dict[str, str] = {}
+#: What a registry holds, as the code version tells plugins apart.
+PluginKind = Literal["strategy", "backbone", "dataset"]
+#: origin → (kind, a digest of the plugin's code), for every plugin entry of every registry
+_PLUGIN_SOURCES: dict[str, tuple[str, str]] = {}
 
 
-def plugin_sources() -> dict[str, str]:
-    """The origins and code digests of every plugin registered in this process."""
-    return dict(sorted(_PLUGIN_SOURCES.items()))
+def plugin_sources(kinds: tuple[PluginKind, ...] | None = None) -> dict[str, str]:
+    """The origins and code digests of every plugin registered in this process (of ``kinds`` only, when
+    given)."""
+    return {origin: source for origin, (kind, source) in sorted(_PLUGIN_SOURCES.items())
+            if kinds is None or kind in kinds}
 
 
 class Registry(Generic[T]):
@@ -30,20 +34,23 @@ class Registry(Generic[T]):
         base: the class every entry must subclass.
     """
 
-    def __init__(self, kind: str, base: type[T]) -> None:
+    def __init__(self, kind: str, base: type[T], *, plugin_kind: PluginKind = "strategy") -> None:
         self.kind = kind
+        self.plugin_kind = plugin_kind
         self.base = base
         self._entries: dict[str, type[T]] = {}
         self._origins: dict[str, str] = {}
         self._sources: dict[str, str] = {}
+        self._files: dict[str, dict[str, str]] = {}
 
     def add(self, cls: type[T], name: str | None = None, *, origin: str = BUILTIN,
-            source: str | None = None) -> type[T]:
+            source: str | None = None, files: dict[str, str] | None = None) -> type[T]:
         """Registers ``cls`` under ``name`` (default: its ``name`` class attribute).
 
         Args:
             origin: where ``cls`` comes from (a plugin's file or distribution).
             source: a digest of a plugin's code (part of the code version).
+            files: that code file by file (name → digest), for messages that say which file changed.
 
         Registering the same class from the same origin again (a plugin loaded twice in one
         process) is a no-op; any other clash is an error naming both origins.
@@ -64,12 +71,18 @@ class Registry(Generic[T]):
         self._origins[key] = origin
         if source is not None:
             self._sources[key] = source
-            _PLUGIN_SOURCES[origin] = source
+            _PLUGIN_SOURCES[origin] = (self.plugin_kind, source)
+        if files is not None:
+            self._files[key] = dict(files)
         return cls
 
     def source(self, name: str) -> str | None:
         """The code digest of plugin entry ``name`` (None for a built-in)."""
         return self._sources.get(name)
+
+    def files(self, name: str) -> dict[str, str]:
+        """The files of plugin entry ``name``'s code by name → digest (empty for a built-in or when unknown)."""
+        return dict(self._files.get(name, {}))
 
     def origin(self, name: str) -> str:
         """Where entry ``name`` came from (``tlbench`` for a built-in)."""

@@ -93,7 +93,7 @@ class CellRecipes(ABC):
 
     #: (suite, task, backbone): where the cell's artifacts live.
     cell: tuple[str, str, str]
-    #: What else shapes every model of the cell (settings fingerprint, code version).
+    #: What else shapes every model of the cell (the suite's settings fingerprint).
     context: str
     #: The suite's name of the cell's backbone.
     backbone_name: str
@@ -102,6 +102,10 @@ class CellRecipes(ABC):
     @abstractmethod
     def strategy(self, name: str) -> "Strategy":
         """Strategy ``name`` with the suite's settings and options."""
+
+    def code(self, strategy: str) -> str:
+        """The code that shapes ``strategy``'s models (part of their artifact keys); none outside a suite."""
+        return ""
 
     @abstractmethod
     def params(self, name: str) -> dict[str, Any]:
@@ -161,7 +165,8 @@ class Members(ModelServer):
         that reuses others include a digest of their configurations (see
         :func:`tlbench.run.tuned.with_dependencies`), so a re-tuned teacher means a new key."""
         blob = json.dumps({"params": params, "seed": seed, "task": self.task.fingerprint,
-                           "weights": self.backbone.weights_id, "context": self.recipes.context},
+                           "weights": self.backbone.weights_id, "context": self.recipes.context,
+                           "code": self.recipes.code(strategy)},
                           sort_keys=True, default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return "/".join((*self.recipes.cell, strategy, digest))

@@ -84,6 +84,43 @@ def source_digest(files: Sequence[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_digests(files: Sequence[Path]) -> dict[str, str]:
+    """Each file of a plugin's code by name → a digest of its contents (what a refusal names)."""
+    return {file.name: hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+            for file in sorted(files, key=lambda f: f.name)}
+
+
+def local_imports(path: Path) -> list[Path]:
+    """A plugin file and the helper modules beside it that it imports, directly or through one another
+    (modules and packages in its folder): its code. Other files in the folder are not."""
+    import ast
+
+    found: dict[Path, None] = {}
+    stack = [path]
+    while stack:
+        file = stack.pop()
+        if file in found:
+            continue
+        found[file] = None
+        try:
+            tree = ast.parse(file.read_bytes())
+        except SyntaxError:
+            continue  # reported when it is imported
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+        for name in names:
+            module, package = path.parent / f"{name}.py", path.parent / name
+            if module.is_file():
+                stack.append(module)
+            elif (package / "__init__.py").is_file():
+                stack.extend(p for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts)
+    return list(found)
+
+
 def _module_files(module: ModuleType) -> list[Path]:
     """A module's Python files: every file of its top-level package, or the module's file."""
     top = sys.modules.get(module.__name__.split(".")[0], module)
@@ -122,10 +159,11 @@ def _classes(module: ModuleType) -> list[type]:
     return found
 
 
-def register(cls: Any, registry: Registry[Any], *, origin: str, source: str, where: str) -> tuple[str, str]:
+def register(cls: Any, registry: Registry[Any], *, origin: str, source: str, where: str,
+             files: dict[str, str] | None = None) -> tuple[str, str]:
     """Adds one plugin class to ``registry``; every refusal is a :class:`PluginError`."""
     try:
-        registry.add(cls, origin=origin, source=source)
+        registry.add(cls, origin=origin, source=source, files=files)
     except TypeError as err:
         raise PluginError(f"{where}: {err}; a {registry.kind} plugin must subclass "
                           f"tlbench.{registry.base.__name__}") from None
@@ -162,17 +200,19 @@ def load_plugin(entry: str, *, base: Path, where: str) -> Plugin:
     except Exception as err:  # noqa: BLE001 - any error inside a plugin is the plugin's, in one line
         raise PluginError(f"{where}: import failed: {_failure(err, path)}") from None
     if path is None:
-        source = source_digest(_module_files(module))
-        origin = f"module {entry}{_distribution_of(entry)} (sha256 {source})"
-    else:  # the file and the helper modules beside it that it may import
-        source = source_digest(sorted(path.parent.glob("*.py")))
+        code = _module_files(module)
+        origin = f"module {entry}{_distribution_of(entry)} (sha256 {source_digest(code)})"
+    else:  # the file and the helper modules beside it that it imports
+        code = local_imports(path)
+    source = source_digest(code)
     classes = _classes(module)
     if not classes:
         raise PluginError(f"{where}: defines no public Strategy, Backbone or Dataset subclass to register")
     registered = []
     for cls in classes:
         registry = next(reg for base, reg in KINDS if issubclass(cls, base))
-        registered.append(register(cls, registry, origin=origin, source=source, where=f"{where}: {cls.__name__}"))
+        registered.append(register(cls, registry, origin=origin, source=source, where=f"{where}: {cls.__name__}",
+                                   files=file_digests(code)))
     return Plugin(origin, source, tuple(registered), tuple(classes))
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Literal
 import torch
 
 from tlbench.core.atomic import building, save_atomic
-from tlbench.core.codeversion import code_version
+from tlbench.core.codeversion import pretraining_version
 from tlbench.core.errors import ConfigError
 from tlbench.data.preprocess import Preprocess
 from tlbench.data.reader import Loading
@@ -81,7 +81,7 @@ def pretrain_key(name: str, spec: BackboneSpec, suite: Suite, *, data: str | Non
     fields = {
         "arch": spec.arch, "args": spec.args, "pretrain": spec.pretrain.model_dump(),
         "source": suite.task_spec(spec.pretrain.task).model_dump(exclude={"backbones", "shift"}),
-        "code": code_version(),
+        "code": pretraining_version(),
     }
     blob = json.dumps({**fields, "data": data} if data is not None else fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -179,7 +179,7 @@ def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "Pretr
     backbone = backbone.cpu()
     cache.save(key, backbone, {"backbone": name, "source_task": spec.pretrain.task,
                                "source_val_accuracy": val_acc, "seconds": seconds,
-                               "code_version": code_version(), "created": time.time()})
+                               "code_version": pretraining_version(), "created": time.time()})
     log(f"pretrained backbone {name} on {spec.pretrain.task} in {seconds:.1f} s "
         f"(source val accuracy {val_acc:.3f}); cached as {key}")
     backbone.weights_id = f"pretrained:{key}"

@@ -31,16 +31,29 @@ def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
         stored, source = summary.user_attrs.get("strategy_source"), STRATEGIES.source(cell.strategy)
         if stored is not None and stored != source:
             raise ConfigError(f"{plan.suite.path}: {cell.label}: the store holds runs of {cell.strategy!r} from "
-                              f"other plugin code (sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); "
+                              f"other plugin code ({_changed(summary.user_attrs.get('strategy_files'), cell.strategy)}"
+                              f"sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); "
                               f"use another --out or --storage, or rename the strategy")
 
 
+def _changed(stored: object, strategy: str) -> str:
+    """Which files of a plugin's code differ from the stored ones (``a.py changed; b.py is new; ``), when the
+    store recorded them file by file."""
+    if not isinstance(stored, dict):
+        return ""
+    now = STRATEGIES.files(strategy)
+    changed = [f"{name} changed" for name in sorted(set(stored) & set(now)) if stored[name] != now[name]]
+    changed += [f"{name} is new" for name in sorted(set(now) - set(stored))]
+    changed += [f"{name} is gone" for name in sorted(set(stored) - set(now))]
+    return "; ".join(changed) + "; " if changed else ""
+
+
 def remember_plugin_code(study: optuna.Study, cell: Cell) -> None:
-    """Stores a plugin strategy's code digest on its study, for :func:`check_plugin_code`
-    to compare the next run against."""
+    """Stores a plugin strategy's code digest (and its files' digests) on its study, for
+    :func:`check_plugin_code` to compare the next run against."""
     source = STRATEGIES.source(cell.strategy)
     if source is not None:
-        study.set_user_attr("strategy_source", source)
+        set_changed_attrs(study, {"strategy_source": source, "strategy_files": STRATEGIES.files(cell.strategy)})
 
 
 def set_changed_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:

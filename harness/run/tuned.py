@@ -16,7 +16,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from tlbench.core.budget import Budget
-from tlbench.core.codeversion import code_version
+from tlbench.core.codeversion import strategy_version
 from tlbench.core.errors import ConfigError
 from tlbench.data.splits import Task
 from tlbench.run.model_server import ArtifactStore, CellRecipes, Members, Reuse
@@ -107,7 +107,7 @@ class SuiteCell(CellRecipes):
     def __init__(self, storage: BaseStorage, plan: Plan, cell: Cell, backbone: Backbone, reuse: Reuse) -> None:
         self.storage, self.plan, self.plan_cell, self.backbone = storage, plan, cell, backbone
         self.cell = (plan.suite.name, cell.task, cell.backbone)
-        self.context = f"{plan.suite.fingerprint()}:{code_version()}"
+        self.context = plan.suite.fingerprint()
         self.backbone_name = cell.backbone
         self.reuse = reuse
         self._known: dict[str, Tuned] = {}
@@ -119,6 +119,9 @@ class SuiteCell(CellRecipes):
 
     def strategy(self, name: str) -> Strategy:
         return self.plan.make_strategy(name)
+
+    def code(self, strategy: str) -> str:
+        return strategy_version(STRATEGIES.get(strategy), source=STRATEGIES.source(strategy))
 
     def params(self, name: str) -> dict[str, Any]:
         tuned = self(name)

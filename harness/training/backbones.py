@@ -553,7 +553,7 @@ def published_archs() -> list[str]:
     return [n for n, c in BACKBONES if issubclass(c, (TorchvisionBackbone, TimmBackbone))]
 
 
-BACKBONES: Registry[Backbone] = Registry("backbone architecture", Backbone)
+BACKBONES: Registry[Backbone] = Registry("backbone architecture", Backbone, plugin_kind="backbone")
 for _cls in (SmallCNN2d, SmallCNN1d, TorchvisionResNet, VisionTransformer, ConvNeXt, EfficientNet, MobileNetV3,
              TimmBackbone):
     BACKBONES.add(_cls)

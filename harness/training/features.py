@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from tlbench.core.atomic import load_or_none, save_atomic
-from tlbench.core.codeversion import code_version
+from tlbench.core.codeversion import features_version
 from tlbench.training.backbones import Backbone
 from tlbench.training.loop import Execution, predict_logits
 
@@ -54,7 +54,7 @@ class FeatureCache:
         """Weights identity + split content + the code that computes features (+ precision
         when it is not float32)."""
         precision = "" if execution.tag == "fp32" else f"|{execution.tag}"
-        blob = f"{backbone.weights_id}|{fingerprint}|{code_version()}{precision}"
+        blob = f"{backbone.weights_id}|{fingerprint}|{features_version()}{precision}"
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, backbone: Backbone, x: torch.Tensor, fingerprint: str, *,

@@ -59,9 +59,9 @@ class Predictor(ABC):
         return dict(getattr(self, "_info", {}))
 
     @property
-    def chosen(self) -> dict[str, Any]:
+    def post_fit_choices(self) -> dict[str, Any]:
         """Hyperparameters the strategy chose after training, on validation data (:meth:`choose`)."""
-        return dict(getattr(self, "_chosen", {}))
+        return dict(getattr(self, "_post_fit_choices", {}))
 
     def choose(self, **values: Any) -> "Predictor":
         """Records hyperparameters chosen after the last epoch on validation data (WiSE-FT's mixing
@@ -69,7 +69,7 @@ class Predictor(ABC):
         (``RunRecord.chosen``) and shown beside the tuned ones in the report's "Selected
         hyperparameters". Report the validation accuracy they give with :func:`tlbench.report_final`
         so that tuning maximises it."""
-        self._chosen = {**self.chosen, **values}
+        self._post_fit_choices = {**self.post_fit_choices, **values}
         return self
 
     def annotate(self, *, reused: dict[str, float] | None = None, **info: Any) -> "Predictor":

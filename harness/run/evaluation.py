@@ -165,7 +165,7 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
             params=params, task=task, seconds=seconds, inference_seconds=inference_seconds, logits=logits,
             keep_weights=strategy.name in members.reuse.keep_weights))
     fields = {
-        "seed": seed, "params": dict(params), "strategy_info": predictor.info(), "chosen": predictor.chosen,
+        "seed": seed, "params": dict(params), "strategy_info": predictor.info(), "chosen": predictor.post_fit_choices,
         "metrics": {"test_accuracy": accuracy(test_logits, task.test.y),
                     "val_accuracy": accuracy(logits[task.val.fingerprint], task.val.y),
                     "shifted_test_accuracy": accuracy(logits[shifted.fingerprint], shifted.y) if shifted else None},

@@ -325,8 +325,8 @@ def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: S
             params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
             trial.set_user_attr("params", params)
             predictor = strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
-            if getattr(predictor, "chosen", None):
-                trial.set_user_attr("chosen", predictor.chosen)
+            if getattr(predictor, "post_fit_choices", None):
+                trial.set_user_attr("chosen", predictor.post_fit_choices)
         except UpdateFinishedTrialError:
             return  # taken over after this worker was judged dead: the slot's new claim runs it
         except optuna.TrialPruned as pruned:

@@ -191,8 +191,14 @@ def test_workers_opening_a_torn_store_at_once_cut_it_once(tmp_path) -> None:
 
 
 def test_a_store_with_a_notifier_can_still_be_pickled(tmp_path) -> None:
+    """A copy of the store in another process (Optuna's n_jobs, a DataLoader worker) reads and writes the
+    same journal; the notifier and the lock's state stay behind."""
     storage = open_storage(None, tmp_path, notify=lambda line: None)
-    assert pickle.loads(pickle.dumps(storage)) is not None
+    optuna.create_study(study_name="s", storage=storage)
+    copy = pickle.loads(pickle.dumps(storage))
+    assert optuna.get_all_study_names(copy) == ["s"]
+    optuna.create_study(study_name="t", storage=copy)
+    assert sorted(optuna.get_all_study_names(open_storage(None, tmp_path))) == ["s", "t"]
 
 
 # ------------------------------------------------------------------ a damaged journal: one line, exit 2
@@ -310,10 +316,10 @@ def test_a_billion_laughs_suite_is_refused_at_once(tmp_path, field) -> None:
     path = tmp_path / "laughs.yaml"
     path.write_text(text)
     assert path.stat().st_size < 2000
-    start = time.perf_counter()
     with pytest.raises(ConfigError, match=f"expands to more than {MAX_SUITE_VALUES:,} values") as err:
         parse_suite(path)
-    assert time.perf_counter() - start < 0.5
+    # Refused by the bounded check, before anything else walked the expansion (loading keeps aliases shared).
+    assert err.traceback[-1].name == "_check_size"
     assert str(path) in str(err.value) and "YAML aliases" in str(err.value) and len(str(err.value)) < 200
 
 
@@ -321,10 +327,9 @@ def test_a_billion_laughs_suite_is_refused_at_once(tmp_path, field) -> None:
 def test_a_huge_string_gives_a_short_line(tmp_path, size) -> None:
     path = tmp_path / "huge.yaml"
     path.write_text(SMALL.replace("strategies: [linear_probe]", f"strategies: [linear_probe, {'x' * size}]"))
-    start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         parse_suite(path)
-    assert time.perf_counter() - start < 0.5
+    assert err.traceback[-1].name in ("_read_yaml", "_check_size")  # refused as the file is read, before validation
     message = str(err.value)
     assert len(message) < 200 and str(path) in message, message
     if size == 20_000:

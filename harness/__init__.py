@@ -52,7 +52,8 @@ _EXPORTS: dict[str, str] = {
     # stored results
     "load_results": "tlbench.reports.results", "Results": "tlbench.reports.results",
     "RunRecord": "tlbench.store.records", "StudyName": "tlbench.store.records", "Protocol": "tlbench.store.records",
-    "SCHEMA_VERSION": "tlbench.store.records",
+    "SCHEMA_VERSION": "tlbench.store.records", "Budget": "tlbench.core.budget",
+    "SearchSpace": "tlbench.store.space", "Param": "tlbench.store.space",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 
 
 if _TYPE_CHECKING:  # static analysers see the real names
+    from tlbench.core.budget import Budget
     from tlbench.core.errors import ConfigError, NonFiniteLoss, TlbenchError
     from tlbench.core.frozen import Frozen
     from tlbench.core.registry import Registry
@@ -79,6 +81,7 @@ if _TYPE_CHECKING:  # static analysers see the real names
     from tlbench.data.views import ImageView
     from tlbench.reports.results import Results, load_results
     from tlbench.store.records import SCHEMA_VERSION, Protocol, RunRecord, StudyName
+    from tlbench.store.space import Param, SearchSpace
     from tlbench.strategies import STRATEGIES
     from tlbench.strategies.base import ModelPredictor, Predictor, Strategy
     from tlbench.strategies.full_finetune import finetune, new_classifier

@@ -1,6 +1,6 @@
 """GPU throughput: tlbench's training loop against a minimal hand-written PyTorch loop.
 
-Issue 5's benchmark, one script for the lent GPU machine (see the device tool's README; it
+The GPU benchmark, one script for the lent GPU machine (see the device tool's README; it
 needs torch, torchvision and pydantic, not optuna):
 
     python benchmarks/gpu_throughput.py --out "$OUT/gpu.json"

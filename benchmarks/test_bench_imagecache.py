@@ -1,6 +1,6 @@
 """The image cache against decoding JPEG files on every read, measured side by side in one run.
 
-* images per second delivered to the training loop (``harness.data.Reader``, 224-px inputs as
+* images per second delivered to the training loop (``tlbench.data.reader.Reader``, 224-px inputs as
   ResNet-50's weights expect) for a deterministic read (resize 256 + centre crop 224, what
   evaluation and ``flip`` read) and for random resized crops + flip (``crop_flip``): the JPEG
   path with 2 DataLoader workers against the cache read in the training process; at 500x375

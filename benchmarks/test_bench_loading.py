@@ -1,8 +1,8 @@
 """Image loading: how fast tlbench's lazy image splits decode and preprocess JPEG files.
 
-A GPU needs its images at the rate it trains (ResNet-50 bf16 on an H200: ~4,300 img/s, the
-reference figure in issue 5, not measured here); this
-measures the rate of the reading path (``harness.data.Reader`` over an ``ImageFolder`` of
+A GPU needs its images at the rate it trains (a ResNet-50 in bf16: thousands of images per
+second on a current GPU, not measured here); this measures the rate of the reading path
+(``tlbench.data.reader.Reader`` over an ``ImageFolder`` of
 JPEGs, 224 px crops as ResNet-50's weights expect) with 0 and 2 DataLoader workers, side by
 side in one run, so the docs can say how many workers a given GPU needs.
 """

@@ -1,6 +1,6 @@
 """The harness's fine-tuning loop vs a minimal hand-written PyTorch loop.
 
-Target (issue 2): ≥ 0.95× the hand-written loop's throughput on the same model, data and
+Target: ≥ 0.95× the hand-written loop's throughput on the same model, data and
 epochs. Both loops use the same optimizer, schedule and a validation pass per epoch (the
 harness needs it to report to the pruner).
 """

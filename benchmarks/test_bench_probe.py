@@ -1,6 +1,6 @@
 """Linear probe on cached features vs the same probe recomputing features every epoch.
 
-Target (issue 2): ≥ 20× faster at equal accuracy (± 0.5 point), 50 epochs, quick digits task.
+Target: ≥ 20× faster at equal accuracy (± 0.5 point), 50 epochs, quick digits task.
 """
 
 from __future__ import annotations

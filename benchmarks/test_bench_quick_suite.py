@@ -1,7 +1,7 @@
 """The main offline job end to end: `tlbench run quick` with all strategies, cold cache.
 
-Targets: the run at most 10 minutes on 2 CPU cores from a cold cache (issue 3); reporting
-its store with ``tlbench report`` under 30 s (issue 4). Prints both times and each
+Targets: the run at most 10 minutes on 2 CPU cores from a cold cache; reporting its store
+with ``tlbench report`` under 30 s. Prints both times and each
 strategy's training time.
 """
 

@@ -1,6 +1,6 @@
 """Image-file datasets: torchvision's dataset classes and local ``ImageFolder`` trees.
 
-Each is read lazily (:class:`~harness.data.ImageView`): only the labels and the file list
+Each is read lazily (:class:`~tlbench.data.views.ImageView`): only the labels and the file list
 are loaded when a task is built, images are decoded by DataLoader workers when a strategy
 reads them. Files live under the suite's ``data_root``; when they are missing, one
 line names the dataset, the path looked at, and how to get them.

@@ -242,3 +242,60 @@ def test_code_version_covers_every_source_that_shapes_results() -> None:
         assert not shapes_results(module)
         assert digest_of({**content, module: content[module] + b"\n# edited\n"}) == base, module
     assert tlbench.__version__ in base
+
+
+#: Names in the docs that are not Python paths: entry-point groups a plugin distribution declares.
+NOT_PATHS = {"tlbench.backbones", "tlbench.datasets"}
+
+
+def cited_paths(text: str) -> set[str]:
+    """The ``tlbench.…`` paths a doc cites, except in a table's first column (the renaming table's old
+    names)."""
+    lines = [line.split("|", 2)[2] if line.startswith("|") and line.count("|") > 2 else line
+             for line in text.splitlines()]
+    return set(re.findall(r"\btlbench(?:\.[A-Za-z_][A-Za-z0-9_]*)+", "\n".join(lines))) - NOT_PATHS
+
+
+def unresolved(paths: set[str]) -> list[str]:
+    """The dotted paths that name no module of the package and no attribute of one."""
+    import importlib
+
+    missing = []
+    for path in sorted(paths):
+        parts = path.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found: object = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    found = getattr(found, attr)
+            except AttributeError:
+                missing.append(path)
+            break
+        else:
+            missing.append(path)
+    return missing
+
+
+def test_every_module_and_name_the_design_docs_cite_exists() -> None:
+    """The architecture map and the API page name modules and functions; a rename that forgets them
+    fails here."""
+    for doc in ("architecture.md", "api.md"):
+        text = (ROOT / "docs" / doc).read_text()
+        assert len(cited_paths(text)) > (20 if doc == "architecture.md" else 3), doc
+        assert unresolved(cited_paths(text)) == [], doc
+    assert unresolved({"tlbench.runner.run_sensitivity", "tlbench.run.nothing"}) == [
+        "tlbench.run.nothing", "tlbench.runner.run_sensitivity"]
+
+
+def test_every_module_and_name_a_docstring_cites_exists() -> None:
+    """Docstrings point readers to other modules (``:mod:`tlbench.store.claims```); after a move they must
+    still lead somewhere."""
+    cited: set[str] = set()
+    for path in package_sources().values():
+        for ref in re.findall(r":(?:mod|func|class|data|meth):`~?(tlbench[A-Za-z0-9_.]*)`", path.read_text()):
+            cited.add(ref.rstrip("."))
+    assert len(cited) > 30
+    assert unresolved(cited - NOT_PATHS) == []

@@ -642,7 +642,7 @@ def test_fields_added_later_keep_older_suites_fingerprints(tmp_path) -> None:
           cnn: {arch: cnn2d, args: {width: 8}}
     """))
     # The fingerprint this suite has had since the weight-decay convention changed (no decay on
-    # biases and normalisation parameters, issue 11): "477508426924" from commit ddd54aa until
+    # biases and normalisation parameters): "477508426924" from commit ddd54aa until
     # then. That change is the one meant to re-fingerprint every suite: stores of the old
     # convention must not be extended with runs of the new one.
     golden = parse_suite(tmp_path / "golden.yaml")

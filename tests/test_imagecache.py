@@ -21,7 +21,7 @@ from scipy import stats
 from tlbench.core.errors import ConfigError, UnreadableData
 from tlbench.data.imagecache import ImageCache, StoredForm, crop_boxes, parse_size
 from tlbench.data.preprocess import Preprocess
-from tlbench.data.reader import Loading, Reader, inputs_seen, sequential
+from tlbench.data.reader import Loading, Reader, sequential
 from tlbench.data.views import ImageView
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ def folder_view(root: Path, preprocess: Preprocess, augment: str = "none") -> Im
 
 
 def read(view: ImageView, *, cache: ImageCache | None = None, seed: int = 0, batch: int = 16,
-         order: list[torch.Tensor] | None = None) -> torch.Tensor:
-    reader = Reader(view, device=CPU, loading=Loading(images=cache), train=True, seed=seed)
+         order: list[torch.Tensor] | None = None, seen: set[str] | None = None) -> torch.Tensor:
+    reader = Reader(view, device=CPU, loading=Loading(images=cache, seen=seen), train=True, seed=seed)
     batches = order or sequential(len(view), batch)
     out = torch.empty((len(view), *view.shape[1:]))
     for idx, xb in zip(batches, reader(batches)):
@@ -110,8 +110,8 @@ def test_a_second_reader_reuses_the_entry_across_processes(images: Path, tmp_pat
     first = ImageCache(tmp_path / "cache", log=lambda line: None)
     read(view, cache=first)
     again = ImageCache(tmp_path / "cache", log=lambda line: None)  # a new process's cache object
-    with inputs_seen() as seen:
-        read(view, cache=again)
+    seen: set[str] = set()
+    read(view, cache=again, seen=seen)
     assert again.summary().built == 0 and seen == {"cache"}
     assert again.summary().images_read == len(view)
 
@@ -279,8 +279,8 @@ def test_the_disk_limit_falls_back_to_the_files_with_one_line(images: Path, tmp_
     view = folder_view(images, PRE)
     lines: list[str] = []
     cache = ImageCache(tmp_path / "cache", limit=1000, log=lines.append)
-    with inputs_seen() as seen:
-        x = read(view, cache=cache)
+    seen: set[str] = set()
+    x = read(view, cache=cache, seen=seen)
     assert seen == {"files"} and torch.equal(x, read(view))
     assert len(lines) == 1 and "not caching" in lines[0] and "--image-cache-limit" in lines[0]
     assert not list((tmp_path / "cache").glob("*/*.u8"))

@@ -1,5 +1,5 @@
 """Hyperparameter studies: search spaces set in the suite, samplers, compute budgets, sweeps
-and sensitivity studies (issue 12)."""
+and sensitivity studies."""
 
 from __future__ import annotations
 

@@ -4,13 +4,13 @@ the same for tensors and image views.
 
 An image view is read from the image cache (:mod:`tlbench.data.imagecache`: decoded once into a
 memory-mapped uint8 file) when :class:`Loading` has one, else from its files by DataLoader
-workers; :func:`inputs_seen` collects, for a run's record, how its images were produced.
+workers; a :class:`Loading` given a set to note into (``Loading.noting``) collects, for a run's record,
+how its images were produced.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Protocol
 
 import torch
@@ -44,26 +44,13 @@ class Loading:
     pin_memory: bool = False
     prefetch: int = 4
     images: ImageStore | None = field(default=None, compare=False)
+    #: Where readers note how their image splits were produced: ``"cache"`` (decoded images from the
+    #: image cache) and/or ``"files"`` (decoded from their files); a run's record says so. None: nowhere.
+    seen: set[str] | None = field(default=None, compare=False, repr=False)
 
-
-_SEEN: list[set[str]] = []
-
-
-@contextmanager
-def inputs_seen() -> Iterator[set[str]]:
-    """Collects how the image splits read inside the block were produced: ``"cache"``
-    (decoded images from the image cache) and/or ``"files"`` (decoded from their files)."""
-    seen: set[str] = set()
-    _SEEN.append(seen)
-    try:
-        yield seen
-    finally:
-        _SEEN.remove(seen)
-
-
-def _saw(how: str) -> None:
-    for seen in _SEEN:
-        seen.add(how)
+    def noting(self, seen: set[str]) -> "Loading":
+        """This loading, with readers noting into ``seen`` how they read."""
+        return replace(self, seen=seen)
 
 
 class _Batches(Sampler[list[tuple[int, int]]]):
@@ -105,7 +92,8 @@ class Reader:
             self.preprocess = x.preprocess
             self.augment: Augment = x.augment if train else "none"
             self.cached = loading.images.open(x, self.augment) if loading.images is not None else None
-            _saw("cache" if self.cached is not None else "files")
+            if loading.seen is not None:
+                loading.seen.add("cache" if self.cached is not None else "files")
             if self.cached is None:
                 self.sampler = _Batches()
                 workers = loading.workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -14,7 +15,6 @@ from pydantic import ValidationError
 
 from tlbench.core.errors import ConfigError, NonFiniteLoss
 from tlbench.core.provenance import provenance
-from tlbench.data.reader import inputs_seen
 from tlbench.data.splits import Task
 from tlbench.run.model_server import Members, member_from
 from tlbench.run.tuning import Step
@@ -103,9 +103,12 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     if frozen is None:  # another worker claimed this seed first
         return None
     try:
-        with Heartbeat.of(study, frozen), inputs_seen() as seen:
+        seen: set[str] = set()  # how the run's image inputs were produced, noted by every reader it drives
+        loading = runtime.execution.loading.noting(seen)
+        noting = dataclasses.replace(runtime, execution=dataclasses.replace(runtime.execution, loading=loading))
+        with Heartbeat.of(study, frozen):
             return _evaluate_claimed(study, frozen, strategy, backbone, task, params, seed=seed, context=context,
-                                     runtime=runtime, share=share, seen=seen)
+                                     runtime=noting, share=share, seen=seen)
     except (UpdateFinishedTrialError, ValueError) as err:
         if not optuna_internals.finished_elsewhere(study, frozen, err):
             _release(study, frozen, err)

@@ -28,9 +28,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from tlbench.store.space import Param, SearchSpace
 from tlbench.core.errors import ConfigError
 from tlbench.core.frozen import short_repr
+from tlbench.store.space import Param, SearchSpace
 from tlbench.strategies.base import Strategy
 from tlbench.training.backbones import Backbone
 

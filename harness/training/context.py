@@ -140,9 +140,9 @@ def resolve_device(name: str) -> torch.device:
 def resolve_loading(device: torch.device, workers: str = "auto", images: ImageStore | None = None) -> Loading:
     """DataLoader workers for image-file tasks: ``auto`` is min(16, CPU cores) with a GPU to
     feed (and pinned memory) — one core decodes and crops ~420–500 JPEGs/s
-    (benchmarks/test_bench_loading.py), while issue 5 quotes ~4,300 img/s for ResNet-50 in bf16
-    on an H200 (not measured here) — and none on CPU, where decoding would take the cores training needs; tensor tasks
-    never use workers."""
+    (benchmarks/test_bench_loading.py), while a GPU trains a ResNet-50 in bf16 at thousands of
+    images per second — and none on CPU, where decoding would take the cores training needs;
+    tensor tasks never use workers."""
     if workers == "auto":
         n = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         n = n if device.type == "cuda" else 0

@@ -122,7 +122,7 @@ def _count_flops(model: nn.Module, x: torch.Tensor) -> float:
 class Execution:
     """How the loop runs: bf16 autocast, channels_last memory format for 4-D (image)
     inputs, ``torch.compile``, and how image splits are loaded. All off by default (the CPU
-    behaviour); a runtime turns the first two on for CUDA (:func:`harness.runtime.make_runtime`)."""
+    behaviour); a runtime turns the first two on for CUDA (:func:`tlbench.training.context.make_runtime`)."""
 
     bf16: bool = False
     channels_last: bool = False

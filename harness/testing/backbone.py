@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from tlbench.core.frozen import validate_block
-from tlbench.testing.report import CheckFailed, CheckReport, CheckResult, Unchecked, one_line
+from tlbench.testing.report import (
+    CheckFailed,
+    CheckReport,
+    Unchecked,
+    one_line,
+    properties,
+    run_properties,
+)
 from tlbench.training.backbones import Backbone, state_fingerprint
 
 #: The input a backbone is checked on when it names none (``example_input``): a small RGB image.
@@ -139,19 +146,14 @@ def _features_of(c: BackboneContext, backbone: Backbone) -> torch.Tensor:
     return out
 
 
-def _named(name: str, check: Callable[[BackboneContext], None]) -> Callable[[BackboneContext], None]:
-    check.prop = name  # type: ignore[attr-defined]
-    return check
-
-
-BACKBONE_PROPERTIES: dict[str, Callable[[BackboneContext], None]] = {name: _named(name, check) for name, check in {
+BACKBONE_PROPERTIES: dict[str, Callable[[BackboneContext], None]] = properties({
     "has a name and a one-line description": _name_and_description,
     "builds from its arguments, the same for a seed": _builds,
     "its layer groups hold every parameter": _groups,
     "forward_features gives (N, feature_dim)": _features,
     "new_head maps the features to logits": _head,
     "gradients reach every layer group": _gradients,
-}.items()}
+})
 
 
 def backbone_context(cls: type[Backbone], *, args: dict[str, Any] | None = None,
@@ -167,11 +169,5 @@ def check_backbone(cls: type[Backbone], *, args: dict[str, Any] | None = None,
     ``example_input``, else a 3 × 32 × 32 image)."""
     report = CheckReport(str(getattr(cls, "name", None) or cls.__name__), kind="backbone")
     context = backbone_context(cls, args=args, input_shape=input_shape)
-    for prop, check in BACKBONE_PROPERTIES.items():
-        try:
-            check(context)
-        except Exception as err:  # noqa: BLE001 - a crash is a failed property, said in one line
-            report.results.append(CheckResult(prop, False, one_line(err)))
-        else:
-            report.results.append(CheckResult(prop, True))
+    run_properties(report, BACKBONE_PROPERTIES, context)
     return report

@@ -20,7 +20,14 @@ from tlbench.core.frozen import Frozen, validate_block
 from tlbench.data.splits import tensor_fingerprint
 from tlbench.data.views import ImageView
 from tlbench.suites.pools import DataAccess, DataPool, Dataset
-from tlbench.testing.report import CheckFailed, CheckReport, CheckResult, Unchecked, one_line
+from tlbench.testing.report import (
+    CheckFailed,
+    CheckReport,
+    Unchecked,
+    one_line,
+    properties,
+    run_properties,
+)
 
 
 @dataclass
@@ -103,18 +110,13 @@ def _deterministic(c: DatasetContext) -> None:
                           "so the pool must be the same for the same arguments")
 
 
-def _named(name: str, check: Callable[[DatasetContext], None]) -> Callable[[DatasetContext], None]:
-    check.prop = name  # type: ignore[attr-defined]
-    return check
-
-
-DATASET_PROPERTIES: dict[str, Callable[[DatasetContext], None]] = {name: _named(name, check) for name, check in {
+DATASET_PROPERTIES: dict[str, Callable[[DatasetContext], None]] = properties({
     "has a name and a one-line description": _name_and_description,
     "its Args take the arguments given": _args,
     "loads a pool of labelled examples": _pool,
     "an official test split is consistent": _test_split,
     "loads the same examples in the same order": _deterministic,
-}.items()}
+})
 
 
 def dataset_context(cls: type[Dataset], *, args: dict[str, Any] | None = None,
@@ -130,11 +132,5 @@ def check_dataset(cls: type[Dataset], *, args: dict[str, Any] | None = None,
     the current folder)."""
     report = CheckReport(str(getattr(cls, "name", None) or cls.__name__), kind="dataset")
     context = dataset_context(cls, args=args, data=data)
-    for prop, check in DATASET_PROPERTIES.items():
-        try:
-            check(context)
-        except Exception as err:  # noqa: BLE001 - a crash is a failed property, said in one line
-            report.results.append(CheckResult(prop, False, one_line(err)))
-        else:
-            report.results.append(CheckResult(prop, True))
+    run_properties(report, DATASET_PROPERTIES, context)
     return report

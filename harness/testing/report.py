@@ -74,3 +74,17 @@ def run_property(check: Check, context: Any) -> CheckResult:
     except Exception as err:  # noqa: BLE001 - a crash is a failed property, said in one line
         return CheckResult(name, False, one_line(err))
     return CheckResult(name, True)
+
+
+def properties(checks: dict[str, Check]) -> dict[str, Check]:
+    """``checks`` in order, each check knowing its property's name (``check.prop``), so that a
+    pytest case or :func:`run_property` can name it."""
+    for name, check in checks.items():
+        check.prop = name  # type: ignore[attr-defined]
+    return dict(checks)
+
+
+def run_properties(report: CheckReport, checks: dict[str, Check], context: Any) -> CheckReport:
+    """Every property of ``checks`` on ``context``, in order, into ``report``."""
+    report.results.extend(run_property(check, context) for check in checks.values())
+    return report

@@ -30,10 +30,18 @@ import torch
 from tlbench.data.splits import Task
 from tlbench.run.model_server import Reuse
 from tlbench.run.spaces import Fixed, SpaceTrial, declared
-from tlbench.run.tuning import evaluation_seed
+from tlbench.store.progress import evaluation_seed
 from tlbench.strategies import STRATEGIES, Predictor, Strategy
 from tlbench.testing.fixtures import model_server, tiny_backbone, tiny_image_task, tiny_task
-from tlbench.testing.report import CheckFailed, CheckReport, CheckResult, Unchecked, one_line
+from tlbench.testing.report import (
+    CheckFailed,
+    CheckReport,
+    CheckResult,
+    Unchecked,
+    one_line,
+    properties,
+    run_properties,
+)
 from tlbench.training.backbones import Backbone, Classifier, state_fingerprint
 from tlbench.training.context import Runtime
 from tlbench.training.loop import NullReporter
@@ -270,13 +278,8 @@ def _state(c: StrategyContext) -> None:
                           f"predicts, or None")
 
 
-def _named(name: str, check: Callable[[StrategyContext], None]) -> Callable[[StrategyContext], None]:
-    check.prop = name  # type: ignore[attr-defined]
-    return check
-
-
 #: property → its check, in the order they run
-PROPERTIES: dict[str, Callable[[StrategyContext], None]] = {name: _named(name, check) for name, check in {
+PROPERTIES: dict[str, Callable[[StrategyContext], None]] = properties({
     "has a name and a one-line description": _name_and_description,
     "search space works with optuna.trial.FixedTrial": _fixed_trial,
     "honours the suite's search-space overrides": _overrides,
@@ -290,7 +293,7 @@ PROPERTIES: dict[str, Callable[[StrategyContext], None]] = {name: _named(name, c
     "predictor counts are consistent": _counts,
     "strategy facts are JSON-serialisable": _facts,
     "state() loads back into the classifier": _state,
-}.items()}
+})
 
 
 def strategy_context(strategy: type[Strategy] | Strategy, *, options: dict[str, Any] | None = None,
@@ -324,13 +327,7 @@ def check_strategy(strategy: type[Strategy] | Strategy, *, options: dict[str, An
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
     try:
-        for prop, check in PROPERTIES.items():
-            try:
-                check(context)
-            except Exception as err:  # noqa: BLE001 - a crash is a failed property, said in one line
-                report.results.append(CheckResult(prop, False, one_line(err)))
-            else:
-                report.results.append(CheckResult(prop, True))
+        run_properties(report, PROPERTIES, context)
     finally:
         optuna.logging.set_verbosity(verbosity)
     return report

@@ -277,9 +277,9 @@ def compare(reference: str, chaos: str, suite: str) -> Outcome:
     import optuna
     from optuna.trial import TrialState
 
-    from tlbench.run.samplers import slot_of
     from tlbench.store.claims import lost_claim
     from tlbench.store.opening import open_storage
+    from tlbench.store.progress import slot_of
     from tlbench.store.records import StudyName, load_runs, read_protocol
 
     out = Outcome()

@@ -18,8 +18,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.store.opening import open_existing_storage
-from tlbench.store.space import Param, SearchSpace
 from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
+from tlbench.store.space import Param, SearchSpace
 
 
 @dataclass

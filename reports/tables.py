@@ -6,8 +6,8 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 

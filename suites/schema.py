@@ -8,13 +8,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
-import yaml
 from pydantic import Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
 
 from tlbench.core.budget import Budget
 from tlbench.core.errors import ConfigError
-from tlbench.core.frozen import Frozen, Int, fields_at, format_error, format_loc, validate_block
+from tlbench.core.frozen import Frozen, Int, fields_at, format_error, validate_block
 from tlbench.suites.datasets import DATASETS
+from tlbench.suites.reading import read_suite_file
 from tlbench.training.backbones import BACKBONES, Backbone
 
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
@@ -296,80 +296,6 @@ class Suite(Frozen):
         return f"{self.path}: {group}.{name}"
 
 
-#: Bounds no real suite comes near (the bundled ones are under 3 kB and a few hundred values), so that a
-#: hostile or broken file is refused before anything walks, prints or hashes it: YAML aliases let a
-#: 1 kB file expand to a billion values, and one huge string makes every message that names it huge.
-MAX_SUITE_BYTES = 1 << 20
-MAX_SUITE_VALUES = 100_000
-MAX_STRING = 4096  # the longest path Linux takes (PATH_MAX)
-
-
-def _check_size(data: dict[str, Any], path: Path) -> None:
-    """Refuses a suite that expands (aliases repeated) to more than ``MAX_SUITE_VALUES`` values or
-    holds a key or string longer than ``MAX_STRING`` characters. It stops at the bound, so it
-    costs at most that many steps however large the expansion."""
-    count = 0
-    stack: list[tuple[dict[Any, Any] | list[Any], tuple[object, ...]]] = [(data, ())]
-    while stack:
-        value, loc = stack.pop()
-        count += len(value)
-        if count > MAX_SUITE_VALUES:
-            raise ConfigError(f"{path}: the suite expands to more than {MAX_SUITE_VALUES:,} values (YAML aliases "
-                              f"repeating a block?); a suite is far smaller")
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if isinstance(key, str) and len(key) > MAX_STRING:
-                raise ConfigError(f"{path}: {format_loc(loc) or 'top level'}: a key of {len(key):,} characters; "
-                                  f"keys and values are at most {MAX_STRING:,}")
-            if isinstance(item, (dict, list)):
-                stack.append((item, (*loc, key)))
-            elif isinstance(item, str) and len(item) > MAX_STRING:
-                raise ConfigError(f"{path}: {format_loc((*loc, key))}: a string of {len(item):,} characters; values "
-                                  f"are at most {MAX_STRING:,}")
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: suite file not found")
-    size = path.stat().st_size
-    if size > MAX_SUITE_BYTES:
-        raise ConfigError(f"{path}: {size:,} bytes; a suite file is at most {MAX_SUITE_BYTES:,} (is this a suite?)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file; a suite is a YAML file") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a suite must be a mapping of fields, got {type(data).__name__}")
-    _check_size(data, path)
-    if seen and isinstance(data.get("plugins"), list):  # an included file's plugins: relative to it
-        data["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and (p.endswith(".py") or "/" in p)
-                           and not Path(p).is_absolute() else p for p in data["plugins"]]
-    include = data.pop("include", None)
-    if include is None:
-        return data
-    base_path = (path.parent / str(include)).resolve()
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: include: {include!r} not found (looked for {base_path})")
-    if base_path in seen:
-        raise ConfigError(f"{path}: include: cycle through {base_path}")
-    return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merges ``over`` into ``base``; mappings merge, everything else replaces."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 #: Fields a task may sweep: a short name and where it lives in the task's spec.
 SWEEPABLE = {"shots": ("split", "shots"), "val_per_class": ("split", "val_per_class"),
              "train_per_class": ("split", "train_per_class"), "max_test": ("split", "max_test"),
@@ -441,7 +367,7 @@ def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None)
     called in between, to register what the suite's ``plugins:`` provide (the planner's
     loader). References between its parts and the strategies' options are checked by the
     planner."""
-    data = _read_yaml(path)
+    data = read_suite_file(path)
     for key in data:
         if not isinstance(key, str) or key == "path":
             allowed = ", ".join(fields_at(Suite, ()) or [])

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tlbench.cli.main import main
 from tlbench.store.opening import open_storage
-from tlbench.store.records import load_runs
+from tlbench.store.records import StudyName, load_runs
 
 STRATEGIES = 11
 CELLS = 2 * STRATEGIES  # 2 tasks × 1 backbone × 11 strategies
@@ -29,6 +29,8 @@ def trial_counts(out: Path) -> dict[str, tuple[int, int]]:
     storage = open_storage(None, out)
     counts = {}
     for s in optuna.get_all_study_summaries(storage):
+        if StudyName.parse(s.study_name) is None:  # the run's stored plan: no trials
+            continue
         trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
         finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         counts[s.study_name] = (finished, len(trials))

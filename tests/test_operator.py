@@ -15,6 +15,7 @@ from tlbench.cli import launch
 from tlbench.cli.main import main
 from tlbench.core.budget import Budget
 from tlbench.core.errors import ConfigError
+from tlbench.store import progress
 from tlbench.store.opening import open_existing_storage, open_storage
 
 
@@ -132,6 +133,45 @@ def test_status_into_a_closed_pipe_stops_quietly(finished) -> None:
     proc.stdout.close()  # before anything was written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err  # as a process killed by SIGPIPE
+
+
+def test_status_answers_from_the_plan_the_run_stored_without_torch(finished, tmp_path, monkeypatch,
+                                                                    capsys) -> None:
+    """The issue asks for status in about a second: torch alone takes more to import. The run stored its
+    cells' plan; status reads it (and the trials) with the store layer only, and says what planning says."""
+    suite, out = finished
+    probe = ("import sys; from tlbench.cli.main import main; code = main(sys.argv[1:]); "
+             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH'); sys.exit(code)")
+    fast = subprocess.run([sys.executable, "-c", probe, "status", str(suite), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert fast.returncode == 0 and fast.stdout.endswith("NO TORCH\n"), fast.stdout + fast.stderr
+    # other flags than the run's: status plans the suite (torch), and answers for those flags
+    planned = subprocess.run([sys.executable, "-c", probe, "status", str(suite), "--out", str(out), "--seeds", "2"],
+                             capture_output=True, text=True, timeout=120)
+    assert planned.returncode == 0 and planned.stdout.endswith("\nTORCH\n"), planned.stdout + planned.stderr
+    assert "2 units of work left" in planned.stdout
+    # the same table as planning the suite gives, and a copy of the file (a comment added) hits the same plan
+    monkeypatch.setattr(progress, "stored_plan", lambda *a, **k: None)
+    assert main(["status", str(suite), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == fast.stdout.removesuffix("NO TORCH\n")
+    monkeypatch.undo()
+    copy = tmp_path / "tiny.yaml"
+    copy.write_text(suite.read_text() + "\n# a comment\n")
+    again = subprocess.run([sys.executable, "-c", probe, "status", str(copy), "--out", str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.stdout == fast.stdout, again.stdout + again.stderr
+
+
+def test_status_plans_a_suite_edited_since_the_run(finished, tmp_path, capsys) -> None:
+    """A stored plan answers only for the suite file and flags it was made from: a suite whose seeds were raised
+    since the run is planned again (its new seeds are work left), never read from the stale plan."""
+    suite, out = finished
+    text = suite.read_text()
+    assert "seeds: 1" in text
+    edited = tmp_path / "tiny.yaml"
+    edited.write_text(text.replace("seeds: 1", "seeds: 3"))
+    assert main(["status", str(edited), "--out", str(out)]) == 0
+    assert "4 units of work left" in capsys.readouterr().out  # two more seeds in each of the two cells
 
 
 def test_status_of_a_suite_the_store_does_not_hold_says_which_it_holds(finished, capsys) -> None:

@@ -7,9 +7,10 @@ from optuna.trial import TrialState
 
 from tlbench.core.budget import Budget
 from tlbench.core.errors import NonFiniteLoss
-from tlbench.run.tuning import evaluation_seed, make_study, tune, tuning_seed
+from tlbench.run.tuning import make_study, tune
 from tlbench.store.claims import recover_orphans, worker_id
 from tlbench.store.opening import open_storage
+from tlbench.store.progress import evaluation_seed, tuning_seed
 from tlbench.strategies.base import ModelPredictor, Strategy
 
 
@@ -86,14 +87,15 @@ def test_dead_workers_claims_are_failed_and_their_slots_retried(tmp_path, runtim
 
 
 def _by_slot(study):
-    from tlbench.run.samplers import slot_of
+    from tlbench.store.progress import slot_of
 
     return sorted((slot_of(t), t.params["x"], t.user_attrs["seed"], t.state) for t in study.trials
                   if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
 
 
 def test_a_slot_a_live_worker_holds_elsewhere_is_waited_for(tmp_path, runtime) -> None:
-    from tlbench.run.tuning import summarize, tune_step
+    from tlbench.run.tuning import tune_step
+    from tlbench.store.progress import summarize
 
     study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=Budget(trials=5), seed=0)
     held = forged_claim(study, {"slot": 0, "seed": tuning_seed(0, 0)}, worker="another-host:12:34")
@@ -155,7 +157,7 @@ def test_ctrl_c_fails_the_trial_and_queues_its_configuration(tmp_path, runtime) 
 
 
 def test_best_is_chosen_within_the_budget(tmp_path, runtime) -> None:
-    from tlbench.run.tuning import summarize
+    from tlbench.store.progress import summarize
 
     study = make_study("s::t::b::flaky::tune", open_storage(None, tmp_path), budget=Budget(trials=12), seed=0)
     tune(study, FlakyStrategy(), None, None, budget=Budget(trials=12), suite_seed=0, runtime=runtime)

@@ -22,7 +22,8 @@ from tlbench.cli.main import main
 from tlbench.core.errors import ConfigError
 from tlbench.store.opening import open_existing_storage, open_storage
 from tlbench.store.records import load_runs
-from tlbench.suites.schema import MAX_SUITE_VALUES, parse_suite
+from tlbench.suites.reading import MAX_SUITE_VALUES
+from tlbench.suites.schema import parse_suite
 
 SMALL = """\
 name: small

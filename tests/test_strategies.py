@@ -336,7 +336,7 @@ def test_ensemble_members_are_reused_and_its_cost_adds_theirs(tiny_backbone, tin
     cell = dataclasses.replace(runtime, members=members)
     ens = make("ensemble", members=["full_finetune"], size=2)
     params = ens.search_space(None, tiny_backbone)
-    from tlbench.run.tuning import evaluation_seed
+    from tlbench.store.progress import evaluation_seed
     predictor = ens.fit(tiny_backbone, tiny_task, params, seed=evaluation_seed(0, 1),
                         reporter=NullReporter(), runtime=cell)
     library = [members.get("full_finetune", k, cell) for k in (2, 3)]  # ensemble 1 = models 2, 3
@@ -390,7 +390,7 @@ def test_models_trained_on_demand_count_once_and_not_as_own_time(tiny_backbone, 
     import optuna
 
     from tlbench.run.evaluation import evaluate
-    from tlbench.run.tuning import evaluation_seed
+    from tlbench.store.progress import evaluation_seed
 
     def make_strategy(name):
         if name == "full_finetune":

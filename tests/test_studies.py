@@ -21,9 +21,10 @@ from tlbench.core.errors import NonFiniteLoss
 from tlbench.run.plan import load_plan
 from tlbench.run.samplers import EXACT_RESUME, SAMPLER_CLASSES
 from tlbench.run.spaces import Fixed, Range, effective, explore, grid, parse_overrides
-from tlbench.run.tuning import make_study, summarize, tune
+from tlbench.run.tuning import make_study, tune
 from tlbench.store.claims import worker_id
 from tlbench.store.opening import open_existing_storage, open_storage
+from tlbench.store.progress import summarize
 from tlbench.store.space import Param, SearchSpace
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.base import ModelPredictor, Strategy

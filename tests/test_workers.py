@@ -13,9 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 from tlbench.core.budget import Budget
-from tlbench.run.samplers import slot_of
-from tlbench.run.tuning import make_study, summarize, tune
+from tlbench.run.tuning import make_study, tune
 from tlbench.store.opening import open_storage
+from tlbench.store.progress import slot_of, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -186,7 +186,7 @@ def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsy
     evaluation = optuna.load_study(study_name=str(StudyName("tiny-launch", "d", "b", "linear_probe", "eval")),
                                    storage=storage)
     params = evaluation.user_attrs["params"]
-    from tlbench.run.tuning import evaluation_seed
+    from tlbench.store.progress import evaluation_seed
 
     forged_claim(evaluation, {"seed": evaluation_seed(0, 1), "params": params}, worker="elsewhere:7:7")
     tuning = optuna.load_study(study_name=str(StudyName("tiny-launch", "e", "b", "linear_probe", "tune")),

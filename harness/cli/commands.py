@@ -168,31 +168,45 @@ def image_cache_summary(images: "ImageCache") -> str:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    """``tlbench status SUITE --storage URL``: the store's view of a run (never trains)."""
-    from tlbench.run.plan import load_plan, resolve_suite_path
-    from tlbench.run.status import run_status
+    """``tlbench status SUITE --storage URL``: the store's view of a run (never trains). It answers
+    from the plan the run stored for this suite file and these flags, without torch (about half a
+    second); for other flags, or a store no run of this release planned, it plans the suite itself."""
     from tlbench.store.opening import mask_url, open_existing_storage
+    from tlbench.store.progress import run_status
     from tlbench.store.records import suites_in
+    from tlbench.suites import resolve_suite_path
+    from tlbench.suites.reading import plan_key, read_suite_file, suite_name
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
-    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds, strategies=strategies,
-                     dry_run=True, data=False)
-    out = args.out or Path("runs") / plan.suite.name
+    path = resolve_suite_path(args.suite)
+    data = read_suite_file(path)
+    name = suite_name(path, data)
+
+    def planned() -> list:  # what the run planned, computed as it did: parses and checks the whole suite
+        from tlbench.run.plan import load_plan
+        from tlbench.run.status import cell_plans
+
+        return cell_plans(load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies,
+                                    dry_run=True, data=False))
+
+    out = args.out or Path("runs") / name
     url = args.storage or str(out / "store.journal")
     if args.storage is None and not (out / "store.journal").is_file():
+        planned()  # a broken suite file is what to report first
         raise ConfigError(f"status: {'--out ' if args.out else ''}{out}: no store there (expected "
                           f"{out / 'store.journal'}); "
                           f"give the --out of a run, or --storage URL")
     storage = open_existing_storage(url)
     held = suites_in(storage)
-    if plan.suite.name not in held and held:
-        raise ConfigError(f"status: {mask_url(url)} holds no study of suite {plan.suite.name!r}; suites there: "
+    if name not in held and held:
+        raise ConfigError(f"status: {mask_url(url)} holds no study of suite {name!r}; suites there: "
                           f"{', '.join(held)}")
-    cells = run_status(storage, plan)
+    key = plan_key(path, data, trials=args.trials, seeds=args.seeds, strategies=strategies)
+    cells = run_status(storage, name, planned, key=key)
     states = [c.state for c in cells]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "waiting", "not started")
                        if states.count(s))
-    print(f"suite {plan.suite.name} in {mask_url(url)}: {len(cells)} cells ({counts}); "
+    print(f"suite {name} in {mask_url(url)}: {len(cells)} cells ({counts}); "
           f"{sum(c.left for c in cells)} units of work left (tuning slots, evaluation seeds, sensitivity runs)"
           + ("" if held else "; the store is empty: no worker has started on it yet"))
     width = max(len(c.cell.label) for c in cells)

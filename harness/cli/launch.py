@@ -285,14 +285,14 @@ def cmd_launch(args: argparse.Namespace, console: Console) -> int:
         code = launch_submitit(args, prepared, console)
     if code not in (0, 1) or args.detach:
         return code
-    from tlbench.run.status import run_status
-    from tlbench.run.tuning import evaluation_seed
+    from tlbench.run.status import cell_plans
     from tlbench.store.opening import open_storage
+    from tlbench.store.progress import evaluation_seed, run_status
 
     # Reopened: a database connection may have been idle for as long as the workers ran.
     storage = open_storage(args.storage, prepared.out)
     if code == 1:  # a worker died or failed: the others may still have finished the suite
-        left = sum(c.left for c in run_status(storage, prepared.plan))
+        left = sum(c.left for c in run_status(storage, prepared.plan.suite.name, cell_plans(prepared.plan)))
         if left:
             say(console, f"{left} units of work are left; run the same command again to resume (the store keeps "
                          f"what the workers finished; a worker that failed by itself says why above)")

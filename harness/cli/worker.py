@@ -167,17 +167,22 @@ class Prepared:
 
 def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Console | None = None) -> Prepared:
     from tlbench.core.paths import default_cache_dir
-    from tlbench.run.plan import load_plan, resolve_suite_path
+    from tlbench.run.plan import load_plan
+    from tlbench.run.status import cell_plans
     from tlbench.run.study_attrs import check_plugin_code
     from tlbench.store.claims import check_compatible
     from tlbench.store.opening import open_storage
+    from tlbench.store.progress import store_plan
+    from tlbench.suites import resolve_suite_path
+    from tlbench.suites.reading import plan_key, read_suite_file
     from tlbench.training.context import make_runtime
 
     strategies = None
     if args.strategies is not None:
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     cache_dir = args.cache_dir or default_cache_dir()
-    plan = load_plan(resolve_suite_path(args.suite), trials=args.trials, seeds=args.seeds,
+    path = resolve_suite_path(args.suite)
+    plan = load_plan(path, trials=args.trials, seeds=args.seeds,
                      strategies=strategies, data_root=args.data_root, cache_dir=cache_dir, dry_run=dry_run)
     shown = console or Console(stderr=True, highlight=False, soft_wrap=True)
     images = image_cache_of(args, cache_dir, log=lambda line: shown.print(line, markup=False))
@@ -199,6 +204,8 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
         mark_store(out, args.storage)
+        store_plan(storage, suite.name, plan_key(path, read_suite_file(path), trials=args.trials, seeds=args.seeds,
+                                                 strategies=strategies), cell_plans(plan))
     return Prepared(plan, runtime, out, cache_dir, storage)
 
 

@@ -20,16 +20,8 @@ from tlbench.run.plan import Cell, Plan
 from tlbench.run.sensitivity import sensitivity_runs
 from tlbench.run.study_attrs import remember_plugin_code, set_changed_attrs
 from tlbench.run.tuned import ModelServers, fixed_params, run_context, with_dependencies
-from tlbench.run.tuning import (
-    Step,
-    TuneResult,
-    compute_unit,
-    evaluation_seed,
-    make_study,
-    protocol,
-    summarize,
-    tune_step,
-)
+from tlbench.run.tuning import Step, compute_unit, make_study, protocol, tune_step
+from tlbench.store.progress import TuneResult, evaluation_seed, summarize
 from tlbench.store.records import RunContext, StudyName
 from tlbench.training.backbones import Backbone
 from tlbench.training.context import Runtime

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import time
 from typing import Any, Callable
 
@@ -20,6 +19,7 @@ from tlbench.run.model_server import Members, member_from
 from tlbench.run.tuning import Step
 from tlbench.store import optuna_internals
 from tlbench.store.claims import Heartbeat, claim, recover_orphans, worker_id
+from tlbench.store.progress import seed_states, stored_form
 from tlbench.store.records import RunContext, RunRecord
 from tlbench.strategies.base import Strategy
 from tlbench.training.backbones import Backbone
@@ -28,29 +28,8 @@ from tlbench.training.loop import NullReporter, accuracy, median_seconds
 from tlbench.training.memory import PeakMemory
 
 
-def stored_form(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` as the store gives them back (JSON: tuples become lists), so that comparing a
-    configuration with a stored one never fails on form alone (a seed would never count as done)."""
-    return json.loads(json.dumps(params, default=str))
-
-
 def _same_run(params: dict[str, Any], seed: int) -> Callable[[FrozenTrial], bool]:
     return lambda t: t.user_attrs.get("seed") == seed and t.user_attrs.get("params") == params
-
-
-def seed_states(trials: list[FrozenTrial], params: dict[str, Any]) -> tuple[set[int], set[int]]:
-    """Seeds evaluated with exactly ``params`` (a new best configuration makes earlier
-    evaluations stale; a seed that diverged deterministically counts as done), and seeds a
-    live claim holds right now."""
-    done, held = set(), set()
-    for t in trials:
-        if t.user_attrs.get("params") != params or "seed" not in t.user_attrs:
-            continue
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("final")):
-            done.add(int(t.user_attrs["seed"]))
-        elif t.state == TrialState.RUNNING:
-            held.add(int(t.user_attrs["seed"]))
-    return done, held - done
 
 
 def evaluate_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task,

@@ -37,7 +37,6 @@ from tlbench.run.spaces import Override, axis, check_value, effective, explore, 
 from tlbench.run.spaces import declared as declared_space
 from tlbench.store.space import SearchSpace
 from tlbench.strategies import STRATEGIES, Strategy
-from tlbench.suites import bundled_suites
 from tlbench.suites.datasets import DataAccess, data_access, data_location
 from tlbench.suites.schema import Suite, parse_suite
 from tlbench.suites.splitting import build_task
@@ -127,17 +126,6 @@ def make_strategy(suite: Suite, name: str, options: Frozen) -> Strategy:
     """A strategy with the suite's shared training settings and its (typed) options."""
     return STRATEGIES.get(name)(epochs=suite.training.epochs, batch_size=suite.training.batch_size,
                                 options=options)
-
-
-def resolve_suite_path(arg: str) -> Path:
-    """A suite file path, or the name of a bundled suite (``quick``)."""
-    path = Path(arg)
-    if path.is_file():
-        return path
-    bundled = bundled_suites()
-    if arg in bundled:
-        return bundled[arg]
-    raise ConfigError(f"{arg}: suite file not found; bundled suites: {', '.join(bundled)}")
 
 
 def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None,

@@ -23,8 +23,8 @@ from tlbench.run.plan import Plan
 from tlbench.run.pretrain import materialize_backbone
 from tlbench.run.study_attrs import check_plugin_code
 from tlbench.run.tuned import ModelServers
-from tlbench.run.tuning import evaluation_seed
 from tlbench.store.claims import check_compatible
+from tlbench.store.progress import evaluation_seed
 from tlbench.training.context import Runtime
 
 

@@ -23,25 +23,13 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.store import optuna_internals
-
-SEED_STRIDE = 1_000_003
+from tlbench.store.progress import SEED_STRIDE, slot_of
 
 #: Optuna's class per sampler name of the suite (``search.sampler``).
 SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler", "grid": "grid (tlbench)",
                    "cmaes": "CmaEsSampler", "gp": "GPSampler"}
 #: Samplers whose resume after ``kill -9`` proposes exactly what an uninterrupted run would.
 EXACT_RESUME = ("tpe", "random", "qmc", "grid")
-
-
-def slot_of(trial: FrozenTrial) -> int | None:
-    """The budget slot a tuning trial holds: claimed with the trial (``slot``), or, for trials
-    written before slots were claimed, read back from its training seed
-    (``suite_seed·SEED_STRIDE + slot``, slots < 500,000). None for a trial tlbench did not make."""
-    slot = trial.user_attrs.get("slot")
-    if slot is not None:
-        return int(slot)
-    seed = trial.user_attrs.get("seed")
-    return int(seed) % SEED_STRIDE if seed is not None else None
 
 
 def trial_slot(study: optuna.Study, number: int) -> int:

@@ -19,7 +19,7 @@ from tlbench.run.plan import Cell, Plan
 from tlbench.run.spaces import Fixed, SpaceTrial
 from tlbench.run.study_attrs import remember_plugin_code, set_changed_attrs
 from tlbench.run.tuned import run_context, with_dependencies
-from tlbench.run.tuning import evaluation_seed, summarize
+from tlbench.store.progress import evaluation_seed, summarize
 from tlbench.store.records import RunContext, StudyName
 from tlbench.suites.schema import SensitivitySpec
 from tlbench.training.backbones import Backbone

@@ -21,7 +21,7 @@ from tlbench.core.errors import ConfigError
 from tlbench.data.splits import Task
 from tlbench.run.model_server import ArtifactStore, CellRecipes, Members, Reuse
 from tlbench.run.plan import Cell, Plan
-from tlbench.run.tuning import TuneResult, evaluation_seed, summarize, tuning_seed
+from tlbench.store.progress import TuneResult, evaluation_seed, summarize, tuning_seed
 from tlbench.store.records import CellFacts, RunContext, StudyName, TuningFacts
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.training.backbones import Backbone

@@ -5,31 +5,29 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from tlbench.core.budget import Budget
 from tlbench.core.errors import NonFiniteLoss
 from tlbench.data.splits import Task
 from tlbench.run.samplers import (
     SAMPLER_CLASSES,
-    SEED_STRIDE,
     GridSampler,
     SlotQMCSampler,
     SlotRandomSampler,
     SlotSeededTPESampler,
     SlotView,
     make_sampler,
-    slot_of,
     trial_slot,
 )
 from tlbench.run.spaces import Override, SpaceTrial
 from tlbench.store import optuna_internals
-from tlbench.store.claims import Heartbeat, claim, lost_claim, recover_orphans
+from tlbench.store.claims import Heartbeat, claim, recover_orphans
+from tlbench.store.progress import Slots, TuneResult, slot_of, slots, summarize, trial_compute, tuning_seed
 from tlbench.store.records import Protocol
 from tlbench.strategies.base import Strategy
 from tlbench.suites.schema import SearchSpec
@@ -37,22 +35,8 @@ from tlbench.training.backbones import Backbone
 from tlbench.training.context import OwnTime, Runtime
 from tlbench.training.loop import forward_flops
 
-__all__ = ["EVAL_OFFSET", "SEED_STRIDE", "SlotSeededTPESampler", "Slots", "TrialReporter", "TuneResult",
-           "compute_unit", "evaluation_seed", "independent_slots", "make_study", "next_slot", "protocol", "slots",
-           "summarize", "trial_slot", "tune", "tune_step", "tuning_seed"]
-
-EVAL_OFFSET = 500_000
-
-
-def tuning_seed(suite_seed: int, slot: int) -> int:
-    """The training seed of the tuning trial in ``slot`` (see :func:`trial_slot`)."""
-    return suite_seed * SEED_STRIDE + slot
-
-
-def evaluation_seed(suite_seed: int, k: int) -> int:
-    """Evaluation seeds never coincide with tuning seeds (tuning slots stay < 500,000)."""
-    return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
-
+__all__ = ["SlotSeededTPESampler", "TrialReporter", "compute_unit", "independent_slots", "make_study", "next_slot",
+           "protocol", "trial_slot", "tune", "tune_step"]
 
 def protocol(budget: Budget, search: SearchSpec | None = None, *,
              decay_norm_and_bias: bool = False) -> Protocol:
@@ -132,72 +116,6 @@ def compute_unit(backbone: Backbone | None, task: Task | None) -> float | None:
     return 3 * flops * len(task.train) if flops > 0 else None
 
 
-def trial_compute(trial: optuna.trial.FrozenTrial) -> float:
-    """A finished trial's compute in backbone epochs (its reported epochs when its FLOPs
-    were not counted, as for a strategy with its own training loop)."""
-    value = trial.user_attrs.get("compute")
-    return float(value) if value is not None else float(max(1, len(trial.intermediate_values)))
-
-
-@dataclass(frozen=True)
-class TuneResult:
-    best_params: dict[str, Any] | None
-    best_value: float | None
-    best_trial: int | None
-    best_seed: int | None
-    n_complete: int
-    n_pruned: int
-    n_failed: int
-    seconds: float
-    compute: float = 0.0  # backbone epochs the counted trials trained
-    done: bool = False  # the budget is spent
-    best_values: dict[str, Any] | None = None  # the best trial's sampled hyperparameters
-
-
-@dataclass(frozen=True)
-class Slots:
-    """A tuning study's budget slots as its trials say: the finished trial of each slot, the
-    slots a live claim holds, and the last failed trial of each slot (its retry's ``retry_of``)."""
-
-    finished: dict[int, FrozenTrial] = field(default_factory=dict)
-    held: frozenset[int] = frozenset()
-    failed: dict[int, int] = field(default_factory=dict)
-
-
-def slots(trials: list[FrozenTrial]) -> Slots:
-    finished: dict[int, FrozenTrial] = {}
-    held, failed = set(), {}
-    for t in sorted(trials, key=lambda t: t.number):
-        slot = slot_of(t)
-        if slot is None:
-            continue
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            finished.setdefault(slot, t)  # the lowest-numbered, should an old release have run a slot twice
-        elif t.state == TrialState.RUNNING:
-            held.add(slot)
-        elif t.state == TrialState.FAIL and not lost_claim(t):
-            failed[slot] = t.number
-    return Slots(finished, frozenset(held - set(finished)), failed)
-
-
-def _counted(state: Slots, budget: Budget | None) -> tuple[list, bool]:
-    """The finished trials a budget counts, in slot order, and whether it is spent: slots
-    0 … trials−1; or, for an epochs budget, each slot that starts before the slots before it
-    have spent the budget (one worker starts a trial only then)."""
-    if budget is None:
-        return [state.finished[s] for s in sorted(state.finished)], False
-    if budget.epochs is None:
-        counted = [state.finished[s] for s in range(budget.cap) if s in state.finished]
-        return counted, len(counted) == budget.cap
-    counted, spent = [], 0.0
-    for s in range(budget.max_trials):
-        if spent >= budget.epochs or s not in state.finished:
-            break
-        counted.append(state.finished[s])
-        spent += trial_compute(state.finished[s])
-    return counted, spent >= budget.epochs or len(counted) >= budget.max_trials
-
-
 def independent_slots(study: optuna.Study, budget: Budget) -> float:
     """How many leading slots may run at once: those whose proposal and pruning ignore every
     other trial (their view of lower slots cannot matter) — all of them for random, QMC and
@@ -234,29 +152,6 @@ def next_slot(state: Slots, budget: Budget, independent: float) -> int | None:
             continue
         return s if s < independent or all(x in state.finished for x in range(s)) else None
     return None
-
-
-def summarize(study: optuna.Study, budget: Budget | None = None,
-              trials: list[FrozenTrial] | None = None) -> TuneResult:
-    """The outcome of the slots ``budget`` counts (all when None): a study tuned further
-    by an earlier, longer run still compares at the suite's budget."""
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    counted, done = _counted(slots(trials), budget)
-    complete = [t for t in counted if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: (t.value, -slot_of(t))) if complete else None
-    return TuneResult(
-        best_params=dict(best.user_attrs["params"]) if best else None,
-        best_value=best.value if best else None,
-        best_trial=best.number if best else None,
-        best_seed=best.user_attrs.get("seed") if best else None,
-        n_complete=len(complete),
-        n_pruned=len(counted) - len(complete),
-        n_failed=sum(t.state == TrialState.FAIL and not lost_claim(t) for t in trials),
-        seconds=sum(t.user_attrs.get("seconds", 0.0) for t in counted),
-        compute=sum(trial_compute(t) for t in counted),
-        done=done,
-        best_values=dict(best.params) if best else None,
-    )
 
 
 Step = Literal["ran", "wait", "done"]

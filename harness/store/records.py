@@ -21,10 +21,9 @@ the new field malformed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
-import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from pydantic import ValidationError, model_validator
@@ -32,6 +31,9 @@ from pydantic import ValidationError, model_validator
 from tlbench.core.budget import Budget
 from tlbench.core.errors import TlbenchError
 from tlbench.core.frozen import Frozen
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: status and claims read without it
+    import pandas as pd
 
 SCHEMA_VERSION = 5
 SEP = "::"
@@ -313,6 +315,8 @@ def load_runs(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
             if record.params == current and record.seed not in seen:
                 seen.add(record.seed)
                 rows.append(record.row())
+    import pandas as pd
+
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values(["suite", "task", "backbone", "strategy", "seed"], ignore_index=True)
@@ -337,6 +341,8 @@ def load_sensitivity(storage: BaseStorage, suite: str | None = None) -> pd.DataF
             row.update({f"varied:{k}": v for k, v in sens.get("varied", {}).items()})
             row.update({f"tuned:{k}": v for k, v in sens.get("tuned", {}).items()})
             rows.append(row)
+    import pandas as pd
+
     return pd.DataFrame(rows)
 
 

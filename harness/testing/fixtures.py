@@ -15,7 +15,7 @@ import optuna
 from tlbench.data.preprocess import Preprocess
 from tlbench.data.splits import Task
 from tlbench.run.model_server import ArtifactStore, CellRecipes, Members, Reuse
-from tlbench.run.tuning import evaluation_seed
+from tlbench.store.progress import evaluation_seed
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites.pools import DataAccess
 from tlbench.suites.schema import SplitSpec, TaskSpec

@@ -1,0 +1,115 @@
+"""Reading a suite file: YAML, size bounds, ``include:`` merged; and the key of a plan
+(:func:`plan_key`). No torch, no registries: ``tlbench status`` reads a suite's name and the
+plan a run stored with this alone; :mod:`tlbench.suites.schema` validates what it returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlbench.core.errors import ConfigError
+from tlbench.core.frozen import format_loc
+from tlbench.core.version import __version__
+
+#: Bounds no real suite comes near (the bundled ones are under 3 kB and a few hundred values), so that a
+#: hostile or broken file is refused before anything walks, prints or hashes it: YAML aliases let a
+#: 1 kB file expand to a billion values, and one huge string makes every message that names it huge.
+MAX_SUITE_BYTES = 1 << 20
+MAX_SUITE_VALUES = 100_000
+MAX_STRING = 4096  # the longest path Linux takes (PATH_MAX)
+
+
+def _check_size(data: dict[str, Any], path: Path) -> None:
+    """Refuses a suite that expands (aliases repeated) to more than ``MAX_SUITE_VALUES`` values or
+    holds a key or string longer than ``MAX_STRING`` characters. It stops at the bound, so it
+    costs at most that many steps however large the expansion."""
+    count = 0
+    stack: list[tuple[dict[Any, Any] | list[Any], tuple[object, ...]]] = [(data, ())]
+    while stack:
+        value, loc = stack.pop()
+        count += len(value)
+        if count > MAX_SUITE_VALUES:
+            raise ConfigError(f"{path}: the suite expands to more than {MAX_SUITE_VALUES:,} values (YAML aliases "
+                              f"repeating a block?); a suite is far smaller")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and len(key) > MAX_STRING:
+                raise ConfigError(f"{path}: {format_loc(loc) or 'top level'}: a key of {len(key):,} characters; "
+                                  f"keys and values are at most {MAX_STRING:,}")
+            if isinstance(item, (dict, list)):
+                stack.append((item, (*loc, key)))
+            elif isinstance(item, str) and len(item) > MAX_STRING:
+                raise ConfigError(f"{path}: {format_loc((*loc, key))}: a string of {len(item):,} characters; values "
+                                  f"are at most {MAX_STRING:,}")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: suite file not found")
+    size = path.stat().st_size
+    if size > MAX_SUITE_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; a suite file is at most {MAX_SUITE_BYTES:,} (is this a suite?)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a suite is a YAML file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a suite must be a mapping of fields, got {type(data).__name__}")
+    _check_size(data, path)
+    if seen and isinstance(data.get("plugins"), list):  # an included file's plugins: relative to it
+        data["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and (p.endswith(".py") or "/" in p)
+                           and not Path(p).is_absolute() else p for p in data["plugins"]]
+    include = data.pop("include", None)
+    if include is None:
+        return data
+    base_path = (path.parent / str(include)).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: include: {include!r} not found (looked for {base_path})")
+    if base_path in seen:
+        raise ConfigError(f"{path}: include: cycle through {base_path}")
+    return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merges ``over`` into ``base``; mappings merge, everything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_suite_file(path: Path) -> dict[str, Any]:
+    """The suite's fields as the file (and the files it includes) give them, unvalidated."""
+    return _read_yaml(path)
+
+
+def suite_name(path: Path, data: dict[str, Any]) -> str:
+    """The suite's name (its ``name:``, else the file's stem), as the schema sets it."""
+    name = data.get("name", path.stem)
+    return name if isinstance(name, str) else str(name)
+
+
+def plan_key(path: Path, data: dict[str, Any], *, trials: int | None, seeds: int | None,
+             strategies: list[str] | None) -> str:
+    """What a plan is a function of: the suite's fields, the command line's overrides, the
+    plugin files the suite names and the tlbench release. A run stores its cells under it;
+    ``tlbench status`` with the same file and flags finds them (another key: it plans)."""
+    plugins = []
+    for entry in data.get("plugins") or []:
+        file = (path.parent / entry) if isinstance(entry, str) and entry.endswith(".py") else None
+        plugins.append(hashlib.sha256(file.read_bytes()).hexdigest() if file is not None and file.is_file()
+                       else str(entry))
+    blob = json.dumps({"suite": data, "trials": trials, "seeds": seeds, "strategies": strategies,
+                       "plugins": plugins, "tlbench": __version__}, sort_keys=True, default=str)
+    return "plan:" + hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -15,7 +15,8 @@ def cell_plans(plan: Plan) -> list[CellPlan]:
     for cell in plan.cells:
         runs = sum(len(sensitivity_points(spec)) * spec.seeds for spec in suite.sensitivity
                    if spec.strategy == cell.strategy and spec.covers(cell.task, suite.tasks[cell.task]))
-        cells.append(CellPlan(cell.task, cell.backbone, cell.strategy, tunable=plan.make_strategy(cell.strategy).tunable,
+        cells.append(CellPlan(cell.task, cell.backbone, cell.strategy,
+                              tunable=plan.make_strategy(cell.strategy).tunable,
                               budget=plan.budget(cell.strategy, cell.backbone), seeds=suite.seeds,
                               suite_seed=suite.seed, sensitivity_runs=runs))
     return cells

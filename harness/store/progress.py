@@ -38,19 +38,17 @@ def slot_of(trial: FrozenTrial) -> int | None:
     return int(seed) % SEED_STRIDE if seed is not None else None
 
 
-
 EVAL_OFFSET = 500_000
 
 
 def tuning_seed(suite_seed: int, slot: int) -> int:
-    """The training seed of the tuning trial in ``slot`` (see :func:`trial_slot`)."""
+    """The training seed of the tuning trial in ``slot`` (see :func:`slot_of`)."""
     return suite_seed * SEED_STRIDE + slot
 
 
 def evaluation_seed(suite_seed: int, k: int) -> int:
     """Evaluation seeds never coincide with tuning seeds (tuning slots stay < 500,000)."""
     return suite_seed * SEED_STRIDE + EVAL_OFFSET + k
-
 
 
 def trial_compute(trial: FrozenTrial) -> float:
@@ -119,7 +117,6 @@ def _counted(state: Slots, budget: Budget | None) -> tuple[list, bool]:
     return counted, spent >= budget.epochs or len(counted) >= budget.max_trials
 
 
-
 def summarize(study: optuna.Study, budget: Budget | None = None,
               trials: list[FrozenTrial] | None = None) -> TuneResult:
     """The outcome of the slots ``budget`` counts (all when None): a study tuned further
@@ -141,7 +138,6 @@ def summarize(study: optuna.Study, budget: Budget | None = None,
         done=done,
         best_values=dict(best.params) if best else None,
     )
-
 
 
 def stored_form(params: dict[str, Any]) -> dict[str, Any]:

@@ -27,12 +27,14 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"core", "store"},  # Optuna and records, never PyTorch
     "data": {"core", "data"},
     "training": {"core", "data", "training"},
+    "selection": {"core", "selection"},  # transferability scores and their rankings: numpy, never PyTorch
     "suites": {"core", "data", "training", "suites"},
     "strategies": {"core", "data", "training", "store", "strategies"},  # siblings of suites
-    "run": {"core", "store", "data", "training", "suites", "strategies", "run"},
-    "reports": {"core", "store", "reports"},  # stored records only: never the runner, strategies or suites
-    "testing": {"core", "store", "data", "training", "suites", "strategies", "run", "testing"},
-    "cli": {"core", "store", "data", "training", "suites", "strategies", "run", "reports", "testing", "cli"},
+    "run": {"core", "store", "data", "training", "selection", "suites", "strategies", "run"},
+    "reports": {"core", "store", "selection", "reports"},  # stored records only: never the runner, strategies or suites
+    "testing": {"core", "store", "data", "training", "selection", "suites", "strategies", "run", "testing"},
+    "cli": {"core", "store", "data", "training", "selection", "suites", "strategies", "run", "reports", "testing",
+            "cli"},
 }
 ALLOWED["api"] = set(ALLOWED)  # tlbench/__init__: the façade re-exports lazily from every layer
 #: the repository's folders, which must never be imported under their own names

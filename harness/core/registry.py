@@ -14,7 +14,7 @@ from tlbench.core.errors import ConfigError
 T = TypeVar("T")
 BUILTIN = "tlbench"
 #: What a registry holds, as the code version tells plugins apart.
-PluginKind = Literal["strategy", "backbone", "dataset"]
+PluginKind = Literal["strategy", "backbone", "dataset", "scorer"]
 #: origin → (kind, a digest of the plugin's code), for every plugin entry of every registry
 _PLUGIN_SOURCES: dict[str, tuple[str, str]] = {}
 

@@ -1,0 +1,288 @@
+"""Transferability scorers against their definitions, computed independently, and their limits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from tlbench.selection.inputs import ScoreInputError, make_inputs
+from tlbench.selection.scorers import (
+    SCORERS,
+    Scorer,
+    ScorerError,
+    check_scorer_class,
+    gbc,
+    h_score,
+    leep,
+    logme,
+    nce,
+    one_hot,
+    run_scorer,
+)
+
+
+def direct_evidence(f: np.ndarray, y: np.ndarray, log_alpha: float, log_beta: float) -> float:
+    """The log evidence per example, straight from its D-dimensional definition."""
+    n, d = f.shape
+    alpha, beta = math.exp(log_alpha), math.exp(log_beta)
+    a = alpha * np.eye(d) + beta * f.T @ f
+    m = beta * np.linalg.solve(a, f.T @ y)
+    _, logdet = np.linalg.slogdet(a)
+    value = (n / 2 * log_beta + d / 2 * log_alpha - n / 2 * math.log(2 * math.pi)
+             - beta / 2 * np.sum((f @ m - y) ** 2) - alpha / 2 * m @ m - logdet / 2)
+    return value / n
+
+
+def direct_max(f: np.ndarray, y: np.ndarray) -> float:
+    best = -np.inf
+    for start in [(0.0, 0.0), (3.0, 3.0), (-3.0, 5.0), (5.0, -1.0)]:
+        result = optimize.minimize(lambda p: -direct_evidence(f, y, p[0], p[1]), start, method="Nelder-Mead",
+                                   options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20_000})
+        best = max(best, -result.fun)
+    return best
+
+
+def labelled(n: int, d: int, c: int, seed: int = 0, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % c
+    centres = rng.normal(size=(c, d)) * signal
+    return centres[y] + rng.normal(size=(n, d)), y
+
+
+@pytest.mark.parametrize("n,d", [(120, 10), (60, 200)])
+def test_logme_is_the_maximum_evidence(n: int, d: int) -> None:
+    f, y = labelled(n, d, 3, seed=n + d)
+    targets = one_hot(y, 3)
+    ours = logme(f, targets)
+    for k in range(3):
+        assert ours[k] == pytest.approx(direct_max(f, targets[:, k]), abs=1e-6)
+        # and nothing nearby is higher
+        assert ours[k] >= direct_evidence(f, targets[:, k], 0.0, 0.0) - 1e-12
+
+
+def test_logme_with_random_labels_in_d_greater_than_n() -> None:
+    """The issue's setting (N = 60, D = 200, labels unrelated to the features): the widely used
+    fixed-point code drops the (D − N) log α term of log|A| and reports about +7; the maximum
+    evidence is negative."""
+    rng = np.random.default_rng(7)
+    f = rng.normal(size=(60, 200))
+    y = rng.integers(0, 2, size=60)
+    value = float(np.mean(logme(f, one_hot(y, 2))))
+    assert value < 0
+    assert value == pytest.approx(np.mean([direct_max(f, one_hot(y, 2)[:, k]) for k in range(2)]), abs=1e-6)
+
+
+@pytest.mark.parametrize("n,d", [(90, 12), (40, 100)])
+def test_logme_invariances(n: int, d: int) -> None:
+    f, y = labelled(n, d, 4, seed=3)
+    scorer = SCORERS.get("logme")()
+    rng = np.random.default_rng(0)
+    base = scorer.score(make_inputs(f, y), rng)
+    rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(d, d)))
+    perm = np.random.default_rng(2).permutation(4)
+    for variant in (f * 1e-3, f * 250.0, f @ rotation):
+        assert scorer.score(make_inputs(variant, y), rng) == pytest.approx(base, abs=1e-6)
+    assert scorer.score(make_inputs(f, perm[y]), rng) == pytest.approx(base, abs=1e-6)
+
+
+def entropy(y: np.ndarray) -> float:
+    p = np.bincount(y) / len(y)
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def test_leep_and_nce_identities() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=200)
+    y[:4] = np.arange(4)
+    constant = np.full((200, 6), 1 / 6)
+    assert leep(constant, y, 4) == pytest.approx(-entropy(y), abs=1e-12)
+    assert nce(np.argmax(constant, axis=1), y, 4) == pytest.approx(-entropy(y), abs=1e-12)
+    assert nce(y, y, 4) == pytest.approx(0.0, abs=1e-12)
+    z = rng.integers(0, 6, size=200)
+    assert leep(one_hot(z, 6), y, 4) == pytest.approx(nce(z, y, 4), abs=1e-12)
+    # a source class no example gives any probability: finite, and the same as without the column
+    probs = rng.dirichlet(np.ones(5), size=200)
+    with_zero = np.concatenate([probs[:, :2], np.zeros((200, 1)), probs[:, 2:]], axis=1)
+    assert math.isfinite(leep(with_zero, y, 4))
+    assert leep(with_zero, y, 4) == pytest.approx(leep(probs, y, 4), abs=1e-12)
+
+
+def test_leep_float32_underflow_stays_finite() -> None:
+    logits = np.array([[0.0, -200.0, 0.0], [0.0, -200.0, 5.0]] * 10, dtype=np.float32)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)  # column 1 underflows to exactly 0 in float32
+    assert probs[:, 1].max() == 0
+    y = np.array([0, 1] * 10)
+    inputs = make_inputs(np.ones((20, 2)) + np.arange(20)[:, None], y, source_probs=probs)
+    assert math.isfinite(run_scorer(SCORERS.get("leep")(), inputs).value)
+
+
+def test_h_score_affine_invariance_and_bounds() -> None:
+    f, y = labelled(150, 8, 3, seed=5)
+    base = h_score(f, y, 3)
+    a = np.random.default_rng(9).normal(size=(8, 8))
+    assert h_score(f @ a + 17.0, y, 3) == pytest.approx(base, abs=1e-9)
+    assert 0 <= base <= min(8, 3 - 1)
+    # an element-wise product (the widely copied mistake) is not invariant: ours differs from it
+    noise = np.random.default_rng(4).normal(size=(150, 8))
+    assert 0 <= h_score(noise, y, 3) < 0.2 * base
+    # D > N saturates at C − 1: the reason a tie policy is needed
+    wide, y2 = labelled(30, 100, 3, seed=6, signal=0.0)
+    assert h_score(wide, y2, 3) == pytest.approx(2.0, abs=1e-9)
+
+
+def test_h_score_matches_its_matrix_definition() -> None:
+    f, y = labelled(80, 5, 4, seed=8)
+    centred = f - f.mean(axis=0)
+    cov = centred.T @ centred / len(f)
+    means = np.stack([centred[y == c].mean(axis=0) for c in range(4)])
+    g = means[y]
+    between = g.T @ g / len(f)
+    assert h_score(f, y, 4) == pytest.approx(float(np.trace(np.linalg.pinv(cov) @ between)), rel=1e-9)
+
+
+def test_gbc_limits() -> None:
+    f, y = labelled(200, 6, 4, seed=1, signal=1000.0)
+    assert gbc(f, y, 4) == pytest.approx(0.0, abs=1e-12)
+    same = np.random.default_rng(2).normal(size=(50, 6))
+    tiled = np.concatenate([same] * 4)
+    labels = np.repeat(np.arange(4), 50)
+    assert gbc(tiled, labels, 4) == pytest.approx(-4 * 3, abs=1e-9)
+
+
+def test_gbc_matches_bhattacharyya_between_two_spherical_gaussians() -> None:
+    f, y = labelled(100, 3, 2, seed=4, signal=0.7)
+    m = [f[y == c].mean(axis=0) for c in (0, 1)]
+    v = [max(float(np.mean(np.maximum(f[y == c].var(axis=0), 1e-4))), 0) for c in (0, 1)]
+    s = (v[0] + v[1]) / 2
+    db = np.sum((m[0] - m[1]) ** 2) / (8 * s) + 0.5 * np.log(s / np.sqrt(v[0] * v[1]))
+    assert gbc(f, y, 2) == pytest.approx(-2 * math.exp(-db), rel=1e-10)
+
+
+def test_sfda_is_lda_with_a_shrunk_covariance() -> None:
+    """With λ → 0 SFDA's classifier is plain LDA (scikit-learn's, priors from counts)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from tlbench.selection.scorers import sfda, shrunk_lda_proba
+
+    f, y = labelled(200, 4, 3, seed=21, signal=1.5)
+    ours, _ = shrunk_lda_proba(f, y, 3, shrink=1e-12)
+    theirs = LinearDiscriminantAnalysis(solver="lsqr").fit(f, y).predict_proba(f)
+    assert np.allclose(ours, theirs, atol=1e-8)
+    assert 0 < sfda(f, y, 3) < 1
+    separated, y2 = labelled(200, 4, 3, seed=21, signal=50.0)
+    assert sfda(separated, y2, 3) > sfda(f, y, 3)
+
+
+@pytest.mark.parametrize("name", SCORERS.names())
+def test_every_scorer_on_separable_beats_noise(name: str) -> None:
+    """Each built-in ranks features that separate the classes above features that do not."""
+    good, y = labelled(120, 6, 3, seed=11, signal=3.0)
+    bad = np.random.default_rng(12).normal(size=(120, 6))
+    vg, vy = labelled(60, 6, 3, seed=13, signal=3.0)
+    rng = np.random.default_rng(0)
+
+    def probs(x: np.ndarray) -> np.ndarray:
+        logits = x[:, :5] * 2
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    scorer = SCORERS.get(name)()
+    assert check_scorer_class(type(scorer)) == []
+    if name in ("parameters", "source_accuracy"):
+        small = make_inputs(good, y, parameters=1000, source_accuracy=0.5)
+        big = make_inputs(good, y, parameters=5000, source_accuracy=0.9)
+        assert run_scorer(scorer, big).value > run_scorer(scorer, small).value
+        return
+    centres = np.random.default_rng(11).normal(size=(3, 6)) * 3.0
+    held_out = centres[vy] + np.random.default_rng(14).normal(size=(60, 6))
+    a = make_inputs(good, y, source_probs=probs(good), val_features=held_out, val_labels=vy)
+    b = make_inputs(bad, y, source_probs=probs(bad), val_features=np.random.default_rng(15).normal(size=(60, 6)),
+                    val_labels=vy)
+    sa, sb = run_scorer(scorer, a, seed=0).value, run_scorer(scorer, b, seed=0).value
+    assert (sa > sb) == scorer.higher_is_better, (sa, sb)
+    del rng
+
+
+def test_missing_inputs_skip_with_a_reason() -> None:
+    f, y = labelled(30, 4, 2)
+    score = run_scorer(SCORERS.get("leep")(), make_inputs(f, y))
+    assert score.value is None and score.skipped == "needs source probs"
+
+
+class Broken(Scorer):
+    name = "broken"
+    definition = "returns whatever it is told to"
+    result: object = float("nan")
+
+    def score(self, inputs, rng):  # type: ignore[no-untyped-def]
+        return self.result
+
+
+@pytest.mark.parametrize("result,message", [(float("nan"), "returned nan"), (np.ones(3), "one number"),
+                                            ("high", "one number"), (float("inf"), "returned inf")])
+def test_scorer_that_breaks_its_contract_is_one_line(result: object, message: str) -> None:
+    f, y = labelled(30, 4, 2)
+    scorer = Broken()
+    scorer.result = result
+    with pytest.raises(ScorerError, match=message) as err:
+        run_scorer(scorer, make_inputs(f, y))
+    assert "\n" not in str(err.value) and "'broken'" in str(err.value)
+
+
+@pytest.mark.parametrize("labels,message", [
+    ([0] * 10, "at least 2 classes"),
+    ([0, 1, 3] * 4, "every class 0..3"),
+    ([0, 1, -1] * 4, "labels must be 0..1"),
+    ([0.5, 1.0] * 6, "must be integers"),
+])
+def test_bad_labels_are_one_line(labels: list, message: str) -> None:
+    y = np.asarray(labels)
+    with pytest.raises(ScoreInputError, match=message) as err:
+        make_inputs(np.ones((len(y), 3)), y, num_classes=None if message != "labels must be 0..1" else 2,
+                    where="suite.yaml: model_selection")
+    assert "\n" not in str(err.value) and str(err.value).startswith("suite.yaml: model_selection")
+
+
+def test_bad_features_are_one_line() -> None:
+    with pytest.raises(ScoreInputError, match="one row per example"):
+        make_inputs(np.ones((5, 3)), [0, 1, 0, 1])
+    bad = np.ones((4, 3))
+    bad[1, 1] = np.nan
+    with pytest.raises(ScoreInputError, match="NaN"):
+        make_inputs(bad, [0, 1, 0, 1])
+    with pytest.raises(ScoreInputError, match="summing to 1"):
+        make_inputs(np.ones((4, 3)), [0, 1, 0, 1], source_probs=np.ones((4, 2)))
+
+
+def test_declaration_checks() -> None:
+    class Odd(Scorer):
+        name = "odd"
+        needs = ("featurez",)
+
+        def score(self, inputs, rng):  # type: ignore[no-untyped-def]
+            return 0.0
+
+    problems = check_scorer_class(Odd)
+    assert any("featurez" in p for p in problems) and any("definition" in p for p in problems)
+
+
+def test_nleep_is_seeded() -> None:
+    f, y = labelled(90, 6, 3, seed=2, signal=2.0)
+    scorer = SCORERS.get("nleep")()
+    inputs = make_inputs(f, y)
+    assert run_scorer(scorer, inputs, seed=4).value == run_scorer(scorer, inputs, seed=4).value
+
+
+def test_knn_accuracy_by_hand() -> None:
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    labels = np.array([0, 0, 1, 1])
+    from tlbench.selection.scorers import knn_accuracy
+
+    assert knn_accuracy(train, labels, np.array([[1.0, 0.05], [0.05, 1.0]]), np.array([0, 1]), 2, k=1) == 1.0
+    assert knn_accuracy(train, labels, np.array([[1.0, 0.05], [0.05, 1.0]]), np.array([1, 1]), 2, k=1) == 0.5
+    assert stats is not None

@@ -1,7 +1,7 @@
 """tlbench: benchmark transfer-learning strategies under equal tuning budgets.
 
 The names in ``tlbench.__all__`` are the public API (docs/api.md): what a plugin author
-writes a strategy, backbone or dataset against, and what an analyst reads results with.
+writes a strategy, backbone, dataset or scorer against, and what an analyst reads results with.
 Every other module and name is internal and may change without notice.
 
 The names are resolved on first use (PEP 562), so ``import tlbench`` is cheap and importing
@@ -54,6 +54,10 @@ _EXPORTS: dict[str, str] = {
     "RunRecord": "tlbench.store.records", "StudyName": "tlbench.store.records", "Protocol": "tlbench.store.records",
     "SCHEMA_VERSION": "tlbench.store.records", "Budget": "tlbench.core.budget",
     "SearchSpace": "tlbench.store.space", "Param": "tlbench.store.space",
+    # model selection: transferability scorers
+    "Scorer": "tlbench.selection.scorers", "SCORERS": "tlbench.selection.scorers",
+    "ScoreInputs": "tlbench.selection.inputs", "SourceHead": "tlbench.training.backbones",
+    "ScoreRecord": "tlbench.store.scores",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -80,7 +84,10 @@ if _TYPE_CHECKING:  # static analysers see the real names
     from tlbench.data.splits import Split, Task
     from tlbench.data.views import ImageView
     from tlbench.reports.results import Results, load_results
+    from tlbench.selection.inputs import ScoreInputs
+    from tlbench.selection.scorers import SCORERS, Scorer
     from tlbench.store.records import SCHEMA_VERSION, Protocol, RunRecord, StudyName
+    from tlbench.store.scores import ScoreRecord
     from tlbench.store.space import Param, SearchSpace
     from tlbench.strategies import STRATEGIES
     from tlbench.strategies.base import ModelPredictor, Predictor, Strategy
@@ -101,7 +108,7 @@ if _TYPE_CHECKING:  # static analysers see the real names
     from tlbench.suites.datasets import DATASETS
     from tlbench.suites.images import TorchvisionDataset
     from tlbench.suites.pools import DataAccess, DataPool, Dataset
-    from tlbench.training.backbones import BACKBONES, Backbone, Classifier, TorchvisionBackbone
+    from tlbench.training.backbones import BACKBONES, Backbone, Classifier, SourceHead, TorchvisionBackbone
     from tlbench.training.context import Member, ModelServer, Runtime
     from tlbench.training.loop import (
         Batch,

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from tlbench.reports import figures, stats, studies
+from tlbench.reports import figures, selection, stats, studies
 from tlbench.reports.results import Results
 from tlbench.reports.tables import (
     Table,
@@ -121,6 +121,12 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     study_tables, study_files = studies.studies_section(runs, results.sensitivity, out / "figures",
                                                         colours=colours, seed=seed, draw=figures_too)
     tables += study_tables
+    chosen = selection.selection_section(results.scores, runs, ground_truth=results.ground_truth, seed=seed,
+                                         out=out / "figures", draw=figures_too)
+    tables += chosen.tables
+    report.notes += chosen.notes
+    report.captions.update(chosen.captions)
+    study_files = study_files + chosen.files
     if rank_test is not None and rank_test.reason:
         report.notes.append(f"No Friedman test or critical difference: {rank_test.reason}.")
     if runs.groupby(["column", "strategy"])["seed"].nunique().max() < 2:

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.store.opening import open_existing_storage
 from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
+from tlbench.store.scores import ground_truth, load_scores
 from tlbench.store.space import Param, SearchSpace
 
 
@@ -35,6 +36,9 @@ class Results:
     sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs of sensitivity studies
     #: strategy → what its trials' distributions say (every hyperparameter a trial sampled)
     sampled: dict[str, SearchSpace] = field(default_factory=dict)
+    #: transferability scores (tlbench.store.scores.load_scores) and the strategies they rank against
+    scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ground_truth: list[str] | None = None
 
     @property
     def empty(self) -> bool:
@@ -137,7 +141,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
     if not sensitivity.empty and cells is not None:
         keep = [k in cells for k in zip(sensitivity["task"], sensitivity["backbone"], sensitivity["strategy"])]
         sensitivity = sensitivity[pd.Series(keep, index=sensitivity.index, dtype=bool)].reset_index(drop=True)
-    return Results(runs, trials, imps, protocol, dict(sorted(spaces.items())), sensitivity, sampled_spaces)
+    return Results(runs, trials, imps, protocol, dict(sorted(spaces.items())), sensitivity, sampled_spaces,
+                   load_scores(storage, suite), ground_truth(storage, suite))
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:

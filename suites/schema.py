@@ -214,6 +214,18 @@ class SensitivitySpec(Frozen):
         return self
 
 
+class ModelSelectionSpec(Frozen):
+    """Transferability scores of the suite's backbones, ranked against their fine-tuned accuracy.
+
+    ``scorers``: registry names (default: every registered scorer); ``ground_truth``: the suite's
+    strategies whose fine-tuned accuracy the scores are ranked against (default: all of them);
+    ``seeds``: how often a randomised scorer (N-LEEP) is repeated."""
+
+    scorers: list[str] | None = Field(None, min_length=1)
+    ground_truth: list[str] | None = Field(None, min_length=1)
+    seeds: Int = Field(3, gt=0, le=100)
+
+
 class Suite(Frozen):
     name: str
     seed: Seed = 0
@@ -245,8 +257,11 @@ class Suite(Frozen):
     # suite file) or module names. Not part of the fingerprint: a plugin's code is part of the
     # code version, and every record names its strategy's origin.
     plugins: list[str] = Field(default_factory=list)
+    # Scores computed from the backbones before fine-tuning, ranked against it: not part of the
+    # fingerprint (they change no cell's results).
+    model_selection: ModelSelectionSpec | None = None
     path: str = ""
-    LATER_FIELDS = ("search_space", "sensitivity")
+    LATER_FIELDS = ("search_space", "sensitivity", "model_selection")
 
     @model_validator(mode="before")
     @classmethod
@@ -283,7 +298,8 @@ class Suite(Frozen):
         """A hash of everything that changes a cell's results. The budget (trials, seeds)
         and the strategy list are left out: extending or narrowing a run reuses its store."""
         blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
-                                                   "download", "plugins", "budget", "sensitivity"}),
+                                                   "download", "plugins", "budget", "sensitivity",
+                                                   "model_selection"}),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -247,7 +247,7 @@ def test_code_version_covers_every_source_that_shapes_results() -> None:
 
 
 #: Names in the docs that are not Python paths: entry-point groups a plugin distribution declares.
-NOT_PATHS = {"tlbench.backbones", "tlbench.datasets"}
+NOT_PATHS = {"tlbench.backbones", "tlbench.datasets", "tlbench.scorers"}
 
 
 def cited_paths(text: str) -> set[str]:

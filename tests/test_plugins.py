@@ -216,7 +216,7 @@ def test_a_strategy_that_fails_the_check_is_exit_2(tmp_path: Path, capsys: pytes
     assert "broken.py:Broken" in line
     assert f"strategy broken fails 1 of {len(PROPERTIES)} checks (is deterministic for a seed)" in line
     assert main(["check", str(tmp_path / "broken.py:Other")]) == 2
-    assert "no strategy, backbone or dataset class Other" in capsys.readouterr().err
+    assert "no strategy, backbone, dataset or scorer class Other" in capsys.readouterr().err
 
 
 DATA_AND_BACKBONE = '''

@@ -266,19 +266,21 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
-    """``tlbench check TARGET``: each property of the contract of each strategy, backbone or dataset the
-    target names, pass or a one-line reason."""
+    """``tlbench check TARGET``: each property of the contract of each strategy, backbone, dataset or
+    scorer the target names, pass or a one-line reason."""
     from tlbench.run.plugins import load_entry_points, load_plugin
+    from tlbench.selection.scorers import SCORERS, Scorer
     from tlbench.strategies import STRATEGIES, Strategy
     from tlbench.suites.datasets import DATASETS
     from tlbench.suites.pools import Dataset
-    from tlbench.testing import check_backbone, check_dataset, check_strategy
+    from tlbench.testing import check_backbone, check_dataset, check_scorer, check_strategy
     from tlbench.training.backbones import BACKBONES, Backbone
 
     load_entry_points()
     target = args.target
-    kinds = (Strategy, Backbone, Dataset)
-    registered = [registry.get(target) for registry in (STRATEGIES, BACKBONES, DATASETS) if target in registry]
+    kinds = (Strategy, Backbone, Dataset, Scorer)
+    registered = [registry.get(target) for registry in (STRATEGIES, BACKBONES, DATASETS, SCORERS)
+                  if target in registry]
     if registered:
         classes: list[type] = registered
     else:
@@ -288,7 +290,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
         classes = [c for c in ours if not wanted or c.__name__ == wanted]
         if not classes:
             found = ", ".join(c.__name__ for c in ours) or "none"
-            raise ConfigError(f"check {target}: no strategy, backbone or dataset class {wanted or ''} in {entry}; "
+            raise ConfigError(f"check {target}: no strategy, backbone, dataset or scorer class {wanted or ''} in {entry}; "
                               f"found: {found}")
     settings = check_settings(args)
     failed = []
@@ -297,6 +299,8 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
             report = check_strategy(cls)
         elif issubclass(cls, Backbone):
             report = check_backbone(cls, args=settings["args"], input_shape=settings["input_shape"])
+        elif issubclass(cls, Scorer):
+            report = check_scorer(cls)
         else:
             report = check_dataset(cls, args=settings["args"], data=args.data_root)
         print(report)
@@ -345,6 +349,10 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     elif args.what == "datasets":
         from tlbench.suites.datasets import DATASETS
         rows = [(name, cls.description) for name, cls in DATASETS]
+    elif args.what == "scorers":
+        from tlbench.selection.scorers import SCORERS
+        rows = [(name, f"{'higher' if cls.higher_is_better else 'lower'} is better; {cls.definition}")
+                for name, cls in SCORERS]
     else:
         from tlbench.suites import bundled_suites
         rows = [(name, str(path)) for name, path in bundled_suites().items()]

@@ -59,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
     rep.add_argument("--out", type=Path, help="where to write the report (default: RUN_DIR, or ./report)")
     rep.add_argument("--suite", help="report this suite only (default: every suite in the store)")
-    chk = sub.add_parser("check", help="check a strategy, backbone or dataset against its contract (exit 0: all "
-                                       "pass)")
-    chk.add_argument("target", help="FILE.py:Class, module:Class, FILE.py (every strategy, backbone and dataset it "
-                                    "defines) or a registered name")
+    chk = sub.add_parser("check", help="check a strategy, backbone, dataset or scorer against its contract (exit 0: "
+                                       "all pass)")
+    chk.add_argument("target", help="FILE.py:Class, module:Class, FILE.py (every strategy, backbone, dataset and "
+                                    "scorer it defines) or a registered name")
     chk.add_argument("--args", default=None, metavar="YAML",
                      help="a backbone's or dataset's arguments, as a suite's args: would give them "
                           "(e.g. '{variant: resnet18}'); default: its defaults")
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a backbone's input, channels first (default: its example_input, else 3,32,32)")
     chk.add_argument("--data-root", type=Path, default=None,
                      help="where a dataset's files are (default: the current folder)")
-    lst = sub.add_parser("list", help="list strategies, backbones, datasets or suites")
-    lst.add_argument("what", choices=["strategies", "backbones", "datasets", "suites"])
+    lst = sub.add_parser("list", help="list strategies, backbones, datasets, scorers or suites")
+    lst.add_argument("what", choices=["strategies", "backbones", "datasets", "scorers", "suites"])
     return parser
 
 

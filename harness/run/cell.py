@@ -83,6 +83,10 @@ class CellWork:
         self._studies: dict[str, optuna.Study] = {}
         self._sensitivity: list[tuple[optuna.Study, dict[str, Any], RunContext, list[int]]] | None = None
 
+    @property
+    def label(self) -> str:
+        return self.cell.label
+
     # ---------------------------------------------------------------- the steps
     def step(self) -> Step:
         start = time.perf_counter()

@@ -90,15 +90,15 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
                                      runtime=noting, share=share, seen=seen)
     except (UpdateFinishedTrialError, ValueError) as err:
         if not optuna_internals.finished_elsewhere(study, frozen, err):
-            _release(study, frozen, err)
+            release_claim(study, frozen, err)
             raise
         return None  # taken over after this worker was judged dead: the seed's new claim runs it
     except BaseException as err:  # training, scoring or recording stopped: the seed is free again
-        _release(study, frozen, err)
+        release_claim(study, frozen, err)
         raise
 
 
-def _release(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> None:
+def release_claim(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> None:
     """Fails a claimed run on the way out of an error or interrupt (an unreadable test image,
     Ctrl-C), with the reason, so that no run is left RUNNING until the next start on this
     host; the next claim of its seed runs it again. A run already finished stays as it is."""

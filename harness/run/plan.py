@@ -35,6 +35,7 @@ from tlbench.run.plugins import load_entry_points, load_suite_plugins
 from tlbench.run.pretrain import check_backbone_source, preprocess_for
 from tlbench.run.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides, unused
 from tlbench.run.spaces import declared as declared_space
+from tlbench.selection.scorers import SCORERS
 from tlbench.store.space import SearchSpace
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites.datasets import DataAccess, data_access, data_location
@@ -144,6 +145,7 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     suite = with_overrides(suite, trials=trials, seeds=seeds, strategies=strategies, data_root=data_root,
                            cache_dir=cache_dir)
     check_references(suite)
+    check_model_selection(suite, declared)
     options = typed_options(suite, declared)
     order = run_order(suite, declared, options)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
@@ -172,6 +174,26 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     spaces, grids, searched = search_spaces(suite, declared, options, cells, probes)
     return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids, searched,
                 built_sources)
+
+
+def check_model_selection(suite: Suite, declared: list[str]) -> None:
+    """``model_selection:`` names registered scorers (built-in or plugin) and strategies of the
+    suite, and there are at least two backbones to rank on some task."""
+    spec = suite.model_selection
+    if spec is None:
+        return
+    where = f"{suite.path}: model_selection"
+    for i, name in enumerate(spec.scorers or []):
+        SCORERS.get(name, where=f"{where}.scorers[{i}]")
+    if spec.scorers is not None and len(set(spec.scorers)) != len(spec.scorers):
+        raise ConfigError(f"{where}.scorers: a scorer is listed twice")
+    for i, name in enumerate(spec.ground_truth or []):
+        if name not in set(declared) | set(suite.strategies):
+            raise ConfigError(f"{where}.ground_truth[{i}]: {name!r} is not among the suite's strategies "
+                              f"({', '.join(declared)})")
+    if not any(len(t.backbones) >= 2 for t in suite.tasks.values()):
+        raise ConfigError(f"{where}: ranking backbones needs a task with at least two backbones; every task "
+                          f"has one")
 
 
 def search_spaces(suite: Suite, declared: list[str], options: dict[str, Frozen], cells: list[Cell],

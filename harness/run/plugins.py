@@ -4,10 +4,10 @@ Two ways in, both registering into the same registries as the built-ins:
 
 - a suite's ``plugins:`` list: Python files (paths relative to the suite file) or names of
   importable modules. Every public class a plugin defines (not imports) that subclasses
-  :class:`~tlbench.Strategy`, :class:`~tlbench.Backbone` or :class:`~tlbench.Dataset` is
-  registered under its ``name``.
+  :class:`~tlbench.Strategy`, :class:`~tlbench.Backbone`, :class:`~tlbench.Dataset` or
+  :class:`~tlbench.Scorer` is registered under its ``name``.
 - entry points of installed distributions, in the groups ``tlbench.strategies``,
-  ``tlbench.backbones`` and ``tlbench.datasets``: each names one class of that kind. They are
+  ``tlbench.backbones``, ``tlbench.datasets`` and ``tlbench.scorers``: each names one class of that kind. They are
   found without any suite line.
 
 Each registered class keeps its origin (the file and its hash, or the distribution and its
@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from tlbench.core.errors import ConfigError
 from tlbench.core.registry import Registry
+from tlbench.selection.scorers import SCORERS, Scorer
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites.datasets import DATASETS
 from tlbench.suites.pools import Dataset
@@ -39,9 +40,9 @@ from tlbench.training.backbones import BACKBONES, Backbone
 
 #: entry-point group → the registry it fills
 GROUPS: dict[str, Registry[Any]] = {"tlbench.strategies": STRATEGIES, "tlbench.backbones": BACKBONES,
-                                    "tlbench.datasets": DATASETS}
+                                    "tlbench.datasets": DATASETS, "tlbench.scorers": SCORERS}
 KINDS: tuple[tuple[type, Registry[Any]], ...] = ((Strategy, STRATEGIES), (Backbone, BACKBONES),
-                                                 (Dataset, DATASETS))
+                                                 (Dataset, DATASETS), (Scorer, SCORERS))
 
 
 class PluginError(ConfigError):

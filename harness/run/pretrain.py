@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import torch
+from torch import nn
 
 from tlbench.core.atomic import building, save_atomic
 from tlbench.core.codeversion import pretraining_version
@@ -26,7 +27,14 @@ from tlbench.data.splits import Task
 from tlbench.suites.datasets import data_access
 from tlbench.suites.schema import BackboneSpec, PretrainSpec, Suite
 from tlbench.suites.splitting import build_task
-from tlbench.training.backbones import Backbone, Classifier, TorchvisionBackbone, build_backbone, load_checkpoint
+from tlbench.training.backbones import (
+    Backbone,
+    Classifier,
+    SourceHead,
+    TorchvisionBackbone,
+    build_backbone,
+    load_checkpoint,
+)
 from tlbench.training.loop import Execution, NullReporter, fit_epochs, steps_per_epoch
 
 
@@ -56,11 +64,17 @@ class PretrainCache:
                 return None, f"cache file {ckpt} is corrupt (checksum mismatch); rebuilding"
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             into.load_state_dict(state["backbone"])
+            head = state.get("head")  # entries written before heads were kept have none
+            if isinstance(head, dict) and {"weight", "bias"} <= set(head):
+                accuracy = meta.get("source_val_accuracy")
+                into.source_head = SourceHead(head["weight"], head["bias"],
+                                              float(accuracy) if isinstance(accuracy, (int, float)) else None)
         except Exception as err:  # noqa: BLE001 - anything unreadable is rebuilt
             return None, f"cache file {ckpt} is unreadable ({type(err).__name__}); rebuilding"
         return into, ""
 
     def save(self, key: str, backbone: Backbone, meta: dict[str, object]) -> None:
+        """Writes the backbone's weights and its source head (when it has one) with ``meta``."""
         try:
             self._write(key, backbone, meta)
         except OSError as err:
@@ -69,7 +83,10 @@ class PretrainCache:
 
     def _write(self, key: str, backbone: Backbone, meta: dict[str, object]) -> None:
         ckpt, manifest = self.paths(key)
-        save_atomic({"backbone": backbone.state_dict()}, ckpt)
+        state: dict[str, object] = {"backbone": backbone.state_dict()}
+        if backbone.source_head is not None:
+            state["head"] = {"weight": backbone.source_head.weight, "bias": backbone.source_head.bias}
+        save_atomic(state, ckpt)
         manifest.write_text(json.dumps({**meta, "sha256": file_sha256(ckpt)}, indent=2))
 
 
@@ -174,9 +191,10 @@ def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "Pretr
     start = time.perf_counter()
     progress = PretrainProgress(f"pretraining {name}", spec.pretrain.epochs, len(task.train), log,
                                 every=progress_every)
-    val_acc = pretrain(backbone, task, spec.pretrain, device=device, loading=loading, reporter=progress)
+    val_acc, head = pretrain(backbone, task, spec.pretrain, device=device, loading=loading, reporter=progress)
     seconds = time.perf_counter() - start
     backbone = backbone.cpu()
+    backbone.source_head = SourceHead.of(head.cpu(), val_acc)
     cache.save(key, backbone, {"backbone": name, "source_task": spec.pretrain.task,
                                "source_val_accuracy": val_acc, "seconds": seconds,
                                "code_version": pretraining_version(), "created": time.time()})
@@ -218,9 +236,9 @@ class PretrainProgress(NullReporter):
 
 
 def pretrain(backbone: Backbone, task: Task, p: PretrainSpec, *, device: torch.device,
-             loading: Loading = Loading(), reporter: NullReporter | None = None) -> float:
+             loading: Loading = Loading(), reporter: NullReporter | None = None) -> tuple[float, nn.Linear]:
     """Supervised training on the source ``task`` (AdamW + one-cycle); returns source val
-    accuracy (``reporter`` receives each epoch's)."""
+    accuracy (``reporter`` receives each epoch's) and the source head it trained."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         model = Classifier(backbone, backbone.new_head(task.num_classes)).to(device)
@@ -231,4 +249,4 @@ def pretrain(backbone: Backbone, task: Task, p: PretrainSpec, *, device: torch.d
         fit_epochs(model, opt, (task.train.x, task.train.y), (task.val.x, task.val.y),
                    epochs=p.epochs, batch_size=p.batch_size, seed=p.seed, device=device,
                    reporter=reporter, scheduler=sched, execution=Execution(loading=loading))
-    return reporter.history[-1]
+    return reporter.history[-1], model.head

@@ -21,6 +21,7 @@ from tlbench.run.cell import CellOutcome, CellWork, RunObserver
 from tlbench.run.model_server import Reuse
 from tlbench.run.plan import Plan
 from tlbench.run.pretrain import materialize_backbone
+from tlbench.run.selection import ScoreWork, score_works
 from tlbench.run.study_attrs import check_plugin_code
 from tlbench.run.tuned import ModelServers
 from tlbench.store.claims import check_compatible
@@ -63,6 +64,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     needed, keep_weights = plan.reused()
     groups = ModelServers(storage, plan, backbones, Reuse(needed, keep_weights), out / "models")
     observer.plan_started(plan)
+    scoring = score_works(plan, backbones, storage=storage, runtime=runtime, log=observer.log)
     works: dict[tuple[str, str, str], CellWork] = {}
     for cell in plan.cells:
         works[(cell.task, cell.backbone, cell.strategy)] = CellWork(
@@ -72,8 +74,8 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     lost = Reconnect(observer.log)
     pause = poll_s
     while True:
-        waiting = []
-        for work in works.values():
+        waiting: list[CellWork | ScoreWork] = []
+        for work in [*scoring, *works.values()]:  # scores first: a forward pass each, before any fine-tuning
             if work.outcome is not None:
                 continue
             try:
@@ -92,7 +94,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                 break
             if time.monotonic() - noted > 60:
                 noted = time.monotonic()
-                observer.log(f"waiting for other workers: {', '.join(w.cell.label for w in waiting[:3])}"
+                observer.log(f"waiting for other workers: {', '.join(w.label for w in waiting[:3])}"
                              f"{' …' if len(waiting) > 3 else ''} ({len(waiting)} cells have work held elsewhere "
                              f"or waiting for it)")
             time.sleep(pause)

@@ -498,8 +498,8 @@ class KNN(Scorer):
 
 
 @register
-class LinearProbe(Scorer):
-    name = "linear_probe"
+class ProbeAccuracy(Scorer):
+    name = "probe_accuracy"
     needs = ("validation",)
     definition = ("validation accuracy of an L2-regularised (C = 1) multinomial logistic regression on "
                   "standardised train features, fixed hyperparameters (no tuning)")

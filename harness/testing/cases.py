@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from tlbench.selection.scorers import Scorer
 from tlbench.strategies.base import Strategy
 from tlbench.suites.pools import Dataset
 from tlbench.testing.backbone import BACKBONE_PROPERTIES, backbone_context
 from tlbench.testing.dataset import DATASET_PROPERTIES, dataset_context
 from tlbench.testing.report import one_line
+from tlbench.testing.scorer import SCORER_PROPERTIES, scorer_context
 from tlbench.testing.strategy import PROPERTIES, strategy_context
 from tlbench.training.backbones import Backbone
 
@@ -35,7 +37,9 @@ def contract_of(cls: type) -> tuple[str, dict[str, Callable[[Any], None]], Calla
         return "backbone", BACKBONE_PROPERTIES, backbone_context
     if isinstance(cls, type) and issubclass(cls, Dataset):
         return "dataset", DATASET_PROPERTIES, dataset_context
-    raise TypeError(f"{cls!r} is not a tlbench Strategy, Backbone or Dataset class")
+    if isinstance(cls, type) and issubclass(cls, Scorer):
+        return "scorer", SCORER_PROPERTIES, scorer_context
+    raise TypeError(f"{cls!r} is not a tlbench Strategy, Backbone, Dataset or Scorer class")
 
 
 class _Shared:

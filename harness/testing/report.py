@@ -35,7 +35,7 @@ class CheckReport:
 
     subject: str
     results: list[CheckResult] = field(default_factory=list)
-    kind: str = "strategy"  # strategy, backbone or dataset
+    kind: str = "strategy"  # strategy, backbone, dataset or scorer
 
     @property
     def strategy(self) -> str:  # the name the report had when it checked strategies only

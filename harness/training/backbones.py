@@ -10,6 +10,7 @@ import copy
 import hashlib
 import math
 from abc import ABC
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,33 @@ from tlbench.core.errors import ConfigError
 from tlbench.core.frozen import Frozen, validate_block
 from tlbench.core.registry import Registry
 from tlbench.data.preprocess import Preprocess
+
+
+@dataclass(frozen=True, eq=False)
+class SourceHead:
+    """The classifier a backbone's weights were trained with, on its features: what gives
+    source-class probabilities to transferability scores (LEEP, NCE). Not a module of the
+    backbone (its state dict and identity stay the weights'); it travels with the backbone.
+
+    Attributes:
+        weight, bias: (Z, D) and (Z,) of the last linear layer over ``forward_features``.
+        accuracy: the weights' accuracy on their source task, in [0, 1], when known.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    accuracy: float | None = None
+
+    @classmethod
+    def of(cls, linear: nn.Linear, accuracy: float | None = None) -> "SourceHead":
+        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+        return cls(linear.weight.detach().cpu().clone(), bias.detach().cpu().clone(), accuracy)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Softmax of the source logits, computed in float64 (no class underflows to 0 that a
+        float32 softmax would keep)."""
+        logits = features.double() @ self.weight.double().T + self.bias.double()
+        return torch.softmax(logits, dim=1)
 
 
 class Backbone(nn.Module, ABC):
@@ -40,6 +68,7 @@ class Backbone(nn.Module, ABC):
     example_input: ClassVar[tuple[int, ...] | None] = None
     rebuild_to_reinitialize: ClassVar[bool] = False
     init_args: dict[str, Any] | None = None  # the suite arguments it was built from, when known
+    source_head: SourceHead | None = None  # the weights' own classifier, when they come with one
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Maps the last group's output to (N, D); default: global average pool (a group that
@@ -247,10 +276,13 @@ class TorchvisionBackbone(Backbone):
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
             raise ConfigError(f"cannot load {variant} weights {weights}: expected {cache} "
                               f"in the torch hub cache ({type(err).__name__})") from None
+        head = last_linear(net)
         with torch.random.fork_rng(devices=[]):  # a replaced stem is drawn from a fixed seed
             torch.manual_seed(0)
             out = cls(**args.model_dump(), net=net)
         out.init_args = args.model_dump()
+        if head is not None and head.in_features == out.feature_dim:
+            out.source_head = SourceHead.of(head, published_top1(member))
         return identify(out, f"torchvision:{variant}:{weights}")
 
     @classmethod
@@ -258,6 +290,25 @@ class TorchvisionBackbone(Backbone):
         if weights is None:
             return Preprocess()
         return Preprocess.from_transforms(cls._weights_member(args, weights).transforms())
+
+
+def last_linear(net: nn.Module) -> nn.Linear | None:
+    """The network's last linear layer: its classifier over the pooled features (ResNet's
+    ``fc``, ViT's ``heads.head``, the last layer of ConvNeXt's, EfficientNet's and MobileNetV3's
+    ``classifier``)."""
+    found = None
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            found = module
+    return found
+
+
+def published_top1(member: Any) -> float | None:
+    """The ImageNet-1K top-1 accuracy torchvision publishes for a weights enum member, in [0, 1]."""
+    try:
+        return float(member.meta["_metrics"]["ImageNet-1K"]["acc@1"]) / 100.0
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 class ResNetArgs(Frozen):

@@ -1,0 +1,184 @@
+"""Scoring a suite's backbones before fine-tuning: the run's share of model selection.
+
+For each task × backbone of a suite with a ``model_selection:`` block, :class:`ScoreWork`
+computes the features of the train and validation splits through the runtime's feature cache
+(the same entries the linear probe reads, so no second pass), the source-class probabilities
+from the backbone's own source head when it has one, and every scorer on them; each scorer is
+one unit of work claimed in the store (:mod:`tlbench.store.scores`), so scoring is resumable,
+kill-safe and shared by several workers like the cells' runs. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from tlbench.core.codeversion import features_version, scoped_version
+from tlbench.core.registry import BUILTIN
+from tlbench.data.splits import Task
+from tlbench.run.evaluation import release_claim
+from tlbench.run.plan import Plan
+from tlbench.run.tuning import Step
+from tlbench.selection.inputs import ScoreInputs, make_inputs
+from tlbench.selection.scorers import SCORERS, Scorer, run_scorer
+from tlbench.store import optuna_internals
+from tlbench.store.claims import Heartbeat, claim, recover_orphans
+from tlbench.store.scores import ScoreRecord, score_study_name
+from tlbench.training.backbones import Backbone
+from tlbench.training.context import Runtime
+
+
+def scorer_names(plan: Plan) -> list[str]:
+    """The scorers a suite runs: its list, else every registered one."""
+    spec = plan.suite.model_selection
+    if spec is None:
+        return []
+    return list(spec.scorers) if spec.scorers is not None else SCORERS.names()
+
+
+def scorer_code(name: str) -> str:
+    """What a scorer's values depend on: its code (a plugin's digest, or the selection modules)
+    and the code that computes the features."""
+    source = SCORERS.source(name)
+    if source is not None:
+        return f"{source}|{features_version()}"
+    return f"{scoped_version(('tlbench.selection.scorers',))}|{features_version()}"
+
+
+def feature_inputs(backbone: Backbone, task: Task, runtime: Runtime, *, where: str) -> tuple[ScoreInputs, float]:
+    """A backbone's score inputs on ``task`` (train and validation only) and the seconds of the
+    feature passes they rely on (as computed, cached or not)."""
+    with runtime.features.charge() as charge:
+        train = runtime.features.get(backbone, task.train.x, task.train.fingerprint, device=runtime.device,
+                                     execution=runtime.execution)
+        val = runtime.features.get(backbone, task.val.x, task.val.fingerprint, device=runtime.device,
+                                   execution=runtime.execution)
+    head = backbone.source_head
+    probs = head.probabilities(train.float()).numpy() if head is not None else None
+    inputs = make_inputs(train.double().numpy(), task.train.y.numpy(), num_classes=task.num_classes,
+                         source_probs=probs, val_features=val.double().numpy(), val_labels=task.val.y.numpy(),
+                         parameters=sum(p.numel() for p in backbone.parameters()),
+                         source_accuracy=head.accuracy if head is not None else None, where=where)
+    return inputs, charge.pass_seconds or 0.0
+
+
+def _same_scorer(name: str, code: str) -> Any:
+    return lambda t: t.user_attrs.get("scorer") == name and t.user_attrs.get("code") == code
+
+
+class ScoreWork:
+    """One task × backbone's scores, one scorer per :meth:`step` (``ran``, ``wait``, ``done``)."""
+
+    def __init__(self, plan: Plan, task: str, backbone_name: str, backbone: Backbone, *, storage: BaseStorage,
+                 runtime: Runtime, log: Any = print) -> None:
+        self.plan, self.task, self.backbone_name, self.backbone = plan, task, backbone_name, backbone
+        self.storage, self.runtime, self.log = storage, runtime, log
+        self.scorers = scorer_names(plan)
+        self.codes = {name: scorer_code(name) for name in self.scorers}
+        self.outcome: str | None = None
+        self._study: optuna.Study | None = None
+        self._inputs: tuple[ScoreInputs, float] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} / {self.backbone_name} / scores"
+
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = optuna.create_study(
+                study_name=score_study_name(self.plan.suite.name, self.task, self.backbone_name),
+                storage=self.storage, direction="maximize", load_if_exists=True)
+            spec = self.plan.suite.model_selection
+            truth = list(spec.ground_truth) if spec is not None and spec.ground_truth else []
+            if self._study.user_attrs.get("ground_truth") != truth:
+                self._study.set_user_attr("ground_truth", truth)  # what the report ranks against
+        return self._study
+
+    def step(self) -> Step:
+        study = self.study()
+        recover_orphans(study)
+        trials = study.get_trials(deepcopy=False)
+        todo = []
+        held = False
+        for name in self.scorers:
+            same = _same_scorer(name, self.codes[name])
+            mine = [t for t in trials if same(t) and t.state != TrialState.FAIL]
+            if any(t.state == TrialState.COMPLETE for t in mine):
+                continue
+            if mine:
+                held = True
+                continue
+            todo.append(name)
+        if not todo:
+            if held:
+                return "wait"
+            self.outcome = "done"
+            return "done"
+        self._score(study, todo[0])
+        return "ran"
+
+    def _score(self, study: optuna.Study, name: str) -> None:
+        code = self.codes[name]
+        frozen = claim(study, {"scorer": name, "code": code}, _same_scorer(name, code))
+        if frozen is None:
+            return
+        try:
+            with Heartbeat.of(study, frozen):
+                self._run_claimed(study, frozen, name, code)
+        except (UpdateFinishedTrialError, ValueError) as err:
+            if not optuna_internals.finished_elsewhere(study, frozen, err):
+                release_claim(study, frozen, err)
+                raise
+        except BaseException as err:  # the unit is free again for the next claim
+            release_claim(study, frozen, err)
+            raise
+
+    def _run_claimed(self, study: optuna.Study, trial: FrozenTrial, name: str, code: str) -> None:
+        started = dt.datetime.now(dt.timezone.utc).isoformat()
+        where = f"{self.plan.suite.path}: model_selection ({self.task} / {self.backbone_name})"
+        task = self.plan.task_for(self.task, self.backbone_name)
+        if self._inputs is None:
+            self._inputs = feature_inputs(self.backbone, task, self.runtime, where=where)
+        inputs, feature_seconds = self._inputs
+        scorer: Scorer = SCORERS.get(name)()
+        spec = self.plan.suite.model_selection
+        repeats = spec.seeds if (spec is not None and scorer.randomized) else 1
+        seeds = [self.plan.suite.seed * 1000003 + k for k in range(repeats)]
+        values, seconds, skipped = [], [], ""
+        for seed in seeds:
+            score = run_scorer(scorer, inputs, seed=seed)
+            if score.value is None:
+                skipped = score.skipped
+                break
+            values.append(score.value)
+            seconds.append(score.seconds)
+        record = ScoreRecord(
+            suite=self.plan.suite.name, task=self.task, backbone=self.backbone_name, scorer=name,
+            scorer_origin=SCORERS.origin(name) if name in SCORERS else BUILTIN,
+            higher_is_better=scorer.higher_is_better, definition=scorer.definition,
+            seeds=seeds if values else [], values=values, seconds=seconds, skipped=skipped,
+            feature_seconds=feature_seconds, n_train=len(inputs.labels),
+            n_val=0 if inputs.val_labels is None else len(inputs.val_labels), num_classes=inputs.num_classes,
+            feature_dim=inputs.features.shape[1], split_fingerprint=task.fingerprint,
+            weights_id=self.backbone.weights_id, code_version=code, started_at=started)
+        storage, trial_id = optuna_internals.storage_of(study), optuna_internals.trial_id(trial)
+        storage.set_trial_user_attr(trial_id, "score", record.model_dump())
+        study.tell(trial.number, float(np.mean(values)) if values else 0.0)
+        shown = f"{np.mean(values):.4g}" if values else f"skipped ({skipped})"
+        self.log(f"{self.task} / {self.backbone_name}: {name} = {shown}")
+
+
+def score_works(plan: Plan, backbones: dict[str, Backbone], *, storage: BaseStorage, runtime: Runtime,
+                log: Any = print) -> list[ScoreWork]:
+    """The scoring work of a plan: one per task × backbone of its cells (none without a
+    ``model_selection:`` block)."""
+    if plan.suite.model_selection is None:
+        return []
+    pairs = sorted({(c.task, c.backbone) for c in plan.cells}, key=lambda p: (list(plan.suite.tasks).index(p[0]), p[1]))
+    return [ScoreWork(plan, t, b, backbones[b], storage=storage, runtime=runtime, log=log) for t, b in pairs]

@@ -1,0 +1,133 @@
+"""Transferability scores in the store: a record kind of its own beside the evaluation runs.
+
+Each task × backbone of a suite with a ``model_selection:`` block has one study,
+``suite::task::backbone::select`` (four parts, so :class:`~tlbench.store.records.StudyName`
+and everything that reads cells pass it by). Each of its trials is one scorer's unit of work,
+claimed like an evaluation seed (:func:`tlbench.store.claims.claim`): a worker killed while
+scoring leaves a RUNNING trial that the next worker fails and redoes, and two workers never
+score the same unit. A finished unit's ``score`` user attribute is a :class:`ScoreRecord`
+(``schema_version`` 1): the values over the scorer's seeds, the seconds each took, and what
+the score was computed on. Adding a scorer later scores only it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from pydantic import ValidationError
+
+from tlbench.core.frozen import Frozen
+from tlbench.store.records import SEP, StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCORE_SCHEMA_VERSION = 1
+KIND = "select"
+
+
+def score_study_name(suite: str, task: str, backbone: str) -> str:
+    return SEP.join((suite, task, backbone, KIND))
+
+
+def parse_score_study(name: str) -> tuple[str, str, str] | None:
+    """(suite, task, backbone) of a score study's name; None for any other study."""
+    parts = name.split(SEP)
+    if len(parts) != 4 or parts[3] != KIND or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+class ScoreRecord(Frozen):
+    """One scorer on one backbone and task: its value per scorer seed (empty when skipped)."""
+
+    schema_version: int = SCORE_SCHEMA_VERSION
+    suite: str
+    task: str
+    backbone: str
+    scorer: str
+    scorer_origin: str = "tlbench"
+    higher_is_better: bool
+    definition: str
+    seeds: list[int]
+    values: list[float]
+    seconds: list[float]  # each seed's scoring time (the feature pass not included)
+    skipped: str = ""  # why there is no value (the inputs the backbone lacks)
+    feature_seconds: float  # the cached feature pass on train + val, as computed
+    n_train: int
+    n_val: int
+    num_classes: int
+    feature_dim: int
+    split_fingerprint: str
+    weights_id: str
+    code_version: str
+    started_at: str
+
+    @classmethod
+    def from_stored(cls, data: Any, *, where: str) -> "ScoreRecord":
+        if not isinstance(data, dict):
+            raise StoreError(f"{where}: a score record must be a mapping, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if isinstance(version, int) and version > SCORE_SCHEMA_VERSION:
+            raise StoreError(f"{where}: score record schema {version} is newer than this tlbench reads "
+                             f"({SCORE_SCHEMA_VERSION}); upgrade tlbench")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise StoreError(f"{where}: malformed score record ({'.'.join(map(str, first['loc']))}: "
+                             f"{first['msg']})") from None
+
+
+def score_records(storage: BaseStorage, suite: str | None = None) -> list[ScoreRecord]:
+    """Every finished score unit of the store (of ``suite`` only, when given)."""
+    out = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        parsed = parse_score_study(summary.study_name)
+        if parsed is None or (suite is not None and parsed[0] != suite):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "score" in trial.user_attrs:
+                out.append(ScoreRecord.from_stored(trial.user_attrs["score"],
+                                                   where=f"{summary.study_name} trial {trial.number}"))
+    return out
+
+
+def ground_truth(storage: BaseStorage, suite: str | None = None) -> list[str] | None:
+    """The ground-truth strategies the suite's ``model_selection:`` named (stored on its score
+    studies); None when it named none (every strategy is then a ground truth)."""
+    named: list[str] = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        parsed = parse_score_study(summary.study_name)
+        if parsed is None or (suite is not None and parsed[0] != suite):
+            continue
+        for name in summary.user_attrs.get("ground_truth") or []:
+            if name not in named:
+                named.append(name)
+    return named or None
+
+
+def load_scores(storage: BaseStorage, suite: str | None = None) -> "pd.DataFrame":
+    """One row per (suite, task, backbone, scorer, seed) with its value and seconds; a skipped
+    unit is one row with no value and its reason."""
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for r in score_records(storage, suite):
+        base = {"suite": r.suite, "task": r.task, "backbone": r.backbone, "scorer": r.scorer,
+                "scorer_origin": r.scorer_origin, "higher_is_better": r.higher_is_better,
+                "definition": r.definition, "skipped": r.skipped, "feature_seconds": r.feature_seconds,
+                "n_train": r.n_train, "n_val": r.n_val, "num_classes": r.num_classes,
+                "feature_dim": r.feature_dim, "weights_id": r.weights_id}
+        if not r.values:
+            rows.append({**base, "seed": None, "value": None, "seconds": None})
+        for seed, value, seconds in zip(r.seeds, r.values, r.seconds):
+            rows.append({**base, "seed": seed, "value": value, "seconds": seconds})
+    columns = ["suite", "task", "backbone", "scorer", "seed", "value", "seconds", "skipped", "higher_is_better",
+               "definition", "scorer_origin", "feature_seconds", "n_train", "n_val", "num_classes", "feature_dim",
+               "weights_id"]
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,262 @@
+"""Model selection end to end: scores stored beside the runs, resumable and kill-safe, ranked in the
+report; plugins; and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tlbench.cli.main import main
+from tlbench.selection.scorers import SCORERS
+from tlbench.store.opening import open_storage
+from tlbench.store.scores import load_scores, parse_score_study, score_records
+
+SUITE = """\
+name: {name}
+seed: 0
+trials: 2
+seeds: 2
+strategies: [linear_probe]
+training:
+  epochs: [2, 3]
+{plugins}
+source_tasks:
+  glyphs-digits:
+    dataset: glyphs
+    args: {{n: 600, size: 8, classes: digits, seed: 0}}
+    split: {{test_fraction: 0.1, val_fraction: 0.1}}
+backbones:
+  wide:
+    arch: cnn2d
+    args: {{width: 8, depth: 2}}
+    pretrain: {{task: glyphs-digits, epochs: 1}}
+  narrow:
+    arch: cnn2d
+    args: {{width: 4, depth: 2}}
+    pretrain: {{task: glyphs-digits, epochs: 1}}
+  random:
+    arch: cnn2d
+    args: {{width: 8, depth: 2}}
+tasks:
+  digits:
+    dataset: digits
+    split: {{seed: 0, shots: 5, val_per_class: 5, test_fraction: 0.5}}
+    backbones: [wide, narrow, random]
+model_selection:
+{selection}
+"""
+
+
+def write_suite(folder: Path, *, name: str = "sel", selection: str = "  seeds: 2", plugins: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(SUITE.format(name=name, selection=selection, plugins=plugins))
+    return path
+
+
+def score_trials(out: Path) -> dict[str, list[TrialState]]:
+    storage = open_storage(None, out)
+    found = {}
+    for s in optuna.get_all_study_summaries(storage):
+        if parse_score_study(s.study_name):
+            found[s.study_name] = [t.state for t in optuna.load_study(study_name=s.study_name,
+                                                                      storage=storage).get_trials()]
+    return found
+
+
+def values(out: Path) -> dict[tuple[str, str, str], list[float]]:
+    return {(r.task, r.backbone, r.scorer): r.values for r in score_records(open_storage(None, out))}
+
+
+@pytest.fixture(scope="module")
+def selection_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("selection")
+    suite = write_suite(root)
+    assert main(["run", str(suite), "--out", str(root / "out"), "--threads", "1"]) == 0
+    return root
+
+
+def test_every_scorer_is_stored_per_backbone(selection_run: Path) -> None:
+    out = selection_run / "out"
+    frame = load_scores(open_storage(None, out))
+    assert set(frame["scorer"]) == set(SCORERS.names())
+    assert set(frame["backbone"]) == {"wide", "narrow", "random"}
+    nleep = frame[(frame["scorer"] == "nleep") & (frame["backbone"] == "wide")]
+    assert sorted(nleep["seed"]) == [0, 1]  # a randomised scorer, repeated over the block's 2 seeds
+    # the random-init backbone has no source head: LEEP, NCE and source accuracy skip it, saying why
+    skipped = frame[frame["value"].isna()]
+    assert set(zip(skipped["backbone"], skipped["scorer"])) == {("random", "leep"), ("random", "nce"),
+                                                                 ("random", "source_accuracy")}
+    assert set(skipped["skipped"]) == {"needs source probs", "needs source accuracy"}
+    # self-pretrained backbones keep their source head: finite source probabilities and accuracy
+    pretrained = frame[(frame["backbone"] == "wide") & frame["scorer"].isin(["leep", "nce", "source_accuracy"])]
+    assert pretrained["value"].notna().all()
+    assert (frame["n_train"] == 50).all() and (frame["n_val"] == 50).all()  # train and val only, never test
+
+
+def test_rerun_scores_nothing(selection_run: Path, tmp_path: Path) -> None:
+    out = selection_run / "out"
+    before = score_trials(out)
+    assert main(["run", str(selection_run / "sel.yaml"), "--out", str(out), "--report", "none", "--threads", "1"]) == 0
+    assert score_trials(out) == before
+    assert all(states == [TrialState.COMPLETE] * len(states) for states in before.values())
+
+
+def test_the_report_ranks_the_scorers(selection_run: Path) -> None:
+    out = selection_run / "out"
+    markdown = (out / "table.md").read_text()
+    assert "Model selection: transferability scores against linear_probe's fine-tuned accuracy" in markdown
+    for name in SCORERS.names():
+        assert f"| {name} " in markdown or f"| **{name}** " in markdown
+    assert "leep skipped for random (needs source probs)" in markdown
+    assert "Model selection" in (out / "table.tex").read_text()
+    html = (out / "report.html").read_text()
+    assert "Model selection" in html and "selection_linear_probe" not in html.split("<body")[0]
+    assert (out / "figures" / "selection_linear_probe.png").is_file()
+    # `tlbench report` reads the same tables from the store alone
+    again = selection_run / "again"
+    assert main(["report", str(out), "--out", str(again)]) == 0
+    table = markdown[markdown.index("**Model selection"):]
+    assert table[:2000] == (again / "table.md").read_text()[(again / "table.md").read_text().index(
+        "**Model selection"):][:2000]
+
+
+PLUGIN = '''
+import numpy as np
+from tlbench import Scorer
+
+
+class MeanNorm(Scorer):
+    """A researcher's own score: the mean feature norm."""
+
+    name = "{name}"
+    definition = "mean L2 norm of the train features"
+
+    def score(self, inputs, rng):
+        {body}
+'''
+
+
+def test_a_plugin_scorer_is_ranked_beside_the_built_ins(tmp_path: Path) -> None:
+    (tmp_path / "myscore.py").write_text(PLUGIN.format(name="mean_norm", body="return float(np.linalg.norm(inputs.features, axis=1).mean())"))
+    suite = write_suite(tmp_path, name="plug", selection="  scorers: [logme, mean_norm]",
+                        plugins="plugins: [myscore.py]")
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--threads", "1", "--report", "tables"]) == 0
+    records = score_records(open_storage(None, tmp_path / "out"))
+    mine = [r for r in records if r.scorer == "mean_norm"]
+    assert len(mine) == 3 and mine[0].scorer_origin.endswith("myscore.py") or "myscore.py" in mine[0].scorer_origin
+    assert {r.scorer for r in records} == {"logme", "mean_norm"}
+    assert "mean_norm" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_a_plugin_returning_nan_is_one_line_and_damages_nothing(tmp_path: Path, capsys) -> None:
+    (tmp_path / "myscore.py").write_text(PLUGIN.format(name="nan_norm", body="return float('nan')"))
+    suite = write_suite(tmp_path, name="nan", selection="  scorers: [hscore, nan_norm]",
+                        plugins="plugins: [myscore.py]")
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("scorer 'nan_norm' returned nan (a score must be a finite number)" in line for line in err)
+    trials = score_trials(out)
+    assert TrialState.FAIL in [s for states in trials.values() for s in states]
+    done = values(out)
+    assert {k[2] for k in done} == {"hscore"}  # what was scored before stays, readable
+    # fixed, the same command finishes, scoring only what is missing
+    (tmp_path / "myscore.py").write_text(PLUGIN.format(name="nan_norm", body="return 1.0"))
+    fixed = subprocess.run([sys.executable, "-m", "tlbench.cli", "run", str(suite), "--out", str(out), "--threads",
+                            "1", "--report", "none"], capture_output=True, text=True)  # a new process: a new plugin
+    assert fixed.returncode == 0, fixed.stderr
+    after = values(out)
+    assert done and all(after[k] == v for k, v in done.items())
+    assert {k[2] for k in after} == {"hscore", "nan_norm"}
+
+
+SLOW = '''
+import os, time
+from pathlib import Path
+from tlbench import Scorer
+
+
+class Slow(Scorer):
+    name = "slow"
+    definition = "sleeps the first time, so that the test can kill the worker while it scores"
+
+    def score(self, inputs, rng):
+        flag = Path(os.environ["SLOW_FLAG"])
+        if not flag.exists():
+            flag.write_text("scoring")
+            time.sleep(120)
+        return float(inputs.features.shape[1])
+'''
+
+
+def test_kill_9_while_scoring_is_redone_by_the_next_run(tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text(SLOW)
+    suite = write_suite(tmp_path, name="kill", selection="  scorers: [hscore, slow]", plugins="plugins: [slow.py]")
+    out = tmp_path / "out"
+    flag = tmp_path / "flag"
+    env = {**os.environ, "SLOW_FLAG": str(flag)}
+    proc = subprocess.Popen([sys.executable, "-m", "tlbench.cli", "run", str(suite), "--out", str(out), "--threads",
+                             "1", "--report", "none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the worker never reached the slow scorer"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    running = [s for states in score_trials(out).values() for s in states if s == TrialState.RUNNING]
+    assert running == [TrialState.RUNNING]  # the dead worker's claim
+    os.environ["SLOW_FLAG"] = str(flag)
+    try:
+        assert main(["run", str(suite), "--out", str(out), "--threads", "1", "--report", "none"]) == 0
+    finally:
+        del os.environ["SLOW_FLAG"]
+    got = values(out)
+    assert {k[2] for k in got} == {"hscore", "slow"} and len(got) == 6
+    clean = tmp_path / "clean"
+    os.environ["SLOW_FLAG"] = str(flag)  # exists now: no sleep
+    try:
+        assert main(["run", str(suite), "--out", str(clean), "--threads", "1", "--report", "none"]) == 0
+    finally:
+        del os.environ["SLOW_FLAG"]
+    assert values(clean) == got
+
+
+@pytest.mark.parametrize("selection,needle", [
+    ("  scorers: [logme, logmee]", "model_selection.scorers[1]: unknown scorer 'logmee'; known: "),
+    ("  ground_truth: [full_finetune]", "model_selection.ground_truth[0]: 'full_finetune' is not among the suite's"),
+    ("  scorers: [logme, logme]", "model_selection.scorers: a scorer is listed twice"),
+    ("  seeds: 0", "model_selection.seeds"),
+    ("  scorer: [logme]", "model_selection.scorer"),
+])
+def test_bad_blocks_are_one_line(tmp_path: Path, capsys, selection: str, needle: str) -> None:
+    suite = write_suite(tmp_path, name="bad", selection=selection)
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "store.journal").exists() or score_trials(tmp_path / "out") == {}
+
+
+def test_check_and_list_know_scorers(capsys, tmp_path: Path) -> None:
+    assert main(["check", "logme"]) == 0
+    assert "tlbench check scorer logme:" in capsys.readouterr().out
+    (tmp_path / "bad.py").write_text(
+        "from tlbench import Scorer\n\nclass Upside(Scorer):\n    name = 'upside'\n    definition = 'minus LogME'\n"
+        "    def score(self, inputs, rng):\n        from tlbench.selection.scorers import logme, one_hot\n"
+        "        return -float(logme(inputs.features, one_hot(inputs.labels, inputs.num_classes)).mean())\n")
+    assert main(["check", str(tmp_path / "bad.py")]) == 2
+    printed = capsys.readouterr()
+    assert "FAIL  ranks separable features above noise" in printed.out
+    assert main(["list", "scorers"]) == 0
+    assert "logme" in capsys.readouterr().out

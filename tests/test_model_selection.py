@@ -260,3 +260,75 @@ def test_check_and_list_know_scorers(capsys, tmp_path: Path) -> None:
     assert "FAIL  ranks separable features above noise" in printed.out
     assert main(["list", "scorers"]) == 0
     assert "logme" in capsys.readouterr().out
+
+
+def hub_checkpoint(home: Path, variant: str, seed: int = 0) -> object:
+    """A torchvision weights file of random weights where the torch hub cache expects it (offline)."""
+    import torch
+    import torchvision
+
+    member = torchvision.models.get_model_weights(variant).IMAGENET1K_V1
+    folder = home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.get_model(variant, weights=None).state_dict(), folder / member.url.rsplit("/", 1)[1])
+    return member
+
+
+@pytest.mark.parametrize("arch,variant", [("resnet", "resnet18"), ("mobilenet_v3", "mobilenet_v3_small"),
+                                          ("efficientnet", "efficientnet_b0")])
+def test_torchvision_weights_keep_their_imagenet_head(tmp_path: Path, monkeypatch, arch: str, variant: str) -> None:
+    """The source head on the backbone's features gives exactly the logits of torchvision's network."""
+    import torch
+    import torchvision
+
+    from tlbench.training.backbones import BACKBONES
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    member = hub_checkpoint(tmp_path, variant)
+    cls = BACKBONES.get(arch)
+    backbone = cls.with_weights(cls.Args(variant=variant), "IMAGENET1K_V1")
+    head = backbone.source_head
+    assert head is not None and head.weight.shape == (1000, backbone.feature_dim)
+    assert head.accuracy == pytest.approx(member.meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100)
+    net = torchvision.models.get_model(variant, weights=member).eval()
+    backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = torch.softmax(net(x).double(), dim=1)
+        got = head.probabilities(backbone.forward_features(x))
+    assert torch.allclose(got, expected, atol=1e-6)
+    # a self-made backbone or random weights have no source head
+    assert cls(variant=variant).source_head is None
+
+
+def test_a_torchvision_zoo_is_scored_with_its_imagenet_heads(tmp_path: Path) -> None:
+    """The same block on published weights (random files in the hub cache, image files on disk):
+    LEEP and NCE read the ImageNet heads, source accuracy the published top-1."""
+    from test_images import write_folder
+
+    home = tmp_path / "torch"
+    members = {v: hub_checkpoint(home, v, seed=i) for i, v in enumerate(["resnet18", "mobilenet_v3_small"])}
+    write_folder(tmp_path / "data" / "shapes" / "train", ["a", "b", "c"], 8)
+    write_folder(tmp_path / "data" / "shapes" / "test", ["a", "b", "c"], 3, seed=1)
+    (tmp_path / "zoo.yaml").write_text(
+        "name: zoo\ntrials: 1\nseeds: 2\nstrategies: [linear_probe]\ntraining: {epochs: [1, 2], batch_size: 8}\n"
+        "data_root: data\ntasks:\n  shapes:\n    dataset: image_folder\n"
+        "    args: {path: shapes/train, test: shapes/test}\n    split: {val_per_class: 2}\n    image_size: 32\n"
+        "    backbones: [r18, mnv3]\nbackbones:\n"
+        "  r18: {arch: resnet, args: {variant: resnet18}, weights: IMAGENET1K_V1}\n"
+        "  mnv3: {arch: mobilenet_v3, args: {variant: mobilenet_v3_small}, weights: IMAGENET1K_V1}\n"
+        "model_selection:\n  scorers: [leep, nce, logme, source_accuracy, parameters]\n")
+    env = {k: v for k, v in os.environ.items() if k != "TLBENCH_DATA"}
+    r = subprocess.run([sys.executable, "-m", "tlbench.cli", "run", "zoo.yaml", "--out", "out", "--cache-dir", "cache",
+                        "--report", "tables", "--threads", "1"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**env, "TORCH_HOME": str(home)}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = {(x.backbone, x.scorer): x for x in score_records(open_storage(None, tmp_path / "out"))}
+    assert len(got) == 10 and all(x.values and not x.skipped for x in got.values())
+    for name, variant in (("r18", "resnet18"), ("mnv3", "mobilenet_v3_small")):
+        published = members[variant].meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100  # type: ignore[attr-defined]
+        assert got[(name, "source_accuracy")].values == [pytest.approx(published)]
+        assert got[(name, "leep")].values[0] < 0 and got[(name, "nce")].values[0] <= 0
+    assert got[("r18", "parameters")].values[0] > got[("mnv3", "parameters")].values[0]
+    assert "Model selection" in (tmp_path / "out" / "table.md").read_text()

@@ -46,21 +46,26 @@ class Digits(Dataset):
 class GlyphArgs(Frozen):
     n: int = Field(20000, gt=0)
     size: int = Field(8, ge=4, le=64)
-    classes: Literal["digits", "letters", "alnum"] = "alnum"
+    classes: Literal["digits", "letters", "alnum", "upper", "lower", "symbols"] = "alnum"
     seed: int = Field(0, ge=0, lt=2**32)
     max_rotation: float = 15.0
+    fonts: Literal["all", "sans", "serif", "mono"] = "all"  # a font family: sources that differ in style
+    LATER_FIELDS = ("fonts",)
 
 
 class Glyphs(Dataset):
     """Printed characters rendered from matplotlib's bundled TrueType fonts."""
 
     name = "glyphs"
-    description = "printed digits/letters rendered offline from matplotlib's fonts (synthetic)"
+    description = "printed digits/letters/symbols rendered offline from matplotlib's fonts (synthetic)"
     Args = GlyphArgs
     CHARSETS: ClassVar[dict[str, str]] = {
         "digits": "0123456789",
         "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
         "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        "upper": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "lower": "abcdefghijklmnopqrstuvwxyz",
+        "symbols": "!#$%&*+-/<=>?@",
     }
 
     def load(self, args: Frozen, data: DataAccess) -> DataPool:
@@ -69,7 +74,7 @@ class Glyphs(Dataset):
         assert isinstance(args, GlyphArgs)
         chars = self.CHARSETS[args.classes]
         x, y = render_glyphs(args.n, size=args.size, classes=chars, seed=args.seed,
-                             max_rotation=args.max_rotation)
+                             max_rotation=args.max_rotation, fonts=args.fonts)
         return DataPool(x, y, tuple(chars))
 
 

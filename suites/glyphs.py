@@ -107,6 +107,23 @@ def font_paths() -> list[pathlib.Path]:
     return list(_usable_fonts(GLYPH_CLASSES))
 
 
+#: Font families a glyph set can be drawn from, by the bundled files' names (``all``: every usable font).
+FONT_SETS: dict[str, tuple[str, ...]] = {
+    "sans": ("DejaVuSans.", "DejaVuSans-", "cmss10"),
+    "serif": ("DejaVuSerif", "STIXGeneral", "cmr10", "cmb10", "cmti10"),
+    "mono": ("DejaVuSansMono", "cmtt10"),
+}
+
+
+def font_set(paths: tuple[pathlib.Path, ...], fonts: str) -> tuple[pathlib.Path, ...]:
+    """The fonts of ``paths`` in family ``fonts`` (a key of :data:`FONT_SETS`, or ``all``)."""
+    if fonts == "all":
+        return paths
+    if fonts not in FONT_SETS:
+        raise ValueError(f"fonts must be 'all' or one of {sorted(FONT_SETS)}, got {fonts!r}")
+    return tuple(p for p in paths if p.name.startswith(FONT_SETS[fonts]))
+
+
 def _ink_bbox(img: np.ndarray) -> tuple[int, int, int, int] | None:
     """Returns (row0, row1, col0, col1) of the non-zero pixels (half-open), or None."""
     rows = np.flatnonzero(img.any(axis=1))
@@ -202,6 +219,7 @@ def render_glyphs(
     blur: tuple[float, float] = (0.0, 1.0),
     scale: tuple[float, float] = (0.6, 0.95),
     max_shift: float = 0.15,
+    fonts: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Renders ``n`` randomly augmented printed glyphs.
 
@@ -234,6 +252,10 @@ def render_glyphs(
         blur: (min, max) Gaussian sigma in canvas pixels.
         scale: (min, max) glyph extent as a fraction of the canvas side.
         max_shift: Maximum offset from the centre as a fraction of the canvas side.
+        fonts: Draw from every usable font (``all``) or one family of :data:`FONT_SETS`
+            (``sans``, ``serif``, ``mono``). Characters outside :data:`GLYPH_CLASSES`
+            (symbols) are drawn only from Unicode text fonts (DejaVu, STIX): TeX's
+            ``cm*`` fonts map ASCII punctuation to other shapes.
 
     Returns:
         A tuple ``(x, y)``: ``x`` float32 of shape (n, 1, size, size) with values in
@@ -267,10 +289,12 @@ def render_glyphs(
 
     if all(c in GLYPH_CLASSES for c in classes):
         paths = _usable_fonts(GLYPH_CLASSES)
-    else:
-        paths = _usable_fonts("".join(sorted(set(classes))))
+    else:  # TeX's fonts map ASCII punctuation to other shapes (cmr10's "<" is "¡"): Unicode text fonts only
+        text = {p for p in _usable_fonts(GLYPH_CLASSES) if not p.name.startswith("cm")}
+        paths = tuple(p for p in _usable_fonts("".join(sorted(set(classes)))) if p in text)
+    paths = font_set(paths, fonts)
     if not paths:
-        raise ValueError(f"no bundled font has glyphs for all of {classes!r}")
+        raise ValueError(f"no bundled {'' if fonts == 'all' else fonts + ' '}font has glyphs for all of {classes!r}")
 
     canvas = _DOWNSAMPLE * size
     n_classes = len(classes)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from tlbench.cli.main import main
@@ -100,6 +101,32 @@ def test_every_scorer_is_stored_per_backbone(selection_run: Path) -> None:
     pretrained = frame[(frame["backbone"] == "wide") & frame["scorer"].isin(["leep", "nce", "source_accuracy"])]
     assert pretrained["value"].notna().all()
     assert (frame["n_train"] == 50).all() and (frame["n_val"] == 50).all()  # train and val only, never test
+
+
+def test_status_counts_the_scores(selection_run: Path, capsys) -> None:
+    assert main(["status", str(selection_run / "sel.yaml"), "--out", str(selection_run / "out")]) == 0
+    assert f"model selection: {3 * len(SCORERS)} scores stored on 3 task × backbone pairs" in capsys.readouterr().out
+
+
+def test_scores_read_the_probes_features_no_second_pass(tiny_task, tiny_backbone, runtime) -> None:
+    """The scores' features are the linear probe's cache entries: scoring, then probing, runs the
+    backbone once per split (train and val for the scores; the probe adds nothing for them)."""
+    from helpers import sample_params
+
+    from tlbench.run.selection import feature_inputs
+    from tlbench.strategies import STRATEGIES
+    from tlbench.training.backbones import SourceHead
+    from tlbench.training.loop import NullReporter
+
+    tiny_backbone.source_head = SourceHead(torch.zeros(5, tiny_backbone.feature_dim), torch.zeros(5), 0.5)
+    inputs, seconds = feature_inputs(tiny_backbone, tiny_task, runtime, where="test")
+    assert runtime.features.computed == 2 and seconds > 0
+    assert inputs.source_probs.shape == (len(tiny_task.train), 5) and inputs.source_accuracy == 0.5
+    assert inputs.val_labels is not None and len(inputs.val_labels) == len(tiny_task.val)
+    probe = STRATEGIES.get("linear_probe")(epochs=(2, 3), batch_size=8)
+    probe.fit(tiny_backbone, tiny_task, sample_params(probe, tiny_backbone), seed=0, reporter=NullReporter(),
+              runtime=runtime)
+    assert runtime.features.computed == 2
 
 
 def test_rerun_scores_nothing(selection_run: Path, tmp_path: Path) -> None:
@@ -332,3 +359,24 @@ def test_a_torchvision_zoo_is_scored_with_its_imagenet_heads(tmp_path: Path) -> 
         assert got[(name, "leep")].values[0] < 0 and got[(name, "nce")].values[0] <= 0
     assert got[("r18", "parameters")].values[0] > got[("mnv3", "parameters")].values[0]
     assert "Model selection" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_the_dry_run_says_what_will_be_scored(tmp_path: Path, capsys) -> None:
+    suite = write_suite(tmp_path, name="dry", selection="  scorers: [logme, leep]\n  ground_truth: [linear_probe]")
+    assert main(["run", str(suite), "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    assert ("model selection: 2 scorers (logme, leep) on 3 task × backbone pairs, before fine-tuning; ranked "
+            "against linear_probe") in printed.out + printed.err
+
+
+def test_the_bundled_zoo_suite_is_listed_and_plans(capsys) -> None:
+    assert main(["list", "suites"]) == 0
+    assert "zoo" in capsys.readouterr().out
+    from tlbench.run.plan import load_plan
+    from tlbench.suites import resolve_suite_path
+
+    plan = load_plan(resolve_suite_path("zoo"), data=False)
+    assert len(plan.suite.backbones) >= 8 and len(plan.suite.tasks) >= 3
+    assert {s for s in plan.suite.model_selection.ground_truth} == {"full_finetune", "linear_probe"}
+    sources = {plan.suite.source_tasks[b.pretrain.task].typed_args().classes for b in plan.suite.backbones.values()}
+    assert {"digits", "letters", "alnum", "symbols"} <= sources

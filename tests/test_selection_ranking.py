@@ -93,3 +93,20 @@ def test_leave_one_out() -> None:
     assert result.low < 1.0 and result.high == pytest.approx(1.0)
     perfect = leave_one_out("p", {b: a for b, a in accs.items()}, accs)
     assert order_stability({"s": 0.8, "p": 1.0}, {"s": result.left_out, "p": perfect.left_out}) == pytest.approx(1.0)
+
+
+def test_vectorised_measures_are_scipys_with_ties() -> None:
+    from scipy import stats
+
+    from tlbench.selection.ranking import agreements
+
+    rng = np.random.default_rng(5)
+    s = rng.integers(0, 4, size=(300, 7)).astype(float)  # many ties
+    a = rng.integers(0, 5, size=(300, 7)).astype(float)
+    got = agreements(s, a)
+    for r in range(300):
+        tau_b = stats.kendalltau(s[r], a[r]).statistic
+        assert got["kendall_tau"][r] == pytest.approx(tau_b, nan_ok=True, abs=1e-12)
+        if np.ptp(s[r]) > 0 and np.ptp(a[r]) > 0:
+            assert got["pearson"][r] == pytest.approx(stats.pearsonr(s[r], a[r]).statistic, abs=1e-12)
+        assert got["weighted_tau"][r] == pytest.approx(stats.weightedtau(s[r], a[r]).statistic, nan_ok=True)

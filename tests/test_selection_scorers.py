@@ -183,7 +183,7 @@ def test_every_scorer_on_separable_beats_noise(name: str) -> None:
     """Each built-in ranks features that separate the classes above features that do not."""
     good, y = labelled(120, 6, 3, seed=11, signal=3.0)
     bad = np.random.default_rng(12).normal(size=(120, 6))
-    vg, vy = labelled(60, 6, 3, seed=13, signal=3.0)
+    _, vy = labelled(60, 6, 3, seed=13, signal=3.0)
     rng = np.random.default_rng(0)
 
     def probs(x: np.ndarray) -> np.ndarray:
@@ -286,3 +286,13 @@ def test_knn_accuracy_by_hand() -> None:
     assert knn_accuracy(train, labels, np.array([[1.0, 0.05], [0.05, 1.0]]), np.array([0, 1]), 2, k=1) == 1.0
     assert knn_accuracy(train, labels, np.array([[1.0, 0.05], [0.05, 1.0]]), np.array([1, 1]), 2, k=1) == 0.5
     assert stats is not None
+
+
+def test_the_selection_layer_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, tlbench.selection.scorers, tlbench.selection.ranking, tlbench.store.scores; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

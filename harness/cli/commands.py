@@ -55,6 +55,14 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
         grid = " × ".join(f"{name} {values}" for name, values in spec.params.items())
         console.print(f"  sensitivity[{i}]: {spec.strategy}, {grid}, {spec.seeds} seeds per value on "
                       f"{', '.join(spec.tasks or suite.tasks)}", highlight=False)
+    if suite.model_selection is not None:
+        from tlbench.run.selection import scorer_names
+
+        pairs = sorted({(c.task, c.backbone) for c in plan.cells})
+        truth = suite.model_selection.ground_truth or list(suite.strategies)
+        console.print(f"  model selection: {len(scorer_names(plan))} scorers ({', '.join(scorer_names(plan))}) on "
+                      f"{len(pairs)} task × backbone pairs, before fine-tuning; ranked against "
+                      f"{', '.join(truth)}", highlight=False)
     if plan.missing:
         from tlbench.suites.datasets import DATASETS
 
@@ -172,6 +180,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     from the plan the run stored for this suite file and these flags, without torch (about half a
     second); for other flags, or a store no run of this release planned, it plans the suite itself."""
     from tlbench.store.opening import mask_url, open_existing_storage
+    from tlbench.store.scores import score_progress
     from tlbench.store.progress import run_status
     from tlbench.store.records import suites_in
     from tlbench.suites import resolve_suite_path
@@ -224,6 +233,12 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         workers.update(c.workers)
     alive = sorted(w for w, ok in workers.items() if ok)
     dead = sorted(w for w, ok in workers.items() if not ok)
+    scoring = score_progress(storage, name)
+    if scoring is not None:
+        pairs, done, running, failed = scoring
+        print(f"model selection: {done} scores stored on {pairs} task × backbone pairs"
+              + (f", {running} being computed" if running else "")
+              + (f", {failed} failed (redone by the next run)" if failed else ""))
     print(f"workers holding work: {len(alive)} alive" + (f" ({', '.join(alive)})" if alive else "")
           + (f"; {len(dead)} dead ({', '.join(dead)}): the next worker that looks takes their work over" if dead
              else ""))

@@ -140,7 +140,7 @@ class ScoreWork:
             raise
 
     def _run_claimed(self, study: optuna.Study, trial: FrozenTrial, name: str, code: str) -> None:
-        started = dt.datetime.now(dt.timezone.utc).isoformat()
+        started = dt.datetime.now(dt.UTC).isoformat()
         where = f"{self.plan.suite.path}: model_selection ({self.task} / {self.backbone_name})"
         task = self.plan.task_for(self.task, self.backbone_name)
         if self._inputs is None:

@@ -62,9 +62,9 @@ def _labels(y: object, num_classes: int, where: str, *, all_present: bool) -> np
     arr = np.asarray(y)
     if arr.ndim != 1:
         raise ScoreInputError(f"{where}: labels must be one integer per example, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
-            raise ScoreInputError(f"{where}: labels must be integers 0..{num_classes - 1}, got {arr.dtype} values")
+    whole = np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+    if arr.size and not np.issubdtype(arr.dtype, np.integer) and not whole:
+        raise ScoreInputError(f"{where}: labels must be integers 0..{num_classes - 1}, got {arr.dtype} values")
     arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
         bad = sorted(set(arr[(arr < 0) | (arr >= num_classes)].tolist()))[:5]

@@ -64,17 +64,51 @@ def agreement(scores: np.ndarray, accuracies: np.ndarray) -> dict[str, float]:
     """The agreement measures of one scorer's values (already oriented so that higher predicts
     better) with the backbones' fine-tuned accuracies. NaN where a measure is undefined (fewer
     than 2 backbones, a constant column)."""
-    s = np.asarray(scores, dtype=np.float64)
-    a = np.asarray(accuracies, dtype=np.float64)
-    out = dict.fromkeys(MEASURES, float("nan"))
-    if len(s) < 2:
+    return {m: float(v[0]) for m, v in agreements(np.asarray(scores, dtype=np.float64)[None, :],
+                                                  np.asarray(accuracies, dtype=np.float64)[None, :]).items()}
+
+
+def _ranked_weighted_tau(x: np.ndarray, y: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Vigna's weighted τ of each row of ``x`` and ``y`` (R, B) with the hyperbolic weigher
+    1/(r + 1), additive, the importance rank r taken from ``x`` (decreasing, ties by decreasing
+    ``y``, then by later position first): ``scipy.stats._stats._weightedrankedtau(x, y, None)``,
+    vectorised over rows. A pair's weight is the sum of its two elements' weights; τ is
+    Σ w·sgn(Δx)·sgn(Δy) / √(Σ w·[Δx ≠ 0] · Σ w·[Δy ≠ 0])."""
+    rows, b = x.shape
+    order = np.lexsort((y, x), axis=-1)[:, ::-1]  # most important first
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(b), (rows, b)), axis=1)
+    w = 1.0 / (rank + 1.0)
+    pair = w[:, i] + w[:, j]
+    sx, sy = np.sign(x[:, i] - x[:, j]), np.sign(y[:, i] - y[:, j])
+    denominator = np.sqrt(np.sum(pair * sx**2, axis=1) * np.sum(pair * sy**2, axis=1))
+    return np.divide(np.sum(pair * sx * sy, axis=1), denominator, out=np.full(rows, np.nan), where=denominator > 0)
+
+
+def agreements(scores: np.ndarray, accuracies: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`agreement` for R rows at once: ``scores`` and ``accuracies`` are (R, B) (one row per
+    bootstrap resample, one column per backbone), every measure computed over all rows at once:
+    the weighted τ as ``scipy.stats.weightedtau``'s defaults compute it (the mean of the τ ranked
+    by each variable), Kendall's τ_b as (n_c − n_d)/√((n₀ − n₁)(n₀ − n₂)) from the pairs' signs
+    (scipy's), Pearson's r; the test suite checks all three against scipy on tie-heavy data."""
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    a = np.atleast_2d(np.asarray(accuracies, dtype=np.float64))
+    rows, b = s.shape
+    out = {m: np.full(rows, np.nan) for m in MEASURES}
+    if b < 2:
         return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN, which we keep
-        out["weighted_tau"] = float(stats.weightedtau(s, a).statistic)
-        out["kendall_tau"] = float(stats.kendalltau(s, a).statistic)
-        out["pearson"] = float(stats.pearsonr(s, a).statistic) if np.ptp(s) > 0 and np.ptp(a) > 0 else float("nan")
-    out["regret"], out["relative_top1"], out["top3"] = _top_choice(s, a)
+    i, j = np.triu_indices(b, k=1)
+    out["weighted_tau"] = (_ranked_weighted_tau(s, a, i, j) + _ranked_weighted_tau(a, s, i, j)) / 2
+    sx, sy = np.sign(s[:, i] - s[:, j]), np.sign(a[:, i] - a[:, j])
+    denominator = np.sqrt(np.sum(sx**2, axis=1) * np.sum(sy**2, axis=1))
+    out["kendall_tau"] = np.divide(np.sum(sx * sy, axis=1), denominator, out=np.full(rows, np.nan),
+                                   where=denominator > 0)
+    cs, ca = s - s.mean(axis=1, keepdims=True), a - a.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.sum(cs**2, axis=1) * np.sum(ca**2, axis=1))
+    constant = (np.ptp(s, axis=1) == 0) | (np.ptp(a, axis=1) == 0)
+    out["pearson"] = np.where(constant, np.nan, np.sum(cs * ca, axis=1) / np.where(norms > 0, norms, 1.0))
+    for r in range(rows):
+        out["regret"][r], out["relative_top1"][r], out["top3"][r] = _top_choice(s[r], a[r])
     return out
 
 
@@ -116,13 +150,12 @@ def evaluate(scorer: str, scores: dict[str, np.ndarray], accuracies: dict[str, n
         raise ValueError(f"scorer {scorer!r}: every backbone needs the same number of scorer seeds, got {sorted(n_score)}")
     s_mat = np.stack(score_rows) if names else np.zeros((0, 1))  # (B, S)
     point = agreement(_oriented(s_mat.mean(axis=1), higher_is_better), np.array([r.mean() for r in acc_rows]))
-    draws = bootstrap_draws(acc_rows, s_mat.shape[1], resamples=resamples, seed=seed)
-    resampled = {m: np.empty(resamples) for m in MEASURES}
-    for i, (acc_idx, score_idx) in enumerate(draws):
-        acc = np.array([row[idx].mean() for row, idx in zip(acc_rows, acc_idx)])
-        sc = _oriented(s_mat[:, score_idx].mean(axis=1), higher_is_better)
-        for m, v in agreement(sc, acc).items():
-            resampled[m][i] = v
+    acc_draws, score_draws = bootstrap_draws([len(r) for r in acc_rows], s_mat.shape[1], resamples=resamples,
+                                             seed=seed)
+    acc = np.stack([row[idx].mean(axis=1) for row, idx in zip(acc_rows, acc_draws)], axis=1) if names \
+        else np.zeros((resamples, 0))  # (R, B)
+    sc = _oriented(s_mat[:, score_draws].mean(axis=2).T, higher_is_better)  # (R, B)
+    resampled = agreements(sc, acc)
     tail = (1 - level) / 2
     measures = {}
     for m, v in point.items():
@@ -134,16 +167,16 @@ def evaluate(scorer: str, scores: dict[str, np.ndarray], accuracies: dict[str, n
     return ScorerAgreement(scorer, names, measures, resampled["weighted_tau"])
 
 
-def bootstrap_draws(acc_rows: list[np.ndarray], score_seeds: int, *, resamples: int,
-                    seed: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
-    """For each resample: per backbone, its evaluation seeds drawn with replacement; and the
-    scorer seeds drawn with replacement (shared by every backbone). Deterministic in ``seed``
-    and the seed counts, so two scorers evaluated on the same backbones share their draws for
-    the accuracies."""
+def bootstrap_draws(seed_counts: list[int], score_seeds: int, *, resamples: int,
+                    seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per backbone, its evaluation seeds drawn with replacement for each resample (an
+    (R, K_b) index array each); and the scorer seeds drawn with replacement, shared by every
+    backbone ((R, S)). Deterministic in ``seed`` and the seed counts, so two scorers evaluated
+    on the same backbones share their draws for the accuracies (paired comparisons)."""
     rng = np.random.default_rng(seed)
-    acc_draws = [[rng.integers(0, len(row), size=len(row)) for row in acc_rows] for _ in range(resamples)]
-    score_rng = np.random.default_rng([seed, 1])
-    return [(acc_draws[i], score_rng.integers(0, score_seeds, size=score_seeds)) for i in range(resamples)]
+    acc = [rng.integers(0, k, size=(resamples, k)) for k in seed_counts]
+    score = np.random.default_rng([seed, 1]).integers(0, score_seeds, size=(resamples, score_seeds))
+    return acc, score
 
 
 @dataclass(frozen=True)
@@ -196,13 +229,13 @@ def leave_one_out(scorer: str, scores: dict[str, np.ndarray], accuracies: dict[s
     return Stability(scorer, min(finite) if finite else float("nan"), max(finite) if finite else float("nan"), taus)
 
 
-def order_stability(agreements: dict[str, float], left_out: dict[str, dict[str, float]]) -> float:
+def order_stability(taus: dict[str, float], left_out: dict[str, dict[str, float]]) -> float:
     """Mean Kendall τ_b between the scorers' order by τ_w on all backbones and their order with
     each backbone left out (1: leaving out any one backbone never reorders the scorers)."""
-    scorers = sorted(agreements)
+    scorers = sorted(taus)
     if len(scorers) < 2:
         return float("nan")
-    full = np.array([agreements[s] for s in scorers])
+    full = np.array([taus[s] for s in scorers])
     backbones = sorted({b for taus in left_out.values() for b in taus})
     values = []
     with warnings.catch_warnings():

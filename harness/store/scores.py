@@ -67,7 +67,7 @@ class ScoreRecord(Frozen):
     started_at: str
 
     @classmethod
-    def from_stored(cls, data: Any, *, where: str) -> "ScoreRecord":
+    def from_stored(cls, data: Any, *, where: str) -> ScoreRecord:
         if not isinstance(data, dict):
             raise StoreError(f"{where}: a score record must be a mapping, got {type(data).__name__}")
         version = data.get("schema_version")
@@ -97,6 +97,25 @@ def score_records(storage: BaseStorage, suite: str | None = None) -> list[ScoreR
     return out
 
 
+def score_progress(storage: BaseStorage, suite: str) -> tuple[int, int, int, int] | None:
+    """(task × backbone pairs, finished score units, units running, failed claims) of ``suite``'s
+    scoring; None when it has none (no ``model_selection:`` run yet)."""
+    pairs = done = running = failed = 0
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        parsed = parse_score_study(summary.study_name)
+        if parsed is None or parsed[0] != suite:
+            continue
+        pairs += 1
+        for trial in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False):
+            if trial.state == TrialState.COMPLETE:
+                done += 1
+            elif trial.state == TrialState.RUNNING:
+                running += 1
+            elif trial.state == TrialState.FAIL and "claim_lost" not in trial.user_attrs:
+                failed += 1
+    return (pairs, done, running, failed) if pairs else None
+
+
 def ground_truth(storage: BaseStorage, suite: str | None = None) -> list[str] | None:
     """The ground-truth strategies the suite's ``model_selection:`` named (stored on its score
     studies); None when it named none (every strategy is then a ground truth)."""
@@ -111,7 +130,7 @@ def ground_truth(storage: BaseStorage, suite: str | None = None) -> list[str] | 
     return named or None
 
 
-def load_scores(storage: BaseStorage, suite: str | None = None) -> "pd.DataFrame":
+def load_scores(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
     """One row per (suite, task, backbone, scorer, seed) with its value and seconds; a skipped
     unit is one row with no value and its reason."""
     import pandas as pd

@@ -1,0 +1,49 @@
+"""Model selection's cost: scoring every backbone of the zoo against fine-tuning them, in one run.
+
+`tlbench run zoo` from a cold cache (pretraining is then outside both sides: it is the zoo, not
+the selection). Both sides are the wall time of the store's trials of that one run: every score
+unit (features on train and val included, although the linear probe shares them) against every
+tuning trial and evaluation run of the fine-tuning cells. Target: scoring < 1% of fine-tuning,
+and the whole suite cold within 15 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import optuna
+
+from tlbench.cli.main import main
+from tlbench.store.opening import open_storage
+from tlbench.store.records import StudyName
+from tlbench.store.scores import parse_score_study
+
+
+def trial_seconds(storage: optuna.storages.BaseStorage) -> tuple[float, float, dict[str, float]]:
+    """(seconds scoring, seconds fine-tuning, fine-tuning seconds per strategy) from trial times."""
+    scoring = tuning = 0.0
+    per_strategy: dict[str, float] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+                      if t.datetime_complete is not None and t.datetime_start is not None)
+        if parse_score_study(summary.study_name):
+            scoring += seconds
+        elif (name := StudyName.parse(summary.study_name)) is not None:
+            tuning += seconds
+            per_strategy[name.strategy] = per_strategy.get(name.strategy, 0.0) + seconds
+    return scoring, tuning, per_strategy
+
+
+def test_scoring_the_zoo_costs_under_one_percent_of_fine_tuning_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cold-cache"))
+    start = time.perf_counter()
+    assert main(["run", "zoo", "--out", str(tmp_path / "out"), "--report", "tables"]) == 0
+    wall = time.perf_counter() - start
+    scoring, tuning, per_strategy = trial_seconds(open_storage(None, tmp_path / "out"))
+    ratio = scoring / tuning
+    print(f"\nzoo suite cold on {os.cpu_count()} cores: {wall:.0f} s; scoring {scoring:.1f} s, fine-tuning "
+          f"{tuning:.1f} s ({', '.join(f'{k} {v:.0f} s' for k, v in sorted(per_strategy.items()))}): "
+          f"scoring is {100 * ratio:.2f}% of fine-tuning")
+    assert ratio < 0.01 and wall < 900

@@ -2,12 +2,14 @@
 
 Each task × backbone of a suite with a ``model_selection:`` block has one study,
 ``suite::task::backbone::select`` (four parts, so :class:`~tlbench.store.records.StudyName`
-and everything that reads cells pass it by). Each of its trials is one scorer's unit of work,
-claimed like an evaluation seed (:func:`tlbench.store.claims.claim`): a worker killed while
-scoring leaves a RUNNING trial that the next worker fails and redoes, and two workers never
-score the same unit. A finished unit's ``score`` user attribute is a :class:`ScoreRecord`
-(``schema_version`` 1): the values over the scorer's seeds, the seconds each took, and what
-the score was computed on. Adding a scorer later scores only it.
+and everything that reads cells pass it by). Each of its trials is one unit of work — the
+scorers the pair still lacks, scored together — claimed like an evaluation seed
+(:func:`tlbench.store.claims.claim`): a worker killed while scoring leaves a RUNNING trial that
+the next worker fails and redoes, and two workers never score the same unit. A finished unit's
+``scores`` user attribute is a list of :class:`ScoreRecord` (``schema_version`` 1), one per
+scorer: its values over the scorer's seeds, the seconds each took, and what the score was
+computed on. A scorer is done for a pair once a finished unit holds its record with its current
+code, so adding a scorer (or editing a plugin's) later scores only it.
 """
 
 from __future__ import annotations
@@ -91,14 +93,16 @@ def score_records(storage: BaseStorage, suite: str | None = None) -> list[ScoreR
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if "score" in trial.user_attrs:
-                out.append(ScoreRecord.from_stored(trial.user_attrs["score"],
-                                                   where=f"{summary.study_name} trial {trial.number}"))
+            stored = trial.user_attrs.get("scores", [])
+            if not isinstance(stored, list):
+                raise StoreError(f"{summary.study_name} trial {trial.number}: malformed scores (not a list)")
+            out += [ScoreRecord.from_stored(item, where=f"{summary.study_name} trial {trial.number}")
+                    for item in stored]
     return out
 
 
 def score_progress(storage: BaseStorage, suite: str) -> tuple[int, int, int, int] | None:
-    """(task × backbone pairs, finished score units, units running, failed claims) of ``suite``'s
+    """(task × backbone pairs, scores stored, units running, units failed) of ``suite``'s
     scoring; None when it has none (no ``model_selection:`` run yet)."""
     pairs = done = running = failed = 0
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
@@ -108,7 +112,7 @@ def score_progress(storage: BaseStorage, suite: str) -> tuple[int, int, int, int
         pairs += 1
         for trial in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False):
             if trial.state == TrialState.COMPLETE:
-                done += 1
+                done += len(trial.user_attrs.get("scores", []))
             elif trial.state == TrialState.RUNNING:
                 running += 1
             elif trial.state == TrialState.FAIL and "claim_lost" not in trial.user_attrs:

@@ -385,3 +385,12 @@ def test_the_bundled_zoo_suite_is_listed_and_plans(capsys) -> None:
     assert {s for s in plan.suite.model_selection.ground_truth} == {"full_finetune", "linear_probe"}
     sources = {plan.suite.source_tasks[b.pretrain.task].typed_args().classes for b in plan.suite.backbones.values()}
     assert {"digits", "letters", "alnum", "symbols"} <= sources
+
+
+def test_a_task_with_one_class_is_refused_before_scoring(tmp_path: Path, capsys) -> None:
+    suite = write_suite(tmp_path, name="one")
+    suite.write_text(suite.read_text().replace("    dataset: digits\n", "    dataset: digits\n    classes: [3]\n"))
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tasks.digits.classes: [3] is not a list of at least two distinct classes" in err[0]
+    assert not (tmp_path / "out" / "store.journal").exists()

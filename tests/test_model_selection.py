@@ -56,6 +56,24 @@ model_selection:
 """
 
 
+@pytest.fixture(autouse=True)
+def forget_plugins():
+    """Scorer plugins loaded in-process are forgotten after each test (the code version of the
+    process, and every later test, must not see them)."""
+    from tlbench.core.registry import _PLUGIN_SOURCES
+    from tlbench.run import plugins
+
+    saved = [(r, dict(r._entries), dict(r._origins), dict(r._sources), dict(r._files)) for r in plugins.GROUPS.values()]
+    sources = dict(_PLUGIN_SOURCES)
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+    for registry, entries, origins, srcs, files in saved:
+        registry._entries, registry._origins, registry._sources, registry._files = entries, origins, srcs, files
+    _PLUGIN_SOURCES.clear()
+    _PLUGIN_SOURCES.update(sources)
+
+
 def write_suite(folder: Path, *, name: str = "sel", selection: str = "  seeds: 2", plugins: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"

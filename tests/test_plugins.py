@@ -16,6 +16,7 @@ from tlbench.cli.main import main
 from tlbench.core.codeversion import code_version, package_version
 from tlbench.core.registry import _PLUGIN_SOURCES
 from tlbench.run import plugins
+from tlbench.selection.scorers import SCORERS
 from tlbench.strategies import STRATEGIES
 from tlbench.suites.datasets import DATASETS
 from tlbench.testing import PROPERTIES
@@ -28,7 +29,7 @@ EXAMPLES = ROOT / "examples"
 @pytest.fixture
 def registries():
     """Plugins loaded in-process are forgotten after the test."""
-    saved = [(r, dict(r._entries), dict(r._origins)) for r in (STRATEGIES, BACKBONES, DATASETS)]
+    saved = [(r, dict(r._entries), dict(r._origins)) for r in (STRATEGIES, BACKBONES, DATASETS, SCORERS)]
     sources = dict(_PLUGIN_SOURCES)
     loaded = plugins._LOADED_ENTRY_POINTS
     path = list(sys.path)  # plugin folders join the import path

@@ -2,7 +2,7 @@
 
 For each ground-truth strategy, one table: a row per scorer; per task its weighted Kendall τ
 with a 95% bootstrap interval (over fine-tuning seeds, and a randomised scorer's seeds) and its
-top-1 regret; then the means over tasks, the range of τ_w when one backbone is left out, the
+top-1 regret; then the means over tasks, the largest change of τ_w when one backbone is left out, the
 probability that the best scorer ranks better than this one (paired bootstrap), and the scoring
 time per backbone. A second table gives τ_b, Pearson's r, relative top-1 accuracy and
 best-in-top-3 averaged over tasks. A figure per ground truth plots each scorer's values against
@@ -104,7 +104,7 @@ def _main_table(truth: str, tasks: list[str], scorers: list[str], per_task: dict
     header = ["scorer"]
     for task in tasks:
         header += [f"{task} τ_w", f"{task} regret"]
-    header += ["mean τ_w", "mean regret", "τ_w leaving one backbone out", "P(best ranks better)", "s / backbone"]
+    header += ["mean τ_w", "mean regret", "max Δτ_w, one backbone out", "P(best ranks better)", "s / backbone"]
     means = {s: np.mean([per_task[t][s].measures["weighted_tau"].value for t in tasks if s in per_task[t]])
              for s in scorers if any(s in per_task[t] for t in tasks)}
     finite = {s: v for s, v in means.items() if math.isfinite(v)}
@@ -119,8 +119,13 @@ def _main_table(truth: str, tasks: list[str], scorers: list[str], per_task: dict
         regrets = [per_task[t][scorer].measures["regret"].value for t in tasks if scorer in per_task[t]]
         row.append(TableCell(f"{means[scorer]:.2f}" if math.isfinite(means[scorer]) else "–", bold=scorer == best))
         row.append(TableCell(fmt_number(float(np.mean(regrets)), 1) if regrets else "–"))
-        left = [v for t in tasks for v in lobo[t].get(scorer, {}).values() if math.isfinite(v)]
-        row.append(TableCell(f"{min(left):.2f} … {max(left):.2f}" if left else "–"))
+        shifts = []  # per task: the largest change of τ_w when one backbone is left out
+        for t in tasks:
+            full = per_task[t][scorer].measures["weighted_tau"].value if scorer in per_task[t] else math.nan
+            moved = [abs(v - full) for v in lobo[t].get(scorer, {}).values() if math.isfinite(v)]
+            if moved and math.isfinite(full):
+                shifts.append(max(moved))
+        row.append(TableCell(f"{np.mean(shifts):.2f}" if shifts else "–"))
         if best is None or scorer == best:
             row.append(TableCell("–"))
         else:
@@ -144,8 +149,9 @@ def _main_table(truth: str, tasks: list[str], scorers: list[str], per_task: dict
         "(scipy.stats.weightedtau defaults), with a 95% percentile bootstrap interval over the fine-tuning seeds "
         f"(and a randomised scorer's seeds; {RESAMPLES} resamples). Regret: accuracy points lost by fine-tuning "
         "the top-scored backbone instead of the best one (ties at the top averaged).",
-        "P(best ranks better): how often, in paired bootstrap resamples, the scorer with the highest mean τ_w "
-        "ranks the backbones better than this one (mean over tasks).",
+        "Max Δτ_w, one backbone out: the largest change of τ_w when any one backbone is left out (mean over "
+        "tasks). P(best ranks better): how often, in paired bootstrap resamples, the scorer with the highest "
+        "mean τ_w ranks the backbones better than this one (mean over tasks).",
         "Backbones ranked per task: " + ", ".join(f"{t} {n}" for t, n in n_backbones.items()) + ".",
     ]
     if stability:

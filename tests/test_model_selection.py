@@ -412,3 +412,23 @@ def test_a_task_with_one_class_is_refused_before_scoring(tmp_path: Path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tasks.digits.classes: [3] is not a list of at least two distinct classes" in err[0]
     assert not (tmp_path / "out" / "store.journal").exists()
+
+
+def test_a_scorer_scored_again_after_its_code_changed_is_read_once(tmp_path: Path) -> None:
+    """An edited plugin scorer is scored again (its unit is keyed by its code); the report reads its
+    latest values only, never both versions mixed."""
+    (tmp_path / "myscore.py").write_text(PLUGIN.format(name="edited_norm", body="return 1.0"))
+    suite = write_suite(tmp_path, name="edit", selection="  scorers: [edited_norm]", plugins="plugins: [myscore.py]")
+    out = tmp_path / "out"
+
+    def run() -> None:
+        got = subprocess.run([sys.executable, "-m", "tlbench.cli", "run", str(suite), "--out", str(out), "--threads",
+                              "1", "--report", "none"], capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr[-2000:]
+
+    run()
+    (tmp_path / "myscore.py").write_text(PLUGIN.format(name="edited_norm", body="return 2.0"))
+    run()
+    assert sum(len(states) for states in score_trials(out).values()) == 6  # scored twice per pair
+    frame = load_scores(open_storage(None, out))
+    assert len(frame) == 3 and set(frame["value"]) == {2.0}

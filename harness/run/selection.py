@@ -56,9 +56,9 @@ def feature_inputs(backbone: Backbone, task: Task, runtime: Runtime, *, where: s
     feature passes they rely on (as computed, cached or not)."""
     with runtime.features.charge() as charge:
         train = runtime.features.get(backbone, task.train.x, task.train.fingerprint, device=runtime.device,
-                                     execution=runtime.execution)
+                                     execution=runtime.execution).detach().cpu()
         val = runtime.features.get(backbone, task.val.x, task.val.fingerprint, device=runtime.device,
-                                   execution=runtime.execution)
+                                   execution=runtime.execution).detach().cpu()
     head = backbone.source_head
     probs = head.probabilities(train.float()).numpy() if head is not None else None
     inputs = make_inputs(train.double().numpy(), task.train.y.numpy(), num_classes=task.num_classes,
@@ -90,7 +90,8 @@ def single_threaded() -> Any:
 
 
 class ScoreWork:
-    """One task × backbone's scores, one scorer per :meth:`step` (``ran``, ``wait``, ``done``)."""
+    """One task × backbone's scores: each :meth:`step` scores the scorers the pair still lacks as
+    one claimed unit (``ran``), ``wait``\ s while another worker holds some of them, or is ``done``."""
 
     def __init__(self, plan: Plan, task: str, backbone_name: str, backbone: Backbone, *, storage: BaseStorage,
                  runtime: Runtime, log: Any = print) -> None:

@@ -85,8 +85,10 @@ class ScoreRecord(Frozen):
 
 
 def score_records(storage: BaseStorage, suite: str | None = None) -> list[ScoreRecord]:
-    """Every finished score unit of the store (of ``suite`` only, when given)."""
-    out = []
+    """The store's score records (of ``suite`` only, when given): per task, backbone and scorer the
+    latest, so a scorer scored again after its code changed (an edited plugin) is read once, as
+    its current code computed it."""
+    latest: dict[tuple[str, str, str, str], ScoreRecord] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         parsed = parse_score_study(summary.study_name)
         if parsed is None or (suite is not None and parsed[0] != suite):
@@ -96,9 +98,10 @@ def score_records(storage: BaseStorage, suite: str | None = None) -> list[ScoreR
             stored = trial.user_attrs.get("scores", [])
             if not isinstance(stored, list):
                 raise StoreError(f"{summary.study_name} trial {trial.number}: malformed scores (not a list)")
-            out += [ScoreRecord.from_stored(item, where=f"{summary.study_name} trial {trial.number}")
-                    for item in stored]
-    return out
+            for item in stored:  # trials in creation order: a later record replaces an earlier one
+                record = ScoreRecord.from_stored(item, where=f"{summary.study_name} trial {trial.number}")
+                latest[(record.suite, record.task, record.backbone, record.scorer)] = record
+    return list(latest.values())
 
 
 def score_progress(storage: BaseStorage, suite: str) -> tuple[int, int, int, int] | None:

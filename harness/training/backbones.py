@@ -124,6 +124,7 @@ class Backbone(nn.Module, ABC):
             rebuilt.init_args = self.init_args
             return identify(rebuilt, f"random:{seed}")
         fresh = copy.deepcopy(self)
+        fresh.source_head = None  # re-drawn weights: the pretrained classifier no longer fits them
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for module in fresh.modules():

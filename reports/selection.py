@@ -68,9 +68,9 @@ def selection_section(scores: pd.DataFrame, runs: pd.DataFrame, *, ground_truth:
     tasks = [t for t in dict.fromkeys(scores["task"]) if t in set(runs["task"])]
     orientation = scores.groupby("scorer")["higher_is_better"].first().to_dict()
     skipped = scores[scores["value"].isna()]
-    for (scorer, reason), group in skipped.groupby(["scorer", "skipped"]):
-        section.notes.append(f"Model selection: {scorer} skipped for {', '.join(sorted(set(group['backbone'])))} "
-                             f"({reason}).")
+    skip_notes = [f"{scorer} skipped for {', '.join(sorted(set(group['backbone'])))} ({reason}): ranked on the "
+                  f"other backbones only."
+                  for (scorer, reason), group in skipped.groupby(["scorer", "skipped"])]
     seconds = scores.groupby("scorer")["seconds"].mean().to_dict()
     for truth in truths:
         per_task: dict[str, dict[str, ScorerAgreement]] = {}
@@ -92,7 +92,9 @@ def selection_section(scores: pd.DataFrame, runs: pd.DataFrame, *, ground_truth:
             section.notes.append(f"Model selection against {truth}: no task has two backbones with both scores and "
                                  f"fine-tuned runs.")
             continue
-        section.tables.append((f"tab:selection:{truth}", _main_table(truth, ranked, scorers, per_task, lobo, seconds)))
+        main = _main_table(truth, ranked, scorers, per_task, lobo, seconds)
+        main.notes += skip_notes
+        section.tables.append((f"tab:selection:{truth}", main))
         section.tables.append((f"tab:selection-more:{truth}", _more_table(truth, ranked, scorers, per_task)))
         if draw and out is not None:
             section.files += _figure(scores, runs, truth, ranked, scorers, out, section)
@@ -151,7 +153,8 @@ def _main_table(truth: str, tasks: list[str], scorers: list[str], per_task: dict
         "the top-scored backbone instead of the best one (ties at the top averaged).",
         "Max Δτ_w, one backbone out: the largest change of τ_w when any one backbone is left out (mean over "
         "tasks). P(best ranks better): how often, in paired bootstrap resamples, the scorer with the highest "
-        "mean τ_w ranks the backbones better than this one (mean over tasks).",
+        "mean τ_w ranks the backbones better than this one (mean over the tasks where both ranked the same "
+        "backbones; – where they never did).",
         "Backbones ranked per task: " + ", ".join(f"{t} {n}" for t, n in n_backbones.items()) + ".",
     ]
     if stability:
@@ -162,7 +165,7 @@ def _main_table(truth: str, tasks: list[str], scorers: list[str], per_task: dict
         notes.append(f"Few backbones ({', '.join(few)}): with fewer than 5 backbones a rank correlation takes few "
                      f"values and its interval is coarse.")
     return Table(header=header, rows=rows, caption=f"Model selection: transferability scores against {truth}'s "
-                                                   f"fine-tuned accuracy", notes=notes, wide=True)
+                                                   f"test accuracy", notes=notes, wide=True)
 
 
 def _more_table(truth: str, tasks: list[str], scorers: list[str],

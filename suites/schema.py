@@ -261,6 +261,14 @@ class Suite(Frozen):
     # fingerprint (they change no cell's results).
     model_selection: ModelSelectionSpec | None = None
     path: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_model_selection(cls, data: Any) -> Any:
+        """A bare ``model_selection:`` line (YAML null) asks for the defaults, as ``{}`` does."""
+        if isinstance(data, dict) and "model_selection" in data and data["model_selection"] is None:
+            return {**data, "model_selection": {}}
+        return data
     LATER_FIELDS = ("search_space", "sensitivity", "model_selection")
 
     @model_validator(mode="before")

@@ -158,10 +158,10 @@ def test_rerun_scores_nothing(selection_run: Path, tmp_path: Path) -> None:
 def test_the_report_ranks_the_scorers(selection_run: Path) -> None:
     out = selection_run / "out"
     markdown = (out / "table.md").read_text()
-    assert "Model selection: transferability scores against linear_probe's fine-tuned accuracy" in markdown
+    assert "Model selection: transferability scores against linear_probe's test accuracy" in markdown
     for name in SCORERS.names():
         assert f"| {name} " in markdown or f"| **{name}** " in markdown
-    assert "leep skipped for random (needs source probs)" in markdown
+    assert "leep skipped for random (needs source probs): ranked on the other backbones only." in markdown
     assert "Model selection" in (out / "table.tex").read_text()
     html = (out / "report.html").read_text()
     assert "Model selection" in html and "selection_linear_probe" not in html.split("<body")[0]
@@ -227,6 +227,10 @@ def test_a_plugin_returning_nan_is_one_line_and_damages_nothing(tmp_path: Path, 
     after = values(out)
     assert {k: v for k, v in after.items() if k[2] == "hscore"} == before
     assert {k[2] for k in after} == {"hscore", "nan_norm"} and len(after) == 6
+    capsys.readouterr()
+    assert main(["status", str(suite), "--out", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("model selection:"))
+    assert line == "model selection: 6 scores stored on 3 task × backbone pairs", line  # the failure was redone
 
 
 SLOW = '''
@@ -286,7 +290,7 @@ def test_kill_9_while_scoring_is_redone_by_the_next_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize("selection,needle", [
     ("  scorers: [logme, logmee]", "model_selection.scorers[1]: unknown scorer 'logmee'; known: "),
     ("  ground_truth: [full_finetune]", "model_selection.ground_truth[0]: 'full_finetune' is not among the suite's"),
-    ("  scorers: [logme, logme]", "model_selection.scorers: a scorer is listed twice"),
+    ("  scorers: [logme, logme]", "model_selection.scorers: 'logme' listed twice"),
     ("  seeds: 0", "model_selection.seeds"),
     ("  scorer: [logme]", "model_selection.scorer"),
 ])
@@ -432,3 +436,57 @@ def test_a_scorer_scored_again_after_its_code_changed_is_read_once(tmp_path: Pat
     assert sum(len(states) for states in score_trials(out).values()) == 6  # scored twice per pair
     frame = load_scores(open_storage(None, out))
     assert len(frame) == 3 and set(frame["value"]) == {2.0}
+
+
+
+BROKEN_SCORERS = {
+    "typo": ("needs = ('featurs',)", "return 1.0",
+             "model_selection: scorer 'broken' ({origin}): needs unknown input(s) 'featurs'"),
+    "string": ("needs = 'features'", "return 1.0",
+               "needs must be a tuple of input names such as ('features',), got 'features'"),
+    "raises": ("", "return 1 / 0",
+               "model_selection (digits / narrow): scorer 'broken' raised ZeroDivisionError: division by zero "
+               "(broken.py, line"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_SCORERS))
+def test_a_broken_scorer_plugin_is_one_line(tmp_path: Path, capsys, case: str) -> None:
+    declaration, body, needle = BROKEN_SCORERS[case]
+    (tmp_path / "broken.py").write_text(
+        "from tlbench import Scorer\n\n\nclass Broken(Scorer):\n    name = 'broken'\n"
+        f"    definition = 'a broken scorer'\n    {declaration}\n\n    def score(self, inputs, rng):\n"
+        f"        {body}\n")
+    suite = write_suite(tmp_path, name=f"broken{case}", selection="  scorers: [hscore, broken]",
+                        plugins="plugins: [broken.py]")
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--threads", "1", "--report", "none"]) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tlbench: error")]
+    assert len(errors) == 1, errors
+    assert needle.format(origin=f"file {tmp_path / 'broken.py'}")[:60] in errors[0] or needle in errors[0], errors[0]
+
+
+def test_check_finds_a_scorer_reading_an_input_it_did_not_declare(tmp_path: Path, capsys) -> None:
+    (tmp_path / "sneaky.py").write_text(
+        "from tlbench import Scorer\n\n\nclass Sneaky(Scorer):\n    name = 'sneaky'\n"
+        "    definition = 'reads the source head without saying so'\n\n    def score(self, inputs, rng):\n"
+        "        return float(inputs.source_probs.max())\n")
+    assert main(["check", str(tmp_path / "sneaky.py")]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL  reads only the inputs it declares: with only the inputs it declares (features) it fails" in out
+
+
+def test_the_report_shows_the_scorers_the_suite_names_now(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    suite = write_suite(tmp_path, name="narrow", selection="  scorers: [logme, hscore]")
+    assert main(["run", str(suite), "--out", str(out), "--threads", "1", "--report", "none"]) == 0
+    suite = write_suite(tmp_path, name="narrow", selection="  scorers: [hscore]")
+    assert main(["run", str(suite), "--out", str(out), "--threads", "1", "--report", "tables"]) == 0
+    assert set(load_scores(open_storage(None, out))["scorer"]) == {"hscore"}
+    assert "| logme " not in (out / "table.md").read_text()
+
+
+def test_a_bare_model_selection_line_asks_for_the_defaults(tmp_path: Path, capsys) -> None:
+    suite = write_suite(tmp_path, name="bare", selection="")
+    assert main(["run", str(suite), "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    assert f"model selection: {len(SCORERS)} scorers" in printed.out + printed.err

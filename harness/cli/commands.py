@@ -59,10 +59,14 @@ def print_dry_run(plan: "Plan", console: Console) -> None:
         from tlbench.run.selection import scorer_names
 
         pairs = sorted({(c.task, c.backbone) for c in plan.cells})
-        truth = suite.model_selection.ground_truth or list(suite.strategies)
+        named = suite.model_selection.ground_truth or list(suite.strategies)
+        truth = [t for t in named if t in suite.strategies]  # --strategies may leave some out of this run
+        left = [t for t in named if t not in truth]
         console.print(f"  model selection: {len(scorer_names(plan))} scorers ({', '.join(scorer_names(plan))}) on "
                       f"{len(pairs)} task × backbone pairs, before fine-tuning; ranked against "
-                      f"{', '.join(truth)}", highlight=False)
+                      f"{', '.join(truth) or 'no strategy of this run'}"
+                      + (f" ({', '.join(left)} not in this run: the report ranks against it once its runs are "
+                         f"stored)" if left else ""), highlight=False)
     if plan.missing:
         from tlbench.suites.datasets import DATASETS
 
@@ -180,9 +184,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     from the plan the run stored for this suite file and these flags, without torch (about half a
     second); for other flags, or a store no run of this release planned, it plans the suite itself."""
     from tlbench.store.opening import mask_url, open_existing_storage
-    from tlbench.store.scores import score_progress
     from tlbench.store.progress import run_status
     from tlbench.store.records import suites_in
+    from tlbench.store.scores import score_progress
     from tlbench.suites import resolve_suite_path
     from tlbench.suites.reading import plan_key, read_suite_file, suite_name
 

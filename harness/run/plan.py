@@ -35,7 +35,7 @@ from tlbench.run.plugins import load_entry_points, load_suite_plugins
 from tlbench.run.pretrain import check_backbone_source, preprocess_for
 from tlbench.run.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides, unused
 from tlbench.run.spaces import declared as declared_space
-from tlbench.selection.scorers import SCORERS
+from tlbench.selection.scorers import SCORERS, check_scorer_class
 from tlbench.store.space import SearchSpace
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites.datasets import DataAccess, data_access, data_location
@@ -185,8 +185,13 @@ def check_model_selection(suite: Suite, declared: list[str]) -> None:
     where = f"{suite.path}: model_selection"
     for i, name in enumerate(spec.scorers or []):
         SCORERS.get(name, where=f"{where}.scorers[{i}]")
-    if spec.scorers is not None and len(set(spec.scorers)) != len(spec.scorers):
-        raise ConfigError(f"{where}.scorers: a scorer is listed twice")
+    twice = sorted({n for n in spec.scorers or [] if (spec.scorers or []).count(n) > 1})
+    if twice:
+        raise ConfigError(f"{where}.scorers: {', '.join(map(repr, twice))} listed twice")
+    for name in spec.scorers if spec.scorers is not None else SCORERS.names():
+        problems = check_scorer_class(SCORERS.get(name))
+        if problems:
+            raise ConfigError(f"{where}: scorer {name!r} ({SCORERS.origin(name)}): {'; '.join(problems)}")
     for i, name in enumerate(spec.ground_truth or []):
         if name not in set(declared) | set(suite.strategies):
             raise ConfigError(f"{where}.ground_truth[{i}]: {name!r} is not among the suite's strategies "

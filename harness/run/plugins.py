@@ -166,8 +166,9 @@ def register(cls: Any, registry: Registry[Any], *, origin: str, source: str, whe
     try:
         registry.add(cls, origin=origin, source=source, files=files)
     except TypeError as err:
-        raise PluginError(f"{where}: {err}; a {registry.kind} plugin must subclass "
-                          f"tlbench.{registry.base.__name__}") from None
+        wrong_base = not (isinstance(cls, type) and issubclass(cls, registry.base))
+        raise PluginError(f"{where}: {err}" + (f"; a {registry.kind} plugin must subclass "
+                                               f"tlbench.{registry.base.__name__}" if wrong_base else "")) from None
     except ValueError as err:
         raise PluginError(f"{where}: {err}") from None
     return registry.kind, cls.name

@@ -91,7 +91,8 @@ def single_threaded() -> Any:
 
 class ScoreWork:
     """One task × backbone's scores: each :meth:`step` scores the scorers the pair still lacks as
-    one claimed unit (``ran``), ``wait``\ s while another worker holds some of them, or is ``done``."""
+    one claimed unit (``ran``), waits while another worker holds some of them (``wait``), or is
+    ``done``."""
 
     def __init__(self, plan: Plan, task: str, backbone_name: str, backbone: Backbone, *, storage: BaseStorage,
                  runtime: Runtime, log: Any = print) -> None:
@@ -116,6 +117,8 @@ class ScoreWork:
             truth = list(spec.ground_truth) if spec is not None and spec.ground_truth else []
             if self._study.user_attrs.get("ground_truth") != truth:
                 self._study.set_user_attr("ground_truth", truth)  # what the report ranks against
+            if self._study.user_attrs.get("scorers") != self.scorers:
+                self._study.set_user_attr("scorers", self.scorers)  # and which scorers it shows
         return self._study
 
     def step(self) -> Step:
@@ -172,7 +175,7 @@ class ScoreWork:
                 seeds = [self.plan.suite.seed * 1000003 + k for k in range(repeats)]
                 values, seconds, skipped = [], [], ""
                 for seed in seeds:
-                    score = run_scorer(scorer, inputs, seed=seed)
+                    score = run_scorer(scorer, inputs, seed=seed, where=where)
                     if score.value is None:
                         skipped = score.skipped
                         break

@@ -52,7 +52,7 @@ class ScoreInputs:
             return True
         if need == "validation":
             return self.val_features is not None and self.val_labels is not None and len(self.val_labels) > 0
-        return getattr(self, need) is not None
+        return need in INPUTS and getattr(self, need) is not None
 
     def missing(self, needs: tuple[str, ...]) -> list[str]:
         return [need for need in needs if not self.has(need)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -75,7 +76,11 @@ class Score:
 def check_scorer_class(cls: type[Scorer]) -> list[str]:
     """What is wrong with a scorer class's declaration (empty when nothing)."""
     problems = []
-    unknown = [need for need in getattr(cls, "needs", ()) if need not in INPUTS]
+    needs = getattr(cls, "needs", ())
+    if isinstance(needs, str) or not isinstance(needs, (tuple, list)):
+        problems.append(f"needs must be a tuple of input names such as ('features',), got {needs!r}")
+        needs = ()
+    unknown = [need for need in needs if need not in INPUTS]
     if unknown:
         problems.append(f"needs unknown input(s) {', '.join(map(repr, unknown))}; known: {', '.join(INPUTS)}")
     if not isinstance(getattr(cls, "higher_is_better", None), bool):
@@ -85,24 +90,33 @@ def check_scorer_class(cls: type[Scorer]) -> list[str]:
     return problems
 
 
-def run_scorer(scorer: Scorer, inputs: ScoreInputs, *, seed: int = 0) -> Score:
+def run_scorer(scorer: Scorer, inputs: ScoreInputs, *, seed: int = 0, where: str = "") -> Score:
     """Runs ``scorer`` on ``inputs`` (skipped with a reason when an input is missing) and checks
-    it returned one finite number; anything else is one :class:`ScorerError` line."""
+    it returned one finite number; anything else — an exception inside it included — is one
+    :class:`ScorerError` line, prefixed with ``where`` (the suite, task and backbone)."""
     import time
+    import traceback
 
+    prefix = f"{where}: " if where else ""
     missing = inputs.missing(tuple(scorer.needs))
     if missing:
         return Score(None, 0.0, skipped=f"needs {' and '.join(m.replace('_', ' ') for m in missing)}")
     start = time.perf_counter()
-    value = scorer.score(inputs, np.random.default_rng(seed))
+    try:
+        value = scorer.score(inputs, np.random.default_rng(seed))
+    except Exception as err:  # noqa: BLE001 - a scorer's failure is one line naming it and where it failed
+        frames = traceback.extract_tb(err.__traceback__)
+        at = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise ScorerError(f"{prefix}scorer {scorer.name!r} raised {type(err).__name__}: {message}{at}") from None
     seconds = time.perf_counter() - start
     arr = np.asarray(value)
     if arr.shape != () or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ScorerError(f"scorer {scorer.name!r} must return one number, got "
+        raise ScorerError(f"{prefix}scorer {scorer.name!r} must return one number, got "
                           f"{type(value).__name__}{' of shape ' + str(arr.shape) if arr.shape else ''}")
     number = float(arr)
     if not math.isfinite(number):
-        raise ScorerError(f"scorer {scorer.name!r} returned {number} (a score must be a finite number)")
+        raise ScorerError(f"{prefix}scorer {scorer.name!r} returned {number} (a score must be a finite number)")
     return Score(number, seconds)
 
 

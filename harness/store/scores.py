@@ -113,37 +113,54 @@ def score_progress(storage: BaseStorage, suite: str) -> tuple[int, int, int, int
         if parsed is None or parsed[0] != suite:
             continue
         pairs += 1
-        for trial in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False):
-            if trial.state == TrialState.COMPLETE:
-                done += len(trial.user_attrs.get("scores", []))
-            elif trial.state == TrialState.RUNNING:
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+        scored = {(r.get("scorer"), r.get("code_version")) for t in trials if t.state == TrialState.COMPLETE
+                  for r in t.user_attrs.get("scores", []) if isinstance(r, dict)}
+        done += len({name for name, _ in scored})  # each scorer once, however often it was scored again
+        for trial in trials:
+            codes = trial.user_attrs.get("codes") or {}
+            if trial.state == TrialState.RUNNING:
                 running += 1
-            elif trial.state == TrialState.FAIL and "claim_lost" not in trial.user_attrs:
-                failed += 1
+            elif (trial.state == TrialState.FAIL and "claim_lost" not in trial.user_attrs
+                  and any(name not in {n for n, _ in scored} for name in codes)):
+                failed += 1  # a failed unit whose scorers no finished unit has scored since
     return (pairs, done, running, failed) if pairs else None
 
 
-def ground_truth(storage: BaseStorage, suite: str | None = None) -> list[str] | None:
-    """The ground-truth strategies the suite's ``model_selection:`` named (stored on its score
-    studies); None when it named none (every strategy is then a ground truth)."""
+def _named(storage: BaseStorage, suite: str | None, attr: str) -> list[str] | None:
     named: list[str] = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         parsed = parse_score_study(summary.study_name)
         if parsed is None or (suite is not None and parsed[0] != suite):
             continue
-        for name in summary.user_attrs.get("ground_truth") or []:
+        for name in summary.user_attrs.get(attr) or []:
             if name not in named:
                 named.append(name)
     return named or None
 
 
+def ground_truth(storage: BaseStorage, suite: str | None = None) -> list[str] | None:
+    """The ground-truth strategies the suite's ``model_selection:`` named (stored on its score
+    studies by the latest run); None when it named none (every strategy is then a ground truth)."""
+    return _named(storage, suite, "ground_truth")
+
+
+def scorers_named(storage: BaseStorage, suite: str | None = None) -> list[str] | None:
+    """The scorers the suite's latest run scored (a scorer dropped from the suite's list, or whose
+    plugin is gone, is no longer shown); None for stores that did not record them."""
+    return _named(storage, suite, "scorers")
+
+
 def load_scores(storage: BaseStorage, suite: str | None = None) -> pd.DataFrame:
-    """One row per (suite, task, backbone, scorer, seed) with its value and seconds; a skipped
-    unit is one row with no value and its reason."""
+    """One row per (suite, task, backbone, scorer, seed) with its value and seconds, for the
+    scorers the suite's latest run named; a skipped unit is one row with no value and its reason."""
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
+    shown = scorers_named(storage, suite)
     for r in score_records(storage, suite):
+        if shown is not None and r.scorer not in shown:
+            continue
         base = {"suite": r.suite, "task": r.task, "backbone": r.backbone, "scorer": r.scorer,
                 "scorer_origin": r.scorer_origin, "higher_is_better": r.higher_is_better,
                 "definition": r.definition, "skipped": r.skipped, "feature_seconds": r.feature_seconds,

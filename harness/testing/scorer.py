@@ -3,7 +3,8 @@
 A transferability scorer (:class:`tlbench.Scorer`) declares its name, the inputs it needs,
 whether higher is better and a one-line definition; built with no arguments, it turns one
 backbone's :class:`~tlbench.ScoreInputs` into one finite number, the same for the same seed and
-for the same examples in another order, and it ranks features that separate the classes above
+for the same examples in another order, reading only the inputs it declares (a backbone without
+one is skipped, not a crash), and it ranks features that separate the classes above
 features that do not (static baselines are given inputs where the better backbone is also the
 bigger one with the better source accuracy).
 """
@@ -28,6 +29,9 @@ class ScorerContext:
     _inputs: dict[str, ScoreInputs] = field(default_factory=dict)
 
     def scorer(self) -> Scorer:
+        problems = check_scorer_class(self.cls)
+        if problems:
+            raise Unchecked(f"not checked: the declaration is wrong ({problems[0]})")
         if self._scorer is None:
             try:
                 self._scorer = self.cls()
@@ -105,6 +109,23 @@ def _order_free(c: ScorerContext) -> None:
         raise CheckFailed(f"the same examples in another order gave {b!r} instead of {a!r}")
 
 
+def _declared_inputs_only(c: ScorerContext) -> None:
+    full = c.inputs()
+    needs = set(c.cls.needs)
+    bare = ScoreInputs(full.features, full.labels, full.num_classes,
+                       source_probs=full.source_probs if "source_probs" in needs else None,
+                       val_features=full.val_features if "validation" in needs else None,
+                       val_labels=full.val_labels if "validation" in needs else None,
+                       parameters=full.parameters if "parameters" in needs else None,
+                       source_accuracy=full.source_accuracy if "source_accuracy" in needs else None)
+    try:
+        run_scorer(c.scorer(), bare, seed=0)
+    except Exception as err:  # noqa: BLE001
+        raise CheckFailed(f"with only the inputs it declares ({', '.join(sorted(needs | {'features'}))}) it fails "
+                          f"({str(err)[:160]}): list every input it reads in `needs`, so that backbones without "
+                          f"one are skipped instead of stopping the run") from None
+
+
 def _ranks(c: ScorerContext) -> None:
     good, noise = _value(c), _value(c, "noise")
     better = good > noise if c.cls.higher_is_better else good < noise
@@ -119,6 +140,7 @@ SCORER_PROPERTIES: dict[str, Callable[[ScorerContext], None]] = properties({
     "returns one finite number": _finite,
     "is deterministic for a seed": _deterministic,
     "does not depend on the examples' order": _order_free,
+    "reads only the inputs it declares": _declared_inputs_only,
     "ranks separable features above noise": _ranks,
 })
 

@@ -490,3 +490,26 @@ def test_a_bare_model_selection_line_asks_for_the_defaults(tmp_path: Path, capsy
     assert main(["run", str(suite), "--dry-run"]) == 0
     printed = capsys.readouterr()
     assert f"model selection: {len(SCORERS)} scorers" in printed.out + printed.err
+
+
+def test_two_workers_score_each_unit_once_with_the_single_workers_values(tmp_path: Path) -> None:
+    """Two workers started together on one journal share the scoring (each unit claimed once) and
+    store exactly the values one worker stores alone."""
+    suite = write_suite(tmp_path, name="pair", selection="  scorers: [logme, hscore, nleep]\n  seeds: 2")
+    env = {**os.environ}
+
+    def worker(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "tlbench.cli", "run", str(suite), "--out", str(out),
+                                 "--threads", "1", "--report", "none"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    both = [worker(tmp_path / "shared"), worker(tmp_path / "shared")]
+    for proc in both:
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    alone = worker(tmp_path / "alone")
+    assert alone.wait(timeout=600) == 0, alone.stderr.read()[-2000:]
+    shared = values(tmp_path / "shared")
+    assert shared == values(tmp_path / "alone") and len(shared) == 9
+    states = [s for trials in score_trials(tmp_path / "shared").values() for s in trials]
+    assert states.count(TrialState.COMPLETE) == 3  # one finished unit per pair: nothing scored twice
+    assert TrialState.RUNNING not in states

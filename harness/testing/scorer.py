@@ -110,6 +110,7 @@ def _order_free(c: ScorerContext) -> None:
 
 
 def _declared_inputs_only(c: ScorerContext) -> None:
+    scorer = c.scorer()  # "not checked" when the declaration is wrong
     full = c.inputs()
     needs = set(c.cls.needs)
     bare = ScoreInputs(full.features, full.labels, full.num_classes,
@@ -119,7 +120,7 @@ def _declared_inputs_only(c: ScorerContext) -> None:
                        parameters=full.parameters if "parameters" in needs else None,
                        source_accuracy=full.source_accuracy if "source_accuracy" in needs else None)
     try:
-        run_scorer(c.scorer(), bare, seed=0)
+        run_scorer(scorer, bare, seed=0)
     except Exception as err:  # noqa: BLE001
         raise CheckFailed(f"with only the inputs it declares ({', '.join(sorted(needs | {'features'}))}) it fails "
                           f"({str(err)[:160]}): list every input it reads in `needs`, so that backbones without "

@@ -296,3 +296,10 @@ def test_the_selection_layer_imports_no_torch() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", SCORERS.names())
+def test_every_built_in_scorer_keeps_the_contract(name: str) -> None:
+    from tlbench.testing import check_scorer
+
+    check_scorer(SCORERS.get(name)).assert_ok()

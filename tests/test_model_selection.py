@@ -513,3 +513,22 @@ def test_two_workers_score_each_unit_once_with_the_single_workers_values(tmp_pat
     states = [s for trials in score_trials(tmp_path / "shared").values() for s in trials]
     assert states.count(TrialState.COMPLETE) == 3  # one finished unit per pair: nothing scored twice
     assert TrialState.RUNNING not in states
+
+
+@pytest.mark.parametrize("stored,needle", [
+    ([{"schema_version": 9}], "score record schema 9 is newer than this tlbench reads (1); upgrade tlbench"),
+    ([{"schema_version": 1, "suite": "s"}], "a score record is malformed (task: Field required)"),
+    ("not a list", "malformed scores (not a list)"),
+])
+def test_a_damaged_or_newer_score_record_is_one_line(stored: object, needle: str) -> None:
+    from tlbench.store.records import StoreError
+    from tlbench.store.scores import score_study_name
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name=score_study_name("s", "t", "b"), storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("scores", stored)
+    study.tell(trial, 1.0)
+    with pytest.raises(StoreError) as err:
+        load_scores(storage)
+    assert needle in str(err.value) and "s::t::b::select trial 0" in str(err.value) and "\n" not in str(err.value)

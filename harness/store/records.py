@@ -21,7 +21,7 @@ the new field malformed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pandas is imported where frames are made: status and claims
     import pandas as pd
 
 SCHEMA_VERSION = 5
+M = TypeVar("M", bound=Frozen)
 SEP = "::"
 Kind = Literal["tune", "eval", "sens"]  # tuning, evaluation, sensitivity study
 
@@ -256,12 +257,18 @@ class RunRecord(RunContext):
                              f"({_version()}) reads versions 1..{SCHEMA_VERSION}: upgrade tlbench to read it")
         if version < 5:
             data = _nested(data, version)
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise StoreError(f"{where or 'store'}: a run record is malformed ({'.'.join(map(str, first['loc']))}: "
-                             f"{first['msg']})") from None
+        return validate_stored(cls, data, what="a run record", where=where)
+
+
+def validate_stored(model: type[M], data: dict[str, Any], *, what: str, where: str = "") -> M:
+    """``data`` as a ``model`` (a record kind of the store), or one :class:`StoreError` line naming
+    where it is and its first malformed field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise StoreError(f"{where or 'store'}: {what} is malformed ({'.'.join(map(str, first['loc']))}: "
+                         f"{first['msg']})") from None
 
 
 def _nested(flat: dict[str, Any], version: int) -> dict[str, Any]:

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from pydantic import ValidationError
 
 from tlbench.core.frozen import Frozen
-from tlbench.store.records import SEP, StoreError
+from tlbench.store.records import SEP, StoreError, validate_stored
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,12 +75,7 @@ class ScoreRecord(Frozen):
         if isinstance(version, int) and version > SCORE_SCHEMA_VERSION:
             raise StoreError(f"{where}: score record schema {version} is newer than this tlbench reads "
                              f"({SCORE_SCHEMA_VERSION}); upgrade tlbench")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise StoreError(f"{where}: malformed score record ({'.'.join(map(str, first['loc']))}: "
-                             f"{first['msg']})") from None
+        return validate_stored(cls, data, what="a score record", where=where)
 
 
 def score_records(storage: BaseStorage, suite: str | None = None) -> list[ScoreRecord]:

@@ -23,6 +23,7 @@ from tlbench.testing.report import (
     CheckFailed,
     CheckReport,
     Unchecked,
+    check_name_and_description,
     one_line,
     properties,
     run_properties,
@@ -67,11 +68,7 @@ class BackboneContext:
 
 
 def _name_and_description(c: BackboneContext) -> None:
-    if not isinstance(getattr(c.cls, "name", None), str) or not c.cls.name:
-        raise CheckFailed("set a `name` class attribute (the arch suites use)")
-    description = getattr(c.cls, "description", "")
-    if not isinstance(description, str) or not description.strip() or "\n" in description:
-        raise CheckFailed("set a one-line `description` class attribute (tlbench list backbones shows it)")
+    check_name_and_description(c.cls, named_by="the arch suites use", listed_by="tlbench list backbones")
 
 
 def _builds(c: BackboneContext) -> None:

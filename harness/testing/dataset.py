@@ -24,6 +24,7 @@ from tlbench.testing.report import (
     CheckFailed,
     CheckReport,
     Unchecked,
+    check_name_and_description,
     one_line,
     properties,
     run_properties,
@@ -57,11 +58,7 @@ def _identity(x: Any) -> str:
 
 
 def _name_and_description(c: DatasetContext) -> None:
-    if not isinstance(getattr(c.cls, "name", None), str) or not c.cls.name:
-        raise CheckFailed("set a `name` class attribute (the dataset suites name)")
-    description = getattr(c.cls, "description", "")
-    if not isinstance(description, str) or not description.strip() or "\n" in description:
-        raise CheckFailed("set a one-line `description` class attribute (tlbench list datasets shows it)")
+    check_name_and_description(c.cls, named_by="the dataset suites name", listed_by="tlbench list datasets")
 
 
 def _args(c: DatasetContext) -> None:

@@ -58,6 +58,16 @@ class CheckReport:
             raise AssertionError(str(self))
 
 
+def check_name_and_description(cls: type, *, named_by: str, listed_by: str) -> None:
+    """The naming properties every plugin kind shares: a ``name`` (``named_by`` says who uses it)
+    and a one-line ``description`` (``listed_by`` says where it is shown)."""
+    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        raise CheckFailed(f"set a `name` class attribute ({named_by})")
+    description = getattr(cls, "description", "")
+    if not isinstance(description, str) or not description.strip() or "\n" in description:
+        raise CheckFailed(f"set a one-line `description` class attribute ({listed_by} shows it)")
+
+
 def one_line(err: BaseException) -> str:
     """A failed property's reason: the check's own words, or what a crash raised."""
     if isinstance(err, CheckFailed):

@@ -38,6 +38,7 @@ from tlbench.testing.report import (
     CheckReport,
     CheckResult,
     Unchecked,
+    check_name_and_description,
     one_line,
     properties,
     run_properties,
@@ -95,12 +96,7 @@ class StrategyContext:
 
 
 def _name_and_description(c: StrategyContext) -> None:
-    cls = type(c.strategy)
-    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
-        raise CheckFailed("set a `name` class attribute (the name suites use)")
-    description = getattr(cls, "description", "")
-    if not isinstance(description, str) or not description.strip() or "\n" in description:
-        raise CheckFailed("set a one-line `description` class attribute (tlbench list strategies shows it)")
+    check_name_and_description(type(c.strategy), named_by="the name suites use", listed_by="tlbench list strategies")
 
 
 def _fixed_trial(c: StrategyContext) -> None:

@@ -89,6 +89,32 @@ def test_checkpoint_roundtrip(tmp_path) -> None:
     assert loaded.weights_id.startswith("file:")
 
 
+def test_a_checkpoint_with_a_head_keeps_it_as_the_source_head(tmp_path) -> None:
+    """``{"backbone", "head", "source_accuracy"}`` (the pretraining cache's own format): the head
+    gives the source-class probabilities LEEP and NCE read; a plain state dict gives none."""
+    src = build_backbone("cnn1d", {"width": 4}, seed=2)
+    weight, bias = torch.randn(7, src.feature_dim), torch.randn(7)
+    torch.save({"backbone": src.state_dict(), "head": {"weight": weight, "bias": bias}, "source_accuracy": 0.81},
+               tmp_path / "with_head.pt")
+    loaded = load_checkpoint(build_backbone("cnn1d", {"width": 4}, seed=5), tmp_path / "with_head.pt")
+    head = loaded.source_head
+    assert head is not None and head.accuracy == 0.81 and torch.equal(head.weight, weight)
+    x = torch.randn(5, 1, 16)
+    expected = torch.softmax((src.forward_features(x) @ weight.T + bias).double(), 1)
+    assert torch.allclose(head.probabilities(loaded.forward_features(x)), expected, atol=1e-6)
+    torch.save(src.state_dict(), tmp_path / "plain.pt")
+    assert load_checkpoint(loaded, tmp_path / "plain.pt").source_head is None  # the head is the file's, not kept
+    for bad, needle in [({"weight": torch.randn(7, src.feature_dim + 1), "bias": bias}, "head must be"),
+                        ({"weight": weight}, "head must be"), ("fc", "head must be")]:
+        torch.save({"backbone": src.state_dict(), "head": bad}, tmp_path / "bad.pt")
+        with pytest.raises(ConfigError, match=needle):
+            load_checkpoint(src, tmp_path / "bad.pt")
+    torch.save({"backbone": src.state_dict(), "head": {"weight": weight, "bias": bias}, "source_accuracy": 81},
+               tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match=r"source_accuracy 81 must be a number in \[0, 1\]"):
+        load_checkpoint(src, tmp_path / "bad.pt")
+
+
 def test_checkpoint_errors(tmp_path) -> None:
     target = build_backbone("cnn1d", {"width": 4})
     with pytest.raises(ConfigError, match="does not exist"):

@@ -356,33 +356,49 @@ def test_torchvision_weights_keep_their_imagenet_head(tmp_path: Path, monkeypatc
     assert cls(variant=variant).source_head is None
 
 
-def test_a_torchvision_zoo_is_scored_with_its_imagenet_heads(tmp_path: Path) -> None:
-    """The same block on published weights (random files in the hub cache, image files on disk):
-    LEEP and NCE read the ImageNet heads, source accuracy the published top-1."""
+def test_a_published_zoo_is_scored_with_its_source_heads(tmp_path: Path) -> None:
+    """The same block on published weights (random files in the torch hub and Hugging Face
+    caches, offline; image files on disk): LEEP and NCE read the ImageNet heads of torchvision
+    and timm weights and a checkpoint file's own head; source accuracy the published top-1 where
+    one is published (torchvision's, the checkpoint's), skipped with a note where not (timm)."""
     from test_images import write_folder
+    from test_timm import hf_cache_with, timm
 
     home = tmp_path / "torch"
     members = {v: hub_checkpoint(home, v, seed=i) for i, v in enumerate(["resnet18", "mobilenet_v3_small"])}
+    hf_cache_with("test_resnet.r160_in1k", timm.create_model("test_resnet.r160_in1k"), tmp_path / "hf")
+    from tlbench.training.backbones import build_backbone
+
+    own = build_backbone("cnn2d", {"in_channels": 3, "width": 4, "depth": 2}, seed=3)
+    torch.save({"backbone": own.state_dict(), "source_accuracy": 0.5,
+                "head": {"weight": torch.randn(6, own.feature_dim), "bias": torch.zeros(6)}}, tmp_path / "own.pt")
     write_folder(tmp_path / "data" / "shapes" / "train", ["a", "b", "c"], 8)
     write_folder(tmp_path / "data" / "shapes" / "test", ["a", "b", "c"], 3, seed=1)
     (tmp_path / "zoo.yaml").write_text(
         "name: zoo\ntrials: 1\nseeds: 2\nstrategies: [linear_probe]\ntraining: {epochs: [1, 2], batch_size: 8}\n"
         "data_root: data\ntasks:\n  shapes:\n    dataset: image_folder\n"
         "    args: {path: shapes/train, test: shapes/test}\n    split: {val_per_class: 2}\n    image_size: 32\n"
-        "    backbones: [r18, mnv3]\nbackbones:\n"
+        "    backbones: [r18, mnv3, timm-r, own]\nbackbones:\n"
         "  r18: {arch: resnet, args: {variant: resnet18}, weights: IMAGENET1K_V1}\n"
         "  mnv3: {arch: mobilenet_v3, args: {variant: mobilenet_v3_small}, weights: IMAGENET1K_V1}\n"
+        "  timm-r: {arch: 'timm:test_resnet.r160_in1k', weights: DEFAULT}\n"
+        "  own: {arch: cnn2d, args: {in_channels: 3, width: 4, depth: 2}, checkpoint: own.pt}\n"
         "model_selection:\n  scorers: [leep, nce, logme, source_accuracy, parameters]\n")
     env = {k: v for k, v in os.environ.items() if k != "TLBENCH_DATA"}
     r = subprocess.run([sys.executable, "-m", "tlbench.cli", "run", "zoo.yaml", "--out", "out", "--cache-dir", "cache",
                         "--report", "tables", "--threads", "1"], cwd=tmp_path, capture_output=True, text=True,
-                       env={**env, "TORCH_HOME": str(home)}, timeout=600)
+                       env={**env, "TORCH_HOME": str(home), "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     got = {(x.backbone, x.scorer): x for x in score_records(open_storage(None, tmp_path / "out"))}
-    assert len(got) == 10 and all(x.values and not x.skipped for x in got.values())
+    assert len(got) == 20
+    skipped = {k for k, x in got.items() if not x.values}
+    assert skipped == {("timm-r", "source_accuracy")} and "source accuracy" in got[("timm-r", "source_accuracy")].skipped
     for name, variant in (("r18", "resnet18"), ("mnv3", "mobilenet_v3_small")):
         published = members[variant].meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100  # type: ignore[attr-defined]
         assert got[(name, "source_accuracy")].values == [pytest.approx(published)]
+    assert got[("own", "source_accuracy")].values == [0.5]
+    for name in ("r18", "mnv3", "timm-r", "own"):
         assert got[(name, "leep")].values[0] < 0 and got[(name, "nce")].values[0] <= 0
     assert got[("r18", "parameters")].values[0] > got[("mnv3", "parameters")].values[0]
     assert "Model selection" in (tmp_path / "out" / "table.md").read_text()

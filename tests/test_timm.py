@@ -141,3 +141,66 @@ def test_strategies_train_a_timm_backbone(runtime) -> None:
         params = sample_params(strategy, backbone)
         predictor = strategy.fit(backbone, task, params, seed=0, reporter=NullReporter(), runtime=runtime)
         assert predictor.logits(task.test).shape == (50, 10)
+
+
+def hf_cache_with(model: str, net: torch.nn.Module, cache: Path) -> None:
+    """Writes ``net``'s weights where the Hugging Face hub cache keeps ``model``'s pretrained
+    file (``models--<org>--<name>/snapshots/<commit>/model.safetensors``, ``refs/main``)."""
+    from safetensors.torch import save_file
+
+    org, name = timm.models.get_pretrained_cfg(model).hf_hub_id.split("/")
+    repo = cache / f"models--{org}--{name}"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(repo / "snapshots" / commit / "model.safetensors"))
+
+
+@pytest.mark.parametrize("model", ["test_vit.r160_in1k", "test_resnet.r160_in1k", "test_efficientnet.r160_in1k"])
+def test_pretrained_weights_keep_their_imagenet_head_as_the_source_head(
+        model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm weights loaded from the hub cache (offline, random weights in timm's real file
+    format) keep their 1000-class classifier as the source head: its probabilities are timm's
+    own softmax of the full model's logits, while the backbone's features and state dict are
+    exactly those of ``num_classes=0`` (no head in the fine-tuned model)."""
+    import huggingface_hub.constants as hub
+
+    torch.manual_seed(0)
+    reference = timm.create_model(model, pretrained=False).eval()  # the full model: the weights' own head
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # not an initialisation: no head bias is zero
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    hf_cache_with(model, reference, tmp_path / "hf")
+
+    backbone = TimmBackbone.with_weights(TimmArgs(model=model), "DEFAULT").eval()
+    head = backbone.source_head
+    assert head is not None and head.weight.shape == (1000, backbone.feature_dim) and head.accuracy is None
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        logits = reference(x)
+        features = backbone.forward_features(x)
+    assert torch.allclose(head.probabilities(features), torch.softmax(logits.double(), 1), atol=1e-5)
+    headless = timm.create_model(model, pretrained=False, num_classes=0)
+    assert backbone.net.state_dict().keys() == headless.state_dict().keys()
+    assert backbone.weights_id.startswith(f"timm:{model}:DEFAULT")
+    assert backbone.reinitialized(1).source_head is None  # re-drawn weights lose it
+    assert build_backbone("timm", {"model": model}).source_head is None  # no pretrained weights: no head
+
+
+def test_pretrained_weights_without_a_classifier_have_no_source_head(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights published without a classifier (a self-supervised checkpoint: the pretrained
+    config says 0 classes) give no source head: the scorers that need one are skipped."""
+    import huggingface_hub.constants as hub
+
+    model = "vit_small_patch14_dinov2.lvd142m"
+    assert timm.models.get_pretrained_cfg(model).num_classes == 0
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    hf_cache_with(model, timm.create_model(model, pretrained=False, num_classes=0), tmp_path / "hf")
+    backbone = TimmBackbone.with_weights(TimmArgs(model=model), "DEFAULT")
+    assert backbone.source_head is None and backbone.feature_dim == 384

@@ -477,7 +477,8 @@ class TimmArgs(Frozen):
 
 class TimmBackbone(Backbone):
     """Any timm model (``arch: timm:<name>`` or ``arch: timm`` with ``args.model``), through
-    timm's model contract: ``num_classes=0`` gives pooled pre-logit features, and the model's
+    timm's model contract: ``num_classes=0`` gives pooled pre-logit features (pretrained
+    weights' linear classifier over them is kept as the source head first), and the model's
     ``group_matcher`` (coarse) gives its layer groups, input → output, the same grouping
     timm's layer-wise learning-rate decay uses. Needs the optional dependency timm.
 
@@ -499,7 +500,9 @@ class TimmBackbone(Backbone):
         timm = _import_timm()
         extra = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}  # not every model takes it
         try:
-            self.net = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=in_chans, **extra)
+            # pretrained: built with the weights' own classifier, kept as the source head, then dropped
+            classes = {} if pretrained else {"num_classes": 0}
+            self.net = timm.create_model(model, pretrained=pretrained, in_chans=in_chans, **classes, **extra)
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 raise ConfigError(f"unknown timm model {model!r} (timm {timm.__version__}; "
@@ -508,7 +511,13 @@ class TimmBackbone(Backbone):
         except TypeError as err:  # an argument this model's constructor does not take
             raise ConfigError(f"timm model {model!r} cannot be built with in_chans={in_chans}, "
                               f"drop_path_rate={drop_path_rate}: {str(err).splitlines()[0][:120]}") from None
+        if pretrained:
+            head = self.net.get_classifier()
+            self.net.reset_classifier(0)
         self.feature_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
+        if pretrained and isinstance(head, nn.Linear) and head.in_features == self.feature_dim:
+            # timm's contract: the classifier is one linear map of the pre-logit features
+            self.source_head = SourceHead.of(head)  # timm's configs carry no top-1: accuracy unknown
         self.__dict__["_groups"] = self._group(self.net)  # not registered: see the class docstring
 
     @property
@@ -625,17 +634,40 @@ def build_backbone(arch: str, args: dict[str, Any], *, seed: int = 0, where: str
     return identify(backbone, f"random:{seed}")
 
 
+def _checkpoint_head(state: dict[str, Any], feature_dim: int, path: Path) -> SourceHead | None:
+    """A checkpoint's source head (None without a ``head`` entry); one line when malformed."""
+    head, accuracy = state.get("head"), state.get("source_accuracy")
+    if head is None:
+        return None
+    weight = head.get("weight") if isinstance(head, dict) else None
+    bias = head.get("bias") if isinstance(head, dict) else None
+    if not (isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.shape[1] == feature_dim
+            and isinstance(bias, torch.Tensor) and bias.shape == (weight.shape[0],)):
+        raise ConfigError(f"checkpoint {path}: head must be {{'weight': (classes, {feature_dim}) tensor, "
+                          f"'bias': (classes,) tensor}} over the backbone's {feature_dim} features")
+    if accuracy is not None and not (isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1):
+        raise ConfigError(f"checkpoint {path}: source_accuracy {accuracy!r} must be a number in [0, 1]")
+    return SourceHead(weight.detach().float().clone(), bias.detach().float().clone(),
+                      None if accuracy is None else float(accuracy))
+
+
 def load_checkpoint(backbone: Backbone, path: Path) -> Backbone:
-    """Loads a local state-dict checkpoint (``weights_only=True``) into a copy."""
+    """Loads a local checkpoint (``weights_only=True``) into a copy: a state dict, or a dict
+    ``{"backbone": state dict, "head": {"weight": (Z, D), "bias": (Z,)}, "source_accuracy": a}``
+    whose optional ``head`` is the weights' source classifier over the features (kept as the
+    source head) and ``source_accuracy`` its accuracy on the source task in [0, 1]."""
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise ConfigError(f"checkpoint {path} cannot be read: {type(err).__name__}: {err}") from None
+    head = None
     if isinstance(state, dict) and "backbone" in state:
+        head = _checkpoint_head(state, backbone.feature_dim, path)
         state = state["backbone"]
     out = copy.deepcopy(backbone)
+    out.source_head = head
     try:
         out.load_state_dict(state)
     except RuntimeError as err:

@@ -308,3 +308,63 @@ def test_every_built_in_scorer_keeps_the_contract(name: str) -> None:
     from tlbench.testing import check_scorer
 
     check_scorer(SCORERS.get(name)).assert_ok()
+
+
+def blobs(n_per: int, centres: int, dim: int, *, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 4, (centres, dim))
+    truth = np.repeat(np.arange(centres), n_per)
+    return means[truth] + spread * rng.normal(size=(len(truth), dim)), truth
+
+
+def test_the_mixture_reaches_scikit_learns_em_from_the_same_start() -> None:
+    """N-LEEP's batched EM against scikit-learn's GaussianMixture (full covariance, its own EM)
+    started from the same k-means responsibilities: the same posteriors and iterations."""
+    from sklearn.mixture import GaussianMixture
+
+    from tlbench.selection.mixture import fit_posteriors, kmeans_labels, m_step
+
+    for n_per, centres, dim, k in [(20, 6, 4, 12), (8, 13, 3, 50)]:  # the second: 5·C-like, 2 points per component
+        x, _ = blobs(n_per, centres, dim, seed=k, spread=1.0)
+        labels = kmeans_labels(x, k, np.random.default_rng(0))
+        weights, means, prec_chol = m_step(x, one_hot(labels, k), 1e-6)
+        reference = GaussianMixture(k, covariance_type="full", reg_covar=1e-6, max_iter=200, weights_init=weights,
+                                    means_init=means, precisions_init=prec_chol @ prec_chol.transpose(0, 2, 1),
+                                    random_state=0).fit(x)
+        posteriors, iterations, converged = fit_posteriors(x, k, np.random.default_rng(1), start=labels)
+        assert converged and reference.converged_ and iterations == reference.n_iter_
+        assert np.allclose(posteriors, reference.predict_proba(x), atol=1e-8)
+        assert np.allclose(posteriors.sum(axis=1), 1.0)
+
+
+def test_kmeans_seeding_finds_separated_clusters_and_is_seeded() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from tlbench.selection.mixture import fit_posteriors, kmeans_labels
+
+    x, truth = blobs(15, 7, 5, seed=3)
+    labels = kmeans_labels(x, 7, np.random.default_rng(5))
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert np.array_equal(labels, kmeans_labels(x, 7, np.random.default_rng(5)))
+    # as many components as points, and repeated points: still a finite, normalised fit
+    repeated = np.repeat(x[:4], 5, axis=0)
+    for data, k in [(x[:10], 10), (repeated, 10)]:
+        posteriors, _, _ = fit_posteriors(data, k, np.random.default_rng(0))
+        assert np.all(np.isfinite(posteriors)) and np.allclose(posteriors.sum(axis=1), 1.0)
+
+
+def test_the_probe_reaches_scikit_learns_logistic_regression_optimum() -> None:
+    """The probe's multinomial logistic regression has scikit-learn's objective (C = 1, bias not
+    penalised): both solved tightly, the same weights and the same predictions."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tlbench.selection.scorers import logistic_regression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 12))
+    labels = np.argmax(x[:, :4] + rng.normal(scale=1.5, size=(150, 4)), axis=1)
+    weight, bias = logistic_regression(x, labels, 4, c=0.5, tol=1e-10)
+    reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(x, labels)
+    assert np.allclose(weight.T, reference.coef_, atol=1e-5) and np.allclose(bias, reference.intercept_, atol=1e-5)
+    test = rng.normal(size=(200, 12))
+    assert np.array_equal(np.argmax(test @ weight + bias, axis=1), reference.predict(test))

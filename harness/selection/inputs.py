@@ -8,7 +8,7 @@ Everything is float64 numpy: the scores are sums of many small logs and log-dete
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,14 @@ from tlbench.core.errors import ConfigError
 
 #: the inputs a scorer may need, as it names them in ``Scorer.needs``
 INPUTS = ("features", "source_probs", "validation", "parameters", "source_accuracy")
+
+
+def centred_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(U (N, r), S (r,)): the thin SVD of ``x`` centred, singular values above max(N, D)·ε·S₁."""
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    keep = s > max(centred.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
+    return u[:, keep], s[keep]
 
 
 class ScoreInputError(ConfigError):
@@ -45,6 +53,15 @@ class ScoreInputs:
     val_labels: np.ndarray | None = None
     parameters: int | None = None
     source_accuracy: float | None = None
+    _derived: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, init=False, repr=False)
+
+    def centred_svd(self) -> tuple[np.ndarray, np.ndarray]:
+        """(U (N, r), S (r,)): the thin SVD of the centred train features, computed once per
+        inputs (N-LEEP's seeds, GBC and H-score all start from it), singular values above
+        max(N, D)·ε·S₁ only. The features are not to be modified in place after this."""
+        if "centred_svd" not in self._derived:
+            self._derived["centred_svd"] = centred_svd(self.features)
+        return self._derived["centred_svd"]
 
     def has(self, need: str) -> bool:
         """Whether the input ``need`` (one of :data:`INPUTS`) is available."""

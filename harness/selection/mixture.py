@@ -33,14 +33,15 @@ def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator, *, max_iter: 
     chosen[0] = rng.integers(n)
     closest = pairwise[chosen[0]]
     trials = 2 + int(math.log(k))
+    draws = rng.random((k - 1, trials))  # the same stream as drawing each centre's in turn
     for c in range(1, k):
-        cumulative = np.cumsum(closest)
+        cumulative = closest.cumsum()
         if cumulative[-1] <= 0:  # fewer distinct points than clusters: the rest repeat the first
             chosen[c:] = chosen[0]
             break
-        candidates = np.minimum(np.searchsorted(cumulative, rng.random(trials) * cumulative[-1]), n - 1)
+        candidates = np.minimum(cumulative.searchsorted(draws[c - 1] * cumulative[-1]), n - 1)
         potentials = np.minimum(closest, pairwise[candidates])
-        best = np.argmin(potentials.sum(axis=1))
+        best = potentials.sum(axis=1).argmin()
         chosen[c], closest = candidates[best], potentials[best]
     centres = x[chosen]
     threshold = tol * float(np.mean(np.var(x, axis=0)))
@@ -49,8 +50,9 @@ def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator, *, max_iter: 
         dist = sq[:, None] - 2 * x @ centres.T + np.einsum("ij,ij->i", centres, centres)[None, :]
         labels = np.argmin(dist, axis=1)
         counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, x)
+        sums = np.zeros((k, n))
+        sums[labels, np.arange(n)] = 1.0
+        sums = sums @ x  # per-cluster sums, as one product (np.add.at is a slow scatter)
         moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
         shift = float(np.sum((moved - centres) ** 2))
         centres = moved
@@ -60,28 +62,40 @@ def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator, *, max_iter: 
     return np.argmin(dist, axis=1)
 
 
-def m_step(x: np.ndarray, resp: np.ndarray, reg_covar: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def outer_products(x: np.ndarray) -> np.ndarray:
+    """(N, D²): each row's x xᵀ, flattened (computed once per fit; both EM steps read it)."""
+    return (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+
+
+def m_step(x: np.ndarray, resp: np.ndarray, reg_covar: float,
+           outer: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights (K,), means (K, D), Cholesky factors of the precisions (K, D, D)) from
-    responsibilities (N, K)."""
+    responsibilities (N, K). Each covariance is the weighted second moment minus the mean's
+    outer product, as one (K × N)(N × D²) product for all components (``outer`` is
+    :func:`outer_products` of ``x``)."""
+    n, d = x.shape
+    outer = outer_products(x) if outer is None else outer
     nk = resp.sum(axis=0) + EPS
     means = resp.T @ x / nk[:, None]
-    diff = x[None, :, :] - means[:, None, :]  # (K, N, D)
-    cov = np.matmul((resp.T[:, :, None] * diff).transpose(0, 2, 1), diff) / nk[:, None, None]
-    cov += reg_covar * np.eye(x.shape[1])
+    cov = (resp.T @ outer).reshape(-1, d, d) / nk[:, None, None] - means[:, :, None] * means[:, None, :]
+    cov += reg_covar * np.eye(d)
     chol = np.linalg.cholesky(cov)
-    eye = np.broadcast_to(np.eye(x.shape[1]), cov.shape)
-    prec_chol = np.linalg.solve(chol, eye).transpose(0, 2, 1)  # (L⁻¹)ᵀ: precision = P Pᵀ
+    prec_chol = np.linalg.inv(chol).transpose(0, 2, 1)  # (L⁻¹)ᵀ: precision = P Pᵀ
     return nk / nk.sum(), means, prec_chol
 
 
-def e_step(x: np.ndarray, weights: np.ndarray, means: np.ndarray,
-           prec_chol: np.ndarray) -> tuple[float, np.ndarray]:
-    """(mean log-likelihood, log responsibilities (N, K))."""
-    d = x.shape[1]
+def e_step(x: np.ndarray, weights: np.ndarray, means: np.ndarray, prec_chol: np.ndarray,
+           outer: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(mean log-likelihood, log responsibilities (N, K)). The squared Mahalanobis distances
+    (x − μₖ)ᵀΛₖ(x − μₖ) as xᵀΛₖx − 2xᵀΛₖμₖ + μₖᵀΛₖμₖ: two matrix products for all components
+    instead of an (N, K, D) array of differences."""
+    n, d = x.shape
+    outer = outer_products(x) if outer is None else outer
+    precision = np.matmul(prec_chol, prec_chol.transpose(0, 2, 1))  # (K, D, D)
+    pm = np.einsum("kij,kj->ki", precision, means)  # Λₖμₖ
+    maha = outer @ precision.reshape(len(means), -1).T - 2 * x @ pm.T + np.einsum("ki,ki->k", pm, means)
     log_det = np.sum(np.log(np.diagonal(prec_chol, axis1=1, axis2=2)), axis=1)  # (K,)
-    y = np.matmul(x[None, :, :], prec_chol) - np.matmul(means[:, None, :], prec_chol)  # (K, N, D)
-    log_gauss = -0.5 * (d * math.log(2 * math.pi) + np.sum(y**2, axis=2)).T + log_det  # (N, K)
-    weighted = log_gauss + np.log(weights)
+    weighted = -0.5 * (d * math.log(2 * math.pi) + np.maximum(maha, 0.0)) + log_det + np.log(weights)
     top = weighted.max(axis=1, keepdims=True)
     norm = top[:, 0] + np.log(np.sum(np.exp(weighted - top), axis=1))
     return float(np.mean(norm)), weighted - norm[:, None]
@@ -97,12 +111,13 @@ def fit_posteriors(x: np.ndarray, k: int, rng: np.random.Generator, *, reg_covar
     labels = kmeans_labels(x, k, rng) if start is None else np.asarray(start)
     resp = np.zeros((len(x), k))
     resp[np.arange(len(x)), labels] = 1.0
-    params = m_step(x, resp, reg_covar)
+    outer = outer_products(x)
+    params = m_step(x, resp, reg_covar, outer)
     lower, converged, it = -np.inf, False, 0
     for it in range(1, max_iter + 1):
-        bound, log_resp = e_step(x, *params)
-        params = m_step(x, np.exp(log_resp), reg_covar)
+        bound, log_resp = e_step(x, *params, outer)
+        params = m_step(x, np.exp(log_resp), reg_covar, outer)
         converged, lower = abs(bound - lower) < tol, bound
         if converged:
             break
-    return np.exp(e_step(x, *params)[1]), it, converged
+    return np.exp(e_step(x, *params, outer)[1]), it, converged

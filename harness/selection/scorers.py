@@ -24,7 +24,7 @@ import numpy as np
 
 from tlbench.core.errors import ConfigError
 from tlbench.core.registry import Registry
-from tlbench.selection.inputs import INPUTS, ScoreInputs
+from tlbench.selection.inputs import INPUTS, ScoreInputs, centred_svd
 
 
 class ScorerError(ConfigError):
@@ -142,13 +142,10 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> t
     return sums / np.maximum(counts, 1.0)[:, None], counts
 
 
-def _pca(x: np.ndarray, variance: float) -> np.ndarray:
+def _pca(x: np.ndarray, variance: float, svd: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``x`` centred and projected on its leading principal components that keep ``variance``
-    of the total (all of them when ``variance`` ≥ 1)."""
-    centred = x - x.mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    keep = s > _rank_tol(s, x.shape)
-    u, s = u[:, keep], s[keep]
+    of the total (all of them when ``variance`` ≥ 1); ``svd`` is its centred SVD if known."""
+    u, s = svd if svd is not None else centred_svd(x)
     if variance < 1.0 and s.size:
         share = np.cumsum(s**2) / np.sum(s**2)
         k = int(np.searchsorted(share, variance - 1e-12) + 1)
@@ -326,7 +323,7 @@ class NLEEP(Scorer):
     def score(self, inputs: ScoreInputs, rng: np.random.Generator) -> float:
         from tlbench.selection.mixture import fit_posteriors
 
-        reduced = _pca(inputs.features, self.variance)
+        reduced = _pca(inputs.features, self.variance, inputs.centred_svd())
         components = min(5 * inputs.num_classes, len(inputs.labels))
         posteriors, _, _ = fit_posteriors(reduced, components, rng, reg_covar=1e-6, max_iter=200)
         return leep(posteriors, inputs.labels, inputs.num_classes)
@@ -336,13 +333,13 @@ class NLEEP(Scorer):
 # H-score
 
 
-def h_score(features: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+def h_score(features: np.ndarray, labels: np.ndarray, num_classes: int,
+            svd: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """tr(cov(f)⁺ cov(E[f | y])) as a matrix trace: with the centred features' SVD f = U S Vᵀ it is
     Σ_c n_c ‖mean of U's rows in class c‖², invariant under any invertible affine map of f and
-    within [0, min(rank, C − 1)]."""
-    centred = features - features.mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    u = u[:, s > max(_rank_tol(s, centred.shape), 1e-10 * (s[0] if s.size else 0.0))]
+    within [0, min(rank, C − 1)]. ``svd`` is that SVD if known."""
+    u, s = svd if svd is not None else centred_svd(features)
+    u = u[:, s > 1e-10 * (s[0] if s.size else 0.0)]
     means, counts = class_means(u, labels, num_classes)
     return float(np.sum(counts[:, None] * means**2))
 
@@ -354,7 +351,7 @@ class HScore(Scorer):
     citation = "Bao et al., An Information-Theoretic Approach to Transferability in Task Transfer Learning, ICIP 2019"
 
     def score(self, inputs: ScoreInputs, rng: np.random.Generator) -> float:
-        return h_score(inputs.features, inputs.labels, inputs.num_classes)
+        return h_score(inputs.features, inputs.labels, inputs.num_classes, inputs.centred_svd())
 
 
 @register
@@ -387,12 +384,12 @@ class ShrinkageHScore(Scorer):
 
 
 def gbc(features: np.ndarray, labels: np.ndarray, num_classes: int, *, components: int = 64,
-        floor: float = 1e-4) -> float:
+        floor: float = 1e-4, svd: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """−Σ_{c≠c'} exp(−D_B(c, c')) over ordered pairs, D_B the Bhattacharyya distance between
     spherical Gaussians fitted per class to the features' first ``components`` principal
     components (per-dimension variances floored at ``floor``, then averaged): 0 for
     well-separated classes, −C(C − 1) for identical ones."""
-    reduced = _pca(features, 1.0)[:, :components]
+    reduced = _pca(features, 1.0, svd)[:, :components]
     means, counts = class_means(reduced, labels, num_classes)
     sq = np.zeros_like(means)
     np.add.at(sq, labels, (reduced - means[labels]) ** 2)
@@ -414,7 +411,7 @@ class GBC(Scorer):
                 "(spherical, 64 components, as the authors' code in google-research/stable_transfer)")
 
     def score(self, inputs: ScoreInputs, rng: np.random.Generator) -> float:
-        return gbc(inputs.features, inputs.labels, inputs.num_classes)
+        return gbc(inputs.features, inputs.labels, inputs.num_classes, svd=inputs.centred_svd())
 
 
 def coding_rate(z: np.ndarray, n: int, eps: float) -> float:

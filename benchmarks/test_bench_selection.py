@@ -80,5 +80,7 @@ def test_scoring_the_zoo_costs_under_one_percent_of_fine_tuning_it(tmp_path, mon
           f"scoring time: feature passes {features:.2f} s (shared with the linear probe), scorers "
           f"{by_scorer.sum():.2f} s ({', '.join(f'{k} {v:.2f}' for k, v in by_scorer.head(4).items())}, ...), "
           f"the rest (claims, records, reading the store) {scoring - features - by_scorer.sum():.2f} s\n"
+          f"one scorer with the feature passes, % of fine-tuning: "
+          f"{', '.join(f'{k} {100 * (v + features) / tuning:.2f}' for k, v in by_scorer.items())}\n"
           f"{readme_rows(out)}")
     assert wall < 900

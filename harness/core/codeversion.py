@@ -141,14 +141,21 @@ def imported_by(seeds: tuple[str, ...]) -> set[str]:
 def scoped_version(seeds: tuple[str, ...], *, kinds: tuple[PluginKind, ...] = (), extra: tuple[str, ...] = ()) -> str:
     """``VERSION+HASH`` over the result-shaping modules ``seeds`` import (directly or not), the code of
     every loaded plugin of ``kinds``, and ``extra`` digests."""
-    sources = package_sources()
-    modules = {name: _read(sources[name]) for name in imported_by(seeds)}
+    version = _modules_digest(seeds)
     plugins = sorted(plugin_sources(kinds).values()) if kinds else []
-    version = digest_of(modules)
     if not plugins and not extra:
         return version
     blob = "\n".join([*plugins, *extra])
     return f"{version}+{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+@functools.lru_cache(maxsize=None)
+def _modules_digest(seeds: tuple[str, ...]) -> str:
+    """The digest of the package modules ``seeds`` import: fixed for a process, like the sources
+    it reads (:func:`_read`) and the import graph; computed once, since finding the package's
+    files costs milliseconds and feature-cache keys ask for it on every lookup."""
+    sources = package_sources()
+    return digest_of({name: _read(sources[name]) for name in imported_by(seeds)})
 
 
 @functools.lru_cache(maxsize=None)

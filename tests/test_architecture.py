@@ -176,6 +176,19 @@ def test_no_import_cycles_at_all() -> None:
     assert cycles(package_graph()) == []
 
 
+def test_the_selection_layer_imports_neither_pytorch_nor_scikit_learn() -> None:
+    """Scoring runs in the units' clocks: the layer stays numpy and scipy (scikit-learn's import
+    alone took 1-2 s inside the first unit; its estimators are reimplemented and tested equal)."""
+    found = []
+    for name, path in sorted(package_sources().items()):
+        if name.startswith("tlbench.selection"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                           else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                found += [f"{name}: {m}" for m in modules if m.split(".")[0] in {"torch", "sklearn"}]
+    assert found == []
+
+
 def test_optunas_private_api_is_used_in_one_module_only() -> None:
     """So that an Optuna upgrade that moves a private name breaks one module, and its test
     (tests/test_optuna_internals.py), instead of changing results silently."""

@@ -382,3 +382,19 @@ def test_the_probe_reaches_scikit_learns_logistic_regression_optimum() -> None:
     assert np.allclose(weight.T, reference.coef_, atol=1e-5) and np.allclose(bias, reference.intercept_, atol=1e-5)
     test = rng.normal(size=(200, 12))
     assert np.array_equal(np.argmax(test @ weight + bias, axis=1), reference.predict(test))
+
+
+@pytest.mark.parametrize("n,d,scale", [(120, 10, 1.0), (40, 90, 1.0), (200, 3, 1e-4), (50, 1, 1.0)])
+def test_ledoit_wolf_shrinkage_is_scikit_learns(n: int, d: int, scale: float) -> None:
+    """The shrinkage H-score's Ledoit–Wolf coefficient, from its closed form, against
+    scikit-learn's blocked computation (correlated, anisotropic features; D > N; one feature)."""
+    from sklearn.covariance import ledoit_wolf_shrinkage as reference
+
+    from tlbench.selection.scorers import ledoit_wolf_shrinkage
+
+    rng = np.random.default_rng(n + d)
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * scale
+    x -= x.mean(axis=0)
+    ours = ledoit_wolf_shrinkage(x)
+    assert 0.0 <= ours <= 1.0
+    assert ours == pytest.approx(float(reference(x, assume_centered=True)), rel=1e-10, abs=1e-15)

@@ -83,8 +83,6 @@ def single_threaded() -> Any:
     0.039 s)."""
     global _CONTROLLER
     if _CONTROLLER is None:
-        import sklearn.cluster  # noqa: F401 - load the libraries whose pools are limited
-        import sklearn.linear_model  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
         _CONTROLLER = ThreadpoolController()

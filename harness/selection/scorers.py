@@ -354,6 +354,22 @@ class HScore(Scorer):
         return h_score(inputs.features, inputs.labels, inputs.num_classes, inputs.centred_svd())
 
 
+def ledoit_wolf_shrinkage(x: np.ndarray) -> float:
+    """The Ledoit–Wolf shrinkage s ∈ [0, 1] of centred ``x`` (N × D) towards μI, μ = tr(S)/D,
+    S = xᵀx/N: s = min(b², d²)/d² with d² = ‖S − μI‖²_F / D and b² = Σₙ ‖xₙxₙᵀ − S‖²_F / (N²D)
+    = (Σₙ ‖xₙ‖⁴ − N‖S‖²_F) / (N²D) (Ledoit & Wolf, J. Multivariate Analysis 2004; scikit-learn's
+    ``ledoit_wolf_shrinkage(assume_centered=True)``, tested equal). 0 for one feature."""
+    n, d = x.shape
+    if d == 1:
+        return 0.0
+    cov = x.T @ x / n
+    mu = float(np.trace(cov)) / d
+    spread = (float(np.sum(cov**2)) - 2 * mu * float(np.trace(cov)) + d * mu**2) / d  # ‖S − μI‖²_F / D
+    noise = (float(np.sum(np.einsum("ij,ij->i", x, x) ** 2)) - n * float(np.sum(cov**2))) / (n**2 * d)
+    noise = min(noise, spread)
+    return 0.0 if noise == 0 else noise / spread
+
+
 @register
 class ShrinkageHScore(Scorer):
     name = "hscore_shrinkage"
@@ -363,11 +379,9 @@ class ShrinkageHScore(Scorer):
                 "stability and performance, ECML-PKDD 2022")
 
     def score(self, inputs: ScoreInputs, rng: np.random.Generator) -> float:
-        from sklearn.covariance import ledoit_wolf_shrinkage
-
         f = inputs.features - inputs.features.mean(axis=0)
         n, d = f.shape
-        shrink = float(ledoit_wolf_shrinkage(f, assume_centered=True))
+        shrink = ledoit_wolf_shrinkage(f)
         cov = f.T @ f / n
         target = np.trace(cov) / d
         if target <= 0:

@@ -3,6 +3,7 @@ report; plugins; and bad input as one line with exit code 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -124,6 +125,9 @@ def test_every_scorer_is_stored_per_backbone(selection_run: Path) -> None:
 def test_status_counts_the_scores(selection_run: Path, capsys) -> None:
     assert main(["status", str(selection_run / "sel.yaml"), "--out", str(selection_run / "out")]) == 0
     assert f"model selection: {3 * len(SCORERS)} scores stored on 3 task × backbone pairs" in capsys.readouterr().out
+    assert main(["status", str(selection_run / "sel.yaml"), "--out", str(selection_run / "out"), "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["model_selection"] == {"pairs": 3, "stored": 3 * len(SCORERS), "running": 0, "failed": 0}
 
 
 def test_scores_read_the_probes_features_no_second_pass(tiny_task, tiny_backbone, runtime) -> None:

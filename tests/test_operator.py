@@ -162,6 +162,38 @@ def test_status_answers_from_the_plan_the_run_stored_without_torch(finished, tmp
     assert again.stdout == fast.stdout, again.stdout + again.stderr
 
 
+def test_status_json_is_the_tables_view_as_data(finished, tmp_path, capsys) -> None:
+    """`tlbench status --json` for scripts: one JSON object with each cell's work done, held and
+    left, the same counts the table prints, and the workers; a suite edited since the run shows
+    its new work left there too."""
+    import json
+
+    suite, out = finished
+    assert main(["status", str(suite), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert main(["status", str(suite), "--out", str(out), "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["suite"] == "tiny-launch" and view["store"].endswith("store.journal")
+    assert len(view["cells"]) == 2 and view["states"] == {"done": 2, "running": 0, "waiting": 0, "not started": 0}
+    assert view["left"] == 0 and f"{len(view['cells'])} cells (2 done)" in table
+    for cell in view["cells"]:
+        assert cell["state"] == "done" and cell["evaluated"] == {"done": 1, "total": 1} and cell["left"] == 0
+        assert f"{cell['task']} / {cell['backbone']} / {cell['strategy']}" in table
+    assert view["workers"] == {"alive": [], "dead": []} and view["model_selection"] is None
+    edited = tmp_path / "tiny.yaml"
+    edited.write_text(suite.read_text().replace("seeds: 1", "seeds: 3"))
+    assert main(["status", str(edited), "--out", str(out), "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["left"] == 4 and {c["evaluated"]["total"] for c in view["cells"]} == {3}
+
+
+def test_version(capsys) -> None:
+    from tlbench.core.version import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"tlbench {__version__}\n"
+
+
 def test_status_plans_a_suite_edited_since_the_run(finished, tmp_path, capsys) -> None:
     """A stored plan answers only for the suite file and flags it was made from: a suite whose seeds were raised
     since the run is planned again (its new seeds are work left), never read from the stale plan."""

@@ -6,6 +6,7 @@ a run's status table.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +217,15 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
                           f"{', '.join(held)}")
     key = plan_key(path, data, trials=args.trials, seeds=args.seeds, strategies=strategies)
     cells = run_status(storage, name, planned, key=key)
+    workers: dict[str, bool] = {}
+    for c in cells:
+        workers.update(c.workers)
+    alive = sorted(w for w, ok in workers.items() if ok)
+    dead = sorted(w for w, ok in workers.items() if not ok)
+    scoring = score_progress(storage, name)
+    if getattr(args, "json", False):
+        print(json.dumps(status_json(name, mask_url(url), cells, alive, dead, scoring), indent=2))
+        return 0
     states = [c.state for c in cells]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "waiting", "not started")
                        if states.count(s))
@@ -232,12 +242,6 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         sens = f"{c.sensitivity_done}/{c.sensitivity_total}" if c.sensitivity_total else "-"
         print(f"  {c.cell.label:<{width}}  {tuning:>13}  {f'{c.evaluated}/{c.seeds}':>9}  {sens:>11}  "
               f"{c.held:>4}  {c.orphaned:>4}  {c.failed:>6}  {c.state}")
-    workers: dict[str, bool] = {}
-    for c in cells:
-        workers.update(c.workers)
-    alive = sorted(w for w, ok in workers.items() if ok)
-    dead = sorted(w for w, ok in workers.items() if not ok)
-    scoring = score_progress(storage, name)
     if scoring is not None:
         pairs, done, running, failed = scoring
         print(f"model selection: {done} scores stored on {pairs} task × backbone pairs"
@@ -247,6 +251,27 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
           + (f"; {len(dead)} dead ({', '.join(dead)}): the next worker that looks takes their work over" if dead
              else ""))
     return 0
+
+
+def status_json(suite: str, store: str, cells: list, alive: list[str], dead: list[str],
+                scoring: tuple[int, int, int, int] | None) -> dict:
+    """``tlbench status --json``: what the table and lines show, as data (the store's URL masked)."""
+    return {
+        "suite": suite,
+        "store": store,
+        "cells": [{
+            "task": c.cell.task, "backbone": c.cell.backbone, "strategy": c.cell.strategy, "state": c.state,
+            "tuning": {"done": c.tuned, "total": c.tuning_total, "finished": c.tuning_done, "budget": c.budget},
+            "evaluated": {"done": c.evaluated, "total": c.seeds},
+            "sensitivity": {"done": c.sensitivity_done, "total": c.sensitivity_total},
+            "held": c.held, "dead": c.orphaned, "failed": c.failed, "left": c.left,
+            "workers": sorted(c.workers),
+        } for c in cells],
+        "states": {s: sum(c.state == s for c in cells) for s in ("done", "running", "waiting", "not started")},
+        "left": sum(c.left for c in cells),
+        "workers": {"alive": alive, "dead": dead},
+        "model_selection": None if scoring is None else dict(zip(("pairs", "stored", "running", "failed"), scoring)),
+    }
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:

@@ -34,7 +34,10 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from tlbench.cli.launch import add_launch_parser
 
+    from tlbench.core.version import __version__
+
     parser = argparse.ArgumentParser(prog="tlbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tlbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = sub.add_parser("run", help="tune, evaluate and tabulate every cell of a suite")
     run.add_argument("suite", help="suite YAML file, or a bundled suite name (tlbench list suites)")
@@ -54,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sta.add_argument("--trials", type=int, help="the --trials the workers were given, if any")
     sta.add_argument("--seeds", type=int, help="the --seeds the workers were given, if any")
     sta.add_argument("--strategies", help="the --strategies the workers were given, if any")
+    sta.add_argument("--json", action="store_true",
+                     help="print the same view as one JSON object (per cell: work done, held, left and its state; "
+                          "the workers; model selection's scores), for scripts and dashboards")
     rep = sub.add_parser("report", help="tables, statistics, figures and report.html from a store (never trains)")
     rep.add_argument("run_dir", nargs="?", type=Path, help="a run's output directory (reads RUN_DIR/store.journal)")
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")

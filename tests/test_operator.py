@@ -313,3 +313,19 @@ def test_a_failed_workers_log_end_is_this_launchs_not_an_earlier_ones(tmp_path, 
     err = capsys.readouterr().err
     assert "failed: exit 3" in err and "== this launch's header" in err and "importing" in err
     assert "earlier launch line" not in err
+
+
+def test_every_subcommands_help_ends_with_two_examples_that_parse() -> None:
+    import shlex
+
+    from tlbench.cli.main import EXAMPLES, build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
+    assert set(subcommands) == set(EXAMPLES)
+    for name, sub in subcommands.items():
+        lines = sub.format_help().rstrip().splitlines()
+        assert lines[-3] == "examples:" and [line.strip() for line in lines[-2:]] == list(EXAMPLES[name]), name
+        for example in EXAMPLES[name]:
+            args = parser.parse_args(shlex.split(example)[1:])
+            assert args.command == name

@@ -31,6 +31,23 @@ class OneLineParser(argparse.ArgumentParser):
                      f"the options)\n")
 
 
+#: Two real invocations per subcommand, ending its --help (tests parse every one).
+EXAMPLES: dict[str, tuple[str, str]] = {
+    "run": ("tlbench run quick",
+            "tlbench run my_suite.yaml --out runs/exp2 --strategies linear_probe,full_finetune --seeds 3"),
+    "launch": ("tlbench launch quick --storage runs/quick/store.journal --jobs 2",
+               "tlbench launch vtab1k --storage postgresql+psycopg2://me@db/tlbench --on slurm --jobs 16 "
+               "--partition gpu --gpus-per-job 1 --report none"),
+    "status": ("tlbench status quick",
+               "tlbench status my_suite.yaml --storage runs/exp2/store.journal --json"),
+    "report": ("tlbench report runs/quick",
+               "tlbench report --storage postgresql+psycopg2://me@db/tlbench --suite vtab1k --out report"),
+    "check": ("tlbench check examples/bitfit/bitfit.py:BitFit",
+              "tlbench check resnet --args '{variant: resnet18}' --input-shape 3,224,224"),
+    "list": ("tlbench list suites", "tlbench list scorers"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tlbench.cli.launch import add_launch_parser
 
@@ -78,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where a dataset's files are (default: the current folder)")
     lst = sub.add_parser("list", help="list strategies, backbones, datasets, scorers or suites")
     lst.add_argument("what", choices=["strategies", "backbones", "datasets", "scorers", "suites"])
+    for name, subparser in sub.choices.items():
+        subparser.formatter_class = argparse.RawDescriptionHelpFormatter
+        subparser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
     return parser
 
 

@@ -45,6 +45,7 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "check": ("tlbench check examples/bitfit/bitfit.py:BitFit",
               "tlbench check resnet --args '{variant: resnet18}' --input-shape 3,224,224"),
     "list": ("tlbench list suites", "tlbench list scorers"),
+    "completion": ("tlbench completion bash", "tlbench completion zsh"),
 }
 
 
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where a dataset's files are (default: the current folder)")
     lst = sub.add_parser("list", help="list strategies, backbones, datasets, scorers or suites")
     lst.add_argument("what", choices=["strategies", "backbones", "datasets", "scorers", "suites"])
+    com = sub.add_parser("completion", help="print a shell completion script for tlbench, generated from this parser",
+                         description="Prints a completion script: `tlbench completion bash > "
+                                     "~/.local/share/bash-completion/completions/tlbench`, or in ~/.zshrc "
+                                     "`source <(tlbench completion zsh)`.")
+    com.add_argument("shell", choices=["bash", "zsh"])
     for name, subparser in sub.choices.items():
         subparser.formatter_class = argparse.RawDescriptionHelpFormatter
         subparser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
@@ -115,6 +121,12 @@ def command(args: argparse.Namespace, console: Console) -> int:
         from tlbench.cli.launch import cmd_launch
 
         return cmd_launch(args, console)
+    if args.command == "completion":
+        from tlbench.cli.completion import completion_script
+        from tlbench.suites import bundled_suites
+
+        print(completion_script(build_parser(), args.shell, list(bundled_suites())), end="")
+        return 0
     return cmd_list(args, console)
 
 

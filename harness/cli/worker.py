@@ -80,9 +80,9 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
         add("--trials", type=int, help="override the suite's per-cell trial budget"),
         add("--seeds", type=int, help="override the suite's number of evaluation seeds"),
         add("--strategies", help="comma-separated strategies to run instead of the suite's list"),
-        add("--device", default="auto", help="auto (default), cpu or cuda"),
-        add("--precision", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
-        add("--channels-last", default="auto", help="auto (on for CUDA), on or off: channels_last memory format "
+        add("--device", default="auto", metavar="auto|cpu|cuda", help="auto (default), cpu or cuda"),
+        add("--precision", default="auto", metavar="auto|bf16|fp32", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
+        add("--channels-last", default="auto", metavar="auto|on|off", help="auto (on for CUDA), on or off: channels_last memory format "
                                                     "for image (4-D) inputs"),
         add("--compile", action="store_true", help="torch.compile the model each strategy trains"),
         add("--workers", default="auto", help="DataLoader workers for image-file datasets: auto (min(16, cores) "

@@ -101,7 +101,8 @@ def suite_name(path: Path, data: dict[str, Any]) -> str:
 
 
 def plan_key(path: Path, data: dict[str, Any], *, trials: int | None, seeds: int | None,
-             strategies: list[str] | None) -> str:
+             strategies: list[str] | None, tasks: list[str] | None = None,
+             backbones: list[str] | None = None) -> str:
     """What a plan is a function of: the suite's fields, the command line's overrides, the
     plugin files the suite names and the tlbench release. A run stores its cells under it;
     ``tlbench status`` with the same file and flags finds them (another key: it plans)."""
@@ -110,6 +111,10 @@ def plan_key(path: Path, data: dict[str, Any], *, trials: int | None, seeds: int
         file = (path.parent / entry) if isinstance(entry, str) and entry.endswith(".py") else None
         plugins.append(hashlib.sha256(file.read_bytes()).hexdigest() if file is not None and file.is_file()
                        else str(entry))
-    blob = json.dumps({"suite": data, "trials": trials, "seeds": seeds, "strategies": strategies,
-                       "plugins": plugins, "tlbench": __version__}, sort_keys=True, default=str)
+    fields = {"suite": data, "trials": trials, "seeds": seeds, "strategies": strategies,
+              "plugins": plugins, "tlbench": __version__}
+    for flag, names in (("tasks", tasks), ("backbones", backbones)):
+        if names is not None:  # only when given: the keys of runs without them stay what they were
+            fields[flag] = names
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return "plan:" + hashlib.sha256(blob.encode()).hexdigest()[:16]

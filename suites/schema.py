@@ -261,6 +261,7 @@ class Suite(Frozen):
     # fingerprint (they change no cell's results).
     model_selection: ModelSelectionSpec | None = None
     path: str = ""
+    _whole_fingerprint: str | None = PrivateAttr(None)  # a selection's: the whole suite's (selected())
 
     @model_validator(mode="before")
     @classmethod
@@ -304,12 +305,51 @@ class Suite(Frozen):
 
     def fingerprint(self) -> str:
         """A hash of everything that changes a cell's results. The budget (trials, seeds)
-        and the strategy list are left out: extending or narrowing a run reuses its store."""
+        and the strategy list are left out: extending or narrowing a run reuses its store; a
+        suite narrowed to some tasks or backbones (``--tasks``, ``--backbones``) keeps the whole
+        suite's fingerprint (:meth:`selected`)."""
+        if self._whole_fingerprint is not None:
+            return self._whole_fingerprint
         blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
                                                    "download", "plugins", "budget", "sensitivity",
                                                    "model_selection"}),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def selected(self, tasks: list[str] | None, backbones: list[str] | None) -> "Suite":
+        """The suite narrowed to ``tasks`` and, within them, ``backbones`` (None: all), as the
+        command line's ``--tasks`` and ``--backbones`` ask; it keeps the whole suite's
+        fingerprint, so its cells are the whole suite's and share its store. A name the suite
+        does not have, or a selection that leaves no cell, is one line."""
+        if tasks is None and backbones is None:
+            return self
+        for flag, names, known in (("--tasks", tasks, list(self.tasks)), ("--backbones", backbones,
+                                                                        list(self.backbones))):
+            if names is None:
+                continue
+            if not names:
+                raise ConfigError(f"{flag}: give at least one; the suite's: {', '.join(known)}")
+            for name in names:
+                if name not in known:
+                    raise ConfigError(f"{flag}: {name!r} is not one of the suite's ({', '.join(known)})")
+        chosen = {}
+        for name, spec in self.tasks.items():
+            if tasks is not None and name not in tasks:
+                continue
+            kept = [b for b in spec.backbones if backbones is None or b in backbones]
+            if kept:
+                chosen[name] = spec.model_copy(update={"backbones": kept})
+        if not chosen:
+            uses = "; ".join(f"{t}: {' '.join(spec.backbones)}" for t, spec in self.tasks.items()
+                             if tasks is None or t in tasks)
+            raise ConfigError(f"--tasks/--backbones: no selected task uses those backbones ({uses})")
+        used = {b for spec in chosen.values() for b in spec.backbones}
+        unused = [b for b in backbones or [] if b not in used]
+        if unused:
+            raise ConfigError(f"--backbones: {', '.join(map(repr, unused))} is on none of the selected tasks")
+        narrowed = self.model_copy(update={"tasks": chosen})
+        narrowed._whole_fingerprint = self.fingerprint()
+        return narrowed
 
     def task_spec(self, name: str) -> TaskSpec:
         return self.tasks.get(name) or self.source_tasks[name]

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tlbench.cli.worker import builtin_order, check_writable_dir, prepare_run, warn, write_run_report, written
+from tlbench.cli.worker import (builtin_order, check_writable_dir, names_of, prepare_run, warn, write_run_report,
+                                written)
 from tlbench.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     from tlbench.suites import resolve_suite_path
     from tlbench.suites.reading import plan_key, read_suite_file, suite_name
 
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    strategies, tasks, backbones = names_of(args.strategies), names_of(args.tasks), names_of(args.backbones)
     path = resolve_suite_path(args.suite)
     data = read_suite_file(path)
     name = suite_name(path, data)
@@ -201,7 +202,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         from tlbench.run.status import cell_plans
 
         return cell_plans(load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies,
-                                    dry_run=True, data=False))
+                                    dry_run=True, data=False, tasks=tasks, backbones=backbones))
 
     out = args.out or Path("runs") / name
     url = args.storage or str(out / "store.journal")
@@ -215,7 +216,8 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     if name not in held and held:
         raise ConfigError(f"status: {mask_url(url)} holds no study of suite {name!r}; suites there: "
                           f"{', '.join(held)}")
-    key = plan_key(path, data, trials=args.trials, seeds=args.seeds, strategies=strategies)
+    key = plan_key(path, data, trials=args.trials, seeds=args.seeds, strategies=strategies, tasks=tasks,
+                   backbones=backbones)
     cells = run_status(storage, name, planned, key=key)
     workers: dict[str, bool] = {}
     for c in cells:

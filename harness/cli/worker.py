@@ -80,6 +80,10 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
         add("--trials", type=int, help="override the suite's per-cell trial budget"),
         add("--seeds", type=int, help="override the suite's number of evaluation seeds"),
         add("--strategies", help="comma-separated strategies to run instead of the suite's list"),
+        add("--tasks", help="comma-separated tasks of the suite to run (default: all); the cells are the whole "
+                            "suite's, so the store is shared with full runs"),
+        add("--backbones", help="comma-separated backbones of the suite to run on the selected tasks (default: "
+                                "all)"),
         add("--device", default="auto", metavar="auto|cpu|cuda", help="auto (default), cpu or cuda"),
         add("--precision", default="auto", metavar="auto|bf16|fp32", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
         add("--channels-last", default="auto", metavar="auto|on|off", help="auto (on for CUDA), on or off: channels_last memory format "
@@ -177,13 +181,11 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
     from tlbench.suites.reading import plan_key, read_suite_file
     from tlbench.training.context import make_runtime
 
-    strategies = None
-    if args.strategies is not None:
-        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    strategies, tasks, backbones = names_of(args.strategies), names_of(args.tasks), names_of(args.backbones)
     cache_dir = args.cache_dir or default_cache_dir()
     path = resolve_suite_path(args.suite)
-    plan = load_plan(path, trials=args.trials, seeds=args.seeds,
-                     strategies=strategies, data_root=args.data_root, cache_dir=cache_dir, dry_run=dry_run)
+    plan = load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies, data_root=args.data_root,
+                     cache_dir=cache_dir, dry_run=dry_run, tasks=tasks, backbones=backbones)
     shown = console or Console(stderr=True, highlight=False, soft_wrap=True)
     images = image_cache_of(args, cache_dir, log=lambda line: shown.print(line, markup=False))
     if images is not None and (plan.missing or any(t.lazy for t in plan.tasks.values())):
@@ -205,8 +207,15 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
         check_plugin_code(storage, plan)
         mark_store(out, args.storage)
         store_plan(storage, suite.name, plan_key(path, read_suite_file(path), trials=args.trials, seeds=args.seeds,
-                                                 strategies=strategies), cell_plans(plan))
+                                                 strategies=strategies, tasks=tasks, backbones=backbones),
+                   cell_plans(plan))
     return Prepared(plan, runtime, out, cache_dir, storage)
+
+
+def names_of(text: str | None) -> list[str] | None:
+    """A comma-separated list of names from the command line (``--strategies a,b``); None when
+    the flag was not given."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 #: In a run's output folder whose store is not its own ``store.journal``: which store its report and logs are of.

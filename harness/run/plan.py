@@ -131,13 +131,16 @@ def make_strategy(suite: Suite, name: str, options: Frozen) -> Strategy:
 
 def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None,
               strategies: list[str] | None = None, data_root: Path | None = None, cache_dir: Path | None = None,
-              dry_run: bool = False, data: bool = True) -> Plan:
+              dry_run: bool = False, data: bool = True, tasks: list[str] | None = None,
+              backbones: list[str] | None = None) -> Plan:
     """Parses and checks the whole suite (names, references, splits, data) before any
     training. The data root is ``data_root``, else the suite's, else ``$TLBENCH_DATA``, else
     ``cache_dir/data``, resolved once into the plan's suite; a ``dry_run`` plan leaves out
     the tasks whose image files are absent (``Plan.missing``) instead of failing. Without
     ``data`` (what ``tlbench status`` needs: cells, budgets, seeds) no dataset is read and no
-    shape checked, and search spaces are built only for a grid search's budgets."""
+    shape checked, and search spaces are built only for a grid search's budgets. ``tasks`` and
+    ``backbones`` narrow the plan to those cells after the whole suite is checked
+    (:meth:`Suite.selected`)."""
     load_entry_points()
     suite = parse_suite(path, plugins=lambda s: load_suite_plugins(s.plugins, base=Path(s.path).parent,
                                                                     where=s.path))
@@ -146,6 +149,7 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
                            cache_dir=cache_dir)
     check_references(suite)
     check_model_selection(suite, declared)
+    suite = suite.selected(tasks, backbones)
     options = typed_options(suite, declared)
     order = run_order(suite, declared, options)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]

@@ -89,9 +89,51 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_suite_file(path: Path) -> dict[str, Any]:
-    """The suite's fields as the file (and the files it includes) give them, unvalidated."""
-    return _read_yaml(path)
+def read_suite_file(path: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The suite's fields as the file (and the files it includes) give them, with the command
+    line's ``--set PATH=VALUE`` overrides applied (:func:`apply_overrides`), unvalidated."""
+    return apply_overrides(_read_yaml(path), overrides)
+
+
+def apply_overrides(data: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
+    """``data`` with each ``dotted.path=YAML`` of ``overrides`` set, in order: the value is read
+    as YAML (``64``, ``[sgd]``, ``{shots: 5}``); mappings on the way are created when absent, a
+    number indexes an existing list. Only the containers on the path are copied, so a list two
+    tasks share through a YAML alias changes for the one the path names. A malformed argument
+    is one line naming it."""
+    for arg in overrides:
+        key, sep, text = arg.partition("=")
+        parts = key.split(".")
+        if not sep or not all(part.strip() == part and part for part in parts):
+            raise ConfigError(f"--set {arg}: expected PATH=VALUE with a dotted path, e.g. --set training.batch_size=64 "
+                              f"or --set tasks.digits.split.shots=5")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"--set {arg}: the value is not YAML ({problem})") from None
+        data = _set_at(data, parts, value, arg)
+    return data
+
+
+def _set_at(node: Any, parts: list[str], value: Any, arg: str, done: tuple[str, ...] = ()) -> Any:
+    """A copy of ``node`` with ``value`` at ``parts`` (the containers on the way copied)."""
+    if not parts:
+        return value
+    head, rest = parts[0], parts[1:]
+    where = ".".join(done) or "the suite"
+    if isinstance(node, dict):
+        out = dict(node)
+        out[head] = _set_at(node.get(head, {}) if rest else node.get(head), rest, value, arg, (*done, head))
+        return out
+    if isinstance(node, list):
+        if not head.isdigit() or int(head) >= len(node):
+            raise ConfigError(f"--set {arg}: {where} is a list of {len(node)}; {head!r} is not an index of it "
+                              f"(0 to {len(node) - 1})")
+        items = list(node)
+        items[int(head)] = _set_at(node[int(head)], rest, value, arg, (*done, head))
+        return items
+    raise ConfigError(f"--set {arg}: {where} is {type(node).__name__} {node!r}, not a mapping or a list")
 
 
 def suite_name(path: Path, data: dict[str, Any]) -> str:

@@ -425,13 +425,35 @@ def expand_sweeps(suite: Suite) -> Suite:
     return suite.model_copy(update={"tasks": tasks})
 
 
-def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None) -> Suite:
+def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None,
+                overrides: tuple[str, ...] = ()) -> Suite:
     """Reads and validates a suite file: its schema, and each dataset's and backbone's
     ``args`` against the class it names (typed once, kept on the spec). ``plugins`` is
     called in between, to register what the suite's ``plugins:`` provide (the planner's
     loader). References between its parts and the strategies' options are checked by the
-    planner."""
-    data = read_suite_file(path)
+    planner. ``overrides`` are the command line's ``--set PATH=VALUE`` arguments, applied before
+    validation; an error in a field one of them set names it."""
+    data = read_suite_file(path, overrides)
+    try:
+        return _validated(path, data, plugins)
+    except ConfigError as err:
+        raise blamed(err, overrides) from None
+
+
+def blamed(err: ConfigError, overrides: tuple[str, ...]) -> ConfigError:
+    """``err`` prefixed with the ``--set`` arguments that set the field it is about (itself if none)."""
+    if str(err).startswith("--set "):
+        return err
+    named = [arg for arg in overrides if _names_field(str(err), arg.partition("=")[0])]
+    return ConfigError(f"{' '.join(f'--set {arg}' for arg in named)}: {err}") if named else err
+
+
+def _names_field(message: str, dotted: str) -> bool:
+    """Whether an error ``message`` is about the field at ``dotted`` (or a field inside it)."""
+    return any(f"{sep}{dotted}{end}" in message for sep in (": ", " ", "(") for end in (":", ".", " ", ")", "["))
+
+
+def _validated(path: Path, data: dict[str, Any], plugins: Callable[[Suite], object] | None) -> Suite:
     for key in data:
         if not isinstance(key, str) or key == "path":
             allowed = ", ".join(fields_at(Suite, ()) or [])

@@ -102,7 +102,8 @@ def test_workers_get_the_options_given_and_nothing_else(tmp_path: Path) -> None:
     """Every option of ``tlbench run`` that the user gave reaches the workers unchanged."""
     given = ["launch", "s.yaml", "--storage", "db.journal", "--jobs", "2", "--trials", "4", "--seeds", "3",
              "--strategies", "linear_probe,lp_ft", "--device", "cpu", "--precision", "fp32", "--channels-last", "off",
-             "--compile", "--workers", "2", "--data-root", "/data", "--cache-dir", "/cache", "--threads", "3"]
+             "--compile", "--workers", "2", "--data-root", "/data", "--cache-dir", "/cache", "--threads", "3",
+             "--tasks", "d", "--backbones", "b,c", "--set", "training.batch_size=64", "--set", "search.sampler=random"]
     args = build_parser().parse_args(given)
     argv = worker_argv(args, Path("out"), threads=3)
     assert argv[:8] == ["run", "s.yaml", "--storage", "db.journal", "--report", "none", "--out", "out"]

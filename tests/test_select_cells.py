@@ -86,3 +86,47 @@ def test_a_bad_selection_is_one_line_and_stores_nothing(suite: Path, tmp_path: P
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not (out / "store.journal").exists()
+
+
+def test_set_overrides_a_field_before_validation(suite: Path, tmp_path: Path, capsys) -> None:
+    """`--set tasks.d.split.shots=3` runs the suite as if the file said so: its records show it; a
+    setting that changes results keeps out of the unmodified suite's store (one line), while a
+    budget (`--set seeds=2`) extends it, and status with the same --set reads that run's plan."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    assert main(["run", str(suite), "--out", str(out), "--tasks", "d", "--backbones", "b", "--report", "none"]) == 0
+    assert main(["run", str(suite), "--out", str(other), "--tasks", "d", "--backbones", "b", "--report", "none",
+                 "--set", "tasks.d.split.shots=3", "--set", "training.batch_size=8"]) == 0
+    assert set(load_runs(open_storage(None, other))["n_train"]) == {30}  # 3 shots × 10 digits
+    assert set(load_runs(open_storage(None, out))["n_train"]) == {20}
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(out), "--tasks", "d", "--backbones", "b", "--report", "none",
+                 "--set", "tasks.d.split.shots=3"]) == 2
+    assert "already holds results of suite 'narrow' run with other settings" in capsys.readouterr().err
+    assert main(["run", str(suite), "--out", str(out), "--tasks", "d", "--backbones", "b", "--report", "none",
+                 "--set", "seeds=2"]) == 0
+    assert len(load_runs(open_storage(None, out))) == 2  # one more seed of the same cell
+    capsys.readouterr()
+    assert main(["status", str(suite), "--out", str(out), "--tasks", "d", "--backbones", "b", "--set", "seeds=2",
+                 "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert [c["evaluated"] for c in view["cells"]] == [{"done": 2, "total": 2}] and view["left"] == 0
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["training.epoch=5"], "--set training.epoch=5: {suite}: training.epoch"),
+    (["tasks.d.split.shots=abc"], "--set tasks.d.split.shots=abc: {suite}: tasks.d.split.shots"),
+    (["strategies.3=lp_ft"], "--set strategies.3=lp_ft: strategies is a list of 1; '3' is not an index of it"),
+    (["seeds"], "--set seeds: expected PATH=VALUE with a dotted path"),
+    (["seeds=[1"], "--set seeds=[1: the value is not YAML"),
+    (["seeds=2", "strategies=[nope]"], "--set strategies=[nope]: {suite}: strategies[0]: unknown strategy"),
+])
+def test_a_bad_set_is_one_line_naming_it_and_stores_nothing(suite: Path, tmp_path: Path, capsys, sets: list[str],
+                                                            needle: str) -> None:
+    out = tmp_path / "out"
+    argv = ["run", str(suite), "--out", str(out), "--report", "none"]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle.format(suite=suite) in err[0], err
+    assert not (out / "store.journal").exists()

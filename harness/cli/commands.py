@@ -194,7 +194,8 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
     strategies, tasks, backbones = names_of(args.strategies), names_of(args.tasks), names_of(args.backbones)
     path = resolve_suite_path(args.suite)
-    data = read_suite_file(path)
+    overrides = tuple(args.overrides or ())
+    data = read_suite_file(path, overrides)
     name = suite_name(path, data)
 
     def planned() -> list:  # what the run planned, computed as it did: parses and checks the whole suite
@@ -202,7 +203,8 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         from tlbench.run.status import cell_plans
 
         return cell_plans(load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies,
-                                    dry_run=True, data=False, tasks=tasks, backbones=backbones))
+                                    dry_run=True, data=False, tasks=tasks, backbones=backbones,
+                                    overrides=overrides))
 
     out = args.out or Path("runs") / name
     url = args.storage or str(out / "store.journal")

@@ -216,6 +216,8 @@ def worker_argv(args: argparse.Namespace, out: Path, *, threads: int | None) -> 
         value, flag = getattr(args, action.dest), action.option_strings[0]
         if action.nargs == 0:
             argv += [flag] if value else []
+        elif isinstance(value, list):  # a repeatable option (--set): each value again
+            argv += [part for item in value for part in (flag, str(item))]
         elif value is not None and value != action.default:
             argv += [flag, str(value)]
     return argv + (["--threads", str(threads)] if threads is not None else [])

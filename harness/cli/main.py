@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sta.add_argument("--strategies", help="the --strategies the workers were given, if any")
     sta.add_argument("--tasks", help="the --tasks the workers were given, if any")
     sta.add_argument("--backbones", help="the --backbones the workers were given, if any")
+    sta.add_argument("--set", action="append", default=None, metavar="PATH=VALUE", dest="overrides",
+                     help="the --set overrides the workers were given, if any (repeatable)")
     sta.add_argument("--json", action="store_true",
                      help="print the same view as one JSON object (per cell: work done, held, left and its state; "
                           "the workers; model selection's scores), for scripts and dashboards")

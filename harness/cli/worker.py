@@ -84,6 +84,9 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
                             "suite's, so the store is shared with full runs"),
         add("--backbones", help="comma-separated backbones of the suite to run on the selected tasks (default: "
                                 "all)"),
+        add("--set", action="append", default=None, metavar="PATH=VALUE", dest="overrides",
+            help="set one field of the suite before it is validated, as YAML (repeatable): --set "
+                 "training.batch_size=64, --set tasks.digits.split.shots=5"),
         add("--device", default="auto", metavar="auto|cpu|cuda", help="auto (default), cpu or cuda"),
         add("--precision", default="auto", metavar="auto|bf16|fp32", help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
         add("--channels-last", default="auto", metavar="auto|on|off", help="auto (on for CUDA), on or off: channels_last memory format "
@@ -184,8 +187,9 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
     strategies, tasks, backbones = names_of(args.strategies), names_of(args.tasks), names_of(args.backbones)
     cache_dir = args.cache_dir or default_cache_dir()
     path = resolve_suite_path(args.suite)
+    overrides = tuple(args.overrides or ())
     plan = load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies, data_root=args.data_root,
-                     cache_dir=cache_dir, dry_run=dry_run, tasks=tasks, backbones=backbones)
+                     cache_dir=cache_dir, dry_run=dry_run, tasks=tasks, backbones=backbones, overrides=overrides)
     shown = console or Console(stderr=True, highlight=False, soft_wrap=True)
     images = image_cache_of(args, cache_dir, log=lambda line: shown.print(line, markup=False))
     if images is not None and (plan.missing or any(t.lazy for t in plan.tasks.values())):
@@ -206,7 +210,7 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
         check_plugin_code(storage, plan)
         mark_store(out, args.storage)
-        store_plan(storage, suite.name, plan_key(path, read_suite_file(path), trials=args.trials, seeds=args.seeds,
+        store_plan(storage, suite.name, plan_key(path, read_suite_file(path, overrides), trials=args.trials, seeds=args.seeds,
                                                  strategies=strategies, tasks=tasks, backbones=backbones),
                    cell_plans(plan))
     return Prepared(plan, runtime, out, cache_dir, storage)

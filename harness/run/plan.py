@@ -39,7 +39,7 @@ from tlbench.selection.scorers import SCORERS, check_scorer_class
 from tlbench.store.space import SearchSpace
 from tlbench.strategies import STRATEGIES, Strategy
 from tlbench.suites.datasets import DataAccess, data_access, data_location
-from tlbench.suites.schema import Suite, parse_suite
+from tlbench.suites.schema import Suite, blamed, parse_suite
 from tlbench.suites.splitting import build_task
 from tlbench.training.backbones import Backbone, build_backbone
 
@@ -132,7 +132,7 @@ def make_strategy(suite: Suite, name: str, options: Frozen) -> Strategy:
 def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None,
               strategies: list[str] | None = None, data_root: Path | None = None, cache_dir: Path | None = None,
               dry_run: bool = False, data: bool = True, tasks: list[str] | None = None,
-              backbones: list[str] | None = None) -> Plan:
+              backbones: list[str] | None = None, overrides: tuple[str, ...] = ()) -> Plan:
     """Parses and checks the whole suite (names, references, splits, data) before any
     training. The data root is ``data_root``, else the suite's, else ``$TLBENCH_DATA``, else
     ``cache_dir/data``, resolved once into the plan's suite; a ``dry_run`` plan leaves out
@@ -140,10 +140,22 @@ def load_plan(path: Path, *, trials: int | None = None, seeds: int | None = None
     ``data`` (what ``tlbench status`` needs: cells, budgets, seeds) no dataset is read and no
     shape checked, and search spaces are built only for a grid search's budgets. ``tasks`` and
     ``backbones`` narrow the plan to those cells after the whole suite is checked
-    (:meth:`Suite.selected`)."""
+    (:meth:`Suite.selected`); ``overrides`` (``--set PATH=VALUE``) change the suite's fields before
+    it is validated."""
+    try:
+        return _load_plan(path, trials=trials, seeds=seeds, strategies=strategies, data_root=data_root,
+                          cache_dir=cache_dir, dry_run=dry_run, data=data, tasks=tasks, backbones=backbones,
+                          overrides=overrides)
+    except ConfigError as err:  # a field a --set gave: the error names that argument too
+        raise blamed(err, overrides) from None
+
+
+def _load_plan(path: Path, *, trials: int | None, seeds: int | None, strategies: list[str] | None,
+               data_root: Path | None, cache_dir: Path | None, dry_run: bool, data: bool, tasks: list[str] | None,
+               backbones: list[str] | None, overrides: tuple[str, ...]) -> Plan:
     load_entry_points()
     suite = parse_suite(path, plugins=lambda s: load_suite_plugins(s.plugins, base=Path(s.path).parent,
-                                                                    where=s.path))
+                                                                    where=s.path), overrides=overrides)
     declared = list(suite.strategies)
     suite = with_overrides(suite, trials=trials, seeds=seeds, strategies=strategies, data_root=data_root,
                            cache_dir=cache_dir)

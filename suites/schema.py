@@ -347,7 +347,11 @@ class Suite(Frozen):
         unused = [b for b in backbones or [] if b not in used]
         if unused:
             raise ConfigError(f"--backbones: {', '.join(map(repr, unused))} is on none of the selected tasks")
-        narrowed = self.model_copy(update={"tasks": chosen})
+        # a left-out task that a kept backbone pretrains on is still needed: as a source task
+        sources = {spec.pretrain.task for spec in self.backbones.values() if spec.pretrain}
+        kept_sources = {**self.source_tasks, **{name: spec for name, spec in self.tasks.items()
+                                                 if name not in chosen and name in sources}}
+        narrowed = self.model_copy(update={"tasks": chosen, "source_tasks": kept_sources})
         narrowed._whole_fingerprint = self.fingerprint()
         return narrowed
 

@@ -130,3 +130,21 @@ def test_a_bad_set_is_one_line_naming_it_and_stores_nothing(suite: Path, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle.format(suite=suite) in err[0], err
     assert not (out / "store.journal").exists()
+
+
+def test_a_left_out_task_a_kept_backbone_pretrains_on_is_still_built(tmp_path: Path, capsys) -> None:
+    """--tasks d, where d's backbone is pretrained on the target task e: e is left out of the cells
+    but still read as the backbone's source; another backbone's source task is not read at all."""
+    path = tmp_path / "pre.yaml"
+    path.write_text(SUITE.replace("  c: {arch: cnn2d, args: {width: 6, depth: 2}}",
+                                  "  c: {arch: cnn2d, args: {width: 6, depth: 2}, pretrain: {task: e, epochs: 1}}\n"
+                                  "  s: {arch: cnn2d, args: {width: 4, depth: 2}, pretrain: {task: src, epochs: 1}}")
+                    .replace("tasks:\n  d:", "source_tasks:\n  src: {dataset: digits, split: {test_fraction: 0.3}}\n"
+                                             "tasks:\n  d:")
+                    .replace("    backbones: [b]\n", "    backbones: [b, s]\n"))
+    assert main(["run", str(path), "--tasks", "d", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "task e: dataset digits" in err and "task src:" not in err
+    assert "d / c / linear_probe" in err and "e / b / linear_probe" not in err
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "task src: dataset digits" in capsys.readouterr().err

@@ -162,6 +162,7 @@ def _load_plan(path: Path, *, trials: int | None, seeds: int | None, strategies:
     check_references(suite)
     check_model_selection(suite, declared)
     suite = suite.selected(tasks, backbones)
+    whole = tasks is None and backbones is None  # a selection builds only the source tasks its backbones need
     options = typed_options(suite, declared)
     order = run_order(suite, declared, options)
     cells = [Cell(t, b, s) for t, spec in suite.tasks.items() for b in spec.backbones for s in order]
@@ -173,13 +174,16 @@ def _load_plan(path: Path, *, trials: int | None, seeds: int | None, strategies:
     for name in suite.backbones:
         check_backbone_source(name, suite)
     access = data_access(suite)
+    used = {b for spec in suite.tasks.values() for b in spec.backbones}
+    used |= set(extra_backbones(suite, options, sorted(used)))
+    sources = {spec.pretrain.task for name, spec in suite.backbones.items()
+               if spec.pretrain and (whole or name in used)}
     data_paths = {name: data_location(suite.task_spec(name).dataset, suite.task_spec(name).typed_args(), access)
-                  for name in [*suite.source_tasks, *suite.tasks]}
+                  for name in [*(n for n in suite.source_tasks if whole or n in sources), *suite.tasks]}
     missing = {name for name, (_, absent) in data_paths.items() if absent} if dry_run else set()
     tasks = {name: build_task(name, spec, where=suite.task_where(name), data=access)
              for name, spec in suite.tasks.items() if name not in missing}
     probes = {}  # one random-init copy per backbone for the shape checks
-    sources = {spec.pretrain.task for spec in suite.backbones.values() if spec.pretrain}
     built_sources: dict[str, Task] = {}
     for name in sorted(sources - set(tasks) - missing):  # splits of source tasks must be possible too
         built_sources[name] = build_task(name, suite.task_spec(name), where=suite.task_where(name), data=access)

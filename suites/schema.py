@@ -323,8 +323,9 @@ class Suite(Frozen):
         does not have, or a selection that leaves no cell, is one line."""
         if tasks is None and backbones is None:
             return self
-        for flag, names, known in (("--tasks", tasks, list(self.tasks)), ("--backbones", backbones,
-                                                                        list(self.backbones))):
+        families = sorted({spec.swept[0] for spec in self.tasks.values() if spec.swept is not None})
+        for flag, names, known in (("--tasks", tasks, [*self.tasks, *families]), ("--backbones", backbones,
+                                                                                   list(self.backbones))):
             if names is None:
                 continue
             if not names:
@@ -333,8 +334,8 @@ class Suite(Frozen):
                 if name not in known:
                     raise ConfigError(f"{flag}: {name!r} is not one of the suite's ({', '.join(known)})")
         chosen = {}
-        for name, spec in self.tasks.items():
-            if tasks is not None and name not in tasks:
+        for name, spec in self.tasks.items():  # a sweep's name selects all its tasks
+            if tasks is not None and name not in tasks and (spec.swept is None or spec.swept[0] not in tasks):
                 continue
             kept = [b for b in spec.backbones if backbones is None or b in backbones]
             if kept:
@@ -351,7 +352,14 @@ class Suite(Frozen):
         sources = {spec.pretrain.task for spec in self.backbones.values() if spec.pretrain}
         kept_sources = {**self.source_tasks, **{name: spec for name, spec in self.tasks.items()
                                                  if name not in chosen and name in sources}}
-        narrowed = self.model_copy(update={"tasks": chosen, "source_tasks": kept_sources})
+        studies = []  # sensitivity studies on the selected tasks only (none: dropped from this run)
+        for study in self.sensitivity:
+            on = [t for t in study.tasks or [] if any(study.covers(n, spec) and (n == t or (spec.swept is not None
+                                                                                        and spec.swept[0] == t))
+                                                      for n, spec in chosen.items())]
+            if not study.tasks or on:
+                studies.append(study if not study.tasks else study.model_copy(update={"tasks": on}))
+        narrowed = self.model_copy(update={"tasks": chosen, "source_tasks": kept_sources, "sensitivity": studies})
         narrowed._whole_fingerprint = self.fingerprint()
         return narrowed
 

@@ -148,3 +148,24 @@ def test_a_left_out_task_a_kept_backbone_pretrains_on_is_still_built(tmp_path: P
     assert "d / c / linear_probe" in err and "e / b / linear_probe" not in err
     assert main(["run", str(path), "--dry-run"]) == 0
     assert "task src: dataset digits" in capsys.readouterr().err
+
+
+def test_a_sweeps_name_selects_its_tasks_and_studies_follow_the_selection(tmp_path: Path, capsys) -> None:
+    """--tasks with a sweep's name selects every task it expands into; a sensitivity study on
+    left-out tasks only is not part of the run (it was refused as naming an unknown task), one on
+    some selected tasks keeps those."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SUITE + "  f:\n    dataset: digits\n    split: {val_per_class: 3, test_fraction: 0.3}\n"
+                    "    sweep: {shots: [1, 2]}\n    backbones: [b]\n"
+                    "sensitivity:\n  - {strategy: linear_probe, params: {lr: [0.01, 0.1]}, seeds: 1, tasks: [e]}\n"
+                    "  - {strategy: linear_probe, params: {lr: [0.01, 0.1]}, seeds: 1, tasks: [d, f]}\n")
+    assert main(["run", str(path), "--tasks", "f", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "f.shots1 / b / linear_probe" in err and "f.shots2 / b / linear_probe" in err and "d / b" not in err
+    assert "sensitivity[0]: linear_probe, lr [0.01, 0.1], 1 seeds per value on f" in err
+    assert "sensitivity[1]" not in err
+    assert main(["run", str(path), "--tasks", "e", "--dry-run"]) == 0
+    assert "on e" in capsys.readouterr().err
+    assert main(["run", str(path), "--tasks", "f.shots2", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "f.shots2 / b / linear_probe" in err and "f.shots1 /" not in err

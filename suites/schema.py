@@ -444,16 +444,13 @@ def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None,
     called in between, to register what the suite's ``plugins:`` provide (the planner's
     loader). References between its parts and the strategies' options are checked by the
     planner. ``overrides`` are the command line's ``--set PATH=VALUE`` arguments, applied before
-    validation; an error in a field one of them set names it."""
-    data = read_suite_file(path, overrides)
-    try:
-        return _validated(path, data, plugins)
-    except ConfigError as err:
-        raise blamed(err, overrides) from None
+    validation (the planner names the one an error is about: :func:`blamed`)."""
+    return _validated(path, read_suite_file(path, overrides), plugins)
 
 
 def blamed(err: ConfigError, overrides: tuple[str, ...]) -> ConfigError:
-    """``err`` prefixed with the ``--set`` arguments that set the field it is about (itself if none)."""
+    """``err`` prefixed with the ``--set`` arguments that set the field it is about (itself if none,
+    or if it is already about a malformed ``--set``)."""
     if str(err).startswith("--set "):
         return err
     named = [arg for arg in overrides if _names_field(str(err), arg.partition("=")[0])]

@@ -3,7 +3,6 @@ bash the way bash calls it (COMP_WORDS, COMP_CWORD, then reading COMPREPLY)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import subprocess
 from pathlib import Path
@@ -12,8 +11,6 @@ import pytest
 
 from tlbench.cli.main import build_parser, main
 from tlbench.suites import bundled_suites
-
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
 @pytest.fixture(scope="module")

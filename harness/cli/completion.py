@@ -32,7 +32,7 @@ def _value_completion(action: argparse.Action, suites: list[str]) -> str:
     if action.dest == "suite":
         return (f"COMPREPLY=($(compgen -W {_words(suites)} -- \"$cur\") "
                 "$(compgen -f -X '!*.y*ml' -- \"$cur\") $(compgen -d -S / -- \"$cur\")); compopt -o nospace 2>/dev/null")
-    if action.type is Path or action.dest in {"target"}:
+    if action.type is Path or action.dest == "target":  # check's FILE.py
         return "COMPREPLY=($(compgen -f -- \"$cur\")); compopt -o filenames 2>/dev/null"
     return "COMPREPLY=()"  # a number, a URL, a list of names: nothing to offer
 

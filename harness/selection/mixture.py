@@ -73,7 +73,7 @@ def m_step(x: np.ndarray, resp: np.ndarray, reg_covar: float,
     responsibilities (N, K). Each covariance is the weighted second moment minus the mean's
     outer product, as one (K × N)(N × D²) product for all components (``outer`` is
     :func:`outer_products` of ``x``)."""
-    n, d = x.shape
+    d = x.shape[1]
     outer = outer_products(x) if outer is None else outer
     nk = resp.sum(axis=0) + EPS
     means = resp.T @ x / nk[:, None]
@@ -89,7 +89,7 @@ def e_step(x: np.ndarray, weights: np.ndarray, means: np.ndarray, prec_chol: np.
     """(mean log-likelihood, log responsibilities (N, K)). The squared Mahalanobis distances
     (x − μₖ)ᵀΛₖ(x − μₖ) as xᵀΛₖx − 2xᵀΛₖμₖ + μₖᵀΛₖμₖ: two matrix products for all components
     instead of an (N, K, D) array of differences."""
-    n, d = x.shape
+    d = x.shape[1]
     outer = outer_products(x) if outer is None else outer
     precision = np.matmul(prec_chol, prec_chol.transpose(0, 2, 1))  # (K, D, D)
     pm = np.einsum("kij,kj->ki", precision, means)  # Λₖμₖ

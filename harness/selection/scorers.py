@@ -203,10 +203,10 @@ def logme(features: np.ndarray, targets: np.ndarray, *, tol: float = 1e-12, max_
     if y.ndim == 1:
         y = y[:, None]
     n, d = f.shape
-    u_, s, _ = np.linalg.svd(f, full_matrices=False)
+    left, s, _ = np.linalg.svd(f, full_matrices=False)
     keep = s > _rank_tol(s, f.shape)
-    u_, s2 = u_[:, keep], s[keep] ** 2
-    z = u_.T @ y
+    left, s2 = left[:, keep], s[keep] ** 2
+    z = left.T @ y
     yy = np.sum(y**2, axis=0)
     k = y.shape[1]
     r = s2.shape[0]

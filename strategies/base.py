@@ -85,7 +85,13 @@ class Predictor(ABC):
 
 
 class ModelPredictor(Predictor):
-    """Predicts with a whole trained network."""
+    """Predicts with a whole trained network.
+
+    ``plain`` is False while the network holds modules the backbone does not have (adapters,
+    prompts, unmerged low-rank updates): its weights then do not load into
+    ``Classifier(backbone, head)``, so :meth:`state` is None (no weight averaging)."""
+
+    plain: bool = True
 
     def __init__(self, model: nn.Module, *, device: torch.device, trainable: int,
                  execution: Execution = Execution()) -> None:
@@ -105,8 +111,8 @@ class ModelPredictor(Predictor):
     def inference_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return cpu_state(self.model)
+    def state(self) -> dict[str, torch.Tensor] | None:
+        return cpu_state(self.model) if self.plain else None
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -146,6 +152,9 @@ class Strategy(ABC):
     #: False for strategies with nothing to search (an ensemble chooses on validation data
     #: inside ``fit``): they get no tuning trials and run with ``search_space``'s output.
     tunable: ClassVar[bool] = True
+    #: True for strategies that work on a token sequence (visual prompts): they run on ViT-family
+    #: backbones only, refuse others in one line, and are contract-checked on a tiny ViT.
+    needs_tokens: ClassVar[bool] = False
 
     def __init__(self, *, epochs: tuple[int, int] = (5, 40), batch_size: int = 32,
                  options: Frozen | dict[str, Any] | None = None) -> None:

@@ -49,22 +49,23 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subp
 
 @pytest.mark.slow
 def test_a_plugin_file_runs_beside_the_built_ins(tmp_path: Path) -> None:
-    got = cli("run", str(EXAMPLES / "bitfit" / "suite.yaml"), "--out", str(tmp_path), "--trials", "2",
+    got = cli("run", str(EXAMPLES / "reinit" / "suite.yaml"), "--out", str(tmp_path), "--trials", "2",
               "--seeds", "2", "--report", "tables")
     assert got.returncode == 0, got.stderr[-2000:]
     runs = pd.read_parquet(tmp_path / "runs.parquet")
-    assert set(runs["strategy"]) == {"linear_probe", "full_finetune", "bitfit"}
-    bitfit = runs[runs["strategy"] == "bitfit"]
-    assert len(bitfit) == 2 * 2  # tasks × seeds
-    origin = bitfit["strategy_origin"].iloc[0]
-    assert origin.startswith(f"file {EXAMPLES / 'bitfit' / 'bitfit.py'} (sha256 ")
-    assert (runs[runs["strategy"] != "bitfit"]["strategy_origin"] == "tlbench").all()
-    # only biases and the head train: far fewer parameters than full fine-tuning
+    assert set(runs["strategy"]) == {"linear_probe", "full_finetune", "reinit"}
+    reinit = runs[runs["strategy"] == "reinit"]
+    assert len(reinit) == 2 * 2  # tasks × seeds
+    origin = reinit["strategy_origin"].iloc[0]
+    assert origin.startswith(f"file {EXAMPLES / 'reinit' / 'reinit.py'} (sha256 ")
+    assert (runs[runs["strategy"] != "reinit"]["strategy_origin"] == "tlbench").all()
+    # re-initialised or not, every parameter trains, as in full fine-tuning; the searched count is recorded
     full = runs[runs["strategy"] == "full_finetune"]
-    assert bitfit["trainable_parameters"].max() < full["trainable_parameters"].min() / 3
-    assert "| bitfit |" in (tmp_path / "table.md").read_text()
+    assert set(reinit["trainable_parameters"]) == set(full["trainable_parameters"])
+    assert all("reinit_groups" in p for p in reinit["params"])
+    assert "| reinit |" in (tmp_path / "table.md").read_text()
     html = (tmp_path / "report.html").read_text()
-    assert "plugins" in html and "bitfit.py" in html
+    assert "plugins" in html and "reinit.py" in html
 
 
 @pytest.mark.slow
@@ -90,7 +91,7 @@ def test_an_installed_entry_point_is_found_without_a_suite_line(tmp_path: Path) 
 
 
 def test_tlbench_check_passes_the_example(capsys: pytest.CaptureFixture[str], registries) -> None:
-    assert main(["check", str(EXAMPLES / "bitfit" / "bitfit.py:BitFit")]) == 0
+    assert main(["check", str(EXAMPLES / "reinit" / "reinit.py:ReInit")]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == len(PROPERTIES) and "FAIL" not in out
 
@@ -98,11 +99,11 @@ def test_tlbench_check_passes_the_example(capsys: pytest.CaptureFixture[str], re
 def test_the_same_check_runs_from_python(registries) -> None:
     from tlbench.testing import check_strategy
 
-    plugin = plugins.load_plugin(str(EXAMPLES / "bitfit" / "bitfit.py"), base=ROOT, where="test")
+    plugin = plugins.load_plugin(str(EXAMPLES / "reinit" / "reinit.py"), base=ROOT, where="test")
     [cls] = plugin.classes
     report = check_strategy(cls)
     report.assert_ok()
-    assert STRATEGIES.origin("bitfit") == plugin.origin
+    assert STRATEGIES.origin("reinit") == plugin.origin
 
 
 def test_each_cache_is_keyed_on_the_code_that_can_change_it(tmp_path: Path, registries) -> None:
@@ -113,7 +114,7 @@ def test_each_cache_is_keyed_on_the_code_that_can_change_it(tmp_path: Path, regi
     assert code_version() == package_version()
     pretraining, features = pretraining_version(), features_version()
     full = strategy_version(STRATEGIES.get("full_finetune"))
-    source = (EXAMPLES / "bitfit" / "bitfit.py").read_text()
+    source = (EXAMPLES / "reinit" / "reinit.py").read_text()
 
     def load(folder: str, text: str, helper: str | None = None, unrelated: str | None = None) -> str:
         (tmp_path / folder).mkdir()
@@ -123,10 +124,10 @@ def test_each_cache_is_keyed_on_the_code_that_can_change_it(tmp_path: Path, regi
         if unrelated is not None:
             (tmp_path / folder / "notes.py").write_text(unrelated)
         for registry_map in (STRATEGIES._entries, STRATEGIES._origins, STRATEGIES._sources, STRATEGIES._files):
-            registry_map.pop("bitfit", None)
+            registry_map.pop("reinit", None)
         _PLUGIN_SOURCES.clear()
         plugins.load_plugin(f"{folder}/m.py", base=tmp_path, where="test")
-        return strategy_version(STRATEGIES.get("bitfit"), source=STRATEGIES.source("bitfit"))
+        return strategy_version(STRATEGIES.get("reinit"), source=STRATEGIES.source("reinit"))
 
     a = load("a", source)
     assert code_version() != package_version()  # the whole package's code with every plugin's
@@ -139,8 +140,8 @@ def test_each_cache_is_keyed_on_the_code_that_can_change_it(tmp_path: Path, regi
     assert "import helper" in uses_helper
     with_helper = load("d", uses_helper, helper="A = 1\n")
     assert load("e", uses_helper, helper="A = 2\n") != with_helper  # a helper it imports: its code
-    assert STRATEGIES.files("bitfit") == {"helper.py": STRATEGIES.files("bitfit")["helper.py"],
-                                          "m.py": STRATEGIES.files("bitfit")["m.py"]}
+    assert STRATEGIES.files("reinit") == {"helper.py": STRATEGIES.files("reinit")["helper.py"],
+                                          "m.py": STRATEGIES.files("reinit")["m.py"]}
 
 
 BROKEN = "\n".join([
@@ -306,29 +307,29 @@ def test_a_plugin_file_imports_its_own_helpers(tmp_path: Path, registries, monke
 
 def test_an_included_suites_plugins_are_relative_to_it(tmp_path: Path, registries) -> None:
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "bitfit.py").write_text((EXAMPLES / "bitfit" / "bitfit.py").read_text())
-    (tmp_path / "base" / "base.yaml").write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nplugins: [bitfit.py]\n")
+    (tmp_path / "base" / "reinit.py").write_text((EXAMPLES / "reinit" / "reinit.py").read_text())
+    (tmp_path / "base" / "base.yaml").write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nplugins: [reinit.py]\n")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "suite.yaml").write_text("include: ../base/base.yaml\nname: inc\n"
-                                                  "strategies: [linear_probe, bitfit]\n")
+                                                  "strategies: [linear_probe, reinit]\n")
     assert main(["run", str(tmp_path / "mine" / "suite.yaml"), "--dry-run"]) == 0
 
 
 @pytest.mark.slow
 def test_an_edited_plugin_is_not_mixed_into_its_old_runs(tmp_path: Path) -> None:
-    (tmp_path / "bitfit.py").write_text((EXAMPLES / "bitfit" / "bitfit.py").read_text())
+    (tmp_path / "reinit.py").write_text((EXAMPLES / "reinit" / "reinit.py").read_text())
     suite = tmp_path / "suite.yaml"
-    suite.write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nname: edit\nplugins: [bitfit.py]\n"
-                     "strategies: [bitfit]\n")
+    suite.write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nname: edit\nplugins: [reinit.py]\n"
+                     "strategies: [reinit]\n")
     args = ("run", str(suite), "--out", str(tmp_path / "out"), "--trials", "1", "--seeds", "1", "--report", "none")
     first = cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
-    (tmp_path / "bitfit.py").write_text((tmp_path / "bitfit.py").read_text() + "\n# a fix\n")
+    (tmp_path / "reinit.py").write_text((tmp_path / "reinit.py").read_text() + "\n# a fix\n")
     again = cli(*args)
     assert again.returncode == 2
     [line] = again.stderr.strip().splitlines()
-    assert "the store holds runs of 'bitfit' from other plugin code (bitfit.py changed; sha256" in line
+    assert "the store holds runs of 'reinit' from other plugin code (reinit.py changed; sha256" in line
     assert "another --out" in line
-    (tmp_path / "bitfit.py").write_text((tmp_path / "bitfit.py").read_text().replace("\n# a fix\n", ""))
+    (tmp_path / "reinit.py").write_text((tmp_path / "reinit.py").read_text().replace("\n# a fix\n", ""))
     (tmp_path / "notes.py").write_text("# a file beside the plugin that it does not import\n")
     assert cli(*args).returncode == 0  # back to the code the store knows: the unrelated file locks nothing

@@ -42,7 +42,7 @@ EXAMPLES: dict[str, tuple[str, str]] = {
                "tlbench status my_suite.yaml --storage runs/exp2/store.journal --json"),
     "report": ("tlbench report runs/quick",
                "tlbench report --storage postgresql+psycopg2://me@db/tlbench --suite vtab1k --out report"),
-    "check": ("tlbench check examples/bitfit/bitfit.py:BitFit",
+    "check": ("tlbench check examples/reinit/reinit.py:ReInit",
               "tlbench check resnet --args '{variant: resnet18}' --input-shape 3,224,224"),
     "list": ("tlbench list suites", "tlbench list scorers"),
     "completion": ("tlbench completion bash", "tlbench completion zsh"),

@@ -38,6 +38,17 @@ def tiny_backbone(in_channels: int = 1) -> Backbone:
     return backbone
 
 
+def tiny_vit(in_channels: int = 1) -> Backbone:
+    """A 2-block timm ViT of width 16 on 4-pixel patches (random weights, fixed seed; any image size):
+    the tiny backbone of strategies that need a token sequence. Needs timm."""
+    args = {"model": "vit_tiny_patch16_224", "in_chans": in_channels,
+            "model_args": {"img_size": 8, "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2,
+                           "dynamic_img_size": True}}
+    backbone = build_backbone("timm", args, seed=3)
+    backbone.weights_id = f"tiny-test-vit-{in_channels}ch"
+    return backbone
+
+
 @functools.lru_cache(maxsize=1)
 def _image_folder() -> Path:
     """3 classes × 8 RGB PNG files of 12 × 12 pixels (brightness encodes the class), written once per

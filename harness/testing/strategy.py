@@ -32,7 +32,7 @@ from tlbench.run.model_server import Reuse
 from tlbench.run.spaces import Fixed, SpaceTrial, declared
 from tlbench.store.progress import evaluation_seed
 from tlbench.strategies import STRATEGIES, Predictor, Strategy
-from tlbench.testing.fixtures import model_server, tiny_backbone, tiny_image_task, tiny_task
+from tlbench.testing.fixtures import model_server, tiny_backbone, tiny_image_task, tiny_task, tiny_vit
 from tlbench.testing.report import (
     CheckFailed,
     CheckReport,
@@ -73,7 +73,13 @@ class StrategyContext:
     runtime: Runtime = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.strategy.needs_tokens and self.backbone.weights_id == "tiny-test-backbone":
+            self.backbone = tiny_vit()
         self.runtime = self.runtime_for(self.task, self.backbone)
+
+    def image_backbone(self) -> Backbone:
+        """The tiny backbone for RGB images."""
+        return tiny_vit(in_channels=3) if self.strategy.needs_tokens else tiny_backbone(in_channels=3)
 
     def runtime_for(self, task: Task, backbone: Backbone) -> Runtime:
         reuse = Reuse(frozenset(self.strategy.requires()), frozenset(self.strategy.requires_weights()))
@@ -176,7 +182,7 @@ def _fits(c: StrategyContext) -> None:
 
 def _fits_images(c: StrategyContext) -> None:
     task = tiny_image_task()
-    backbone = tiny_backbone(in_channels=3)
+    backbone = c.image_backbone()
     runtime = c.runtime_for(task, backbone)
     _logits_ok(c.fit(task=task, backbone=backbone, runtime=runtime), task, "on a task of image files")
 

@@ -473,6 +473,11 @@ class TimmArgs(Frozen):
     model: str
     in_chans: int = Field(3, gt=0)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    #: Further keyword arguments of ``timm.create_model`` (a ViT's ``img_size``, ``patch_size``,
+    #: ``depth``, ``embed_dim``, ``num_heads``): a small ViT for small images, built untrained.
+    model_args: dict[str, int | float | bool | str] = {}
+
+    LATER_FIELDS = ("model_args",)
 
 
 class TimmBackbone(Backbone):
@@ -495,10 +500,12 @@ class TimmBackbone(Backbone):
     Args = TimmArgs
     rebuild_to_reinitialize = True
 
-    def __init__(self, model: str, in_chans: int = 3, drop_path_rate: float = 0.0, pretrained: bool = False) -> None:
+    def __init__(self, model: str, in_chans: int = 3, drop_path_rate: float = 0.0,
+                 model_args: dict[str, Any] | None = None, pretrained: bool = False) -> None:
         super().__init__()
         timm = _import_timm()
         extra = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}  # not every model takes it
+        extra.update(model_args or {})
         try:
             # pretrained: built with the weights' own classifier, kept as the source head, then dropped
             classes = {} if pretrained else {"num_classes": 0}
@@ -510,7 +517,8 @@ class TimmBackbone(Backbone):
             raise
         except TypeError as err:  # an argument this model's constructor does not take
             raise ConfigError(f"timm model {model!r} cannot be built with in_chans={in_chans}, "
-                              f"drop_path_rate={drop_path_rate}: {str(err).splitlines()[0][:120]}") from None
+                              f"drop_path_rate={drop_path_rate}, model_args={model_args or {}}: "
+                              f"{str(err).splitlines()[0][:120]}") from None
         if pretrained:
             head = self.net.get_classifier()
             self.net.reset_classifier(0)

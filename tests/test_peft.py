@@ -212,3 +212,33 @@ def test_ssf_merging_covers_layers_without_bias_or_affine_parameters() -> None:
         assert not torch.allclose(before, net(x))  # N(1, 0.02) scales and N(0, 0.02) shifts: not the identity
         assert merge_ssf(wrapped) is False  # each layer gained a bias or affine parameters
         torch.testing.assert_close(wrapped(x), before)
+
+
+# --- the offline demonstration suite, end to end ------------------------------------------------
+
+@pytest.mark.slow
+def test_the_peft_suite_runs_every_strategy_end_to_end_and_reports_their_costs(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    suite = Path(__file__).resolve().parents[1] / "suites" / "peft.yaml"
+    small = ["--set", "trials=2", "--set", "seeds=1", "--set", "training.epochs=[1, 2]",
+             "--set", "source_tasks.glyphs-alnum.args.n=1000", "--set", "backbones.glyph-vit.pretrain.epochs=1",
+             "--tasks", "digits-5shot", "--report", "tables"]
+    got = subprocess.run([sys.executable, "-m", "tlbench.cli", "run", str(suite), "--out", str(tmp_path), *small],
+                         capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    runs = pd.read_parquet(tmp_path / "runs.parquet").set_index("strategy")
+    assert set(runs.index) == {"linear_probe", "full_finetune", "bitfit", "lora", "adapter", "vpt", "ssf"}
+    full = runs.loc["full_finetune"]
+    for name in ("bitfit", "lora", "adapter", "vpt", "ssf"):
+        assert runs.loc[name, "trainable_parameters"] < full["trainable_parameters"] / 10, name
+    # merged LoRA and SSF, and BitFit, predict through the backbone's own parameters; adapters and prompts add theirs
+    for name in ("bitfit", "lora", "ssf"):
+        assert runs.loc[name, "inference_parameters"] == full["inference_parameters"], name
+    for name in ("adapter", "vpt"):
+        assert runs.loc[name, "inference_parameters"] > full["inference_parameters"], name
+    assert "| lora |" in (tmp_path / "table.md").read_text()

@@ -20,6 +20,7 @@ from tlbench.core.errors import ConfigError
 from tlbench.core.frozen import Frozen, validate_block
 from tlbench.core.paths import default_data_root
 from tlbench.core.registry import Registry
+from tlbench.suites.image_lists import ImageListDataset
 from tlbench.suites.images import IMAGE_DATASETS
 from tlbench.suites.pools import DataAccess, DataPool, Dataset, NoArgs
 
@@ -121,7 +122,7 @@ class Mnist1d(Dataset):
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", Dataset, plugin_kind="dataset")
-for _cls in (Digits, Glyphs, Mnist1d, *IMAGE_DATASETS):
+for _cls in (Digits, Glyphs, Mnist1d, *IMAGE_DATASETS, ImageListDataset):
     DATASETS.add(_cls)
 
 _POOLS: dict[str, DataPool] = {}

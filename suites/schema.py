@@ -47,7 +47,11 @@ class SplitSpec(Frozen):
     # kept for train + val and all the others are test, instead of a test_fraction
     # (Kornblith et al.'s Caltech-101 protocol: 30 per class, the rest test).
     train_per_class: Int | None = Field(None, gt=0)
-    LATER_FIELDS = ("train_per_class",)
+    # What the evaluation runs train on: the train split (tuning's), or train + val — the protocol of
+    # the PEFT papers' VTAB-1k (tune on train800 / val200, the final model on train800val200, scored
+    # on test). Tuning always trains on train and validates on val.
+    final_fit: Literal["train", "train+val"] = "train"
+    LATER_FIELDS = ("train_per_class", "final_fit")
 
     @model_validator(mode="after")
     def _protocol_fields(self) -> "SplitSpec":

@@ -85,6 +85,8 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
             "n_train": len(tr), "n_val": len(va), "n_test": len(test_y),
             "train_indices": tensor_fingerprint(tr), "val_indices": tensor_fingerprint(va),
             "classes": classes, "shift": spec.shift.model_dump() if spec.shift else None}
+    if sp.final_fit != "train":
+        info["final_fit"] = sp.final_fit
     if spec.swept is not None:  # a task of a sweep: its family, the swept field and this task's value
         family, field, value = spec.swept
         info["sweep"] = {"family": family, "field": field, "value": value}

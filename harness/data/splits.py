@@ -6,7 +6,7 @@ identifies its exact content, which caches and records are keyed on.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -63,10 +63,29 @@ class Task:
         return Task(self.name, bind(self.train, augment), bind(self.val), bind(self.test), self.num_classes,
                     bind(self.shifted_test), info, self.class_names)
 
+    def final(self) -> "Task":
+        """The task evaluation runs train on: this one, or — when its split says ``final_fit:
+        train+val`` — one whose train split is train followed by val (val stays as it is, so the
+        runs' validation accuracy is on data they trained on; the test splits are unchanged)."""
+        if self.info.get("final_fit", "train") != "train+val":
+            return self
+        union = split_of(concat_inputs(self.train.x, self.val.x), torch.cat([self.train.y, self.val.y]))
+        return replace(self, train=union, info={**self.info, "n_train": len(union)})
+
     @property
     def fingerprint(self) -> str:
         parts = [self.train.fingerprint, self.val.fingerprint, self.test.fingerprint]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def concat_inputs(a: Inputs, b: Inputs) -> Inputs:
+    """The inputs of ``a`` followed by those of ``b``: tensors concatenated, or one view of the
+    same images (``a``'s preprocessing and augmentation)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, ImageView) and isinstance(b, ImageView) and a.source is b.source:
+        return replace(a, indices=torch.cat([a.indices, b.indices]))
+    raise TypeError("train and val inputs of different kinds or image sources cannot be joined")
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:

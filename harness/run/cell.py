@@ -132,6 +132,7 @@ class CellWork:
             self.params = with_dependencies(best, self.strategy, members)
         seeds = [evaluation_seed(suite.seed, k) for k in range(suite.seeds)]
         self._enter("evaluating", len(seeds))
+        task = task.final()  # evaluation runs train on train + val where the split says final_fit: train+val
         step = evaluate_step(self._eval_study(), self.strategy, self.backbone, task, self.params, seeds=seeds,
                              context=self._context(task), runtime=runtime,
                              on_seed=lambda n: self.observer.cell_progress(cell, phase="evaluating", done=n))

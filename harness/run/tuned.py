@@ -134,7 +134,8 @@ class SuiteCell(CellRecipes):
         return evaluation_seed(self.plan.suite.seed, index)
 
     def task(self, backbone: str) -> Task:
-        return self.plan.task_for(self.plan_cell.task, backbone)
+        """The task reused models are (re)fitted on: the evaluation runs' (:meth:`Task.final`)."""
+        return self.plan.task_for(self.plan_cell.task, backbone).final()
 
 
 def slots_used(budget: Budget, result: TuneResult | None) -> int:

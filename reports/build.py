@@ -14,6 +14,7 @@ from typing import Sequence
 import pandas as pd
 
 from tlbench.reports import figures, selection, stats, studies
+from tlbench.reports.literature import literature_table
 from tlbench.reports.results import Results
 from tlbench.reports.tables import (
     Table,
@@ -108,6 +109,9 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     across, rank_test = across_tasks_table(runs, "test_accuracy", seed=seed, iqm=iqm)
     if across:
         tables.append(("tab:across", across))
+    summary = literature_table(runs, "test_accuracy", seed=seed)  # group means and published results
+    if summary:
+        tables.append(("tab:literature", summary))
     improvement = improvement_table(runs, "test_accuracy", seed=seed, iqm=iqm)
     if improvement:
         tables.append(("tab:improvement", improvement))

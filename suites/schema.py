@@ -96,10 +96,19 @@ class TaskSpec(_Typed):
     # (random resized crop and/or horizontal flip).
     image_size: Annotated[int, Strict(), Field(ge=8, le=1024)] | Literal["native"] | None = None
     augment: Literal["none", "flip", "crop_flip"] = "none"
+    # How images reach image_size: resize the shorter side and centre-crop (torchvision's and timm's
+    # evaluation presets), or stretch both sides to it (the PEFT papers' VTAB-1k: Resize((224, 224))).
+    image_resize: Literal["crop", "stretch"] = "crop"
     # One field swept over values: the suite expands the task into one task per value, named
     # ``<task>.<field><value>`` (see :func:`expand_sweeps`); never left on a parsed suite.
     sweep: dict[str, list[Any]] | None = None
-    LATER_FIELDS = ("image_size", "augment", "sweep")
+    # The task's group in a benchmark's report (VTAB-1k's natural / specialized / structured): the
+    # report adds per-group means, the mean over tasks and the mean of the group means.
+    group: str | None = None
+    # Published results for this task, ``SET#TASK``: a bundled reference set (suites/references/) or a
+    # YAML file relative to the suite, and the task's key in it (see tlbench.suites.literature).
+    reference: str | None = None
+    LATER_FIELDS = ("image_size", "augment", "sweep", "group", "reference", "image_resize")
     # (family, field, value) of a task expanded from a sweep; reports group by it.
     _swept: tuple[str, str, Any] | None = PrivateAttr(None)
 
@@ -114,6 +123,13 @@ class TaskSpec(_Typed):
     @property
     def swept(self) -> tuple[str, str, Any] | None:
         return self._swept
+
+    #: The resolved ``reference`` (:func:`tlbench.suites.literature.resolve`), set when the suite is parsed.
+    _published: dict[str, Any] | None = PrivateAttr(None)
+
+    @property
+    def published(self) -> dict[str, Any] | None:
+        return self._published
 
     def typed_args(self, where: str = "") -> Frozen:
         """``args`` as the dataset's ``Args`` (``where``: the prefix of errors)."""
@@ -484,4 +500,9 @@ def _validated(path: Path, data: dict[str, Any], plugins: Callable[[Suite], obje
             spec.typed_args(f"{path}: {group}.{name}")
     for name, backbone in suite.backbones.items():
         backbone.typed_args(f"{path}: backbones.{name}")
+    for name, spec in suite.tasks.items():
+        if spec.reference is not None:
+            from tlbench.suites.literature import resolve
+
+            spec._published = resolve(spec.reference, path.parent, where=f"{path}: tasks.{name}.reference")
     return suite

@@ -87,6 +87,10 @@ def build_task(name: str, spec: TaskSpec, *, where: str, data: DataAccess | None
             "classes": classes, "shift": spec.shift.model_dump() if spec.shift else None}
     if sp.final_fit != "train":
         info["final_fit"] = sp.final_fit
+    if spec.group is not None:
+        info["group"] = spec.group
+    if spec.published is not None:
+        info["reference"] = spec.published
     if spec.swept is not None:  # a task of a sweep: its family, the swept field and this task's value
         family, field, value = spec.swept
         info["sweep"] = {"family": family, "field": field, "value": value}
@@ -137,6 +141,9 @@ def _check_protocol(pool: DataPool, spec: TaskSpec, where: str) -> None:
     if not lazy and spec.image_size is not None:
         raise ConfigError(f"{where}.image_size: applies to image-file datasets; {spec.dataset!r} is in-memory "
                           f"tensors; remove it")
+    if not lazy and spec.image_resize != "crop":
+        raise ConfigError(f"{where}.image_resize: {spec.image_resize!r} applies to image-file datasets; "
+                          f"{spec.dataset!r} is in-memory tensors; remove it")
 
 
 VTAB_TRAIN, VTAB_VAL = 800, 200

@@ -30,9 +30,12 @@ def write_list(path: Path, rows: list[tuple[str, int]]) -> None:
     path.write_text("".join(f"{name} {label}\n" for name, label in rows))
 
 
-def vtab_folder(root: Path, name: str = "dtd") -> Path:
-    """``root/<name>/`` with the images and the four list files (train800val200 = train + val, shuffled)."""
+def vtab_folder(root: Path, name: str = "dtd", classes: int = 3) -> Path:
+    """``root/<name>/`` with the images and the four list files (train800val200 = train + val, shuffled);
+    labels modulo ``classes`` (fewer than 3 for a 2-class task)."""
     folder = root / name
+    TRAIN, VAL, TEST = ([(f, label % classes) for f, label in rows] for rows in (globals()["TRAIN"], globals()["VAL"],
+                                                                                 globals()["TEST"]))
     for rows in (TRAIN, VAL, TEST):
         for file, label in rows:
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
@@ -156,3 +159,21 @@ def test_a_suite_tunes_on_train_and_fits_the_final_model_on_train_plus_val(tmp_p
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "dataset image_list: args.test:" in bad.stderr and "line 1: expected" in bad.stderr
     assert len(pd.read_parquet(tmp_path / "out" / "runs.parquet")) == len(runs)
+
+
+def test_image_resize_stretch_resizes_both_sides_without_cropping(tmp_path: Path) -> None:
+    from torchvision.transforms import InterpolationMode, v2
+
+    from tlbench.data.preprocess import Preprocess
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 40, 3), dtype=np.uint8))
+    stretched = Preprocess(resize=16, crop=14).stretched()
+    got = stretched.pixels()(image)
+    assert got.shape == (3, 14, 14)
+    want = v2.Compose([v2.Resize((14, 14), interpolation=InterpolationMode.BILINEAR, antialias=True), v2.ToImage()])
+    assert torch.equal(got, want(image))
+    assert stretched.describe()["stretch"] is True and "stretch" not in Preprocess().describe()
+    vtab_folder(tmp_path)
+    spec = TaskSpec(dataset="digits", image_resize="stretch")
+    with pytest.raises(ConfigError, match="image_resize: 'stretch' applies to image-file datasets"):
+        build_task("d", spec, where="s.yaml: tasks.d")

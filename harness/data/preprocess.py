@@ -38,6 +38,9 @@ class Preprocess:
     #: Images at their own size: no resize, no crop (``image_size: native``); ``resize`` and
     #: ``crop`` are then 0.
     native: bool = False
+    #: Both sides resized to ``crop`` (the aspect ratio not kept), no crop: ``Resize((224, 224))`` as
+    #: the PEFT papers' VTAB-1k pipelines do (``image_resize: stretch``).
+    stretch: bool = False
 
     @classmethod
     def from_transforms(cls, transforms: Any) -> "Preprocess":
@@ -55,6 +58,10 @@ class Preprocess:
             return self
         return replace(self, resize=max(size, round(size * self.resize / self.crop)), crop=size)
 
+    def stretched(self, stretch: bool = True) -> "Preprocess":
+        """This preprocessing resizing both sides to the crop size instead of resize + centre crop."""
+        return replace(self, stretch=stretch) if stretch != self.stretch and not self.native else self
+
     def pixels(self, augment: Augment = "none") -> Any:
         """PIL image → uint8 CHW tensor: resize + centre crop (or, for ``crop_flip``, the
         random resized crop and flip), as the files are read; ``flip`` and normalisation are
@@ -68,6 +75,8 @@ class Preprocess:
             head = [crop, v2.RandomHorizontalFlip()]
         elif self.native:
             head = []
+        elif self.stretch:
+            head = [v2.Resize((self.crop, self.crop), interpolation=mode, antialias=True)]
         else:  # resizing the PIL image (before ToImage) is what torchvision's presets do
             head = [v2.Resize(self.resize, interpolation=mode, antialias=True), v2.CenterCrop(self.crop)]
         return v2.Compose([*head, v2.ToImage()])
@@ -83,6 +92,8 @@ class Preprocess:
     def describe(self) -> dict[str, Any]:
         out = {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
                "interpolation": self.interpolation}
+        if self.stretch:
+            out = {**out, "stretch": True}
         return {**out, "native": True} if self.native else out
 
 

@@ -105,7 +105,8 @@ class Plan:
         key = (task, backbone)
         if key not in self._bound:
             spec = self.suite.tasks[task]
-            self._bound[key] = self.tasks[task].bound(preprocess_for(backbone, self.suite, spec.image_size),
+            self._bound[key] = self.tasks[task].bound(preprocess_for(backbone, self.suite, spec.image_size,
+                                                                     stretch=spec.image_resize == "stretch"),
                                                       spec.augment)
         return self._bound[key]
 
@@ -462,7 +463,8 @@ def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[st
         if name not in probes:
             probes[name] = build_backbone(spec.arch, spec.typed_args(), where=f"{suite.path}: backbones.{name}")
         backbone = probes[name]
-        bound = task.bound(preprocess_for(name, suite, suite.task_spec(task.name).image_size))
+        spec_of = suite.task_spec(task.name)
+        bound = task.bound(preprocess_for(name, suite, spec_of.image_size, stretch=spec_of.image_resize == "stretch"))
         x = bound.train.x.head(2) if bound.lazy else bound.train.x[:2]  # type: ignore[union-attr]
         try:
             with torch.no_grad():
@@ -512,7 +514,8 @@ def _input_shape(plan: Plan, task: str, backbone: str) -> tuple[int, ...]:
     """One input of ``task`` as ``backbone`` reads it (image files: after its preprocessing)."""
     spec = plan.suite.task_spec(task)
     built = plan.tasks.get(task) or plan.sources[task]
-    return built.bound(preprocess_for(backbone, plan.suite, spec.image_size)).input_shape
+    return built.bound(preprocess_for(backbone, plan.suite, spec.image_size,
+                                      stretch=spec.image_resize == "stretch")).input_shape
 
 
 def pretrained_size(plan: Plan, backbone: str) -> tuple[int, int] | None:

@@ -127,13 +127,15 @@ def check_weights_name(name: str, suite: Suite) -> None:
         spec.arch_class.check_weights(spec.typed_args(), spec.weights)
 
 
-def preprocess_for(name: str, suite: Suite, image_size: "int | Literal['native'] | None" = None) -> Preprocess:
+def preprocess_for(name: str, suite: Suite, image_size: "int | Literal['native'] | None" = None, *,
+                   stretch: bool = False) -> Preprocess:
     """How image files are prepared for backbone ``name``: what its published weights expect
     (resolution, resize, normalisation, interpolation: ``weights.transforms()`` for
     torchvision, the pretrained config for timm), else torchvision's ImageNet default
-    (resize 256, crop 224); ``image_size`` (a task's) overrides the crop size."""
+    (resize 256, crop 224); ``image_size`` (a task's) overrides the crop size, ``stretch`` (a task's
+    ``image_resize: stretch``) resizes both sides to it instead of resizing and cropping."""
     spec = suite.backbones[name]
-    return spec.arch_class.weights_preprocess(spec.typed_args(), spec.weights).at(image_size)
+    return spec.arch_class.weights_preprocess(spec.typed_args(), spec.weights).at(image_size).stretched(stretch)
 
 
 def check_backbone_source(name: str, suite: Suite) -> None:
@@ -210,7 +212,8 @@ def source_task(name: str, suite: Suite) -> Task:
     assert p is not None
     source = suite.task_spec(p.task)
     task = build_task(p.task, source, where=suite.task_where(p.task), data=data_access(suite))
-    return task.bound(preprocess_for(name, suite, source.image_size), source.augment)
+    return task.bound(preprocess_for(name, suite, source.image_size, stretch=source.image_resize == "stretch"),
+                      source.augment)
 
 
 class PretrainProgress(NullReporter):

@@ -242,3 +242,16 @@ def test_the_peft_suite_runs_every_strategy_end_to_end_and_reports_their_costs(t
     for name in ("adapter", "vpt"):
         assert runs.loc[name, "inference_parameters"] > full["inference_parameters"], name
     assert "| lora |" in (tmp_path / "table.md").read_text()
+
+
+def test_a_suite_pairing_vpt_with_a_cnn_is_refused_before_anything_trains(tmp_path, capsys) -> None:
+    from pathlib import Path
+
+    from tlbench.cli import main
+
+    smoke = Path(__file__).resolve().parents[1] / "suites" / "smoke.yaml"
+    assert main(["run", str(smoke), "--strategies", "vpt", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "strategies: 'vpt' needs a ViT-family backbone (a token sequence), and " \
+        "backbone 'glyph-cnn' (cnn2d) has none" in err
+    assert not (tmp_path / "out" / "store.journal").exists()

@@ -204,3 +204,32 @@ def test_pretrained_weights_without_a_classifier_have_no_source_head(tmp_path: P
     hf_cache_with(model, timm.create_model(model, pretrained=False, num_classes=0), tmp_path / "hf")
     backbone = TimmBackbone.with_weights(TimmArgs(model=model), "DEFAULT")
     assert backbone.source_head is None and backbone.feature_dim == 384
+
+
+def test_the_papers_vit_names_build_offline_with_their_layer_groups_and_every_strategy_trains_a_small_vit(
+        runtime) -> None:
+    """ViT-B/16 (ImageNet-21k) by the name a PEFT suite uses has its layer groups — patch embedding, each
+    block (the last with the final norm) — so discriminative rates, unfreezing and LoRA's targets are defined; a small ViT
+    with random weights (``model_args``) trains with each of them offline."""
+    from helpers import sample_params
+
+    from tlbench.strategies import STRATEGIES
+    from tlbench.strategies.lora import default_targets
+    from tlbench.suites.schema import SplitSpec, TaskSpec
+    from tlbench.suites.splitting import build_task
+    from tlbench.training.loop import NullReporter
+
+    base = build_backbone("timm", {"model": "vit_base_patch16_224.augreg_in21k"})
+    assert len(base.groups) == 13 and base.feature_dim == 768  # patch embedding (+ tokens), 12 blocks (+ the norm)
+    assert [p.shape for p in base.groups[0].extra] == [(1, 1, 768), (1, 197, 768)]  # class token, positions
+    assert default_targets(base) == [f"net.blocks.{i}.attn.qkv" for i in range(12)]
+    small = build_backbone("timm", {"model": "vit_base_patch16_224.augreg_in21k", "in_chans": 1,
+                                    "model_args": {"img_size": 8, "patch_size": 4, "embed_dim": 24, "depth": 2,
+                                                   "num_heads": 2}})
+    task = build_task("t", TaskSpec(dataset="digits", split=SplitSpec(shots=3, val_per_class=2, max_test=40)),
+                      where="t")
+    for name in ("discriminative_lr", "gradual_unfreeze", "surgical", "lora", "adapter", "vpt", "ssf", "bitfit"):
+        strategy = STRATEGIES.get(name)(epochs=(2, 2), batch_size=16)
+        params = sample_params(strategy, small)
+        predictor = strategy.fit(small, task, params, seed=0, reporter=NullReporter(), runtime=runtime)
+        assert predictor.logits(task.test).shape == (40, 10), name

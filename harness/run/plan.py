@@ -192,6 +192,7 @@ def _load_plan(path: Path, *, trials: int | None, seeds: int | None, strategies:
     for name, task in tasks.items():
         check_inputs(suite, suite.tasks[name].backbones, task, probes)
         check_inputs(suite, extra_backbones(suite, options, suite.tasks[name].backbones), task, probes)
+    check_token_strategies(suite, cells, probes)
     spaces, grids, searched = search_spaces(suite, declared, options, cells, probes)
     return Plan(suite, tasks, cells, options, tuple(declared), data_paths, spaces, grids, searched,
                 built_sources)
@@ -453,6 +454,23 @@ def extra_backbones(suite: Suite, options: dict[str, Frozen], backbones: list[st
 
 def _pretrained_by(suite: Suite, task: str) -> list[str]:
     return [b for b, spec in suite.backbones.items() if spec.pretrain and spec.pretrain.task == task]
+
+
+def check_token_strategies(suite: Suite, cells: list[Cell], probes: dict[str, Backbone]) -> None:
+    """Strategies that work on a token sequence (``needs_tokens``: visual prompts) are refused before
+    anything trains when a cell pairs them with a backbone that has none."""
+    from tlbench.strategies.parameter_efficient import token_model
+
+    for strategy, backbone in sorted({(c.strategy, c.backbone) for c in cells}):
+        if not STRATEGIES.get(strategy).needs_tokens:
+            continue
+        spec = suite.backbones[backbone]
+        if backbone not in probes:
+            probes[backbone] = build_backbone(spec.arch, spec.typed_args(), where=f"{suite.path}: backbones.{backbone}")
+        if token_model(probes[backbone]) is None:
+            raise ConfigError(f"{suite.path}: strategies: {strategy!r} needs a ViT-family backbone (a token sequence), "
+                              f"and backbone {backbone!r} ({spec.arch}) has none; run it on ViT backbones only "
+                              f"(a suite of its own, or --backbones) or leave it out (--strategies)")
 
 
 def check_inputs(suite: Suite, backbones: list[str], task: Task, probes: dict[str, Backbone]) -> None:

@@ -151,9 +151,11 @@ class RankTest:
     ranks: pd.Series
     n_tasks: int
     statistic: float | None = None  # Friedman's χ²
-    p: float | None = None  # of the Iman–Davenport F statistic (Demšar's recommendation)
+    p: float | None = None  # of the Iman–Davenport F statistic (Demšar's recommendation): what decides
     cd: float | None = None
     reason: str | None = None  # set when the test could not be computed
+    chi2_p: float | None = None  # of Friedman's χ² itself (k − 1 degrees of freedom), more conservative
+    f: float | None = None  # the Iman–Davenport F statistic
 
     @property
     def rejects(self) -> bool:
@@ -192,9 +194,9 @@ def rank_test(means: pd.DataFrame, n_columns: int | None = None, *, alpha: float
         return RankTest(ranks, n, reason=f"the Friedman test needs at least 3 strategies (got {k})")
     if n < 2:
         return RankTest(ranks, n, reason=f"the Friedman test needs at least 2 tasks (got {n}){incomplete}")
-    chi2, _ = stats.friedmanchisquare(*[means.loc[s].to_numpy() for s in means.index])
-    _, p = iman_davenport(float(chi2), k, n)
-    return RankTest(ranks, n, float(chi2), p, nemenyi_cd(k, n, alpha=alpha))
+    chi2, chi2_p = stats.friedmanchisquare(*[means.loc[s].to_numpy() for s in means.index])
+    f, p = iman_davenport(float(chi2), k, n)
+    return RankTest(ranks, n, float(chi2), p, nemenyi_cd(k, n, alpha=alpha), chi2_p=float(chi2_p), f=f)
 
 
 def cliques(ranks: pd.Series, cd: float) -> list[list[str]]:

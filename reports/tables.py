@@ -258,8 +258,9 @@ def across_tasks_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
                    if test.rejects else
                    f"does not reject that all strategies are equivalent, so no pairwise (Nemenyi) conclusion "
                    f"is drawn (CD would be {test.cd:.2f} ranks)")
-        notes.append(f"Friedman test over {test.n_tasks} tasks (Iman–Davenport F form; Demšar 2006): "
-                     f"χ² = {test.statistic:.2f}, p = {test.p:.3g}; it {verdict}."
+        notes.append(f"Friedman test over {test.n_tasks} tasks: χ² = {test.statistic:.2f} (p = {test.chi2_p:.3g}); "
+                     f"its Iman–Davenport F form, which decides (less conservative; Demšar 2006), F = {test.f:.2f} "
+                     f"(p = {test.p:.3g}); it {verdict}."
                      + (" With fewer than 10 tasks the test has little power." if test.n_tasks < 10 else ""))
     return Table(["strategy", "IQM (95% CI)", "avg. rank", "runs"], rows, "Across tasks", notes), test
 

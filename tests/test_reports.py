@@ -99,6 +99,8 @@ def test_average_ranks_and_critical_difference_equal_a_hand_computed_example() -
     assert chi2 == pytest.approx(12 * 4 / 12 * (1.25 ** 2 + 2.125 ** 2 + 2.625 ** 2 - 3 * 16 / 4), rel=0.1)
     f = (4 - 1) * chi2 / (4 * 2 - chi2)  # Iman–Davenport, eq. 4
     assert test.statistic == pytest.approx(chi2) and test.p == pytest.approx(sps.f.sf(f, 2, 6))
+    # each statistic with its own p: χ² against χ²(k − 1), F against F(k − 1, (k − 1)(N − 1))
+    assert test.chi2_p == pytest.approx(sps.chi2.sf(chi2, 2)) and test.f == pytest.approx(f)
     assert test.cd == pytest.approx(stats.nemenyi_cd(3, 4))
 
 

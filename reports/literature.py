@@ -79,14 +79,11 @@ def _interval(accuracy: dict[str, np.ndarray], groups: dict[str, list[str]], tas
             out.append(np.mean(group_means, axis=0))
         return np.stack(out, axis=1)
 
-    groups_in = [accuracy[t] for t in tasks]
-    if all(len(g) < 2 for g in groups_in):
-        return [(math.nan, math.nan)] * (len(groups) + 1 + bool(groups))
-    rng = np.random.default_rng(seed)
-    draws = statistic([g[rng.integers(0, len(g), (2000, len(g)))] for g in groups_in])
-    tail = (1 - stats.CONFIDENCE) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
-    return list(zip(low.tolist(), high.tolist()))
+    samples = [accuracy[t] for t in tasks]
+    width = len(groups) + 1 + bool(groups)
+    # stats.stratified_bootstrap draws the same resamples for the same seed: one call per aggregate
+    return [stats.stratified_bootstrap(samples, lambda d, j=j: statistic(d)[:, j], seed=seed)[1:]
+            for j in range(width)]
 
 
 def literature_table(runs: pd.DataFrame, metric: str = "test_accuracy", *, seed: int = 0) -> Table | None:

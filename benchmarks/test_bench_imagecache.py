@@ -208,3 +208,65 @@ def test_random_resized_crops_from_the_cache_learn_as_the_pil_path_does(benchmar
           f"± {100 * half:.2f} points (95% interval); seeds' spread {100 * spread:.2f}")
     assert abs(statistics.mean(diffs)) <= spread, (pil, cached)
     assert torch.allclose(pil_stats.mean(0), cache_stats.mean(0), atol=0.02, rtol=0.02)
+
+
+# ------------------------------------------------------------------ opening an entry: seal against digest
+
+SEAL_BYTES = 1 << 30  # a 1 GiB entry; the full check scales with size, the seal does not
+_opening: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def big_entry(tmp_path_factory) -> tuple[ImageCache, str]:
+    """A 1 GiB entry of 224-px images (about 7,100), written as the cache writes one, and sealed."""
+    import hashlib
+    import json as _json
+
+    cache = ImageCache(tmp_path_factory.mktemp("seal") / "cache", log=lambda line: None)
+    key = "ab" + "0" * 30
+    data, index = cache.paths(key)
+    data.parent.mkdir(parents=True)
+    shape, per = (224, 224), 224 * 224 * 3
+    count = SEAL_BYTES // per
+    digest, block = hashlib.sha256(), np.random.default_rng(0).integers(0, 256, per * 64, dtype=np.uint8).tobytes()
+    with open(data, "wb") as f:
+        written = 0
+        while written < count * per:
+            chunk = block[: min(len(block), count * per - written)]
+            f.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+    index.write_text(_json.dumps({"format": 1, "key": key, "count": count, "fixed": True, "shape": list(shape),
+                                  "nbytes": count * per, "sha256": digest.hexdigest()}))
+    ImageCache(cache.directory, log=lambda line: None)._load(key)  # the one full check, which seals it
+    assert cache.seal_path(key).is_file()
+    return cache, key
+
+
+@pytest.mark.parametrize("verify", ["full", "seal"])
+def test_opening_a_checked_entry(benchmark, big_entry, verify: str) -> None:
+    """Opening a checked 1 GiB entry in a new process: its digest in full against its seal.
+    The file is in the page cache, so the full check is the CPU's SHA-256 rate (from disk it is
+    slower still)."""
+    cache, key = big_entry
+    benchmark.group = "image cache: open a checked 1 GiB entry"
+
+    def open_once() -> None:
+        fresh = ImageCache(cache.directory, log=lambda line: None, verify=verify)  # type: ignore[arg-type]
+        assert fresh._load(key) is not None
+        assert (fresh.usage.sealed_opens, fresh.usage.full_checks) == ((1, 0) if verify == "seal" else (0, 1))
+
+    benchmark.pedantic(open_once, rounds=5 if verify == "full" else 50, iterations=1, warmup_rounds=1)
+    _opening[verify] = benchmark.stats.stats.median
+
+
+def test_the_seal_saves_the_full_check() -> None:
+    """The ratio of the two measurements above, from their medians (run with them: ``-k "opening or
+    seal"``); the JSON record (``--benchmark-json``) holds both sides' rounds."""
+    if set(_opening) != {"full", "seal"}:
+        pytest.skip("run with test_opening_a_checked_entry")
+    ratio = _opening["full"] / _opening["seal"]
+    print(f"\nopening a checked 1 GiB entry: full digest {_opening['full']:.3f} s, seal {_opening['seal'] * 1000:.2f} ms "
+          f"({ratio:.0f}x); per 100 GiB about {_opening['full'] * 100:.0f} s against "
+          f"{_opening['seal'] * 1000:.0f} ms")
+    assert ratio > 20

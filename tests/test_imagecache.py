@@ -275,6 +275,98 @@ def test_a_corrupt_entry_is_rebuilt_never_trusted(images: Path, tmp_path: Path, 
     assert json.loads(index.read_text())["nbytes"] == data.stat().st_size
 
 
+def _flip(path: Path, where: str) -> None:
+    """Flips one byte of ``path`` in place (same inode), in the middle or at the end."""
+    size = path.stat().st_size
+    at = size // 2 if where == "middle" else size - 1
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x5A]))
+
+
+def _counting_digests(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    import tlbench.data.imagecache as imagecache
+
+    calls: list[Path] = []
+    real = imagecache._sha256
+    monkeypatch.setattr(imagecache, "_sha256", lambda path: (calls.append(path), real(path))[1])
+    return calls
+
+
+def test_a_checked_entry_is_trusted_through_its_seal_without_rehashing(images: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    view = folder_view(images, PRE)
+    good = read(view, cache=ImageCache(tmp_path / "cache", log=lambda line: None))
+    calls = _counting_digests(monkeypatch)
+    later = ImageCache(tmp_path / "cache", log=lambda line: None)  # another process: its entries are unchecked
+    assert torch.equal(read(view, cache=later), good)
+    assert calls == [] and later.summary().sealed_opens == 1 and later.summary().full_checks == 0
+    on_demand = ImageCache(tmp_path / "cache", log=lambda line: None, verify="full")
+    assert torch.equal(read(view, cache=on_demand), good)
+    assert len(calls) == 1 and on_demand.summary().full_checks == 1
+    with pytest.raises(ConfigError, match="verify: 'sometimes' is not one of: seal, full"):
+        ImageCache(tmp_path / "cache", verify="sometimes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("where", ["middle", "end"])
+@pytest.mark.parametrize("metadata", ["changed by the write", "restored, as by bit rot"])
+def test_a_sealed_entry_with_a_flipped_byte_is_still_caught(images: Path, tmp_path: Path, where: str,
+                                                            metadata: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tlbench.data.imagecache as imagecache
+
+    monkeypatch.setattr(imagecache, "SEAL_WINDOW", 256)  # so the windows are a sample of this small entry, not all
+    view = folder_view(images, PRE)
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None)
+    good = read(view, cache=cache)
+    key = cache.open(view, "none").entry.key  # type: ignore[union-attr]
+    data, seal = cache.paths(key)[0], cache.seal_path(key)
+    assert seal.is_file() and 33 * 256 < data.stat().st_size
+    _flip(data, where)
+    if metadata != "changed by the write":  # the seal's metadata made to match: only the sampled bytes can tell
+        stored = json.loads(seal.read_text())
+        st = data.stat()
+        stored.update(mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        seal.write_text(json.dumps(stored))
+    lines: list[str] = []
+    fresh = ImageCache(tmp_path / "cache", log=lines.append)
+    assert torch.equal(read(view, cache=fresh), good)  # rebuilt from the files, not read corrupt
+    assert fresh.summary().built == 1 and any("is corrupt" in line for line in lines), lines
+    assert json.loads(seal.read_text())["inode"] == data.stat().st_ino  # the rebuilt entry is sealed anew
+
+
+def test_a_flip_between_the_sampled_windows_needs_the_full_check(images: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seal's limit, stated: bytes changed under unchanged metadata outside every window
+    pass the seal; ``verify="full"`` catches them."""
+    import tlbench.data.imagecache as imagecache
+
+    monkeypatch.setattr(imagecache, "SEAL_WINDOW", 64)
+    view = folder_view(images, PRE)
+    cache = ImageCache(tmp_path / "cache", log=lambda line: None)
+    good = read(view, cache=cache)
+    key = cache.open(view, "none").entry.key  # type: ignore[union-attr]
+    data, seal = cache.paths(key)[0], cache.seal_path(key)
+    sampled = [range(o, o + 64) for o in imagecache._windows(data.stat().st_size)]
+    at = next(i for i in range(data.stat().st_size) if not any(i in w for w in sampled))
+    stat = data.stat()
+    with open(data, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 1]))
+    stored = json.loads(seal.read_text())
+    st = data.stat()
+    assert st.st_ino == stat.st_ino
+    stored.update(mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+    seal.write_text(json.dumps(stored))
+    assert not torch.equal(read(view, cache=ImageCache(tmp_path / "cache", log=lambda line: None)), good)
+    lines: list[str] = []
+    assert torch.equal(read(view, cache=ImageCache(tmp_path / "cache", log=lines.append, verify="full")), good)
+    assert any("is corrupt" in line for line in lines), lines
+
+
 def test_the_disk_limit_falls_back_to_the_files_with_one_line(images: Path, tmp_path: Path) -> None:
     view = folder_view(images, PRE)
     lines: list[str] = []

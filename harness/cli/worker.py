@@ -67,7 +67,7 @@ def image_cache_of(args: argparse.Namespace, cache_dir: Path, *, log: Callable[[
     limit_text = getattr(args, "image_cache_limit", "auto")
     limit = None if limit_text == "auto" else parse_size(limit_text)
     return ImageCache(directory, limit=limit, device_share=getattr(args, "image_cache_device_share", 0.25),
-                      log=log)
+                      verify=getattr(args, "image_cache_verify", "seal"), log=log)
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -117,6 +117,10 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
         add("--image-cache-device-share", type=_share, default=0.25, metavar="FRACTION",
             help="on a GPU, keep a split's cached images in device memory when they take at most this share of "
                  "it (default 0.25), else stream them through pinned memory"),
+        add("--image-cache-verify", choices=("seal", "full"), default="seal",
+            help="seal (default): an entry whose digest was checked in full once is trusted while its seal "
+                 "(size, inode, modification and change times, sampled blocks) holds; full: check every entry's "
+                 "digest in full before its first read in this process"),
     ]
 
 

@@ -25,6 +25,16 @@ missing the same entry one builds it and the other waits and reads it, and check
 their index (size and digest) before a process first reads them: a corrupt entry is
 rebuilt, never trusted.
 
+Checking an entry's digest reads all of it (about 100 s per 100 GB), so a full check leaves a
+*seal* beside the entry (``<key>.seal``): the data file's size, inode, device, modification and
+change times (``st_ctime`` moves on every write and every ``utime``; no program can set it back)
+and the digests of :data:`SEAL_WINDOWS` windows of :data:`SEAL_WINDOW` bytes spread over the file,
+its first and last bytes included. A later process that finds the seal matching the file's
+metadata and the windows' bytes trusts the entry after reading a few hundred KiB; anything else
+(no seal, a moved, rewritten or touched file, a window whose bytes changed underneath unchanged
+metadata) costs a full check, and a full check that fails rebuilds the entry. ``verify="full"``
+(``--image-cache-verify full``) ignores seals and checks every entry in full.
+
 The disk the cache uses is bounded (:class:`ImageCache` ``limit``): an entry that would
 cross the limit is not built, and its split is read from its files, with one line saying so.
 On a GPU, an entry that fits in ``device_share`` of the device's memory is copied there once
@@ -75,6 +85,9 @@ ATTEMPTS = 10
 #: plus what the cache already holds, at most this much.
 AUTO_LIMIT_MAX = 100 * 2**30
 DEFAULT_DEVICE_SHARE = 0.25
+#: A seal's sampled windows (first and last included) and their size in bytes.
+SEAL_WINDOWS = 33
+SEAL_WINDOW = 1 << 16
 
 
 def pixel_code_version() -> str:
@@ -406,6 +419,8 @@ class Usage:
     images_read: int = 0
     decode_seconds_saved: float = 0.0
     fallbacks: int = 0
+    full_checks: int = 0
+    sealed_opens: int = 0
 
 
 class ImageCache:
@@ -419,10 +434,16 @@ class ImageCache:
         workers: DataLoader workers that decode while an entry is built (0: the cores this
             process may use).
         log: where lines go (building, fallbacks, corrupt entries).
+        verify: ``seal`` (default: an entry checked in full once is trusted while its seal
+            holds) or ``full`` (every process checks every entry's digest in full).
     """
 
     def __init__(self, directory: Path, *, limit: int | None = None, device_share: float = DEFAULT_DEVICE_SHARE,
-                 workers: int = 0, log: Callable[[str], None] = _stderr, progress_every: float = 10.0) -> None:
+                 workers: int = 0, log: Callable[[str], None] = _stderr, progress_every: float = 10.0,
+                 verify: Literal["seal", "full"] = "seal") -> None:
+        if verify not in ("seal", "full"):
+            raise ConfigError(f"image cache verify: {verify!r} is not one of: seal, full")
+        self.verify = verify
         self.directory = Path(directory)
         self.limit, self.device_share, self.workers = limit, device_share, workers
         self.log, self.progress_every = log, progress_every
@@ -494,8 +515,13 @@ class ImageCache:
         if not data_path.is_file() or data_path.stat().st_size != nbytes:
             size = data_path.stat().st_size if data_path.is_file() else "no"
             raise Corrupt(f"{size} bytes of pixels, the index says {nbytes}")
-        if _sha256(data_path) != digest:
-            raise Corrupt("its pixels do not match the digest in its index")
+        if not (self.verify == "seal" and _sealed(data_path, self.seal_path(key), digest)):
+            if _sha256(data_path) != digest:
+                raise Corrupt("its pixels do not match the digest in its index")
+            self.usage.full_checks += 1
+            _seal(data_path, self.seal_path(key), digest)
+        else:
+            self.usage.sealed_opens += 1
         offsets = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1] * 3)]).astype(np.int64)
         if int(offsets[-1]) != nbytes:
             raise Corrupt("its shapes do not add up to its size")
@@ -503,8 +529,11 @@ class ImageCache:
         self._seconds_per_image[key] = float(index.get("seconds_per_image", 0.0))
         return Entry(key, data_path, index, data, shapes, offsets)
 
+    def seal_path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.seal"
+
     def _remove(self, key: str) -> None:
-        for path in self.paths(key):
+        for path in (*self.paths(key), self.seal_path(key)):
             path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ building
@@ -596,7 +625,8 @@ class ImageCache:
     def summary(self) -> Usage:
         """This process's usage, with the images read from the cache and the decode time
         they saved (at each entry's measured build rate)."""
-        usage = Usage(**{k: getattr(self.usage, k) for k in ("built", "built_bytes", "build_seconds", "fallbacks")})
+        usage = Usage(**{k: getattr(self.usage, k) for k in ("built", "built_bytes", "build_seconds", "fallbacks",
+                                                          "full_checks", "sealed_opens")})
         for key, reads in self._reads.items():
             usage.images_read += reads[0]
             usage.decode_seconds_saved += reads[0] * self._seconds_per_image.get(key, 0.0)
@@ -613,6 +643,56 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _windows(size: int) -> list[int]:
+    """The offsets of a seal's windows in a file of ``size`` bytes (first and last included)."""
+    if size <= SEAL_WINDOWS * SEAL_WINDOW:
+        return list(range(0, size, SEAL_WINDOW))
+    last = size - SEAL_WINDOW
+    return sorted({round(i * last / (SEAL_WINDOWS - 1)) for i in range(SEAL_WINDOWS)})
+
+
+def _sample(path: Path, offsets: list[int]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for offset in offsets:
+            f.seek(offset)
+            digest.update(f.read(SEAL_WINDOW))
+    return digest.hexdigest()
+
+
+def _metadata(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "inode": st.st_ino, "device": st.st_dev, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}
+
+
+def _seal(data_path: Path, seal_path: Path, digest: str) -> None:
+    """Records that ``data_path`` was checked in full against ``digest`` (best effort: a
+    read-only cache is simply checked in full again next time)."""
+    try:
+        before = _metadata(data_path)
+        sample = _sample(data_path, _windows(before["size"]))
+        if _metadata(data_path) != before:
+            return  # changed while sealing; no seal
+        _write_json({"sha256": digest, **before, "windows": SEAL_WINDOWS, "window": SEAL_WINDOW,
+                     "sample": sample}, seal_path)
+    except OSError:
+        pass
+
+
+def _sealed(data_path: Path, seal_path: Path, digest: str) -> bool:
+    """Whether ``data_path`` still is what a full check against ``digest`` sealed."""
+    try:
+        seal = json.loads(seal_path.read_text())
+        now = _metadata(data_path)
+        if (seal.get("sha256") != digest or any(seal.get(k) != v for k, v in now.items())
+                or seal.get("windows") != SEAL_WINDOWS or seal.get("window") != SEAL_WINDOW):
+            return False
+        return bool(_sample(data_path, _windows(now["size"])) == seal.get("sample"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
 
 
 def _write_json(obj: Any, path: Path) -> None:

@@ -112,8 +112,10 @@ def describe_inputs(plan: "Plan") -> tuple[dict[str, str], list[str]]:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from tlbench.cli.console import ConsoleObserver
+    from tlbench.core.phases import PHASES
     from tlbench.run.runner import run_plan
 
+    PHASES.reset()
     if args.threads is not None:
         import torch
 
@@ -146,11 +148,22 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"ran {len(ran.outcomes)} cells into the store; no report written (--report none): "
                       + (f"tlbench report {out} writes it" if args.storage is None else
                          "tlbench report --storage (the same storage) writes it"))
-        return 0
-    # The report shows this invocation's cells and seeds (a store may hold more).
-    write_run_report(storage, suite, out, cells=ran.cells, seeds=ran.seeds, figures=args.report == "full",
-                     console=console)
+    else:  # the report shows this invocation's cells and seeds (a store may hold more)
+        with PHASES("report"):
+            write_run_report(storage, suite, out, cells=ran.cells, seeds=ran.seeds, figures=args.report == "full",
+                             console=console)
+    record_time(storage, suite.name, console)
     return 0
+
+
+def record_time(storage: "BaseStorage", suite: str, console: Console) -> None:
+    """Prints where this run's time went and keeps it in the store (:func:`tlbench.store.progress.store_timing`)."""
+    from tlbench.core.phases import PHASES, describe
+    from tlbench.store.progress import store_timing
+
+    breakdown = PHASES.breakdown()
+    console.print(describe(breakdown))
+    store_timing(storage, suite, breakdown)
 
 
 def image_cache_line(images: "ImageCache | None") -> str:

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from tlbench.core.errors import ConfigError, NonFiniteLoss
+from tlbench.core.phases import PHASES
 from tlbench.core.provenance import provenance
 from tlbench.data.splits import Task
 from tlbench.run.model_server import Members, member_from
@@ -118,7 +119,8 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
     started = dt.datetime.now(dt.timezone.utc)
     clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
     try:
-        with PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
+        # a sensitivity study's variations (not shared) are charged as their own phase
+        with PHASES("evaluation" if share else "sensitivity"), PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
             predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
                                      runtime=runtime)
     except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
@@ -132,12 +134,13 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
     on_demand = runtime.members.fit_seconds - clock.nested if runtime.members is not None else 0.0
     seconds = clock.seconds - (features.computed_seconds if on_demand == 0 else 0.0)
     shifted = task.shifted_test
-    test_logits = predictor.logits(task.test)  # the warm-up pass; its logits are the ones scored
-    measured = median_seconds(lambda: predictor.logits(task.test))
-    inference_seconds = predictor.inference_seconds(task.test, measured=measured)
-    logits = {task.test.fingerprint: test_logits, task.val.fingerprint: predictor.logits(task.val)}
-    if shifted is not None:
-        logits[shifted.fingerprint] = predictor.logits(shifted)
+    with PHASES("inference"):
+        test_logits = predictor.logits(task.test)  # the warm-up pass; its logits are the ones scored
+        measured = median_seconds(lambda: predictor.logits(task.test))
+        inference_seconds = predictor.inference_seconds(task.test, measured=measured)
+        logits = {task.test.fingerprint: test_logits, task.val.fingerprint: predictor.logits(task.val)}
+        if shifted is not None:
+            logits[shifted.fingerprint] = predictor.logits(shifted)
     members = runtime.members
     # kept for the strategies that reuse it
     if share and isinstance(members, Members) and strategy.name in members.reuse.needed:

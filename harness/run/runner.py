@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from tlbench.core.phases import PHASES
 from tlbench.run.cell import CellOutcome, CellWork, RunObserver
 from tlbench.run.model_server import Reuse
 from tlbench.run.plan import Plan
@@ -58,9 +59,10 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     runtime = dataclasses.replace(runtime, decay_norm_and_bias=suite.training.decay_norm_and_bias)
     check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
     check_plugin_code(storage, plan)
-    backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
-                                            log=observer.log, loading=runtime.execution.loading)
-                 for name in plan.backbones}
+    with PHASES("pretraining"):  # or reading the pretrained weights from the cache
+        backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
+                                                log=observer.log, loading=runtime.execution.loading)
+                     for name in plan.backbones}
     needed, keep_weights = plan.reused()
     groups = ModelServers(storage, plan, backbones, Reuse(needed, keep_weights), out / "models")
     observer.plan_started(plan)

@@ -20,6 +20,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.core.codeversion import features_version, scoped_version
+from tlbench.core.phases import PHASES
 from tlbench.core.registry import BUILTIN
 from tlbench.data.splits import Task
 from tlbench.run.evaluation import release_claim
@@ -150,7 +151,7 @@ class ScoreWork:
         if frozen is None:
             return
         try:
-            with Heartbeat.of(study, frozen):
+            with Heartbeat.of(study, frozen), PHASES("scores"):
                 self._run_claimed(study, frozen, names)
         except (UpdateFinishedTrialError, ValueError) as err:
             if not optuna_internals.finished_elsewhere(study, frozen, err):

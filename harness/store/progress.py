@@ -12,6 +12,7 @@ arguments) it plans the suite as the run did.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.core.budget import Budget
-from tlbench.store.claims import dead_trials, lost_claim
+from tlbench.store.claims import dead_trials, lost_claim, worker_id
 from tlbench.store.records import SEP, StudyName
 
 SEED_STRIDE = 1_000_003
@@ -197,6 +198,24 @@ def store_plan(storage: BaseStorage, suite: str, key: str, cells: list[CellPlan]
     value = [c.stored() for c in cells]
     if study.user_attrs.get(key) != value:
         study.set_user_attr(key, value)
+
+
+def store_timing(storage: BaseStorage, suite: str, breakdown: dict[str, float]) -> None:
+    """Keeps one run's time per phase (:mod:`tlbench.core.phases`) under ``timing:<worker>:<end time>``
+    in the suite's plan study, beside the plans: what :func:`stored_timings` reads back."""
+    study = optuna.create_study(study_name=plan_study(suite), storage=storage, load_if_exists=True)
+    ended, worker = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), worker_id()
+    study.set_user_attr(f"timing:{ended}:{worker}", {"worker": worker, "ended": ended,
+                                                     **{k: round(v, 3) for k, v in breakdown.items()}})
+
+
+def stored_timings(storage: BaseStorage, suite: str) -> list[dict[str, Any]]:
+    """Every run's stored time per phase, oldest first, each with its ``worker`` and ``ended``."""
+    if plan_study(suite) not in optuna.get_all_study_names(storage):
+        return []
+    attrs = optuna.load_study(study_name=plan_study(suite), storage=storage).user_attrs
+    rows = [value for key, value in attrs.items() if key.startswith("timing:") and isinstance(value, dict)]
+    return sorted(rows, key=lambda r: str(r.get("ended")))
 
 
 def stored_plan(storage: BaseStorage, suite: str, key: str, names: set[str]) -> list[CellPlan] | None:

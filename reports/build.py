@@ -268,6 +268,17 @@ def _dl(items: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items) + "</dl>"
 
 
+def pruner_text(protocol: Protocol) -> str:
+    """The protocol's pruner in words, with the settings that pruner uses."""
+    if protocol.pruner == "MedianPruner":
+        return (f"MedianPruner (start-up {protocol.pruner_startup_trials} trials, warm-up "
+                f"{protocol.pruner_warmup_epochs} epochs)")
+    if protocol.pruner in ("SuccessiveHalvingPruner", "HyperbandPruner"):
+        return (f"{protocol.pruner} (first rung at {max(1, protocol.pruner_warmup_epochs)} epochs, reduction "
+                f"factor {protocol.pruner_reduction_factor})")
+    return protocol.pruner
+
+
 def _budget(protocol: Protocol) -> str:
     budget = protocol.budget
     if budget.epochs is not None:
@@ -287,8 +298,7 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], selecte
         ("tuning budget", _budget(protocol)),
         ("sampler", protocol.sampler + ("" if protocol.sampler.startswith(("grid", "RandomSampler", "QMCSampler"))
                                         else f", {protocol.n_startup_trials} random start-up trials")),
-        ("pruner", f"{protocol.pruner} (start-up {protocol.pruner_startup_trials} trials, "
-                   f"warm-up {protocol.pruner_warmup_epochs} epochs)"),
+        ("pruner", pruner_text(protocol)),
         ("objective", protocol.objective),
         ("weight decay", protocol.weight_decay or "not recorded (a store written before the convention was)"),
     ] if protocol is not None else [

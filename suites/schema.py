@@ -206,11 +206,23 @@ class SearchSpec(Frozen):
     # process; or an exhaustive grid (float ranges cut into ``grid_points`` values).
     sampler: Literal["tpe", "random", "qmc", "grid", "cmaes", "gp"] = "tpe"
     sampler_startup_trials: Int | None = Field(None, ge=0)  # default: max(3, trials // 3)
-    pruner: Literal["median", "none"] = "median"
-    pruner_startup_trials: Int = Field(3, ge=0)
+    # median (Optuna's MedianPruner), successive_halving (asynchronous successive halving, Optuna's
+    # SuccessiveHalvingPruner), hyperband (Optuna's HyperbandPruner) or none.
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    pruner_startup_trials: Int = Field(3, ge=0)  # median: trials never pruned
+    # median: epochs never pruned; successive halving and Hyperband: the first rung (min_resource, at least 1)
     pruner_warmup_epochs: Int = Field(3, ge=0)
+    # successive halving and Hyperband: the share kept at each rung is 1 / this (default: Optuna's, 4 and 3)
+    pruner_reduction_factor: Int | None = Field(None, ge=2, le=100)
     grid_points: Int = Field(3, ge=2, le=100)  # grid sampler: values per float (or wide int) range
-    LATER_FIELDS = ("sampler", "grid_points")
+    LATER_FIELDS = ("sampler", "grid_points", "pruner_reduction_factor")
+
+    @model_validator(mode="after")
+    def _reduction_factor(self) -> "SearchSpec":
+        if self.pruner_reduction_factor is not None and self.pruner not in ("successive_halving", "hyperband"):
+            raise ValueError(f"pruner_reduction_factor: applies to the successive_halving and hyperband pruners, "
+                             f"not {self.pruner!r}")
+        return self
 
 
 class SensitivitySpec(Frozen):

@@ -75,6 +75,11 @@ BAD = {
         "strategies: [full_finetune, ensemble]\nstrategy_options: {ensemble: {members: [full_finetune]}}\n"
         "search_space: {ensemble: {size: 2}}", ["search_space.ensemble", "nothing to search"]),
     "unknown sampler": ("search: {sampler: bayes}", ["search.sampler", "'tpe'", "bayes"]),
+    "unknown pruner": ("search: {pruner: asha}", ["search.pruner", "'successive_halving'", "asha"]),
+    "reduction factor of the median pruner": ("search: {pruner_reduction_factor: 3}",
+                                              ["search", "pruner_reduction_factor", "not 'median'"]),
+    "reduction factor below 2": ("search: {pruner: hyperband, pruner_reduction_factor: 1}",
+                                 ["search.pruner_reduction_factor", "greater than or equal to 2"]),
     "grid and budget disagree": ("strategies: [linear_probe]\nsearch: {sampler: grid}\n"
                                  "search_space: {linear_probe: {epochs: 2}}",
                                  ["trials: 3", "grid of linear_probe", "9 configurations", "set it to 9"]),
@@ -259,6 +264,57 @@ def test_every_sampler_tunes_and_resumes_after_a_dead_worker(tmp_path, runtime, 
         assert _proposals(again) == _proposals(clean)
     if sampler == "grid":  # each configuration once
         assert sorted(_proposals(clean)) == sorted(tuple(sorted(p.items())) for p in points)
+
+
+class Climbing(Strategy):
+    """Validation accuracy that climbs over 9 epochs towards a ceiling set by x (noise-free), so
+    a rung ranks trials by x."""
+
+    name, description = "climbing", "test double"
+
+    def search_space(self, trial, backbone):
+        return {"x": trial.suggest_float("x", 0.0, 1.0)}
+
+    def fit(self, backbone, task, params, *, seed, reporter, runtime):
+        for epoch in range(9):
+            reporter.report(epoch, params["x"] * (1 - 0.5 ** (epoch + 1)))
+        return ModelPredictor(backbone, device=runtime.device, trainable=1)
+
+
+def _outcomes(study: optuna.Study) -> list[tuple]:
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    return [(round(t.user_attrs["params"]["x"], 12), t.state.name, t.last_step)
+            for t in sorted(finished, key=lambda t: t.user_attrs["slot"])]
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_rung_pruners_prune_at_their_rungs_and_resume_exactly(tmp_path, runtime, pruner) -> None:
+    """Successive halving and Hyperband stop trials at their rungs (first rung at the warm-up
+    epochs), keep the best, say why, and give the same trials after a dead worker."""
+    search = SearchSpec(sampler="random", pruner=pruner, pruner_warmup_epochs=2, pruner_reduction_factor=2)
+    budget = Budget(trials=12)
+    clean = make_study("c::t::b::climbing::tune", open_storage(None, tmp_path / "a"), budget=budget, seed=5,
+                       search=search)
+    assert isinstance(clean.pruner, {"successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+                                     "hyperband": optuna.pruners.HyperbandPruner}[pruner])
+    tune(clean, Climbing(), None, None, budget=budget, suite_seed=0, runtime=runtime)
+    done = _outcomes(clean)
+    pruned = [o for o in done if o[1] == "PRUNED"]
+    assert len(done) == 12 and len(pruned) >= 3
+    assert {step for _, _, step in pruned} <= {2, 4, 8}  # rungs at 2 × 2^k epochs
+    assert max(done)[1] == "COMPLETE"  # the best configuration ran to the end
+    name = {"successive_halving": "SuccessiveHalving", "hyperband": "Hyperband"}[pruner]
+    assert all(t.user_attrs["prune_reason"].startswith(f"{name} pruner at epoch")
+               for t in clean.trials if t.state == TrialState.PRUNED)
+    storage = open_storage(None, tmp_path / "b")
+    part = make_study("c::t::b::climbing::tune", storage, budget=budget, seed=5, search=search)
+    tune(part, Climbing(), None, None, budget=Budget(trials=5), suite_seed=0, runtime=runtime)
+    dead = part.ask()  # a worker killed in slot 5
+    dead.set_user_attr("params", Climbing().search_space(dead, None))
+    dead.set_user_attr("worker", worker_id().rsplit(":", 2)[0] + ":999999999:1")
+    again = make_study("c::t::b::climbing::tune", storage, budget=budget, seed=5, search=search)
+    tune(again, Climbing(), None, None, budget=budget, suite_seed=0, runtime=runtime)
+    assert _outcomes(again) == done
 
 
 # ------------------------------------------------------------------ compute budgets

@@ -3,6 +3,7 @@ or backbone epochs of training)."""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any, Callable, Literal
@@ -13,6 +14,7 @@ from optuna.trial import TrialState
 
 from tlbench.core.budget import Budget
 from tlbench.core.errors import NonFiniteLoss
+from tlbench.core.phases import PHASES
 from tlbench.data.splits import Task
 from tlbench.run.samplers import (
     SAMPLER_CLASSES,
@@ -44,12 +46,67 @@ def protocol(budget: Budget, search: SearchSpec | None = None, *,
     every strategy of a suite."""
     search = search or SearchSpec()
     return Protocol(sampler=SAMPLER_CLASSES[search.sampler], n_startup_trials=startup_trials(budget, search),
-                    pruner="MedianPruner" if search.pruner == "median" else "NopPruner",
+                    pruner=PRUNER_CLASSES[search.pruner],
+                    pruner_reduction_factor=reduction_factor(search),
                     pruner_startup_trials=search.pruner_startup_trials,
                     pruner_warmup_epochs=search.pruner_warmup_epochs,
                     budget=budget, objective="validation accuracy after the last epoch",
                     weight_decay="every parameter" if decay_norm_and_bias else
                     "weights of two or more dimensions only (none on biases and normalisation parameters)")
+
+
+PRUNER_CLASSES = {"median": "MedianPruner", "successive_halving": "SuccessiveHalvingPruner",
+                  "hyperband": "HyperbandPruner", "none": "NopPruner"}
+
+
+def reduction_factor(search: SearchSpec) -> int | None:
+    """The rungs' reduction factor of successive halving (Optuna's default 4) and Hyperband (3)."""
+    default = {"successive_halving": 4, "hyperband": 3}.get(search.pruner)
+    return None if default is None else (search.pruner_reduction_factor or default)
+
+
+class SlotHyperbandPruner(optuna.pruners.HyperbandPruner):
+    """Optuna's Hyperband with brackets assigned by slot, not trial number, and bracket studies
+    that are views of the slot's view: a retried slot lands in its bracket again, and its
+    sampler and pruner see the lower slots of its bracket only, as a single worker's would.
+    (Optuna's bracket study reads the storage directly, past any view.)"""
+
+    def _get_bracket_id(self, study: Any, trial: Any) -> int:
+        slot = slot_of(trial)
+        if slot is None or slot == trial.number:
+            return super()._get_bracket_id(study, trial)
+        renumbered = copy.copy(trial)
+        renumbered.number = slot
+        return super()._get_bracket_id(study, renumbered)
+
+    def _create_bracket_study(self, study: Any, bracket_id: int) -> Any:
+        return _BracketView(study, self, bracket_id)
+
+
+class _BracketView(optuna_internals.StudyView):
+    def __init__(self, study: Any, pruner: SlotHyperbandPruner, bracket_id: int) -> None:
+        super().__init__(study)
+        self._pruner, self._bracket_id = pruner, bracket_id
+
+    def visible(self, trials: list[Any], *, deepcopy: bool) -> list[Any]:
+        kept = [t for t in trials if self._pruner._get_bracket_id(self, t) == self._bracket_id]
+        return copy.deepcopy(kept) if deepcopy else kept
+
+
+def make_pruner(p: Protocol) -> optuna.pruners.BasePruner:
+    """The pruner a suite's protocol names. Successive halving and Hyperband start their first
+    rung at the warm-up epochs (at least 1); their rungs keep 1 / ``reduction_factor`` of the
+    trials that reach them."""
+    first_rung = max(1, p.pruner_warmup_epochs)
+    if p.pruner == "MedianPruner":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.pruner_startup_trials,
+                                           n_warmup_steps=p.pruner_warmup_epochs)
+    if p.pruner == "SuccessiveHalvingPruner":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung,
+                                                      reduction_factor=p.pruner_reduction_factor or 4)
+    if p.pruner == "HyperbandPruner":
+        return SlotHyperbandPruner(min_resource=first_rung, reduction_factor=p.pruner_reduction_factor or 3)
+    return optuna.pruners.NopPruner()
 
 
 def startup_trials(budget: Budget, search: SearchSpec) -> int:
@@ -67,11 +124,7 @@ def make_study(name: str, storage: Any, *, budget: Budget, seed: int, search: Se
     search = search or SearchSpec()
     p = protocol(budget, search)
     sampler = make_sampler(search.sampler, seed=seed, n_startup_trials=p.n_startup_trials, grid=grid)
-    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-    if p.pruner == "MedianPruner":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=p.pruner_startup_trials,
-                                             n_warmup_steps=p.pruner_warmup_epochs)
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(p),
                                direction="maximize", load_if_exists=True)
 
 
@@ -99,7 +152,8 @@ class TrialReporter:
         self.epochs += 1
         self.trial.report(value, epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"median pruner at epoch {epoch} (val accuracy {value:.4f})")
+            name = type(self.trial.study.pruner).__name__.removeprefix("Slot").removesuffix("Pruner")
+            raise optuna.TrialPruned(f"{name} pruner at epoch {epoch} (val accuracy {value:.4f})")
 
     def spend(self, flops: float) -> None:
         self.flops += flops
@@ -120,7 +174,8 @@ def independent_slots(study: optuna.Study, budget: Budget) -> float:
     """How many leading slots may run at once: those whose proposal and pruning ignore every
     other trial (their view of lower slots cannot matter) — all of them for random, QMC and
     grid search, the random start-up trials of a model-based sampler, fewer than the median
-    pruner's start-up trials. Any later slot waits until every lower slot has finished, so
+    pruner's start-up trials, none under successive halving or Hyperband (a rung ranks a trial
+    against every trial that reached it before). Any later slot waits until every lower slot has finished, so
     that it is proposed (and pruned) exactly as a single worker would; an epochs budget runs
     its slots one after another (whether a slot is spent at all depends on the ones before)."""
     if budget.epochs is not None:
@@ -219,7 +274,8 @@ def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: S
         try:
             params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
             trial.set_user_attr("params", params)
-            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
+            with PHASES("tuning"):
+                predictor = strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
             if getattr(predictor, "post_fit_choices", None):
                 trial.set_user_attr("chosen", predictor.post_fit_choices)
         except UpdateFinishedTrialError:

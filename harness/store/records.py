@@ -89,6 +89,7 @@ class Protocol(Frozen):
     budget: Budget
     objective: str
     weight_decay: str | None = None  # which parameters decay (None: a store from before it was recorded)
+    pruner_reduction_factor: int | None = None  # successive halving and Hyperband
 
     @model_validator(mode="before")
     @classmethod

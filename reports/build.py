@@ -15,6 +15,7 @@ import pandas as pd
 
 from tlbench.reports import figures, selection, stats, studies
 from tlbench.reports.literature import literature_table
+from tlbench.reports.parallel import Job, run_jobs
 from tlbench.reports.results import Results
 from tlbench.reports.tables import (
     Table,
@@ -175,49 +176,55 @@ def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | N
     caveat = {metric: few_seeds_note(n, "the intervals are descriptive (too narrow).")
               for metric in ("test_accuracy", "shifted_test_accuracy")
               if metric in runs and 2 <= (n := stats.fewest_seeds(runs, metric)) < stats.MIN_SEEDS}
-    files = figures.accuracy_figure(stats.summarize(runs, "test_accuracy", seed=seed), out,
-                                    metric_label="test accuracy", name="accuracy", colours=colours,
-                                    note=caveat.get("test_accuracy", ""))
+    # What to draw is decided here; the drawing (most of a report's time) runs in parallel (:func:`render`).
+    jobs: list[Job] = [(figures.accuracy_figure, (stats.summarize(runs, "test_accuracy", seed=seed), out),
+                        {"metric_label": "test accuracy", "name": "accuracy", "colours": colours,
+                         "note": caveat.get("test_accuracy", "")})]
     if has_shift:
-        files += figures.accuracy_figure(stats.summarize(runs, "shifted_test_accuracy", seed=seed), out,
-                                         metric_label="shifted-test accuracy", name="accuracy_shifted",
-                                         colours=colours, note=caveat.get("shifted_test_accuracy", ""))
+        jobs.append((figures.accuracy_figure, (stats.summarize(runs, "shifted_test_accuracy", seed=seed), out),
+                     {"metric_label": "shifted-test accuracy", "name": "accuracy_shifted", "colours": colours,
+                      "note": caveat.get("shifted_test_accuracy", "")}))
     for name, metric in (("accuracy", "test_accuracy"), ("accuracy_shifted", "shifted_test_accuracy")):
         if metric in caveat:
             captions[name] += " " + caveat[metric]
     if rank_test is not None and len(rank_test.ranks) >= 2:
-        files += figures.cd_diagram(rank_test, out, colours=colours)
+        jobs.append((figures.cd_diagram, (rank_test, out), {"colours": colours}))
     matrix = stats.improvement_matrix(runs, "test_accuracy")
     if len(matrix) >= 2:
         fewest = stats.fewest_seeds(runs, "test_accuracy")
         note = (few_seeds_note(fewest, "each probability compares a handful of runs: descriptive, not evidence.")
                 if fewest < stats.MIN_SEEDS else "")
-        files += figures.improvement_figure(matrix, out, note=note)
+        jobs.append((figures.improvement_figure, (matrix, out), {"note": note}))
         captions["improvement"] += (" " + note) if note else ""
-    files += figures.cost_figure(runs, out, colours=colours)
+    jobs.append((figures.cost_figure, (runs, out), {"colours": colours}))
     curves = tuning_curves(results.trials, results.protocol.budget.cap if results.protocol else None)
     if not curves.empty:
-        files += figures.tuning_figure(curves, out, colours=colours)
+        jobs.append((figures.tuning_figure, (curves, out), {"colours": colours}))
     else:
         report.notes.append("No tuning curves: the store holds no finished tuning trial.")
     for strategy in sorted(results.trials["strategy"].unique()):
-        made = figures.slice_figure(results.trials, strategy, out, scales=results.scales.get(strategy))
-        if made:
-            files += made
-            captions[figures.slice_name(strategy)] = (
-                f"{strategy}: validation accuracy of each tuning trial against each hyperparameter that varied "
-                f"(one panel each; colours are tasks). Filled: completed trials; hollow: pruned ones, at the "
-                f"accuracy where they stopped (a shorter run's). Log-scale ranges on a log axis, categorical "
-                f"ones as categories (jittered).")
+        jobs.append((figures.slice_figure, (results.trials, strategy, out), {"scales": results.scales.get(strategy)}))
+        captions[figures.slice_name(strategy)] = (  # dropped below when nothing varied (no file)
+            f"{strategy}: validation accuracy of each tuning trial against each hyperparameter that varied "
+            f"(one panel each; colours are tasks). Filled: completed trials; hollow: pruned ones, at the "
+            f"accuracy where they stopped (a shorter run's). Log-scale ranges on a log axis, categorical "
+            f"ones as categories (jittered).")
     if not results.importances.empty:
-        files += figures.importance_figure(results.importances, out)
+        jobs.append((figures.importance_figure, (results.importances, out), {}))
     else:
         report.notes.append("No hyperparameter importances: no cell has two completed tuning trials "
                             "with a varying parameter.")
+    files = [path for made in render(jobs) for path in made]
     written = {path.stem for path in files}
     for name in [n for n in captions if n not in written]:  # the captions of the figures drawn, in order
         del captions[name]
     return files
+
+
+def render(jobs: list[Job], *, processes: int | None = None) -> list[list[Path]]:
+    """Draws figure jobs (a figure function and its arguments; each writes its own files) in
+    parallel (:func:`tlbench.reports.parallel.run_jobs`); each job's files, in the jobs' order."""
+    return run_jobs(jobs, processes=processes)
 
 
 HPARAMS = "Selected hyperparameters"

@@ -56,7 +56,7 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     fig.savefig(paths[0], dpi=200, bbox_inches=box)
-    fig.savefig(paths[1], bbox_inches=box)
+    fig.savefig(paths[1], bbox_inches=box, metadata={"CreationDate": None})  # the same figure, the same bytes
     plt.close(fig)
     return paths
 

@@ -17,6 +17,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tlbench.reports.parallel import Job, run_jobs
 from tlbench.store.opening import open_existing_storage
 from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
 from tlbench.store.scores import ground_truth, load_scores
@@ -92,6 +93,7 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
     runs = runs.reset_index(drop=True)
     rows: list[dict[str, Any]] = []
     imp_rows: list[dict[str, Any]] = []
+    fanova: list[tuple[tuple[str, str, str], Job]] = []  # one job per cell, run in parallel below
     protocol: Protocol | None = None
     sampled: dict[str, dict[str, Param]] = {}  # what the trials' distributions say
     declared: dict[str, SearchSpace] = {}  # the effective spaces a run stored (study attribute search_space)
@@ -127,9 +129,11 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             for name, dist in t.distributions.items():
                 sampled.setdefault(strategy, {}).setdefault(name, Param.of(dist))
         if importances:
-            for param, value in _importances(study).items():
-                imp_rows.append({"strategy": strategy, "task": task, "backbone": backbone, "param": param,
-                                 "importance": value})
+            fanova.append(((strategy, task, backbone), (importances_of, (
+                study.direction, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), {})))
+    for (strategy, task, backbone), found in zip([k for k, _ in fanova], run_jobs([job for _, job in fanova])):
+        imp_rows += [{"strategy": strategy, "task": task, "backbone": backbone, "param": param, "importance": value}
+                     for param, value in found.items()]
     trials = pd.DataFrame(rows, columns=["suite", "task", "backbone", "strategy", "number", "slot", "state",
                                          "value", "epochs_reported", "seconds", "compute", "seed", "params", "reason",
                                          "retry_of", "started", "completed"])
@@ -145,20 +149,20 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
                    load_scores(storage, suite), ground_truth(storage, suite))
 
 
-def _importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances (Hutter et al. 2014, Optuna's evaluator, seeded) over the completed
-    trials; empty when fewer than two completed or nothing varied.
+def importances_of(direction: optuna.study.StudyDirection, complete: list[FrozenTrial]) -> dict[str, float]:
+    """fANOVA importances (Hutter et al. 2014, Optuna's evaluator, seeded) over a cell's completed
+    trials; empty when fewer than two completed or nothing varied. (One job per cell, run in
+    parallel by :func:`load_results`.)
 
     Optuna only scores parameters every trial has, so a learning rate drawn per optimizer
     (``lr_sgd`` / ``lr_adamw``) would drop out: the trials are copied into an in-memory study
     with one log-scale ``lr`` instead."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         return {}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" per cell
     try:
-        copy = optuna.create_study(direction=study.direction)
+        copy = optuna.create_study(direction=direction)
     finally:
         optuna.logging.set_verbosity(verbosity)
     for t in complete:

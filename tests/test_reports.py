@@ -571,3 +571,45 @@ def test_the_report_line_lists_every_file_written(two_seed_report) -> None:
     for name in on_disk:
         assert (name if "/" not in name else name.split("/", 1)[1]) in line, name
     assert line.startswith("runs.parquet, runs.csv, trials.parquet, table.md, table.tex, report.html")
+
+
+def test_figures_drawn_in_parallel_are_the_files_a_sequential_report_writes(two_seed_report, tmp_path,
+                                                                             monkeypatch) -> None:
+    """Figures are drawn in forked processes when there are cores for it; the files (PNG and PDF,
+    byte for byte: no creation date in the PDFs) and the report's captions are those of one process."""
+    parallel_out, parallel = two_seed_report
+    monkeypatch.setattr("tlbench.reports.parallel.available_cores", lambda: 1)
+    runs = runs_frame(strategies=("linear_probe", "full_finetune", "ensemble"), seeds=2)
+    by_strategy = {"linear_probe": {"lr": 0.0031622, "weight_decay": 1e-6, "epochs": 12},
+                   "full_finetune": {"optimizer": "sgd", "lr_sgd": 0.05, "epochs": 7},
+                   "ensemble": {"members": ["full_finetune"], "size": 3, "reuses": "feedbeef"}}
+    runs["params"] = [by_strategy[s] for s in runs["strategy"]]
+    trials = trials_frame(runs[runs["strategy"] != "ensemble"])
+    trials["params"] = [json.dumps({"lr": 10 ** -(1 + n % 3), "optimizer": ["sgd", "adamw"][n % 2]})
+                        for n in trials["number"]]
+    results = results_for(runs, trials=trials)
+    results.spaces = {"linear_probe": SearchSpace(params={"lr": Param(kind="float", low=1e-4, high=0.1, log=True),
+                                                          "epochs": Param.fixed(12)})}
+    sequential = write_report(results, tmp_path, title="x")
+    assert sequential.captions == parallel.captions
+    mine = sorted(p.relative_to(tmp_path) for p in sequential.files if p.parent.name == "figures")
+    theirs = sorted(p.relative_to(parallel_out) for p in parallel.files if p.parent.name == "figures")
+    assert mine == theirs and len(mine) >= 10
+    for name in mine:
+        assert (tmp_path / name).read_bytes() == (parallel_out / name).read_bytes(), name
+
+
+def _no_figure(out):
+    return []
+
+
+def _broken_figure(out):
+    raise ValueError(f"cannot draw {out}")
+
+
+def test_a_figure_that_fails_in_a_worker_fails_the_report() -> None:
+    from tlbench.reports.build import render
+
+    assert render([(_no_figure, ("y",), {}), (_no_figure, ("x",), {})], processes=2) == [[], []]
+    with pytest.raises(ValueError, match="cannot draw x"):
+        render([(_no_figure, ("y",), {}), (_broken_figure, ("x",), {})], processes=2)

@@ -11,6 +11,7 @@ written here.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -67,6 +68,14 @@ def bootstrap_ci(values: Sequence[float], *, seed: int = 0, confidence: float = 
         return math.nan, math.nan
     if np.all(x == x[0]):
         return float(x[0]), float(x[0])
+    return _bootstrap(x.tobytes(), seed, confidence, resamples)
+
+
+@functools.lru_cache(maxsize=65536)
+def _bootstrap(data: bytes, seed: int, confidence: float, resamples: int) -> tuple[float, float]:
+    """The interval of these exact values, computed once per process: the tables, the figures
+    and the studies of one report ask for the same cells' intervals several times."""
+    x = np.frombuffer(data, dtype=float)
     res = stats.bootstrap((x,), np.mean, confidence_level=expanded_confidence(len(x), confidence),
                           n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -613,3 +613,15 @@ def test_a_figure_that_fails_in_a_worker_fails_the_report() -> None:
     assert render([(_no_figure, ("y",), {}), (_no_figure, ("x",), {})], processes=2) == [[], []]
     with pytest.raises(ValueError, match="cannot draw x"):
         render([(_no_figure, ("y",), {}), (_broken_figure, ("x",), {})], processes=2)
+
+
+def test_an_interval_asked_for_again_is_computed_once_and_is_the_same() -> None:
+    from tlbench.reports import stats as report_stats
+
+    report_stats._bootstrap.cache_clear()
+    values = [0.81, 0.84, 0.79, 0.88, 0.83]
+    first = report_stats.bootstrap_ci(values, seed=3)
+    again = report_stats.bootstrap_ci(np.array(values), seed=3)
+    assert first == again and report_stats._bootstrap.cache_info().hits == 1
+    report_stats.bootstrap_ci(values, seed=4)  # another seed is computed, not served from the cache
+    assert report_stats._bootstrap.cache_info().misses == 2

@@ -24,7 +24,7 @@ from tlbench.run.spaces import Fixed, Range, effective, explore, grid, parse_ove
 from tlbench.run.tuning import make_study, tune
 from tlbench.store.claims import worker_id
 from tlbench.store.opening import open_existing_storage, open_storage
-from tlbench.store.progress import summarize
+from tlbench.store.progress import summarize, tuning_seed
 from tlbench.store.space import Param, SearchSpace
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.base import ModelPredictor, Strategy
@@ -272,12 +272,18 @@ class Climbing(Strategy):
 
     name, description = "climbing", "test double"
 
+    def __init__(self, stop_slot_seed: int | None = None, **kw) -> None:
+        super().__init__(**kw)
+        self.stop_slot_seed = stop_slot_seed  # Ctrl-C after epoch 4 of the trial with this seed
+
     def search_space(self, trial, backbone):
         return {"x": trial.suggest_float("x", 0.0, 1.0)}
 
     def fit(self, backbone, task, params, *, seed, reporter, runtime):
         for epoch in range(9):
             reporter.report(epoch, params["x"] * (1 - 0.5 ** (epoch + 1)))
+            if seed == self.stop_slot_seed and epoch == 4:
+                raise KeyboardInterrupt
         return ModelPredictor(backbone, device=runtime.device, trainable=1)
 
 
@@ -315,6 +321,20 @@ def test_rung_pruners_prune_at_their_rungs_and_resume_exactly(tmp_path, runtime,
     again = make_study("c::t::b::climbing::tune", storage, budget=budget, seed=5, search=search)
     tune(again, Climbing(), None, None, budget=budget, suite_seed=0, runtime=runtime)
     assert _outcomes(again) == done
+    # stopped (Ctrl-C) after a trial passed its rungs at epochs 2 and 4 (its rung values are in the store):
+    # that failed trial is no competitor of later slots, so the study ends as the uninterrupted one
+    slot = next(i for i, outcome in enumerate(done) if i >= 3 and outcome[1] == "COMPLETE")
+    storage = open_storage(None, tmp_path / "c")
+    study = make_study("c::t::b::climbing::tune", storage, budget=budget, seed=5, search=search)
+    with pytest.raises(KeyboardInterrupt):
+        tune(study, Climbing(stop_slot_seed=tuning_seed(0, slot)), None, None, budget=budget, suite_seed=0,
+             runtime=runtime)
+    stopped = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(stopped) == 1 and len(stopped[0].intermediate_values) == 5
+    if pruner == "successive_halving":
+        assert any(k.startswith("completed_rung") for k in stopped[0].system_attrs)
+    tune(study, Climbing(), None, None, budget=budget, suite_seed=0, runtime=runtime)
+    assert _outcomes(study) == done
 
 
 # ------------------------------------------------------------------ compute budgets

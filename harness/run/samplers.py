@@ -44,8 +44,8 @@ def trial_slot(study: optuna.Study, number: int) -> int:
 
 
 class SlotView(optuna_internals.StudyView):
-    """The study as the trial in ``slot`` sees it: only the trials of lower slots, numbered by
-    their slots and in slot order, which is the study a single worker has at that point. The
+    """The study as the trial in ``slot`` sees it: only the trials of lower slots (not failed
+    ones), numbered by their slots and in slot order, which is the study a single worker has at that point. The
     sampler and the pruner are handed this view (the trial is built on it), so a proposal and a
     pruning decision depend on (seed, slot, the results of lower slots) only — never on which
     other trials happen to be running or finished when several workers share the study — and a
@@ -59,7 +59,9 @@ class SlotView(optuna_internals.StudyView):
         below = []
         for t in trials:
             slot = slot_of(t)
-            if slot is not None and slot < self.slot:
+            # a failed trial (a killed worker's, a lost claim) is no trial of a single worker's study: it is
+            # hidden, or its partial results (a rung value under successive halving) would count
+            if slot is not None and slot < self.slot and t.state != TrialState.FAIL:
                 view = copy.deepcopy(t) if deepcopy else copy.copy(t)
                 view.number = slot  # TPE orders by number: slot order is the single worker's order
                 below.append(view)

@@ -90,6 +90,7 @@ class Protocol(Frozen):
     objective: str
     weight_decay: str | None = None  # which parameters decay (None: a store from before it was recorded)
     pruner_reduction_factor: int | None = None  # successive halving and Hyperband
+    LATER_FIELDS = ("pruner_reduction_factor",)  # left out while None: older releases read these stores
 
     @model_validator(mode="before")
     @classmethod

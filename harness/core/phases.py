@@ -56,7 +56,7 @@ class Phases:
 
 
 def describe(breakdown: dict[str, float]) -> str:
-    """One line: ``wall 312 s: pretraining 29 s (9%), tuning 105 s (34%), …, other 20 s (6%)``."""
+    """One line: ``time: 312.0 s: pretraining 29.0 s (9%), tuning 105.0 s (34%), …, other 20.0 s (6%)``."""
     wall = breakdown["wall"]
     parts = [f"{LABELS.get(name, name)} {seconds:.1f} s ({100 * seconds / wall:.0f}%)" if wall > 0 else
              f"{LABELS.get(name, name)} {seconds:.1f} s" for name, seconds in breakdown.items() if name != "wall"]

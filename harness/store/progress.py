@@ -201,7 +201,7 @@ def store_plan(storage: BaseStorage, suite: str, key: str, cells: list[CellPlan]
 
 
 def store_timing(storage: BaseStorage, suite: str, breakdown: dict[str, float]) -> None:
-    """Keeps one run's time per phase (:mod:`tlbench.core.phases`) under ``timing:<worker>:<end time>``
+    """Keeps one run's time per phase (:mod:`tlbench.core.phases`) under ``timing:<end time>:<worker>``
     in the suite's plan study, beside the plans: what :func:`stored_timings` reads back."""
     study = optuna.create_study(study_name=plan_study(suite), storage=storage, load_if_exists=True)
     ended, worker = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), worker_id()

@@ -66,7 +66,7 @@ def rewrite(readme: str, new: dict[str, str]) -> str:
         pattern = re.compile(rf"(<!-- quick:{name} -->\n).*?(<!-- /quick:{name} -->)", flags=re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md: no <!-- quick:{name} --> block")
-        readme = pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), readme)
+        readme = pattern.sub(lambda m, text=text: m.group(1) + text + "\n" + m.group(2), readme)
     return readme
 
 

@@ -25,10 +25,10 @@ missing the same entry one builds it and the other waits and reads it, and check
 their index (size and digest) before a process first reads them: a corrupt entry is
 rebuilt, never trusted.
 
-Checking an entry's digest reads all of it (about 140 s per 100 GiB on the development machine), so a full check leaves a
-*seal* beside the entry (``<key>.seal``): the data file's size, inode, device, modification and
-change times (``st_ctime`` moves on every write and every ``utime``; no program can set it back)
-and the digests of :data:`SEAL_WINDOWS` windows of :data:`SEAL_WINDOW` bytes spread over the file,
+Checking an entry's digest reads all of it (about 140 s per 100 GiB on the development machine),
+so a full check leaves a *seal* beside the entry (``<key>.seal``): the data file's size, inode,
+device, modification and change times (``st_ctime`` moves on every write and every ``utime``; no
+program can set it back) and the digests of :data:`SEAL_WINDOWS` windows of :data:`SEAL_WINDOW` bytes spread over the file,
 its first and last bytes included. A later process that finds the seal matching the file's
 metadata and the windows' bytes trusts the entry after reading a few hundred KiB; anything else
 (no seal, a moved, rewritten or touched file, a window whose bytes changed underneath unchanged

@@ -120,7 +120,8 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
     clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
     try:
         # a sensitivity study's variations (not shared) are charged as their own phase
-        with PHASES("evaluation" if share else "sensitivity"), PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
+        phase = "evaluation" if share else "sensitivity"
+        with PHASES(phase), PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
             predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
                                      runtime=runtime)
     except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried

@@ -9,11 +9,10 @@ side in one run, so the docs can say how many workers a given GPU needs.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
+from _sides import median, ratio, time_side
 from PIL import Image
 
 from tlbench.data.preprocess import Preprocess
@@ -41,26 +40,28 @@ def jpeg_view(tmp_path_factory: pytest.TempPathFactory):
     return task.bound(Preprocess(resize=232, crop=224), "crop_flip").train.x
 
 
-def _rate(view, workers: int, rounds: int = 2) -> float:
-    reader = Reader(view, device=torch.device("cpu"), loading=Loading(workers=workers), train=True)
-    batches = sequential(len(view), 64)
-    for _ in reader(batches[:1]):  # start the workers
-        pass
-    start = time.perf_counter()
-    n = 0
-    for _ in range(rounds):
+READING = "JPEG 320x256 -> random resized crop 224 + flip: one pass over the images"
+WORKERS = {"inline": 0, "2 workers": 2}
+
+
+@pytest.mark.parametrize("side", list(WORKERS))
+def test_jpeg_reading(benchmark, jpeg_view, side: str) -> None:
+    """One pass of a training Reader over the JPEGs (a new epoch each round: new crops), read in
+    the main process or by 2 DataLoader workers; each round starts its workers, as an epoch does."""
+    reader = Reader(jpeg_view, device=torch.device("cpu"), loading=Loading(workers=WORKERS[side]), train=True)
+    batches = sequential(len(jpeg_view), 64)
+
+    def one_pass() -> None:
+        n = 0
         for xb in reader(batches):
             assert xb.shape[1:] == (3, 224, 224)
             n += len(xb)
-    assert n == rounds * len(view)  # every image of every pass was read
-    return n / (time.perf_counter() - start)
+        assert n == len(jpeg_view)  # every image was read
+
+    time_side(benchmark, READING, side, one_pass, rounds=3)
 
 
-def test_jpeg_reading_rate(benchmark, jpeg_view) -> None:
-    inline = _rate(jpeg_view, 0)
-    two = _rate(jpeg_view, 2)
-    benchmark.extra_info.update({"inline_img_per_s": round(inline), "two_workers_img_per_s": round(two),
-                                 "speedup": round(two / inline, 2)})
-    benchmark.pedantic(lambda: _rate(jpeg_view, 2, rounds=1), rounds=1, iterations=1)
-    print(f"\nJPEG 320x256 -> random resized crop 224 + flip: inline {inline:.0f} img/s, "
-          f"2 workers {two:.0f} img/s ({two / inline:.2f}x)")
+def test_two_workers_against_reading_inline(jpeg_view) -> None:
+    inline, two, n = median(READING, "inline"), median(READING, "2 workers"), len(jpeg_view)
+    print(f"\n{READING}: inline {n / inline:.0f} img/s, 2 workers {n / two:.0f} img/s "
+          f"({ratio(READING, 'inline', '2 workers'):.2f}x)")

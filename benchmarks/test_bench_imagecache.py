@@ -13,10 +13,10 @@
 
 * opening a checked 1 GiB entry in a new process: its seal against rehashing it.
 
-Run with ``pytest benchmarks/test_bench_imagecache.py -s``; the figures are printed. The epoch and
-the opening comparisons time each side as its own benchmarked function (``benchmarks/_sides.py``;
-``--benchmark-json`` keeps their rounds); the read rates are still measured by hand and attached
-to ``benchmark.extra_info``, and the crops' accuracy is not a timing.
+Run with ``pytest benchmarks/test_bench_imagecache.py -s``; the figures are printed. Every
+comparison times each side as its own benchmarked function (``benchmarks/_sides.py``;
+``--benchmark-json`` keeps their rounds) and takes the ratio of their medians; the crops'
+accuracy is not a timing.
 """
 
 from __future__ import annotations
@@ -66,49 +66,62 @@ def train_view(root: Path, preprocess: Preprocess, augment: str) -> ImageView:
     return view
 
 
-def rate(view: ImageView, loading: Loading, rounds: int = 2) -> float:
-    """Images per second a training Reader delivers over ``rounds`` epochs (after one batch
-    has started any workers)."""
+SIZES = {"500x375": (500, 375), "320x256": (320, 256)}
+AUGMENTS = {"deterministic": "none", "random resized crop + flip": "crop_flip"}
+_PREPARED: dict[str, tuple[Path, ImageCache, dict[str, float]]] = {}
+
+
+def prepared(size: str, factory) -> tuple[Path, ImageCache, dict[str, float]]:
+    """The JPEGs of one size and their cache entries (built once, the build timed per form)."""
+    if size not in _PREPARED:
+        root = write_jpegs(factory.mktemp(size) / "jpegs", SIZES[size])
+        cache = ImageCache(root.parent / "cache", log=lambda line: None)
+        built = {}
+        for name, augment in AUGMENTS.items():
+            start = time.perf_counter()
+            assert cache.open(train_view(root, EVAL, augment), augment) is not None  # built now
+            built[name] = time.perf_counter() - start
+        _PREPARED[size] = root, cache, built
+    return _PREPARED[size]
+
+
+@pytest.mark.parametrize("side", ["files", "cache"])
+@pytest.mark.parametrize("augment", list(AUGMENTS))
+@pytest.mark.parametrize("size", list(SIZES))
+def test_reading(benchmark, tmp_path_factory, size: str, augment: str, side: str) -> None:
+    """One pass of a training Reader over the images (a new epoch each round: new crops and
+    flips), from the JPEG files with 2 DataLoader workers (started each pass, as each epoch
+    starts them) or from the cache in the training process."""
+    root, cache, _ = prepared(size, tmp_path_factory)
+    view = train_view(root, EVAL, AUGMENTS[augment])
+    loading = Loading(workers=2) if side == "files" else Loading(images=cache)
     reader = Reader(view, device=CPU, loading=loading, train=True)
     batches = sequential(len(view), 64)
-    for _ in reader(batches[:1]):
-        pass
-    start = time.perf_counter()
-    n = 0
-    for _ in range(rounds):  # each pass is a new epoch (new crops)
+
+    def one_pass() -> None:
+        n = 0
         for xb in reader(batches):
             assert xb.shape[1:] == (3, 224, 224) and xb.dtype == torch.float32
             n += len(xb)
-    assert n == rounds * len(view)
-    return n / (time.perf_counter() - start)
+        assert n == len(view)
+
+    time_side(benchmark, f"read {size}, {augment}", side, one_pass, rounds=3 if side == "files" else 5)
 
 
-@pytest.mark.parametrize("size", [(500, 375), (320, 256)], ids=["500x375", "320x256"])
-def test_cache_against_jpeg_workers(benchmark, tmp_path: Path, size: tuple[int, int]) -> None:
-    root = write_jpegs(tmp_path / "jpegs", size)
-    cache = ImageCache(tmp_path / "cache", log=lambda line: None)
-    figures: dict[str, float | str] = {}
-    for name, augment in (("deterministic", "none"), ("rrc", "crop_flip")):
-        view = train_view(root, EVAL, augment)
-        start = time.perf_counter()
-        assert cache.open(view, augment) is not None  # built now
-        figures[f"{name}_build_s"] = round(time.perf_counter() - start, 2)
-        files = rate(view, Loading(workers=2))
-        cached = rate(view, Loading(images=cache), rounds=4)
-        figures.update({f"{name}_files_img_s": round(files), f"{name}_cache_img_s": round(cached),
-                        f"{name}_speedup": round(cached / files, 1)})
-    usage = cache.summary()
-    figures["disk"] = human(sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file()))
-    figures["build_img_s"] = round(2 * N_IMAGES / usage.build_seconds) if usage.build_seconds else 0
-    benchmark.extra_info.update(figures)
-    benchmark.pedantic(lambda: rate(train_view(root, EVAL, "none"), Loading(images=cache), rounds=1),
-                       rounds=1, iterations=1)
-    print(f"\nJPEG {size[0]}x{size[1]} -> 224 px, {N_IMAGES} images: "
-          f"deterministic: files (2 workers) {figures['deterministic_files_img_s']} img/s, cache "
-          f"{figures['deterministic_cache_img_s']} img/s ({figures['deterministic_speedup']}x); "
-          f"random resized crop + flip: files {figures['rrc_files_img_s']} img/s, cache "
-          f"{figures['rrc_cache_img_s']} img/s ({figures['rrc_speedup']}x); cache built in "
-          f"{figures['deterministic_build_s']} s + {figures['rrc_build_s']} s, {figures['disk']} on disk")
+def test_the_cache_against_the_files(tmp_path_factory) -> None:
+    for size in SIZES:
+        root, cache, built = prepared(size, tmp_path_factory)
+        n = len(train_view(root, EVAL, "none"))
+        parts = []
+        for augment in AUGMENTS:
+            group = f"read {size}, {augment}"
+            files, cached = n / median(group, "files"), n / median(group, "cache")
+            parts.append(f"{augment}: files (2 workers) {files:.0f} img/s, cache {cached:.0f} img/s "
+                         f"({ratio(group, 'files', 'cache'):.1f}x)")
+        disk = human(sum(p.stat().st_size for p in cache.directory.rglob("*") if p.is_file()))
+        print(f"\nJPEG {size} -> 224 px, {n} training images: " + "; ".join(parts)
+              + f"; cache built in {built['deterministic']:.2f} s + {built['random resized crop + flip']:.2f} s, "
+              f"{disk} on disk")
 
 
 EPOCH = "one MobileNetV3-small epoch at 224 px: JPEG files (2 workers) against the cache"

@@ -176,7 +176,7 @@ def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | N
     caveat = {metric: few_seeds_note(n, "the intervals are descriptive (too narrow).")
               for metric in ("test_accuracy", "shifted_test_accuracy")
               if metric in runs and 2 <= (n := stats.fewest_seeds(runs, metric)) < stats.MIN_SEEDS}
-    # What to draw is decided here; the drawing (most of a report's time) runs in parallel (:func:`render`).
+    # What to draw is decided here; the drawing (most of a report's time) runs in parallel (:func:`run_jobs`).
     jobs: list[Job] = [(figures.accuracy_figure, (stats.summarize(runs, "test_accuracy", seed=seed), out),
                         {"metric_label": "test accuracy", "name": "accuracy", "colours": colours,
                          "note": caveat.get("test_accuracy", "")})]
@@ -214,17 +214,11 @@ def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | N
     else:
         report.notes.append("No hyperparameter importances: no cell has two completed tuning trials "
                             "with a varying parameter.")
-    files = [path for made in render(jobs) for path in made]
+    files = [path for made in run_jobs(jobs) for path in made]  # each job writes its own files
     written = {path.stem for path in files}
     for name in [n for n in captions if n not in written]:  # the captions of the figures drawn, in order
         del captions[name]
     return files
-
-
-def render(jobs: list[Job], *, processes: int | None = None) -> list[list[Path]]:
-    """Draws figure jobs (a figure function and its arguments; each writes its own files) in
-    parallel (:func:`tlbench.reports.parallel.run_jobs`); each job's files, in the jobs' order."""
-    return run_jobs(jobs, processes=processes)
 
 
 HPARAMS = "Selected hyperparameters"

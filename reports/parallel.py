@@ -9,22 +9,18 @@ results are the same either way (the figures' files byte for byte; tested).
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
-T = TypeVar("T")
-Job = tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]]
+from tlbench.core.processes import core_count
 
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+Job = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 def run_jobs(jobs: list[Job], *, processes: int | None = None) -> list[Any]:
     """Each job's result, in order; in ``processes`` forked workers (default: the cores this
     process may use) when that is more than one and there are several jobs."""
-    processes = processes or available_cores()
+    processes = processes or core_count()
     if processes < 2 or len(jobs) < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [fn(*args, **kwargs) for fn, args, kwargs in jobs]
     with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:

@@ -110,7 +110,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             stored = SearchSpace.from_stored(summary.user_attrs["search_space"])
             declared[strategy] = declared[strategy] | stored if strategy in declared else stored
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        for t in study.get_trials(deepcopy=False):
+        cell_trials = study.get_trials(deepcopy=False)
+        for t in cell_trials:
             steps = t.intermediate_values
             last = steps[max(steps)] if steps else None
             value = t.value if t.state == TrialState.COMPLETE else (last if t.state == TrialState.PRUNED else None)
@@ -129,8 +130,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             for name, dist in t.distributions.items():
                 sampled.setdefault(strategy, {}).setdefault(name, Param.of(dist))
         if importances:
-            fanova.append(((strategy, task, backbone), (importances_of, (
-                study.direction, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), {})))
+            complete = [t for t in cell_trials if t.state == TrialState.COMPLETE]
+            fanova.append(((strategy, task, backbone), (importances_of, (study.direction, complete), {})))
     for (strategy, task, backbone), found in zip([k for k, _ in fanova], run_jobs([job for _, job in fanova])):
         imp_rows += [{"strategy": strategy, "task": task, "backbone": backbone, "param": param, "importance": value}
                      for param, value in found.items()]

@@ -539,6 +539,9 @@ def test_bad_image_cache_options_are_one_line(tmp_path: Path) -> None:
         r = _run(tmp_path, "--out", "o", "--image-cache-device-share", share)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "--image-cache-device-share" in r.stderr and f"between 0 and 0.9 (got {share!r})" in r.stderr
+    r = _run(tmp_path, "--out", "o", "--image-cache-verify", "sometimes")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--image-cache-verify" in r.stderr and "'sometimes'" in r.stderr and "seal" in r.stderr and "full" in r.stderr
 
 
 # --------------------------------------------------------------------------- output buffers

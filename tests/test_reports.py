@@ -387,12 +387,10 @@ def sections(markdown: str) -> dict[str, str]:
     return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
 
 
-@pytest.fixture(scope="module")
-def two_seed_report(tmp_path_factory):
-    """One report shared by the tests below (a report takes seconds): 2 seeds, strategies 10
-    points apart with noise 3 (every run of the best beats every run of the others), a
-    configuration per strategy and tuning trials whose learning rate and optimizer vary."""
-    out = tmp_path_factory.mktemp("two-seeds")
+def two_seed_results():
+    """2 seeds, strategies 10 points apart with noise 3 (every run of the best beats every run of
+    the others), a configuration per strategy and tuning trials whose learning rate and optimizer
+    vary."""
     runs = runs_frame(strategies=("linear_probe", "full_finetune", "ensemble"), seeds=2)
     by_strategy = {"linear_probe": {"lr": 0.0031622, "weight_decay": 1e-6, "epochs": 12},
                    "full_finetune": {"optimizer": "sgd", "lr_sgd": 0.05, "epochs": 7},
@@ -404,7 +402,14 @@ def two_seed_report(tmp_path_factory):
     results = results_for(runs, trials=trials)
     results.spaces = {"linear_probe": SearchSpace(params={"lr": Param(kind="float", low=1e-4, high=0.1, log=True),
                                                           "epochs": Param.fixed(12)})}
-    return out, write_report(results, out, title="x")
+    return results
+
+
+@pytest.fixture(scope="module")
+def two_seed_report(tmp_path_factory):
+    """One report of :func:`two_seed_results` shared by the tests below (a report takes seconds)."""
+    out = tmp_path_factory.mktemp("two-seeds")
+    return out, write_report(two_seed_results(), out, title="x")
 
 
 def test_two_seeds_every_statistic_says_it_is_descriptive_and_nothing_is_bold_as_significant(two_seed_report) -> None:
@@ -578,19 +583,8 @@ def test_figures_drawn_in_parallel_are_the_files_a_sequential_report_writes(two_
     """Figures are drawn in forked processes when there are cores for it; the files (PNG and PDF,
     byte for byte: no creation date in the PDFs) and the report's captions are those of one process."""
     parallel_out, parallel = two_seed_report
-    monkeypatch.setattr("tlbench.reports.parallel.available_cores", lambda: 1)
-    runs = runs_frame(strategies=("linear_probe", "full_finetune", "ensemble"), seeds=2)
-    by_strategy = {"linear_probe": {"lr": 0.0031622, "weight_decay": 1e-6, "epochs": 12},
-                   "full_finetune": {"optimizer": "sgd", "lr_sgd": 0.05, "epochs": 7},
-                   "ensemble": {"members": ["full_finetune"], "size": 3, "reuses": "feedbeef"}}
-    runs["params"] = [by_strategy[s] for s in runs["strategy"]]
-    trials = trials_frame(runs[runs["strategy"] != "ensemble"])
-    trials["params"] = [json.dumps({"lr": 10 ** -(1 + n % 3), "optimizer": ["sgd", "adamw"][n % 2]})
-                        for n in trials["number"]]
-    results = results_for(runs, trials=trials)
-    results.spaces = {"linear_probe": SearchSpace(params={"lr": Param(kind="float", low=1e-4, high=0.1, log=True),
-                                                          "epochs": Param.fixed(12)})}
-    sequential = write_report(results, tmp_path, title="x")
+    monkeypatch.setattr("tlbench.reports.parallel.core_count", lambda: 1)
+    sequential = write_report(two_seed_results(), tmp_path, title="x")
     assert sequential.captions == parallel.captions
     mine = sorted(p.relative_to(tmp_path) for p in sequential.files if p.parent.name == "figures")
     theirs = sorted(p.relative_to(parallel_out) for p in parallel.files if p.parent.name == "figures")
@@ -608,11 +602,11 @@ def _broken_figure(out):
 
 
 def test_a_figure_that_fails_in_a_worker_fails_the_report() -> None:
-    from tlbench.reports.build import render
+    from tlbench.reports.parallel import run_jobs
 
-    assert render([(_no_figure, ("y",), {}), (_no_figure, ("x",), {})], processes=2) == [[], []]
+    assert run_jobs([(_no_figure, ("y",), {}), (_no_figure, ("x",), {})], processes=2) == [[], []]
     with pytest.raises(ValueError, match="cannot draw x"):
-        render([(_no_figure, ("y",), {}), (_broken_figure, ("x",), {})], processes=2)
+        run_jobs([(_no_figure, ("y",), {}), (_broken_figure, ("x",), {})], processes=2)
 
 
 def test_an_interval_asked_for_again_is_computed_once_and_is_the_same() -> None:

@@ -10,6 +10,11 @@ import socket
 from pathlib import Path
 
 
+def core_count() -> int:
+    """How many cores this process may run on (a cgroup or taskset may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def proc_start(pid: int) -> str | None:
     """When process ``pid`` started (clock ticks since boot, from /proc); None without /proc or
     when no such process runs."""

@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlbench.core.atomic import building
 from tlbench.core.codeversion import digest_of
 from tlbench.core.errors import ConfigError
+from tlbench.core.processes import core_count
 from tlbench.data.preprocess import Augment, Preprocess, flip_draws, flip_where, uniforms
 from tlbench.data.views import ImageSource, ImageView, check_native_size, read_rgb
 
@@ -561,7 +562,7 @@ class ImageCache:
             return self._fallback(f"{n} images of {name} need at least {human(low)} and the cache holds "
                                   f"{human(used)} of its {human(limit)} limit")
         data_path, index_path = self.paths(key)
-        workers = self.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        workers = self.workers or core_count()
         workers = workers if workers > 1 and n >= 64 else 0
         loader = DataLoader(_Decode(view.source, view.indices.tolist(), form), batch_size=32,
                             num_workers=workers, collate_fn=_listed)

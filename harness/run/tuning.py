@@ -59,9 +59,14 @@ PRUNER_CLASSES = {"median": "MedianPruner", "successive_halving": "SuccessiveHal
                   "hyperband": "HyperbandPruner", "none": "NopPruner"}
 
 
+#: Optuna's default reduction factors of its rung pruners.
+REDUCTION_FACTORS = {"successive_halving": 4, "hyperband": 3}
+
+
 def reduction_factor(search: SearchSpec) -> int | None:
-    """The rungs' reduction factor of successive halving (Optuna's default 4) and Hyperband (3)."""
-    default = {"successive_halving": 4, "hyperband": 3}.get(search.pruner)
+    """The rungs' reduction factor of successive halving and Hyperband (the suite's, else Optuna's
+    default); None for the other pruners."""
+    default = REDUCTION_FACTORS.get(search.pruner)
     return None if default is None else (search.pruner_reduction_factor or default)
 
 
@@ -102,10 +107,11 @@ def make_pruner(p: Protocol) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=p.pruner_startup_trials,
                                            n_warmup_steps=p.pruner_warmup_epochs)
     if p.pruner == "SuccessiveHalvingPruner":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung,
-                                                      reduction_factor=p.pruner_reduction_factor or 4)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=first_rung, reduction_factor=p.pruner_reduction_factor or REDUCTION_FACTORS["successive_halving"])
     if p.pruner == "HyperbandPruner":
-        return SlotHyperbandPruner(min_resource=first_rung, reduction_factor=p.pruner_reduction_factor or 3)
+        return SlotHyperbandPruner(min_resource=first_rung,
+                                   reduction_factor=p.pruner_reduction_factor or REDUCTION_FACTORS["hyperband"])
     return optuna.pruners.NopPruner()
 
 

@@ -11,7 +11,6 @@ The server and the runtime each need the other, so they are defined together.
 
 from __future__ import annotations
 
-import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from tlbench.core.errors import ConfigError
+from tlbench.core.processes import core_count
 from tlbench.data.reader import ImageStore, Loading
 from tlbench.data.splits import Split, Task
 from tlbench.training.backbones import Backbone
@@ -144,7 +144,7 @@ def resolve_loading(device: torch.device, workers: str = "auto", images: ImageSt
     images per second — and none on CPU, where decoding would take the cores training needs;
     tensor tasks never use workers."""
     if workers == "auto":
-        n = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        n = min(16, core_count())
         n = n if device.type == "cuda" else 0
     elif workers.isdigit():
         n = int(workers)

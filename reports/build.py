@@ -17,6 +17,7 @@ from tlbench.reports import figures, selection, stats, studies
 from tlbench.reports.literature import literature_table
 from tlbench.reports.parallel import Job, run_jobs
 from tlbench.reports.results import Results
+from tlbench.reports.statsframe import statistics_frame
 from tlbench.reports.tables import (
     Table,
     accuracy_table,
@@ -77,7 +78,8 @@ def tuning_curves(trials: pd.DataFrame, budget: int | None) -> pd.DataFrame:
 
 def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
                  strategy_order: Sequence[str] = (), figures_too: bool = True) -> ReportOutputs:
-    """Writes runs.parquet/.csv, trials.parquet, table.md/.tex (the results, then the "Selected
+    """Writes runs.parquet/.csv, trials.parquet, stats.parquet/.csv (every statistic shown:
+    :attr:`Results.stats`), table.md/.tex (the results, then the "Selected
     hyperparameters" appendix), figures/*.png|pdf (a slice figure per tuned strategy among them)
     and report.html into ``out``; returns the files, the figures' captions and the notes on what
     was not computable. ``strategy_order`` (the registry's names) fixes each strategy's colour
@@ -90,9 +92,12 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     runs = with_columns(results.runs)
 
     flat = flat_runs(results.runs)
+    numbers = results.stats if seed == 0 else statistics_frame(results.runs, seed=seed)
     for name, write in (("runs.parquet", lambda p: flat.to_parquet(p, index=False)),
                         ("runs.csv", lambda p: flat.to_csv(p, index=False)),
-                        ("trials.parquet", lambda p: results.trials.to_parquet(p, index=False))):
+                        ("trials.parquet", lambda p: results.trials.to_parquet(p, index=False)),
+                        ("stats.parquet", lambda p: numbers.to_parquet(p, index=False)),
+                        ("stats.csv", lambda p: numbers.to_csv(p, index=False))):
         write(out / name)
         report.files.append(out / name)
 
@@ -342,7 +347,8 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], selecte
 <h1>{html.escape(title)}</h1>
 <p>{len(runs)} evaluation runs, {len(results.trials)} tuning trials. Figures are also in
 <code>figures/</code> as PNG and PDF; the tables as <code>table.tex</code> (booktabs) and <code>table.md</code>;
-every number is recomputable from <code>runs.parquet</code>.</p>
+every number is recomputable from <code>runs.parquet</code>, and every statistic shown is in
+<code>stats.parquet</code> (one row per number).</p>
 {notes}
 <h2>Results</h2>
 {''.join(to_html(t) for _, t in tables)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
@@ -44,6 +45,17 @@ class Results:
     @property
     def empty(self) -> bool:
         return self.runs.empty
+
+    @functools.cached_property
+    def stats(self) -> pd.DataFrame:
+        """Every statistic the report's tables and figures show, one row per number (means and
+        intervals per cell, paired tests against the best with their correction, ranks, the Friedman
+        test, IQM, P(improvement), the sweeps' crossover gaps): what the report writes as
+        ``stats.parquet``. Computed on first use; see :mod:`tlbench.reports.statsframe` for the
+        columns."""
+        from tlbench.reports.statsframe import statistics_frame
+
+        return statistics_frame(self.runs)
 
     @property
     def search_spaces(self) -> dict[str, dict[str, str]]:

@@ -92,18 +92,22 @@ def sweep_figures(summary: pd.DataFrame, out: Path, *, colours: dict) -> list[Pa
     return files
 
 
-def crossover_tables(runs: pd.DataFrame, metric: str = "test_accuracy", *, alpha: float = stats.ALPHA,
-                     seed: int = 0) -> list[Table]:
-    """Per swept family (and backbone) with a ``scratch`` strategy: at each value, the best
-    transfer strategy against scratch (paired t-test over the seeds both share), and the
-    smallest value from which scratch is no longer significantly worse — where transfer
-    stops paying off."""
+CROSSOVER_COLUMNS = ["family", "field", "backbone", "value", "best", "best_mean", "scratch_mean", "gap", "low",
+                     "high", "n", "p", "worse"]
+
+
+def crossover_frame(runs: pd.DataFrame, metric: str = "test_accuracy", *, alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """Per swept family (and backbone) with a ``scratch`` strategy, one row per swept value: the
+    best transfer strategy (highest mean), its mean and scratch's, the gap (mean of the paired
+    differences best − scratch over the seeds both share) with its ``1 − alpha`` paired t interval,
+    the paired t-test's p and ``worse``: whether scratch is significantly worse (None: untestable).
+    One criterion decides, the paired t-test, and the interval is that test's own, so an interval
+    that excludes zero and a p above ``alpha`` cannot disagree."""
     part = swept_runs(runs).dropna(subset=[metric])
-    tables = []
+    rows = []
     for (family, field, backbone), group in part.groupby(["family", "field", "backbone"]):
         if SCRATCH not in set(group["strategy"]) or group["strategy"].nunique() < 2:
             continue
-        rows, verdicts, low_n = [], [], False
         for value, at in sorted(group.groupby("value"), key=lambda kv: kv[0]):
             means = at.groupby("strategy")[metric].mean()
             transfer = means.drop(SCRATCH, errors="ignore")
@@ -111,23 +115,42 @@ def crossover_tables(runs: pd.DataFrame, metric: str = "test_accuracy", *, alpha
                 continue
             best = transfer.idxmax()
             wide = at.pivot(index="seed", columns="strategy", values=metric)[[best, SCRATCH]].dropna()
-            gap = wide[best] - wide[SCRATCH]
-            p = math.nan
-            if len(wide) >= 2:
-                p = float(scipy_stats.ttest_rel(wide[best], wide[SCRATCH]).pvalue) if gap.std() > 0 else (
-                    1.0 if gap.abs().max() == 0 else 0.0)
-            low_n |= len(wide) < 5
+            gap = (wide[best] - wide[SCRATCH]).to_numpy(float)
+            p = low = high = math.nan
+            if len(gap) >= 2 and gap.std() > 0:
+                test = scipy_stats.ttest_rel(wide[best], wide[SCRATCH])
+                p = float(test.pvalue)
+                low, high = (float(x) for x in test.confidence_interval(1 - alpha))
+            elif len(gap) >= 2:  # the same difference on every seed: none at all, or a sure one
+                p = 1.0 if np.abs(gap).max() == 0 else 0.0
+                low = high = float(gap[0])
             worse = None if math.isnan(p) else bool(p < alpha and gap.mean() > 0)
-            verdicts.append((value, worse))
-            lo, hi = stats.bootstrap_ci(gap.to_numpy(float), seed=seed)
-            ci = "" if math.isnan(lo) else f" [{lo * SCALE:.1f}, {hi * SCALE:.1f}]"
-            rows.append([TableCell(f"{value:g}"), TableCell(best), TableCell(f"{transfer[best] * SCALE:.1f}"),
-                         TableCell(f"{means[SCRATCH] * SCALE:.1f}"), TableCell(f"{gap.mean() * SCALE:+.1f}{ci}"),
-                         TableCell("–" if math.isnan(p) else f"{p:.3g}"),
+            rows.append({"family": family, "field": field, "backbone": backbone, "value": float(value),
+                         "best": best, "best_mean": float(transfer[best]), "scratch_mean": float(means[SCRATCH]),
+                         "gap": float(gap.mean()) if len(gap) else math.nan, "low": low, "high": high,
+                         "n": len(gap), "p": p, "worse": worse})
+    return pd.DataFrame(rows, columns=CROSSOVER_COLUMNS)
+
+
+def crossover_tables(runs: pd.DataFrame, metric: str = "test_accuracy", *, alpha: float = stats.ALPHA,
+                     seed: int = 0) -> list[Table]:
+    """Per swept family (and backbone) with a ``scratch`` strategy: at each value, the best
+    transfer strategy against scratch (:func:`crossover_frame`), and the smallest value from
+    which scratch is no longer significantly worse — where transfer stops paying off.
+    (``seed`` is accepted for symmetry with the other tables; the paired t interval needs none.)"""
+    frame = crossover_frame(runs, metric, alpha=alpha)
+    tables = []
+    several = frame["backbone"].nunique() > 1
+    for (family, field, backbone), group in frame.groupby(["family", "field", "backbone"], sort=False):
+        rows = []
+        for r in group.to_dict("records"):
+            ci = "" if math.isnan(r["low"]) else f" [{r['low'] * SCALE:.1f}, {r['high'] * SCALE:.1f}]"
+            worse = r["worse"]
+            rows.append([TableCell(f"{r['value']:g}"), TableCell(r["best"]), TableCell(f"{r['best_mean'] * SCALE:.1f}"),
+                         TableCell(f"{r['scratch_mean'] * SCALE:.1f}"), TableCell(f"{r['gap'] * SCALE:+.1f}{ci}"),
+                         TableCell("–" if math.isnan(r["p"]) else f"{r['p']:.3g}"),
                          TableCell({None: "untestable", True: "yes", False: "no"}[worse], bold=worse is False)])
-        if not rows:
-            continue
-        testable = [(v, w) for v, w in verdicts if w is not None]
+        testable = [(r["value"], r["worse"]) for r in group.to_dict("records") if r["worse"] is not None]
         crossover = next((v for v, w in testable if not w), None)
         if not testable:
             verdict = "Not testable: fewer than two seeds shared by scratch and the best transfer strategy."
@@ -138,14 +161,15 @@ def crossover_tables(runs: pd.DataFrame, metric: str = "test_accuracy", *, alpha
             verdict = (f"Transfer stops paying off at {field} = {crossover:g}: the smallest value at which scratch "
                        f"is no longer significantly worse than the best transfer strategy"
                        + (f" (though it is again at {', '.join(f'{v:g}' for v in later)})." if later else "."))
-        notes = [verdict, f"Gap: mean of the paired differences (best transfer strategy − scratch) over the seeds "
-                          f"both share, in points, with a 95% bootstrap interval; p: paired t-test, α = {alpha} "
-                          f"at each value on its own (not corrected across the {len(rows)} values)."]
-        if low_n:
-            notes.append("Some values have fewer than 5 shared seeds: the tests have little power and the intervals "
-                         "are too narrow; read the crossover as descriptive.")
-        title = f"Where transfer stops paying off: {family}" + (f" / {backbone}" if part["backbone"].nunique() > 1
-                                                                 else "")
+        notes = [verdict, f"One criterion decides, the paired t-test over the seeds both share (α = {alpha} at each "
+                          f"value on its own, not corrected across the {len(rows)} values): scratch is worse when "
+                          f"p < {alpha} and the gap is positive. Gap: mean of the paired differences (best transfer "
+                          f"strategy − scratch), in points, with that test's {100 * (1 - alpha):g}% interval, "
+                          f"which excludes zero exactly when p < {alpha}."]
+        if (group["n"] < stats.MIN_SEEDS).any():
+            notes.append(f"Some values have fewer than {stats.MIN_SEEDS} shared seeds: the tests have little power; "
+                         f"read the crossover as descriptive.")
+        title = f"Where transfer stops paying off: {family}" + (f" / {backbone}" if several else "")
         tables.append(Table([field, "best transfer", "its acc. (%)", "scratch (%)", "gap (points)", "p",
                              "scratch worse?"], rows, title, notes, align="rlrrrrl"))
     return tables

@@ -139,6 +139,12 @@ def test_load_results_opens_a_store_by_its_path_and_never_creates_one(tmp_path: 
     results = tlbench.load_results(str(journal), "smoke", importances=False)
     assert len(results.runs) == 16 and results.protocol is not None and results.protocol.budget == Budget(trials=3)
     assert tlbench.load_results(f"journal:{journal}", importances=False).runs.equals(results.runs)
+    numbers = results.stats  # statistics as data, from a store an older release wrote
+    means = numbers[(numbers["statistic"] == "mean") & (numbers["metric"] == "test_accuracy")]
+    assert len(means) == results.runs.groupby(["task", "backbone", "strategy"]).ngroups
+    for r in means.to_dict("records"):
+        cell = results.runs[(results.runs["task"] == r["task"]) & (results.runs["strategy"] == r["strategy"])]
+        assert r["value"] == pytest.approx(cell["test_accuracy"].mean()) and r["n"] == len(cell)
     with pytest.raises(TlbenchError, match="no such journal file"):
         tlbench.load_results(tmp_path / "typo" / "store.journal")
     assert not (tmp_path / "typo").exists()

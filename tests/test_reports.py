@@ -247,6 +247,66 @@ def test_main_table_numbers_equal_a_pandas_recomputation(tmp_path) -> None:
         assert table[(strategy, task)].startswith("**")
 
 
+def _section(markdown: str, caption: str) -> str:
+    return markdown.split(f"**{caption}**")[1].split("\n**")[0]
+
+
+def test_stats_parquet_holds_every_number_the_tables_show(tmp_path) -> None:
+    """stats.parquet, read back, gives the main and shifted tables' means, half-widths, † marks and ranks, the
+    across-tasks IQM intervals and Friedman numbers, and the probability-of-improvement intervals, as printed;
+    ``load_results(...).stats`` is the same frame."""
+    results = results_for(runs_frame(seeds=6, tasks=("t1", "t2", "t3", "t4")))
+    write_report(results, tmp_path, title="t", figures_too=False)
+    frame = pd.read_parquet(tmp_path / "stats.parquet")
+    pd.testing.assert_frame_equal(frame, results.stats.reset_index(drop=True), check_dtype=False)
+    markdown = (tmp_path / "table.md").read_text()
+    for caption, metric in (("Test accuracy (%)", "test_accuracy"),
+                            ("Shifted-test (out-of-distribution) accuracy (%)", "shifted_test_accuracy")):
+        table = parse_cells(_section(markdown, caption))
+        means = frame[(frame["statistic"] == "mean") & (frame["metric"] == metric)]
+        assert len(means) == 12
+        vs_best = frame[(frame["statistic"] == "vs_best") & (frame["metric"] == metric)].set_index(
+            ["strategy", "column"])
+        for r in means.to_dict("records"):
+            cell = table[(r["strategy"], r["column"])]
+            text = f"{r['value'] * 100:.1f} ± {(r['high'] - r['low']) / 2 * 100:.1f}"
+            assert cell.strip("*†") == text
+            key = (r["strategy"], r["column"])
+            if key in vs_best.index:  # not the best: † exactly where the test cannot tell it from the best
+                assert cell.endswith("†") == (vs_best.loc[key, "significant"] == False)  # noqa: E712
+                assert vs_best.loc[key, "correction"].startswith("holm")
+            else:
+                assert cell.startswith("**")
+    table = parse_cells(_section(markdown, "Test accuracy (%)"))
+    ranks = frame[frame["statistic"] == "average_rank"]
+    for r in ranks.to_dict("records"):
+        assert table[(r["strategy"], "avg. rank")] == f"{r['value']:.2f}"
+    across = parse_cells(_section(markdown, "Across tasks"))
+    for r in frame[frame["statistic"] == "iqm"].to_dict("records"):
+        assert across[(r["strategy"], "IQM (95% CI)")].strip("*") == f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+    (chi2,) = frame.loc[frame["statistic"] == "friedman_chi2"].to_dict("records")
+    (f,) = frame.loc[frame["statistic"] == "iman_davenport_f"].to_dict("records")
+    assert f"χ² = {chi2['value']:.2f} (p = {chi2['p']:.3g})" in markdown
+    assert f"F = {f['value']:.2f} (p = {f['p']:.3g})" in markdown
+    improvement = _section(markdown, "Probability of improvement")
+    top = improvement.split("| ")[1].split(" vs")[0]
+    shown = parse_cells(improvement)
+    rows = frame[(frame["statistic"] == "p_improvement") & (frame["strategy"] == top)]
+    assert len(rows) == 2 and rows["low"].notna().all()
+    for r in rows.to_dict("records"):
+        assert shown[(r["other"], "P(improvement) (95% CI)")].strip("*") == (
+            f"{r['value']:.2f} [{r['low']:.2f}, {r['high']:.2f}]")
+    pairs = frame[frame["statistic"] == "p_improvement"]
+    assert len(pairs) == 6  # every ordered pair, the figure's matrix
+    assert set(frame["statistic"]) <= set(__import__("tlbench.reports.statsframe", fromlist=["x"]).STATISTICS)
+
+
+def test_stats_of_a_store_without_runs_is_an_empty_frame_with_the_columns() -> None:
+    from tlbench.reports.statsframe import COLUMNS, statistics_frame
+
+    assert list(statistics_frame(pd.DataFrame()).columns) == COLUMNS
+
+
 def test_cost_table_numbers_equal_a_pandas_recomputation() -> None:
     runs = runs_frame()
     md = to_markdown(cost_table(runs))

@@ -528,6 +528,44 @@ def test_the_crossover_table_names_where_transfer_stops_paying_off() -> None:
     assert "fewer than 5 shared seeds" in to_markdown(few)
 
 
+def test_the_crossover_decides_by_one_criterion_and_its_interval_is_that_tests() -> None:
+    """The quick report once marked a gap "not significant" (paired t, p = 0.058) beside a bootstrap interval
+    [0.1, 1.5] that excluded zero. The interval is now the paired t-test's own: it excludes zero exactly when
+    p < α, on gaps near the boundary too."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+    from scipy import stats as scipy_stats
+
+    from tlbench.reports.studies import crossover_frame
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for shots in range(1, 13):  # noisy gaps of every size around significance
+        for seed in range(4):
+            base = rng.normal(0.6, 0.02)
+            for strategy, acc in (("linear_probe", base + 0.012 * shots / 6 + rng.normal(0, 0.01)),
+                                  ("scratch", base)):
+                rows.append({"suite": "s", "task": f"d.shots{shots}", "backbone": "b", "strategy": strategy,
+                             "seed": seed, "test_accuracy": acc,
+                             "task_info": {"sweep": {"family": "d", "field": "shots", "value": shots}}})
+    frame = crossover_frame(pd.DataFrame(rows))
+    assert len(frame) == 12
+    for r in frame.to_dict("records"):
+        excludes_zero = r["low"] > 0 or r["high"] < 0
+        assert excludes_zero == (r["p"] < 0.05), r
+        assert r["worse"] == (r["p"] < 0.05 and r["gap"] > 0)
+        assert r["low"] <= r["gap"] <= r["high"] and not math.isnan(r["p"])
+    verdicts = {bool(w) for w in frame["worse"]}
+    assert verdicts == {True, False}, "the data should straddle the boundary"
+    one = pd.DataFrame(rows)
+    one = one[one["task"] == "d.shots12"].pivot(index="seed", columns="strategy", values="test_accuracy")
+    test = scipy_stats.ttest_rel(one["linear_probe"], one["scratch"])
+    last = frame.iloc[-1]
+    assert math.isclose(last["p"], test.pvalue) and math.isclose(last["low"], test.confidence_interval(0.95).low)
+
+
 def test_sweep_and_sensitivity_figures_are_written(tmp_path) -> None:
     import pandas as pd
 

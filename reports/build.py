@@ -314,9 +314,12 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], selecte
         ("evaluation", (f"the best configuration of each cell re-trained on "
                         f"{seeds.min() if seeds.min() == seeds.max() else f'{seeds.min()}–{seeds.max()}'} fresh "
                         f"seeds ({_seed_range(runs)}), scored on held-out test data") if len(seeds) else "no runs"),
-        ("tasks", ", ".join(sorted(runs["task"].unique()))),
+        ("tasks", ", ".join(sorted(runs["task"].unique(), key=stats.natural_key))),
         ("strategies", ", ".join(sorted(runs["strategy"].unique()))),
     ]
+    if results.overrides:
+        proto.append(("command-line overrides", "; ".join(f"--set {arg}" for arg in results.overrides)
+                      + " (applied to the suite file before it was validated)"))
     spaces = "".join(
         f"<h3>{html.escape(strategy)}</h3>" + _dl(list(space.items()))
         for strategy, space in results.search_spaces.items())

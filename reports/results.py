@@ -22,6 +22,7 @@ from tlbench.reports.parallel import Job, run_jobs
 from tlbench.store.opening import open_existing_storage
 from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
 from tlbench.store.scores import ground_truth, load_scores
+from tlbench.store.settings import stored_settings
 from tlbench.store.space import Param, SearchSpace
 
 
@@ -41,6 +42,11 @@ class Results:
     #: transferability scores (tlbench.store.scores.load_scores) and the strategies they rank against
     scores: pd.DataFrame = field(default_factory=pd.DataFrame)
     ground_truth: list[str] | None = None
+    #: The suite settings the runs were made with, as the store recorded them (``Suite.settings``; empty:
+    #: a store written before they were recorded, or runs of several suites or settings), and the
+    #: command line's ``--set`` arguments that produced them.
+    settings: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -158,8 +164,15 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
     if not sensitivity.empty and cells is not None:
         keep = [k in cells for k in zip(sensitivity["task"], sensitivity["backbone"], sensitivity["strategy"])]
         sensitivity = sensitivity[pd.Series(keep, index=sensitivity.index, dtype=bool)].reset_index(drop=True)
+    settings: dict[str, Any] = {}
+    overrides: list[str] = []
+    if not runs.empty and "suite_fingerprint" in runs and runs["suite"].nunique() == 1:
+        prints = runs["suite_fingerprint"].dropna().unique()
+        kept = stored_settings(storage, runs["suite"].iloc[0]).get(prints[0]) if len(prints) == 1 else None
+        if kept is not None:
+            settings, overrides = kept["settings"], kept["overrides"]
     return Results(runs, trials, imps, protocol, dict(sorted(spaces.items())), sensitivity, sampled_spaces,
-                   load_scores(storage, suite), ground_truth(storage, suite))
+                   load_scores(storage, suite), ground_truth(storage, suite), settings, overrides)
 
 
 def importances_of(direction: optuna.study.StudyDirection, complete: list[FrozenTrial]) -> dict[str, float]:

@@ -294,6 +294,9 @@ class Suite(Frozen):
     model_selection: ModelSelectionSpec | None = None
     path: str = ""
     _whole_fingerprint: str | None = PrivateAttr(None)  # a selection's: the whole suite's (selected())
+    _whole_settings: dict[str, Any] | None = PrivateAttr(None)  # likewise
+    #: The command line's ``--set PATH=VALUE`` arguments this suite was read with (parse_suite).
+    _overrides: tuple[str, ...] = PrivateAttr(())
 
     @model_validator(mode="before")
     @classmethod
@@ -342,11 +345,24 @@ class Suite(Frozen):
         suite's fingerprint (:meth:`selected`)."""
         if self._whole_fingerprint is not None:
             return self._whole_fingerprint
-        blob = json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
-                                                   "download", "plugins", "budget", "sensitivity",
-                                                   "model_selection"}),
-                          sort_keys=True, default=str)
+        blob = json.dumps(self.settings(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the fingerprint hashes, as plain JSON values: what a run stores beside the
+        fingerprint so that a refusal, a report and ``tlbench compare`` can name the fields that
+        differ (a selection's are the whole suite's)."""
+        if self._whole_settings is not None:
+            return self._whole_settings
+        return json.loads(json.dumps(self.model_dump(exclude={"path", "trials", "seeds", "strategies", "data_root",
+                                                               "download", "plugins", "budget", "sensitivity",
+                                                               "model_selection"}),
+                                     sort_keys=True, default=str))
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The ``--set`` arguments the suite was read with (empty: none)."""
+        return self._overrides
 
     def selected(self, tasks: list[str] | None, backbones: list[str] | None) -> "Suite":
         """The suite narrowed to ``tasks`` and, within them, ``backbones`` (None: all), as the
@@ -393,6 +409,8 @@ class Suite(Frozen):
                 studies.append(study if not study.tasks else study.model_copy(update={"tasks": on}))
         narrowed = self.model_copy(update={"tasks": chosen, "source_tasks": kept_sources, "sensitivity": studies})
         narrowed._whole_fingerprint = self.fingerprint()
+        narrowed._whole_settings = self.settings()
+        narrowed._overrides = self._overrides
         return narrowed
 
     def task_spec(self, name: str) -> TaskSpec:
@@ -477,7 +495,9 @@ def parse_suite(path: Path, *, plugins: Callable[[Suite], object] | None = None,
     loader). References between its parts and the strategies' options are checked by the
     planner. ``overrides`` are the command line's ``--set PATH=VALUE`` arguments, applied before
     validation (the planner names the one an error is about: :func:`blamed`)."""
-    return _validated(path, read_suite_file(path, overrides), plugins)
+    suite = _validated(path, read_suite_file(path, overrides), plugins)
+    suite._overrides = tuple(overrides)
+    return suite
 
 
 def blamed(err: ConfigError, overrides: tuple[str, ...]) -> ConfigError:

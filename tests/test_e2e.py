@@ -216,7 +216,57 @@ def test_store_refuses_results_of_other_settings(smoke_run: Path, tmp_path, caps
     assert main(["run", str(suite), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other settings" in err[0] and str(suite) in err[0]
+    assert "(training.epochs: [2, 4] → [3, 5])" in err[0]  # the field that differs, not two fingerprints
     assert len(load_runs(open_storage(None, out))) == len(before)  # nothing lost
+    assert main(["run", "smoke", "--out", str(out), "--set", "training.epochs=[3, 5]", "--dry-run"]) == 0
+    assert main(["run", "smoke", "--out", str(out), "--set", "training.epochs=[3, 5]"]) == 2  # the same via --set
+    assert "(training.epochs: [2, 4] → [3, 5])" in capsys.readouterr().err
+
+
+def test_compare_two_stores_that_differ_in_one_setting(smoke_run: Path, tmp_path, capsys) -> None:
+    """``tlbench compare``: the paired differences over the seeds both stores ran equal a recomputation
+    from their runs.parquet files; the setting that differs is named field by field, the --set that made
+    it is in the report's protocol, and the cells only the baseline has are listed, not compared."""
+    import numpy as np
+    from scipy import stats as sps
+    from statsmodels.stats.multitest import multipletests
+
+    other = tmp_path / "epochs"
+    assert main(["run", "smoke", "--out", str(other), "--strategies", "linear_probe,scratch",
+                 "--set", "training.epochs=[3, 5]", "--report", "tables"]) == 0
+    assert "--set training.epochs=[3, 5]" in (other / "report.html").read_text()
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert main(["compare", f"base={smoke_run}", f"longer={other}", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| settings | training.epochs | [2, 4] | [3, 5] |" in printed
+    assert "base only, not longer" in printed and "full_finetune" in printed
+    frame = pd.read_parquet(out / "compare.parquet")
+    assert set(frame["strategy"]) == {"linear_probe", "scratch"} and len(frame) == 2 * 4  # 2 metrics × 4 cells
+    a, b = pd.read_parquet(smoke_run / "runs.parquet"), pd.read_parquet(other / "runs.parquet")
+    for metric, part in frame.groupby("metric"):
+        expected = []
+        for r in part.to_dict("records"):
+            keys = ["task", "backbone", "strategy", "seed"]
+            pair = a.merge(b, on=keys, suffixes=("_a", "_b"))
+            pair = pair[(pair["task"] == r["task"]) & (pair["strategy"] == r["strategy"])]
+            diff = (pair[f"{metric}_b"] - pair[f"{metric}_a"]).to_numpy()
+            assert r["n"] == len(pair) == SEEDS and np.isclose(r["diff"], diff.mean())
+            expected.append(sps.ttest_rel(pair[f"{metric}_b"], pair[f"{metric}_a"]).pvalue
+                            if diff.std() > 0 else (0.0 if np.abs(diff).max() > 0 else 1.0))
+        assert np.allclose(part["p_holm"], multipletests(expected, method="holm")[1])
+    assert (out / "figures" / "compare.png").is_file() and (out / "compare.tex").is_file()
+
+
+def test_compare_refuses_stores_tested_on_different_data(smoke_run: Path, tmp_path, capsys) -> None:
+    other = tmp_path / "split"
+    assert main(["run", "smoke", "--out", str(other), "--strategies", "scratch", "--tasks", "digits-2shot",
+                 "--set", "tasks.digits-2shot.split.seed=1", "--report", "none"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(smoke_run), str(other), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "digits-2shot / glyph-cnn / scratch" in err[0] and "different data" in err[0]
+    assert not (tmp_path / "cmp").exists()
 
 
 def _trials(out: Path) -> list:

@@ -44,12 +44,15 @@ EXAMPLES: dict[str, tuple[str, str]] = {
                "tlbench report --storage postgresql+psycopg2://me@db/tlbench --suite vtab1k --out report"),
     "check": ("tlbench check examples/reinit/reinit.py:ReInit",
               "tlbench check resnet --args '{variant: resnet18}' --input-shape 3,224,224"),
+    "compare": ("tlbench compare runs/quick runs/quick-wd",
+                "tlbench compare before=runs/exp1 after=runs/exp2 --suite quick --out compare-wd"),
     "list": ("tlbench list suites", "tlbench list scorers"),
     "completion": ("tlbench completion bash", "tlbench completion zsh"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tlbench.cli.compare import add_compare_parser
     from tlbench.cli.launch import add_launch_parser
 
     from tlbench.core.version import __version__
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a backbone's input, channels first (default: its example_input, else 3,32,32)")
     chk.add_argument("--data-root", type=Path, default=None,
                      help="where a dataset's files are (default: the current folder)")
+    add_compare_parser(sub)
     lst = sub.add_parser("list", help="list strategies, backbones, datasets, scorers or suites")
     lst.add_argument("what", choices=["strategies", "backbones", "datasets", "scorers", "suites"])
     com = sub.add_parser("completion", help="print a shell completion script for tlbench, generated from this parser",
@@ -121,6 +125,10 @@ def command(args: argparse.Namespace, console: Console) -> int:
         return cmd_status(args, console)
     if args.command == "check":
         return cmd_check(args, console)
+    if args.command == "compare":
+        from tlbench.cli.compare import cmd_compare
+
+        return cmd_compare(args, console)
     if args.command == "launch":
         from tlbench.cli.launch import cmd_launch
 

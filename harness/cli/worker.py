@@ -211,7 +211,8 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
         storage = open_storage(args.storage, out, heartbeat=getattr(args, "heartbeat", None),
                                log=lambda line: console.print(line, markup=False),
                                notify=lambda line: warn(console, line))
-        check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)  # before any line is printed
+        check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path,  # before any line is printed
+                         settings=suite.settings())
         check_plugin_code(storage, plan)
         mark_store(out, args.storage)
         store_plan(storage, suite.name, plan_key(path, read_suite_file(path, overrides), trials=args.trials, seeds=args.seeds,

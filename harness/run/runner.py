@@ -27,6 +27,7 @@ from tlbench.run.study_attrs import check_plugin_code
 from tlbench.run.tuned import ModelServers
 from tlbench.store.claims import check_compatible
 from tlbench.store.progress import evaluation_seed
+from tlbench.store.settings import store_settings
 from tlbench.training.context import Runtime
 
 
@@ -57,7 +58,8 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     observer = observer or RunObserver()
     suite = plan.suite
     runtime = dataclasses.replace(runtime, decay_norm_and_bias=suite.training.decay_norm_and_bias)
-    check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path)
+    check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path, settings=suite.settings())
+    store_settings(storage, suite.name, suite.fingerprint(), suite.settings(), suite.overrides)
     check_plugin_code(storage, plan)
     with PHASES("pretraining"):  # or reading the pretrained weights from the cache
         backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,

@@ -178,15 +178,24 @@ def recover_orphans(study: optuna.Study, *, grace_s: float = 120.0) -> list[Froz
     return orphans
 
 
-def check_compatible(storage: BaseStorage, suite: str, fingerprint: str, *, where: str) -> None:
-    """Refuses to mix results of different settings under one suite name in one store."""
+def check_compatible(storage: BaseStorage, suite: str, fingerprint: str, *, where: str,
+                     settings: dict[str, Any] | None = None) -> None:
+    """Refuses to mix results of different settings under one suite name in one store; the refusal
+    names the fields that differ (``settings``: the suite's now, against those the store recorded
+    for its fingerprint; stores written before settings were recorded: the two fingerprints)."""
+    from tlbench.store.settings import changed_fields, stored_settings
+
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         name = StudyName.parse(summary.study_name)
         if name is None or name.suite != suite:
             continue
         stored = summary.user_attrs.get("suite_fingerprint")
         if stored is not None and stored != fingerprint:
+            before = stored_settings(storage, suite).get(stored)
+            changed = changed_fields(before["settings"], settings) if before and settings is not None else []
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            what = (f"with other settings ({shown})" if changed else
+                    f"with other settings (fingerprint {stored}, now {fingerprint})")
             raise ConfigError(
-                f"{where}: the store already holds results of suite {suite!r} run with other settings "
-                f"(fingerprint {stored}, now {fingerprint}); use another --out or --storage, or rename "
-                f"the suite")
+                f"{where}: the store already holds results of suite {suite!r} run {what}; use another --out or "
+                f"--storage, or rename the suite")

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.core.budget import Budget
 from tlbench.store.claims import dead_trials, lost_claim, worker_id
-from tlbench.store.records import SEP, StudyName
+from tlbench.store.records import StudyName, plan_study
 
 SEED_STRIDE = 1_000_003
 
@@ -185,11 +185,6 @@ class CellPlan:
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> "CellPlan":
         return cls(**{**data, "budget": Budget.stored(data["budget"])})
-
-
-def plan_study(suite: str) -> str:
-    """The study a suite's stored plans live in (``StudyName.parse`` ignores it: no results)."""
-    return f"{suite}{SEP}plan"
 
 
 def store_plan(storage: BaseStorage, suite: str, key: str, cells: list[CellPlan]) -> None:

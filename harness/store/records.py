@@ -72,6 +72,12 @@ class StudyName:
         return self.task, self.backbone, self.strategy
 
 
+def plan_study(suite: str) -> str:
+    """The study a suite's stored plans, settings and timings live in (``StudyName.parse`` ignores it:
+    no results)."""
+    return f"{suite}{SEP}plan"
+
+
 def suites_in(storage: BaseStorage) -> list[str]:
     """The suites a store holds studies of."""
     names = (StudyName.parse(n) for n in optuna.get_all_study_names(storage))

@@ -333,3 +333,85 @@ def test_an_edited_plugin_is_not_mixed_into_its_old_runs(tmp_path: Path) -> None
     (tmp_path / "reinit.py").write_text((tmp_path / "reinit.py").read_text().replace("\n# a fix\n", ""))
     (tmp_path / "notes.py").write_text("# a file beside the plugin that it does not import\n")
     assert cli(*args).returncode == 0  # back to the code the store knows: the unrelated file locks nothing
+
+
+def test_an_edited_plugin_reruns_into_the_same_store_and_the_baselines_are_kept(tmp_path: Path) -> None:
+    """Iterating on one method: after an edit, --rerun-edited moves the old code's studies aside (kept, out of the
+    report) and runs only that strategy's cells again; the baseline's records are the very same."""
+    import optuna
+
+    from tlbench.reports.results import load_results
+    from tlbench.store.archive import archived_studies
+    from tlbench.store.opening import open_existing_storage
+
+    (tmp_path / "reinit.py").write_text((EXAMPLES / "reinit" / "reinit.py").read_text())
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"include: {ROOT / 'suites' / 'smoke.yaml'}\nname: edit\nplugins: [reinit.py]\n"
+                     "strategies: [reinit, linear_probe]\n")
+    journal = tmp_path / "out" / "store.journal"
+    args = ("run", str(suite), "--out", str(tmp_path / "out"), "--trials", "1", "--seeds", "2", "--report", "none",
+            "--tasks", "mnist1d-shifted")
+    assert cli(*args).returncode == 0
+    before = load_results(str(journal), importances=False).runs
+    (tmp_path / "reinit.py").write_text((tmp_path / "reinit.py").read_text() + "\n# a fix\n")
+    refused = cli(*args)
+    assert refused.returncode == 2 and "--rerun-edited" in refused.stderr
+    rerun = cli(*args, "--rerun-edited")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rerun.stderr.count("edited plugin code: moved edit::") == 2  # its tuning and evaluation studies
+    after = load_results(str(journal), importances=False).runs
+    keys = ["strategy", "seed", "started_at", "test_accuracy"]
+    baseline = lambda runs: runs[runs["strategy"] == "linear_probe"][keys].reset_index(drop=True)  # noqa: E731
+    assert baseline(after).equals(baseline(before)) and len(baseline(after)) == 2  # reused, not rerun
+    old, new = (runs[runs["strategy"] == "reinit"] for runs in (before, after))
+    assert len(new) == 2 and set(new["started_at"]).isdisjoint(old["started_at"])  # rerun with the new code
+    storage = open_existing_storage(str(journal))
+    moved = archived_studies(storage)
+    assert sorted(moved.values()) == ["edit::mnist1d-shifted::signal-cnn::reinit::eval",
+                                      "edit::mnist1d-shifted::signal-cnn::reinit::tune"]
+    for archive, source in moved.items():  # nothing lost: every old trial is in its archive
+        kept = optuna.load_study(study_name=archive, storage=storage).get_trials(deepcopy=False)
+        assert len(kept) >= 1 and archive.startswith(source + "@")
+    assert cli(*args).returncode == 0  # the new code is now the store's
+
+
+def test_archiving_a_study_finishes_a_move_cut_short_and_refuses_live_workers(tmp_path: Path) -> None:
+    import optuna
+
+    from tlbench.core.errors import ConfigError
+    from tlbench.core.processes import worker_id
+    from tlbench.store.archive import ARCHIVED_FROM, archive_name, archive_study, archived_studies
+    from tlbench.store.opening import open_storage
+
+    storage = open_storage(str(tmp_path / "store.journal"), tmp_path)
+    name = "s::t::b::x::eval"
+    study = optuna.create_study(study_name=name, storage=storage)
+    for value in (0.1, 0.2, 0.3):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"record": {"v": value}}))
+    # killed after copying part of the study, before marking the copy: the copy is made again
+    partial = optuna.create_study(study_name=archive_name(name, "abc"), storage=storage)
+    partial.add_trial(optuna.trial.create_trial(value=0.1))
+    assert archive_study(storage, name, "abc") == archive_name(name, "abc")
+    names = optuna.get_all_study_names(storage)
+    assert name not in names and archived_studies(storage) == {archive_name(name, "abc"): name}
+    copy = optuna.load_study(study_name=archive_name(name, "abc"), storage=storage)
+    assert [t.value for t in copy.trials] == [0.1, 0.2, 0.3] and copy.user_attrs[ARCHIVED_FROM] == name
+    # killed after marking the copy, before deleting the original: the marked copy is kept
+    again = optuna.create_study(study_name=name, storage=storage)
+    again.add_trial(optuna.trial.create_trial(value=0.9))
+    archive_study(storage, name, "abc")
+    assert [t.value for t in optuna.load_study(study_name=archive_name(name, "abc"), storage=storage).trials] == [
+        0.1, 0.2, 0.3]
+    # a trial a live worker (this process) runs: refused, nothing moved
+    live = optuna.create_study(study_name=name, storage=storage)
+    trial = live.ask()
+    storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+    from tlbench.store import claims
+
+    claims._HELD.add(trial._trial_id)
+    try:
+        with pytest.raises(ConfigError, match="still run in worker"):
+            archive_study(storage, name, "def")
+    finally:
+        claims._HELD.discard(trial._trial_id)
+    assert name in optuna.get_all_study_names(storage)

@@ -58,6 +58,10 @@ def add_launch_parser(sub: Any) -> None:
     p.add_argument("suite", help="suite YAML file, or a bundled suite name (tlbench list suites)")
     p.add_argument("--storage", required=True,
                    help="the store every worker shares: a database URL (postgresql+psycopg2://…) or a journal file")
+    p.add_argument("--rerun-edited", action="store_true",
+                   help="a plugin strategy edited since its results were stored: move its old studies aside (kept "
+                        "in the store, out of reports) and run its cells again; every other strategy's results "
+                        "are reused")
     p.add_argument("--jobs", type=int, help="how many workers (default with --devices: devices × --per-device)")
     p.add_argument("--on", choices=ON, default="local",
                    help="local (default): processes on this machine; slurm: a Slurm array job through submitit; "

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Optuna storage URL or journal file (default: <out>/store.journal)")
     add_worker_options(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    run.add_argument("--rerun-edited", action="store_true",
+                     help="a plugin strategy edited since its results were stored: move its old studies aside (kept "
+                          "in the store, out of reports) and run its cells again; every other strategy's results "
+                          "are reused")
     run.add_argument("--report", choices=["full", "tables", "none"], default="full",
                      help="what the run writes at the end: the full report (default), its tables, data files and "
                           "HTML without figures (much faster), or nothing (workers of a larger run; `tlbench "

@@ -213,7 +213,8 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
                                notify=lambda line: warn(console, line))
         check_compatible(storage, suite.name, suite.fingerprint(), where=suite.path,  # before any line is printed
                          settings=suite.settings())
-        check_plugin_code(storage, plan)
+        check_plugin_code(storage, plan, rerun_edited=getattr(args, "rerun_edited", False),
+                          log=lambda line: console.print(line, markup=False))
         mark_store(out, args.storage)
         store_plan(storage, suite.name, plan_key(path, read_suite_file(path, overrides), trials=args.trials, seeds=args.seeds,
                                                  strategies=strategies, tasks=tasks, backbones=backbones),

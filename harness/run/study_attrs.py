@@ -5,7 +5,7 @@ plugin are refused rather than mixed with the old code's in one cell.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.storages import BaseStorage
@@ -16,13 +16,19 @@ from tlbench.store.records import StudyName
 from tlbench.strategies import STRATEGIES
 
 
-def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
+def check_plugin_code(storage: BaseStorage, plan: Plan, *, rerun_edited: bool = False,
+                      log: Callable[[str], None] | None = None) -> None:
     """Before anything runs: no plugin strategy of the plan has studies in the store written
     by other code of that plugin, so runs of an edited plugin are never mixed with the old
-    code's in one cell (one line, instead of silently counting old seeds as done)."""
+    code's in one cell (one line, instead of silently counting old seeds as done).
+
+    With ``rerun_edited`` those studies are moved aside instead (:func:`tlbench.store.archive.archive_study`,
+    tagged with the old code's digest): the edited strategy's cells run afresh in the same store and
+    every other strategy's results stay as they are."""
     plugin_cells = {(c.task, c.backbone, c.strategy): c for c in plan.cells if STRATEGIES.source(c.strategy)}
     if not plugin_cells:
         return
+    edited = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         name = StudyName.parse(summary.study_name)
         if name is None or name.suite != plan.suite.name or name.cell not in plugin_cells:
@@ -30,10 +36,20 @@ def check_plugin_code(storage: BaseStorage, plan: Plan) -> None:
         cell = plugin_cells[name.cell]
         stored, source = summary.user_attrs.get("strategy_source"), STRATEGIES.source(cell.strategy)
         if stored is not None and stored != source:
-            raise ConfigError(f"{plan.suite.path}: {cell.label}: the store holds runs of {cell.strategy!r} from "
-                              f"other plugin code ({_changed(summary.user_attrs.get('strategy_files'), cell.strategy)}"
-                              f"sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); "
-                              f"use another --out or --storage, or rename the strategy")
+            if not rerun_edited:
+                raise ConfigError(f"{plan.suite.path}: {cell.label}: the store holds runs of {cell.strategy!r} from "
+                                  f"other plugin code ({_changed(summary.user_attrs.get('strategy_files'), cell.strategy)}"
+                                  f"sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); rerun it "
+                                  f"into this store with --rerun-edited (the old code's results are kept aside, "
+                                  f"every other strategy's reused), or use another --out or --storage, or rename "
+                                  f"the strategy")
+            edited.append((summary.study_name, str(stored)))
+    from tlbench.store.archive import archive_study
+
+    for study_name, stored in edited:
+        moved = archive_study(storage, study_name, stored[:12])
+        if log is not None:
+            log(f"edited plugin code: moved {study_name} aside to {moved}; its cell runs again")
 
 
 def _changed(stored: object, strategy: str) -> str:

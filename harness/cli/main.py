@@ -42,6 +42,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
                "tlbench status my_suite.yaml --storage runs/exp2/store.journal --json"),
     "report": ("tlbench report runs/quick",
                "tlbench report --storage postgresql+psycopg2://me@db/tlbench --suite vtab1k --out report"),
+    "export": ("tlbench export runs/quick --to tensorboard runs/quick/tensorboard",
+               "tlbench export --storage postgresql+psycopg2://me@db/tlbench --suite vtab1k --to mlflow "
+               "http://mlflow.lab:5000"),
     "check": ("tlbench check examples/reinit/reinit.py:ReInit",
               "tlbench check resnet --args '{variant: resnet18}' --input-shape 3,224,224"),
     "compare": ("tlbench compare runs/quick runs/quick-wd",
@@ -53,6 +56,7 @@ EXAMPLES: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     from tlbench.cli.compare import add_compare_parser
+    from tlbench.cli.export import add_export_parser
     from tlbench.cli.launch import add_launch_parser
 
     from tlbench.core.version import __version__
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--storage", help="an Optuna storage URL or journal file instead of RUN_DIR")
     rep.add_argument("--out", type=Path, help="where to write the report (default: RUN_DIR, or ./report)")
     rep.add_argument("--suite", help="report this suite only (default: every suite in the store)")
+    add_export_parser(sub)
     chk = sub.add_parser("check", help="check a strategy, backbone, dataset or scorer against its contract (exit 0: "
                                        "all pass)")
     chk.add_argument("target", help="FILE.py:Class, module:Class, FILE.py (every strategy, backbone, dataset and "
@@ -125,6 +130,10 @@ def command(args: argparse.Namespace, console: Console) -> int:
         return cmd_run(args, console)
     if args.command == "report":
         return cmd_report(args, console)
+    if args.command == "export":
+        from tlbench.cli.export import cmd_export
+
+        return cmd_export(args, console)
     if args.command == "status":
         return cmd_status(args, console)
     if args.command == "check":

@@ -11,7 +11,7 @@ the records of one uninterrupted worker.
    then the workers finish. With ``--remote`` worker 0 stamps its trials with another host name
    (``TLBENCH_HOST``), so the others cannot see its process and must rely on the database's
    heartbeat: it is killed once while it holds a tuning trial and once while it holds an
-   evaluation run. On a journal the workers name the store by a relative path, as the README's
+   evaluation run. On a journal the workers name the store by a relative path, as the docs'
    commands do, and ``--lock-kills`` K of the kills hit a worker while it holds the journal's write
    lock: the lock's owner record is watched, its holder stopped (SIGSTOP), and killed if the record
    still says it holds the lock, else let go on (SIGCONT) and the next holder tried.
@@ -376,7 +376,7 @@ def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval
     with store(storage, folder) as url:
         start = time.perf_counter()
         given, owner = url, None
-        if url.startswith("journal:"):  # as the README's commands name a store: relative to where workers start
+        if url.startswith("journal:"):  # as the docs' commands name a store: relative to where workers start
             journal = Path(url.removeprefix("journal:"))
             given, owner = str(journal.relative_to(folder)), journal.with_name(journal.name + ".lock.owner")
         crew = Workers(worker_command(suite, given, Path("chaos"), cache, heartbeat), workers, logs, remote=remote,

@@ -1,14 +1,16 @@
-"""The README's quick-suite tables and time, from a run of the code as it is.
+"""The quick-suite tables and time of the README and the docs' getting-started page, from a run of
+the code as it is.
 
-    python benchmarks/readme_quick.py              # runs `tlbench run quick` cold, then rewrites the README
-    python benchmarks/readme_quick.py RUN_DIR      # rewrites it from that run's report and stored timing
-    python benchmarks/readme_quick.py --check RUN_DIR   # exit 1 (and the differences) if the README disagrees
+    python benchmarks/readme_quick.py              # runs `tlbench run quick` cold, then rewrites both files
+    python benchmarks/readme_quick.py RUN_DIR      # rewrites them from that run's report and stored timing
+    python benchmarks/readme_quick.py --check RUN_DIR   # exit 1 (and the differences) if a file disagrees
 
-The README marks what this script owns with HTML comments: ``<!-- quick:test -->`` (the test
+The files mark what this script owns with HTML comments: ``<!-- quick:test -->`` (the test
 accuracy table), ``<!-- quick:shifted -->`` (the shifted-test table) and ``<!-- quick:time -->``
-(the run's wall time and where it went), each closed by ``<!-- /quick:NAME -->``. The prose
-around them is the author's: read it again after a rewrite. ``benchmarks/test_bench_quick_suite.py``
-checks that a fresh cold run gives exactly the README's tables.
+(the run's wall time and where it went), each closed by ``<!-- /quick:NAME -->``. The README holds
+the test table and the time; ``docs/getting-started.md`` all three. The prose around them is the
+author's: read it again after a rewrite. ``benchmarks/test_bench_quick_suite.py`` checks that a
+fresh cold run gives exactly these tables.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+GETTING_STARTED = ROOT / "docs" / "getting-started.md"
+FILES = (README, GETTING_STARTED)  # every file with quick blocks; together they hold all three
 HEADINGS = {"test": "**Test accuracy (%)**", "shifted": "**Shifted-test (out-of-distribution) accuracy (%)**"}
 
 
@@ -61,11 +65,11 @@ def blocks(readme: str) -> dict[str, str]:
                                                                 readme, flags=re.S)}
 
 
-def rewrite(readme: str, new: dict[str, str]) -> str:
+def rewrite(readme: str, new: dict[str, str], file: str = "README.md") -> str:
     for name, text in new.items():
         pattern = re.compile(rf"(<!-- quick:{name} -->\n).*?(<!-- /quick:{name} -->)", flags=re.S)
         if not pattern.search(readme):
-            raise SystemExit(f"README.md: no <!-- quick:{name} --> block")
+            raise SystemExit(f"{file}: no <!-- quick:{name} --> block")
         readme = pattern.sub(lambda m, text=text: m.group(1) + text + "\n" + m.group(2), readme)
     return readme
 
@@ -96,15 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         if tlbench(["run", "quick", "--out", str(run_dir)]) != 0:
             return 1
     new = from_run(run_dir)
-    readme = README.read_text()
     if args.check:
-        old = blocks(readme)
-        differ = [name for name in ("test", "shifted") if old.get(name) != new[name]]
-        for name in differ:
-            print(f"README.md's {name} table differs from {run_dir}:\n--- README\n{old.get(name)}\n--- run\n{new[name]}")
+        differ = 0
+        for path in FILES:
+            old = blocks(path.read_text())
+            for name in ("test", "shifted"):
+                if name in old and old[name] != new[name]:
+                    differ += 1
+                    print(f"{path.relative_to(ROOT)}'s {name} table differs from {run_dir}:\n--- file\n{old[name]}"
+                          f"\n--- run\n{new[name]}")
         return 1 if differ else 0
-    README.write_text(rewrite(readme, new))
-    print(f"README.md: rewrote {', '.join(new)} from {run_dir}")
+    for path in FILES:
+        text = path.read_text()
+        mine = {name: value for name, value in new.items() if name in blocks(text)}
+        path.write_text(rewrite(text, mine, str(path.relative_to(ROOT))))
+        print(f"{path.relative_to(ROOT)}: rewrote {', '.join(mine)} from {run_dir}")
     return 0
 
 

@@ -40,7 +40,7 @@ def trial_seconds(storage: optuna.storages.BaseStorage) -> tuple[float, float, d
 
 
 def readme_rows(out: Path) -> str:
-    """The README's condensed model-selection table of a store: per ground truth, each scorer's
+    """The condensed model-selection table of docs/guides/model-selection.md of a store: per ground truth, each scorer's
     τ_w [95% interval] per task, its mean τ_w and mean top-1 regret."""
     from tlbench.reports.results import load_results
     from tlbench.reports.selection import selection_section
@@ -64,7 +64,7 @@ def readme_rows(out: Path) -> str:
 
 def test_scoring_the_zoo_costs_under_one_percent_of_fine_tuning_it(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cold-cache"))
-    out = Path(os.environ.get("TLBENCH_BENCH_OUT", tmp_path / "out"))  # keep the store: the README's table
+    out = Path(os.environ.get("TLBENCH_BENCH_OUT", tmp_path / "out"))  # keep the store: the docs' table
     start = time.perf_counter()
     assert main(["run", "zoo", "--out", str(out), "--report", "tables"]) == 0
     wall = time.perf_counter() - start

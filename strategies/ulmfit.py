@@ -26,7 +26,7 @@ from tlbench.training.loop import Reporter
 class ULMFiT(Strategy):
     """ULMFiT's whole recipe (Howard & Ruder 2018): gradual unfreezing + discriminative
     learning rates + slanted triangular schedule — the parts of the two strategies above,
-    composed in a few lines (see the README, "writing your own strategy")."""
+    composed in a few lines (see docs/guides/own-strategy.md, "Writing your own strategy")."""
 
     name = "ulmfit"
     description = "gradual unfreezing + discriminative learning rates + slanted triangular schedule"

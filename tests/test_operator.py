@@ -221,7 +221,7 @@ def test_status_of_an_empty_store_says_no_worker_has_started(suite, tmp_path, ca
 
 
 def test_status_and_report_create_nothing_in_a_database(suite, tmp_path, capsys) -> None:
-    """The README says status only reads: on a database without Optuna's tables it said nothing was there
+    """The docs say status only reads: on a database without Optuna's tables it said nothing was there
     and left the tables behind."""
     import sqlalchemy
 

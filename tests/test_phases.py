@@ -82,23 +82,30 @@ def test_a_run_ends_with_where_its_time_went_and_keeps_it_in_the_store(tmp_path:
 
 
 def test_the_readme_marks_what_the_quick_suite_script_rewrites(tmp_path: Path) -> None:
-    """``benchmarks/readme_quick.py`` finds its three blocks in the README and rewrites them from a
-    report's table.md and a stored timing, leaving the prose alone."""
+    """``benchmarks/readme_quick.py`` finds its three blocks in docs/getting-started.md (the README
+    holds the test table and the time, the same text) and rewrites them from a report's table.md and
+    a stored timing, leaving the prose alone."""
     import importlib.util
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("readme_quick", root / "benchmarks" / "readme_quick.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    assert module.FILES == (root / "README.md", root / "docs" / "getting-started.md")
     readme = (root / "README.md").read_text()
-    assert set(module.blocks(readme)) == {"test", "shifted", "time"}
+    page = (root / "docs" / "getting-started.md").read_text()
+    assert set(module.blocks(page)) == {"test", "shifted", "time"}
+    assert set(module.blocks(readme)) == {"test", "time"}
+    assert all(module.blocks(page)[name] == text for name, text in module.blocks(readme).items())
     table_md = ("# tlbench suite quick\n\n**Test accuracy (%)**\n\n| strategy | a |\n|---|---:|\n| x | 1.0 |\n\n_note_\n\n"
                 "**Shifted-test (out-of-distribution) accuracy (%)**\n\n| strategy | a |\n|---|---:|\n| x | 0.5 |\n")
     new = module.tables_of(table_md)
     assert new == {"test": "| strategy | a |\n|---|---:|\n| x | 1.0 |", "shifted": "| strategy | a |\n|---|---:|\n| x | 0.5 |"}
     new["time"] = module.time_text({"pretraining": 30.0, "tuning": 100.0, "other": 20.0, "wall": 150.0})
     assert new["time"].startswith("**150 s** (2.5 minutes)") and "everything else 13%" in new["time"]
-    rewritten = module.rewrite(readme, new)
+    rewritten = module.rewrite(page, new)
     assert module.blocks(rewritten) == new
     outside = lambda text: re.sub(r"<!-- quick:(\w+) -->.*?<!-- /quick:\1 -->", "", text, flags=re.S)  # noqa: E731
-    assert outside(rewritten) == outside(readme)
+    assert outside(rewritten) == outside(page)
+    with pytest.raises(SystemExit, match="README.md: no <!-- quick:shifted --> block"):
+        module.rewrite(readme, new)

@@ -242,7 +242,7 @@ def _proposals(study: optuna.Study) -> list[tuple]:
 @pytest.mark.parametrize("sampler", sorted(SAMPLER_CLASSES))
 def test_every_sampler_tunes_and_resumes_after_a_dead_worker(tmp_path, runtime, sampler) -> None:
     """An uninterrupted study against one whose worker died holding slot 3: the sampler's
-    proposals are the same for the samplers listed as exact (the README says which are not)."""
+    proposals are the same for the samplers listed as exact (docs/guides/studies.md says which are not)."""
     search = SearchSpec(sampler=sampler, sampler_startup_trials=2, pruner="none")
     strategy = Quadratic()
     points = grid(strategy, None, {}, 2) if sampler == "grid" else None

@@ -100,7 +100,7 @@ def test_a_single_worker_still_runs_slot_after_slot(tmp_path, runtime) -> None:
 def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_path, kind, request) -> None:
     """benchmarks/chaos.py on a small suite: workers killed with SIGKILL, then completion: nothing
     lost, doubled or left RUNNING/WAITING, no overshoot, every record and tuned configuration equal
-    to one uninterrupted worker's. On a journal named by a relative path (as the README's commands
+    to one uninterrupted worker's. On a journal named by a relative path (as the docs' commands
     name it), two of the kills hit a worker while it holds the journal's write lock; on PostgreSQL
     three workers, one on a simulated other host killed while it tunes and while it evaluates,
     found dead by its heartbeat."""
@@ -111,7 +111,7 @@ def test_chaos_workers_killed_at_random_leave_the_single_workers_records(tmp_pat
     seeds = 4 if kind == "postgres" else 5  # the journal's run is the faster: a little more work, so the 3rd kill lands
     suite.write_text(chaos.suite_text(trials=4, seeds=seeds, epochs=(6, 12),
                                       strategies=("linear_probe", "full_finetune", "distillation")))
-    workers = 3 if kind == "postgres" else 2  # the benchmark's figures: 3 workers, 10 kills each (README)
+    workers = 3 if kind == "postgres" else 2  # the benchmark's figures: 3 workers, 10 kills each (the workers guide)
     outcome = chaos.run(storage=store, workers=workers, kills=4 if kind == "postgres" else 3,
                         interval=2.0 if kind == "postgres" else 1.5,
                         remote=kind == "postgres", suite=suite, lock_kills=2 if kind == "journal" else 0,

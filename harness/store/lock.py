@@ -2,7 +2,7 @@
 
 Optuna's journal lock is a symbolic link ``<journal>.lock`` pointing to the journal *as the
 opening process named it*; a waiter judges it stale by the modification time of what it points
-to. Named relatively (``runs/x/store.journal``, as every README example and the default ``--out``
+to. Named relatively (``runs/x/store.journal``, as every example in the docs and the default ``--out``
 do), the link resolves from its own folder to a file that does not exist: the staleness test never
 fires, and a lock left by a worker killed while appending hangs every later worker, each spinning
 on a core.

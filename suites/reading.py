@@ -47,6 +47,21 @@ def _check_size(data: dict[str, Any], path: Path) -> None:
                                   f"are at most {MAX_STRING:,}")
 
 
+def yaml_problem(err: yaml.YAMLError, path: Path | None = None) -> str:
+    """Why a text is not valid YAML, in one phrase: the line (and column), the parser's problem, and
+    for a tab in the indentation (YAML allows none) the fix."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = " ".join(str(getattr(err, "problem", None) or "").split())
+    text = ""
+    if mark is not None and path is not None:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = lines[mark.line] if mark.line < len(lines) else ""
+    if "\t" in problem or "\t" in text[: len(text) - len(text.lstrip())] or "tab" in problem:
+        return f"{where}not valid YAML: a tab in the indentation (YAML indents with spaces only)"
+    return f"{where}not valid YAML ({problem})" if problem else f"{where}not valid YAML"
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: suite file not found")
@@ -58,9 +73,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file; a suite is a YAML file") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML") from None
+        raise ConfigError(f"{path}: {yaml_problem(err, path)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a suite must be a mapping of fields, got {type(data).__name__}")
     _check_size(data, path)

@@ -245,6 +245,32 @@ def test_invalid_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert re.search(r"line \d+", line), line
 
 
+def test_invalid_yaml_says_why_a_tab_most_of_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_suite(tmp_path, "training:\n\tepochs: [2, 4]\n")
+    assert_one_error(*run_cli(tmp_path, capsys, path), str(path), "line 3, column 1",
+                     "a tab in the indentation (YAML indents with spaces only)")
+    path = write_suite(tmp_path, "trials: [1, 2\nseeds: 3\n")
+    assert_one_error(*run_cli(tmp_path, capsys, path), "not valid YAML (expected ',' or ']', but got ':')")
+
+
+@pytest.mark.parametrize("body, where, hint", [
+    ("search_space:\n  full_finetune:\n    lr_sgd: {low: 1e-3, high: 0.1, log: true}\n",
+     "search_space.full_finetune.lr_sgd.low", "got '1e-3'; YAML reads 1e-3 as text: write 1.0e-3"),
+    ("search_space:\n  full_finetune:\n    lr_sgd: 3e-4\n",
+     "search_space.full_finetune.lr_sgd", "got '3e-4'; YAML reads 3e-4 as text: write 3.0e-4"),
+    ("search_space:\n  full_finetune:\n    lr_sgd: {high: 1.5e1}\n",
+     "search_space.full_finetune.lr_sgd.high", "got '1.5e1'; YAML reads 1.5e1 as text: write 1.5e+1"),
+])
+def test_a_number_yaml_reads_as_text_gets_the_spelling_it_needs(tmp_path: Path, capsys, body, where, hint) -> None:
+    path = write_suite(tmp_path, body)
+    assert_one_error(*run_cli(tmp_path, capsys, path), where, hint)
+
+
+def test_the_number_hint_through_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_error(*run_cli(tmp_path, capsys, "smoke", "--set", "search_space.full_finetune.lr_sgd.low=1e-3"),
+                     "--set search_space.full_finetune.lr_sgd.low=1e-3", "write 1.0e-3")
+
+
 def test_suite_path_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A missing suite file names the path and lists the bundled suites."""
     missing = tmp_path / "nope.yaml"

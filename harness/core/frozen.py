@@ -8,6 +8,7 @@ error becomes one line naming the file, the field, the value and what is allowed
 
 from __future__ import annotations
 
+import re
 import reprlib
 import types
 import typing
@@ -53,6 +54,27 @@ def short_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters: a message never prints a huge value."""
     text = reprlib_repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+#: A number in scientific notation that YAML 1.1 (PyYAML) reads as text: no dot in the mantissa
+#: (``3e-4``) or no sign in the exponent (``1.0e3``).
+_TEXT_NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?)(\d+)\s*$")
+
+
+def yaml_number_hint(value: Any) -> str:
+    """For a string YAML read from a number written ``3e-4`` (PyYAML's YAML 1.1 needs ``3.0e-4``): the
+    hint to write it so; "" for anything else."""
+    found = _TEXT_NUMBER.match(value) if isinstance(value, str) else None
+    if found is None:
+        return ""
+    mantissa, sign, exponent = found.groups()
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    return f"; YAML reads {value.strip()} as text: write {mantissa}e{sign or '+'}{exponent}"
+
+
+def got(value: Any) -> str:
+    """``got VALUE`` for a message, with :func:`yaml_number_hint`'s hint where it applies."""
+    return f"got {short_repr(value)}{yaml_number_hint(value)}"
 
 
 def reprlib_repr(value: Any) -> str:
@@ -118,7 +140,7 @@ def format_error(err: ValidationError, model: type[BaseModel], where: str, *, se
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "value_error":  # cross-field checks: the message says it all
         return f"{at}: {msg}"
-    return f"{at}: {msg} (got {short_repr(first.get('input'))})"
+    return f"{at}: {msg} ({got(first.get('input'))})"
 
 
 F = typing.TypeVar("F", bound=Frozen)

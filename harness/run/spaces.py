@@ -29,7 +29,7 @@ from optuna.distributions import (
 )
 
 from tlbench.core.errors import ConfigError
-from tlbench.core.frozen import short_repr
+from tlbench.core.frozen import got, short_repr
 from tlbench.store.space import Param, SearchSpace
 from tlbench.strategies.base import Strategy
 from tlbench.training.backbones import Backbone
@@ -268,7 +268,7 @@ def _override(dist: BaseDistribution, spec: Any, at: str) -> Override:
     if not isinstance(spec, dict):
         if not _number(spec) or (integer and not isinstance(spec, int)):
             raise ConfigError(f"{at}: wrong type: {kind} or {{low, high, log}} is expected "
-                              f"(declared {describe_dist(dist)}), got {short_repr(spec)}")
+                              f"(declared {describe_dist(dist)}), {got(spec)}")
         return Fixed(spec)
     unknown = set(spec) - {"low", "high", "log", "step"}
     if unknown:
@@ -278,7 +278,7 @@ def _override(dist: BaseDistribution, spec: Any, at: str) -> Override:
     log, step = spec.get("log", dist.log), spec.get("step", dist.step if not integer or dist.step != 1 else None)
     for key, value in (("low", low), ("high", high)):
         if not _number(value) or (integer and not isinstance(value, int)):
-            raise ConfigError(f"{at}.{key}: wrong type: {kind} is expected, got {short_repr(value)}")
+            raise ConfigError(f"{at}.{key}: wrong type: {kind} is expected, {got(value)}")
     if not isinstance(log, bool):
         raise ConfigError(f"{at}.log: true or false, got {short_repr(log)}")
     if step is not None and (not _number(step) or step <= 0):
@@ -349,7 +349,7 @@ def check_value(dist: BaseDistribution, value: Any, at: str) -> None:
     integer = isinstance(dist, IntDistribution)
     if not _number(value) or (integer and not isinstance(value, int)):
         raise ConfigError(f"{at}: wrong type: {'an integer' if integer else 'a number'} is expected, "
-                          f"got {short_repr(value)}")
+                          f"{got(value)}")
     if not dist.low <= value <= dist.high:
         raise ConfigError(f"{at}: {value} is outside the declared range {describe_dist(dist)}")
 

@@ -266,6 +266,14 @@ def test_a_number_yaml_reads_as_text_gets_the_spelling_it_needs(tmp_path: Path, 
     assert_one_error(*run_cli(tmp_path, capsys, path), where, hint)
 
 
+def test_trials_under_an_epochs_budget_is_said_not_silently_ignored(tmp_path: Path, capsys) -> None:
+    path = write_suite(tmp_path, "budget: {epochs: 120}\n")  # the quick suite it includes says trials: 20
+    rc, out, err = run_cli(tmp_path, capsys, path)
+    assert rc == 0
+    assert ("× 120 backbone epochs of tuning (trials: 20 does not apply under an epochs budget; budget.max_trials "
+            "caps the trials at 500)") in out + err
+
+
 def test_the_number_hint_through_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_error(*run_cli(tmp_path, capsys, "smoke", "--set", "search_space.full_finetune.lr_sgd.low=1e-3"),
                      "--set search_space.full_finetune.lr_sgd.low=1e-3", "write 1.0e-3")

@@ -126,6 +126,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     budget = suite.tuning_budget
     tuning = (budget.describe() + (" of tuning" if budget.epochs is not None else "")
               + (" (grid)" if plan.grids else ""))
+    if budget.epochs is not None and "trials" in suite.model_fields_set:  # given, perhaps by an included file
+        tuning += (f" (trials: {suite.trials} does not apply under an epochs budget; budget.max_trials caps the "
+                   f"trials at {budget.max_trials})")
     console.print(f"suite {suite.name}: {len(plan.cells)} cell{'' if len(plan.cells) == 1 else 's'} × {tuning}, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"

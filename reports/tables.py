@@ -170,14 +170,22 @@ def inputs_note(runs: pd.DataFrame) -> str:
     return note
 
 
+def _spread(mean: float | None, sd: float | None) -> str:
+    """``mean ± sd`` of seconds (the mean alone for one run)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.2f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.2f}")
+
+
 def cost_table(runs: pd.DataFrame) -> Table | None:
-    """Per task and strategy: mean training seconds (with reused models; own alone),
+    """Per task and strategy: mean training seconds ± their spread over seeds (with reused models; own alone),
     trainable parameters, peak memory, inference parameters and time."""
     runs = with_columns(runs)
     if runs.empty:
         return None
-    agg = {"train_seconds": ("train_seconds", "mean"), "trainable": ("trainable_parameters", "mean"),
-           "peak": ("peak_memory_mb", "mean"), "runs": ("seed", "count")}
+    agg = {"train_seconds": ("train_seconds", "mean"), "train_sd": ("train_seconds", "std"),
+           "trainable": ("trainable_parameters", "mean"), "peak": ("peak_memory_mb", "mean"),
+           "runs": ("seed", "count")}
     # Records from before the feature pass was charged (and inference timed by a median) have none.
     features = "feature_seconds" in runs and runs["feature_seconds"].notna().any()
     compute = "tuning_compute" in runs and runs["tuning_compute"].notna().any()
@@ -185,21 +193,29 @@ def cost_table(runs: pd.DataFrame) -> Table | None:
                       ("inference", "inference_parameters"), ("ms", "inference_ms_per_example")):
         if col in runs:
             agg[name] = (col, "mean")
+    if "own_train_seconds" in runs:
+        agg["own_sd"] = ("own_train_seconds", "std")
     stats_frame = runs.groupby(["column", "strategy"]).agg(**agg).reset_index()
+    stats_frame = stats_frame.sort_values("column", key=lambda c: c.map(stats.natural_key), kind="stable")
     header = ["task", "strategy", "train s", "own train s", *(["feature pass s"] if features else []),
               *(["tuning compute"] if compute else []),
               "trainable params", "peak memory MB", "inference params", "inference ms/example", "runs"]
     rows = []
     for r in stats_frame.to_dict("records"):
-        rows.append([TableCell(r["column"]), TableCell(r["strategy"]), TableCell(f"{r['train_seconds']:.2f}"),
-                     TableCell(fmt_number(r.get("own"), 2)),
+        rows.append([TableCell(r["column"]), TableCell(r["strategy"]),
+                     TableCell(_spread(r["train_seconds"], r["train_sd"])),
+                     TableCell(_spread(r.get("own"), r.get("own_sd"))),
                      *([TableCell(fmt_number(r["features"] or math.nan, 2))] if features else []),
                      *([TableCell(fmt_number(r["compute"], 1))] if compute else []),
                      TableCell(fmt_number(r["trainable"], 0, grouped=True)),
                      TableCell(fmt_number(r["peak"], 0)), TableCell(fmt_number(r.get("inference"), 0, grouped=True)),
                      TableCell(fmt_number(r.get("ms"), 3)), TableCell(str(int(r["runs"])))])
     kinds = sorted(runs["peak_memory_kind"].dropna().unique()) if "peak_memory_kind" in runs else []
-    notes = ["Means over evaluation runs. Train s includes the training time of models a strategy "
+    notes = ["Means over evaluation runs; for the wall-clock seconds ± their standard deviation over the runs "
+             "(seeds). Seconds depend on the machine and its load (on a shared machine they are noisy): "
+             + ("the tuning compute, counted in FLOPs, is the stable figure. " if compute else
+                "FLOP-counted compute (an epochs budget's tuning compute) is the stable figure. ")
+             + "Train s includes the training time of models a strategy "
              "reuses (a distillation's teacher, an ensemble's members); own train s is its own. "
              + ("Feature pass s: the frozen backbone's pass over the train and validation splits that a "
                 "strategy training on cached features (linear probe, LP-FT) reads, as long as it took when "
@@ -404,6 +420,19 @@ def fmt_param(value: object) -> str:
     return str(value)
 
 
+def searched_names(params: dict, space: dict[str, str] | None) -> dict:
+    """A configuration with each value under the name it was searched as: a learning rate drawn per
+    optimizer is ``lr`` in the configuration a strategy trains with but ``lr_adamw`` (or ``lr_sgd``)
+    in the search space and the trials, so the selected-hyperparameters table shows it under that
+    name. (One configuration per cell.)"""
+    if not space or "lr" in space or "lr" not in params or "optimizer" not in params:
+        return params
+    name = f"lr_{params['optimizer']}"
+    if name not in space:
+        return params
+    return {(name if key == "lr" else key): value for key, value in params.items()}
+
+
 def _params(value: object) -> dict:
     if isinstance(value, str):  # a runs frame read back from runs.parquet / runs.csv
         try:
@@ -450,9 +479,10 @@ def hyperparameter_tables(runs: pd.DataFrame,
         for key, cell in group.groupby(keys, sort=True):
             key = key if isinstance(key, tuple) else (key,)
             task = f"{key[0]}: {key[1]}" if several_suites else key[-2]
-            params = _params(cell["params"].iloc[0])  # one configuration per cell
+            params = searched_names(_params(cell["params"].iloc[0]), (spaces or {}).get(strategy))
             params.update({f"{name} (after fit)": text for name, text in _chosen(cell).items()})
             cells.append((task, key[-1], params))
+        cells.sort(key=lambda c: (stats.natural_key(c[0]), c[1]))  # shots2 before shots10
         tuned = sorted({name for _, _, params in cells for name in params if not name.endswith(" (after fit)")})
         names = tuned + sorted({name for _, _, params in cells for name in params} - set(tuned))
         rows = [[TableCell(task), TableCell(backbone),

@@ -312,14 +312,16 @@ def test_cost_table_numbers_equal_a_pandas_recomputation() -> None:
     md = to_markdown(cost_table(runs))
     lines = [line for line in md.splitlines() if line.startswith("|")][2:]
     direct = runs.groupby(["task", "strategy"]).agg(
-        train=("train_seconds", "mean"), own=("own_train_seconds", "mean"),
+        train=("train_seconds", "mean"), own=("own_train_seconds", "mean"), train_sd=("train_seconds", "std"),
+        own_sd=("own_train_seconds", "std"),
         trainable=("trainable_parameters", "mean"), peak=("peak_memory_mb", "mean"),
         inference=("inference_parameters", "mean"), ms=("inference_ms_per_example", "mean"), n=("seed", "count"))
     assert len(lines) == len(direct)
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
         row = direct.loc[(cells[0], cells[1])]
-        assert cells[2:] == [f"{row['train']:.2f}", f"{row['own']:.2f}", f"{row['trainable']:,.0f}",
+        assert cells[2:] == [f"{row['train']:.2f} ± {row['train_sd']:.2f}", f"{row['own']:.2f} ± {row['own_sd']:.2f}",
+                             f"{row['trainable']:,.0f}",
                              f"{row['peak']:.0f}", f"{row['inference']:,.0f}", f"{row['ms']:.3f}", str(int(row["n"]))]
 
 
@@ -635,7 +637,8 @@ def test_the_report_line_lists_every_file_written(two_seed_report) -> None:
     assert f"figures/ ({len(figures)} files: " in line and len(figures) > 10
     for name in on_disk:
         assert (name if "/" not in name else name.split("/", 1)[1]) in line, name
-    assert line.startswith("runs.parquet, runs.csv, trials.parquet, table.md, table.tex, report.html")
+    assert line.startswith("runs.parquet, runs.csv, trials.parquet, stats.parquet, stats.csv, table.md, table.tex, "
+                           "report.html")
 
 
 def test_figures_drawn_in_parallel_are_the_files_a_sequential_report_writes(two_seed_report, tmp_path,
@@ -679,3 +682,22 @@ def test_an_interval_asked_for_again_is_computed_once_and_is_the_same() -> None:
     assert first == again and report_stats._bootstrap.cache_info().hits == 1
     report_stats.bootstrap_ci(values, seed=4)  # another seed is computed, not served from the cache
     assert report_stats._bootstrap.cache_info().misses == 2
+
+
+def test_swept_tasks_sort_numerically_and_the_learning_rate_keeps_its_searched_name() -> None:
+    """From a new user's trial of a shots sweep: the cost table and the selected hyperparameters listed
+    shots10 before shots2, and showed ``lr`` for what the search space and the trials call ``lr_adamw``."""
+    from tlbench.reports.tables import hyperparameter_tables
+
+    runs = runs_frame(strategies=("scratch",), tasks=("d.shots10", "d.shots2", "d.shots5"), seeds=2)
+    runs["params"] = [{"optimizer": "adamw", "lr": 0.001, "epochs": 3}] * len(runs)
+    cost = to_markdown(cost_table(runs))
+    assert [line.split("|")[1].strip() for line in cost.splitlines() if line.startswith("| d.")] == [
+        "d.shots2", "d.shots5", "d.shots10"]
+    spaces = {"scratch": {"epochs": "[2, 4]", "lr_adamw": "[1e-05, 0.01] (log)", "lr_sgd": "[0.001, 0.1] (log)",
+                          "optimizer": "{sgd, adamw}"}}
+    [table] = hyperparameter_tables(runs, spaces)
+    assert table.header == ["task", "backbone", "epochs", "lr_adamw", "optimizer"]
+    assert [row[0].text for row in table.rows] == ["d.shots2", "d.shots5", "d.shots10"]
+    [plain] = hyperparameter_tables(runs, {"scratch": {"lr": "[1e-05, 0.01] (log)"}})
+    assert "lr" in plain.header  # searched as lr: stays lr

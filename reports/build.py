@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -128,14 +129,13 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
         tables.append(("tab:cost", cost))
     colours = figures.palette(sorted(set(runs["strategy"]) | set(results.sensitivity.get("strategy", []))),
                               strategy_order)
-    study_tables, study_files = studies.studies_section(runs, results.sensitivity, out / "figures",
-                                                        colours=colours, seed=seed, draw=figures_too)
+    study_tables, study_files, study_captions = studies.studies_section(runs, results.sensitivity, out / "figures",
+                                                                        colours=colours, seed=seed, draw=figures_too)
     tables += study_tables
     chosen = selection.selection_section(results.scores, runs, ground_truth=results.ground_truth, seed=seed,
                                          out=out / "figures", draw=figures_too)
     tables += chosen.tables
     report.notes += chosen.notes
-    report.captions.update(chosen.captions)
     study_files = study_files + chosen.files
     if rank_test is not None and rank_test.reason:
         report.notes.append(f"No Friedman test or critical difference: {rank_test.reason}.")
@@ -164,6 +164,8 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     if figures_too:
         report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed,
                                  has_shift=has_shift, strategy_order=strategy_order) + study_files
+        # after the report's own figures, in the page's order (model selection's, then the studies')
+        report.captions.update({**chosen.captions, **study_captions})
     else:
         report.notes.append("Figures not drawn (tlbench run --report tables); tlbench report draws them.")
     html_path = out / "report.html"
@@ -317,6 +319,26 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], selecte
         ("tasks", ", ".join(sorted(runs["task"].unique(), key=stats.natural_key))),
         ("strategies", ", ".join(sorted(runs["strategy"].unique()))),
     ]
+    swept = studies.swept_runs(runs)
+    if not swept.empty:
+        proto.append(("sweeps", "; ".join(
+            f"{family}: {field} = {', '.join(f'{v:g}' for v in sorted(part['value'].unique()))}"
+            for (family, field), part in swept.groupby(["family", "field"]))))
+    sens = results.sensitivity
+    if not sens.empty:
+        varied = [c for c in sens.columns if c.startswith("varied:")]
+        studied = []
+        for strategy, part in sens.groupby("strategy"):
+            names = [c.removeprefix("varied:") for c in varied if part[c].notna().any()]
+            values = "; ".join(f"{n} ∈ {{{', '.join(f'{v:.3g}' if isinstance(v, float) else str(v) for v in sorted(part[f'varied:{n}'].dropna().unique(), key=str))}}}"
+                               for n in names)
+            studied.append(f"{strategy}: {values} ({part['seed'].nunique()} seeds, around the tuned configuration)")
+        proto.append(("sensitivity studies", "; ".join(studied)))
+    options = results.settings.get("strategy_options") if isinstance(results.settings, dict) else None
+    shown = sorted(name for name in (options or {}) if name in set(runs["strategy"]))
+    if shown:  # the suite's strategy_options of the strategies in this report, as stored with the run
+        proto.append(("strategy options", "; ".join(f"{name}: {json.dumps(options[name], sort_keys=True)}"
+                                                    for name in shown)))
     if results.overrides:
         proto.append(("command-line overrides", "; ".join(f"--set {arg}" for arg in results.overrides)
                       + " (applied to the suite file before it was validated)"))
@@ -338,9 +360,6 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], selecte
     prov.append(("report written", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
     figs = "".join(_img(out / "figures" / f"{name}.png", caption) for name, caption in report.captions.items()
                    if (out / "figures" / f"{name}.png") in report.files)
-    figs += "".join(_img(p, f"{p.stem.split('_', 1)[1]}: " + (studies.SWEEP_CAPTION if p.stem.startswith("sweep_")
-                                                            else studies.SENSITIVITY_CAPTION))
-                    for p in report.files if p.suffix == ".png" and p.stem.startswith(("sweep_", "sensitivity_")))
     notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in report.notes)
     files = ", ".join(f"<code>{html.escape(p.relative_to(out).as_posix())}</code>" for p in report.files)
     return f"""<!DOCTYPE html>

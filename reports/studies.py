@@ -278,17 +278,118 @@ SENSITIVITY_CAPTION = ("Test accuracy (mean and 95% bootstrap interval over the 
                        "values.")
 
 
+def _interval(mean: float, low: float, high: float, n: int) -> str:
+    """``mean ± half-width`` in percent (the mean alone without an interval)."""
+    return f"{mean * SCALE:.1f}" + ("" if n < 2 or math.isnan(low) else f" ± {(high - low) / 2 * SCALE:.1f}")
+
+
+def _seeds_note(fewest: int, what: str) -> list[str]:
+    from tlbench.reports.tables import few_seeds_note
+
+    if 2 <= fewest < stats.MIN_SEEDS:
+        return [few_seeds_note(fewest, f"the intervals {what} are too narrow: read them as descriptive.")]
+    if fewest == 1:
+        return ["Values without ± have one seed: no interval from one seed."]
+    return []
+
+
+def sweep_tables(summary: pd.DataFrame) -> list[Table]:
+    """The numbers behind each sweep figure: per family (and backbone), a row per swept value and a
+    column per strategy, mean ± half-width of the 95% bootstrap interval; the best per row in bold."""
+    tables = []
+    several = summary["backbone"].nunique() > 1
+    for (family, field, backbone), part in summary.groupby(["family", "field", "backbone"]):
+        strategies = sorted(part["strategy"].unique())
+        rows = []
+        for value, at in sorted(part.groupby("value"), key=lambda kv: kv[0]):
+            cells = at.set_index("strategy")
+            best = cells["mean"].max()
+            row = [TableCell(f"{value:g}")]
+            for strategy in strategies:
+                if strategy not in cells.index:
+                    row.append(TableCell("–"))
+                    continue
+                r = cells.loc[strategy]
+                row.append(TableCell(_interval(r["mean"], r["low"], r["high"], int(r["n"])),
+                                     bold=math.isclose(r["mean"], best, rel_tol=0, abs_tol=1e-12)))
+            rows.append(row)
+        notes = [f"Test accuracy (%) at each {field}: mean over evaluation seeds ± half-width of the 95% bootstrap "
+                 f"interval of the mean; bold: the best mean at that value (a point estimate, not a test: the "
+                 f"crossover table tests scratch against the best)."]
+        notes += _seeds_note(int(part["n"].min()), "of this sweep")
+        title = f"Sweep of {field}: {family}" + (f" / {backbone}" if several else "")
+        tables.append(Table([field, *strategies], rows, title, notes, align="r" * (len(strategies) + 1)))
+    return tables
+
+
+def sensitivity_tables(summary: pd.DataFrame) -> list[Table]:
+    """The numbers behind each sensitivity figure: per strategy and varied hyperparameter(s), a row per
+    cell and value (or pair), mean ± half-width and seeds; the tuned value marked."""
+    tables = []
+    for (strategy, params), part in summary.groupby(["strategy", "params"]):
+        names = list(params)
+        rows = []
+        records = part.to_dict("records")  # cells in natural order (shots2 before shots10), values as given
+        for r in sorted(records, key=lambda r: (stats.natural_key(r["task"]), str(r["backbone"]))):
+            point = [r["x"]] + ([r["y"]] if len(names) > 1 else [])
+            tuned = [r["tuned_x"]] + ([r["tuned_y"]] if len(names) > 1 else [])
+            is_tuned = all(a == b for a, b in zip(point, tuned))
+            rows.append([TableCell(r["task"]), TableCell(r["backbone"]),
+                         *(TableCell(f"{v:.3g}" if isinstance(v, float) else str(v), bold=is_tuned) for v in point),
+                         TableCell(_interval(r["mean"], r["low"], r["high"], int(r["n"])), bold=is_tuned),
+                         TableCell(str(int(r["n"])))])
+        notes = [f"Test accuracy (%) with {' and '.join(names)} set to each value, every other hyperparameter at its "
+                 f"tuned value: mean over the study's seeds ± half-width of the 95% bootstrap interval. Bold: the "
+                 f"tuned value."]
+        notes += _seeds_note(int(part["n"].min()), "of this study")
+        tables.append(Table(["task", "backbone", *names, "test acc. (%)", "seeds"], rows,
+                            f"Sensitivity of {strategy} to {' × '.join(names)}", notes,
+                            align="ll" + "l" * len(names) + "rr"))
+    return tables
+
+
+def study_captions(files: list[Path], sweep: pd.DataFrame, sensitivity: pd.DataFrame) -> dict[str, str]:
+    """Each study figure's caption (file stem → text), with the low-seed note where that figure's
+    fewest seeds per point call for it."""
+    from tlbench.reports.tables import few_seeds_note
+
+    fewest: dict[str, tuple[str, int]] = {}  # stem → (caption, fewest seeds behind a point)
+    if not sweep.empty:
+        for (family, _), part in sweep.groupby(["family", "field"]):
+            fewest[f"sweep_{_file_part(family)}"] = (f"{family}: {SWEEP_CAPTION}", int(part["n"].min()))
+    if not sensitivity.empty:
+        for (strategy, params), part in sensitivity.groupby(["strategy", "params"]):
+            fewest[f"sensitivity_{_file_part(strategy)}_{_file_part('-'.join(params))}"] = (
+                f"{strategy}, {' × '.join(params)}: {SENSITIVITY_CAPTION}", int(part["n"].min()))
+    captions = {}
+    for path in files:
+        if path.suffix == ".png" and path.stem in fewest:
+            text, n = fewest[path.stem]
+            if 2 <= n < stats.MIN_SEEDS:
+                text += " " + few_seeds_note(n, "the intervals are descriptive (too narrow).")
+            elif n == 1:
+                text += " Some points have one seed: no interval from one seed."
+            captions[path.stem] = text
+    return captions
+
+
 def studies_section(runs: pd.DataFrame, sensitivity: pd.DataFrame, out: Path, *, colours: dict,
-                    seed: int = 0, draw: bool = True) -> tuple[list[tuple[str, Table]], list[Path]]:
-    """The report's tables (with LaTeX labels) and figures (unless not ``draw``) for a suite's
-    sweeps and sensitivity studies; nothing when it has neither."""
-    tables = [(f"tab:crossover{i or ''}", t) for i, t in enumerate(crossover_tables(runs, seed=seed))]
+                    seed: int = 0, draw: bool = True
+                    ) -> tuple[list[tuple[str, Table]], list[Path], dict[str, str]]:
+    """The report's tables (with LaTeX labels: the sweeps' numbers, where transfer stops paying off, the
+    sensitivity studies' numbers), figures (unless not ``draw``) and their captions (file stem → text)
+    for a suite's sweeps and sensitivity studies; nothing when it has neither."""
+    summary = sweep_summary(runs, seed=seed)
+    sens = sensitivity_summary(sensitivity, seed=seed) if not sensitivity.empty else pd.DataFrame()
+    tables = [(f"tab:sweep{i or ''}", t) for i, t in enumerate(sweep_tables(summary) if not summary.empty else [])]
+    tables += [(f"tab:crossover{i or ''}", t) for i, t in enumerate(crossover_tables(runs, seed=seed))]
+    tables += [(f"tab:sensitivity{i or ''}", t) for i, t in enumerate(sensitivity_tables(sens) if not sens.empty
+                                                                        else [])]
     files: list[Path] = []
     if not draw:
-        return tables, files
-    summary = sweep_summary(runs, seed=seed)
+        return tables, files, {}
     if not summary.empty:
         files += sweep_figures(summary, out, colours=colours)
-    if not sensitivity.empty:
-        files += sensitivity_figures(sensitivity_summary(sensitivity, seed=seed), out, colours=colours)
-    return tables, files
+    if not sens.empty:
+        files += sensitivity_figures(sens, out, colours=colours)
+    return tables, files, study_captions(files, summary, sens)

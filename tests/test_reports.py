@@ -701,3 +701,25 @@ def test_swept_tasks_sort_numerically_and_the_learning_rate_keeps_its_searched_n
     assert [row[0].text for row in table.rows] == ["d.shots2", "d.shots5", "d.shots10"]
     [plain] = hyperparameter_tables(runs, {"scratch": {"lr": "[1e-05, 0.01] (log)"}})
     assert "lr" in plain.header  # searched as lr: stays lr
+
+
+def test_the_protocol_describes_studies_options_and_overrides(tmp_path) -> None:
+    """The report's protocol names the sweeps and sensitivity studies, the strategy options of the strategies
+    shown (not of others) and the command line's --set overrides, as the store recorded them."""
+    runs = runs_frame(seeds=2)
+    runs["task_info"] = [{"sweep": {"family": "d", "field": "shots", "value": {"t1": 2, "t2": 10, "t3": 5}[t]}}
+                         for t in runs["task"]]
+    sensitivity = pd.DataFrame([{"task": "t1", "backbone": "bb", "strategy": "full_finetune", "seed": seed,
+                                 "test_accuracy": 0.5, "varied:lr": lr, "tuned:lr": 0.01}
+                                for lr in (0.001, 0.01) for seed in range(2)])
+    results = results_for(runs)
+    results.sensitivity = sensitivity
+    results.settings = {"strategy_options": {"full_finetune": {"freeze": 1}, "distillation": {"teacher": "x"}}}
+    results.overrides = ["training.epochs=[3, 5]"]
+    write_report(results, tmp_path, title="t", figures_too=False)
+    page = (tmp_path / "report.html").read_text()
+    protocol = page[page.index("<h2>Protocol"):page.index("<h2>Search spaces")]
+    assert "<dt>sweeps</dt><dd>d: shots = 2, 5, 10</dd>" in protocol
+    assert "full_finetune: lr ∈ {0.001, 0.01} (2 seeds, around the tuned configuration)" in protocol
+    assert "full_finetune: {&quot;freeze&quot;: 1}" in protocol and "distillation" not in protocol
+    assert "--set training.epochs=[3, 5]" in protocol

@@ -589,12 +589,51 @@ def test_sweep_and_sensitivity_figures_are_written(tmp_path) -> None:
     assert len(one) == 6 and (one["tuned_x"] == 0.01).all()
     runs = _sweep_runs({1: 0.4, 5: 0.0})
     colours = palette(["full_finetune", "linear_probe", "scratch"])
-    tables, files = studies_section(runs, frame, tmp_path, colours=colours)
+    tables, files, captions = studies_section(runs, frame, tmp_path, colours=colours)
     names = sorted(p.name for p in files)
     assert names == sorted(["sweep_d.png", "sweep_d.pdf", "sensitivity_full_finetune_lr.png",
                             "sensitivity_full_finetune_lr.pdf", "sensitivity_full_finetune_lr-wd.png",
                             "sensitivity_full_finetune_lr-wd.pdf"])
-    assert all(p.stat().st_size > 1000 for p in files) and len(tables) == 1
+    assert all(p.stat().st_size > 1000 for p in files)
+    assert [label for label, _ in tables] == ["tab:sweep", "tab:crossover", "tab:sensitivity", "tab:sensitivity1"]
+    # the figures' captions: the sensitivity study has 1–3 seeds per value, so its figures say so
+    assert set(captions) == {"sweep_d", "sensitivity_full_finetune_lr", "sensitivity_full_finetune_lr-wd"}
+    assert "Few seeds: 3 evaluation seeds" in captions["sensitivity_full_finetune_lr-wd"]
+    assert "Few seeds: 2 evaluation seeds" in captions["sensitivity_full_finetune_lr"]
+    assert "Few seeds" not in captions["sweep_d"] and captions["sweep_d"].startswith("d: ")  # 5 seeds
+    assert "Few seeds: 2 evaluation seeds" in " ".join(dict(tables)["tab:sensitivity"].notes)
+
+
+def test_sweep_and_sensitivity_tables_hold_the_figures_numbers() -> None:
+    import pandas as pd
+
+    from tlbench.reports.studies import sensitivity_summary, sensitivity_tables, sweep_summary, sweep_tables
+    from tlbench.reports.tables import to_latex, to_markdown
+
+    runs = _sweep_runs({10: 0.1, 2: 0.4, 5: 0.2})
+    summary = sweep_summary(runs)
+    [table] = sweep_tables(summary)
+    assert table.header == ["shots", "full_finetune", "linear_probe", "scratch"]
+    assert [row[0].text for row in table.rows] == ["2", "5", "10"]  # numeric order
+    for row in table.rows:
+        for strategy, cell in zip(table.header[1:], row[1:]):
+            r = summary[(summary["value"] == float(row[0].text)) & (summary["strategy"] == strategy)].iloc[0]
+            assert cell.text == f"{r['mean'] * 100:.1f} ± {(r['high'] - r['low']) / 2 * 100:.1f}"
+        assert [c.bold for c in row[1:]] == [False, True, False]  # linear_probe is best at every value
+    assert "\\begin{tabular}" in to_latex(table)
+    rows = [{"task": "a", "backbone": "b", "strategy": "lp", "seed": seed, "test_accuracy": 0.5 + lr + seed / 100,
+             "varied:lr": lr, "tuned:lr": 0.01} for lr in (0.001, 0.01, 0.1) for seed in range(5)]
+    sens = sensitivity_summary(pd.DataFrame(rows))
+    [table] = sensitivity_tables(sens)
+    text = to_markdown(table)
+    tuned = sens[sens["x"] == 0.01].iloc[0]
+    assert f"| a | b | **0.01** | **{tuned['mean'] * 100:.1f} ± {(tuned['high'] - tuned['low']) / 2 * 100:.1f}** | 5 |" \
+        in text
+    assert [row[2].text for row in table.rows] == ["0.001", "0.01", "0.1"]
+    assert [row[2].bold for row in table.rows] == [False, True, False]
+    assert not any("Few seeds" in note for note in table.notes)  # 5 seeds
+    [single] = sensitivity_tables(sensitivity_summary(pd.DataFrame([r for r in rows if r["seed"] == 0])))
+    assert "Values without ± have one seed" in " ".join(single.notes) and "±" not in single.rows[0][3].text
 
 
 def test_the_bundled_shots_study_shows_transfer_paying_off_less_as_shots_grow(tmp_path, monkeypatch) -> None:

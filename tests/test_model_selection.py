@@ -170,6 +170,7 @@ def test_the_report_ranks_the_scorers(selection_run: Path) -> None:
     html = (out / "report.html").read_text()
     assert "Model selection" in html and "selection_linear_probe" not in html.split("<body")[0]
     assert (out / "figures" / "selection_linear_probe.png").is_file()
+    assert "<figcaption style=\"font-weight:400\">Each scorer&#x27;s value (x) against" in html  # drawn on the page
     # `tlbench report` reads the same tables from the store alone
     again = selection_run / "again"
     assert main(["report", str(out), "--out", str(again)]) == 0

@@ -168,6 +168,22 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return pd.DataFrame(front, columns=points.columns)
 
 
+def readable_log_axis(ax: plt.Axes, which: str = "x") -> None:
+    """Makes ``ax``'s ``which`` axis a log axis whose labels never collide: ticks at 1, 2 and 5 per decade,
+    labelled as plain numbers (``0.2``, ``5``, ``100``) when the data span less than three decades, else
+    at the decades only; no minor labels (Matplotlib labels the minor ticks of a range shorter than a
+    decade, and they overlap)."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    ax.autoscale_view()
+    low, high = ax.get_xlim() if which == "x" else ax.get_ylim()
+    decades = math.log10(high / low) if low > 0 and high > low else 0.0
+    subs = (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "cost_accuracy") -> list[Path]:
     """Per task: test accuracy against training seconds (log scale, reused models included),
     one point per strategy (mean over seeds), the Pareto front as a dashed staircase."""
@@ -191,7 +207,7 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
                 ax.scatter(row.train_seconds, row.test_accuracy * 100, color=colours[row.strategy], s=24,
                            marker=shapes[row.strategy], edgecolor="black" if row.strategy in on_front else "none",
                            linewidth=0.8, zorder=2)
-            ax.set_xscale("log")
+            readable_log_axis(ax)
             ax.set_title(column)
             ax.set_xlabel(label)
             ax.set_ylabel("test accuracy (%)")
@@ -223,7 +239,7 @@ def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str =
                 ax.set_xlabel({"trials": "completed tuning trials", "seconds": "tuning compute (s, log)",
                                "epochs": "tuning compute (backbone epochs, log)"}[x])
                 if x != "trials":
-                    ax.set_xscale("log")
+                    readable_log_axis(ax)
                 else:
                     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
                 ax.set_ylabel("expected best val. acc. (%)")

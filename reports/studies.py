@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from tlbench.reports import stats
-from tlbench.reports.figures import RC, _panels, _save, markers, plt, sns
+from tlbench.reports.figures import RC, _panels, _save, markers, plt, readable_log_axis, sns
 from tlbench.reports.tables import SCALE, Table, TableCell
 
 SCRATCH = "scratch"
@@ -241,7 +241,7 @@ def _curve(ax: plt.Axes, sub: pd.DataFrame, name: str, colour: str) -> None:
     tuned = sub["tuned_x"].iloc[0]
     if numeric:
         if _log_axis(np.asarray(x)):
-            ax.set_xscale("log")
+            readable_log_axis(ax)
         if tuned is not None:
             ax.axvline(float(tuned), color="#444", linestyle="--", linewidth=0.9, label=f"tuned {tuned:.3g}")
             ax.legend(loc="best", frameon=False)

@@ -723,3 +723,22 @@ def test_the_protocol_describes_studies_options_and_overrides(tmp_path) -> None:
     assert "full_finetune: lr ∈ {0.001, 0.01} (2 seeds, around the tuned configuration)" in protocol
     assert "full_finetune: {&quot;freeze&quot;: 1}" in protocol and "distillation" not in protocol
     assert "--set training.epochs=[3, 5]" in protocol
+
+
+@pytest.mark.parametrize("low, high", [(0.15, 0.6), (0.04, 2.5), (1.0, 700.0), (0.01, 5000.0)])
+def test_log_axes_label_without_overlap(low, high) -> None:
+    """The cost/accuracy and tuning-compute axes: a range under a decade used to get Matplotlib's minor labels
+    (2×10⁻¹ 3×10⁻¹ 4×10⁻¹ …), which overlapped."""
+    from tlbench.reports.figures import plt, readable_log_axis
+
+    fig, ax = plt.subplots(figsize=(3.2, 2.4))
+    ax.scatter(np.geomspace(low, high, 7), np.linspace(0, 1, 7))
+    readable_log_axis(ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    shown = [t for t in ax.get_xticklabels(which="both") if t.get_text() and t.get_visible()
+             and low / 1.5 <= t.get_position()[0] <= high * 1.5]
+    assert len(shown) >= 2, [t.get_text() for t in shown]
+    boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in shown]
+    plt.close(fig)

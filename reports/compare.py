@@ -27,7 +27,7 @@ from tlbench.core.errors import ConfigError
 from tlbench.reports import stats
 from tlbench.reports.results import Results
 from tlbench.reports.tables import SCALE, Table, TableCell, few_seeds_note, to_html, to_latex, to_markdown
-from tlbench.store.settings import flatten
+from tlbench.store.settings import flatten, shown
 
 METRICS = {"test_accuracy": "test accuracy", "shifted_test_accuracy": "shifted-test accuracy"}
 
@@ -43,6 +43,7 @@ class Side:
     label: str
     results: Results
     where: str = ""
+    identity: str = ""  # which store it is (a journal's absolute path, a URL): two sides may not share one
 
 
 @dataclass
@@ -118,8 +119,8 @@ def compare(sides: Sequence[Side], *, seed: int = 0, alpha: float = stats.ALPHA)
     base_cells = {k: g for k, g in base.results.runs.groupby(keys)} if not base.results.empty else {}
     for other in sides[1:]:
         other_cells = {k: g for k, g in other.results.runs.groupby(keys)} if not other.results.empty else {}
-        only[base.label + " only, not " + other.label] = [_cell(*k) for k in sorted(set(base_cells) - set(other_cells))]
-        only[other.label + " only"] = [_cell(*k) for k in sorted(set(other_cells) - set(base_cells))]
+        only[f"{base.label}, not {other.label}"] = [_cell(*k) for k in sorted(set(base_cells) - set(other_cells))]
+        only[f"{other.label}, not {base.label}"] = [_cell(*k) for k in sorted(set(other_cells) - set(base_cells))]
         for metric in METRICS:
             part = []
             for key in sorted(set(base_cells) & set(other_cells), key=lambda k: (stats.natural_key(k[0]), k[1:])):
@@ -155,13 +156,18 @@ def differences(sides: Sequence[Side]) -> list[tuple[str, str, list[str]]]:
     and the device."""
     out: list[tuple[str, str, list[str]]] = []
 
-    def add(what: str, values: list[dict[str, str]]) -> None:
+    def add(what: str, values: list[dict[str, str]], absent: str = "–") -> None:
         for name in sorted(set().union(*values)):
-            seen = [v.get(name, "–") for v in values]
+            seen = [shown(v[name]) if name in v else absent for v in values]
             if len(set(seen)) > 1:
                 out.append((what, name, seen))
 
-    add("settings", [flatten(s.results.settings) for s in sides])
+    recorded = [s.results.settings for s in sides]
+    if all(recorded):  # a field left out of one store's settings is at its default there
+        add("settings", [flatten(r) for r in recorded], absent="default")
+    elif any(recorded):
+        out.append(("settings", "(not recorded)", ["recorded" if r else "not recorded (an older store)"
+                                                   for r in recorded]))
     add("protocol", [flatten(s.results.protocol.model_dump(mode="json")) if s.results.protocol else {}
                      for s in sides])
     add("search space", [{f"{strategy}.{param}": text for strategy, space in s.results.search_spaces.items()
@@ -179,6 +185,13 @@ def differences(sides: Sequence[Side]) -> list[tuple[str, str, list[str]]]:
 # ------------------------------------------------------------------ outputs
 
 
+def _points(fraction: float) -> str:
+    """A difference of accuracies in signed points, one decimal; a difference that rounds to zero is
+    ``+0.0`` (never ``-0.0``)."""
+    text = f"{fraction * SCALE:+.1f}"
+    return "+0.0" if text == "-0.0" else text
+
+
 def tables(comparison: Comparison) -> list[Table]:
     """One table per later store and metric: each shared cell's means, paired difference with its
     interval, p (Holm-adjusted) and the verdict; then what else differs."""
@@ -192,19 +205,20 @@ def tables(comparison: Comparison) -> list[Table]:
                 rows.append([TableCell(r["task"]), TableCell(r["backbone"]), TableCell(r["strategy"]), TableCell("0"),
                              TableCell("–"), TableCell("–"), TableCell("–"), TableCell("–"), TableCell("no shared seed")])
                 continue
-            ci = "" if math.isnan(r["low"]) else f" [{r['low'] * SCALE:+.1f}, {r['high'] * SCALE:+.1f}]"
+            ci = "" if math.isnan(r["low"]) else f" [{_points(r['low'])}, {_points(r['high'])}]"
             verdict = {None: "untestable", True: "better" if r["diff"] > 0 else "worse",
                        False: "no significant difference"}[None if pd.isna(r["significant"]) else bool(r["significant"])]
             rows.append([TableCell(r["task"]), TableCell(r["backbone"]), TableCell(r["strategy"]),
                          TableCell(str(r["n"])), TableCell(f"{r['baseline_mean'] * SCALE:.1f}"),
                          TableCell(f"{r['mean'] * SCALE:.1f}"),
-                         TableCell(f"{r['diff'] * SCALE:+.1f}{ci}", bold=bool(r["significant"] is True)),
+                         TableCell(f"{_points(r['diff'])}{ci}", bold=bool(r["significant"] is True)),
                          TableCell("–" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}"), TableCell(verdict)])
         fewest = int(part.loc[part["n"] > 0, "n"].min()) if (part["n"] > 0).any() else 0
         notes = [f"{label} − {base}, per cell, over the evaluation seeds both ran (n): means over those seeds, the mean "
-                 f"paired difference in points with its 95% bootstrap interval (descriptive). One criterion decides: "
-                 f"the paired t-test over those seeds, Holm-corrected over the {len(part)} cells (p: adjusted); bold "
-                 f"and better/worse where it rejects at α = {stats.ALPHA}."]
+                 f"paired difference in points with its 95% bootstrap interval (descriptive, not corrected). One "
+                 f"criterion decides: the paired t-test over those seeds, Holm-corrected over the {len(part)} cells "
+                 f"of this table (p: adjusted); bold and better/worse where it rejects at α = {stats.ALPHA}. A "
+                 f"difference that is the same on every seed has p = 0 (or 1 when it is zero)."]
         if 0 < fewest < stats.MIN_SEEDS:
             notes.append(few_seeds_note(fewest, "the tests have little power and the intervals are too narrow: read "
                                                 "them as descriptive."))
@@ -215,11 +229,13 @@ def tables(comparison: Comparison) -> list[Table]:
         rows = [[TableCell(what), TableCell(name), *(TableCell(v) for v in values)]
                 for what, name, values in comparison.differences]
         out.append(Table(["what", "field", *comparison.labels], rows, "What else differs between the stores",
-                         ["Settings are compared field by field where both stores recorded them (runs of this release "
-                          "do); – : not recorded or not set."], align="ll" + "l" * len(comparison.labels)))
+                         ["Settings are compared field by field where every store recorded them (runs of this release "
+                          "do); default: the field's default value; – : not recorded or not set. Each store's tuned "
+                          "configuration per cell is in its report's selected hyperparameters."],
+                         align="ll" + "l" * len(comparison.labels)))
     if comparison.only:
         rows = [[TableCell(side), TableCell(", ".join(cells))] for side, cells in comparison.only.items()]
-        out.append(Table(["store", "cells"], rows, "Cells not in both stores (not compared)", []))
+        out.append(Table(["cells of", "cells"], rows, "Cells not in both stores (not compared)", [], align="ll"))
     return out
 
 

@@ -64,6 +64,8 @@ def statistics_frame(runs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     cells = runs.drop_duplicates("column").set_index("column")[["suite", "task", "backbone"]]
     where = {column: dict(suite=r["suite"], task=r["task"], backbone=r["backbone"])
              for column, r in cells.iterrows()}
+    suites = runs["suite"].dropna().unique() if "suite" in runs else []
+    suite = str(suites[0]) if len(suites) == 1 else None  # the across-task rows' suite (a report of one suite)
     rows: list[dict[str, Any]] = []
     boot = f"expanded percentile bootstrap (Hesterberg 2015), {stats.RESAMPLES} resamples, 95%"
     for metric in METRICS:
@@ -91,17 +93,18 @@ def statistics_frame(runs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
         matrix, n_columns = stats.mean_matrix(summary)
         test = stats.rank_test(matrix, n_columns)
         for strategy, rank in test.ranks.items():
-            rows.append(_row("average_rank", metric, strategy=strategy, value=float(rank), n=test.n_tasks))
+            rows.append(_row("average_rank", metric, suite=suite, strategy=strategy, value=float(rank), n=test.n_tasks,
+                             method="mean rank over the columns every strategy has (1 = best; ties share the average)"))
         if test.reason is None:
-            rows.append(_row("friedman_chi2", metric, value=test.statistic, p=test.chi2_p, n=test.n_tasks,
+            rows.append(_row("friedman_chi2", metric, suite=suite, value=test.statistic, p=test.chi2_p, n=test.n_tasks,
                              method="Friedman test, k − 1 degrees of freedom"))
-            rows.append(_row("iman_davenport_f", metric, value=test.f, p=test.p, n=test.n_tasks,
+            rows.append(_row("iman_davenport_f", metric, suite=suite, value=test.f, p=test.p, n=test.n_tasks,
                              significant=test.rejects, method=f"Iman–Davenport F (Demšar 2006), α = {stats.ALPHA}"))
-            rows.append(_row("nemenyi_cd", metric, value=test.cd, n=test.n_tasks,
+            rows.append(_row("nemenyi_cd", metric, suite=suite, value=test.cd, n=test.n_tasks,
                              method=f"Nemenyi critical difference, α = {stats.ALPHA}"))
         iqm = stats.iqm_by_strategy(runs, metric, seed=seed)
         for r in iqm.to_dict("records"):
-            rows.append(_row("iqm", metric, strategy=r["strategy"], value=r["iqm"], low=_nan_to_none(r["low"]),
+            rows.append(_row("iqm", metric, suite=suite, strategy=r["strategy"], value=r["iqm"], low=_nan_to_none(r["low"]),
                              high=_nan_to_none(r["high"]), n=r["runs"],
                              method=f"stratified bootstrap (Agarwal et al. 2021) on {iqm.attrs.get('scale', '')}"))
         if len(iqm) >= 2:
@@ -111,8 +114,10 @@ def statistics_frame(runs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
                 for b in improvement.columns:
                     if a == b or math.isnan(improvement.loc[a, b]):
                         continue
-                    row = _row("p_improvement", metric, strategy=a, other=b, value=float(improvement.loc[a, b]),
-                               method="Mann–Whitney probability averaged over shared tasks")
+                    row = _row("p_improvement", metric, suite=suite, strategy=a, other=b,
+                               value=float(improvement.loc[a, b]), n=stats.fewest_seeds(runs, metric, (a, b)),
+                               method="Mann–Whitney probability averaged over shared tasks (the figure's matrix; "
+                                      "no interval)")
                     if a == top:  # the table's pairs, with their intervals
                         found = stats.probability_of_improvement(runs, metric, a, b, seed=seed)
                         if found is not None:
@@ -126,7 +131,7 @@ def statistics_frame(runs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
         from tlbench.reports.studies import crossover_frame  # (imports matplotlib: only when needed)
 
         for r in crossover_frame(runs, metric).to_dict("records"):
-            rows.append(_row("crossover_gap", metric, suite=None, column=r["family"], backbone=r["backbone"],
+            rows.append(_row("crossover_gap", metric, suite=suite, column=r["family"], backbone=r["backbone"],
                              task=f"{r['field']} = {r['value']:g}", strategy=r["best"], other="scratch",
                              value=r["gap"], low=_nan_to_none(r["low"]), high=_nan_to_none(r["high"]), n=r["n"],
                              p=_nan_to_none(r["p"]), significant=r["worse"],

@@ -314,7 +314,8 @@ def improvement_table(runs: pd.DataFrame, metric: str, *, seed: int = 0,
     notes = [f"P({top} > other): the probability that a run of {top} scores above a run of the other "
              f"strategy on a task (ties count ½), averaged over tasks, with a 95% stratified-bootstrap "
              f"interval (Agarwal et al. 2021). Bold: the interval lies above 0.5 (each interval on its "
-             f"own, not corrected for the {len(rows)} comparisons) and every cell compared has at least "
+             f"own, not corrected for the {len(rows)} comparison{'s' if len(rows) != 1 else ''}) and every cell "
+             f"compared has at least "
              f"{stats.MIN_SEEDS} seeds. All pairs: figures/improvement."]
     if fewest < stats.MIN_SEEDS:
         notes.append(few_seeds_note(int(fewest), "a bootstrap over so few runs gives intervals that are far too "
@@ -349,7 +350,7 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgre
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 LATEX_UNICODE = {"±": r"$\pm$", "–": "--", "χ²": r"$\chi^2$", "α": r"$\alpha$", "×": r"$\times$",
                  "≤": r"$\leq$", "≥": r"$\geq$", "½": r"$\frac{1}{2}$", "Š": r"\v{S}", "š": r"\v{s}",
-                 MARK: r"$^\dagger$"}
+                 "−": r"$-$", "∈": r"$\in$", "→": r"$\rightarrow$", "…": r"\ldots{}", MARK: r"$^\dagger$"}
 
 
 def latex_escape(text: str) -> str:

@@ -514,7 +514,15 @@ def _names_field(message: str, dotted: str) -> bool:
     return any(f"{sep}{dotted}{end}" in message for sep in (": ", " ", "(") for end in (":", ".", " ", ")", "["))
 
 
-def _validated(path: Path, data: dict[str, Any], plugins: Callable[[Suite], object] | None) -> Suite:
+def settings_suite(path: Path, data: dict[str, Any]) -> Suite:
+    """The suite validated as far as its settings and fingerprint need (fields, types, sweeps), without
+    loading plugins or checking datasets' and backbones' arguments: what ``tlbench status`` compares with
+    a store, without the training stack."""
+    return _validated(path, dict(data), None, typed=False)
+
+
+def _validated(path: Path, data: dict[str, Any], plugins: Callable[[Suite], object] | None, *,
+               typed: bool = True) -> Suite:
     for key in data:
         if not isinstance(key, str) or key == "path":
             allowed = ", ".join(fields_at(Suite, ()) or [])
@@ -525,6 +533,8 @@ def _validated(path: Path, data: dict[str, Any], plugins: Callable[[Suite], obje
     except ValidationError as err:
         raise ConfigError(format_error(err, Suite, str(path), sep=": ")) from None
     suite = expand_sweeps(suite)
+    if not typed:
+        return suite
     if plugins is not None:
         plugins(suite)
     for group, specs in (("source_tasks", suite.source_tasks), ("tasks", suite.tasks)):

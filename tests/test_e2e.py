@@ -221,6 +221,10 @@ def test_store_refuses_results_of_other_settings(smoke_run: Path, tmp_path, caps
     assert main(["run", "smoke", "--out", str(out), "--set", "training.epochs=[3, 5]", "--dry-run"]) == 0
     assert main(["run", "smoke", "--out", str(out), "--set", "training.epochs=[3, 5]"]) == 2  # the same via --set
     assert "(training.epochs: [2, 4] → [3, 5])" in capsys.readouterr().err
+    # status of that run answers as the run would, instead of showing the old settings' cells as done
+    assert main(["status", "smoke", "--out", str(out), "--set", "training.epochs=[3, 5]"]) == 2
+    assert "(training.epochs: [2, 4] → [3, 5])" in capsys.readouterr().err
+    assert main(["status", "smoke", "--out", str(out)]) == 0
 
 
 def test_compare_two_stores_that_differ_in_one_setting(smoke_run: Path, tmp_path, capsys) -> None:
@@ -240,7 +244,9 @@ def test_compare_two_stores_that_differ_in_one_setting(smoke_run: Path, tmp_path
     assert main(["compare", f"base={smoke_run}", f"longer={other}", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| settings | training.epochs | [2, 4] | [3, 5] |" in printed
-    assert "base only, not longer" in printed and "full_finetune" in printed
+    assert "| base, not longer |" in printed and "full_finetune" in printed
+    assert main(["compare", f"a={smoke_run}", f"b={smoke_run / 'store.journal'}", "--out", str(out)]) == 2
+    assert "a and b are the same store" in capsys.readouterr().err
     frame = pd.read_parquet(out / "compare.parquet")
     assert set(frame["strategy"]) == {"linear_probe", "scratch"} and len(frame) == 2 * 4  # 2 metrics × 4 cells
     a, b = pd.read_parquet(smoke_run / "runs.parquet"), pd.read_parquet(other / "runs.parquet")

@@ -233,3 +233,17 @@ def test_inference_is_timed_after_a_warm_up_and_scored_on_the_first_pass(tiny_ba
         tiny_backbone, tiny_task, params, seed=1, reporter=NullReporter(), runtime=runtime)
     assert record.metrics.test_accuracy == accuracy(plain.logits(tiny_task.test), tiny_task.test.y)
     assert record.costs.inference_seconds > 0
+
+
+def test_records_name_the_checkout_commit() -> None:
+    """Run from a git checkout (as the tests and CI are), every record's git_commit is its HEAD (with -dirty
+    for local changes); it used to be "unknown" because the package folder, not the checkout, was compared
+    with git's top level."""
+    import subprocess
+
+    from tlbench.core.provenance import _CHECKOUT, git_commit
+
+    head = subprocess.run(["git", "-C", str(_CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    git_commit.cache_clear()
+    assert git_commit().removesuffix("-dirty") == head

@@ -742,3 +742,11 @@ def test_log_axes_label_without_overlap(low, high) -> None:
     boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in shown]
     plt.close(fig)
+
+
+def test_every_stats_row_says_its_suite_and_method() -> None:
+    results = results_for(runs_frame(seeds=6))
+    frame = results.stats
+    assert frame["method"].notna().all() and (frame["suite"] == "s").all()
+    pairs = frame[frame["statistic"] == "p_improvement"]
+    assert pairs["n"].notna().all()  # the seeds behind every pair, with or without its interval

@@ -234,6 +234,16 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     if name not in held and held:
         raise ConfigError(f"status: {mask_url(url)} holds no study of suite {name!r}; suites there: "
                           f"{', '.join(held)}")
+    if name in held:  # a run with these settings would be refused: say so, as the run would (one line)
+        from tlbench.store.claims import check_compatible
+        from tlbench.suites.schema import settings_suite
+
+        try:
+            suite = settings_suite(path, data)
+        except ConfigError:
+            suite = None  # what is wrong with the suite file is planned()'s to report, if it is needed
+        if suite is not None:
+            check_compatible(storage, name, suite.fingerprint(), where=f"status: {path}", settings=suite.settings())
     key = plan_key(path, data, trials=args.trials, seeds=args.seeds, strategies=strategies, tasks=tasks,
                    backbones=backbones)
     cells = run_status(storage, name, planned, key=key)

@@ -43,13 +43,20 @@ def open_side(argument: str, suite: str | None):
     from tlbench.store.records import suites_in
 
     label, store = split_label(argument)
+    if label is None and "=" in argument and not Path(argument).exists():
+        raise ConfigError(f"compare: {argument!r}: not a store, and not LABEL=STORE with a plain label (letters, "
+                          f"digits, . _ -)")
     path = Path(store)
+    if "://" not in store and not store.startswith("journal:") and not path.exists():
+        raise ConfigError(f"compare: {store}: no such folder or journal file (give a run's --out directory, a "
+                          f"journal file or a storage URL)")
     if path.is_dir():
         journal = path / "store.journal"
         if not journal.is_file():
             raise ConfigError(f"compare: {store}: no store there (expected {journal}); give a run's --out "
                               f"directory, a journal file or a storage URL")
         storage, where, default = open_existing_storage(str(journal)), str(journal), path.resolve().name
+        path = journal  # the store's identity: its journal file
     else:
         storage, where = open_existing_storage(store), mask_url(store)
         default = path.resolve().parent.name if path.suffix == ".journal" else where
@@ -61,7 +68,7 @@ def open_side(argument: str, suite: str | None):
         what = f"no evaluation runs of suite {suite!r} (suites there: {', '.join(held) or 'none'})" if suite else \
             "no evaluation runs"
         raise ConfigError(f"compare: {where}: the store holds {what}; nothing to compare")
-    return Side(label or default, results, where)
+    return Side(label or default, results, where, identity=str(path.resolve()) if "://" not in store else where)
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
@@ -71,6 +78,12 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("compare: give at least two stores (the first is the baseline)")
     check_writable_dir(args.out, "--out")
     sides = [open_side(argument, args.suite) for argument in args.stores]
+    seen: dict[str, str] = {}
+    for side in sides:
+        if side.identity in seen:
+            raise ConfigError(f"compare: {seen[side.identity]} and {side.label} are the same store ({side.where}); "
+                              f"compare two different runs")
+        seen[side.identity] = side.label
     labels = [s.label for s in sides]
     if len(set(labels)) != len(labels):  # two runs/<x>/store.journal, say: letters instead of the same name twice
         raise ConfigError(f"compare: two stores would share the label {max(labels, key=labels.count)!r}; "

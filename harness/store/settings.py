@@ -59,8 +59,18 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return {prefix: json.dumps(value, sort_keys=True, default=str)}
 
 
+def shown(text: str | None) -> str:
+    """A leaf of :func:`flatten` as a message shows it: a string without its JSON quotes; ``default``
+    for a field left out (settings leave out fields added in later releases while at their defaults)."""
+    if text is None:
+        return "default"
+    if text.startswith('"') and text.endswith('"'):
+        return str(json.loads(text))
+    return text
+
+
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The dotted fields whose values differ, each as ``path: before → after`` (``–``: absent)."""
+    """The dotted fields whose values differ, each as ``path: before → after``."""
     a, b = flatten(before), flatten(after)
-    return [f"{name}: {a.get(name, '–')} → {b.get(name, '–')}" for name in sorted(set(a) | set(b))
+    return [f"{name}: {shown(a.get(name))} → {shown(b.get(name))}" for name in sorted(set(a) | set(b))
             if a.get(name) != b.get(name)]

@@ -85,7 +85,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     base_path = (path.parent / str(include)).resolve()
     if not base_path.is_file():
-        raise ConfigError(f"{path}: include: {include!r} not found (looked for {base_path})")
+        from tlbench.suites import bundled_suites
+
+        bundled = bundled_suites()
+        if str(include) not in bundled:  # ``include: quick``: a bundled suite by name, as the command line takes it
+            raise ConfigError(f"{path}: include: {include!r} not found (looked for {base_path}; bundled suites: "
+                              f"{', '.join(bundled)})")
+        base_path = bundled[str(include)].resolve()
     if base_path in seen:
         raise ConfigError(f"{path}: include: cycle through {base_path}")
     return _merge(_read_yaml(base_path, (*seen, path.resolve())), data)

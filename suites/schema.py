@@ -271,7 +271,7 @@ class Suite(Frozen):
     training: TrainingSpec = TrainingSpec()
     search: SearchSpec = SearchSpec()
     # Per strategy, hyperparameters of its search space fixed (``optimizer: sgd``), given
-    # another range (``lr_sgd: {low: 1e-3, high: 0.1, log: true}``) or fewer choices
+    # another range (``lr_sgd: {low: 1.0e-3, high: 0.1, log: true}``; YAML reads 1e-3 as text) or fewer choices
     # (``optimizer: [sgd]``); checked against the strategy's declared space by the planner.
     search_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # ``{trials: N}`` (the top-level ``trials``) or ``{epochs: E}``: see tlbench.core.budget.Budget.

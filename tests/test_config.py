@@ -285,6 +285,16 @@ def test_suite_path_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture
     assert_one_error(*run_cli(tmp_path, capsys, missing), str(missing), "not found", "quick", "smoke")
 
 
+def test_include_a_bundled_suite_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin's suite beside the plugin reuses a bundled suite by name, as the command line takes it (an
+    installed tlbench has no suites/ folder to point at); a misspelt name lists the bundled ones."""
+    path = write_suite(tmp_path, "include: smoke\nname: mine\nseeds: 1\n", include=False)
+    rc, out, err = run_cli(tmp_path, capsys, path)
+    assert rc == 0 and "suite mine: 22 cells × 3 trials, 1 evaluation seeds" in out + err
+    path = write_suite(tmp_path, "include: smok\nname: mine\n", include=False)
+    assert_one_error(*run_cli(tmp_path, capsys, path), "include: 'smok' not found", "bundled suites: ", "smoke")
+
+
 def test_include_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A suite including itself is refused rather than recursing forever."""
     path = tmp_path / "loop.yaml"

@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tlbench.core.version import __version__
 
-    parser = argparse.ArgumentParser(prog="tlbench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tlbench", description="Benchmark transfer-learning strategies under equal tuning budgets: run a suite "
+        "(or launch many workers of one), see its status, report on a store, compare stores, export to a tracker, "
+        "check a plugin against its contract, list what is available. `tlbench COMMAND -h` for each command.")
     parser.add_argument("--version", action="version", version=f"tlbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = sub.add_parser("run", help="tune, evaluate and tabulate every cell of a suite")

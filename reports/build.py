@@ -341,7 +341,8 @@ def _html(title: str, results: Results, tables: list[tuple[str, Table]], selecte
                                                     for name in shown)))
     if results.overrides:
         proto.append(("command-line overrides", "; ".join(f"--set {arg}" for arg in results.overrides)
-                      + " (applied to the suite file before it was validated)"))
+                      + " (applied to the suite file before it was validated; listed together over every run into "
+                        "this store with these settings)"))
     spaces = "".join(
         f"<h3>{html.escape(strategy)}</h3>" + _dl(list(space.items()))
         for strategy, space in results.search_spaces.items())

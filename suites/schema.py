@@ -510,8 +510,12 @@ def blamed(err: ConfigError, overrides: tuple[str, ...]) -> ConfigError:
 
 
 def _names_field(message: str, dotted: str) -> bool:
-    """Whether an error ``message`` is about the field at ``dotted`` (or a field inside it)."""
-    return any(f"{sep}{dotted}{end}" in message for sep in (": ", " ", "(") for end in (":", ".", " ", ")", "["))
+    """Whether an error ``message`` is about the field at ``dotted`` (or a field inside it), also when a
+    check of the block holding it names it in words (``training: epochs must be …`` for ``training.epochs``)."""
+    if any(f"{sep}{dotted}{end}" in message for sep in (": ", " ", "(") for end in (":", ".", " ", ")", "[")):
+        return True
+    parent, _, leaf = dotted.rpartition(".")
+    return bool(parent) and f": {parent}: {leaf} " in message
 
 
 def settings_suite(path: Path, data: dict[str, Any]) -> Suite:

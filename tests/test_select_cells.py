@@ -119,6 +119,7 @@ def test_set_overrides_a_field_before_validation(suite: Path, tmp_path: Path, ca
     (["seeds"], "--set seeds: expected PATH=VALUE with a dotted path"),
     (["seeds=[1"], "--set seeds=[1: the value is not YAML"),
     (["seeds=2", "strategies=[nope]"], "--set strategies=[nope]: {suite}: strategies[0]: unknown strategy"),
+    (["training.epochs=[0, 5]"], "--set training.epochs=[0, 5]: {suite}: training: epochs must be"),  # a block's check
 ])
 def test_a_bad_set_is_one_line_naming_it_and_stores_nothing(suite: Path, tmp_path: Path, capsys, sets: list[str],
                                                             needle: str) -> None:

@@ -328,7 +328,8 @@ def test_an_edited_plugin_is_not_mixed_into_its_old_runs(tmp_path: Path) -> None
     again = cli(*args)
     assert again.returncode == 2
     [line] = again.stderr.strip().splitlines()
-    assert "the store holds runs of 'reinit' from other plugin code (reinit.py changed; sha256" in line
+    assert "the store holds runs of 'reinit' from other plugin code (reinit.py changed; code digest" in line
+    assert line.count("sha256") == 0 and "; file " in line  # one pair of digests, and where the plugin is
     assert "another --out" in line
     (tmp_path / "reinit.py").write_text((tmp_path / "reinit.py").read_text().replace("\n# a fix\n", ""))
     (tmp_path / "notes.py").write_text("# a file beside the plugin that it does not import\n")

@@ -39,7 +39,7 @@ def check_plugin_code(storage: BaseStorage, plan: Plan, *, rerun_edited: bool = 
             if not rerun_edited:
                 raise ConfigError(f"{plan.suite.path}: {cell.label}: the store holds runs of {cell.strategy!r} from "
                                   f"other plugin code ({_changed(summary.user_attrs.get('strategy_files'), cell.strategy)}"
-                                  f"sha256 {stored}, now {source}, {STRATEGIES.origin(cell.strategy)}); rerun it "
+                                  f"code digest {stored}, now {source}; {_where(cell.strategy)}); rerun it "
                                   f"into this store with --rerun-edited (the old code's results are kept aside, "
                                   f"every other strategy's reused), or use another --out or --storage, or rename "
                                   f"the strategy")
@@ -50,6 +50,12 @@ def check_plugin_code(storage: BaseStorage, plan: Plan, *, rerun_edited: bool = 
         moved = archive_study(storage, study_name, stored[:12])
         if log is not None:
             log(f"edited plugin code: moved {study_name} aside to {moved}; its cell runs again")
+
+
+def _where(strategy: str) -> str:
+    """Where a plugin strategy comes from, without the origin's own file hash (the refusal already shows the
+    code digest the store compares)."""
+    return STRATEGIES.origin(strategy).split(" (sha256 ")[0]
 
 
 def _changed(stored: object, strategy: str) -> str:

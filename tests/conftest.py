@@ -78,3 +78,29 @@ def cell_runtime(runtime, tiny_task, tiny_backbone):
 
     return dataclasses.replace(runtime, members=make_members(
         tiny_task, tiny_backbone, keep_weights=frozenset({"full_finetune"})))
+
+
+@pytest.fixture
+def registries():
+    """Plugins loaded in-process (a test's ``tlbench check`` of a file, a guide's example) are forgotten after
+    the test, so a later test's registries are the built-ins only."""
+    import sys
+
+    from tlbench.core.registry import _PLUGIN_SOURCES
+    from tlbench.run import plugins
+    from tlbench.selection.scorers import SCORERS
+    from tlbench.strategies import STRATEGIES
+    from tlbench.suites.datasets import DATASETS
+    from tlbench.training.backbones import BACKBONES
+
+    saved = [(r, dict(r._entries), dict(r._origins)) for r in (STRATEGIES, BACKBONES, DATASETS, SCORERS)]
+    sources = dict(_PLUGIN_SOURCES)
+    loaded = plugins._LOADED_ENTRY_POINTS
+    path = list(sys.path)  # plugin folders join the import path
+    yield
+    sys.path[:] = path
+    for registry, entries, origins in saved:
+        registry._entries, registry._origins = entries, origins
+    _PLUGIN_SOURCES.clear()
+    _PLUGIN_SOURCES.update(sources)
+    plugins._LOADED_ENTRY_POINTS = loaded

@@ -155,7 +155,7 @@ def python_blocks(page: Path) -> list[str]:
     return [textwrap.dedent(m.group(3)) for m in FENCE.finditer(page.read_text()) if m.group(2) == "python"]
 
 
-def test_the_plugin_guides_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_plugin_guides_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registries) -> None:
     """Every Python block of the guide runs as shown, in order: a block that starts with ``# NAME.py``
     is that file (written first, so later blocks import it); the complete strategy passes
     ``tlbench check``; and the ULMFiT block is the built-in strategy, statement for statement."""

@@ -16,7 +16,6 @@ from tlbench.cli.main import main
 from tlbench.core.codeversion import code_version, package_version
 from tlbench.core.registry import _PLUGIN_SOURCES
 from tlbench.run import plugins
-from tlbench.selection.scorers import SCORERS
 from tlbench.strategies import STRATEGIES
 from tlbench.suites.datasets import DATASETS
 from tlbench.testing import PROPERTIES
@@ -24,22 +23,6 @@ from tlbench.training.backbones import BACKBONES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-
-
-@pytest.fixture
-def registries():
-    """Plugins loaded in-process are forgotten after the test."""
-    saved = [(r, dict(r._entries), dict(r._origins)) for r in (STRATEGIES, BACKBONES, DATASETS, SCORERS)]
-    sources = dict(_PLUGIN_SOURCES)
-    loaded = plugins._LOADED_ENTRY_POINTS
-    path = list(sys.path)  # plugin folders join the import path
-    yield
-    sys.path[:] = path
-    for registry, entries, origins in saved:
-        registry._entries, registry._origins = entries, origins
-    _PLUGIN_SOURCES.clear()
-    _PLUGIN_SOURCES.update(sources)
-    plugins._LOADED_ENTRY_POINTS = loaded
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

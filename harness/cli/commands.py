@@ -214,10 +214,26 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     data = read_suite_file(path, overrides)
     name = suite_name(path, data)
 
+    checked: list = []  # the store to check the suite's settings against, once it is open
+
     def planned() -> list:  # what the run planned, computed as it did: parses and checks the whole suite
         from tlbench.run.plan import load_plan
         from tlbench.run.status import cell_plans
 
+        if checked and name in suites_in(checked[0]):
+            # No run stored a plan for this suite file and these flags (a stored plan is proof that a run
+            # with these settings was accepted): a run with settings the store's runs do not have would be
+            # refused, so status says so, as the run would, instead of showing the other settings' cells.
+            from tlbench.store.claims import check_compatible
+            from tlbench.suites.schema import settings_suite
+
+            try:
+                suite = settings_suite(path, data)
+            except ConfigError:
+                suite = None  # what is wrong with the suite file, load_plan reports below
+            if suite is not None:
+                check_compatible(checked[0], name, suite.fingerprint(), where=f"status: {path}",
+                                 settings=suite.settings())
         return cell_plans(load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies,
                                     dry_run=True, data=False, tasks=tasks, backbones=backbones,
                                     overrides=overrides))
@@ -230,20 +246,11 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
                           f"{out / 'store.journal'}); "
                           f"give the --out of a run, or --storage URL")
     storage = open_existing_storage(url)
+    checked.append(storage)
     held = suites_in(storage)
     if name not in held and held:
         raise ConfigError(f"status: {mask_url(url)} holds no study of suite {name!r}; suites there: "
                           f"{', '.join(held)}")
-    if name in held:  # a run with these settings would be refused: say so, as the run would (one line)
-        from tlbench.store.claims import check_compatible
-        from tlbench.suites.schema import settings_suite
-
-        try:
-            suite = settings_suite(path, data)
-        except ConfigError:
-            suite = None  # what is wrong with the suite file is planned()'s to report, if it is needed
-        if suite is not None:
-            check_compatible(storage, name, suite.fingerprint(), where=f"status: {path}", settings=suite.settings())
     key = plan_key(path, data, trials=args.trials, seeds=args.seeds, strategies=strategies, tasks=tasks,
                    backbones=backbones)
     cells = run_status(storage, name, planned, key=key)

@@ -17,6 +17,7 @@ from tlbench.cli.worker import (builtin_order, check_writable_dir, names_of, pre
 from tlbench.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
     from tlbench.data.imagecache import ImageCache
     from tlbench.run.plan import Plan

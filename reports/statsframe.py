@@ -76,10 +76,14 @@ def statistics_frame(runs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
             rows.append(_row("mean", metric, column=r["column"], **where[r["column"]], strategy=r["strategy"],
                              value=r["mean"], low=_nan_to_none(r["low"]), high=_nan_to_none(r["high"]), n=r["n"],
                              method=boot))
+        wides: dict[str, pd.DataFrame] = {}
         for r in stats.compare_to_best(runs, metric, summary).to_dict("records"):
             if r["strategy"] == r["best"]:
                 continue
-            wide = runs[runs["column"] == r["column"]].pivot(index="seed", columns="strategy", values=metric)
+            if r["column"] not in wides:  # one seed × strategy table per column, not one per row
+                wides[r["column"]] = runs[runs["column"] == r["column"]].pivot(index="seed", columns="strategy",
+                                                                               values=metric)
+            wide = wides[r["column"]]
             pair = wide[[r["strategy"], r["best"]]].dropna()
             diff = float((pair[r["strategy"]] - pair[r["best"]]).mean()) if len(pair) else math.nan
             tied = r["tied"]
@@ -107,6 +111,13 @@ def statistics_frame(runs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
             rows.append(_row("iqm", metric, suite=suite, strategy=r["strategy"], value=r["iqm"], low=_nan_to_none(r["low"]),
                              high=_nan_to_none(r["high"]), n=r["runs"],
                              method=f"stratified bootstrap (Agarwal et al. 2021) on {iqm.attrs.get('scale', '')}"))
+        # stats.fewest_seeds of each pair, from one count of the runs per cell (there are k² pairs)
+        per_cell = runs.dropna(subset=[metric]).groupby(["strategy", "column"]).size()
+        least = per_cell.groupby(level="strategy").min()
+
+        def fewest(a: str, b: str) -> int:
+            return int(min(least.get(a, 0), least.get(b, 0)))
+
         if len(iqm) >= 2:
             top = iqm.loc[iqm["iqm"].idxmax(), "strategy"]
             improvement = stats.improvement_matrix(runs, metric)
@@ -115,14 +126,14 @@ def statistics_frame(runs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
                     if a == b or math.isnan(improvement.loc[a, b]):
                         continue
                     row = _row("p_improvement", metric, suite=suite, strategy=a, other=b,
-                               value=float(improvement.loc[a, b]), n=stats.fewest_seeds(runs, metric, (a, b)),
+                               value=float(improvement.loc[a, b]), n=fewest(a, b),
                                method="Mann–Whitney probability averaged over shared tasks (the figure's matrix; "
                                       "no interval)")
                     if a == top:  # the table's pairs, with their intervals
                         found = stats.probability_of_improvement(runs, metric, a, b, seed=seed)
                         if found is not None:
                             point, low, high = found
-                            n = stats.fewest_seeds(runs, metric, (a, b))
+                            n = fewest(a, b)
                             row.update(value=point, low=_nan_to_none(low), high=_nan_to_none(high), n=n,
                                        significant=bool(not math.isnan(low) and low > 0.5
                                                         and n >= stats.MIN_SEEDS),

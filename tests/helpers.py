@@ -38,3 +38,36 @@ def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, r
     return model_server(task, backbone, make=make or default_make, params=params,
                         reuse=Reuse(frozenset(needed), frozenset(keep_weights)), backbones=backbones,
                         task_for=task_for, root=root)
+
+
+def require(tool: str | None, package: str) -> str:
+    """The tool's path; without it a skip, except under CI (``CI`` set, as ``.ci/run`` and CI
+    services do), where a skipped test would check nothing: there it fails."""
+    import os
+
+    import pytest
+
+    if tool is None:
+        why = f"needs a system package: apt-get install {package}"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{why} (.ci/run installs it; CI must not skip this test)")
+        pytest.skip(why)
+    return tool
+
+
+def compile_tables(tables_tex, folder, packages=("booktabs",)):
+    """``tables_tex`` ``\\input`` into a plain ``article`` with ``packages`` and compiled by pdflatex in
+    ``folder`` (fails the test when it does not compile); returns the LaTeX log's text."""
+    import shutil
+    import subprocess
+
+    require(shutil.which("pdflatex"), "texlive-latex-recommended")
+    uses = "".join(f"\\usepackage{{{name}}}\n" for name in packages)
+    tex = folder / "paper.tex"
+    tex.write_text(f"\\documentclass{{article}}\n{uses}\\begin{{document}}\n\\input{{{tables_tex}}}\n"
+                   "\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=folder,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (folder / "paper.pdf").stat().st_size > 1000
+    return (folder / "paper.log").read_text(errors="replace")

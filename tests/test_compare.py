@@ -137,17 +137,8 @@ def test_labels_and_command_line_refusals(tmp_path, capsys) -> None:
 
 def test_the_comparison_tex_compiles(tmp_path) -> None:
     """compare.tex through pdflatex: its captions hold "long_er − base_1", a Unicode minus pdflatex refused."""
-    import shutil
-    import subprocess
+    from helpers import compile_tables
 
-    from test_reports import require
-
-    require(shutil.which("pdflatex"), "texlive-latex-recommended")
     result = compare([side("base_1", runs({})), side("long_er", runs({"ft": 0.05}, rng_seed=4))])
     write_comparison(result, tmp_path, title="t", draw=False)
-    tex = tmp_path / "paper.tex"
-    tex.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                   f"\\input{{{tmp_path / 'compare.tex'}}}\n\\end{{document}}\n")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    compile_tables(tmp_path / "compare.tex", tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from html import escape
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import compile_tables, require
 from scipy import stats as sps
 
 from tlbench.reports import stats
@@ -378,31 +378,12 @@ def test_tuning_curves_use_the_completed_trials_among_the_first_budget() -> None
     assert one["seconds"].iloc[0] == pytest.approx(per_complete)
 
 
-def require(tool: str | None, package: str) -> str:
-    """The tool's path; without it a skip, except under CI (``CI`` set, as ``.ci/run`` and CI
-    services do), where a skipped test would check nothing: there it fails."""
-    if tool is None:
-        why = f"needs a system package: apt-get install {package}"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"{why} (.ci/run installs it; CI must not skip this test)")
-        pytest.skip(why)
-    return tool
-
-
 def test_latex_tables_compile(tmp_path) -> None:
-    require(shutil.which("pdflatex"), "texlive-latex-recommended")
     runs = runs_frame(strategies=("linear_probe", "lp_ft", "l2_sp"), seeds=3)
     runs["params"] = [{"lr_sgd": 10 ** -int(task[1]) / 3, "momentum": 0.9, "optimizer": "sgd", "epochs": 12,
                        "probe_weight_decay": 1e-5, "reuses": "0123abcd"} for task in runs["task"]]
     write_report(results_for(runs), tmp_path, title="x")
-    tex = tmp_path / "paper.tex"
-    tex.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
-                   f"\\input{{{tmp_path / 'table.tex'}}}\n\\end{{document}}\n")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert (tmp_path / "paper.pdf").stat().st_size > 1000
-    log = (tmp_path / "paper.log").read_text(errors="replace")
+    log = compile_tables(tmp_path / "table.tex", tmp_path, ("booktabs", "graphicx"))
     assert "Overfull \\hbox" not in log  # every table fits the page
     text = (tmp_path / "table.tex").read_text()
     assert "lp\\_ft" in text and "\\textgreater{}" in text  # "P(a > b)" would print as "P(a ¿ b)"

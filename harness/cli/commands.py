@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tlbench.cli.worker import (builtin_order, check_writable_dir, names_of, prepare_run, warn, write_run_report,
-                                written)
+from tlbench.cli.worker import (builtin_order, check_writable_dir, names_of, open_named_store, prepare_run, warn,
+                                write_run_report, written)
 from tlbench.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -316,20 +316,10 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """``tlbench report (--storage URL | RUN_DIR) --out DIR``: reads stored results only."""
     from tlbench.reports.build import write_report
     from tlbench.reports.results import load_results
-    from tlbench.store.opening import mask_url, open_existing_storage
     from tlbench.store.records import suites_in
     from tlbench.strategies import STRATEGIES
 
-    if (args.run_dir is None) == (args.storage is None):
-        raise ConfigError("report: give a run directory or --storage URL (exactly one)")
-    if args.run_dir is not None:
-        journal = args.run_dir / "store.journal"
-        if not journal.is_file():
-            raise ConfigError(f"report: {args.run_dir}: no store there (expected {journal}); give the --out "
-                              f"directory of a tlbench run, or --storage URL")
-        storage, where = open_existing_storage(str(journal)), str(journal)
-    else:
-        storage, where = open_existing_storage(args.storage), mask_url(args.storage)  # messages show no password
+    storage, where = open_named_store("report", args.run_dir, args.storage)  # messages show no password
     out = args.out or args.run_dir or Path("report")
     check_writable_dir(out, "--out")
     results = load_results(storage, args.suite)

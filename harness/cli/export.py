@@ -29,22 +29,15 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     """``tlbench export (RUN_DIR | --storage URL) --to SINK DEST``: every cell of the store to the sink."""
     from tlbench.reports.export import export_results, sink_class
     from tlbench.reports.results import load_results
-    from tlbench.store.opening import mask_url, open_existing_storage, store_label
+    from tlbench.cli.worker import open_named_store
+    from tlbench.store.opening import store_label
     from tlbench.store.records import suites_in
 
     name, dest = args.to
     sink = sink_class(name)(dest)  # an unknown sink or a missing package: refused before the store is read
-    if (args.run_dir is None) == (args.storage is None):
-        raise ConfigError("export: give a run directory or --storage URL (exactly one)")
-    if args.run_dir is not None:
-        journal = args.run_dir / "store.journal"
-        if not journal.is_file():
-            raise ConfigError(f"export: {args.run_dir}: no store there (expected {journal}); give the --out "
-                              f"directory of a tlbench run, or --storage URL")
-        storage, where, source = open_existing_storage(str(journal)), str(journal), store_label(None, args.run_dir)
-    else:
-        storage, where = open_existing_storage(args.storage), mask_url(args.storage)
-        source = store_label(args.storage, Path("."))  # the same store is the same source however it is named
+    storage, where = open_named_store("export", args.run_dir, args.storage)
+    # the same store is the same source however it is named
+    source = store_label(None, args.run_dir) if args.run_dir is not None else store_label(args.storage, Path("."))
     results = load_results(storage, args.suite, importances=False)
     if results.empty and results.trials.empty:
         if args.suite:

@@ -146,6 +146,22 @@ def warn(console: Console, line: str) -> None:
     console.print(f"tlbench: warning: {line}", markup=False, highlight=False)
 
 
+def open_named_store(command: str, run_dir: Path | None, url: str | None) -> tuple["BaseStorage", str]:
+    """The existing store a reading command (``report``, ``export``) names: ``RUN_DIR/store.journal`` or
+    ``--storage URL``, exactly one; returns it and how messages show it (a URL without its password)."""
+    from tlbench.store.opening import mask_url, open_existing_storage
+
+    if (run_dir is None) == (url is None):
+        raise ConfigError(f"{command}: give a run directory or --storage URL (exactly one)")
+    if run_dir is not None:
+        journal = run_dir / "store.journal"
+        if not journal.is_file():
+            raise ConfigError(f"{command}: {run_dir}: no store there (expected {journal}); give the --out "
+                              f"directory of a tlbench run, or --storage URL")
+        return open_existing_storage(str(journal)), str(journal)
+    return open_existing_storage(url), mask_url(url)
+
+
 def check_writable_dir(out: Path, flag: str) -> None:
     """Refuses, before any work and without creating anything, an output directory that cannot
     be written: an existing file, a path through a file, or a folder this process may not write."""

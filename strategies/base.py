@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import optuna
 import torch
@@ -93,7 +93,7 @@ class ModelPredictor(Predictor):
 
     plain: bool = True
 
-    def __init__(self, model: nn.Module, *, device: torch.device, trainable: int,
+    def __init__(self, model: nn.Module, *, device: torch.device, trainable: int | Callable[[], int],
                  execution: Execution = Execution()) -> None:
         self.model = model
         self.device = device
@@ -105,7 +105,7 @@ class ModelPredictor(Predictor):
 
     @property
     def trainable_parameters(self) -> int:
-        return self._trainable
+        return self._trainable() if callable(self._trainable) else self._trainable
 
     @property
     def inference_parameters(self) -> int:
@@ -155,6 +155,13 @@ class Strategy(ABC):
     #: True for strategies that work on a token sequence (visual prompts): they run on ViT-family
     #: backbones only, refuse others in one line, and are contract-checked on a tiny ViT.
     needs_tokens: ClassVar[bool] = False
+    #: True when several seeds' runs of one configuration may train side by side as one
+    #: vectorised model (:mod:`tlbench.training.vectorised`): ``fit`` calls the training loop
+    #: (``finetune`` or ``fit_epochs``) exactly once and returns without using what it trained
+    #: (the training happens after ``fit`` returns), and its hooks are stackable. The runs are
+    #: those it would train alone, up to floating-point reassociation; a run that cannot stack
+    #: (image files, dropout, a hook that is not stackable) trains alone.
+    vectorises: ClassVar[bool] = False
 
     def __init__(self, *, epochs: tuple[int, int] = (5, 40), batch_size: int = 32,
                  options: Frozen | dict[str, Any] | None = None) -> None:
@@ -194,3 +201,15 @@ class Strategy(ABC):
         """Trains on ``task.train``, reports ``task.val`` accuracy each epoch.
 
         ``runtime.members`` serves models other strategies trained in the same cell."""
+
+
+def stacks_seeds(strategy: Strategy) -> bool:
+    """Whether ``strategy``'s seeds may train side by side (:attr:`Strategy.vectorises`): declared
+    by its class or a base whose ``fit`` it keeps — a subclass that overrides ``fit`` (it may use the
+    trained model before returning) must declare it again itself."""
+    mro = type(strategy).__mro__
+    declared = next((k for k in mro if "vectorises" in vars(k)), Strategy)
+    if not declared.vectorises:
+        return False
+    fitted = next((k for k in mro if "fit" in vars(k)), Strategy)
+    return issubclass(declared, fitted)

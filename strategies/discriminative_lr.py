@@ -29,6 +29,7 @@ class DiscriminativeLR(Strategy):
 
     name = "discriminative_lr"
     description = "layer-wise learning-rate decay: lower groups train at geometrically smaller rates"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         return {**suggest_optimizer(trial), "epochs": self.suggest_epochs(trial),

@@ -39,6 +39,7 @@ class KnowledgeDistillation(Strategy):
 
     name = "distillation"
     description = "a smaller student learns from the fine-tuned teacher's soft targets (Hinton et al.)"
+    vectorises = True  # fit calls the training loop once and returns what it trains
     Options = DistillationOptions
 
     def requires(self) -> list[str]:
@@ -92,7 +93,7 @@ class StudentPredictor(ModelPredictor):
     a split of the cell's task, it predicts on the same examples of its own task."""
 
     def __init__(self, trained: ModelPredictor, *, own: Task, cell: Task) -> None:
-        super().__init__(trained.model, device=trained.device, trainable=trained.trainable_parameters,
+        super().__init__(trained.model, device=trained.device, trainable=lambda: trained.trainable_parameters,
                          execution=trained.execution)
         self.own = {c.fingerprint: o for c, o in zip(splits_of(cell), splits_of(own))}
 

@@ -48,19 +48,23 @@ def finetune(model: Classifier, task: Task, params: dict[str, Any], *, seed: int
                    epochs=params["epochs"], batch_size=batch_size, seed=seed,
                    device=runtime.device, reporter=reporter, scheduler=sched,
                    hooks=[*hooks, tracker], criterion=criterion, execution=runtime.execution)
-    return ModelPredictor(model, device=runtime.device, trainable=tracker.count, execution=runtime.execution)
+    # counted when asked: trained side by side with other seeds, the run trains after fit returns
+    return ModelPredictor(model, device=runtime.device, trainable=lambda: tracker.count, execution=runtime.execution)
 
 
 class _UpdatedParameters(Hook):
     """Counts the parameters that were trainable in at least one epoch (runs after the
-    other hooks, so it sees their freezing)."""
+    other hooks, so it sees their freezing). Stackable: it reads the flags of the model it is
+    given, by position, and counts the sizes of its own model's parameters."""
+
+    stackable = True
 
     def __init__(self, model: nn.Module) -> None:
         self.params = list(model.parameters())
         self.seen: set[int] = set()
 
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.seen |= {i for i, p in enumerate(self.params) if p.requires_grad}
+        self.seen |= {i for i, p in enumerate(model.parameters()) if p.requires_grad}
 
     @property
     def count(self) -> int:
@@ -72,6 +76,7 @@ class FullFinetune(Strategy):
 
     name = "full_finetune"
     description = "all layer groups + new head trained; SGD/AdamW, warmup + cosine"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         return {**suggest_optimizer(trial), "epochs": self.suggest_epochs(trial)}

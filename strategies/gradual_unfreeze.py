@@ -30,6 +30,7 @@ class GradualUnfreeze(Strategy):
 
     name = "gradual_unfreeze"
     description = "ULMFiT gradual unfreezing: head first, one more group from the top per stage"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         return {**suggest_schedule_and_optimizer(trial), "epochs": self.suggest_epochs(trial),

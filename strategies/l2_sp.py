@@ -26,6 +26,7 @@ class L2SPStrategy(Strategy):
 
     name = "l2_sp"
     description = "fine-tuning with an L2 penalty towards the pretrained weights (replaces weight decay)"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         return {**suggest_optimizer(trial, weight_decay=False), "epochs": self.suggest_epochs(trial),

@@ -27,6 +27,7 @@ class LPFT(Strategy):
 
     name = "lp_ft"
     description = "linear probe on cached features, then full fine-tuning from the probed head"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         probe_epochs = self.suggest_epochs(trial, "probe_epochs")

@@ -160,6 +160,8 @@ class FreezeSchedule(Hook):
     so it stays bit-identical.
     """
 
+    stackable = True
+
     def __init__(self, stages: Sequence[tuple[int, Iterable[int]]]) -> None:
         self.stages = [(int(start), frozenset(groups)) for start, groups in stages]
         if not self.stages or self.stages[0][0] != 0:
@@ -192,7 +194,9 @@ class FreezeSchedule(Hook):
 class L2SP(Hook):
     """The L2-SP penalty (Li et al. 2018): ``α/2·‖w − w₀‖²`` over the backbone's parameters
     (``w₀`` = the starting, pretrained values) plus ``β/2·‖w_head‖²`` over the new head's
-    weight matrix."""
+    weight matrix. Stackable: on a stacked model the squares sum over the runs too."""
+
+    stackable = True
 
     def __init__(self, model: Classifier, alpha: float, beta: float) -> None:
         self.alpha, self.beta = alpha, beta

@@ -19,6 +19,7 @@ class Scratch(FullFinetune):
 
     name = "scratch"
     description = "same architecture from random init, full-fine-tune recipe (baseline)"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def fit(self, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
             reporter: Reporter, runtime: Runtime) -> Predictor:

@@ -27,6 +27,7 @@ class Surgical(Strategy):
 
     name = "surgical"
     description = "only one searched layer group (+ the new head) is fine-tuned, the rest frozen"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         return {**suggest_optimizer(trial), "epochs": self.suggest_epochs(trial),

@@ -30,6 +30,7 @@ class ULMFiT(Strategy):
 
     name = "ulmfit"
     description = "gradual unfreezing + discriminative learning rates + slanted triangular schedule"
+    vectorises = True  # fit calls the training loop once and returns what it trains
 
     def search_space(self, trial: optuna.Trial, backbone: Backbone) -> dict[str, Any]:
         return {**suggest_optimizer(trial, warmup=False), "schedule": "stlr", "epochs": self.suggest_epochs(trial),

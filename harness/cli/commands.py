@@ -133,7 +133,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(f"suite {suite.name}: {len(plan.cells)} cell{'' if len(plan.cells) == 1 else 's'} × {tuning}, "
                   f"{suite.seeds} evaluation seeds, device {runtime.device} ({runtime.execution.tag}"
                   f"{', channels_last' if runtime.execution.channels_last else ''}"
-                  f"{', compiled' if runtime.execution.compile else ''}), out {out}")
+                  f"{', compiled' if runtime.execution.compile else ''}"
+                  f"{f', up to {runtime.seeds_together} seeds side by side' if runtime.seeds_together > 1 else ''}"
+                  f"), out {out}")
     images = runtime.execution.loading.images
     lazy = plan.missing or any(t.lazy for t in plan.tasks.values())
     if lazy:

@@ -70,6 +70,10 @@ def image_cache_of(args: argparse.Namespace, cache_dir: Path, *, log: Callable[[
                       verify=getattr(args, "image_cache_verify", "seal"), log=log)
 
 
+#: ``--seeds-together``'s default: a cell's ten seeds as one vectorised model (benchmarks/test_bench_vectorised.py)
+SEEDS_TOGETHER = 10
+
+
 def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The options of one worker of a suite (``tlbench run``'s, short of the store and the report), returned so
     that ``tlbench launch`` passes exactly these on to the workers it starts."""
@@ -92,6 +96,10 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
         add("--channels-last", default="auto", metavar="auto|on|off", help="auto (on for CUDA), on or off: channels_last memory format "
                                                     "for image (4-D) inputs"),
         add("--compile", action="store_true", help="torch.compile the model each strategy trains"),
+        add("--seeds-together", type=_at_least(int, 1, "a number of seeds"), default=SEEDS_TOGETHER, metavar="K",
+            help=f"train up to K evaluation seeds of a cell side by side as one vectorised model (default "
+                 f"{SEEDS_TOGETHER}; 1: one at a time); the same runs up to float rounding, for the strategies "
+                 f"that declare it (full fine-tuning and the strategies built on its loop) on tensor inputs"),
         add("--workers", default="auto", help="DataLoader workers for image-file datasets: auto (min(16, cores) "
                                               "on CUDA, 0 on CPU) or a number"),
         add("--threads", type=_at_least(int, 1, "a number of CPU threads"), default=None,
@@ -215,7 +223,8 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
     if images is not None and (plan.missing or any(t.lazy for t in plan.tasks.values())):
         check_writable_dir(images.directory, "--image-cache")
     runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
-                           compile=args.compile, workers=args.workers, images=images)
+                           compile=args.compile, workers=args.workers, images=images,
+                           seeds_together=getattr(args, "seeds_together", SEEDS_TOGETHER))
     out = args.out or default_out(args.storage, plan.suite.name)
     suite = plan.suite
     storage = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -22,11 +23,12 @@ from tlbench.store import optuna_internals
 from tlbench.store.claims import Heartbeat, claim, recover_orphans, worker_id
 from tlbench.store.progress import seed_states, stored_form
 from tlbench.store.records import RunContext, RunRecord
-from tlbench.strategies.base import Strategy
+from tlbench.strategies.base import Predictor, Strategy, stacks_seeds
 from tlbench.training.backbones import Backbone
 from tlbench.training.context import OwnTime, Runtime
 from tlbench.training.loop import NullReporter, accuracy, median_seconds
 from tlbench.training.memory import PeakMemory
+from tlbench.training.vectorised import side_by_side
 
 
 def _same_run(params: dict[str, Any], seed: int) -> Callable[[FrozenTrial], bool]:
@@ -47,6 +49,17 @@ def evaluate_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, t
     todo = [s for s in seeds if s not in done]
     if not todo:
         return "done"
+    together = runtime.seeds_together if stacks_seeds(strategy) else 1
+    if together > 1:
+        # fixed groups in seed-list order: a group trains whole (its recorded seeds too), so each
+        # seed's numbers are the same whoever runs the group, after any kill, with any workers
+        for group in (seeds[i:i + together] for i in range(0, len(seeds), together)):
+            free = [s for s in group if s not in done and s not in held]
+            if free:
+                _run_group(study, strategy, backbone, task, params, group=group, free=free, context=context,
+                           runtime=runtime, share=share)
+                return "ran"
+        return "wait"
     free = [s for s in todo if s not in held]
     if not free:
         return "wait"
@@ -84,11 +97,11 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
         return None
     try:
         seen: set[str] = set()  # how the run's image inputs were produced, noted by every reader it drives
-        loading = runtime.execution.loading.noting(seen)
-        noting = dataclasses.replace(runtime, execution=dataclasses.replace(runtime.execution, loading=loading))
+        noting = _noting(runtime, seen)
         with Heartbeat.of(study, frozen):
-            return _evaluate_claimed(study, frozen, strategy, backbone, task, params, seed=seed, context=context,
-                                     runtime=noting, share=share, seen=seen)
+            fitted = _fit(strategy, backbone, task, params, seed=seed, runtime=noting, share=share)
+            return _record(study, frozen, fitted, strategy, task, params, seed=seed, context=context,
+                           runtime=noting, share=share, seen=seen)
     except (UpdateFinishedTrialError, ValueError) as err:
         if not optuna_internals.finished_elsewhere(study, frozen, err):
             release_claim(study, frozen, err)
@@ -97,6 +110,103 @@ def _run_one(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: 
     except BaseException as err:  # training, scoring or recording stopped: the seed is free again
         release_claim(study, frozen, err)
         raise
+
+
+def _noting(runtime: Runtime, seen: set[str]) -> Runtime:
+    loading = runtime.execution.loading.noting(seen)
+    return dataclasses.replace(runtime, execution=dataclasses.replace(runtime.execution, loading=loading))
+
+
+def _run_group(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task, params: dict[str, Any], *,
+               group: list[int], free: list[int], context: RunContext, runtime: Runtime, share: bool) -> None:
+    """Claims the ``free`` seeds of ``group``, trains every seed of the group side by side
+    (:mod:`tlbench.training.vectorised`) and records the claimed ones. A seed claimed elsewhere in
+    the meantime is trained here too but recorded there, with the same numbers."""
+    claimed: dict[int, FrozenTrial] = {}
+    try:
+        for seed in free:
+            frozen = claim(study, {"seed": seed, "params": params}, _same_run(params, seed))
+            if frozen is not None:
+                claimed[seed] = frozen
+        if not claimed:
+            return
+        seen: set[str] = set()
+        noting = _noting(runtime, seen)
+        with contextlib.ExitStack() as beating:
+            for frozen in claimed.values():
+                beating.enter_context(Heartbeat.of(study, frozen))
+            fits = _fit_side_by_side(strategy, backbone, task, params, seeds=group, runtime=noting, share=share)
+            for seed, fitted in zip(group, fits):
+                if seed not in claimed:
+                    continue
+                try:
+                    _record(study, claimed[seed], fitted, strategy, task, params, seed=seed, context=context,
+                            runtime=noting, share=share, seen=seen)
+                except (UpdateFinishedTrialError, ValueError) as err:
+                    if not optuna_internals.finished_elsewhere(study, claimed[seed], err):
+                        raise
+                del claimed[seed]  # recorded (or recorded by the worker that took it over)
+    except BaseException as err:  # the seeds not recorded are free again
+        for frozen in claimed.values():
+            release_claim(study, frozen, err)
+        raise
+
+
+@dataclasses.dataclass
+class _Fitted:
+    """A trained run, before it is scored and recorded."""
+
+    predictor: Predictor | None  # None: the loss diverged (``error``)
+    error: NonFiniteLoss | None
+    seconds: float  # own training time
+    feature_seconds: float
+    memory: PeakMemory
+    started: dt.datetime
+    stacked: int = 1
+
+
+def _fit(strategy: Strategy, backbone: Backbone, task: Task, params: dict[str, Any], *, seed: int,
+         runtime: Runtime, share: bool) -> _Fitted:
+    started = dt.datetime.now(dt.timezone.utc)
+    clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
+    # a sensitivity study's variations (not shared) are charged as their own phase
+    phase = "evaluation" if share else "sensitivity"
+    try:
+        with PHASES(phase), PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
+            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(), runtime=runtime)
+    except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
+        return _Fitted(None, err, 0.0, 0.0, memory, started)
+    # The feature pass is charged as its own cost (feature_seconds, the same for every run of the
+    # cell), so own time leaves it out whether this run computed the features or found them cached.
+    # Features computed while training members on demand are already inside those models' time.
+    on_demand = runtime.members.fit_seconds - clock.nested if runtime.members is not None else 0.0
+    seconds = clock.seconds - (features.computed_seconds if on_demand == 0 else 0.0)
+    return _Fitted(predictor, None, seconds, features.pass_seconds or 0.0, memory, started)
+
+
+def _fit_side_by_side(strategy: Strategy, backbone: Backbone, task: Task, params: dict[str, Any], *,
+                      seeds: list[int], runtime: Runtime, share: bool) -> list[_Fitted]:
+    """Every seed's ``fit`` (which registers its training), then the training of all of them together;
+    each run's own time is its setup plus its share of the group's training."""
+    fits, slots = [], []
+    with side_by_side() as together:
+        for seed in seeds:
+            with together.fit() as slot:
+                fits.append(_fit(strategy, backbone, task, params, seed=seed, runtime=runtime, share=share))
+            slots.append(slot)
+        with PHASES("evaluation" if share else "sensitivity"), PeakMemory(runtime.device) as memory:
+            together.train()
+    for fitted, slot in zip(fits, slots):
+        job = slot.job
+        if job is None:
+            continue
+        if isinstance(job.error, NonFiniteLoss):
+            fitted.predictor, fitted.error = None, job.error
+        elif job.error is not None:
+            raise job.error
+        fitted.seconds += job.seconds
+        fitted.memory, fitted.stacked = memory, together.stacked
+    return fits
 
 
 def release_claim(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> None:
@@ -112,28 +222,17 @@ def release_claim(study: optuna.Study, trial: FrozenTrial, err: BaseException) -
         pass
 
 
-def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strategy, backbone: Backbone, task: Task,
-                      params: dict[str, Any], *, seed: int, context: RunContext, runtime: Runtime,
-                      share: bool, seen: set[str]) -> RunRecord | None:
+def _record(study: optuna.Study, trial: FrozenTrial, fitted: _Fitted, strategy: Strategy, task: Task,
+            params: dict[str, Any], *, seed: int, context: RunContext, runtime: Runtime, share: bool,
+            seen: set[str]) -> RunRecord | None:
+    """Scores a trained run on the test (and shifted) split and records it in its claimed trial."""
     storage, trial_id = optuna_internals.storage_of(study), optuna_internals.trial_id(trial)
-    started = dt.datetime.now(dt.timezone.utc)
-    clock = OwnTime(runtime.members)  # models trained on demand count as reused, not as own time
-    try:
-        # a sensitivity study's variations (not shared) are charged as their own phase
-        phase = "evaluation" if share else "sensitivity"
-        with PHASES(phase), PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
-            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(),
-                                     runtime=runtime)
-    except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
-        storage.set_trial_user_attr(trial_id, "failed_reason", str(err))
+    if fitted.predictor is None:
+        storage.set_trial_user_attr(trial_id, "failed_reason", str(fitted.error))
         storage.set_trial_user_attr(trial_id, "final", True)
         study.tell(trial.number, state=TrialState.FAIL)
         return None
-    # The feature pass is charged as its own cost (feature_seconds, the same for every run of the
-    # cell), so own time leaves it out whether this run computed the features or found them cached.
-    # Features computed while training members on demand are already inside those models' time.
-    on_demand = runtime.members.fit_seconds - clock.nested if runtime.members is not None else 0.0
-    seconds = clock.seconds - (features.computed_seconds if on_demand == 0 else 0.0)
+    predictor, seconds, memory, started = fitted.predictor, fitted.seconds, fitted.memory, fitted.started
     shifted = task.shifted_test
     with PHASES("inference"):
         test_logits = predictor.logits(task.test)  # the warm-up pass; its logits are the ones scored
@@ -158,7 +257,7 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
         "costs": {
             # own training time plus that of reused models (a teacher, ensemble members)
             "train_seconds": seconds + predictor.reused_seconds, "own_train_seconds": seconds,
-            "feature_seconds": features.pass_seconds or 0.0,  # 0: the strategy reads no cached features
+            "feature_seconds": fitted.feature_seconds,  # 0: the strategy reads no cached features
             "trainable_parameters": predictor.trainable_parameters,
             "inference_parameters": predictor.inference_parameters,
             "inference_seconds": inference_seconds,
@@ -173,6 +272,7 @@ def _evaluate_claimed(study: optuna.Study, trial: FrozenTrial, strategy: Strateg
         "provenance": {
             "started_at": started.isoformat(), "precision": runtime.execution.tag,
             "channels_last": runtime.execution.channels_last, "compiled": runtime.execution.compile,
+            "vectorised": fitted.stacked,
             **provenance(runtime.device)},
     }
     try:

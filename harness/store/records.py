@@ -202,6 +202,8 @@ class Provenance(Frozen):
     precision: str = "fp32"
     channels_last: bool = False
     compiled: bool = False
+    #: how many seeds' runs trained side by side as one vectorised model, this one included (1: alone)
+    vectorised: int = 1
 
 
 #: The groups of a record and of its context, each a typed block.

@@ -122,6 +122,10 @@ class Runtime:
     #: timm and most fine-tuning recipes, biases and normalisation parameters (every parameter
     #: with fewer than two dimensions) get no weight decay; True decays every parameter.
     decay_norm_and_bias: bool = False
+    #: Evaluation seeds of one cell trained side by side as one vectorised model, at most this
+    #: many together (strategies that declare ``vectorises``; 1: one at a time). Seeds are grouped
+    #: in the order of the cell's seed list, so a group is the same whoever runs it.
+    seeds_together: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,9 +173,11 @@ def resolve_execution(device: torch.device, *, precision: str = "auto", channels
 
 
 def make_runtime(device: str, cache_dir: Path | None, *, precision: str = "auto", channels_last: str = "auto",
-                 compile: bool = False, workers: str = "auto", images: ImageStore | None = None) -> Runtime:
+                 compile: bool = False, workers: str = "auto", images: ImageStore | None = None,
+                 seeds_together: int = 1) -> Runtime:
     """A runtime; ``images`` is the image cache image-file splits are read from (None: their files)."""
     resolved = resolve_device(device)
     return Runtime(resolved, FeatureCache(cache_dir / "features" if cache_dir else None),
                    execution=resolve_execution(resolved, precision=precision, channels_last=channels_last,
-                                               compile=compile, workers=workers, images=images))
+                                               compile=compile, workers=workers, images=images),
+                   seeds_together=seeds_together)

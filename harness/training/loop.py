@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, ClassVar, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 from tlbench.core.errors import NonFiniteLoss
 from tlbench.data.reader import Loading, Reader, read_all, sequential
 from tlbench.data.views import Inputs
+from tlbench.training import vectorised
 
 
 class Reporter(Protocol):
@@ -169,7 +170,17 @@ def cross_entropy(batch: Batch) -> torch.Tensor:
 
 
 class Hook:
-    """Callbacks at epoch and step boundaries, all no-ops by default (Lightning-style)."""
+    """Callbacks at epoch and step boundaries, all no-ops by default (Lightning-style).
+
+    ``stackable``: the hook also works on a stacked model (several seeds' runs trained side by
+    side, :mod:`tlbench.training.vectorised`): a model with the same modules whose every
+    parameter has the runs on a new leading dimension. ``on_epoch_start`` and ``on_step_end``
+    are then called, for every run's hook, with the stacked model (so they must act on the
+    model they are given, not on one they hold), and ``loss_term`` is called once, on the first
+    run's hook, and must return the sum of the runs' terms (a sum of squares over the stacked
+    parameters is). Hooks that are not stackable make their runs train one at a time."""
+
+    stackable: ClassVar[bool] = False
 
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called after ``model.train()`` at the start of each epoch (0-based)."""
@@ -254,9 +265,17 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     Returns:
         The validation accuracy after each epoch.
 
+    Inside :func:`tlbench.training.vectorised.side_by_side` the run is registered instead and
+    trained later, side by side with the other seeds' runs; the history returned is then empty.
+
     Raises:
         NonFiniteLoss: when an epoch's summed loss is NaN or infinite.
     """
+    group = vectorised.active()
+    if group is not None:
+        group.defer(vectorised.Job(model, optimizer, train, val, epochs, batch_size, seed, device, reporter,
+                                   scheduler, hooks, criterion, execution))
+        return []
     y = train[1].to(device)
     layout = execution.channels_last
     read_train = Reader(train[0], device=device, loading=execution.loading, train=True, seed=seed, channels_last=layout)

@@ -1,0 +1,219 @@
+"""Seeds side by side (tlbench.training.vectorised): a run trained in a group is the run trained
+alone, up to float rounding; what cannot stack trains alone; evaluation groups seeds in fixed
+groups, records how each run was trained, and resumes a group whole."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import optuna
+import pytest
+import torch
+from helpers import run_context, sample_params
+from torch import nn
+
+from tlbench.core.errors import NonFiniteLoss
+from tlbench.run.evaluation import evaluate
+from tlbench.strategies import STRATEGIES
+from tlbench.strategies.base import stacks_seeds
+from tlbench.strategies.full_finetune import FullFinetune
+from tlbench.strategies.parts import L2SP, FreezeSchedule, make_optimizer, make_schedule
+from tlbench.training import vectorised
+from tlbench.training.backbones import Classifier, build_backbone
+from tlbench.training.loop import Hook, NullReporter, cross_entropy, fit_epochs, predict_logits
+
+CPU = torch.device("cpu")
+SEEDS = [3, 4, 5]
+
+# full fine-tuning and every built-in that trains one network with the shared loop, each with
+# what it varies: parameter groups (discriminative_lr, ulmfit), freezing (gradual_unfreeze, surgical),
+# a penalty (l2_sp), a first stage (lp_ft), a criterion on a teacher's logits (distillation),
+# a re-initialised backbone (scratch)
+STACKING = ["full_finetune", "scratch", "discriminative_lr", "l2_sp", "lp_ft", "gradual_unfreeze", "ulmfit",
+            "surgical", "distillation"]
+
+
+def _fits(strategy, backbone, task, params, runtime, *, together: bool):
+    if not together:
+        return [strategy.fit(backbone, task, params, seed=s, reporter=NullReporter(), runtime=runtime) for s in SEEDS]
+    with vectorised.side_by_side() as group:
+        predictors = []
+        for s in SEEDS:
+            with group.fit():
+                predictors.append(strategy.fit(backbone, task, params, seed=s, reporter=NullReporter(),
+                                               runtime=runtime))
+        group.train()
+    assert group.stacked == len(SEEDS), group.sequential_reason
+    return predictors
+
+
+@pytest.mark.parametrize("name", STACKING)
+def test_a_seed_trained_in_a_group_is_the_seed_trained_alone(name, tiny_task, tiny_backbone, cell_runtime) -> None:
+    strategy = STRATEGIES.get(name)(epochs=(1, 1), batch_size=4, options=(
+        {"student": None} if name == "distillation" else None))
+    assert stacks_seeds(strategy)
+    params = sample_params(strategy, tiny_backbone, seed=1)
+    alone = _fits(strategy, tiny_backbone, tiny_task, params, cell_runtime, together=False)
+    grouped = _fits(strategy, tiny_backbone, tiny_task, params, cell_runtime, together=True)
+    for a, g in zip(alone, grouped):
+        torch.testing.assert_close(g.logits(tiny_task.test), a.logits(tiny_task.test), rtol=1e-4, atol=1e-5)
+        assert g.trainable_parameters == a.trainable_parameters
+        assert g.info() == a.info()
+    first, second = (p.logits(tiny_task.test) for p in grouped[:2])
+    assert not torch.allclose(first, second)  # each seed its own initialisation and data order
+
+
+def _models(seeds, *, dropout=False):
+    torch.manual_seed(0)
+    backbone = build_backbone("cnn2d", {"width": 4, "depth": 2})
+    out = []
+    for s in seeds:
+        torch.manual_seed(s)
+        head = backbone.new_head(3)
+        out.append(Classifier(copy.deepcopy(backbone), nn.Sequential(nn.Dropout(0.5), head) if dropout else head))
+    return out
+
+
+def _data(n=24):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)), \
+           (torch.randn(12, 1, 8, 8, generator=g), torch.randint(0, 3, (12,), generator=g))
+
+
+def _run(models, *, together, hooks=lambda m: [], criteria=None, epochs=3):
+    train, val = _data()
+    cfg = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-3, "warmup_fraction": 0.2}
+    reporters, outcomes = [], []
+    context = vectorised.side_by_side() if together else _NoGroup()
+    with context as group:
+        for s, m in zip(SEEDS, models):
+            opt = make_optimizer(m.parameters(), cfg)
+            reporters.append(NullReporter())
+            with (group.fit() if together else _NoGroup()):
+                torch.manual_seed(s)  # as finetune does: the run's random draws (dropout) are its seed's
+                try:
+                    fit_epochs(m, opt, train, val, epochs=epochs, batch_size=8, seed=s, device=CPU,
+                               reporter=reporters[-1], scheduler=make_schedule(opt, epochs * 3, cfg), hooks=hooks(m),
+                               criterion=(criteria or {}).get(s, cross_entropy))
+                    outcomes.append(None)
+                except NonFiniteLoss as err:
+                    outcomes.append(err)
+        if together:
+            group.train()
+            outcomes = [job.error for job in group.jobs]
+    logits = [predict_logits(m, val[0], device=CPU) for m in models]
+    return logits, reporters, outcomes, (group if together else None)
+
+
+class _NoGroup:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_freezing_and_a_penalty_act_on_the_stacked_model_as_on_each() -> None:
+    hooks = lambda m: [FreezeSchedule.gradual(3, 1), L2SP(m, 0.1, 0.01)]  # noqa: E731
+    alone, rep_a, _, _ = _run(_models(SEEDS), together=False, hooks=hooks)
+    grouped, rep_g, _, group = _run(_models(SEEDS), together=True, hooks=hooks)
+    assert group.stacked == 3
+    for a, g, ra, rg in zip(alone, grouped, rep_a, rep_g):
+        torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-5)
+        assert rg.history == ra.history and rg.flops == ra.flops > 0
+
+
+def test_a_diverging_seed_fails_alone_and_the_others_are_unchanged() -> None:
+    class BlowsUp:  # seed 4's loss turns infinite in its second epoch, as a too-high rate would make it
+        calls = 0
+
+        def __call__(self, batch):
+            self.calls += 1
+            return cross_entropy(batch) * (float("inf") if self.calls > 3 else 1.0)
+
+    criteria = {4: BlowsUp()}
+    alone, _, out_a, _ = _run(_models(SEEDS), together=False, criteria=criteria)
+    grouped, _, out_g, group = _run(_models(SEEDS), together=True, criteria={4: BlowsUp()})
+    assert group.stacked == 3
+    assert [type(e) for e in out_a] == [type(e) for e in out_g] == [type(None), NonFiniteLoss, type(None)]
+    assert out_g[1].epoch == out_a[1].epoch
+    for i in (0, 2):
+        torch.testing.assert_close(grouped[i], alone[i], rtol=1e-4, atol=1e-5)
+
+
+class _Counter(Hook):  # not stackable: it would count a stacked model's steps once per group
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, step: int) -> None:
+        self.steps += 1
+
+
+@pytest.mark.parametrize("case,reason", [("dropout", "dropout"), ("hook", "_Counter"), ("single", "single")])
+def test_what_cannot_stack_trains_alone_with_the_same_numbers(case, reason) -> None:
+    seeds = SEEDS[:1] if case == "single" else SEEDS
+    hooks = (lambda m: [_Counter()]) if case == "hook" else (lambda m: [])
+    alone, rep_a, _, _ = _run(_models(seeds, dropout=case == "dropout"), together=False, hooks=hooks)
+    grouped, rep_g, _, group = _run(_models(seeds, dropout=case == "dropout"), together=True, hooks=hooks)
+    assert group.stacked == 1 and reason in group.sequential_reason
+    for a, g, ra, rg in zip(alone, grouped, rep_a, rep_g):
+        assert torch.equal(a, g) and ra.history == rg.history  # the very same computation, random state included
+
+
+def test_a_fit_that_trains_twice_is_refused() -> None:
+    (model,) = _models(SEEDS[:1])
+    train, val = _data()
+    with vectorised.side_by_side() as group, group.fit():
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        fit_epochs(model, opt, train, val, epochs=1, batch_size=8, seed=0, device=CPU, reporter=NullReporter())
+        with pytest.raises(RuntimeError, match="second fit_epochs"):
+            fit_epochs(model, opt, train, val, epochs=1, batch_size=8, seed=0, device=CPU, reporter=NullReporter())
+
+
+def test_a_subclass_that_overrides_fit_must_declare_it_again() -> None:
+    class PostProcessed(FullFinetune):
+        name = "post_processed"
+
+        def fit(self, *args, **kwargs):  # uses the trained model before returning
+            return super().fit(*args, **kwargs)
+
+    class Declared(PostProcessed):
+        vectorises = True
+
+    class KeepsFit(FullFinetune):
+        name = "keeps_fit"
+
+    assert stacks_seeds(FullFinetune()) and stacks_seeds(KeepsFit())
+    assert not stacks_seeds(PostProcessed()) and stacks_seeds(Declared())
+    assert not stacks_seeds(STRATEGIES.get("linear_probe")()) and not stacks_seeds(STRATEGIES.get("ensemble")())
+
+
+def _evaluate(study, task, backbone, runtime, params, seeds):
+    strategy = FullFinetune(epochs=(2, 2), batch_size=4)
+    return evaluate(study, strategy, backbone, task, params, seeds=seeds, context=run_context(), runtime=runtime)
+
+
+def test_evaluation_trains_fixed_groups_records_them_and_resumes_a_group_whole(tiny_task, tiny_backbone,
+                                                                               runtime) -> None:
+    params = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "warmup_fraction": 0.1, "epochs": 2}
+    seeds = [0, 1, 2, 3, 4]
+    alone = {r.seed: r for r in _evaluate(optuna.create_study(direction="maximize"), tiny_task, tiny_backbone,
+                                          runtime, params, seeds)}
+    together = dataclasses.replace(runtime, seeds_together=2)
+    study = optuna.create_study(direction="maximize")
+    grouped = {r.seed: r for r in _evaluate(study, tiny_task, tiny_backbone, together, params, seeds)}
+    assert {s: r.provenance.vectorised for s, r in grouped.items()} == {0: 2, 1: 2, 2: 2, 3: 2, 4: 1}
+    assert {r.provenance.vectorised for r in alone.values()} == {1}
+    for s in seeds:
+        assert grouped[s].metrics.test_accuracy == pytest.approx(alone[s].metrics.test_accuracy, abs=1e-9)
+        assert grouped[s].costs.trainable_parameters == alone[s].costs.trainable_parameters
+    # a group one of whose seeds is recorded (a kill between the group's records) trains whole again:
+    # the other seed comes out as it did in the uninterrupted run
+    resumed = optuna.create_study(direction="maximize")
+    for trial in study.get_trials():
+        if trial.user_attrs.get("seed") != 3:
+            resumed.add_trial(trial)
+    [again] = _evaluate(resumed, tiny_task, tiny_backbone, together, params, seeds)
+    assert again.seed == 3 and again.provenance.vectorised == 2
+    assert again.metrics.model_dump() == grouped[3].metrics.model_dump()

@@ -105,7 +105,7 @@ def test_a_run_on_a_relative_store_finishes_after_a_worker_died_holding_its_lock
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "removed the journal lock store.journal.lock left by worker" in done.stderr
-    assert "ran 2 cells into the store" in done.stderr
+    assert "all 2 cells of this run done in the store" in done.stderr
 
 
 def test_another_programs_lock_is_waited_for_then_removed_after_the_grace_period(tmp_path) -> None:

@@ -28,6 +28,22 @@ def test_loop_is_deterministic_and_learns() -> None:
     assert runs[0][0][-1] > 0.8
 
 
+def test_a_run_no_one_reads_per_epoch_skips_the_validation_passes_and_trains_the_same() -> None:
+    """Evaluation runs are scored once trained: their per-epoch validation passes were wasted work."""
+    out = []
+    for per_epoch in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        reporter = NullReporter(per_epoch=per_epoch)
+        hist = fit_epochs(model, opt, data(), data(seed=1), epochs=5, batch_size=8, seed=3,
+                          device=torch.device("cpu"), reporter=reporter)
+        out.append((hist, reporter.flops, [p.detach().clone() for p in model.state_dict().values()]))
+    (with_val, flops, state), (without, flops_without, state_without) = out
+    assert len(with_val) == 5 and without == [] and flops == flops_without
+    assert all(torch.equal(a, b) for a, b in zip(state, state_without))
+
+
 class NanHook(Hook):
     def loss_term(self, model, batch):
         return torch.tensor(float("nan"))

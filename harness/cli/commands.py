@@ -151,7 +151,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if lazy and images is not None:
         console.print(image_cache_summary(images))
     if args.report == "none":
-        console.print(f"ran {len(ran.outcomes)} cells into the store; no report written (--report none): "
+        n = len(ran.outcomes)  # done now or by an earlier run: "ran" would claim work that may not have happened
+        console.print(f"{'the' if n == 1 else f'all {n}'} cell{'' if n == 1 else 's'} of this run done in the store; "
+                      f"no report written (--report none): "
                       + (f"tlbench report {out} writes it" if args.storage is None else
                          "tlbench report --storage (the same storage) writes it"))
     else:  # the report shows this invocation's cells and seeds (a store may hold more)

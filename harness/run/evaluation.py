@@ -173,7 +173,8 @@ def _fit(strategy: Strategy, backbone: Backbone, task: Task, params: dict[str, A
     phase = "evaluation" if share else "sensitivity"
     try:
         with PHASES(phase), PeakMemory(runtime.device) as memory, runtime.features.charge() as features:
-            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(), runtime=runtime)
+            predictor = strategy.fit(backbone, task, params, seed=seed, reporter=NullReporter(per_epoch=False),
+                                     runtime=runtime)
     except NonFiniteLoss as err:  # deterministic for this seed: recorded, not retried
         return _Fitted(None, err, 0.0, 0.0, memory, started)
     # The feature pass is charged as its own cost (feature_seconds, the same for every run of the

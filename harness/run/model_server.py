@@ -211,7 +211,7 @@ class Members(ModelServer):
         try:
             with vectorised.paused():  # needed now, inside another run's fit (a teacher)
                 predictor = self.recipes.strategy(strategy).fit(self.backbone, task, params, seed=seed,
-                                                                reporter=NullReporter(), runtime=runtime)
+                                                                reporter=NullReporter(per_epoch=False), runtime=runtime)
         except NonFiniteLoss as err:
             self._failed[key] = NonFiniteLoss(err.epoch, err.value, what=f"{strategy} model #{index}")
             raise self._failed[key] from None

@@ -31,10 +31,13 @@ class Reporter(Protocol):
 
 
 class NullReporter:
-    """A reporter that records the history and the FLOPs spent, and never prunes
-    (evaluation runs)."""
+    """A reporter that records the history and the FLOPs spent, and never prunes.
 
-    def __init__(self) -> None:
+    ``per_epoch=False``: no one reads the validation accuracy after each epoch (an evaluation run,
+    which is scored once it is trained), so the loop skips those passes; the history stays empty."""
+
+    def __init__(self, *, per_epoch: bool = True) -> None:
+        self.per_epoch = per_epoch
         self.history: list[float] = []
         self.flops = 0.0
         self.final: float | None = None  # set by report_final
@@ -48,7 +51,9 @@ class NullReporter:
 
 class SpendOnly:
     """Passes FLOPs on to ``reporter`` but no metric: a stage of a strategy (LP-FT's probe)
-    whose compute counts but whose accuracy is not the trial's."""
+    whose compute counts but whose accuracy is not the trial's (so no per-epoch validation pass)."""
+
+    per_epoch = False
 
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
@@ -75,6 +80,12 @@ def report_final(reporter: Reporter, value: float) -> None:
         final(float(value))
     elif hasattr(reporter, "final"):
         reporter.final = float(value)  # type: ignore[attr-defined]
+
+
+def per_epoch(reporter: Reporter) -> bool:
+    """Whether ``reporter`` reads the validation accuracy after each epoch (True unless it says
+    ``per_epoch = False``; tuning's reporters read it to prune)."""
+    return bool(getattr(reporter, "per_epoch", True))
 
 
 def spend(reporter: Reporter, flops: float) -> None:
@@ -263,7 +274,8 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     whole fit, with the view's training augmentation on the train split).
 
     Returns:
-        The validation accuracy after each epoch.
+        The validation accuracy after each epoch (none when the reporter has no use for it:
+        :func:`per_epoch`).
 
     Inside :func:`tlbench.training.vectorised.side_by_side` the run is registered instead and
     trained later, side by side with the other seeds' runs; the history returned is then empty.
@@ -284,6 +296,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     gen = torch.Generator().manual_seed(seed)
     history: list[float] = []
     step = 0
+    validate = per_epoch(reporter)
     forward = execution.prepare(model)  # hooks keep seeing ``model`` itself
     per_example: float | None = None  # forward FLOPs of the model, counted on the first batch
     for epoch in range(epochs):
@@ -316,6 +329,8 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         value = float(total)
         if not math.isfinite(value):
             raise NonFiniteLoss(epoch, value)
+        if not validate:
+            continue
         acc = accuracy(_logits(forward, read_val(val_batches), device=device, execution=execution), val[1])
         history.append(acc)
         reporter.report(epoch, acc)
@@ -362,6 +377,8 @@ def fit_linear_head(head: nn.Linear, train: tuple[torch.Tensor, torch.Tensor],
         value = float(total)
         if not math.isfinite(value):
             raise NonFiniteLoss(epoch, value)
+        if not per_epoch(reporter):
+            continue
         acc = float((torch.addmm(b, vx, w.t()).argmax(1) == vy).float().mean())
         history.append(acc)
         reporter.report(epoch, acc)

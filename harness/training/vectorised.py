@@ -253,7 +253,7 @@ def _cross_entropy_each(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def fit_stacked(jobs: Sequence[Job]) -> None:
     """Trains ``jobs`` (which :func:`stack_refusal` accepts) as one stacked model; each job's model
     ends as if trained alone, and its reporter got its own validation accuracy and FLOPs."""
-    from tlbench.training.loop import Batch, accuracy, cross_entropy, epoch_batches, forward_flops, spend
+    from tlbench.training.loop import Batch, accuracy, cross_entropy, epoch_batches, forward_flops, per_epoch, spend
 
     start = time.perf_counter()
     lead, k = jobs[0], len(jobs)
@@ -317,11 +317,13 @@ def fit_stacked(jobs: Sequence[Job]) -> None:
                     hook.on_step_end(step)
             total += losses.detach()
         seen = sum(len(i) for i in orders[0])
-        stacked.eval()
-        with torch.no_grad(), execution.autocast(device):
-            params, buffers = dict(stacked.named_parameters()), dict(stacked.named_buffers())
-            val_logits = torch.cat([eval_forward(params, buffers, vx[s:s + 512]).float()
-                                    for s in range(0, len(vx), 512)], dim=1).cpu()
+        val_logits = None
+        if any(per_epoch(jobs[j].reporter) for j in alive):
+            stacked.eval()
+            with torch.no_grad(), execution.autocast(device):
+                params, buffers = dict(stacked.named_parameters()), dict(stacked.named_buffers())
+                val_logits = torch.cat([eval_forward(params, buffers, vx[s:s + 512]).float()
+                                        for s in range(0, len(vx), 512)], dim=1).cpu()
         values = total.tolist()
         for j in list(alive):
             job = jobs[j]
@@ -329,6 +331,8 @@ def fit_stacked(jobs: Sequence[Job]) -> None:
             if not math.isfinite(values[j]):
                 job.error = NonFiniteLoss(epoch, values[j])
                 alive.remove(j)
+                continue
+            if val_logits is None or not per_epoch(job.reporter):
                 continue
             acc = accuracy(val_logits[j], lead.val[1])
             job.history.append(acc)

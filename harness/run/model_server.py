@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tlbench.core.atomic import load_or_none, save_atomic
 from tlbench.core.errors import ConfigError, NonFiniteLoss
 from tlbench.data.splits import Task
-from tlbench.training import vectorised
+from tlbench.training import deferral
 from tlbench.training.backbones import Backbone
 from tlbench.training.context import Member, ModelServer, OwnTime, splits_of
 from tlbench.training.loop import NullReporter, median_seconds
@@ -209,7 +209,7 @@ class Members(ModelServer):
         clock = OwnTime(self)
         task = self.task
         try:
-            with vectorised.paused():  # needed now, inside another run's fit (a teacher)
+            with deferral.paused():  # needed now, inside another run's fit (a teacher)
                 predictor = self.recipes.strategy(strategy).fit(self.backbone, task, params, seed=seed,
                                                                 reporter=NullReporter(per_epoch=False), runtime=runtime)
         except NonFiniteLoss as err:

@@ -15,7 +15,7 @@ from torch import nn
 from tlbench.core.errors import NonFiniteLoss
 from tlbench.data.reader import Loading, Reader, read_all, sequential
 from tlbench.data.views import Inputs
-from tlbench.training import vectorised
+from tlbench.training import deferral
 
 
 class Reporter(Protocol):
@@ -283,9 +283,9 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     Raises:
         NonFiniteLoss: when an epoch's summed loss is NaN or infinite.
     """
-    group = vectorised.active()
+    group = deferral.active()
     if group is not None:
-        group.defer(vectorised.Job(model, optimizer, train, val, epochs, batch_size, seed, device, reporter,
+        group.defer(deferral.Job(model, optimizer, train, val, epochs, batch_size, seed, device, reporter,
                                    scheduler, hooks, criterion, execution))
         return []
     y = train[1].to(device)

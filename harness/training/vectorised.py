@@ -18,47 +18,31 @@ from the random state it had when it was called). A strategy may be run this way
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import copy
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from tlbench.core.errors import NonFiniteLoss
-
-_ACTIVE: contextvars.ContextVar["SideBySide | None"] = contextvars.ContextVar("tlbench_side_by_side", default=None)
+from tlbench.training.deferral import _ACTIVE, Job, active, paused  # noqa: F401 - active, paused: re-exported
+from tlbench.training.loop import (
+    Batch,
+    accuracy,
+    cross_entropy,
+    epoch_batches,
+    fit_epochs,
+    forward_flops,
+    per_epoch,
+    spend,
+)
 
 #: Module types whose forward draws random numbers: a stacked model would draw them differently
 #: from K models alone, so networks that hold an active one are trained one seed at a time.
 _RANDOM = ("Dropout", "DropPath", "StochasticDepth", "DropBlock")
-
-
-@dataclass
-class Job:
-    """One deferred ``fit_epochs`` call: its arguments, and the random state it was called in."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    train: tuple[Any, torch.Tensor]
-    val: tuple[Any, torch.Tensor]
-    epochs: int
-    batch_size: int
-    seed: int
-    device: torch.device
-    reporter: Any
-    scheduler: Any
-    hooks: Sequence[Any]
-    criterion: Callable[..., torch.Tensor]
-    execution: Any
-    rng: torch.Tensor = field(default_factory=torch.get_rng_state)
-    #: after training: the validation history, or the exception the run stopped with
-    history: list[float] = field(default_factory=list)
-    error: BaseException | None = None
-    seconds: float = 0.0  # its share of the training time (the group's divided by its size when stacked)
 
 
 @dataclass
@@ -133,27 +117,11 @@ def side_by_side() -> Iterator[SideBySide]:
         _ACTIVE.reset(token)
 
 
-def active() -> SideBySide | None:
-    return _ACTIVE.get()
-
-
-@contextlib.contextmanager
-def paused() -> Iterator[None]:
-    """Trains for real within the block (a model another strategy's ``fit`` needs now, a teacher)."""
-    token = _ACTIVE.set(None)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-
-
 class _Unstackable(Exception):
     pass
 
 
 def _fit_alone(job: Job) -> None:
-    from tlbench.training.loop import fit_epochs
-
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.set_rng_state(job.rng)
@@ -253,8 +221,6 @@ def _cross_entropy_each(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def fit_stacked(jobs: Sequence[Job]) -> None:
     """Trains ``jobs`` (which :func:`stack_refusal` accepts) as one stacked model; each job's model
     ends as if trained alone, and its reporter got its own validation accuracy and FLOPs."""
-    from tlbench.training.loop import Batch, accuracy, cross_entropy, epoch_batches, forward_flops, per_epoch, spend
-
     start = time.perf_counter()
     lead, k = jobs[0], len(jobs)
     device, execution = lead.device, lead.execution

@@ -66,7 +66,7 @@ RUN_METRICS = ("test_accuracy", "shifted_test_accuracy", "val_accuracy", "train_
 #: Columns of the runs frame exported as an evaluation run's tags: where and from what it ran.
 RUN_TAGS = ("strategy_origin", "suite_fingerprint", "backbone_weights", "split_fingerprint", "n_train", "n_val",
             "n_test", "num_classes", "image_inputs", "peak_memory_kind", "started_at", "tlbench_version",
-            "torch_version", "git_commit", "device", "host", "precision", "channels_last", "compiled")
+            "torch_version", "git_commit", "device", "host", "precision", "channels_last", "compiled", "vectorised")
 #: The cell's tuning facts (the same on every run of the cell), exported once per cell as metrics.
 TUNING_METRICS = ("tuning_best_val_accuracy", "tuning_trials_complete", "tuning_trials_pruned", "tuning_seconds",
                   "tuning_compute")

@@ -260,6 +260,21 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator,
     return [order[b * batch_size:(b + 1) * batch_size] for b in range(steps_per_epoch(n, batch_size))]
 
 
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler | None, hooks: Sequence[Hook], step: int) -> int:
+    """One training step's update: backward, the optimizer's and the scheduler's step, then the
+    hooks' ``on_step_end``; returns the new step count."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    step += 1
+    for hook in hooks:
+        hook.on_step_end(step)
+    return step
+
+
 def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                train: tuple[Inputs, torch.Tensor], val: tuple[Inputs, torch.Tensor], *,
                epochs: int, batch_size: int, seed: int, device: torch.device, reporter: Reporter,
@@ -316,14 +331,7 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                     term = hook.loss_term(model, batch)
                     if term is not None:
                         loss = loss + term
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            for hook in hooks:
-                hook.on_step_end(step)
+            step = update(loss, optimizer, scheduler, hooks, step)
             total += loss.detach()
         spend(reporter, 3 * (per_example or 0.0) * sum(len(i) for i in batches))  # forward + backward
         value = float(total)

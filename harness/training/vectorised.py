@@ -38,6 +38,7 @@ from tlbench.training.loop import (
     forward_flops,
     per_epoch,
     spend,
+    update,
 )
 
 #: Module types whose forward draws random numbers: a stacked model would draw them differently
@@ -272,15 +273,7 @@ def fit_stacked(jobs: Sequence[Job]) -> None:
                     _unbind(lead.optimizer, stacked, lead.model)
                     raise _Unstackable(f"the network cannot run under torch.vmap ({str(err).splitlines()[0]})") from None
                 raise
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            for job in jobs:
-                for hook in job.hooks:
-                    hook.on_step_end(step)
+            step = update(loss, optimizer, scheduler, [hook for job in jobs for hook in job.hooks], step)
             total += losses.detach()
         seen = sum(len(i) for i in orders[0])
         val_logits = None

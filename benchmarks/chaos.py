@@ -127,9 +127,11 @@ class Outcome:
         ]
 
 
-def worker_command(suite: Path, storage: str, out: Path, cache: Path, heartbeat: float) -> list[str]:
+def worker_command(suite: Path, storage: str, out: Path, cache: Path, heartbeat: float,
+                   seeds_together: int | None = None) -> list[str]:
     return [sys.executable, "-m", "tlbench.cli", "run", str(suite), "--storage", storage, "--out", str(out),
-            "--report", "none", "--threads", "1", "--cache-dir", str(cache), "--heartbeat", str(heartbeat)]
+            "--report", "none", "--threads", "1", "--cache-dir", str(cache), "--heartbeat", str(heartbeat),
+            *(["--seeds-together", str(seeds_together)] if seeds_together else [])]
 
 
 class Workers:
@@ -348,11 +350,12 @@ def store(kind: str, folder: Path) -> Iterator[str]:
 
 def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval: float = 3.0, remote: bool = False,
         suite: Path | None = None, folder: Path | None = None, cache: Path | None = None, heartbeat: float = 1.0,
-        seed: int = 0, lock_kills: int = 0, log=print) -> Outcome:
+        seed: int = 0, lock_kills: int = 0, seeds_together: int | None = None, log=print) -> Outcome:
     """The whole chaos test; returns what it found (``Outcome.ok``: nothing lost or doubled,
     everything equal to the uninterrupted run). ``storage``: journal, postgres (a private server
     started for the run) or the URL of an empty database. A journal is named by its path relative
-    to the workers' folder, and ``lock_kills`` of the kills hit the holder of its write lock."""
+    to the workers' folder, and ``lock_kills`` of the kills hit the holder of its write lock.
+    ``seeds_together``: the workers' ``--seeds-together`` (default: theirs)."""
     folder = (folder or Path(tempfile.mkdtemp(prefix="tlbench-chaos-"))).resolve()  # workers start in it
     folder.mkdir(parents=True, exist_ok=True)
     cache = (cache or folder / "cache").resolve()
@@ -365,7 +368,7 @@ def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval
     name = load_plan(suite, dry_run=True, cache_dir=cache).suite.name
     reference = f"journal:{folder / 'reference.journal'}"
     start = time.perf_counter()
-    ref = subprocess.run(worker_command(suite, reference, folder / "reference", cache, heartbeat),
+    ref = subprocess.run(worker_command(suite, reference, folder / "reference", cache, heartbeat, seeds_together),
                          capture_output=True, text=True)
     if ref.returncode != 0:
         raise RuntimeError(f"the reference run failed:\n{ref.stdout[-2000:]}\n{ref.stderr[-2000:]}")
@@ -379,8 +382,8 @@ def run(*, storage: str = "journal", workers: int = 3, kills: int = 10, interval
         if url.startswith("journal:"):  # as the docs' commands name a store: relative to where workers start
             journal = Path(url.removeprefix("journal:"))
             given, owner = str(journal.relative_to(folder)), journal.with_name(journal.name + ".lock.owner")
-        crew = Workers(worker_command(suite, given, Path("chaos"), cache, heartbeat), workers, logs, remote=remote,
-                       cwd=folder)
+        command = worker_command(suite, given, Path("chaos"), cache, heartbeat, seeds_together)
+        crew = Workers(command, workers, logs, remote=remote, cwd=folder)
         done = unleash(crew, url, kills=kills, interval=interval, rng=random.Random(seed), lock_kills=lock_kills,
                        owner=owner)
         crew.wait(timeout=600)
@@ -404,10 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, help="suite file (default: a small copy of the smoke suite)")
     parser.add_argument("--folder", type=Path, help="where stores, logs and caches go (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
+    parser.add_argument("--seeds-together", type=int, help="the workers' --seeds-together (default: theirs)")
     args = parser.parse_args(argv)
     outcome = run(storage=args.storage, workers=args.workers, kills=args.kills, interval=args.interval,
                   remote=args.remote, suite=args.suite, folder=args.folder, heartbeat=args.heartbeat, seed=args.seed,
-                  lock_kills=args.lock_kills)
+                  lock_kills=args.lock_kills, seeds_together=args.seeds_together)
     for line in outcome.lines():
         print(line)
     return 0 if outcome.ok else 1

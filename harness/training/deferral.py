@@ -34,10 +34,15 @@ class Job:
     criterion: Callable[..., torch.Tensor]
     execution: Any
     rng: torch.Tensor = field(default_factory=torch.get_rng_state)
+    cuda_rng: list[torch.Tensor] | None = field(default_factory=lambda: _cuda_state())  # dropout on a GPU draws here
     #: after training: the validation history, or the exception the run stopped with
     history: list[float] = field(default_factory=list)
     error: BaseException | None = None
     seconds: float = 0.0  # its share of the training time (the group's divided by its size when stacked)
+
+
+def _cuda_state() -> list[torch.Tensor] | None:
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
 def active() -> Any:

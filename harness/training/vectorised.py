@@ -3,7 +3,8 @@
 An evaluation trains the same configuration on several seeds. On small networks a training step
 costs mostly per-operation overhead, so K copies stacked along a leading dimension
 (``torch.func.functional_call`` under ``torch.vmap``) do K runs' work in about one run's number of
-operations. Each run keeps its own initialisation and its own data order; its loss is its own mean
+operations (where arithmetic, not overhead, bounds a step — the quick suite's CNNs on 2 CPU cores —
+the gain is smaller: 1.5–2.1×, ``benchmarks/test_bench_vectorised.py``). Each run keeps its own initialisation and its own data order; its loss is its own mean
 and the step sums the runs' losses, so each run's gradients — and, with element-wise optimizers
 (SGD, AdamW), its updates — are those it would get alone, up to floating-point reassociation.
 
@@ -124,8 +125,11 @@ class _Unstackable(Exception):
 
 def _fit_alone(job: Job) -> None:
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    gpus = list(range(len(job.cuda_rng))) if job.cuda_rng is not None else []
+    with torch.random.fork_rng(devices=gpus):
         torch.set_rng_state(job.rng)
+        if job.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(job.cuda_rng)
         try:
             job.history = fit_epochs(job.model, job.optimizer, job.train, job.val, epochs=job.epochs,
                                      batch_size=job.batch_size, seed=job.seed, device=job.device,

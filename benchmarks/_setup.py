@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -23,13 +21,3 @@ def quick_digits():
     backbone = materialize_backbone("glyph-cnn", plan.suite, cache_dir=Path(os.environ["TLBENCH_CACHE"]),
                                     device=torch.device("cpu"), log=lambda m: None)
     return plan, plan.tasks["digits-2shot"], backbone
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Minimum wall time of ``repeats`` calls (the least disturbed measurement)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)

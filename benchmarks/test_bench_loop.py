@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
-from _setup import best_of, quick_digits
+from _setup import quick_digits
+from _sides import median, ratio, time_side
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -61,19 +63,19 @@ def hand_written_loop() -> None:
             (model(task.val.x).argmax(1) == task.val.y).float().mean().item()
 
 
-def test_finetune_loop_throughput(benchmark) -> None:
+SIDES = {"hand-written": hand_written_loop, "tlbench": harness_loop}
+
+
+@pytest.mark.parametrize("side", list(SIDES))
+def test_loop(benchmark, side) -> None:
+    time_side(benchmark, "finetune-loop", side, SIDES[side], rounds=7)
+
+
+def test_finetune_loop_throughput() -> None:
     task, *_ = setup()
     images = EPOCHS * len(task.train)
-    harness_loop(), hand_written_loop()  # warm up
-    # Alternate the two loops so background load hits both alike; keep each one's best.
-    t_hand = t_harness = float("inf")
-    for _ in range(7):
-        t_hand = min(t_hand, best_of(hand_written_loop, 1))
-        t_harness = min(t_harness, best_of(harness_loop, 1))
-    benchmark.pedantic(harness_loop, rounds=3, iterations=1)
-    t_harness = min(t_harness, benchmark.stats.stats.min)
-    ratio = t_hand / t_harness
+    t_hand, t_harness = median("finetune-loop", "hand-written"), median("finetune-loop", "tlbench")
+    r = ratio("finetune-loop", "hand-written", "tlbench")
     print(f"\nfine-tune loop, {images} images: hand-written {images / t_hand:.0f} img/s, "
-          f"tlbench {images / t_harness:.0f} img/s -> {ratio:.2f}x")
-    benchmark.extra_info.update(ratio=ratio, harness_img_s=images / t_harness, hand_img_s=images / t_hand)
-    assert ratio >= 0.95
+          f"tlbench {images / t_harness:.0f} img/s -> {r:.2f}x")
+    assert r >= 0.95

@@ -40,18 +40,22 @@ def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, r
                         task_for=task_for, root=root)
 
 
-def require(tool: str | None, package: str) -> str:
-    """The tool's path; without it a skip, except under CI (``CI`` set, as ``.ci/run`` and CI
-    services do), where a skipped test would check nothing: there it fails."""
+def skip_unless_ci(why: str) -> None:
+    """Skips the calling test, except under CI (``CI`` set, as ``.ci/run`` and CI services do), where a
+    skipped test would check nothing: there it fails."""
     import os
 
     import pytest
 
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{why} (.ci/run installs it; CI must not skip this test)")
+    pytest.skip(why)
+
+
+def require(tool: str | None, package: str) -> str:
+    """The tool's path; without it a skip, except under CI (:func:`skip_unless_ci`)."""
     if tool is None:
-        why = f"needs a system package: apt-get install {package}"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"{why} (.ci/run installs it; CI must not skip this test)")
-        pytest.skip(why)
+        skip_unless_ci(f"needs a system package: apt-get install {package}")
     return tool
 
 

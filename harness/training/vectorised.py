@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from tlbench.core.errors import NonFiniteLoss
-from tlbench.training.deferral import _ACTIVE, Job, active, paused  # noqa: F401 - active, paused: re-exported
+from tlbench.training.deferral import _ACTIVE, Job
 from tlbench.training.loop import (
     Batch,
     accuracy,
@@ -244,6 +244,8 @@ def fit_stacked(jobs: Sequence[Job]) -> None:
     plain = all(job.criterion is cross_entropy for job in jobs)
     gens = [torch.Generator().manual_seed(job.seed) for job in jobs]
     per_example: float | None = None
+    # the same tensors all along (the optimizer and the batch norms update them in place): named once
+    params, buffers = dict(stacked.named_parameters()), dict(stacked.named_buffers())
     alive = list(range(k))
     step = 0
     for epoch in range(lead.epochs):
@@ -258,7 +260,6 @@ def fit_stacked(jobs: Sequence[Job]) -> None:
             xb, yb = x[idx], y[idx]
             if per_example is None:
                 per_example = forward_flops(lead.model, xb[0, :1])
-            params, buffers = dict(stacked.named_parameters()), dict(stacked.named_buffers())
             try:
                 with execution.autocast(device):
                     logits = train_forward(params, buffers, xb)
@@ -284,7 +285,6 @@ def fit_stacked(jobs: Sequence[Job]) -> None:
         if any(per_epoch(jobs[j].reporter) for j in alive):
             stacked.eval()
             with torch.no_grad(), execution.autocast(device):
-                params, buffers = dict(stacked.named_parameters()), dict(stacked.named_buffers())
                 val_logits = torch.cat([eval_forward(params, buffers, vx[s:s + 512]).float()
                                         for s in range(0, len(vx), 512)], dim=1).cpu()
         values = total.tolist()

@@ -210,10 +210,12 @@ def available_cores() -> list[int]:
 # ------------------------------------------------------------------ what each worker runs
 
 
-def worker_argv(args: argparse.Namespace, out: Path, *, threads: int | None) -> list[str]:
-    """``tlbench run``'s arguments for one worker: the suite, the shared store and out, and every worker option
-    the user gave (defaults left out, so the command line in a log says what was chosen)."""
+def worker_argv(args: argparse.Namespace, out: Path, *, threads: int | None, plan: Path | None = None) -> list[str]:
+    """``tlbench run``'s arguments for one worker: the suite, the shared store and out, every worker option the
+    user gave (defaults left out, so the command line in a log says what was chosen), and the plan the launcher
+    checked (:mod:`tlbench.run.handoff`), which the worker reads instead of planning again."""
     argv = ["run", args.suite, "--storage", args.storage, "--report", "none", "--out", str(out)]
+    argv += ["--plan-file", str(plan)] if plan is not None else []
     for action in add_worker_options(argparse.ArgumentParser(add_help=False)):
         if action.dest in ("out", "threads"):
             continue
@@ -278,17 +280,20 @@ def check_flags(args: argparse.Namespace) -> tuple[list[Slot], str | None]:
 def cmd_launch(args: argparse.Namespace, console: Console) -> int:
     """Checks the flags, then the suite and store exactly as one worker would, then starts the workers and (unless
     detached) waits for them and writes the report."""
+    from tlbench.run.handoff import hand_over
+
     slots, note = check_flags(args)
     prepared = prepare_run(args)
+    plan_file = hand_over(prepared.plan, prepared.out / "workers")
     suite = prepared.plan.suite
     say(console, f"suite {suite.name}: {len(prepared.plan.cells)} cells, {suite.seeds} evaluation seeds; store "
                  f"{shown(args.storage)}, out {prepared.out}")
     if args.on == "local":
         if note:
             say(console, note)
-        code = launch_local(args, prepared, slots, console)
+        code = launch_local(args, prepared, slots, console, plan_file)
     else:
-        code = launch_submitit(args, prepared, console)
+        code = launch_submitit(args, prepared, console, plan_file)
     if code not in (0, 1) or args.detach:
         return code
     from tlbench.run.status import cell_plans
@@ -361,14 +366,16 @@ def start_worker(slot: Slot, argv: list[str], log: Path, *, detach: bool) -> sub
                                 start_new_session=detach)
 
 
-def launch_local(args: argparse.Namespace, prepared: Prepared, slots: list[Slot], console: Console) -> int:
+def launch_local(args: argparse.Namespace, prepared: Prepared, slots: list[Slot], console: Console,
+                 plan_file: Path | None = None) -> int:
     logs = prepared.out / "workers"
     started: list[Started] = []
     try:
         for slot in slots:
             log = logs / f"worker-{slot.index}.log"
             offset = log.stat().st_size if log.is_file() else 0
-            proc = start_worker(slot, worker_argv(args, prepared.out, threads=slot.threads), log, detach=args.detach)
+            argv = worker_argv(args, prepared.out, threads=slot.threads, plan=plan_file)
+            proc = start_worker(slot, argv, log, detach=args.detach)
             started.append(Started(slot, proc, log, time.monotonic(), offset))
             # The kernel's answer, not the plan: what the worker really runs on.
             cores = sorted(os.sched_getaffinity(proc.pid)) if hasattr(os, "sched_getaffinity") else slot.cores
@@ -494,7 +501,8 @@ def executor_parameters(args: argparse.Namespace, suite: str, jobs: int) -> dict
     return params
 
 
-def launch_submitit(args: argparse.Namespace, prepared: Prepared, console: Console) -> int:
+def launch_submitit(args: argparse.Namespace, prepared: Prepared, console: Console,
+                    plan_file: Path | None = None) -> int:
     try:
         import submitit
     except ImportError:
@@ -511,7 +519,8 @@ def launch_submitit(args: argparse.Namespace, prepared: Prepared, console: Conso
     # Jobs on one machine share its cores; on Slurm a job has its --cpus-per-job.
     threads = args.threads or (args.cpus_per_job if args.on == "slurm" else
                                max(1, len(available_cores()) // args.jobs))
-    workers = [Worker(worker_argv(args, prepared.out, threads=threads), i, threads) for i in range(args.jobs)]
+    argv = worker_argv(args, prepared.out, threads=threads, plan=plan_file)
+    workers = [Worker(argv, i, threads) for i in range(args.jobs)]
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):  # submitit prints sbatch's complaint itself: one line here instead

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Optuna storage URL or journal file (default: <out>/store.journal)")
     add_worker_options(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    # tlbench launch's workers: the plan the launcher checked (tlbench.run.handoff), read instead of planning again
+    run.add_argument("--plan-file", type=Path, help=argparse.SUPPRESS)
     run.add_argument("--rerun-edited", action="store_true",
                      help="a plugin strategy edited since its results were stored: move its old studies aside (kept "
                           "in the store, out of reports) and run its cells again; every other strategy's results "

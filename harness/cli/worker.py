@@ -216,9 +216,17 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
     cache_dir = args.cache_dir or default_cache_dir()
     path = resolve_suite_path(args.suite)
     overrides = tuple(args.overrides or ())
-    plan = load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies, data_root=args.data_root,
-                     cache_dir=cache_dir, dry_run=dry_run, tasks=tasks, backbones=backbones, overrides=overrides)
     shown = console or Console(stderr=True, highlight=False, soft_wrap=True)
+    plan = None
+    if getattr(args, "plan_file", None) is not None and not dry_run:  # a launch's worker: the launcher planned
+        from tlbench.run.handoff import take_over
+
+        plan, why = take_over(args.plan_file)
+        if plan is None:
+            warn(shown, f"{why}; this worker plans the suite itself")
+    if plan is None:
+        plan = load_plan(path, trials=args.trials, seeds=args.seeds, strategies=strategies, data_root=args.data_root,
+                         cache_dir=cache_dir, dry_run=dry_run, tasks=tasks, backbones=backbones, overrides=overrides)
     images = image_cache_of(args, cache_dir, log=lambda line: shown.print(line, markup=False))
     if images is not None and (plan.missing or any(t.lazy for t in plan.tasks.values())):
         check_writable_dir(images.directory, "--image-cache")

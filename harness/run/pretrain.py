@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
@@ -155,10 +155,11 @@ def check_backbone_source(name: str, suite: Suite) -> None:
 
 def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: torch.device,
                          log: Callable[[str], None] = print, loading: Loading = Loading(),
-                         progress_every: float = 30.0) -> Backbone:
+                         progress_every: float = 30.0, built: Mapping[str, Task] | None = None) -> Backbone:
     """Builds backbone ``name`` of ``suite`` with its weights (pretraining if needed, reading
     an image-file source task with ``loading``'s workers; always in float32, so the cached
-    checkpoint does not depend on the device's precision)."""
+    checkpoint does not depend on the device's precision). ``built``: tasks the plan already
+    built (its source task is taken from there rather than built again)."""
     spec = suite.backbones[name]
     where = f"{suite.path}: backbones.{name}"
     backbone = build_backbone(spec.arch, spec.typed_args(), where=where)
@@ -171,7 +172,7 @@ def materialize_backbone(name: str, suite: Suite, *, cache_dir: Path, device: to
             return load_checkpoint(backbone, checkpoint_path(name, suite))
     if spec.pretrain is None:
         return backbone
-    task = source_task(name, suite)
+    task = source_task(name, suite, built=built)
     key = pretrain_key(name, spec, suite, data=task.fingerprint if task.lazy else None)
     cache = PretrainCache(cache_dir / "backbones")
     with building(cache.paths(key)[0]):  # workers starting together pretrain it once; the others wait
@@ -206,12 +207,13 @@ def _cached_or_pretrained(name: str, spec: BackboneSpec, key: str, cache: "Pretr
     return backbone
 
 
-def source_task(name: str, suite: Suite) -> Task:
-    """Backbone ``name``'s source task, as the backbone reads it."""
+def source_task(name: str, suite: Suite, *, built: Mapping[str, Task] | None = None) -> Task:
+    """Backbone ``name``'s source task, as the backbone reads it (from ``built`` when it holds it)."""
     p = suite.backbones[name].pretrain
     assert p is not None
     source = suite.task_spec(p.task)
-    task = build_task(p.task, source, where=suite.task_where(p.task), data=data_access(suite))
+    task = (built or {}).get(p.task) or build_task(p.task, source, where=suite.task_where(p.task),
+                                                   data=data_access(suite))
     return task.bound(preprocess_for(name, suite, source.image_size, stretch=source.image_resize == "stretch"),
                       source.augment)
 

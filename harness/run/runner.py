@@ -63,7 +63,8 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
     check_plugin_code(storage, plan)
     with PHASES("pretraining"):  # or reading the pretrained weights from the cache
         backbones = {name: materialize_backbone(name, suite, cache_dir=cache_dir, device=runtime.device,
-                                                log=observer.log, loading=runtime.execution.loading)
+                                                log=observer.log, loading=runtime.execution.loading,
+                                                built={**plan.sources, **plan.tasks})
                      for name in plan.backbones}
     needed, keep_weights = plan.reused()
     groups = ModelServers(storage, plan, backbones, Reuse(needed, keep_weights), out / "models")

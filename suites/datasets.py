@@ -7,6 +7,7 @@ process so a source task and a target task built from the same data load it once
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -34,6 +35,10 @@ class Digits(Dataset):
     name = "digits"
     description = "scikit-learn handwritten digits, 1,797 images 8x8, 10 classes (bundled)"
     Args = NoArgs
+    generated = True  # bundled with scikit-learn: importing it is most of the cost
+
+    def generator_version(self) -> str:
+        return f"scikit-learn {_version('scikit-learn')}"
 
     def load(self, args: Frozen, data: DataAccess) -> DataPool:
         from sklearn.datasets import load_digits
@@ -60,6 +65,10 @@ class Glyphs(Dataset):
     name = "glyphs"
     description = "printed digits/letters/symbols rendered offline from matplotlib's fonts (synthetic)"
     Args = GlyphArgs
+    generated = True
+
+    def generator_version(self) -> str:  # its fonts and rasteriser
+        return f"matplotlib {_version('matplotlib')}"
     CHARSETS: ClassVar[dict[str, str]] = {
         "digits": "0123456789",
         "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
@@ -96,6 +105,10 @@ class Mnist1d(Dataset):
     name = "mnist1d"
     description = "MNIST-1D signals (length 40, 10 classes) generated locally; generator args configurable"
     Args = Mnist1dArgs
+    generated = True
+
+    def generator_version(self) -> str:
+        return f"mnist1d {_version('mnist1d')} numpy {np.__version__}"
 
     def load(self, args: Frozen, data: DataAccess) -> DataPool:
         from mnist1d.data import get_dataset_args, get_templates, make_dataset
@@ -139,10 +152,51 @@ def load_pool(name: str, args: dict[str, Any], *, where: str = "", data: DataAcc
                      sort_keys=True)
     if key not in _POOLS:
         try:
-            _POOLS[key] = dataset.load(parsed, data)
+            _POOLS[key] = _kept(dataset, parsed, data, key)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}" if where else str(err)) from None
     return _POOLS[key]
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _kept(dataset: Dataset, args: Frozen, data: DataAccess, key: str) -> DataPool:
+    """A generated dataset's pool from the on-disk pool cache (made and kept there on a miss); any other
+    dataset's loaded. An entry is a file of tensors written atomically; a torn or foreign one is made again."""
+    if not dataset.generated or data.pools is None:
+        return dataset.load(args, data)
+    from dataclasses import fields
+
+    from tlbench.core.atomic import building, load_or_none, save_atomic
+    from tlbench.core.codeversion import scoped_version
+
+    code = scoped_version((type(dataset).__module__,), kinds=("dataset",))
+    digest = hashlib.sha256(f"{key}|{code}|{dataset.generator_version()}".encode()).hexdigest()[:24]
+    path = data.pools / f"{dataset.name}-{digest}.pt"
+    names = [f.name for f in fields(DataPool)]
+
+    def read() -> DataPool | None:
+        kept = load_or_none(path)
+        if not isinstance(kept, dict) or set(kept) != set(names):
+            return None
+        kept["class_names"] = tuple(kept["class_names"])
+        return DataPool(**kept)
+
+    if (pool := read()) is not None:
+        return pool
+    with building(path):  # workers missing it together make it once
+        if (pool := read()) is not None:
+            return pool
+        pool = dataset.load(args, data)
+        save_atomic({name: getattr(pool, name) for name in names}, path)
+    return pool
 
 
 def data_access(suite: Any) -> DataAccess:

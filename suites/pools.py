@@ -22,6 +22,8 @@ class DataAccess:
 
     root: Path = Path(".")
     download: bool = False
+    #: Where generated datasets' pools are kept across processes (:attr:`Dataset.generated`); None: not kept.
+    pools: Path | None = None
 
     @classmethod
     def of(cls, data_root: str | None, download: bool, *, suite_path: str = "",
@@ -59,6 +61,14 @@ class Dataset(ABC):
     Args: ClassVar[type[Frozen]]
     #: Whether ``download: true`` can fetch missing files (a local folder cannot be downloaded).
     downloadable: ClassVar[bool] = False
+    #: A dataset computed from its arguments alone (no files), in memory: its pool is kept on disk in the cache
+    #: directory, keyed by its arguments, the code that makes it and :meth:`generator_version`, so later processes
+    #: (each worker of a launch, every run after the first) read it instead of generating it again.
+    generated: ClassVar[bool] = False
+
+    def generator_version(self) -> str:
+        """What else a generated pool depends on (the versions of the libraries that make it)."""
+        return ""
 
     @abstractmethod
     def load(self, args: Frozen, data: DataAccess) -> DataPool:

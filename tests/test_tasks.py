@@ -504,3 +504,62 @@ def test_train_per_class_keeps_n_per_class_and_tests_the_rest(monkeypatch: pytes
     use_pool(monkeypatch, synthetic_pool([40, 40], official_test=10))
     with pytest.raises(ConfigError, match=r"train_per_class: dataset 'digits' has an official test split"):
         build("digits", split={"train_per_class": 5})
+
+
+# ------------------------------------------------------------------ generated pools kept on disk
+
+
+@pytest.mark.parametrize("name, args", [("mnist1d", {"num_samples": 200, "seed": 3}),
+                                        ("glyphs", {"n": 120, "classes": "digits"}), ("digits", {})])
+def test_a_generated_pool_is_made_once_per_cache(name: str, args: dict[str, Any], tmp_path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later process (here: an emptied memo) reads the pool from the cache instead of generating it; the
+    same tensors."""
+    access = datasets.DataAccess(tmp_path / "data", pools=tmp_path / "pools")
+    monkeypatch.setattr(datasets, "_POOLS", {})
+    made = load_pool(name, args, data=access)
+    kept = list((tmp_path / "pools").glob(f"{name}-*.pt"))
+    assert len(kept) == 1
+    monkeypatch.setattr(datasets, "_POOLS", {})
+    cls = type(datasets.DATASETS.get(name)())
+
+    def generate(self, args, data):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(cls, "load", generate)
+    read = load_pool(name, args, data=access)
+    assert read is not made and torch.equal(read.x, made.x) and torch.equal(read.y, made.y)
+    assert read.class_names == made.class_names and isinstance(read.class_names, tuple)
+    assert (read.test_x is None) == (made.test_x is None)
+    if made.test_x is not None:
+        assert torch.equal(read.test_x, made.test_x) and torch.equal(read.test_y, made.test_y)
+
+
+def test_a_pool_is_kept_per_arguments_and_a_torn_entry_is_made_again(tmp_path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    access = datasets.DataAccess(tmp_path, pools=tmp_path / "pools")
+    monkeypatch.setattr(datasets, "_POOLS", {})
+    first = load_pool("mnist1d", {"num_samples": 100, "seed": 1}, data=access)
+    other = load_pool("mnist1d", {"num_samples": 100, "seed": 2}, data=access)
+    assert not torch.equal(first.x, other.x) and len(list((tmp_path / "pools").glob("*.pt"))) == 2
+    entry = next(p for p in (tmp_path / "pools").glob("*.pt") if torch.equal(torch.load(p)["x"], first.x))
+    entry.write_bytes(entry.read_bytes()[:64])  # torn (a killed writer cannot leave this: writes are atomic)
+    monkeypatch.setattr(datasets, "_POOLS", {})
+    again = load_pool("mnist1d", {"num_samples": 100, "seed": 1}, data=access)
+    assert torch.equal(again.x, first.x) and torch.equal(torch.load(entry)["x"], first.x)  # made and kept again
+
+
+def test_files_and_plugins_are_not_kept_unless_generated(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not datasets.DATASETS.get("image_folder").generated and not datasets.Dataset.generated
+
+    class Plain(datasets.Dataset):  # a plugin's dataset that does not declare itself generated
+        name, description, Args = "plain", "a plugin's", datasets.NoArgs
+
+        def load(self, args, data):
+            return DataPool(torch.zeros(4, 1), torch.arange(4) % 2, ("a", "b"))
+
+    kept = datasets.DataAccess(tmp_path, pools=tmp_path / "pools")
+    assert datasets._kept(Plain(), datasets.NoArgs(), kept, "plain").x.shape == (4, 1)
+    monkeypatch.setattr(datasets, "_POOLS", {})
+    load_pool("digits", {}, data=datasets.DataAccess(tmp_path))  # no pool cache given
+    assert not (tmp_path / "pools").exists()

@@ -21,6 +21,7 @@ dataset loaded from its typed ``args``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -175,6 +176,8 @@ def _load_plan(path: Path, *, trials: int | None, seeds: int | None, strategies:
     for name in suite.backbones:
         check_backbone_source(name, suite)
     access = data_access(suite)
+    if cache_dir is not None:  # generated datasets are made once per cache, not once per process
+        access = dataclasses.replace(access, pools=cache_dir / "pools")
     used = {b for spec in suite.tasks.values() for b in spec.backbones}
     used |= set(extra_backbones(suite, options, sorted(used)))
     sources = {spec.pretrain.task for name, spec in suite.backbones.items()

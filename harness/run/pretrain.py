@@ -212,8 +212,9 @@ def source_task(name: str, suite: Suite, *, built: Mapping[str, Task] | None = N
     p = suite.backbones[name].pretrain
     assert p is not None
     source = suite.task_spec(p.task)
-    task = (built or {}).get(p.task) or build_task(p.task, source, where=suite.task_where(p.task),
-                                                   data=data_access(suite))
+    task = (built or {}).get(p.task)
+    if task is None:
+        task = build_task(p.task, source, where=suite.task_where(p.task), data=data_access(suite))
     return task.bound(preprocess_for(name, suite, source.image_size, stretch=source.image_resize == "stretch"),
                       source.augment)
 

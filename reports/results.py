@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlbench.reports.parallel import Job, run_jobs
 from tlbench.store.opening import open_existing_storage
-from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol
+from tlbench.store.records import Protocol, StudyName, load_runs, load_sensitivity, read_protocol, studies
 from tlbench.store.scores import ground_truth, load_scores
 from tlbench.store.settings import stored_settings
 from tlbench.store.space import Param, SearchSpace
@@ -115,7 +115,7 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
     protocol: Protocol | None = None
     sampled: dict[str, dict[str, Param]] = {}  # what the trials' distributions say
     declared: dict[str, SearchSpace] = {}  # the effective spaces a run stored (study attribute search_space)
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in studies(storage):
         name = StudyName.parse(summary.study_name)
         if name is None or name.kind != "tune" or (suite is not None and name.suite != suite):
             continue

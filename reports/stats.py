@@ -93,14 +93,19 @@ def summarize(runs: pd.DataFrame, metric: str, *, seed: int = 0) -> pd.DataFrame
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (statsmodels); NaNs stay NaN."""
-    from statsmodels.stats.multitest import multipletests
-
+    """Holm–Bonferroni adjusted p-values: the i-th smallest of n times (n − i + 1), made non-decreasing and
+    capped at 1; NaNs stay NaN. (statsmodels' ``multipletests(method="holm")`` gives the same numbers, the
+    tests check, but runs a full garbage collection on every call: about 0.1 s each with a store's
+    trials in memory, a second per report.)"""
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        q = p[ok]
+        order = np.argsort(q, kind="stable")
+        adjusted = np.empty_like(q)
+        adjusted[order] = np.minimum(1.0, np.maximum.accumulate(q[order] * np.arange(len(q), 0, -1)))
+        out[ok] = adjusted
     return out
 
 

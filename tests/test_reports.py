@@ -150,6 +150,20 @@ def test_paired_tests_are_holm_corrected_and_mark_ties() -> None:
             assert compare.loc[(other, column), "p_holm"] == pytest.approx(p_adj)
 
 
+@pytest.mark.parametrize("pvalues", [[0.01, 0.04, 0.03, 0.2], [0.5, 0.5, 0.01, 0.5], [0.9, 0.8, 0.7], [0.02],
+                                     [0.01, float("nan"), 0.04, 0.001, float("nan")], [float("nan")], []])
+def test_holm_agrees_with_statsmodels(pvalues: list[float]) -> None:
+    """Ties, values capped at 1, NaNs kept in place; statsmodels is the independent reference."""
+    from statsmodels.stats.multitest import multipletests
+
+    got = stats.holm(pvalues)
+    p = np.asarray(pvalues, dtype=float)
+    ok = ~np.isnan(p)
+    assert np.isnan(got[~ok]).all() and len(got) == len(p)
+    if ok.any():
+        assert np.allclose(got[ok], multipletests(p[ok], method="holm")[1], rtol=0, atol=1e-15)
+
+
 def test_a_constant_paired_difference_is_significant_not_untestable() -> None:
     runs = with_columns(runs_frame(strategies=("scratch",), tasks=("t1",)))
     runs = pd.concat([runs, runs.assign(strategy="worse", test_accuracy=runs["test_accuracy"] - 0.05)])

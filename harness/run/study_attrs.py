@@ -12,7 +12,7 @@ from optuna.storages import BaseStorage
 
 from tlbench.core.errors import ConfigError
 from tlbench.run.plan import Cell, Plan
-from tlbench.store.records import StudyName
+from tlbench.store.records import StudyName, studies
 from tlbench.strategies import STRATEGIES
 
 
@@ -29,7 +29,7 @@ def check_plugin_code(storage: BaseStorage, plan: Plan, *, rerun_edited: bool = 
     if not plugin_cells:
         return
     edited = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in studies(storage):
         name = StudyName.parse(summary.study_name)
         if name is None or name.suite != plan.suite.name or name.cell not in plugin_cells:
             continue

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from tlbench.core.errors import ConfigError
 from tlbench.store.claims import recover_orphans
+from tlbench.store.records import studies
 
 #: User attribute of a complete archive copy: the name of the study it was copied from.
 ARCHIVED_FROM = "archived_from"
@@ -53,7 +54,7 @@ def archive_study(storage: BaseStorage, study_name: str, tag: str) -> str:
 def archived_studies(storage: BaseStorage) -> dict[str, str]:
     """Every complete archive in the store: its name → the study it was moved from."""
     out = {}
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in studies(storage):
         source = summary.user_attrs.get(ARCHIVED_FROM)
         if isinstance(source, str) and summary.study_name.startswith(source + "@"):
             out[summary.study_name] = source

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tlbench.core.errors import ConfigError
 from tlbench.core.processes import worker_alive, worker_id
 from tlbench.store import optuna_internals
-from tlbench.store.records import StudyName
+from tlbench.store.records import StudyName, studies
 
 # ------------------------------------------------------------------ claims
 
@@ -185,7 +185,7 @@ def check_compatible(storage: BaseStorage, suite: str, fingerprint: str, *, wher
     for its fingerprint; stores written before settings were recorded: the two fingerprints)."""
     from tlbench.store.settings import changed_fields, stored_settings
 
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in studies(storage):
         name = StudyName.parse(summary.study_name)
         if name is None or name.suite != suite:
             continue

@@ -21,7 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from tlbench.core.frozen import Frozen
-from tlbench.store.records import SEP, StoreError, validate_stored
+from tlbench.store.records import SEP, StoreError, studies, validate_stored
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,7 +83,7 @@ def score_records(storage: BaseStorage, suite: str | None = None) -> list[ScoreR
     latest, so a scorer scored again after its code changed (an edited plugin) is read once, as
     its current code computed it."""
     latest: dict[tuple[str, str, str, str], ScoreRecord] = {}
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in studies(storage):
         parsed = parse_score_study(summary.study_name)
         if parsed is None or (suite is not None and parsed[0] != suite):
             continue
@@ -102,7 +102,7 @@ def score_progress(storage: BaseStorage, suite: str) -> tuple[int, int, int, int
     """(task × backbone pairs, scores stored, units running, units failed) of ``suite``'s
     scoring; None when it has none (no ``model_selection:`` run yet)."""
     pairs = done = running = failed = 0
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in studies(storage):
         parsed = parse_score_study(summary.study_name)
         if parsed is None or parsed[0] != suite:
             continue
@@ -123,7 +123,7 @@ def score_progress(storage: BaseStorage, suite: str) -> tuple[int, int, int, int
 
 def _named(storage: BaseStorage, suite: str | None, attr: str) -> list[str] | None:
     named: list[str] = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in studies(storage):
         parsed = parse_score_study(summary.study_name)
         if parsed is None or (suite is not None and parsed[0] != suite):
             continue

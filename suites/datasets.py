@@ -66,9 +66,6 @@ class Glyphs(Dataset):
     description = "printed digits/letters/symbols rendered offline from matplotlib's fonts (synthetic)"
     Args = GlyphArgs
     generated = True
-
-    def generator_version(self) -> str:  # its fonts and rasteriser
-        return f"matplotlib {_version('matplotlib')}"
     CHARSETS: ClassVar[dict[str, str]] = {
         "digits": "0123456789",
         "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
@@ -77,6 +74,9 @@ class Glyphs(Dataset):
         "lower": "abcdefghijklmnopqrstuvwxyz",
         "symbols": "!#$%&*+-/<=>?@",
     }
+
+    def generator_version(self) -> str:  # its fonts and rasteriser
+        return f"matplotlib {_version('matplotlib')}"
 
     def load(self, args: Frozen, data: DataAccess) -> DataPool:
         from tlbench.suites.glyphs import render_glyphs

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_plugins import DATA_AND_BACKBONE
+from test_launch import TINY
+from test_plugins import extras_suite
 
 from tlbench.cli import worker
 from tlbench.cli.launch import worker_argv
@@ -25,22 +26,6 @@ from tlbench.run import handoff
 from tlbench.run.plan import load_plan
 from tlbench.store.opening import open_storage
 from tlbench.store.records import load_runs
-
-TINY = """\
-name: tiny-handoff
-seed: 0
-trials: 2
-seeds: 2
-strategies: [linear_probe, full_finetune]
-training: {epochs: [2, 3], batch_size: 16}
-backbones:
-  b: {arch: cnn2d, args: {width: 4, depth: 2}}
-tasks:
-  d:
-    dataset: digits
-    split: {shots: 2, val_per_class: 3, test_fraction: 0.3}
-    backbones: [b]
-"""
 
 
 @pytest.fixture
@@ -100,12 +85,12 @@ def test_a_worker_given_the_plan_does_not_plan_again(suite: Path, tmp_path: Path
                          str(plan_file))
     assert code == 0, err
     runs = load_runs(open_storage(str(journal), tmp_path))
-    assert set(runs["strategy"]) == {"linear_probe", "full_finetune"} and len(runs) == 4
+    assert set(runs["task"]) == {"d", "e"} and len(runs) == 2
     # The same records as a worker that planned for itself (a store of its own).
     code, err = _run("run", str(suite), "--storage", str(tmp_path / "alone" / "store.journal"), "--report", "none")
     assert code == 0, err
     alone = load_runs(open_storage(str(tmp_path / "alone" / "store.journal"), tmp_path))
-    keys = ["strategy", "seed"]
+    keys = ["task", "seed"]
     assert (runs.sort_values(keys)["test_accuracy"].to_list() == alone.sort_values(keys)["test_accuracy"].to_list())
 
 
@@ -114,7 +99,7 @@ def test_a_worker_that_cannot_use_the_plan_plans_itself_and_says_why(suite: Path
     handed = pickle.loads(handoff.hand_over(load_plan(suite), tmp_path).read_bytes())
     stale.write_bytes(pickle.dumps(replace(handed, code="0.0.1+000000000000")))
     code, err = _run("run", str(suite), "--storage", str(tmp_path / "out" / "store.journal"), "--report", "none",
-                     "--plan-file", str(stale), "--strategies", "linear_probe")
+                     "--plan-file", str(stale))
     assert code == 0, err
     lines = [line for line in err.splitlines() if "plans the suite itself" in line]
     assert len(lines) == 1 and "planned by other code" in lines[0] and lines[0].startswith("tlbench: warning:")
@@ -136,21 +121,7 @@ def _help(command: str) -> str:
 
 def test_a_suites_file_plugins_are_loaded_before_its_plan_is_read(tmp_path: Path, registries) -> None:
     """In a fresh process, as a worker reads it: the plan's dataset and backbone come from a plugin file."""
-    (tmp_path / "extras.py").write_text(DATA_AND_BACKBONE)
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(textwrap.dedent("""
-        name: extras
-        plugins: [extras.py]
-        strategies: [linear_probe]
-        tasks:
-          blobs-5shot:
-            dataset: blobs
-            args: {n: 240}
-            split: {shots: 5, val_per_class: 5}
-            backbones: [wide]
-        backbones:
-          wide: {arch: wide_cnn, args: {width: 4}}
-    """))
+    suite = extras_suite(tmp_path)
     path = handoff.hand_over(load_plan(suite), tmp_path / "workers")
     read = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         from pathlib import Path

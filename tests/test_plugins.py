@@ -233,6 +233,26 @@ class WideCNN(SmallCNN2d):
 '''
 
 
+def extras_suite(folder: Path) -> Path:
+    """A suite whose dataset and backbone come from the plugin file ``extras.py`` beside it."""
+    (folder / "extras.py").write_text(DATA_AND_BACKBONE)
+    suite = folder / "suite.yaml"
+    suite.write_text(textwrap.dedent("""
+        name: extras
+        plugins: [extras.py]
+        strategies: [linear_probe]
+        tasks:
+          blobs-5shot:
+            dataset: blobs
+            args: {n: 240}
+            split: {shots: 5, val_per_class: 5}
+            backbones: [wide]
+        backbones:
+          wide: {arch: wide_cnn, args: {width: 4}}
+    """))
+    return suite
+
+
 def test_tlbench_check_checks_every_kind_of_plugin_a_file_defines(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                     registries) -> None:
     """`tlbench check FILE.py`: the dataset and the backbone it defines, each against its contract; `--args`
@@ -254,21 +274,7 @@ def test_tlbench_check_checks_every_kind_of_plugin_a_file_defines(tmp_path: Path
 
 def test_datasets_and_backbones_plug_in_the_same_way(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      registries) -> None:
-    (tmp_path / "extras.py").write_text(DATA_AND_BACKBONE)
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(textwrap.dedent("""
-        name: extras
-        plugins: [extras.py]
-        strategies: [linear_probe]
-        tasks:
-          blobs-5shot:
-            dataset: blobs
-            args: {n: 240}
-            split: {shots: 5, val_per_class: 5}
-            backbones: [wide]
-        backbones:
-          wide: {arch: wide_cnn, args: {width: 4}}
-    """))
+    suite = extras_suite(tmp_path)
     assert main(["run", str(suite), "--dry-run", "--out", str(tmp_path / "out")]) == 0
     assert DATASETS.origin("blobs").startswith("file ") and BACKBONES.origin("wide_cnn").startswith("file ")
     suite.write_text(suite.read_text().replace("{n: 240}", "{n: -1}"))

@@ -67,8 +67,8 @@ def test_a_run_on_a_named_journal_reports_beside_it_and_never_over_another_store
 def test_launch_derives_its_folder_from_the_store(suite, tmp_path, monkeypatch) -> None:
     seen = {}
 
-    def record(args, prepared, slots, console):
-        seen["out"] = prepared.out
+    def record(args, prepared, slots, console, plan_file):
+        seen["out"], seen["plan"] = prepared.out, plan_file
         return 0
 
     monkeypatch.setattr(launch, "launch_local", record)
@@ -76,6 +76,7 @@ def test_launch_derives_its_folder_from_the_store(suite, tmp_path, monkeypatch) 
     assert main(["launch", str(suite), "--storage", "runs/exp2/store.journal", "--jobs", "2", "--report",
                  "none"]) == 0
     assert seen["out"] == Path("runs/exp2")
+    assert seen["plan"].parent == Path("runs/exp2/workers") and seen["plan"].is_file()  # the plan handed over
 
 
 # ------------------------------------------------------------------ GPUs that exist
@@ -276,7 +277,7 @@ def test_the_launcher_reports_a_suite_finished_although_a_worker_died(suite, tmp
     left, no report and exit 1."""
     journal, out = tmp_path / "store.journal", tmp_path / "out"
 
-    def one_dies_after_nothing(args, prepared, slots, console):
+    def one_dies_after_nothing(args, prepared, slots, console, plan_file):
         return 1
 
     monkeypatch.setattr(launch, "launch_local", one_dies_after_nothing)
@@ -285,7 +286,7 @@ def test_the_launcher_reports_a_suite_finished_although_a_worker_died(suite, tmp
     assert "units of work are left; run the same command again to resume" in capsys.readouterr().err
     assert not (out / "table.md").exists()
 
-    def other_finishes(args, prepared, slots, console):
+    def other_finishes(args, prepared, slots, console, plan_file):
         assert main(["run", str(suite), "--storage", str(journal), "--out", str(out), "--report", "none"]) == 0
         return 1
 

@@ -143,19 +143,18 @@ def test_what_bounds_two_workers() -> None:
     """A small CNN's training loop (1,500 steps, batch 64 of 8×8): alone on one core, two copies on two cores at
     once (does one slow the other?), and one copy with two threads (how much faster one worker gets from the
     second core). Two workers can be at most 2 × (pair speed) / (two-thread speed-up) times one two-thread
-    worker."""
+    worker. (On one core the pair shares it, and the bound comes out for that machine.)"""
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        pytest.skip("needs two cores")
+    cores = [cores[0], cores[1 % len(cores)]]
 
     def spin(threads: int, core: list[int]) -> subprocess.Popen[str]:
         return subprocess.Popen(["taskset", "-c", ",".join(map(str, core)), sys.executable, "-c", SPIN, str(threads)],
                                 stdout=subprocess.PIPE, text=True)
 
     alone = float(spin(1, cores[:1]).communicate()[0])
-    pair = [spin(1, [c]) for c in cores[:2]]
+    pair = [spin(1, [c]) for c in cores]
     both = [float(p.communicate()[0]) for p in pair]
-    two_threads = float(spin(2, cores[:2]).communicate()[0])
+    two_threads = float(spin(2, sorted(set(cores))).communicate()[0])
     slowdown, speedup = max(both) / alone, alone / two_threads
     print(f"\nalone {alone:.2f} s; two at once {both[0]:.2f} s and {both[1]:.2f} s ({slowdown:.3f}x slower); two "
           f"threads {two_threads:.2f} s ({speedup:.2f}x); two workers at most {2 / slowdown / speedup:.2f}x a worker "

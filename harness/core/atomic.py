@@ -8,23 +8,31 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import torch
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file unique across processes, then an atomic rename:
-    a reader never sees half a file."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces ``path`` when the block ends: a temporary file unique
+    across processes, then an atomic rename, so a reader never sees half a file (on an error the
+    temporary file is removed and ``path`` is left as it was)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` through :func:`replacing`."""
+    with replacing(path) as f:
+        torch.save(obj, f)
 
 
 def load_or_none(path: Path | None) -> Any:

@@ -17,12 +17,11 @@ in a module only loading it creates).
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlbench.core.atomic import replacing
 from tlbench.core.codeversion import code_version
 from tlbench.run.plan import Plan
 from tlbench.run.plugins import load_entry_points, load_suite_plugins
@@ -51,15 +50,8 @@ def hand_over(plan: Plan, directory: Path) -> Path:
                         protocol=pickle.HIGHEST_PROTOCOL)
     path = directory / f"plan-{hashlib.sha256(body).hexdigest()[:16]}.pickle"
     if not path.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(path) as f:
+            f.write(body)
     return path
 
 

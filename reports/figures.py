@@ -7,14 +7,25 @@ position in the registry so two reports colour a strategy alike.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import io
 import json
 import math
 import re
+import string
 from pathlib import Path
 from typing import Sequence
 
+import fontTools.ttLib
 import matplotlib
+import matplotlib.colors
+import matplotlib.ft2font
 import matplotlib.ticker
+import PIL.Image
+import PIL.PngImagePlugin
+from matplotlib.transforms import Bbox
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,17 +59,152 @@ def markers(colours: dict[str, str]) -> dict[str, str]:
     return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(colours)}
 
 
+DPI = 200  # the PNGs' resolution (the PDFs are vector)
+MARGIN_IN = 2.5  # what _save draws around the figure to find what sticks out of it (legends, notes)
+
+
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    """PNG and PDF, cropped to what is drawn: the tight box is computed once for both (with
-    ``bbox_inches="tight"`` each save lays the whole figure out an extra time, most of a
-    figure's cost)."""
+    """PNG and PDF, cropped to what is drawn plus ``savefig.pad_inches``.
+
+    The crop comes from the PNG's own pixels: the figure is drawn once into a canvas
+    ``MARGIN_IN`` larger on every side, the box of its non-background pixels is the drawn
+    extent, and the PNG is that box cut out; the PDF is drawn with the same box. Asking
+    Matplotlib for the tight box instead (``get_tightbbox`` or ``bbox_inches="tight"``) lays the
+    whole figure out once more, a fifth of a figure's cost. When something reaches the margin's
+    edge (a drawing larger than the margin), the tight box is asked for after all."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
-    fig.savefig(paths[0], dpi=200, bbox_inches=box)
-    fig.savefig(paths[1], bbox_inches=box, metadata={"CreationDate": None})  # the same figure, the same bytes
+    _drop_hidden_minor_ticks(fig)
+    pad = plt.rcParams["savefig.pad_inches"]
+    box = _draw_cropped_png(fig, paths[0], pad)
+    if box is None:
+        box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(pad)
+        fig.savefig(paths[0], dpi=DPI, bbox_inches=box)
+    with _shared_font_subsets():
+        fig.savefig(paths[1], bbox_inches=box, metadata={"CreationDate": None})  # the same figure, the same bytes
     plt.close(fig)
     return paths
+
+
+# Glyphs every PDF's font subset holds besides those it uses, so that most figures ask for the same
+# subset: printable ASCII and the signs Matplotlib and the captions use (minus, ellipsis, dashes, ...).
+COMMON_CHARACTERS = frozenset(string.printable.strip() + " −×±≤≥…–—·αβγδεθλμσ²³⁻")
+_SUBSETS: dict[tuple[str, int, frozenset[int]], tuple[bytes, dict[int, int]]] = {}
+
+
+@contextlib.contextmanager
+def _shared_font_subsets():
+    """While it is open, the PDF backend's font subsets (TrueType, ``pdf.fonttype`` 42: fonts a
+    paper's publisher accepts) are made once per process and font, for the glyphs used plus
+    :data:`COMMON_CHARACTERS`, and reused by every later PDF whose glyphs that subset holds.
+    Subsetting parses the font's layout tables each time: about half of a PDF's cost. The embedded
+    font then holds a few dozen more glyphs than the figure draws (a few kB). A Matplotlib whose
+    subsetting function is not the one this expects is left as it is."""
+    try:
+        from matplotlib.backends import _backend_pdf_ps as pdf_ps
+        original = pdf_ps.get_glyphs_subset
+        expected = list(inspect.signature(original).parameters) == ["fontfile", "glyphs"] and hasattr(
+            pdf_ps.SubsetResults, "_as_cm")
+    except (ImportError, AttributeError, TypeError, ValueError):
+        expected = False
+    if not expected or getattr(original, "shared", False):
+        yield
+        return
+
+    def shared(fontfile, glyphs):
+        face = getattr(fontfile, "face_index", 0)
+        common = {gid for code, gid in _charmap(str(fontfile), face).items() if chr(code) in COMMON_CHARACTERS}
+        wanted = frozenset(glyphs) | frozenset(common)
+        key = (str(fontfile), face, wanted)
+        if key not in _SUBSETS:
+            with original(fontfile, set(wanted)) as made:
+                _SUBSETS[key] = (pdf_ps.font_as_file(made.font).getvalue(), dict(made.glyph_index_map))
+        data, index_map = _SUBSETS[key]
+        font = fontTools.ttLib.TTFont(io.BytesIO(data), recalcTimestamp=False)  # as subsetting does: no clock
+        return pdf_ps.SubsetResults(font, dict(index_map))._as_cm()
+
+    shared.shared = True
+    pdf_ps.get_glyphs_subset = shared
+    try:
+        yield
+    finally:
+        pdf_ps.get_glyphs_subset = original
+
+
+@functools.lru_cache(maxsize=None)
+def _charmap(path: str, face: int) -> dict[int, int]:
+    """A font file's character codes and their glyph indices."""
+    return matplotlib.ft2font.FT2Font(path, face_index=face).get_charmap() if face else \
+        matplotlib.ft2font.FT2Font(path).get_charmap()
+
+
+def _draw_cropped_png(fig: plt.Figure, path: Path, pad: float) -> Bbox | None:
+    """Draws ``fig`` at :data:`DPI` with :data:`MARGIN_IN` around it, writes the drawn part
+    (plus ``pad`` inches) to ``path`` as PNG and returns that part's box in inches; None
+    (nothing written) when the drawing reaches the canvas's edge or the pixels are not
+    what was asked for."""
+    width_in, height_in = fig.get_size_inches()
+    cols = math.ceil(width_in * DPI) + 2 * round(MARGIN_IN * DPI)
+    rows = math.ceil(height_in * DPI) + 2 * round(MARGIN_IN * DPI)
+    # half a pixel more, so the renderer's int() of the size is cols and rows whatever the rounding
+    canvas = Bbox.from_bounds(-MARGIN_IN, height_in + MARGIN_IN - (rows + 0.5) / DPI, (cols + 0.5) / DPI,
+                              (rows + 0.5) / DPI)
+    raw = io.BytesIO()
+    fig.savefig(raw, format="rgba", dpi=DPI, bbox_inches=canvas)
+    if raw.getbuffer().nbytes != rows * cols * 4:
+        return None
+    pixels = np.frombuffer(raw.getbuffer(), np.uint8).reshape(rows, cols, 4)
+    background = np.round(np.array(matplotlib.colors.to_rgba(fig.get_facecolor())) * 255).astype(np.uint8)
+    ink = pixels.view(np.uint32)[..., 0] != background.view(np.uint32)[0]  # a pixel as one number: 4× less work
+    ink_rows, ink_cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not len(ink_rows) or ink_rows[0] == 0 or ink_cols[0] == 0 or ink_rows[-1] == rows - 1 \
+            or ink_cols[-1] == cols - 1 or not _within(fig, canvas):
+        return None
+    margin = round(pad * DPI)
+    top, bottom = max(0, ink_rows[0] - margin), min(rows, ink_rows[-1] + 1 + margin)
+    left, right = max(0, ink_cols[0] - margin), min(cols, ink_cols[-1] + 1 + margin)
+    PIL.Image.fromarray(pixels[top:bottom, left:right], "RGBA").save(
+        path, format="png", dpi=(DPI, DPI), pnginfo=_png_info())
+    # row 0 is the canvas's top (the half pixel is cut off at the bottom), column 0 its left edge
+    return Bbox.from_extents(canvas.x0 + left / DPI, canvas.y1 - bottom / DPI, canvas.x0 + right / DPI,
+                             canvas.y1 - top / DPI)
+
+
+def _within(fig: plt.Figure, canvas: Bbox) -> bool:
+    """Whether the figure's own texts and legends (what is placed outside its box: notes,
+    legends beside it) lie inside ``canvas`` (inches), so that none was left out of the drawing
+    whole, without touching its edge."""
+    renderer = fig.canvas.get_renderer()
+    to_inches = fig.dpi_scale_trans.inverted()
+    for artist in [*fig.texts, *fig.legends]:
+        if artist.get_visible():
+            box = artist.get_window_extent(renderer).transformed(to_inches)
+            if box.x0 < canvas.x0 or box.y0 < canvas.y0 or box.x1 > canvas.x1 or box.y1 > canvas.y1:
+                return False
+    return True
+
+
+def _png_info() -> PIL.PngImagePlugin.PngInfo:
+    """The PNG text chunk Matplotlib writes (``Software``), so the files say what drew them."""
+    info = PIL.PngImagePlugin.PngInfo()
+    info.add_text("Software", f"Matplotlib version{matplotlib.__version__}, https://matplotlib.org/")
+    return info
+
+
+def _drop_hidden_minor_ticks(fig: plt.Figure) -> None:
+    """Removes minor ticks that draw nothing (no mark, no label, no grid line: the style hides
+    them, as on a log axis here) so that the drawing does not make and lay out a Tick for each;
+    the picture is the same."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_minor_locator(), matplotlib.ticker.NullLocator):
+                continue
+            tick = axis.get_minor_ticks(1)[0]
+            marks = any(line.get_visible() and line.get_markersize() > 0 for line in (tick.tick1line, tick.tick2line))
+            labels = (tick.label1.get_visible() or tick.label2.get_visible()) and not isinstance(
+                axis.get_minor_formatter(), matplotlib.ticker.NullFormatter)
+            if not (marks or labels or tick.gridline.get_visible()):
+                axis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def _panels(n: int, *, height: float = PANEL_H, sharey: bool = True) -> tuple[plt.Figure, np.ndarray]:
@@ -321,8 +467,7 @@ def slice_figure(trials: pd.DataFrame, strategy: str, out: Path, *, scales: dict
             else:
                 position = np.array([float(x) if h else np.nan for x, h in zip(xs, have)])
                 if scale == "log" and np.nanmin(position) > 0:
-                    ax.set_xscale("log")
-                    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2×10⁻⁵ 3×10⁻⁵… overlap
+                    ax.set_xscale("log")  # labelled by readable_log_axis once the points are in
                 elif all(isinstance(x, int) for x, h in zip(xs, have) if h):
                     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             for column in columns:
@@ -332,6 +477,8 @@ def slice_figure(trials: pd.DataFrame, strategy: str, out: Path, *, scales: dict
                     if pick.any():
                         ax.scatter(position[pick], values[pick], s=14, alpha=alpha, facecolor=face,
                                    edgecolor=colours[column], linewidth=0.8)
+            if ax.get_xscale() == "log":
+                readable_log_axis(ax)
             ax.set_xlabel(name + (" (log)" if ax.get_xscale() == "log" else ""))
             ax.set_ylabel("validation accuracy (%)" if i % axes.shape[1] == 0 else "")
         handles = [plt.Line2D([], [], color=colours[c], marker="o", linestyle="none", markersize=4) for c in columns]

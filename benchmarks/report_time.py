@@ -1,10 +1,11 @@
 """Where a report's time goes: ``python benchmarks/report_time.py STORE.journal OUT [--figures]``.
 
-Times reading the store (``load_results``: runs, trials, fANOVA importances on every core) and writing the
-report (``write_report``: statistics, tables, figures on every core, HTML), in process, as ``tlbench report``
-does them. ``--figures`` then draws each figure again one at a time and prints its seconds, largest first
-(the CPU each costs; the report draws them in parallel). Run it with two installs side by side (the
-previous release in a worktree) to compare releases; docs/benchmarks.md has the figures.
+Times reading the store (``load_results``: runs and trials; the fANOVA importances are left for the
+report, as ``tlbench report`` does) and writing the report (``write_report``: fANOVA and figures in
+worker processes on every core while this process computes statistics and tables, then HTML), in
+process. ``--figures`` then draws each figure again one at a time and prints its seconds, largest
+first (the CPU each costs), and the fANOVA's. Run it with two installs side by side (the previous
+release in a worktree) to compare releases; docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 START = time.perf_counter()
 
 import tlbench.reports.build as build  # noqa: E402
+from tlbench.reports.parallel import JobPool  # noqa: E402
 from tlbench.reports.results import load_results  # noqa: E402
 from tlbench.store.opening import open_existing_storage  # noqa: E402
 
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--figures", action="store_true", help="also time each figure alone")
     args = parser.parse_args()
     imported = time.perf_counter()
-    results = load_results(open_existing_storage(args.store), args.suite)
+    results = load_results(open_existing_storage(args.store), args.suite, importances="later")
     loaded = time.perf_counter()
     build.write_report(results, args.out, title="report_time")
     written = time.perf_counter()
@@ -38,19 +40,27 @@ def main() -> None:
         return
     times: list[tuple[float, str]] = []
 
-    def one_at_a_time(jobs, processes=None):  # the report's jobs, each timed alone
-        made = []
-        for fn, fn_args, kwargs in jobs:
-            start = time.perf_counter()
-            made.append(fn(*fn_args, **kwargs))
-            times.append((time.perf_counter() - start, ", ".join(p.stem for p in made[-1][:1]) or fn.__name__))
-        return made
+    class OneAtATime(JobPool):  # the report's jobs, each run here and timed alone
+        def __init__(self, processes=None):
+            super().__init__(1)
 
-    build.run_jobs = one_at_a_time
+        def submit(self, job):
+            start = time.perf_counter()
+            future = super().submit(job)
+            made = future.result()
+            name = ", ".join(p.stem for p in made[:1]) if isinstance(made, list) else "fANOVA"
+            times.append((time.perf_counter() - start, name or job[0].__name__))
+            return future
+
+    build.JobPool = OneAtATime
+    results = load_results(open_existing_storage(args.store), args.suite, importances="later")
     build.write_report(results, args.out, title="report_time")
-    for seconds, name in sorted(times, reverse=True):
+    figures = [(s, n) for s, n in times if n != "fANOVA"]
+    for seconds, name in sorted(figures, reverse=True):
         print(f"{seconds:6.2f} s  {name}")
-    print(f"{sum(s for s, _ in times):6.2f} s  all {len(times)} figures, one after the other")
+    print(f"{sum(s for s, _ in figures):6.2f} s  all {len(figures)} figures, one after the other")
+    fanova = [s for s, n in times if n == "fANOVA"]
+    print(f"{sum(fanova):6.2f} s  fANOVA importances of {len(fanova)} cells, one after the other")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import html
 import json
 import math
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +18,7 @@ import pandas as pd
 
 from tlbench.reports import figures, selection, stats, studies
 from tlbench.reports.literature import literature_table
-from tlbench.reports.parallel import Job, run_jobs
+from tlbench.reports.parallel import JobPool
 from tlbench.reports.results import Results
 from tlbench.reports.statsframe import statistics_frame
 from tlbench.reports.tables import (
@@ -91,7 +93,18 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     report = ReportOutputs(out)
     runs = with_columns(results.runs)
+    with JobPool() if figures_too else contextlib.nullcontext() as pool:
+        drawing = _Figures(pool, results, runs, out / "figures", seed=seed, strategy_order=strategy_order) \
+            if figures_too else None
+        _write(results, runs, out, report, drawing, title=title, seed=seed, strategy_order=strategy_order)
+    report.seconds = time.perf_counter() - start
+    return report
 
+
+def _write(results: Results, runs: pd.DataFrame, out: Path, report: ReportOutputs, drawing: "_Figures | None", *,
+           title: str, seed: int, strategy_order: Sequence[str]) -> None:
+    """The report's files; the figures that need only the stored results are being drawn already
+    (``drawing``), the rest are handed over once the tables give what they need."""
     flat = flat_runs(results.runs)
     numbers = results.stats if seed == 0 else statistics_frame(results.runs, seed=seed)
     for name, write in (("runs.parquet", lambda p: flat.to_parquet(p, index=False)),
@@ -129,11 +142,12 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
         tables.append(("tab:cost", cost))
     colours = figures.palette(sorted(set(runs["strategy"]) | set(results.sensitivity.get("strategy", []))),
                               strategy_order)
+    draw = drawing is not None
     study_tables, study_files, study_captions = studies.studies_section(runs, results.sensitivity, out / "figures",
-                                                                        colours=colours, seed=seed, draw=figures_too)
+                                                                        colours=colours, seed=seed, draw=draw)
     tables += study_tables
     chosen = selection.selection_section(results.scores, runs, ground_truth=results.ground_truth, seed=seed,
-                                         out=out / "figures", draw=figures_too)
+                                         out=out / "figures", draw=draw)
     tables += chosen.tables
     report.notes += chosen.notes
     study_files = study_files + chosen.files
@@ -161,9 +175,8 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
            + "\n".join(to_latex(t, label=label) for label, t in selected) if selected else ""))
     report.files += [out / "table.md", out / "table.tex"]
 
-    if figures_too:
-        report.files += _figures(runs, results, rank_test, out / "figures", report, seed=seed,
-                                 has_shift=has_shift, strategy_order=strategy_order) + study_files
+    if drawing is not None:
+        report.files += drawing.finish(rank_test, report, has_shift=has_shift) + study_files
         # after the report's own figures, in the page's order (model selection's, then the studies')
         report.captions.update({**chosen.captions, **study_captions})
     else:
@@ -171,61 +184,82 @@ def write_report(results: Results, out: Path, *, title: str, seed: int = 0,
     html_path = out / "report.html"
     html_path.write_text(_html(title, results, tables, selected, report, out))
     report.files.append(html_path)
-    report.seconds = time.perf_counter() - start
-    return report
 
 
-def _figures(runs: pd.DataFrame, results: Results, rank_test: stats.RankTest | None, out: Path,
-             report: ReportOutputs, *, seed: int, has_shift: bool, strategy_order: Sequence[str]) -> list[Path]:
-    colours = figures.palette(sorted(runs["strategy"].unique()), strategy_order)
-    captions = report.captions
-    captions.update(FIGURES)
-    caveat = {metric: few_seeds_note(n, "the intervals are descriptive (too narrow).")
-              for metric in ("test_accuracy", "shifted_test_accuracy")
-              if metric in runs and 2 <= (n := stats.fewest_seeds(runs, metric)) < stats.MIN_SEEDS}
-    # What to draw is decided here; the drawing (most of a report's time) runs in parallel (:func:`run_jobs`).
-    jobs: list[Job] = [(figures.accuracy_figure, (stats.summarize(runs, "test_accuracy", seed=seed), out),
-                        {"metric_label": "test accuracy", "name": "accuracy", "colours": colours,
-                         "note": caveat.get("test_accuracy", "")})]
-    if has_shift:
-        jobs.append((figures.accuracy_figure, (stats.summarize(runs, "shifted_test_accuracy", seed=seed), out),
-                     {"metric_label": "shifted-test accuracy", "name": "accuracy_shifted", "colours": colours,
-                      "note": caveat.get("shifted_test_accuracy", "")}))
-    for name, metric in (("accuracy", "test_accuracy"), ("accuracy_shifted", "shifted_test_accuracy")):
-        if metric in caveat:
-            captions[name] += " " + caveat[metric]
-    if rank_test is not None and len(rank_test.ranks) >= 2:
-        jobs.append((figures.cd_diagram, (rank_test, out), {"colours": colours}))
-    matrix = stats.improvement_matrix(runs, "test_accuracy")
-    if len(matrix) >= 2:
-        fewest = stats.fewest_seeds(runs, "test_accuracy")
-        note = (few_seeds_note(fewest, "each probability compares a handful of runs: descriptive, not evidence.")
-                if fewest < stats.MIN_SEEDS else "")
-        jobs.append((figures.improvement_figure, (matrix, out), {"note": note}))
-        captions["improvement"] += (" " + note) if note else ""
-    jobs.append((figures.cost_figure, (runs, out), {"colours": colours}))
-    curves = tuning_curves(results.trials, results.protocol.budget.cap if results.protocol else None)
-    if not curves.empty:
-        jobs.append((figures.tuning_figure, (curves, out), {"colours": colours}))
-    else:
-        report.notes.append("No tuning curves: the store holds no finished tuning trial.")
-    for strategy in sorted(results.trials["strategy"].unique()):
-        jobs.append((figures.slice_figure, (results.trials, strategy, out), {"scales": results.scales.get(strategy)}))
-        captions[figures.slice_name(strategy)] = (  # dropped below when nothing varied (no file)
-            f"{strategy}: validation accuracy of each tuning trial against each hyperparameter that varied "
-            f"(one panel each; colours are tasks). Filled: completed trials; hollow: pruned ones, at the "
-            f"accuracy where they stopped (a shorter run's). Log-scale ranges on a log axis, categorical "
-            f"ones as categories (jittered).")
-    if not results.importances.empty:
-        jobs.append((figures.importance_figure, (results.importances, out), {}))
-    else:
-        report.notes.append("No hyperparameter importances: no cell has two completed tuning trials "
-                            "with a varying parameter.")
-    files = [path for made in run_jobs(jobs) for path in made]  # each job writes its own files
-    written = {path.stem for path in files}
-    for name in [n for n in captions if n not in written]:  # the captions of the figures drawn, in order
-        del captions[name]
-    return files
+class _Figures:
+    """The report's own figures, drawn in ``pool``'s workers (most of a report's time). Created
+    before the tables: it hands over at once the fANOVA work still pending and the figures that
+    need only the stored results (cost, tuning curves, slices); :meth:`finish`, given what the
+    tables computed, hands over the rest and collects the files, in the page's order."""
+
+    def __init__(self, pool: JobPool, results: Results, runs: pd.DataFrame, out: Path, *, seed: int,
+                 strategy_order: Sequence[str]) -> None:
+        self.pool, self.results, self.runs, self.out, self.seed = pool, results, runs, out, seed
+        self.colours = figures.palette(sorted(runs["strategy"].unique()), strategy_order)
+        self.notes: list[str] = []  # what was not drawn, and why: the page's notes after the tables'
+        self.fanova = [pool.submit(job) for _, job in results.importance_jobs]  # the importances figure waits
+        self.drawn: dict[str, Future] = {}  # figure name → the files its job writes
+        self.drawn["cost_accuracy"] = pool.submit((figures.cost_figure, (runs, out), {"colours": self.colours}))
+        curves = tuning_curves(results.trials, results.protocol.budget.cap if results.protocol else None)
+        if not curves.empty:
+            self.drawn["tuning_curves"] = pool.submit((figures.tuning_figure, (curves, out),
+                                                       {"colours": self.colours}))
+        else:
+            self.notes.append("No tuning curves: the store holds no finished tuning trial.")
+        self.strategies = sorted(results.trials["strategy"].unique())
+        for strategy in self.strategies:
+            self.drawn[figures.slice_name(strategy)] = pool.submit(
+                (figures.slice_figure, (results.trials, strategy, out), {"scales": results.scales.get(strategy)}))
+
+    def finish(self, rank_test: stats.RankTest | None, report: ReportOutputs, *, has_shift: bool) -> list[Path]:
+        runs, out, seed, colours, captions = self.runs, self.out, self.seed, self.colours, report.captions
+        captions.update(FIGURES)
+        caveat = {metric: few_seeds_note(n, "the intervals are descriptive (too narrow).")
+                  for metric in ("test_accuracy", "shifted_test_accuracy")
+                  if metric in runs and 2 <= (n := stats.fewest_seeds(runs, metric)) < stats.MIN_SEEDS}
+        submit = self.pool.submit
+        self.drawn["accuracy"] = submit((figures.accuracy_figure, (stats.summarize(runs, "test_accuracy", seed=seed),
+                                                                   out),
+                                         {"metric_label": "test accuracy", "name": "accuracy", "colours": colours,
+                                          "note": caveat.get("test_accuracy", "")}))
+        if has_shift:
+            self.drawn["accuracy_shifted"] = submit(
+                (figures.accuracy_figure, (stats.summarize(runs, "shifted_test_accuracy", seed=seed), out),
+                 {"metric_label": "shifted-test accuracy", "name": "accuracy_shifted", "colours": colours,
+                  "note": caveat.get("shifted_test_accuracy", "")}))
+        for name, metric in (("accuracy", "test_accuracy"), ("accuracy_shifted", "shifted_test_accuracy")):
+            if metric in caveat:
+                captions[name] += " " + caveat[metric]
+        if rank_test is not None and len(rank_test.ranks) >= 2:
+            self.drawn["cd_diagram"] = submit((figures.cd_diagram, (rank_test, out), {"colours": colours}))
+        matrix = stats.improvement_matrix(runs, "test_accuracy")
+        if len(matrix) >= 2:
+            fewest = stats.fewest_seeds(runs, "test_accuracy")
+            note = (few_seeds_note(fewest, "each probability compares a handful of runs: descriptive, not evidence.")
+                    if fewest < stats.MIN_SEEDS else "")
+            self.drawn["improvement"] = submit((figures.improvement_figure, (matrix, out), {"note": note}))
+            captions["improvement"] += (" " + note) if note else ""
+        for strategy in self.strategies:
+            captions[figures.slice_name(strategy)] = (  # dropped below when nothing varied (no file)
+                f"{strategy}: validation accuracy of each tuning trial against each hyperparameter that varied "
+                f"(one panel each; colours are tasks). Filled: completed trials; hollow: pruned ones, at the "
+                f"accuracy where they stopped (a shorter run's). Log-scale ranges on a log axis, categorical "
+                f"ones as categories (jittered).")
+        if self.fanova:
+            self.results.set_importances([future.result() for future in self.fanova])
+        if not self.results.importances.empty:
+            self.drawn["importances"] = submit((figures.importance_figure, (self.results.importances, out), {}))
+        else:
+            self.notes.append("No hyperparameter importances: no cell has two completed tuning trials "
+                              "with a varying parameter.")
+        report.notes += self.notes
+        order = ["accuracy", "accuracy_shifted", "cd_diagram", "improvement", "cost_accuracy", "tuning_curves",
+                 *(figures.slice_name(s) for s in self.strategies), "importances"]
+        files = [path for name in order if name in self.drawn for path in self.drawn[name].result()]
+        written = {path.stem for path in files}
+        for name in [n for n in captions if n not in written]:  # the captions of the figures drawn, in order
+            del captions[name]
+        return files
 
 
 HPARAMS = "Selected hyperparameters"

@@ -5,13 +5,13 @@ Only stored results are read; nothing here trains.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, Literal
 
 import optuna
 import pandas as pd
@@ -47,6 +47,21 @@ class Results:
     #: command line's ``--set`` arguments that produced them.
     settings: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    #: The fANOVA work not done yet (``load_results(importances="later")``): one job per cell, keyed
+    #: (strategy, task, backbone). :func:`tlbench.reports.build.write_report` runs them beside the
+    #: figures and fills :attr:`importances`; :meth:`compute_importances` runs them here.
+    importance_jobs: list[tuple[tuple[str, str, str], Job]] = field(default_factory=list, repr=False)
+
+    def compute_importances(self) -> pd.DataFrame:
+        """Runs the pending fANOVA jobs (on every core) and returns :attr:`importances`."""
+        if self.importance_jobs:
+            self.set_importances(run_jobs([job for _, job in self.importance_jobs]))
+        return self.importances
+
+    def set_importances(self, found: list[dict[str, float]]) -> None:
+        """Fills :attr:`importances` from the results of :attr:`importance_jobs`, in their order."""
+        self.importances = importance_frame([key for key, _ in self.importance_jobs], found)
+        self.importance_jobs = []
 
     @property
     def empty(self) -> bool:
@@ -85,7 +100,8 @@ def _lost(trial: FrozenTrial) -> str | None:
     return None if holder is None else f"claim lost: trial {holder} holds the same unit of work (this one never ran)"
 
 
-def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *, importances: bool = True,
+def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
+                 importances: bool | Literal["later"] = True,
                  cells: Collection[tuple[str, str, str]] | None = None,
                  seeds: Collection[int] | None = None) -> Results:
     """Reads a store: the runs frame, every tuning trial, hyperparameter importances (fANOVA
@@ -96,7 +112,9 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
             ``store.journal``), ``journal:PATH`` or a database URL; it must exist.
         suite: only this suite's studies (default: all; an unknown name gives empty frames,
             :func:`tlbench.store.records.suites_in` lists the store's suites).
-        importances: compute fANOVA importances (the slow part of reading a large store).
+        importances: compute fANOVA importances (the slow part of reading a large store);
+            ``"later"``: keep the work in :attr:`Results.importance_jobs`, for the report to run
+            beside its figures (or :meth:`Results.compute_importances`).
         cells: only these (task, backbone, strategy) cells.
         seeds: only runs of these evaluation seeds (what one ``tlbench run`` ran).
     """
@@ -110,7 +128,6 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
         runs = runs[runs["seed"].isin(list(seeds))]
     runs = runs.reset_index(drop=True)
     rows: list[dict[str, Any]] = []
-    imp_rows: list[dict[str, Any]] = []
     fanova: list[tuple[tuple[str, str, str], Job]] = []  # one job per cell, run in parallel below
     protocol: Protocol | None = None
     sampled: dict[str, dict[str, Param]] = {}  # what the trials' distributions say
@@ -150,13 +167,13 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
         if importances:
             complete = [t for t in cell_trials if t.state == TrialState.COMPLETE]
             fanova.append(((strategy, task, backbone), (importances_of, (study.direction, complete), {})))
-    for (strategy, task, backbone), found in zip([k for k, _ in fanova], run_jobs([job for _, job in fanova])):
-        imp_rows += [{"strategy": strategy, "task": task, "backbone": backbone, "param": param, "importance": value}
-                     for param, value in found.items()]
+    if importances == "later":
+        imps, pending = importance_frame([], []), fanova
+    else:
+        imps, pending = importance_frame([k for k, _ in fanova], run_jobs([job for _, job in fanova])), []
     trials = pd.DataFrame(rows, columns=["suite", "task", "backbone", "strategy", "number", "slot", "state",
                                          "value", "epochs_reported", "seconds", "compute", "seed", "params", "reason",
                                          "retry_of", "started", "completed"])
-    imps = pd.DataFrame(imp_rows, columns=["strategy", "task", "backbone", "param", "importance"])
     # what the run declared wins over what its trials happened to sample
     sampled_spaces = {strategy: SearchSpace(params=params) for strategy, params in sorted(sampled.items())}
     spaces = {**sampled_spaces, **declared}
@@ -172,7 +189,14 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
         if kept is not None:
             settings, overrides = kept["settings"], kept["overrides"]
     return Results(runs, trials, imps, protocol, dict(sorted(spaces.items())), sensitivity, sampled_spaces,
-                   load_scores(storage, suite), ground_truth(storage, suite), settings, overrides)
+                   load_scores(storage, suite), ground_truth(storage, suite), settings, overrides, pending)
+
+
+def importance_frame(cells: list[tuple[str, str, str]], found: list[dict[str, float]]) -> pd.DataFrame:
+    """The importances frame (strategy, task, backbone, param, importance) from each cell's fANOVA result."""
+    rows = [{"strategy": strategy, "task": task, "backbone": backbone, "param": param, "importance": value}
+            for (strategy, task, backbone), result in zip(cells, found) for param, value in result.items()]
+    return pd.DataFrame(rows, columns=["strategy", "task", "backbone", "param", "importance"])
 
 
 def importances_of(direction: optuna.study.StudyDirection, complete: list[FrozenTrial]) -> dict[str, float]:

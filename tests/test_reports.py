@@ -745,3 +745,71 @@ def test_every_stats_row_says_its_suite_and_method() -> None:
     assert frame["method"].notna().all() and (frame["suite"] == "s").all()
     pairs = frame[frame["statistic"] == "p_improvement"]
     assert pairs["n"].notna().all()  # the seeds behind every pair, with or without its interval
+
+
+def _importances_of_cell(values: dict[str, float]) -> dict[str, float]:
+    return values
+
+
+def test_importances_left_for_the_report_are_computed_beside_the_figures_with_the_same_files(
+        two_seed_report, tmp_path) -> None:
+    """``load_results(importances="later")`` (what ``tlbench report`` and a run's report use) hands the
+    fANOVA work to the report, which runs it in its workers while the figures are drawn and the tables
+    computed: the files are those of a report whose importances were computed first."""
+    done_out, done = two_seed_report
+    pending = two_seed_results()
+    cells = list(pending.importances.groupby(["strategy", "task", "backbone"], sort=False))
+    pending.importance_jobs = [(key, (_importances_of_cell, (dict(zip(part["param"], part["importance"])),), {}))
+                               for key, part in cells]
+    expected = pending.importances
+    pending.importances = expected.iloc[:0]
+    report = write_report(pending, tmp_path, title="x")
+    assert pending.importance_jobs == [] and pending.importances.reset_index(drop=True).equals(
+        expected.reset_index(drop=True))
+    assert report.captions == done.captions and report.notes == done.notes
+    assert [p.relative_to(tmp_path) for p in report.files] == [p.relative_to(done_out) for p in done.files]
+    for path in report.files:
+        if path.suffix in (".png", ".pdf", ".md", ".tex", ".parquet"):
+            assert path.read_bytes() == (done_out / path.relative_to(tmp_path)).read_bytes(), path.name
+    # a report without figures leaves the work undone (nothing there needs it)
+    tables_only = two_seed_results()
+    tables_only.importance_jobs = [(("x", "t1", "bb"), (_broken_figure, ("never run",), {}))]
+    write_report(tables_only, tmp_path / "tables", title="x", figures_too=False)
+    assert len(tables_only.importance_jobs) == 1
+
+
+def test_fanova_later_or_at_once_gives_the_same_importances() -> None:
+    import optuna
+
+    from tlbench.reports.results import load_results
+    from tlbench.store.records import StudyName
+
+    storage = optuna.storages.InMemoryStorage()
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "epochs": optuna.distributions.IntDistribution(1, 20)}
+    rng = np.random.default_rng(0)
+    for strategy in ("full_finetune", "scratch"):
+        study = optuna.create_study(study_name=str(StudyName("s", "t1", "bb", strategy, "tune")), storage=storage,
+                                    direction="maximize")
+        for _ in range(8):
+            lr, epochs = float(10 ** rng.uniform(-4, -1)), int(rng.integers(1, 21))
+            study.add_trial(optuna.trial.create_trial(params={"lr": lr, "epochs": epochs}, distributions=dists,
+                                                      value=0.5 + 0.1 * np.log10(lr) / 4 + 0.001 * epochs))
+    now = load_results(storage)
+    later = load_results(storage, importances="later")
+    assert len(now.importances) == 4 and later.importances.empty and len(later.importance_jobs) == 2
+    assert later.compute_importances().equals(now.importances) and later.importance_jobs == []
+    assert later.compute_importances().equals(now.importances)  # once done, done
+
+
+def test_a_job_pool_runs_jobs_handed_over_at_any_time() -> None:
+    from tlbench.reports.parallel import JobPool
+
+    for processes in (1, 2):
+        with JobPool(processes) as pool:
+            first = pool.submit((_importances_of_cell, ({"a": 1.0},), {}))
+            broken = pool.submit((_broken_figure, ("x",), {}))
+            later = pool.submit((_importances_of_cell, ({"b": 2.0},), {}))
+            assert first.result() == {"a": 1.0} and later.result() == {"b": 2.0}
+            with pytest.raises(ValueError, match="cannot draw x"):
+                broken.result()

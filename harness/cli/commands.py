@@ -326,7 +326,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     storage, where = open_named_store("report", args.run_dir, args.storage)  # messages show no password
     out = args.out or args.run_dir or Path("report")
     check_writable_dir(out, "--out")
-    results = load_results(storage, args.suite)
+    results = load_results(storage, args.suite, importances="later")  # fANOVA runs beside the figures
     if results.empty:
         if args.suite:
             held = suites_in(storage)

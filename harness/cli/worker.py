@@ -309,7 +309,7 @@ def write_run_report(storage: "BaseStorage", suite: "Suite", out: Path, *, cells
     from tlbench.reports.results import load_results
     from tlbench.strategies import STRATEGIES
 
-    results = load_results(storage, suite.name, cells=cells, seeds=seeds)
+    results = load_results(storage, suite.name, cells=cells, seeds=seeds, importances="later")
     if results.empty:
         raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
                           f"or failed); nothing to report")

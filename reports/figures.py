@@ -88,7 +88,7 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
 
 # Glyphs every PDF's font subset holds besides those it uses, so that most figures ask for the same
 # subset: printable ASCII and the signs Matplotlib and the captions use (minus, ellipsis, dashes, ...).
-COMMON_CHARACTERS = frozenset(string.printable.strip() + " −×±≤≥…–—·αβγδεθλμσ²³⁻")
+COMMON_CHARACTERS = frozenset(string.printable.strip() + " −×±≤≥…–—·αβγδεθλμσ²³⁻ﬁﬂ")  # ﬁ, ﬂ: shaped ligatures
 _SUBSETS: dict[tuple[str, int, frozenset[int]], tuple[bytes, dict[int, int]]] = {}
 
 

@@ -118,6 +118,8 @@ def load_results(storage: BaseStorage | str | Path, suite: str | None = None, *,
         cells: only these (task, backbone, strategy) cells.
         seeds: only runs of these evaluation seeds (what one ``tlbench run`` ran).
     """
+    if importances not in (True, False, "later"):
+        raise ValueError(f"load_results: importances={importances!r}; allowed: True, False or 'later'")
     if not isinstance(storage, BaseStorage):
         storage = open_existing_storage(str(storage))
     runs = load_runs(storage, suite)

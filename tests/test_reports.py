@@ -800,6 +800,8 @@ def test_fanova_later_or_at_once_gives_the_same_importances() -> None:
     assert len(now.importances) == 4 and later.importances.empty and len(later.importance_jobs) == 2
     assert later.compute_importances().equals(now.importances) and later.importance_jobs == []
     assert later.compute_importances().equals(now.importances)  # once done, done
+    with pytest.raises(ValueError, match="importances='soon'; allowed: True, False or 'later'"):
+        load_results(storage, importances="soon")
 
 
 def test_a_job_pool_runs_jobs_handed_over_at_any_time() -> None:

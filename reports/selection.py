@@ -191,12 +191,14 @@ def _more_table(truth: str, tasks: list[str], scorers: list[str],
 
 def _figure(scores: pd.DataFrame, runs: pd.DataFrame, truth: str, tasks: list[str], scorers: list[str], out: Path,
             section: SelectionSection) -> list[Path]:
-    import matplotlib
+    from tlbench.reports.figures import RC, _save, plt  # (imports matplotlib: only when drawn)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with plt.rc_context(RC):  # the report's fonts: TrueType in the PDF, as every other figure
+        return _draw(scores, runs, truth, tasks, scorers, out, section, plt, _save)
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _draw(scores: pd.DataFrame, runs: pd.DataFrame, truth: str, tasks: list[str], scorers: list[str], out: Path,
+          section: SelectionSection, plt, save) -> list[Path]:
     cols = len(scorers)
     fig, axes = plt.subplots(len(tasks), cols, figsize=(1.9 * cols, 1.8 * len(tasks)), squeeze=False)
     for i, task in enumerate(tasks):
@@ -222,10 +224,7 @@ def _figure(scores: pd.DataFrame, runs: pd.DataFrame, truth: str, tasks: list[st
                 ax.set_ylabel(f"{task}\n{truth} acc. (%)", fontsize=7)
     fig.tight_layout()
     name = f"selection_{truth}"
-    files = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(files[0], dpi=150)
-    fig.savefig(files[1])
-    plt.close(fig)
+    files = save(fig, out, name)  # cropped PNG, and a PDF with no creation date: the same bytes each report
     section.captions[name] = (f"Each scorer's value (x) against {truth}'s mean fine-tuned test accuracy (y, ± one "
                               f"standard deviation over seeds) per backbone; one row per task, one column per scorer; "
                               f"each panel's title is its weighted Kendall τ.")

@@ -174,6 +174,10 @@ def test_the_report_ranks_the_scorers(selection_run: Path) -> None:
     # `tlbench report` reads the same tables from the store alone
     again = selection_run / "again"
     assert main(["report", str(out), "--out", str(again)]) == 0
+    assert main(["report", str(out), "--out", str(selection_run / "again2")]) == 0
+    pdf = (again / "figures" / "selection_linear_probe.pdf").read_bytes()
+    assert pdf == (selection_run / "again2" / "figures" / "selection_linear_probe.pdf").read_bytes()  # no date
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts, as publishers ask
     table = markdown[markdown.index("**Model selection"):]
     assert table[:2000] == (again / "table.md").read_text()[(again / "table.md").read_text().index(
         "**Model selection"):][:2000]

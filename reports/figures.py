@@ -113,8 +113,7 @@ def _shared_font_subsets():
 
     def shared(fontfile, glyphs):
         face = getattr(fontfile, "face_index", 0)
-        common = {gid for code, gid in _charmap(str(fontfile), face).items() if chr(code) in COMMON_CHARACTERS}
-        wanted = frozenset(glyphs) | frozenset(common)
+        wanted = frozenset(glyphs) | _common_glyphs(str(fontfile), face)
         key = (str(fontfile), face, wanted)
         if key not in _SUBSETS:
             with original(fontfile, set(wanted)) as made:
@@ -132,10 +131,10 @@ def _shared_font_subsets():
 
 
 @functools.lru_cache(maxsize=None)
-def _charmap(path: str, face: int) -> dict[int, int]:
-    """A font file's character codes and their glyph indices."""
-    return matplotlib.ft2font.FT2Font(path, face_index=face).get_charmap() if face else \
-        matplotlib.ft2font.FT2Font(path).get_charmap()
+def _common_glyphs(path: str, face: int) -> frozenset[int]:
+    """The glyph indices of :data:`COMMON_CHARACTERS` in a font file (once per font and process)."""
+    charmap = matplotlib.ft2font.FT2Font(path, face_index=face).get_charmap()
+    return frozenset(gid for code, gid in charmap.items() if chr(code) in COMMON_CHARACTERS)
 
 
 def _draw_cropped_png(fig: plt.Figure, path: Path, pad: float) -> Bbox | None:

@@ -194,37 +194,32 @@ def _figure(scores: pd.DataFrame, runs: pd.DataFrame, truth: str, tasks: list[st
     from tlbench.reports.figures import RC, _save, plt  # (imports matplotlib: only when drawn)
 
     with plt.rc_context(RC):  # the report's fonts: TrueType in the PDF, as every other figure
-        return _draw(scores, runs, truth, tasks, scorers, out, section, plt, _save)
-
-
-def _draw(scores: pd.DataFrame, runs: pd.DataFrame, truth: str, tasks: list[str], scorers: list[str], out: Path,
-          section: SelectionSection, plt, save) -> list[Path]:
-    cols = len(scorers)
-    fig, axes = plt.subplots(len(tasks), cols, figsize=(1.9 * cols, 1.8 * len(tasks)), squeeze=False)
-    for i, task in enumerate(tasks):
-        accs = _accuracies(runs, truth, task)
-        for j, scorer in enumerate(scorers):
-            ax = axes[i][j]
-            values = _scores(scores, task, scorer)
-            names = sorted(set(values) & set(accs))
-            if names:
-                x = [float(np.mean(values[b])) for b in names]
-                y = [100 * float(np.mean(accs[b])) for b in names]
-                err = [100 * float(np.std(accs[b], ddof=1)) if len(accs[b]) > 1 else 0.0 for b in names]
-                ax.errorbar(x, y, yerr=err, fmt="o", ms=3, lw=0.8, capsize=1.5)
-                agreement = section.agreements[truth][task].get(scorer)
-                if agreement is not None and math.isfinite(agreement.measures["weighted_tau"].value):
-                    ax.set_title(f"τ_w {agreement.measures['weighted_tau'].value:.2f}", fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "no score", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-            ax.tick_params(labelsize=6)
-            if i == len(tasks) - 1:
-                ax.set_xlabel(scorer, fontsize=7)
-            if j == 0:
-                ax.set_ylabel(f"{task}\n{truth} acc. (%)", fontsize=7)
-    fig.tight_layout()
-    name = f"selection_{truth}"
-    files = save(fig, out, name)  # cropped PNG, and a PDF with no creation date: the same bytes each report
+        cols = len(scorers)
+        fig, axes = plt.subplots(len(tasks), cols, figsize=(1.9 * cols, 1.8 * len(tasks)), squeeze=False)
+        for i, task in enumerate(tasks):
+            accs = _accuracies(runs, truth, task)
+            for j, scorer in enumerate(scorers):
+                ax = axes[i][j]
+                values = _scores(scores, task, scorer)
+                names = sorted(set(values) & set(accs))
+                if names:
+                    x = [float(np.mean(values[b])) for b in names]
+                    y = [100 * float(np.mean(accs[b])) for b in names]
+                    err = [100 * float(np.std(accs[b], ddof=1)) if len(accs[b]) > 1 else 0.0 for b in names]
+                    ax.errorbar(x, y, yerr=err, fmt="o", ms=3, lw=0.8, capsize=1.5)
+                    agreement = section.agreements[truth][task].get(scorer)
+                    if agreement is not None and math.isfinite(agreement.measures["weighted_tau"].value):
+                        ax.set_title(f"τ_w {agreement.measures['weighted_tau'].value:.2f}", fontsize=7)
+                else:
+                    ax.text(0.5, 0.5, "no score", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+                ax.tick_params(labelsize=6)
+                if i == len(tasks) - 1:
+                    ax.set_xlabel(scorer, fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(f"{task}\n{truth} acc. (%)", fontsize=7)
+        fig.tight_layout()
+        name = f"selection_{truth}"
+        files = _save(fig, out, name)  # cropped PNG, and a PDF with no creation date: the same bytes each report
     section.captions[name] = (f"Each scorer's value (x) against {truth}'s mean fine-tuned test accuracy (y, ± one "
                               f"standard deviation over seeds) per backbone; one row per task, one column per scorer; "
                               f"each panel's title is its weighted Kendall τ.")

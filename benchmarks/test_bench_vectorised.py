@@ -1,5 +1,7 @@
 """Ten evaluation seeds of one configuration: trained one after another vs side by side as one
-vectorised model (``--seeds-together``), on the quick suite's two cells and full fine-tuning.
+vectorised model (``--seeds-together``), on the quick suite's two cells and full fine-tuning; and
+ten tuning trials of one cell (random search: ten configurations, 10–60 epochs each) one after
+another vs side by side (``--trials-together``), through the tuner itself (claims, store, trials).
 
 Each side is the real path: the strategy's ``fit`` for each seed, then (side by side) the group's
 training; scoring is the same on both sides and left out. Goal (issue 25): the quick suite's
@@ -66,4 +68,42 @@ def test_ten_seeds(benchmark, cell, side) -> None:
 def test_ten_seeds_ratio(cell) -> None:
     r = ratio(f"ten-seeds-{cell}", "alone", "together")
     print(f"\n{cell}: ten seeds of full fine-tuning, {EPOCHS} epochs: side by side {r:.2f}x faster than one at a time")
+    assert r > 1.0
+
+
+TRIALS = 10
+
+
+def _tune(cell: str, together: bool, folder) -> None:
+    from tlbench.core.budget import Budget
+    from tlbench.run.tuning import make_study, tune
+    from tlbench.store.opening import open_storage
+    from tlbench.suites.schema import SearchSpec
+
+    arch, args = CELLS[cell]
+    backbone, task = build_backbone(arch, args, seed=0), _task(cell)
+    strategy = FullFinetune(epochs=(10, 60), batch_size=32)
+    budget = Budget(trials=TRIALS)
+    study = make_study(f"quick::{cell}::{arch}::full_finetune::tune", open_storage(None, folder), budget=budget,
+                       seed=0, search=SearchSpec(sampler="random", pruner="none"))
+    tune(study, strategy, backbone, task, budget=budget, suite_seed=0,
+         runtime=Runtime(trials_together=TRIALS if together else 1))
+    stacked = [t.user_attrs.get("vectorised", 1) for t in study.get_trials() if t.state.is_finished()]
+    assert len(stacked) == TRIALS and set(stacked) == ({TRIALS} if together else {1}), stacked
+
+
+@pytest.mark.parametrize("side", ["alone", "together"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_ten_trials(benchmark, cell, side, tmp_path) -> None:
+    torch.set_num_threads(2)
+    rounds = iter(range(1000))
+    time_side(benchmark, f"ten-trials-{cell}", side,
+              lambda: _tune(cell, side == "together", tmp_path / str(next(rounds))), rounds=3)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_ten_trials_ratio(cell) -> None:
+    r = ratio(f"ten-trials-{cell}", "alone", "together")
+    print(f"\n{cell}: ten tuning trials of full fine-tuning (random search, 10-60 epochs): side by side {r:.2f}x "
+          f"faster than one at a time")
     assert r > 1.0

@@ -66,6 +66,9 @@ class _UpdatedParameters(Hook):
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.seen |= {i for i, p in enumerate(model.parameters()) if p.requires_grad}
 
+    def stack_key(self) -> tuple[()]:
+        return ()  # no settings: it only reads the flags
+
     @property
     def count(self) -> int:
         return sum(self.params[i].numel() for i in self.seen)

@@ -178,6 +178,9 @@ class FreezeSchedule(Hook):
             if i not in trainable:
                 module.eval()
 
+    def stack_key(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        return tuple((start, tuple(sorted(groups))) for start, groups in self.stages)
+
     @classmethod
     def gradual(cls, n_groups: int, epochs_per_stage: int) -> "FreezeSchedule":
         """ULMFiT's gradual unfreezing: the head alone for ``epochs_per_stage`` epochs, then
@@ -201,6 +204,10 @@ class L2SP(Hook):
     def __init__(self, model: Classifier, alpha: float, beta: float) -> None:
         self.alpha, self.beta = alpha, beta
         self.start = [p.detach().clone() for p in model.backbone.parameters()]
+
+    def stack_key(self) -> tuple[float, float]:
+        # the starting values are the cell's pretrained backbone, the same for every run of a cell
+        return (self.alpha, self.beta)
 
     def loss_term(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.penalty(model)

@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import optuna
 import pytest
 import torch
 from helpers import run_context, sample_params
+from optuna.trial import TrialState
 from torch import nn
 
+from tlbench.core.budget import Budget
 from tlbench.core.errors import NonFiniteLoss
 from tlbench.run.evaluation import evaluate
+from tlbench.store.opening import open_storage
 from tlbench.strategies import STRATEGIES
 from tlbench.strategies.base import stacks_seeds
 from tlbench.strategies.full_finetune import FullFinetune
 from tlbench.strategies.parts import L2SP, FreezeSchedule, make_optimizer, make_schedule
+from tlbench.suites.schema import SearchSpec
 from tlbench.training import vectorised
 from tlbench.training.backbones import Classifier, build_backbone
 from tlbench.training.loop import Hook, NullReporter, cross_entropy, fit_epochs, predict_logits
@@ -217,3 +222,132 @@ def test_evaluation_trains_fixed_groups_records_them_and_resumes_a_group_whole(t
     [again] = _evaluate(resumed, tiny_task, tiny_backbone, together, params, seeds)
     assert again.seed == 3 and again.provenance.vectorised == 2
     assert again.metrics.model_dump() == grouped[3].metrics.model_dump()
+
+
+# runs of different configurations (tuning trials side by side): each its own optimizer, rate,
+# weight decay, schedule and epochs
+CONFIGS = [{"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-3, "warmup_fraction": 0.2, "epochs": 3},
+           {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-2, "warmup_fraction": 0.0, "epochs": 2},
+           {"optimizer": "sgd", "lr": 0.2, "weight_decay": 0.0, "warmup_fraction": 0.5, "epochs": 4}]
+
+
+def _run_configs(models, configs, *, together, hooks=lambda m, cfg: [], batch_sizes=None):
+    train, val = _data()
+    reporters = []
+    group = vectorised.side_by_side(one_configuration=False) if together else _NoGroup()
+    with group as g:
+        for s, m, cfg, bs in zip(SEEDS, models, configs, batch_sizes or [8] * len(configs)):
+            opt = make_optimizer(m.parameters(), cfg)
+            reporters.append(NullReporter())
+            with (g.fit() if together else _NoGroup()):
+                fit_epochs(m, opt, train, val, epochs=cfg["epochs"], batch_size=bs, seed=s, device=CPU,
+                           reporter=reporters[-1], scheduler=make_schedule(opt, cfg["epochs"] * -(-24 // bs), cfg),
+                           hooks=hooks(m, cfg))
+        if together:
+            g.train()
+    return [predict_logits(m, val[0], device=CPU) for m in models], reporters, (g if together else None)
+
+
+def test_runs_of_different_configurations_each_step_their_own_optimizer_for_their_own_epochs() -> None:
+    hooks = lambda m, cfg: [FreezeSchedule.gradual(3, 1), L2SP(m, 0.1, 0.01)]  # noqa: E731
+    alone, rep_a, _ = _run_configs(_models(SEEDS), CONFIGS, together=False, hooks=hooks)
+    grouped, rep_g, group = _run_configs(_models(SEEDS), CONFIGS, together=True, hooks=hooks)
+    assert group.stacked == 3 and not group.sequential_reason
+    assert [len(r.history) for r in rep_g] == [3, 2, 4]  # the second run left the stack after its two epochs
+    for a, g, ra, rg in zip(alone, grouped, rep_a, rep_g):
+        torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-5)
+        assert rg.history == pytest.approx(ra.history, abs=1e-9) and rg.flops == ra.flops > 0
+    assert sum(job.seconds for job in group.jobs) > 0 and group.jobs[2].seconds > group.jobs[1].seconds
+
+
+@pytest.mark.parametrize("case", ["batch size", "penalty weight", "no key"])
+def test_runs_that_cannot_share_a_forward_pass_are_grouped_apart(case) -> None:
+    class Keyless(Hook):
+        stackable = True  # acts on a stacked model, but does not say with which settings
+
+    def hooks(m, cfg):
+        if case == "penalty weight":
+            return [L2SP(m, 0.1 if cfg["optimizer"] == "sgd" else 0.3, 0.0)]
+        return [Keyless()] if case == "no key" else []
+
+    sizes = [8, 6, 8] if case == "batch size" else None
+    alone, rep_a, _ = _run_configs(_models(SEEDS), CONFIGS, together=False, hooks=hooks, batch_sizes=sizes)
+    grouped, rep_g, group = _run_configs(_models(SEEDS), CONFIGS, together=True, hooks=hooks, batch_sizes=sizes)
+    # the first and third runs share a forward pass; the second trains alone (with a key-less hook, all do)
+    assert [job.stacked for job in group.jobs] == ([1, 1, 1] if case == "no key" else [2, 1, 2])
+    assert ("Keyless" if case == "no key" else "a single run") in group.sequential_reason
+    for a, g in zip(alone, grouped):
+        torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-5)
+
+
+def test_a_module_setting_that_differs_keeps_runs_apart() -> None:
+    models = _models(SEEDS)
+    models[1].backbone.scale = 2.0  # as a LoRA scale would differ between configurations
+    models[0].backbone.scale = models[2].backbone.scale = 1.0
+    _, _, group = _run_configs(models, CONFIGS, together=True)
+    assert [job.stacked for job in group.jobs] == [2, 1, 2]
+
+
+def _tune(study, task, backbone, runtime, trials=5):
+    from tlbench.run.tuning import tune
+
+    strategy = FullFinetune(epochs=(1, 3), batch_size=4)
+    return tune(study, strategy, backbone, task, budget=Budget(trials=trials), suite_seed=0, runtime=runtime)
+
+
+def _trials(study):
+    from tlbench.store.progress import slot_of
+
+    return {slot_of(t): t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+
+
+def test_tuning_trains_independent_trials_side_by_side_and_resumes_a_group_whole(tiny_task, tiny_backbone,
+                                                                                 runtime, tmp_path) -> None:
+    from tlbench.run.tuning import make_study
+
+    def study(name, search=SearchSpec(sampler="random", pruner="none")):
+        return make_study("s::t::b::full_finetune::tune", open_storage(None, tmp_path / name),
+                          budget=Budget(trials=5), seed=0, search=search)
+
+    alone = study("alone")
+    _tune(alone, tiny_task, tiny_backbone, runtime)
+    grouped = study("grouped")
+    _tune(grouped, tiny_task, tiny_backbone, dataclasses.replace(runtime, trials_together=2))
+    a, g = _trials(alone), _trials(grouped)
+    assert sorted(a) == sorted(g) == [0, 1, 2, 3, 4]
+    assert {s: t.user_attrs.get("vectorised") for s, t in g.items()} == {0: 2, 1: 2, 2: 2, 3: 2, 4: None}
+    assert len({t.params["epochs"] for t in g.values()}) > 1  # the trials of a group differ in epochs too
+    for s in a:
+        assert g[s].params == a[s].params and g[s].user_attrs["seed"] == a[s].user_attrs["seed"]
+        assert g[s].value == pytest.approx(a[s].value, abs=1e-9)
+        assert g[s].intermediate_values == pytest.approx(a[s].intermediate_values, abs=1e-9)
+        assert g[s].user_attrs["compute"] == a[s].user_attrs["compute"]
+    # a group one of whose trials was recorded before a kill trains whole again: the other comes out the same
+    resumed = study("resumed")
+    for trial in grouped.get_trials():
+        if trial.user_attrs.get("slot") != 3:
+            resumed.add_trial(trial)
+    _tune(resumed, tiny_task, tiny_backbone, dataclasses.replace(runtime, trials_together=2))
+    again = _trials(resumed)[3]
+    assert again.user_attrs["vectorised"] == 2 and again.value == g[3].value
+    assert again.intermediate_values == g[3].intermediate_values
+    # under TPE with the median pruner only the first slots are independent (its three start-up trials)
+    tpe = study("tpe", SearchSpec())
+    _tune(tpe, tiny_task, tiny_backbone, dataclasses.replace(runtime, trials_together=10))
+    assert {s: t.user_attrs.get("vectorised") for s, t in _trials(tpe).items()} == {
+        0: 3, 1: 3, 2: 3, 3: None, 4: None}
+
+
+def test_the_next_group_of_slots_skips_a_group_another_worker_holds_a_slot_of() -> None:
+    from tlbench.run.tuning import next_slots
+    from tlbench.store.progress import Slots
+
+    budget, done = Budget(trials=8), optuna.trial.create_trial(value=0.5)
+    assert next_slots(Slots(), budget, 6, 3) == [0, 1, 2]
+    assert next_slots(Slots(held=frozenset({1})), budget, 6, 3) == [3, 4, 5]  # group 0-2 is another worker's
+    assert next_slots(Slots(finished={0: done}), budget, 6, 3) == [0, 1, 2]  # trained whole, slot 0 unrecorded
+    assert next_slots(Slots(held=frozenset({1, 4})), budget, 6, 3) is None  # slot 6 waits for the lower ones
+    assert next_slots(Slots(finished={s: done for s in range(6)}), budget, 6, 3) == [6]  # past them: one by one
+    assert next_slots(Slots(), budget, math.inf, 3) == [0, 1, 2]
+    assert next_slots(Slots(finished={s: done for s in range(6)}), budget, math.inf, 3) == [6, 7]  # the budget's end
+    assert next_slots(Slots(held=frozenset({0})), budget, 6, 1) == [1]  # one at a time: the next free slot

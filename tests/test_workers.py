@@ -216,7 +216,8 @@ def test_status_shows_each_cells_work_and_the_workers_holding_it(tmp_path, capsy
                                                  ("--heartbeat", "0.5", "a heartbeat interval in seconds >= 1"),
                                                  ("--heartbeat", "-3", "a heartbeat interval in seconds >= 1"),
                                                  ("--seeds-together", "0", "a number of seeds >= 1"),
-                                                 ("--seeds-together", "all", "a number of seeds >= 1")])
+                                                 ("--seeds-together", "all", "a number of seeds >= 1"),
+                                                 ("--trials-together", "0", "a number of trials >= 1")])
 @pytest.mark.parametrize("command", ["run", "launch"])
 def test_worker_numbers_out_of_range_are_one_line(tmp_path, capsys, flag, value, needle, command) -> None:
     from tlbench.cli.main import main

@@ -135,6 +135,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                   f"{', channels_last' if runtime.execution.channels_last else ''}"
                   f"{', compiled' if runtime.execution.compile else ''}"
                   f"{f', up to {runtime.seeds_together} seeds side by side' if runtime.seeds_together > 1 else ''}"
+                  f"{f', up to {runtime.trials_together} trials side by side' if runtime.trials_together > 1 else ''}"
                   f"), out {out}")
     images = runtime.execution.loading.images
     lazy = plan.missing or any(t.lazy for t in plan.tasks.values())

@@ -72,6 +72,8 @@ def image_cache_of(args: argparse.Namespace, cache_dir: Path, *, log: Callable[[
 
 #: ``--seeds-together``'s default: a cell's ten seeds as one vectorised model (benchmarks/test_bench_vectorised.py)
 SEEDS_TOGETHER = 10
+#: ``--trials-together``'s default (benchmarks/test_bench_vectorised.py)
+TRIALS_TOGETHER = 10
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -100,6 +102,13 @@ def add_worker_options(parser: argparse.ArgumentParser) -> list[argparse.Action]
             help=f"train up to K evaluation seeds of a cell side by side as one vectorised model (default "
                  f"{SEEDS_TOGETHER}; 1: one at a time); the same runs up to float rounding, for the strategies "
                  f"that declare it (full fine-tuning and the strategies built on its loop) on tensor inputs"),
+        add("--trials-together", type=_at_least(int, 1, "a number of trials"), default=TRIALS_TOGETHER,
+            metavar="K",
+            help=f"train up to K tuning trials of a cell side by side as one vectorised model, each with its own "
+                 f"optimizer, schedule and epochs (default {TRIALS_TOGETHER}; 1: one at a time): the trials whose "
+                 f"configuration depends on no other trial's result (random, QMC and grid search; a model-based "
+                 f"sampler's start-up trials while no trial can be pruned), for the same strategies as "
+                 f"--seeds-together"),
         add("--workers", default="auto", help="DataLoader workers for image-file datasets: auto (min(16, cores) "
                                               "on CUDA, 0 on CPU) or a number"),
         add("--threads", type=_at_least(int, 1, "a number of CPU threads"), default=None,
@@ -232,7 +241,8 @@ def prepare_run(args: argparse.Namespace, *, dry_run: bool = False, console: Con
         check_writable_dir(images.directory, "--image-cache")
     runtime = make_runtime(args.device, cache_dir, precision=args.precision, channels_last=args.channels_last,
                            compile=args.compile, workers=args.workers, images=images,
-                           seeds_together=getattr(args, "seeds_together", SEEDS_TOGETHER))
+                           seeds_together=getattr(args, "seeds_together", SEEDS_TOGETHER),
+                           trials_together=getattr(args, "trials_together", TRIALS_TOGETHER))
     out = args.out or default_out(args.storage, plan.suite.name)
     suite = plan.suite
     storage = None

@@ -20,7 +20,7 @@ from tlbench.data.splits import Task
 from tlbench.run.model_server import Members, member_from
 from tlbench.run.tuning import Step
 from tlbench.store import optuna_internals
-from tlbench.store.claims import Heartbeat, claim, recover_orphans, worker_id
+from tlbench.store.claims import Heartbeat, claim, recover_orphans, release_claim, worker_id
 from tlbench.store.progress import seed_states, stored_form
 from tlbench.store.records import RunContext, RunRecord
 from tlbench.strategies.base import Predictor, Strategy, stacks_seeds
@@ -206,21 +206,8 @@ def _fit_side_by_side(strategy: Strategy, backbone: Backbone, task: Task, params
         elif job.error is not None:
             raise job.error
         fitted.seconds += job.seconds
-        fitted.memory, fitted.stacked = memory, together.stacked
+        fitted.memory, fitted.stacked = memory, job.stacked
     return fits
-
-
-def release_claim(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> None:
-    """Fails a claimed run on the way out of an error or interrupt (an unreadable test image,
-    Ctrl-C), with the reason, so that no run is left RUNNING until the next start on this
-    host; the next claim of its seed runs it again. A run already finished stays as it is."""
-    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {str(err)[:200]}"
-    try:
-        optuna_internals.storage_of(study).set_trial_user_attr(optuna_internals.trial_id(trial), "failed_reason",
-                                                               reason)
-        study.tell(trial.number, state=TrialState.FAIL)
-    except (UpdateFinishedTrialError, ValueError):
-        pass
 
 
 def _record(study: optuna.Study, trial: FrozenTrial, fitted: _Fitted, strategy: Strategy, task: Task,

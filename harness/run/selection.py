@@ -23,13 +23,12 @@ from tlbench.core.codeversion import features_version, scoped_version
 from tlbench.core.phases import PHASES
 from tlbench.core.registry import BUILTIN
 from tlbench.data.splits import Task
-from tlbench.run.evaluation import release_claim
 from tlbench.run.plan import Plan
 from tlbench.run.tuning import Step
 from tlbench.selection.inputs import ScoreInputs, make_inputs
 from tlbench.selection.scorers import SCORERS, Scorer, run_scorer
 from tlbench.store import optuna_internals
-from tlbench.store.claims import Heartbeat, claim, recover_orphans
+from tlbench.store.claims import Heartbeat, claim, recover_orphans, release_claim
 from tlbench.store.scores import ScoreRecord, score_study_name
 from tlbench.training.backbones import Backbone
 from tlbench.training.context import Runtime

@@ -3,6 +3,7 @@ or backbone epochs of training)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -28,16 +29,17 @@ from tlbench.run.samplers import (
 )
 from tlbench.run.spaces import Override, SpaceTrial
 from tlbench.store import optuna_internals
-from tlbench.store.claims import Heartbeat, claim, recover_orphans
+from tlbench.store.claims import Heartbeat, claim, recover_orphans, release_claim
 from tlbench.store.progress import Slots, TuneResult, slot_of, slots, summarize, trial_compute, tuning_seed
 from tlbench.store.records import Protocol
-from tlbench.strategies.base import Strategy
+from tlbench.strategies.base import Strategy, stacks_seeds
 from tlbench.suites.schema import SearchSpec
 from tlbench.training.backbones import Backbone
 from tlbench.training.context import OwnTime, Runtime
-from tlbench.training.loop import forward_flops
+from tlbench.training.loop import NullReporter, forward_flops
+from tlbench.training.vectorised import side_by_side
 
-__all__ = ["SlotSeededTPESampler", "TrialReporter", "compute_unit", "independent_slots", "make_study", "next_slot",
+__all__ = ["SlotSeededTPESampler", "TrialReporter", "compute_unit", "independent_slots", "make_study", "next_slots",
            "protocol", "trial_slot", "tune", "tune_step"]
 
 def protocol(budget: Budget, search: SearchSpec | None = None, *,
@@ -199,10 +201,15 @@ def independent_slots(study: optuna.Study, budget: Budget) -> float:
     return free
 
 
-def next_slot(state: Slots, budget: Budget, independent: float) -> int | None:
-    """The lowest slot no one holds that may start now, or None (the budget is spent, or
-    every open slot waits for lower ones still running elsewhere)."""
+def next_slots(state: Slots, budget: Budget, independent: float, together: int = 1) -> list[int] | None:
+    """The lowest slot no one holds that may start now, or None (the budget is spent, or every
+    open slot waits for lower ones still running elsewhere). With ``together`` > 1 the independent
+    slots are trained in fixed groups of that many (0…K−1, K…2K−1, … up to the last independent
+    slot of the budget): the whole group of that slot is returned (finished slots included: a group
+    trains whole, so each slot's numbers are the same whoever runs it, after any kill), or the next
+    group when a slot of it is held."""
     spent = 0.0
+    span = int(min(independent, budget.cap)) if together > 1 else 0
     for s in range(budget.cap):
         if s in state.finished:
             spent += trial_compute(state.finished[s])
@@ -211,7 +218,13 @@ def next_slot(state: Slots, budget: Budget, independent: float) -> int | None:
             continue
         if s in state.held:
             continue
-        return s if s < independent or all(x in state.finished for x in range(s)) else None
+        if s < span:
+            first = s - s % together
+            group = list(range(first, min(first + together, span)))
+            if any(x in state.held for x in group):
+                continue
+            return group
+        return [s] if s < independent or all(x in state.finished for x in range(s)) else None
     return None
 
 
@@ -230,10 +243,14 @@ def tune_step(study: optuna.Study, strategy: Strategy, backbone: Backbone, task:
     on_trial(budget.spent(result.n_complete + result.n_pruned, result.compute))
     if result.done:
         return "done"
-    slot = next_slot(state, budget, independent_slots(study, budget))
-    if slot is None:
+    together = runtime.trials_together if stacks_seeds(strategy) else 1
+    group = next_slots(state, budget, independent_slots(study, budget), together)
+    if group is None:
         return "wait"
-    _run_trial(study, slot, state.failed.get(slot), strategy, backbone, task, suite_seed=suite_seed,
+    if len(group) > 1:
+        return _run_group(study, group, state, strategy, backbone, task, suite_seed=suite_seed, runtime=runtime,
+                          unit=unit, space=space or {})
+    _run_trial(study, group[0], state.failed.get(group[0]), strategy, backbone, task, suite_seed=suite_seed,
                runtime=runtime, unit=unit, space=space or {})
     return "ran"
 
@@ -287,23 +304,102 @@ def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: S
         except UpdateFinishedTrialError:
             return  # taken over after this worker was judged dead: the slot's new claim runs it
         except optuna.TrialPruned as pruned:
-            _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(pruned))
+            _finish(study, trial, clock.seconds, reporter, unit, TrialState.PRUNED, reason=str(pruned))
         except NonFiniteLoss as err:
-            _finish(study, trial, clock, reporter, unit, TrialState.PRUNED, reason=str(err))
+            _finish(study, trial, clock.seconds, reporter, unit, TrialState.PRUNED, reason=str(err))
         except KeyboardInterrupt:  # Ctrl-C: the slot is free again; the next run retries it first
-            _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="interrupted")
+            _finish(study, trial, clock.seconds, reporter, unit, TrialState.FAIL, reason="interrupted")
             raise
         except BaseException:
-            _finish(study, trial, clock, reporter, unit, TrialState.FAIL, reason="exception")
+            _finish(study, trial, clock.seconds, reporter, unit, TrialState.FAIL, reason="exception")
             raise
         else:
-            _finish(study, trial, clock, reporter, unit, TrialState.COMPLETE, value=reporter.objective)
+            _finish(study, trial, clock.seconds, reporter, unit, TrialState.COMPLETE, value=reporter.objective)
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, clock: OwnTime, reporter: TrialReporter,
+def _run_group(study: optuna.Study, group: list[int], state: Slots, strategy: Strategy, backbone: Backbone,
+               task: Task, *, suite_seed: int, runtime: Runtime, unit: float | None,
+               space: dict[str, Override]) -> Step:
+    """Claims the open slots of ``group`` and trains every slot of the group side by side
+    (:mod:`tlbench.training.vectorised`, each trial with its own optimizer, schedule and epochs),
+    then finishes the claimed trials. A finished slot of the group (a kill between the group's
+    trials) trains again with its stored configuration, unrecorded, so the others come out as in
+    the uninterrupted run."""
+    claimed: dict[int, Any] = {}
+    try:
+        for slot in group:
+            if slot in state.finished:
+                continue
+            attrs: dict[str, Any] = {"slot": slot, "seed": tuning_seed(suite_seed, slot)}
+            if state.failed.get(slot) is not None:
+                attrs["retry_of"] = state.failed[slot]
+            frozen = claim(study, attrs, lambda t, slot=slot: slot_of(t) == slot)
+            if frozen is None:  # another worker took this slot: the group is theirs
+                for mine in claimed.values():
+                    release_claim(study, mine, RuntimeError("another worker claimed a slot of the group"))
+                return "wait" if claimed else "ran"
+            claimed[slot] = frozen
+        with contextlib.ExitStack() as beating:
+            for frozen in claimed.values():
+                beating.enter_context(Heartbeat.of(study, frozen))
+            _train_group(study, group, claimed, state, strategy, backbone, task, suite_seed=suite_seed,
+                         runtime=runtime, unit=unit, space=space)
+    except BaseException as err:  # the trials not finished are free again
+        for frozen in claimed.values():
+            release_claim(study, frozen, err)
+        raise
+    return "ran"
+
+
+def _train_group(study: optuna.Study, group: list[int], claimed: dict[int, Any], state: Slots, strategy: Strategy,
+                 backbone: Backbone, task: Task, *, suite_seed: int, runtime: Runtime, unit: float | None,
+                 space: dict[str, Override]) -> None:
+    runs: list[tuple[int, Any, Any, Any, float]] = []  # slot, trial (None: not ours), reporter, fit slot, setup s
+    with side_by_side(one_configuration=False) as together:
+        for slot in group:
+            seed = tuning_seed(suite_seed, slot)
+            clock = OwnTime(runtime.members)
+            if slot in claimed:
+                trial = optuna_internals.trial_on(SlotView(study, slot), optuna_internals.trial_id(claimed[slot]))
+                reporter: Any = TrialReporter(trial)
+                params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
+                trial.set_user_attr("params", params)
+            else:
+                trial, reporter = None, NullReporter(per_epoch=False)
+                params = state.finished[slot].user_attrs["params"]
+            with together.fit() as fit, PHASES("tuning"):
+                strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
+            runs.append((slot, trial, reporter, fit, clock.seconds))
+        with PHASES("tuning"):
+            together.train()
+    failure: BaseException | None = None
+    for slot, trial, reporter, fit, setup in runs:
+        if trial is None:
+            continue
+        job = fit.job
+        seconds = setup + (job.seconds if job is not None else 0.0)
+        if job is not None and job.stacked > 1:
+            trial.set_user_attr("vectorised", job.stacked)
+        error = job.error if job is not None else None
+        try:
+            if isinstance(error, (optuna.TrialPruned, NonFiniteLoss)):
+                _finish(study, trial, seconds, reporter, unit, TrialState.PRUNED, reason=str(error))
+            elif error is not None:
+                _finish(study, trial, seconds, reporter, unit, TrialState.FAIL, reason="exception")
+                failure = failure or error
+            else:
+                _finish(study, trial, seconds, reporter, unit, TrialState.COMPLETE, value=reporter.objective)
+        except UpdateFinishedTrialError:
+            pass  # taken over after this worker was judged dead: the slot's new claim runs it
+        del claimed[slot]
+    if failure is not None:
+        raise failure
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, seconds: float, reporter: TrialReporter,
             unit: float | None, state: TrialState, *, value: float | None = None, reason: str | None = None) -> None:
     try:
-        trial.set_user_attr("seconds", clock.seconds)
+        trial.set_user_attr("seconds", seconds)
         if reporter.flops:
             trial.set_user_attr("flops", reporter.flops)
         trial.set_user_attr("compute", reporter.flops / unit if unit and reporter.flops

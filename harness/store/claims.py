@@ -60,6 +60,19 @@ def claim(study: optuna.Study, attrs: dict[str, Any], same: Callable[[FrozenTria
     return mine
 
 
+def release_claim(study: optuna.Study, trial: FrozenTrial, err: BaseException) -> None:
+    """Fails a claimed run on the way out of an error or interrupt (an unreadable test image,
+    Ctrl-C), with the reason, so that no run is left RUNNING until the next start on this
+    host; the next claim of its seed runs it again. A run already finished stays as it is."""
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {str(err)[:200]}"
+    try:
+        optuna_internals.storage_of(study).set_trial_user_attr(optuna_internals.trial_id(trial), "failed_reason",
+                                                               reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):
+        pass
+
+
 def lost_claim(trial: FrozenTrial) -> bool:
     """A trial that lost the race for its unit: it never ran (not a failure of the work)."""
     return "claim_lost" in trial.user_attrs

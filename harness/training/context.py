@@ -126,6 +126,10 @@ class Runtime:
     #: many together (strategies that declare ``vectorises``; 1: one at a time). Seeds are grouped
     #: in the order of the cell's seed list, so a group is the same whoever runs it.
     seeds_together: int = 1
+    #: Tuning trials of one cell trained side by side, at most this many together (strategies that
+    #: declare ``vectorises``; 1: one at a time): the slots whose proposal depends on no other trial
+    #: (random, QMC and grid search, a model-based sampler's start-up trials), in fixed groups of slots.
+    trials_together: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,10 +178,10 @@ def resolve_execution(device: torch.device, *, precision: str = "auto", channels
 
 def make_runtime(device: str, cache_dir: Path | None, *, precision: str = "auto", channels_last: str = "auto",
                  compile: bool = False, workers: str = "auto", images: ImageStore | None = None,
-                 seeds_together: int = 1) -> Runtime:
+                 seeds_together: int = 1, trials_together: int = 1) -> Runtime:
     """A runtime; ``images`` is the image cache image-file splits are read from (None: their files)."""
     resolved = resolve_device(device)
     return Runtime(resolved, FeatureCache(cache_dir / "features" if cache_dir else None),
                    execution=resolve_execution(resolved, precision=precision, channels_last=channels_last,
                                                compile=compile, workers=workers, images=images),
-                   seeds_together=seeds_together)
+                   seeds_together=seeds_together, trials_together=trials_together)

@@ -38,7 +38,8 @@ class Job:
     #: after training: the validation history, or the exception the run stopped with
     history: list[float] = field(default_factory=list)
     error: BaseException | None = None
-    seconds: float = 0.0  # its share of the training time (the group's divided by its size when stacked)
+    seconds: float = 0.0  # its share of the training time (the group's, in proportion to its batches, when stacked)
+    stacked: int = 1  # how many runs it trained with as one model (1: alone)
 
 
 def _cuda_state() -> list[torch.Tensor] | None:

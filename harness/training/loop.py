@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, ClassVar, Hashable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -189,9 +189,19 @@ class Hook:
     are then called, for every run's hook, with the stacked model (so they must act on the
     model they are given, not on one they hold), and ``loss_term`` is called once, on the first
     run's hook, and must return the sum of the runs' terms (a sum of squares over the stacked
-    parameters is). Hooks that are not stackable make their runs train one at a time."""
+    parameters is). Hooks that are not stackable make their runs train one at a time.
+
+    Runs of *different* configurations (tuning trials side by side) stack only when each run's
+    hooks act alike: :meth:`stack_key` says with which settings a hook acts, and runs whose hooks'
+    keys differ (or say nothing: None, the default) train in different groups or alone."""
 
     stackable: ClassVar[bool] = False
+
+    def stack_key(self) -> Hashable | None:
+        """The settings this hook acts with (a freezing schedule's stages, a penalty's weights):
+        hooks of equal keys act on a stacked model as each would on its own. None: not said (runs of
+        different configurations with this hook are not stacked together)."""
+        return None
 
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called after ``model.train()`` at the start of each epoch (0-based)."""

@@ -14,6 +14,15 @@ together (or, when they cannot be stacked, one after another exactly as ``fit_ep
 from the random state it had when it was called). A strategy may be run this way only when its
 ``fit`` returns without using what ``fit_epochs`` trained (``Strategy.vectorises``); a second
 ``fit_epochs`` in one ``fit`` is refused.
+
+Runs of one configuration (a cell's seeds) share their optimizer's settings: one optimizer step
+updates the stacked parameters. Runs of different configurations (tuning trials,
+``side_by_side(one_configuration=False)``) keep their own optimizers and schedules: each run's
+parameters are views of its slice of the stacked ones, and after the stacked backward pass each
+run's optimizer steps its own slice with its own learning rate, weight decay and state — the
+update it would make alone. Such runs may differ in epochs (a run leaves the stack when its epochs
+end, or when it is pruned or diverges, and the others are re-stacked); they are grouped by what
+must be equal to share one forward pass (batch size, architecture, module settings, hooks).
 """
 
 from __future__ import annotations
@@ -55,12 +64,16 @@ class Slot:
 
 
 class SideBySide:
-    """Collects the ``fit_epochs`` calls of several ``fit``s, then trains them together."""
+    """Collects the ``fit_epochs`` calls of several ``fit``s, then trains them together.
 
-    def __init__(self) -> None:
+    ``one_configuration``: the runs are seeds of one configuration (one optimizer step for all);
+    otherwise each run steps its own optimizer and the runs are grouped by what they share."""
+
+    def __init__(self, *, one_configuration: bool = True) -> None:
         self.jobs: list[Job] = []
+        self.one_configuration = one_configuration
         self._slot: Slot | None = None
-        #: why the jobs were trained one at a time ("" when stacked), set by :meth:`train`
+        #: why jobs were trained one at a time ("" when every job was stacked), set by :meth:`train`
         self.sequential_reason = ""
 
     @contextlib.contextmanager
@@ -87,31 +100,36 @@ class SideBySide:
     def train(self) -> list[Job]:
         """Trains every job; each job's ``history`` or ``error`` says how it ended."""
         token = _ACTIVE.set(None)  # the loop trains for real from here
+        each = not self.one_configuration
+        reasons = []
         try:
-            reason = stack_refusal(self.jobs)
-            if not reason:
-                try:
-                    fit_stacked(self.jobs)
-                except _Unstackable as err:  # found out at the first step, before any update
-                    reason = str(err)
-            if reason:
-                self.sequential_reason = reason
-                for job in self.jobs:
-                    _fit_alone(job)
+            for group in ([self.jobs] if self.one_configuration else partition(self.jobs)):
+                reason = stack_refusal(group, each=each)
+                if not reason:
+                    try:
+                        fit_stacked(group, each=each)
+                    except _Unstackable as err:  # found out at the first step, before any update
+                        reason = str(err)
+                if reason:
+                    reasons.append(reason)
+                    for job in group:
+                        _fit_alone(job)
         finally:
             _ACTIVE.reset(token)
+        self.sequential_reason = "; ".join(dict.fromkeys(reasons))
         return self.jobs
 
     @property
     def stacked(self) -> int:
-        """How many runs trained as one model: len(jobs), or 1 when they ran one at a time."""
-        return 1 if self.sequential_reason else len(self.jobs)
+        """How many runs trained as one model: the largest group's size (1: one at a time)."""
+        return max((job.stacked for job in self.jobs), default=1)
 
 
 @contextlib.contextmanager
-def side_by_side() -> Iterator[SideBySide]:
-    """Within the block, ``fit_epochs`` registers its run with the returned collector instead of training."""
-    group = SideBySide()
+def side_by_side(*, one_configuration: bool = True) -> Iterator[SideBySide]:
+    """Within the block, ``fit_epochs`` registers its run with the returned collector instead of
+    training. ``one_configuration``: see :class:`SideBySide`."""
+    group = SideBySide(one_configuration=one_configuration)
     token = _ACTIVE.set(group)
     try:
         yield group
@@ -140,12 +158,40 @@ def _fit_alone(job: Job) -> None:
     job.seconds = time.perf_counter() - start
 
 
-def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    return [(n, tuple(t.shape), t.dtype) for n, t in [*model.named_parameters(), *model.named_buffers()]]
+def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype, bool]]:
+    """Names, shapes, dtypes and trainable flags (a stacked model takes the first run's flags)."""
+    return [(n, tuple(t.shape), t.dtype, t.requires_grad)
+            for n, t in [*model.named_parameters(), *model.named_buffers()]]
 
 
-def stack_refusal(jobs: Sequence[Job]) -> str:
-    """Why ``jobs`` cannot train as one stacked model ("" when they can)."""
+def _module_settings(model: nn.Module) -> list[tuple[str, dict[str, object]]]:
+    """Each module's plain settings (a LoRA scale, a pooling size): a stacked model is a copy of
+    the first run's, so runs of different configurations stack only when these are equal."""
+    plain = (bool, int, float, str, tuple, type(None))
+    return [(type(m).__name__, {k: v for k, v in vars(m).items()
+                                if not k.startswith("_") and k != "training" and isinstance(v, plain)})
+            for m in model.modules()]
+
+
+def _hook_keys(job: Job) -> list[tuple[str, object]]:
+    return [(type(h).__qualname__, h.stack_key() if hasattr(h, "stack_key") else None) for h in job.hooks]
+
+
+def partition(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Runs of different configurations grouped, in order of first appearance, by what one stacked
+    forward pass needs them to share: batch size, device, execution, architecture, module settings
+    and hooks' settings (epochs, optimizers and schedules may differ)."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        key = repr((job.batch_size, job.device, job.execution, _shapes(job.model), _module_settings(job.model),
+                    _hook_keys(job)))
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
+
+
+def stack_refusal(jobs: Sequence[Job], *, each: bool = False) -> str:
+    """Why ``jobs`` cannot train as one stacked model ("" when they can). ``each``: the runs
+    keep their own optimizers (different configurations; their epochs may differ)."""
     if len(jobs) < 2:
         return "a single run"
     lead = jobs[0]
@@ -159,19 +205,29 @@ def stack_refusal(jobs: Sequence[Job]) -> str:
     if not all(getattr(h, "stackable", False) for h in lead.hooks):
         return "a hook does not act on a stacked model: " + ", ".join(
             sorted({type(h).__name__ for h in lead.hooks if not getattr(h, "stackable", False)}))
+    if each and any(key is None for _, key in _hook_keys(lead)):
+        return "a hook does not say which settings it acts with (Hook.stack_key): " + ", ".join(
+            sorted({name for name, key in _hook_keys(lead) if key is None}))
     shapes = _shapes(lead.model)
+    for job in jobs:
+        own = {id(p) for p in job.model.parameters()}
+        if any(id(p) not in own for group in job.optimizer.param_groups for p in group["params"]):
+            return "the optimizer holds a tensor that is not one of the network's parameters"
     for job in jobs[1:]:
-        if (job.epochs, job.batch_size, job.device, job.execution) != (lead.epochs, lead.batch_size, lead.device,
-                                                                       lead.execution):
+        if (job.batch_size, job.device, job.execution) != (lead.batch_size, lead.device, lead.execution) or (
+                not each and job.epochs != lead.epochs):
             return "the runs differ in epochs, batch size, device or execution"
         if job.train[0] is not lead.train[0] or job.val[0] is not lead.val[0] or job.train[1] is not lead.train[1]:
             return "the runs train on different data"
         if _shapes(job.model) != shapes or [type(h) for h in job.hooks] != [type(h) for h in lead.hooks]:
             return "the runs differ in architecture or hooks"
-        if type(job.optimizer) is not type(lead.optimizer) or len(job.optimizer.param_groups) != len(
+        if each:
+            if _hook_keys(job) != _hook_keys(lead) or _module_settings(job.model) != _module_settings(lead.model):
+                return "the runs differ in their hooks' or modules' settings"
+        elif type(job.optimizer) is not type(lead.optimizer) or len(job.optimizer.param_groups) != len(
                 lead.optimizer.param_groups):
             return "the runs differ in optimizer"
-    if lead.optimizer.state:
+    if any(job.optimizer.state for job in (jobs if each else jobs[:1])):
         return "the optimizer has already stepped"
     return ""
 
@@ -223,94 +279,176 @@ def _cross_entropy_each(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
 
 
-def fit_stacked(jobs: Sequence[Job]) -> None:
+class _Stack:
+    """The stacked model of the runs now training (``members``: their indices in ``jobs``).
+
+    With one configuration the first run's optimizer is pointed at the stacked parameters; with
+    ``each``, every run's own parameters become views of its slice (so its own optimizer steps
+    it in place) and :meth:`use` re-stacks when runs leave."""
+
+    def __init__(self, jobs: Sequence[Job], each: bool) -> None:
+        self.jobs, self.each = jobs, each
+        self.members: list[int] = []
+        self.model: nn.Module | None = None
+        self.params: dict[str, nn.Parameter] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.bound: list[list[tuple[torch.Tensor, nn.Parameter]]] = []  # per member: (own, stacked)
+
+    def use(self, members: list[int]) -> None:
+        if members == self.members:
+            return
+        self.release()
+        self.members = members
+        models = [self.jobs[j].model for j in members]
+        self.model = _stack(models)
+        # the same tensors all along (the optimizers and the batch norms update them in place)
+        self.params, self.buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        if self.each:
+            self.bound = []
+            for pos, model in enumerate(models):
+                pairs = [(p, self.params[name]) for name, p in model.named_parameters()]
+                for own, stacked in pairs:
+                    own.data = stacked.data[pos]
+                self.bound.append(pairs)
+        else:
+            lead = self.jobs[members[0]]
+            _rebind(lead.optimizer, lead.model, self.model)
+
+    def release(self) -> None:
+        """Each member's model gets its values back in its own storage, with the stacked model's
+        trainable flags and modes; a shared optimizer is pointed back at the first run's model."""
+        if self.model is None:
+            return
+        models = [self.jobs[j].model for j in self.members]
+        if self.each:
+            for pairs in self.bound:
+                for own, _ in pairs:
+                    own.data = own.data.clone()
+        else:
+            lead = self.jobs[self.members[0]]
+            _rebind(lead.optimizer, self.model, lead.model)
+        _unstack(self.model, models)
+        self.model, self.members, self.bound = None, [], []
+
+    def update(self, loss: torch.Tensor, step: int) -> int:
+        """One step: the summed loss's backward pass, then each run's own optimizer and schedule
+        on its slice (``each``), or the shared optimizer on the stacked parameters."""
+        jobs = [self.jobs[j] for j in self.members]
+        hooks = [hook for job in jobs for hook in job.hooks]
+        if not self.each:
+            return update(loss, jobs[0].optimizer, jobs[0].scheduler, hooks, step)
+        for p in self.params.values():
+            p.grad = None
+        loss.backward()
+        for pos, job in enumerate(jobs):
+            for own, stacked in self.bound[pos]:
+                own.grad = None if stacked.grad is None else stacked.grad[pos]
+            job.optimizer.step()
+            if job.scheduler is not None:
+                job.scheduler.step()
+            for own, _ in self.bound[pos]:
+                own.grad = None
+        step += 1
+        for hook in hooks:
+            hook.on_step_end(step)
+        return step
+
+
+def fit_stacked(jobs: Sequence[Job], *, each: bool = False) -> None:
     """Trains ``jobs`` (which :func:`stack_refusal` accepts) as one stacked model; each job's model
-    ends as if trained alone, and its reporter got its own validation accuracy and FLOPs."""
+    ends as if trained alone, and its reporter got its own validation accuracy and FLOPs.
+    ``each``: every run keeps its own optimizer and schedule and trains its own epochs."""
     start = time.perf_counter()
     lead, k = jobs[0], len(jobs)
     device, execution = lead.device, lead.execution
-    models = [job.model for job in jobs]
-    stacked = _stack(models)
-    _rebind(lead.optimizer, lead.model, stacked)
-    optimizer, scheduler = lead.optimizer, lead.scheduler
+    stack = _Stack(jobs, each)
     x, y = lead.train[0].to(device), lead.train[1].to(device)
     vx = lead.val[0].to(device)
 
     def forward(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(stacked, (params, buffers), (xb,))
+        return torch.func.functional_call(stack.model, (params, buffers), (xb,))
 
     train_forward = torch.vmap(forward, in_dims=(0, 0, 0), randomness="error")
     eval_forward = torch.vmap(forward, in_dims=(0, 0, None), randomness="error")
-    plain = all(job.criterion is cross_entropy for job in jobs)
     gens = [torch.Generator().manual_seed(job.seed) for job in jobs]
     per_example: float | None = None
-    # the same tensors all along (the optimizer and the batch norms update them in place): named once
-    params, buffers = dict(stacked.named_parameters()), dict(stacked.named_buffers())
     alive = list(range(k))
+    batches = [0] * k  # batches each run trained (its share of the time)
     step = 0
-    for epoch in range(lead.epochs):
-        stacked.train()
-        for job in jobs:  # each run's hooks (freezing schedules, counters) see the stacked model
-            for hook in job.hooks:
-                hook.on_epoch_start(epoch, stacked, optimizer)
-        total = torch.zeros(k, device=device)
-        orders = [epoch_batches(len(y), lead.batch_size, g, device) for g in gens]
-        for i in range(len(orders[0])):
-            idx = torch.stack([order[i] for order in orders])  # (K, B): each run's own batch
-            xb, yb = x[idx], y[idx]
-            if per_example is None:
-                per_example = forward_flops(lead.model, xb[0, :1])
-            try:
-                with execution.autocast(device):
-                    logits = train_forward(params, buffers, xb)
-                    if plain:
-                        losses = _cross_entropy_each(logits, yb)
-                    else:
-                        losses = torch.stack([job.criterion(Batch(xb[j], yb[j], idx[j], logits[j]))
-                                              for j, job in enumerate(jobs)])
-                    loss = losses.sum()
-                    for hook in lead.hooks:  # a stackable hook's term sums over the runs
-                        term = hook.loss_term(stacked, Batch(xb, yb, idx, logits))
-                        if term is not None:
-                            loss = loss + term
-            except RuntimeError as err:
-                if step == 0 and "vmap" in str(err):
-                    _unbind(lead.optimizer, stacked, lead.model)
-                    raise _Unstackable(f"the network cannot run under torch.vmap ({str(err).splitlines()[0]})") from None
-                raise
-            step = update(loss, optimizer, scheduler, [hook for job in jobs for hook in job.hooks], step)
-            total += losses.detach()
-        seen = sum(len(i) for i in orders[0])
-        val_logits = None
-        if any(per_epoch(jobs[j].reporter) for j in alive):
-            stacked.eval()
-            with torch.no_grad(), execution.autocast(device):
-                val_logits = torch.cat([eval_forward(params, buffers, vx[s:s + 512]).float()
-                                        for s in range(0, len(vx), 512)], dim=1).cpu()
-        values = total.tolist()
-        for j in list(alive):
-            job = jobs[j]
-            spend(job.reporter, 3 * (per_example or 0.0) * seen)
-            if not math.isfinite(values[j]):
-                job.error = NonFiniteLoss(epoch, values[j])
-                alive.remove(j)
-                continue
-            if val_logits is None or not per_epoch(job.reporter):
-                continue
-            acc = accuracy(val_logits[j], lead.val[1])
-            job.history.append(acc)
-            try:
-                job.reporter.report(epoch, acc)
-            except Exception as err:  # noqa: BLE001 - a pruned trial: that run stops here
-                job.error = err
-                alive.remove(j)
-        if not alive:
-            break
-    _unstack(stacked, models)
-    for job in jobs:
-        job.seconds = (time.perf_counter() - start) / k
-
-
-def _unbind(optimizer: torch.optim.Optimizer, stacked: nn.Module, model: nn.Module) -> None:
-    """Undoes :func:`_rebind` (the runs will train one at a time with their own optimizers)."""
-    _rebind(optimizer, stacked, model)
+    try:
+        for epoch in range(max(job.epochs for job in jobs)):
+            # one configuration: every run stays in the stack (one optimizer); else the runs still training
+            members = list(range(k)) if not each else [j for j in alive if epoch < jobs[j].epochs]
+            if not members:
+                break
+            stack.use(members)
+            model, params, buffers = stack.model, stack.params, stack.buffers
+            group = [jobs[j] for j in members]
+            plain = all(job.criterion is cross_entropy for job in group)
+            model.train()
+            for job in group:  # each run's hooks (freezing schedules, counters) see the stacked model
+                for hook in job.hooks:
+                    hook.on_epoch_start(epoch, model, job.optimizer if each else lead.optimizer)
+            total = torch.zeros(len(members), device=device)
+            orders = [epoch_batches(len(y), lead.batch_size, gens[j], device) for j in members]
+            for i in range(len(orders[0])):
+                idx = torch.stack([order[i] for order in orders])  # (K, B): each run's own batch
+                xb, yb = x[idx], y[idx]
+                if per_example is None:
+                    per_example = forward_flops(lead.model, xb[0, :1])
+                try:
+                    with execution.autocast(device):
+                        logits = train_forward(params, buffers, xb)
+                        if plain:
+                            losses = _cross_entropy_each(logits, yb)
+                        else:
+                            losses = torch.stack([job.criterion(Batch(xb[j], yb[j], idx[j], logits[j]))
+                                                  for j, job in enumerate(group)])
+                        loss = losses.sum()
+                        for hook in group[0].hooks:  # a stackable hook's term sums over the runs
+                            term = hook.loss_term(model, Batch(xb, yb, idx, logits))
+                            if term is not None:
+                                loss = loss + term
+                except RuntimeError as err:
+                    if step == 0 and "vmap" in str(err):
+                        raise _Unstackable(
+                            f"the network cannot run under torch.vmap ({str(err).splitlines()[0]})") from None
+                    raise
+                step = stack.update(loss, step)
+                total += losses.detach()
+            for j in members:
+                batches[j] += len(orders[0])
+            seen = sum(len(i) for i in orders[0])
+            val_logits = None
+            if any(per_epoch(jobs[j].reporter) for j in members if j in alive):
+                model.eval()
+                with torch.no_grad(), execution.autocast(device):
+                    val_logits = torch.cat([eval_forward(params, buffers, vx[s:s + 512]).float()
+                                            for s in range(0, len(vx), 512)], dim=1).cpu()
+            values = total.tolist()
+            for pos, j in enumerate(members):
+                if j not in alive:
+                    continue
+                job = jobs[j]
+                spend(job.reporter, 3 * (per_example or 0.0) * seen)
+                if not math.isfinite(values[pos]):
+                    job.error = NonFiniteLoss(epoch, values[pos])
+                    alive.remove(j)
+                    continue
+                if val_logits is None or not per_epoch(job.reporter):
+                    continue
+                acc = accuracy(val_logits[pos], lead.val[1])
+                job.history.append(acc)
+                try:
+                    job.reporter.report(epoch, acc)
+                except Exception as err:  # noqa: BLE001 - a pruned trial: that run stops here
+                    job.error = err
+                    alive.remove(j)
+            if not alive:
+                break
+    finally:
+        stack.release()
+    seconds, work = time.perf_counter() - start, max(1, sum(batches))
+    for j, job in enumerate(jobs):
+        job.seconds = seconds * batches[j] / work if sum(batches) else seconds / k
+        job.stacked = k

@@ -205,12 +205,26 @@ class L2SP(Hook):
         self.alpha, self.beta = alpha, beta
         self.start = [p.detach().clone() for p in model.backbone.parameters()]
 
-    def stack_key(self) -> tuple[float, float]:
+    def stack_key(self) -> tuple[()]:
+        # α and β may differ between stacked runs (:meth:`stacked_loss_term` applies each run's);
         # the starting values are the cell's pretrained backbone, the same for every run of a cell
-        return (self.alpha, self.beta)
+        return ()
 
     def loss_term(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.penalty(model)
+
+    @classmethod
+    def stacked_loss_term(cls, hooks: Sequence[Hook], model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Each run's penalty with its own α and β, summed over the runs (the stacked parameters
+        carry the runs on their first dimension)."""
+        first = hooks[0]
+        assert isinstance(first, L2SP)
+        alpha = torch.tensor([h.alpha for h in hooks], device=model.head.weight.device)  # type: ignore[attr-defined]
+        beta = torch.tensor([h.beta for h in hooks], device=alpha.device)  # type: ignore[attr-defined]
+        k = len(hooks)
+        sp = sum(((p - p0) ** 2).reshape(k, -1).sum(1) for p, p0 in zip(model.backbone.parameters(), first.start))
+        head = (model.head.weight ** 2).reshape(k, -1).sum(1)
+        return (alpha / 2 * sp + beta / 2 * head).sum()
 
     def penalty(self, model: Classifier) -> torch.Tensor:
         sp = sum(((p - p0) ** 2).sum() for p, p0 in zip(model.backbone.parameters(), self.start))

@@ -260,14 +260,26 @@ def test_runs_of_different_configurations_each_step_their_own_optimizer_for_thei
     assert sum(job.seconds for job in group.jobs) > 0 and group.jobs[2].seconds > group.jobs[1].seconds
 
 
-@pytest.mark.parametrize("case", ["batch size", "penalty weight", "no key"])
+def test_each_run_keeps_its_own_penalty_weights_in_a_stack() -> None:
+    weights = iter([(0.1, 0.01), (0.5, 0.0), (0.02, 0.2)])  # L2-SP's α and β are searched: every trial its own
+    hooks = lambda m, cfg: [L2SP(m, *next(weights))]  # noqa: E731
+    alone, rep_a, _ = _run_configs(_models(SEEDS), CONFIGS, together=False, hooks=hooks)
+    weights = iter([(0.1, 0.01), (0.5, 0.0), (0.02, 0.2)])
+    grouped, rep_g, group = _run_configs(_models(SEEDS), CONFIGS, together=True, hooks=hooks)
+    assert group.stacked == 3
+    for a, g, ra, rg in zip(alone, grouped, rep_a, rep_g):
+        torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-5)
+        assert rg.history == pytest.approx(ra.history, abs=1e-9)
+
+
+@pytest.mark.parametrize("case", ["batch size", "freezing", "no key"])
 def test_runs_that_cannot_share_a_forward_pass_are_grouped_apart(case) -> None:
     class Keyless(Hook):
         stackable = True  # acts on a stacked model, but does not say with which settings
 
     def hooks(m, cfg):
-        if case == "penalty weight":
-            return [L2SP(m, 0.1 if cfg["optimizer"] == "sgd" else 0.3, 0.0)]
+        if case == "freezing":  # other layers train: one stacked tensor has one trainable flag
+            return [FreezeSchedule.gradual(3, 1 if cfg["optimizer"] == "sgd" else 2)]
         return [Keyless()] if case == "no key" else []
 
     sizes = [8, 6, 8] if case == "batch size" else None

@@ -69,6 +69,9 @@ class Backbone(nn.Module, ABC):
     rebuild_to_reinitialize: ClassVar[bool] = False
     init_args: dict[str, Any] | None = None  # the suite arguments it was built from, when known
     source_head: SourceHead | None = None  # the weights' own classifier, when they come with one
+    #: Attributes that name where the weights came from, not how the network computes: runs trained
+    #: side by side need not agree on them (:func:`tlbench.training.vectorised.partition`).
+    provenance_attributes: ClassVar[frozenset[str]] = frozenset({"weights_id", "source_head", "init_args"})
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Maps the last group's output to (N, D); default: global average pool (a group that

@@ -210,6 +210,15 @@ class Hook:
         """An extra term added to this batch's loss (a penalty), or None."""
         return None
 
+    @classmethod
+    def stacked_loss_term(cls, hooks: Sequence["Hook"], model: nn.Module, batch: Batch) -> torch.Tensor | None:
+        """The summed term of several runs' hooks of this class on their stacked ``model`` (one hook
+        per run, in the stack's order). By default the first hook's :meth:`loss_term`, which is right
+        when the hooks act alike (equal :meth:`stack_key`); a hook whose settings may differ between
+        the runs (a penalty's weight) applies each run's own here, and says so by a ``stack_key``
+        that leaves them out."""
+        return hooks[0].loss_term(model, batch)
+
     def on_step_end(self, step: int) -> None:
         """Called after each optimizer (and scheduler) step."""
 

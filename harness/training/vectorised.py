@@ -4,9 +4,10 @@ An evaluation trains the same configuration on several seeds. On small networks 
 costs mostly per-operation overhead, so K copies stacked along a leading dimension
 (``torch.func.functional_call`` under ``torch.vmap``) do K runs' work in about one run's number of
 operations (where arithmetic, not overhead, bounds a step — the quick suite's CNNs on 2 CPU cores —
-the gain is smaller: 1.5–2.1×, ``benchmarks/test_bench_vectorised.py``). Each run keeps its own initialisation and its own data order; its loss is its own mean
-and the step sums the runs' losses, so each run's gradients — and, with element-wise optimizers
-(SGD, AdamW), its updates — are those it would get alone, up to floating-point reassociation.
+the gain is smaller: 1.5–2.1×, ``benchmarks/test_bench_vectorised.py``). Each run keeps its own
+initialisation and its own data order; its loss is its own mean and the step sums the runs'
+losses, so each run's gradients — and, with element-wise optimizers (SGD, AdamW), its updates —
+are those it would get alone, up to floating-point reassociation.
 
 How it is driven: inside :func:`side_by_side`, :func:`tlbench.training.loop.fit_epochs` does not
 train but registers a :class:`Job` and returns; :meth:`SideBySide.train` then trains every job
@@ -166,10 +167,13 @@ def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype, b
 
 def _module_settings(model: nn.Module) -> list[tuple[str, dict[str, object]]]:
     """Each module's plain settings (a LoRA scale, a pooling size): a stacked model is a copy of
-    the first run's, so runs of different configurations stack only when these are equal."""
+    the first run's, so runs of different configurations stack only when these are equal. A
+    module's ``provenance_attributes`` (a backbone's ``weights_id``: which weights it started from)
+    are left out."""
     plain = (bool, int, float, str, tuple, type(None))
     return [(type(m).__name__, {k: v for k, v in vars(m).items()
-                                if not k.startswith("_") and k != "training" and isinstance(v, plain)})
+                                if not k.startswith("_") and k != "training" and isinstance(v, plain)
+                                and k not in getattr(m, "provenance_attributes", ())})
             for m in model.modules()]
 
 
@@ -405,8 +409,11 @@ def fit_stacked(jobs: Sequence[Job], *, each: bool = False) -> None:
                             losses = torch.stack([job.criterion(Batch(xb[j], yb[j], idx[j], logits[j]))
                                                   for j, job in enumerate(group)])
                         loss = losses.sum()
-                        for hook in group[0].hooks:  # a stackable hook's term sums over the runs
-                            term = hook.loss_term(model, Batch(xb, yb, idx, logits))
+                        for i, hook in enumerate(group[0].hooks):  # a stackable hook's term sums over the runs
+                            term = (type(hook).stacked_loss_term([job.hooks[i] for job in group], model,
+                                                                 Batch(xb, yb, idx, logits))
+                                    if hasattr(type(hook), "stacked_loss_term") else
+                                    hook.loss_term(model, Batch(xb, yb, idx, logits)))
                             if term is not None:
                                 loss = loss + term
                 except RuntimeError as err:

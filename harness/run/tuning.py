@@ -378,10 +378,10 @@ def _train_group(study: optuna.Study, group: list[int], claimed: dict[int, Any],
             continue
         job = fit.job
         seconds = setup + (job.seconds if job is not None else 0.0)
-        if job is not None and job.stacked > 1:
-            trial.set_user_attr("vectorised", job.stacked)
         error = job.error if job is not None else None
         try:
+            if job is not None and job.stacked > 1:
+                trial.set_user_attr("vectorised", job.stacked)
             if isinstance(error, (optuna.TrialPruned, NonFiniteLoss)):
                 _finish(study, trial, seconds, reporter, unit, TrialState.PRUNED, reason=str(error))
             elif error is not None:

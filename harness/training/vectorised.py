@@ -409,8 +409,8 @@ def fit_stacked(jobs: Sequence[Job], *, each: bool = False) -> None:
                             losses = torch.stack([job.criterion(Batch(xb[j], yb[j], idx[j], logits[j]))
                                                   for j, job in enumerate(group)])
                         loss = losses.sum()
-                        for i, hook in enumerate(group[0].hooks):  # a stackable hook's term sums over the runs
-                            term = (type(hook).stacked_loss_term([job.hooks[i] for job in group], model,
+                        for h, hook in enumerate(group[0].hooks):  # a stackable hook's term sums over the runs
+                            term = (type(hook).stacked_loss_term([job.hooks[h] for job in group], model,
                                                                  Batch(xb, yb, idx, logits))
                                     if hasattr(type(hook), "stacked_loss_term") else
                                     hook.loss_term(model, Batch(xb, yb, idx, logits)))

@@ -202,8 +202,8 @@ def independent_slots(study: optuna.Study, budget: Budget) -> float:
 
 
 def next_slots(state: Slots, budget: Budget, independent: float, together: int = 1) -> list[int] | None:
-    """The lowest slot no one holds that may start now, or None (the budget is spent, or every
-    open slot waits for lower ones still running elsewhere). With ``together`` > 1 the independent
+    """The slots to run now: the lowest slot no one holds that may start, or None (the budget is
+    spent, or every open slot waits for lower ones still running elsewhere). With ``together`` > 1 the independent
     slots are trained in fixed groups of that many (0…K−1, K…2K−1, … up to the last independent
     slot of the budget): the whole group of that slot is returned (finished slots included: a group
     trains whole, so each slot's numbers are the same whoever runs it, after any kill), or the next
@@ -275,46 +275,51 @@ def tune(study: optuna.Study, strategy: Strategy, backbone: Backbone, task: Task
     return summarize(study, budget)
 
 
-class _Taken(Exception):
-    """Another worker failed this trial (it judged this worker dead): its slot is theirs now."""
+def _claim_slot(study: optuna.Study, slot: int, retry_of: int | None, suite_seed: int) -> Any:
+    """Claims ``slot`` with its seed (and the failed trial it retries); None when another worker has it."""
+    attrs: dict[str, Any] = {"slot": slot, "seed": tuning_seed(suite_seed, slot)}
+    if retry_of is not None:
+        attrs["retry_of"] = retry_of
+    return claim(study, attrs, lambda t: slot_of(t) == slot)
+
+
+def _trial_of(study: optuna.Study, slot: int, frozen: Any) -> optuna.Trial:
+    """The claimed trial, on the slot's view of the study: its sampler and pruner see the lower slots only."""
+    return optuna_internals.trial_on(SlotView(study, slot), optuna_internals.trial_id(frozen))
+
+
+def _configure(trial: optuna.Trial, strategy: Strategy, backbone: Backbone,
+               space: dict[str, Override]) -> dict[str, Any]:
+    """The trial's configuration from the strategy's search space (with the suite's overrides), stored with it."""
+    params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
+    trial.set_user_attr("params", params)
+    return params
 
 
 def _run_trial(study: optuna.Study, slot: int, retry_of: int | None, strategy: Strategy, backbone: Backbone,
                task: Task, *, suite_seed: int, runtime: Runtime, unit: float | None,
                space: dict[str, Override]) -> None:
-    seed = tuning_seed(suite_seed, slot)
-    attrs: dict[str, Any] = {"slot": slot, "seed": seed}
-    if retry_of is not None:
-        attrs["retry_of"] = retry_of
-    frozen = claim(study, attrs, lambda t: slot_of(t) == slot)
+    frozen = _claim_slot(study, slot, retry_of, suite_seed)
     if frozen is None:  # another worker claimed this slot first
         return
-    # The trial lives on the slot's view of the study: its sampler and pruner see the lower slots only.
-    trial = optuna_internals.trial_on(SlotView(study, slot), optuna_internals.trial_id(frozen))
+    trial = _trial_of(study, slot, frozen)
     reporter = TrialReporter(trial)
     clock = OwnTime(runtime.members)  # a teacher trained on demand is not this trial's time
     with Heartbeat.of(study, frozen):
         try:
-            params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
-            trial.set_user_attr("params", params)
+            params = _configure(trial, strategy, backbone, space)
             with PHASES("tuning"):
-                predictor = strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
-            if getattr(predictor, "post_fit_choices", None):
-                trial.set_user_attr("chosen", predictor.post_fit_choices)
+                predictor = strategy.fit(backbone, task, params, seed=tuning_seed(suite_seed, slot),
+                                         reporter=reporter, runtime=runtime)
         except UpdateFinishedTrialError:
             return  # taken over after this worker was judged dead: the slot's new claim runs it
-        except optuna.TrialPruned as pruned:
-            _finish(study, trial, clock.seconds, reporter, unit, TrialState.PRUNED, reason=str(pruned))
-        except NonFiniteLoss as err:
-            _finish(study, trial, clock.seconds, reporter, unit, TrialState.PRUNED, reason=str(err))
-        except KeyboardInterrupt:  # Ctrl-C: the slot is free again; the next run retries it first
-            _finish(study, trial, clock.seconds, reporter, unit, TrialState.FAIL, reason="interrupted")
-            raise
-        except BaseException:
-            _finish(study, trial, clock.seconds, reporter, unit, TrialState.FAIL, reason="exception")
+        except (optuna.TrialPruned, NonFiniteLoss) as err:
+            _finish(study, trial, clock.seconds, reporter, unit, err)
+        except BaseException as err:  # Ctrl-C ("interrupted") too: the slot is free again; the next run retries it
+            _finish(study, trial, clock.seconds, reporter, unit, err)
             raise
         else:
-            _finish(study, trial, clock.seconds, reporter, unit, TrialState.COMPLETE, value=reporter.objective)
+            _finish(study, trial, clock.seconds, reporter, unit, predictor=predictor)
 
 
 def _run_group(study: optuna.Study, group: list[int], state: Slots, strategy: Strategy, backbone: Backbone,
@@ -330,10 +335,7 @@ def _run_group(study: optuna.Study, group: list[int], state: Slots, strategy: St
         for slot in group:
             if slot in state.finished:
                 continue
-            attrs: dict[str, Any] = {"slot": slot, "seed": tuning_seed(suite_seed, slot)}
-            if state.failed.get(slot) is not None:
-                attrs["retry_of"] = state.failed[slot]
-            frozen = claim(study, attrs, lambda t, slot=slot: slot_of(t) == slot)
+            frozen = _claim_slot(study, slot, state.failed.get(slot), suite_seed)
             if frozen is None:  # another worker took this slot: the group is theirs
                 for mine in claimed.values():
                     release_claim(study, mine, RuntimeError("another worker claimed a slot of the group"))
@@ -344,6 +346,9 @@ def _run_group(study: optuna.Study, group: list[int], state: Slots, strategy: St
                 beating.enter_context(Heartbeat.of(study, frozen))
             _train_group(study, group, claimed, state, strategy, backbone, task, suite_seed=suite_seed,
                          runtime=runtime, unit=unit, space=space)
+    except UpdateFinishedTrialError as err:  # one was taken over (this worker judged dead): the rest are free again
+        for frozen in claimed.values():
+            release_claim(study, frozen, err)
     except BaseException as err:  # the trials not finished are free again
         for frozen in claimed.values():
             release_claim(study, frozen, err)
@@ -354,60 +359,65 @@ def _run_group(study: optuna.Study, group: list[int], state: Slots, strategy: St
 def _train_group(study: optuna.Study, group: list[int], claimed: dict[int, Any], state: Slots, strategy: Strategy,
                  backbone: Backbone, task: Task, *, suite_seed: int, runtime: Runtime, unit: float | None,
                  space: dict[str, Override]) -> None:
-    runs: list[tuple[int, Any, Any, Any, float]] = []  # slot, trial (None: not ours), reporter, fit slot, setup s
-    with side_by_side(one_configuration=False) as together:
+    runs: list[tuple[int, Any, Any, Any, Any, float]] = []  # slot, trial (None: not ours), reporter, predictor,
+    with side_by_side(one_configuration=False) as together:  # the fit's slot of the group, its setup seconds
         for slot in group:
-            seed = tuning_seed(suite_seed, slot)
             clock = OwnTime(runtime.members)
             if slot in claimed:
-                trial = optuna_internals.trial_on(SlotView(study, slot), optuna_internals.trial_id(claimed[slot]))
+                trial = _trial_of(study, slot, claimed[slot])
+                params = _configure(trial, strategy, backbone, space)
                 reporter: Any = TrialReporter(trial)
-                params = strategy.search_space(SpaceTrial(trial, space) if space else trial, backbone)
-                trial.set_user_attr("params", params)
             else:
                 trial, reporter = None, NullReporter(per_epoch=False)
                 params = state.finished[slot].user_attrs["params"]
             with together.fit() as fit, PHASES("tuning"):
-                strategy.fit(backbone, task, params, seed=seed, reporter=reporter, runtime=runtime)
-            runs.append((slot, trial, reporter, fit, clock.seconds))
+                predictor = strategy.fit(backbone, task, params, seed=tuning_seed(suite_seed, slot),
+                                         reporter=reporter, runtime=runtime)
+            runs.append((slot, trial, reporter, predictor, fit, clock.seconds))
         with PHASES("tuning"):
             together.train()
     failure: BaseException | None = None
-    for slot, trial, reporter, fit, setup in runs:
+    for slot, trial, reporter, predictor, fit, setup in runs:
         if trial is None:
             continue
         job = fit.job
-        seconds = setup + (job.seconds if job is not None else 0.0)
         error = job.error if job is not None else None
-        try:
-            if job is not None and job.stacked > 1:
-                trial.set_user_attr("vectorised", job.stacked)
-            if isinstance(error, (optuna.TrialPruned, NonFiniteLoss)):
-                _finish(study, trial, seconds, reporter, unit, TrialState.PRUNED, reason=str(error))
-            elif error is not None:
-                _finish(study, trial, seconds, reporter, unit, TrialState.FAIL, reason="exception")
-                failure = failure or error
-            else:
-                _finish(study, trial, seconds, reporter, unit, TrialState.COMPLETE, value=reporter.objective)
-        except UpdateFinishedTrialError:
-            pass  # taken over after this worker was judged dead: the slot's new claim runs it
+        _finish(study, trial, setup + (job.seconds if job is not None else 0.0), reporter, unit, error,
+                predictor=predictor, stacked=job.stacked if job is not None else 1)
+        if error is not None and not isinstance(error, (optuna.TrialPruned, NonFiniteLoss)):
+            failure = failure or error
         del claimed[slot]
     if failure is not None:
         raise failure
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, seconds: float, reporter: TrialReporter,
-            unit: float | None, state: TrialState, *, value: float | None = None, reason: str | None = None) -> None:
+            unit: float | None, error: BaseException | None = None, *, predictor: Any = None,
+            stacked: int = 1) -> None:
+    """Finishes a trial by how its training ended (``error`` None: complete; the pruner or a
+    non-finite loss: pruned, with the reason; anything else: failed), with its time, compute, the
+    choices its predictor made after the last epoch and how many trials trained together."""
     try:
+        if stacked > 1:
+            trial.set_user_attr("vectorised", stacked)
+        if error is None and getattr(predictor, "post_fit_choices", None):
+            trial.set_user_attr("chosen", predictor.post_fit_choices)
         trial.set_user_attr("seconds", seconds)
         if reporter.flops:
             trial.set_user_attr("flops", reporter.flops)
         trial.set_user_attr("compute", reporter.flops / unit if unit and reporter.flops
                             else float(max(1, reporter.epochs)))
-        if reason:
-            trial.set_user_attr("prune_reason" if state == TrialState.PRUNED else "failed_reason", reason)
-        if state == TrialState.COMPLETE and value is None:
-            state, value = TrialState.FAIL, None
+        value = reporter.objective if error is None else None
+        if isinstance(error, (optuna.TrialPruned, NonFiniteLoss)):
+            state = TrialState.PRUNED
+            trial.set_user_attr("prune_reason", str(error))
+        elif error is not None or value is None:
+            state = TrialState.FAIL
+            if error is not None:
+                trial.set_user_attr("failed_reason",
+                                    "interrupted" if isinstance(error, KeyboardInterrupt) else "exception")
+        else:
+            state = TrialState.COMPLETE
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     except (UpdateFinishedTrialError, ValueError) as err:
         if not optuna_internals.finished_elsewhere(study, trial, err):

@@ -389,6 +389,10 @@ def fit_stacked(jobs: Sequence[Job], *, each: bool = False) -> None:
             model, params, buffers = stack.model, stack.params, stack.buffers
             group = [jobs[j] for j in members]
             plain = all(job.criterion is cross_entropy for job in group)
+            # each stackable hook's term, once for the runs: its class's stacked_loss_term over the runs' hooks
+            terms = [(type(hook).stacked_loss_term, [job.hooks[h] for job in group])
+                     if hasattr(type(hook), "stacked_loss_term") else (None, [hook])
+                     for h, hook in enumerate(group[0].hooks)]
             model.train()
             for job in group:  # each run's hooks (freezing schedules, counters) see the stacked model
                 for hook in job.hooks:
@@ -409,11 +413,12 @@ def fit_stacked(jobs: Sequence[Job], *, each: bool = False) -> None:
                             losses = torch.stack([job.criterion(Batch(xb[j], yb[j], idx[j], logits[j]))
                                                   for j, job in enumerate(group)])
                         loss = losses.sum()
-                        for h, hook in enumerate(group[0].hooks):  # a stackable hook's term sums over the runs
-                            term = (type(hook).stacked_loss_term([job.hooks[h] for job in group], model,
-                                                                 Batch(xb, yb, idx, logits))
-                                    if hasattr(type(hook), "stacked_loss_term") else
-                                    hook.loss_term(model, Batch(xb, yb, idx, logits)))
+                        batch = Batch(xb, yb, idx, logits)
+                        for stacked_term, hooks in terms:  # a stackable hook's term sums over the runs
+                            if stacked_term is not None:
+                                term = stacked_term(hooks, model, batch)
+                            else:
+                                term = hooks[0].loss_term(model, batch)
                             if term is not None:
                                 loss = loss + term
                 except RuntimeError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,10 +13,42 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
+CACHE = pytest.StashKey[str]()
+MAX_WORKERS = 8  # ``-n auto``'s ceiling: each worker holds torch and its own private stores
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per core this process may run on, at most
+    MAX_WORKERS; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it, ``-n 0`` runs in one process."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Never read or write the user's real cache from tests.
-    os.environ["TLBENCH_CACHE"] = tempfile.mkdtemp(prefix="tlbench-test-cache-")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    os.environ["TLBENCH_CACHE"] = config.stash[CACHE] = tempfile.mkdtemp(prefix="tlbench-test-cache-")
+    # Under pytest-xdist the workers share the cores: each worker, and each tlbench process a test
+    # starts (they inherit OMP_NUM_THREADS), trains on its share of them, at most 2 threads as before.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, min(2, torch.get_num_threads() // workers))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files holding end-to-end runs (a test marked ``slow``) first, the rest in their order:
+    pytest-xdist hands whole files out in this order (``--dist loadfile --no-loadscope-reorder``),
+    so the short files fill the workers' last minutes instead of one long file running alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file's order is kept
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash[CACHE], ignore_errors=True)  # the session's private cache, not left in /tmp
 
 
 @pytest.fixture(scope="session")

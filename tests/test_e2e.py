@@ -297,6 +297,7 @@ def test_run_writes_the_report(smoke_run: Path) -> None:
     assert (tuned == TRIALS).all() and "ensemble" not in set(trials["strategy"])
 
 
+@pytest.mark.slow
 def test_report_command_reads_only_the_store(smoke_run: Path, tmp_path, capsys) -> None:
     before = trial_counts(smoke_run)
     out = tmp_path / "report"

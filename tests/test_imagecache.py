@@ -417,6 +417,7 @@ print("SUM", float(x.double().sum()), "BUILT", cache.summary().built)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_building_one_entry_build_it_once(tmp_path: Path) -> None:
     write_images(tmp_path / "imgs", 400, seed=2)  # enough images that the builds overlap
     script = tmp_path / "build.py"
@@ -501,6 +502,7 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_a_run_reads_the_cache_by_default_and_records_it(tmp_path: Path) -> None:
     import pandas as pd
 
@@ -527,6 +529,7 @@ def test_a_run_reads_the_cache_by_default_and_records_it(tmp_path: Path) -> None
     assert a["params"].astype(str).tolist() == b["params"].astype(str).tolist()
 
 
+@pytest.mark.slow
 def test_bad_image_cache_options_are_one_line(tmp_path: Path) -> None:
     _suite(tmp_path, "none")
     (tmp_path / "afile").write_text("x")

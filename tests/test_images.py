@@ -415,6 +415,7 @@ def tlbench(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
                           cwd=cwd, timeout=600, env={**environ, "PYTHONPATH": str(ROOT), **env})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suite", ["vtab1k", "kornblith", "cifar10-resnet50"])
 def test_bundled_real_suites_dry_run_without_data(suite: str, tmp_path: Path) -> None:
     r = tlbench("run", suite, "--dry-run", "--data-root", str(tmp_path / "nodata"), cwd=tmp_path)
@@ -424,6 +425,7 @@ def test_bundled_real_suites_dry_run_without_data(suite: str, tmp_path: Path) ->
     assert "task(s) lack their data" in out and "trials" in out
 
 
+@pytest.mark.slow
 def test_the_default_data_root_follows_the_cache_directory(tmp_path: Path) -> None:
     r = tlbench("run", "cifar10-resnet50", "--dry-run", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     assert r.returncode == 0 and f"data root {tmp_path / 'cache' / 'data'} " in r.stderr, r.stderr
@@ -467,6 +469,7 @@ def write_folder_suite(root: Path, *, seeds: int, image_size: int, augment: str,
     return path
 
 
+@pytest.mark.slow
 def test_image_folder_suite_runs_end_to_end(tmp_path: Path) -> None:
     write_folder_suite(tmp_path, seeds=2, image_size=16, augment="flip",
                        backbone="{arch: cnn2d, args: {in_channels: 3, width: 8, depth: 2}}")
@@ -479,6 +482,7 @@ def test_image_folder_suite_runs_end_to_end(tmp_path: Path) -> None:
     assert (runs["n_test"] == 12).all()
 
 
+@pytest.mark.slow
 def test_dry_run_prints_classes_and_input_size_against_the_pretrained_size(tmp_path: Path) -> None:
     write_folder_suite(tmp_path, seeds=1, image_size=16, augment="none",
                        backbone="{arch: resnet, args: {variant: resnet18}, weights: DEFAULT}")

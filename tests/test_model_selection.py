@@ -159,6 +159,7 @@ def test_rerun_scores_nothing(selection_run: Path, tmp_path: Path) -> None:
     assert all(states == [TrialState.COMPLETE] * len(states) for states in before.values())
 
 
+@pytest.mark.slow
 def test_the_report_ranks_the_scorers(selection_run: Path) -> None:
     out = selection_run / "out"
     markdown = (out / "table.md").read_text()
@@ -365,6 +366,7 @@ def test_torchvision_weights_keep_their_imagenet_head(tmp_path: Path, monkeypatc
     assert cls(variant=variant).source_head is None
 
 
+@pytest.mark.slow
 def test_a_published_zoo_is_scored_with_its_source_heads(tmp_path: Path) -> None:
     """The same block on published weights (random files in the torch hub and Hugging Face
     caches, offline; image files on disk): LEEP and NCE read the ImageNet heads of torchvision
@@ -443,6 +445,7 @@ def test_a_task_with_one_class_is_refused_before_scoring(tmp_path: Path, capsys)
     assert not (tmp_path / "out" / "store.journal").exists()
 
 
+@pytest.mark.slow
 def test_a_scorer_scored_again_after_its_code_changed_is_read_once(tmp_path: Path) -> None:
     """An edited plugin scorer is scored again (its unit is keyed by its code); the report reads its
     latest values only, never both versions mixed."""
@@ -517,6 +520,7 @@ def test_a_bare_model_selection_line_asks_for_the_defaults(tmp_path: Path, capsy
     assert f"model selection: {len(SCORERS)} scorers" in printed.out + printed.err
 
 
+@pytest.mark.slow
 def test_two_workers_score_each_unit_once_with_the_single_workers_values(tmp_path: Path) -> None:
     """Two workers started together on one journal share the scoring (each unit claimed once) and
     store exactly the values one worker stores alone."""

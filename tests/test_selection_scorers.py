@@ -59,6 +59,7 @@ def labelled(n: int, d: int, c: int, seed: int = 0, signal: float = 1.0) -> tupl
     return centres[y] + rng.normal(size=(n, d)), y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,d", [(120, 10), (60, 200)])
 def test_logme_is_the_maximum_evidence(n: int, d: int) -> None:
     f, y = labelled(n, d, 3, seed=n + d)
@@ -84,6 +85,7 @@ def test_logme_is_the_maximum_evidence_on_anisotropic_features() -> None:
         assert ours[k] == pytest.approx(direct_max(f, targets[:, k]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_logme_with_random_labels_in_d_greater_than_n() -> None:
     """The issue's setting (N = 60, D = 200, labels unrelated to the features): the widely used
     fixed-point code drops the (D − N) log α term of log|A| and reports about +7; the maximum

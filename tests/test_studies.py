@@ -466,6 +466,7 @@ def _records(path: Path) -> tuple[list, list]:
     return (sorted(map(repr, runs.to_dict("records"))), sorted(map(repr, sens.to_dict("records"))))
 
 
+@pytest.mark.slow
 def test_a_sweep_and_its_sensitivity_study_resume_exactly_after_kill_9(tmp_path) -> None:
     (tmp_path / "s.yaml").write_text(STUDY)
     clean = _run(tmp_path, "clean")
@@ -636,6 +637,7 @@ def test_sweep_and_sensitivity_tables_hold_the_figures_numbers() -> None:
     assert "Values without ± have one seed" in " ".join(single.notes) and "±" not in single.rows[0][3].text
 
 
+@pytest.mark.slow
 def test_the_bundled_shots_study_shows_transfer_paying_off_less_as_shots_grow(tmp_path, monkeypatch) -> None:
     """A smaller version of `tlbench run shots` (fewer glyphs, shots, trials and seeds): the
     gap between the linear probe and scratch shrinks from 1 to 20 shots per class."""

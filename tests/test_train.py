@@ -207,6 +207,7 @@ def test_feature_cache_keys_by_precision(tiny_backbone) -> None:
     assert FeatureCache.key(tiny_backbone, "fp", Execution(bf16=True)) != FeatureCache.key(tiny_backbone, "fp")
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path) -> None:
     """benchmarks/gpu_throughput.py is run on a lent GPU; here its code paths run on CPU."""
     import importlib.util

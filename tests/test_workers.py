@@ -63,6 +63,7 @@ def _run_workers(script: Path, url: str, cache: Path, n: int) -> None:
         assert proc.returncode == 0, err[-3000:]
 
 
+@pytest.mark.slow
 def test_workers_sharing_a_study_propose_exactly_the_single_workers_slots(tmp_path) -> None:
     """Three processes tune one study at once (TPE after three random start-up slots, the median
     pruner): exactly 10 slots finish, none twice, and every slot trains what one worker trained

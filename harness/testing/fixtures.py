@@ -4,7 +4,9 @@ small CNN for each."""
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -52,10 +54,11 @@ def tiny_vit(in_channels: int = 1) -> Backbone:
 @functools.lru_cache(maxsize=1)
 def _image_folder() -> Path:
     """3 classes × 8 RGB PNG files of 12 × 12 pixels (brightness encodes the class), written once per
-    process to a temporary folder."""
+    process to a temporary folder, removed when the process exits."""
     from PIL import Image
 
     root = Path(tempfile.mkdtemp(prefix="tlbench-check-images-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     rng = np.random.default_rng(0)
     for c, name in enumerate(("a", "b", "c")):
         (root / "images" / name).mkdir(parents=True)

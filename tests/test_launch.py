@@ -253,6 +253,8 @@ def test_local_workers_on_their_own_cores_fill_the_store(launched) -> None:
         assert re.search(rf"^worker {i} \(pid \d+\) finished: exit 0", err, flags=re.M), err
     assert stored_cells(journal) == CELLS
     assert (out / "table.md").is_file()  # the report, once every worker succeeded
+    assert "--plan-file" in (out / "workers" / "worker-0.log").read_text().splitlines()[0]
+    assert not list((out / "workers").glob("plan-*.pickle"))  # the handed plan is removed once they ended
     # The cores each worker really ran on, as the kernel reported them right after the start.
     where = [w for _, w in worker_lines(err).values()]
     cores = [set(re.match(r"cores (\S+)", w).group(1).split(",")) for w in where]  # type: ignore[union-attr]
@@ -276,6 +278,7 @@ def test_detach_returns_at_once_and_a_relaunch_redoes_nothing(launched, capsys) 
     assert all(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in pids)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
     assert codes == [0], (out / "workers" / "worker-0.log").read_text()
+    assert len(list((out / "workers").glob("plan-*.pickle"))) == 1  # a detached launch leaves it to its workers
     after = load_runs(open_storage(str(journal), out))
     assert len(after) == len(before) and stored_cells(journal) == CELLS  # resumed: nothing redone
 

@@ -294,7 +294,10 @@ def cmd_launch(args: argparse.Namespace, console: Console) -> int:
         code = launch_local(args, prepared, slots, console, plan_file)
     else:
         code = launch_submitit(args, prepared, console, plan_file)
-    if code not in (0, 1) or args.detach:
+    if args.detach:
+        return code  # the workers still read the plan file: it stays
+    plan_file.unlink(missing_ok=True)  # every worker has ended; a worker started later plans for itself
+    if code not in (0, 1):
         return code
     from tlbench.run.status import cell_plans
     from tlbench.store.opening import open_storage

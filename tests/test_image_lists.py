@@ -161,6 +161,50 @@ def test_a_suite_tunes_on_train_and_fits_the_final_model_on_train_plus_val(tmp_p
     assert len(pd.read_parquet(tmp_path / "out" / "runs.parquet")) == len(runs)
 
 
+REUSING = """
+name: reusing
+seed: 0
+trials: 2
+seeds: 2
+strategies: [full_finetune, distillation, ensemble]
+training: {epochs: [1, 2], batch_size: 8}
+backbones:
+  cnn: {arch: cnn2d, args: {width: 4, depth: 2}}
+tasks:
+  digits:
+    dataset: digits
+    classes: [0, 1, 7]
+    split: {seed: 1, shots: 4, val_per_class: 4, final_fit: train+val}
+    backbones: [cnn]
+"""
+
+
+def test_under_final_fit_a_distillation_trial_reuses_a_teacher_that_never_saw_val(tmp_path: Path) -> None:
+    """The trials are scored on val: the teacher they distil from is fitted on train alone (model 0,
+    made on demand), while the evaluation runs, the ensemble's members and the teachers of the
+    evaluation runs are fitted on train + val (a trial once asked the train + val teacher for logits
+    on train alone and failed)."""
+    from tlbench.cli.main import main
+    from tlbench.run.plan import load_plan
+
+    (tmp_path / "suite.yaml").write_text(REUSING)
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "suite.yaml"), "--out", str(out), "--report", "tables"]) == 0
+    task = load_plan(tmp_path / "suite.yaml").task_for("digits", "cnn")
+    train, union = task.train.fingerprint, task.final().train.fingerprint
+    assert train != union
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert (trials.loc[trials["strategy"] == "distillation", "state"] == "COMPLETE").sum() == 2
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert (runs["n_train"] == len(task.train) + len(task.val)).all() and len(runs) == 3 * 2
+    models = [torch.load(f, weights_only=False) for f in (out / "models").rglob("full_finetune/*.pt")]
+    for_trials = [m for m in models if train in m["logits"]]
+    assert [m["index"] for m in for_trials] == [0] and union not in for_trials[0]["logits"]
+    for_runs = [m for m in models if train not in m["logits"]]
+    assert for_runs and all(union in m["logits"] for m in for_runs)
+    assert set(runs.loc[runs["strategy"] == "distillation", "teacher"]) == {"full_finetune#0", "full_finetune#1"}
+
+
 def test_image_resize_stretch_resizes_both_sides_without_cropping(tmp_path: Path) -> None:
     from torchvision.transforms import InterpolationMode, v2
 

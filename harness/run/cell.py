@@ -114,8 +114,10 @@ class CellWork:
             if self.strategy.tunable:
                 study = self._tuning_study()
                 self._enter("tuning" if self.budget.epochs is None else "tuning (backbone epochs)", self.budget.total)
+                # the trials reuse models fitted on their own task (train alone under final_fit: train+val)
+                trials = dataclasses.replace(runtime, members=members.for_tuning())
                 step = tune_step(study, self.strategy, self.backbone, task, budget=self.budget, suite_seed=suite.seed,
-                                 runtime=runtime, space=self.plan.space(cell.strategy, cell.backbone),
+                                 runtime=trials, space=self.plan.space(cell.strategy, cell.backbone),
                                  unit=self._unit(task),
                                  on_trial=lambda n: self.observer.cell_progress(cell, phase="tuning", done=n))
                 if step != "done":

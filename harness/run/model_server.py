@@ -14,6 +14,7 @@ Two pieces, one job each:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -118,7 +119,13 @@ class CellRecipes(ABC):
 
     @abstractmethod
     def task(self, backbone: str) -> Task:
-        """The cell's task as ``backbone`` reads it (image files preprocessed for its weights)."""
+        """The cell's task as ``backbone`` reads it (image files preprocessed for its weights), as
+        its evaluation runs train on it."""
+
+    def tuning_task(self, backbone: str) -> Task:
+        """The cell's task as its tuning trials train on it: where the evaluation runs train on
+        train + val (``split.final_fit``), the trials train on train alone; otherwise the same."""
+        return self.task(backbone)
 
 
 @dataclass
@@ -135,6 +142,8 @@ class Members(ModelServer):
     store: ArtifactStore
     backbones: Mapping[str, Backbone]
     fit_seconds: float = 0.0
+    #: Serves the tuning trials (:meth:`for_tuning`): models fitted on the task the trials train on.
+    tuning: bool = False
     _memory: dict[str, Member] = field(default_factory=dict, repr=False)
     _failed: dict[str, NonFiniteLoss] = field(default_factory=dict, repr=False)
 
@@ -148,7 +157,15 @@ class Members(ModelServer):
 
     @property
     def task(self) -> Task:
-        return self.recipes.task(self.backbone_name)
+        return self.task_of(self.backbone_name)
+
+    def for_tuning(self) -> "Members":
+        """This cell's server for its tuning trials: a model it serves is fitted on the trials'
+        task, so that where evaluation runs train on train + val (``final_fit``) a teacher a trial
+        distils from has not seen the validation split the trial is scored on, and has logits on
+        the trials' train split. The models, in memory and on disk, stay shared: a model's key
+        holds its task, so without ``final_fit`` both serve the very same models."""
+        return dataclasses.replace(self, tuning=True)
 
     @property
     def reuse(self) -> Reuse:
@@ -180,7 +197,7 @@ class Members(ModelServer):
                               f"defined: {', '.join(self.backbones) or 'none'}") from None
 
     def task_of(self, backbone: str) -> Task:
-        return self.recipes.task(backbone)
+        return self.recipes.tuning_task(backbone) if self.tuning else self.recipes.task(backbone)
 
     def record(self, key: str, member: Member) -> None:
         """Keeps the model an evaluation run just trained (called by the evaluator)."""

@@ -137,6 +137,9 @@ class SuiteCell(CellRecipes):
         """The task reused models are (re)fitted on: the evaluation runs' (:meth:`Task.final`)."""
         return self.plan.task_for(self.plan_cell.task, backbone).final()
 
+    def tuning_task(self, backbone: str) -> Task:
+        return self.plan.task_for(self.plan_cell.task, backbone)
+
 
 def slots_used(budget: Budget, result: TuneResult | None) -> int:
     """The tuning slots a cell used: its trial budget, or the trials an epochs budget counted."""

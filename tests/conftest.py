@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(config.stash[CACHE], ignore_errors=True)  # the session's private cache, not left in /tmp
+    if CACHE in config.stash:  # the session's private cache is not left in /tmp
+        shutil.rmtree(config.stash[CACHE], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_launch_derives_its_folder_from_the_store(suite, tmp_path, monkeypatch) 
     seen = {}
 
     def record(args, prepared, slots, console, plan_file):
-        seen["out"], seen["plan"] = prepared.out, plan_file
+        seen["out"], seen["plan"], seen["handed"] = prepared.out, plan_file, plan_file.is_file()
         return 0
 
     monkeypatch.setattr(launch, "launch_local", record)
@@ -76,7 +76,8 @@ def test_launch_derives_its_folder_from_the_store(suite, tmp_path, monkeypatch) 
     assert main(["launch", str(suite), "--storage", "runs/exp2/store.journal", "--jobs", "2", "--report",
                  "none"]) == 0
     assert seen["out"] == Path("runs/exp2")
-    assert seen["plan"].parent == Path("runs/exp2/workers") and seen["plan"].is_file()  # the plan handed over
+    assert seen["plan"].parent == Path("runs/exp2/workers") and seen["handed"]  # the plan handed over
+    assert not seen["plan"].exists()  # and removed once the (attached) workers ended
 
 
 # ------------------------------------------------------------------ GPUs that exist

@@ -21,6 +21,15 @@ def test_every_strategy_subclass_is_registered() -> None:
                 assert obj in registered, f"{obj.__name__} is not in STRATEGIES"
 
 
+def test_the_reports_colour_order_is_the_registrys_built_ins() -> None:
+    """``tlbench report`` gives each built-in its colour from a written-out list (so that it needs
+    no torch); it must be the registry's built-ins in the registry's order."""
+    from tlbench.cli.worker import BUILTIN_STRATEGIES
+    from tlbench.core.registry import BUILTIN
+
+    assert list(BUILTIN_STRATEGIES) == [n for n in STRATEGIES.names() if STRATEGIES.origin(n) == BUILTIN]
+
+
 def test_foundation_strategies_present() -> None:
     assert {"linear_probe", "full_finetune", "scratch"} <= set(STRATEGIES.names())
 

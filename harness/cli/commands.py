@@ -12,8 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tlbench.cli.worker import (builtin_order, check_writable_dir, names_of, open_named_store, prepare_run, warn,
-                                write_run_report, written)
+from tlbench.cli.worker import (
+    BUILTIN_STRATEGIES,
+    check_writable_dir,
+    names_of,
+    open_named_store,
+    prepare_run,
+    warn,
+    write_run_report,
+    written,
+)
 from tlbench.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -322,7 +330,6 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from tlbench.reports.build import write_report
     from tlbench.reports.results import load_results
     from tlbench.store.records import suites_in
-    from tlbench.strategies import STRATEGIES
 
     storage, where = open_named_store("report", args.run_dir, args.storage)  # messages show no password
     out = args.out or args.run_dir or Path("report")
@@ -336,7 +343,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"report: {where}: the store holds no evaluation runs; nothing to report")
     suites = sorted(results.runs["suite"].unique())
     report = write_report(results, out, title=f"tlbench report: {', '.join(suites)}",
-                          strategy_order=builtin_order(STRATEGIES))
+                          strategy_order=BUILTIN_STRATEGIES)
     print(report.path("table.md").read_text())
     console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")
     return 0

@@ -15,22 +15,23 @@ from typing import TYPE_CHECKING, Any, Callable, Collection
 from rich.console import Console
 
 from tlbench.core.errors import ConfigError
-from tlbench.core.registry import BUILTIN
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
-    from tlbench.core.registry import Registry
     from tlbench.data.imagecache import ImageCache
     from tlbench.run.plan import Plan
     from tlbench.suites.schema import Suite
     from tlbench.training.context import Runtime
 
 
-def builtin_order(strategies: "Registry[Any]") -> list[str]:
-    """The built-in strategies' names: each keeps its colour in every report, whatever
-    plugins are loaded (a plugin's colour comes after them)."""
-    return [name for name in strategies.names() if strategies.origin(name) == BUILTIN]
+#: The built-in strategies' names in the registry's order: each keeps its colour in every report,
+#: whatever plugins are loaded (a plugin's colour comes after them). Written out, not read from the
+#: registry, so that ``tlbench report`` does not import the strategies and PyTorch with them (1.7 s)
+#: to read stored results; tests/test_registry.py keeps it equal to the registry's built-ins.
+BUILTIN_STRATEGIES = ("adapter", "bitfit", "discriminative_lr", "distillation", "ensemble", "full_finetune",
+                      "gradual_unfreeze", "l2_sp", "linear_probe", "lora", "lp_ft", "scratch", "ssf", "surgical",
+                      "ulmfit", "vpt")
 
 
 def _at_least(kind: type, low: float, what: str) -> Any:
@@ -317,13 +318,12 @@ def write_run_report(storage: "BaseStorage", suite: "Suite", out: Path, *, cells
     """The report of a run's cells and seeds (a store may hold more), its main table printed."""
     from tlbench.reports.build import write_report
     from tlbench.reports.results import load_results
-    from tlbench.strategies import STRATEGIES
 
     results = load_results(storage, suite.name, cells=cells, seeds=seeds, importances="later")
     if results.empty:
         raise ConfigError(f"{suite.path}: no cell produced an evaluation run (every tuning trial was pruned "
                           f"or failed); nothing to report")
     report = write_report(results, out, title=f"tlbench suite {suite.name}",  # same seed as tlbench report
-                          strategy_order=builtin_order(STRATEGIES), figures_too=figures)
+                          strategy_order=BUILTIN_STRATEGIES, figures_too=figures)
     print(report.path("table.md").read_text())
     console.print(f"wrote the report to {out} in {report.seconds:.1f} s: {written(report.files, out)}")

@@ -242,7 +242,7 @@ def tables(comparison: Comparison) -> list[Table]:
 def figure(comparison: Comparison, out: Path, *, name: str = "compare") -> list[Path]:
     """The paired difference per cell with its interval, one panel per later store and metric;
     filled markers where the corrected test rejects."""
-    from tlbench.reports.figures import RC, _save, plt
+    from tlbench.reports.figures import RC, plt, save_figure
 
     groups = [(k, g[g["n"] > 0]) for k, g in comparison.frame.groupby(["label", "metric"], sort=False)]
     groups = [(k, g) for k, g in groups if not g.empty]
@@ -271,7 +271,7 @@ def figure(comparison: Comparison, out: Path, *, name: str = "compare") -> list[
             ax.set_xlabel(f"{label} − {g['baseline'].iloc[0]} ({METRICS[metric]}, points)")
         axes[0][0].legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, fontsize=6, frameon=False)
         fig.tight_layout()
-        return _save(fig, out, name)
+        return save_figure(fig, out, name)
 
 
 CAPTION = ("Paired difference per cell (later store − baseline) over the seeds both ran, with the 95% bootstrap "

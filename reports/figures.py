@@ -60,10 +60,10 @@ def markers(colours: dict[str, str]) -> dict[str, str]:
 
 
 DPI = 200  # the PNGs' resolution (the PDFs are vector)
-MARGIN_IN = 2.5  # what _save draws around the figure to find what sticks out of it (legends, notes)
+MARGIN_IN = 2.5  # what save_figure draws around the figure to find what sticks out of it (legends, notes)
 
 
-def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     """PNG and PDF, cropped to what is drawn plus ``savefig.pad_inches``.
 
     The crop comes from the PNG's own pixels: the figure is drawn once into a canvas
@@ -206,7 +206,8 @@ def _drop_hidden_minor_ticks(fig: plt.Figure) -> None:
                 axis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
-def _panels(n: int, *, height: float = PANEL_H, sharey: bool = True) -> tuple[plt.Figure, np.ndarray]:
+def panels(n: int, *, height: float = PANEL_H, sharey: bool = True) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of ``n`` panels, at most three to a row, the unused places of the last row hidden."""
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(PANEL_W * cols, height * rows), squeeze=False, sharey=sharey)
@@ -236,7 +237,7 @@ def accuracy_figure(summary: pd.DataFrame, out: Path, *, metric_label: str, name
     with plt.rc_context(RC), sns.axes_style("whitegrid"):
         columns = sorted(summary["column"].unique(), key=stats.natural_key)
         order = (summary.groupby("strategy")["mean"].mean().sort_values(ascending=False).index.tolist())
-        fig, axes = _panels(len(columns), height=0.22 * len(order) + 0.9)
+        fig, axes = panels(len(columns), height=0.22 * len(order) + 0.9)
         for ax, column in zip(axes.flat, columns):
             part = summary[summary["column"] == column].set_index("strategy")
             for y, strategy in enumerate(order):
@@ -253,7 +254,7 @@ def accuracy_figure(summary: pd.DataFrame, out: Path, *, metric_label: str, name
             ax.set_xlabel(f"{metric_label} (%)")
         fig.tight_layout()
         _note(fig, note)
-        return _save(fig, out, name)
+        return save_figure(fig, out, name)
 
 
 def cd_diagram(test: stats.RankTest, out: Path, *, colours: dict, name: str = "cd_diagram") -> list[Path]:
@@ -298,7 +299,7 @@ def cd_diagram(test: stats.RankTest, out: Path, *, colours: dict, name: str = "c
         else:
             caption = f"average rank (1 = best) over {test.n_tasks} tasks; no critical difference: {test.reason}"
         ax.set_title(caption, fontsize=8, pad=2)
-        return _save(fig, out, name)
+        return save_figure(fig, out, name)
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -340,7 +341,7 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
     columns = sorted(means["column"].unique(), key=stats.natural_key)
     strategies = sorted(means["strategy"].unique())
     with plt.rc_context(RC), sns.axes_style("whitegrid"):
-        fig, axes = _panels(len(columns), sharey=False)
+        fig, axes = panels(len(columns), sharey=False)
         for ax, column in zip(axes.flat, columns):
             part = means[means["column"] == column]
             front = pareto_front(part, "train_seconds", "test_accuracy")
@@ -358,7 +359,7 @@ def cost_figure(runs: pd.DataFrame, out: Path, *, colours: dict, name: str = "co
             ax.set_ylabel("test accuracy (%)")
         _legend(fig, strategies, colours, shapes=markers(colours))
         fig.tight_layout()
-        return _save(fig, out, name)
+        return save_figure(fig, out, name)
 
 
 def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str = "tuning_curves") -> list[Path]:
@@ -391,7 +392,7 @@ def tuning_figure(curves: pd.DataFrame, out: Path, *, colours: dict, name: str =
                 ax.set_title(column if i == 0 else "")
         _legend(fig, strategies, colours, marker="")
         fig.tight_layout()
-        return _save(fig, out, name)
+        return save_figure(fig, out, name)
 
 
 def _heatmap(data: pd.DataFrame, out: Path, name: str, *, size: tuple[float, float], xlabel: str, ylabel: str,
@@ -408,7 +409,7 @@ def _heatmap(data: pd.DataFrame, out: Path, name: str, *, size: tuple[float, flo
             label.set_horizontalalignment("right")
         fig.tight_layout()
         _note(fig, note)
-        return _save(fig, out, name)
+        return save_figure(fig, out, name)
 
 
 def importance_figure(importances: pd.DataFrame, out: Path, *, name: str = "importances") -> list[Path]:
@@ -451,7 +452,7 @@ def slice_figure(trials: pd.DataFrame, strategy: str, out: Path, *, scales: dict
     values = data["value"].to_numpy(float) * 100
     complete = (data["state"] == "COMPLETE").to_numpy()
     with plt.rc_context(RC), sns.axes_style("whitegrid"):
-        fig, axes = _panels(len(varied))
+        fig, axes = panels(len(varied))
         for i, (ax, name) in enumerate(zip(axes.flat, varied)):
             xs = [p.get(name) for p in parsed]
             have = np.array([x is not None for x in xs])
@@ -487,10 +488,10 @@ def slice_figure(trials: pd.DataFrame, strategy: str, out: Path, *, scales: dict
                    title="task")
         fig.suptitle(f"{strategy}: tuning trials", fontsize=9)
         # Fixed spacing instead of tight_layout, which lays every panel out once more (a third of the
-        # figure's cost); _save crops the outer margins.
+        # figure's cost); save_figure crops the outer margins.
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15 / axes.shape[0], top=1 - 0.12 / axes.shape[0],
                             wspace=0.12, hspace=0.5)
-        return _save(fig, out, slice_name(strategy))
+        return save_figure(fig, out, slice_name(strategy))
 
 
 def _family_scale(name: str, scales: dict[str, str]) -> str | None:

@@ -191,7 +191,7 @@ def _more_table(truth: str, tasks: list[str], scorers: list[str],
 
 def _figure(scores: pd.DataFrame, runs: pd.DataFrame, truth: str, tasks: list[str], scorers: list[str], out: Path,
             section: SelectionSection) -> list[Path]:
-    from tlbench.reports.figures import RC, _save, plt  # (imports matplotlib: only when drawn)
+    from tlbench.reports.figures import RC, plt, save_figure  # (imports matplotlib: only when drawn)
 
     with plt.rc_context(RC):  # the report's fonts: TrueType in the PDF, as every other figure
         cols = len(scorers)
@@ -219,7 +219,7 @@ def _figure(scores: pd.DataFrame, runs: pd.DataFrame, truth: str, tasks: list[st
                     ax.set_ylabel(f"{task}\n{truth} acc. (%)", fontsize=7)
         fig.tight_layout()
         name = f"selection_{truth}"
-        files = _save(fig, out, name)  # cropped PNG, and a PDF with no creation date: the same bytes each report
+        files = save_figure(fig, out, name)  # cropped PNG, and a PDF with no creation date: the same bytes each report
     section.captions[name] = (f"Each scorer's value (x) against {truth}'s mean fine-tuned test accuracy (y, ± one "
                               f"standard deviation over seeds) per backbone; one row per task, one column per scorer; "
                               f"each panel's title is its weighted Kendall τ.")

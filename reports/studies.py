@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from tlbench.reports import stats
-from tlbench.reports.figures import RC, _panels, _save, markers, plt, readable_log_axis, sns
+from tlbench.reports.figures import RC, markers, panels, plt, readable_log_axis, save_figure, sns
 from tlbench.reports.tables import SCALE, Table, TableCell
 
 SCRATCH = "scratch"
@@ -66,7 +66,7 @@ def sweep_figures(summary: pd.DataFrame, out: Path, *, colours: dict) -> list[Pa
     for (family, field), part in summary.groupby(["family", "field"]):
         backbones = sorted(part["backbone"].unique())
         with plt.rc_context(RC), sns.axes_style("whitegrid"):
-            fig, axes = _panels(len(backbones))
+            fig, axes = panels(len(backbones))
             for ax, backbone in zip(axes.flat, backbones):
                 for strategy, line in part[part["backbone"] == backbone].groupby("strategy"):
                     line = line.sort_values("value")
@@ -88,7 +88,7 @@ def sweep_figures(summary: pd.DataFrame, out: Path, *, colours: dict) -> list[Pa
             fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                        title="strategy")
             fig.tight_layout()
-            files += _save(fig, out, f"sweep_{_file_part(family)}")
+            files += save_figure(fig, out, f"sweep_{_file_part(family)}")
     return files
 
 
@@ -216,7 +216,7 @@ def sensitivity_figures(summary: pd.DataFrame, out: Path, *, colours: dict) -> l
     for (strategy, params), part in summary.groupby(["strategy", "params"]):
         cells = sorted({(t, b) for t, b in zip(part["task"], part["backbone"])})
         with plt.rc_context(RC), sns.axes_style("whitegrid"):
-            fig, axes = _panels(len(cells), sharey=len(params) == 1)
+            fig, axes = panels(len(cells), sharey=len(params) == 1)
             for ax, (task, backbone) in zip(axes.flat, cells):
                 sub = part[(part["task"] == task) & (part["backbone"] == backbone)]
                 title = task if part["backbone"].nunique() == 1 else f"{task} / {backbone}"
@@ -227,7 +227,7 @@ def sensitivity_figures(summary: pd.DataFrame, out: Path, *, colours: dict) -> l
                 ax.set_title(title)
             fig.suptitle(f"{strategy}: sensitivity to {' × '.join(params)}", fontsize=9)
             fig.tight_layout()
-            files += _save(fig, out, f"sensitivity_{_file_part(strategy)}_{_file_part('-'.join(params))}")
+            files += save_figure(fig, out, f"sensitivity_{_file_part(strategy)}_{_file_part('-'.join(params))}")
     return files
 
 

@@ -1,4 +1,4 @@
-"""How a figure becomes its PNG and PDF (``reports.figures._save``): the crop found in the PNG's pixels,
+"""How a figure becomes its PNG and PDF (``reports.figures.save_figure``): the crop found in the PNG's pixels,
 minor ticks that draw nothing left out, and PDF font subsets shared between figures."""
 
 from __future__ import annotations
@@ -70,20 +70,20 @@ def test_a_drawing_larger_than_the_margin_falls_back_to_the_tight_box(tmp_path) 
     fig = _figure(far=True)
     assert figures._draw_cropped_png(fig, tmp_path / "f.png", 0.1) is None
     assert not (tmp_path / "f.png").exists()
-    png, pdf = figures._save(_figure(far=True), tmp_path, "far")
+    png, pdf = figures.save_figure(_figure(far=True), tmp_path, "far")
     width, _ = PIL.Image.open(png).size
     assert width / figures.DPI > 3.3 + figures.MARGIN_IN + 1.0  # "far away" is in the picture
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
 def test_minor_ticks_that_draw_nothing_are_left_out_and_the_picture_is_the_same(tmp_path, monkeypatch) -> None:
-    kept = figures._save(_figure(), tmp_path / "kept", "f")
+    kept = figures.save_figure(_figure(), tmp_path / "kept", "f")
     fig = _figure()
     figures._drop_hidden_minor_ticks(fig)
     assert fig.axes[0].xaxis.get_minorticklocs().size == 0  # the log axis's 2, 3, … 9 have no mark here
     plt.close(fig)
     monkeypatch.setattr(figures, "_drop_hidden_minor_ticks", lambda fig: None)
-    every = figures._save(_figure(), tmp_path / "every", "f")
+    every = figures.save_figure(_figure(), tmp_path / "every", "f")
     assert np.array_equal(np.asarray(PIL.Image.open(kept[0])), np.asarray(PIL.Image.open(every[0])))
     fig, ax = plt.subplots()  # Matplotlib's own style: minor ticks with marks, which stay
     ax.set_xscale("log")
@@ -111,7 +111,7 @@ def _pdf(text: str, out, name: str):
     with plt.rc_context(figures.RC):
         fig = plt.figure(figsize=(2, 1))
         fig.text(0.1, 0.5, text)
-        return figures._save(fig, out, name)[1]
+        return figures.save_figure(fig, out, name)[1]
 
 
 def test_pdf_font_subsets_are_shared_and_hold_every_character_drawn(tmp_path, monkeypatch) -> None:

@@ -557,7 +557,7 @@ def test_slice_figure_draws_log_ranges_on_a_log_axis_and_categories_as_categorie
         drawn[name] = fig
         return [out / f"{name}.png"]
 
-    monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.setattr(figures, "save_figure", keep)
     assert figures.slice_figure(trials, "scratch", tmp_path, scales={"lr": "log"})
     axes = [ax for ax in drawn["slice_scratch"].axes if ax.get_visible() and ax.get_xlabel()]
     by_label = {ax.get_xlabel(): ax for ax in axes}

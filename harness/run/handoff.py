@@ -7,7 +7,8 @@ planned and checked. The launcher now writes its :class:`~tlbench.run.plan.Plan`
 and each worker reads it (:func:`take_over`) instead of re-planning.
 
 The file is the launcher's to write and its workers' to read, in the run's output folder, which is
-as trusted as the code (it is a pickle). It is named by its content, written atomically, and carries
+as trusted as the code (it is a pickle); an attached launch removes it once its workers have ended,
+a detached one leaves it to them. It is named by its content, written atomically, and carries
 the code version it was written under: a worker whose code differs (a Slurm job re-queued after an
 upgrade) or that cannot read it plans for itself, as a lone ``tlbench run`` does, and says so in one
 line. The plugins the suite loads are loaded before the plan is read (a file plugin's classes live

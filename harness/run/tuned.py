@@ -135,7 +135,7 @@ class SuiteCell(CellRecipes):
 
     def task(self, backbone: str) -> Task:
         """The task reused models are (re)fitted on: the evaluation runs' (:meth:`Task.final`)."""
-        return self.plan.task_for(self.plan_cell.task, backbone).final()
+        return self.tuning_task(backbone).final()
 
     def tuning_task(self, backbone: str) -> Task:
         return self.plan.task_for(self.plan_cell.task, backbone)

@@ -199,8 +199,10 @@ def kill_lock_holder(workers: Workers, owner: Path, *, within: float) -> str | N
     """Kills a worker while it holds the journal's write lock (``owner``: the lock's owner record);
     what was killed, or None when no worker was caught holding it within ``within`` seconds. A
     worker named by the record is stopped first, so the record read after stopping it is the truth
-    at the moment of the kill."""
-    from tlbench.store.lock import read_record
+    at the moment of the kill. A kill is labelled ``held`` only when the worker's link is still
+    there (it leaves a lock the next writer removes, saying so); ``released`` when the worker had
+    already dropped its link and not yet cleared its record (it leaves nothing to remove)."""
+    from tlbench.store.lock import link_identity, read_record
 
     pids = {p.pid: i for i, p in enumerate(workers.procs) if p is not None and p.poll() is None}
     deadline = time.monotonic() + within
@@ -217,8 +219,13 @@ def kill_lock_holder(workers: Workers, owner: Path, *, within: float) -> str | N
         again = read_record(owner)
         if again is not None and again.get("worker") == record["worker"] and again.get("phase") in ("linking",
                                                                                                      "held"):
+            phase = again["phase"]
+            # a holder stopped between dropping its link and clearing its record leaves no link behind
+            if phase == "held" and link_identity(owner.with_name(owner.name.removesuffix(".owner"))) != tuple(
+                    again.get("link") or ()):
+                phase = "released"
             workers.kill(pids[pid])
-            return f"w{pids[pid]} (journal lock, {again['phase']})"
+            return f"w{pids[pid]} (journal lock, {phase})"
         os.kill(pid, signal.SIGCONT)  # it let go meanwhile
     return None
 

@@ -194,7 +194,7 @@ class JournalLock:
                 break
             except FileExistsError:
                 self._write_record(fd, "waiting")
-            identity = _identity(self.link)
+            identity = link_identity(self.link)
             if identity is None:
                 continue  # released meanwhile
             if record is not None and _left_by(record, identity):
@@ -210,13 +210,13 @@ class JournalLock:
                 continue
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
-        self._mine = _identity(self.link)
+        self._mine = link_identity(self.link)
         self._write_record(fd, "held", link=self._mine)
 
     def _drop_link(self) -> None:
         if self._mine is None:
             return
-        if _identity(self.link) == self._mine:
+        if link_identity(self.link) == self._mine:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.link)
         else:  # only a program that is not a tlbench worker takes a lock it does not hold, after the grace
@@ -224,7 +224,7 @@ class JournalLock:
                        f"(held more than {self.grace_s:g} s)")
 
     def _remove(self, identity: tuple[int, int], line: str) -> None:
-        if _identity(self.link) == identity:
+        if link_identity(self.link) == identity:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.link)
             self._tell(f"storage {self.shown}: {line}")
@@ -243,7 +243,7 @@ class JournalLock:
         (self.say or _stderr)(line)
 
 
-def _identity(link: Path) -> tuple[int, int] | None:
+def link_identity(link: Path) -> tuple[int, int] | None:
     """What tells one link from the next at the same path: inode and change time."""
     try:
         st = os.lstat(link)

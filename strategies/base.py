@@ -186,6 +186,13 @@ class Strategy(ABC):
         """Those of :meth:`requires` whose weights (not only predictions) are reused."""
         return []
 
+    def models_per_seed(self) -> dict[str, int]:
+        """How many models of each of :meth:`requires` one evaluation run asks for (model *k* for
+        evaluation seed *k* by default; an ensemble of three: three). Models beyond the evaluation
+        seeds are trained on demand, side by side in fixed blocks where the strategy allows
+        (:meth:`tlbench.run.model_server.Members.get`); this says where those blocks end."""
+        return {name: 1 for name in self.requires()}
+
     def suggest_epochs(self, trial: optuna.Trial, name: str = "epochs") -> int:
         """An epoch count in the suite's shared range (fixed when the range is one value)."""
         low, high = self.epochs

@@ -170,6 +170,9 @@ class Ensemble(Strategy):
     def requires(self) -> list[str]:
         return list(self.options.members)
 
+    def models_per_seed(self) -> dict[str, int]:
+        return {name: self.options.size for name in self.options.members}
+
     def requires_weights(self) -> list[str]:
         return list(self.options.members) if self.options.method in ("auto", *METHODS[2:]) else []
 

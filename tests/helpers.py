@@ -23,7 +23,7 @@ def run_context(**cell):
 
 def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, root=None,
                  backbones=None, keep_weights=frozenset(), params=None, make=None, needed=frozenset(),
-                 task_for=None):
+                 task_for=None, seeds=0, per_seed=None):
     """A cell's model server outside a suite (``tlbench.testing.model_server``): each
     strategy's configuration is ``params[name]`` or a seeded random draw from its space."""
     from tlbench.run.model_server import Reuse
@@ -36,8 +36,8 @@ def make_members(task, backbone, *, epochs=(2, 3), batch_size=8, options=None, r
         return STRATEGIES.get(name)(epochs=epochs, batch_size=batch_size, options=options.get(name))
 
     return model_server(task, backbone, make=make or default_make, params=params,
-                        reuse=Reuse(frozenset(needed), frozenset(keep_weights)), backbones=backbones,
-                        task_for=task_for, root=root)
+                        reuse=Reuse(frozenset(needed), frozenset(keep_weights), per_seed or {}),
+                        backbones=backbones, task_for=task_for, root=root, seeds=seeds)
 
 
 def skip_unless_ci(why: str) -> None:

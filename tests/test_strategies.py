@@ -355,6 +355,53 @@ def test_ensemble_members_are_reused_and_its_cost_adds_theirs(tiny_backbone, tin
     assert all(torch.equal(reloaded.logits[k], library[0].logits[k]) for k in reloaded.logits)
 
 
+def test_members_beyond_the_evaluation_seeds_train_side_by_side_in_fixed_blocks(tiny_backbone, tiny_task, runtime,
+                                                                                tmp_path) -> None:
+    """An ensemble's members beyond the evaluation seeds' models are trained on demand; where the
+    member strategy's seeds train side by side they train in fixed blocks (from the first model
+    beyond the seeds, ``seeds_together`` at a time, up to the last model the cell asks for), so a
+    model's numbers do not depend on which run, worker or resumed process asks for it first."""
+    params = {"full_finetune": {**SGD, "epochs": 3}}
+
+    def server(root, together):
+        members = make_members(tiny_task, tiny_backbone, root=root, params=params, seeds=2,
+                               per_seed={"full_finetune": 3, "linear_probe": 3}, keep_weights={"full_finetune"})
+        return members, dataclasses.replace(runtime, members=members, seeds_together=together)
+
+    members, cell = server(tmp_path / "a", 3)
+    # 2 seeds × 3 models: 0, 1 are the evaluation runs'; 2–4 and 5 beyond them; 6 is asked for by no run
+    assert [members.block("full_finetune", k, cell) for k in range(7)] == [[0], [1], [2, 3, 4], [2, 3, 4],
+                                                                           [2, 3, 4], [5], [6]]
+    assert members.for_tuning().block("full_finetune", 3, cell) == [3]  # a trial's model: alone
+    assert members.block("full_finetune", 3, dataclasses.replace(cell, seeds_together=1)) == [3]
+    assert members.block("linear_probe", 3, cell) == [3]  # its seeds do not train side by side
+
+    asked = members.get("full_finetune", 3, cell)
+    assert len(list((tmp_path / "a").rglob("*.pt"))) == 3 and members.fit_seconds > 0  # the whole block, stored
+    block = {k: members.get("full_finetune", k, cell) for k in (2, 3, 4)}
+    assert block[3] is asked and all(m.train_seconds > 0 and m.state is not None for m in block.values())
+    # each as if trained alone, up to floating-point reassociation
+    single, alone = server(tmp_path / "b", 1)
+    for k, member in block.items():
+        one = single.get("full_finetune", k, alone)
+        assert one.seed == member.seed and one.logits.keys() == member.logits.keys()
+        assert all(torch.allclose(one.logits[f], member.logits[f], atol=1e-4) for f in one.logits)
+    # the same numbers, bit for bit, when another model of the block is asked for first ...
+    other, cell_c = server(tmp_path / "c", 3)
+    other.get("full_finetune", 4, cell_c)
+    for k, member in block.items():
+        again = other.get("full_finetune", k, cell_c)
+        assert all(torch.equal(again.logits[f], member.logits[f]) for f in member.logits)
+    # ... and when a kill left only part of the block stored: the rest is trained with its block again
+    lost = next(p for p in (tmp_path / "a").rglob("*.pt") if members.key("full_finetune", block[2].seed,
+                                                                          params["full_finetune"]).endswith(p.stem))
+    lost.unlink()
+    resumed, cell_r = server(tmp_path / "a", 3)
+    again = resumed.get("full_finetune", 2, cell_r)
+    assert all(torch.equal(again.logits[f], block[2].logits[f]) for f in block[2].logits)
+    assert len(list((tmp_path / "a").rglob("*.pt"))) == 3
+
+
 def test_a_soup_of_different_members_re_estimates_batch_norm_statistics(tiny_backbone, tiny_task,
                                                                          cell_runtime) -> None:
     states = [cell_runtime.members.get("full_finetune", k, cell_runtime).state for k in (0, 1)]

@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from tlbench.core.atomic import load_or_none, save_atomic
 from tlbench.core.errors import ConfigError, NonFiniteLoss
@@ -83,11 +84,24 @@ class ArtifactStore:
 @dataclass(frozen=True)
 class Reuse:
     """Which strategies' models are reused in a suite: ``needed`` (their evaluation runs
-    leave artifacts) and ``keep_weights`` (those whose weights, not only predictions, are
-    reused: soup members)."""
+    leave artifacts), ``keep_weights`` (those whose weights, not only predictions, are
+    reused: soup members) and ``per_seed`` (how many models of each one evaluation run of a
+    dependent asks for, the most over the suite's dependents: an ensemble of three, three)."""
 
     needed: frozenset[str] = frozenset()
     keep_weights: frozenset[str] = frozenset()
+    per_seed: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def of(cls, strategies: Iterable["Strategy"]) -> "Reuse":
+        """What ``strategies`` (a suite's) reuse of each other."""
+        strategies = list(strategies)
+        per_seed: dict[str, int] = {}
+        for strategy in strategies:
+            for name, count in strategy.models_per_seed().items():
+                per_seed[name] = max(per_seed.get(name, 1), count)
+        return cls(frozenset(r for s in strategies for r in s.requires()),
+                   frozenset(r for s in strategies for r in s.requires_weights()), per_seed)
 
 
 class CellRecipes(ABC):
@@ -126,6 +140,11 @@ class CellRecipes(ABC):
         """The cell's task as its tuning trials train on it: where the evaluation runs train on
         train + val (``split.final_fit``), the trials train on train alone; otherwise the same."""
         return self.task(backbone)
+
+    def seeds(self) -> int:
+        """How many evaluation seeds the cell has: models ``0 … seeds − 1`` of a strategy are
+        those its evaluation runs train. 0: not known (no model is then trained in a block)."""
+        return 0
 
 
 @dataclass
@@ -216,10 +235,71 @@ class Members(ModelServer):
             raise self._failed[key]
         member = self.store.load(key, need_weights=need_weights)
         if member is None:
+            block = self.block(strategy, index, runtime)
+            if len(block) > 1:
+                made = self._fit_block(strategy, block, params, runtime, keep_weights=need_weights)
+                if index not in made:
+                    raise self._failed[key]
+                return made[index]
             member = self._fit(key, strategy, index, seed, params, runtime, keep_weights=need_weights)
             self.store.save(key, member)
         self._memory[key] = member
         return member
+
+    def block(self, strategy: str, index: int, runtime: "Runtime") -> list[int]:
+        """The models trained side by side with model ``index`` of ``strategy`` when it is fitted
+        here: beyond the evaluation seeds' models (an ensemble's members beyond them), fixed
+        blocks of ``runtime.seeds_together`` counted from the first of them and ending at the last
+        model the cell's runs ask for (``Reuse.per_seed``), so that each model's numbers are the same
+        whichever run, worker or resumed process trains its block; ``[index]`` for an evaluation
+        seed's model (its evaluation run trains it), a tuning trial's model, or a strategy whose
+        seeds do not train side by side."""
+        from tlbench.strategies.base import stacks_seeds
+
+        seeds, together = self.recipes.seeds(), runtime.seeds_together
+        models = seeds * self.reuse.per_seed.get(strategy, 1)
+        if self.tuning or together < 2 or not seeds <= index < models \
+                or not stacks_seeds(self.recipes.strategy(strategy)):
+            return [index]
+        first = seeds + (index - seeds) // together * together
+        return list(range(first, min(first + together, models)))
+
+    def _fit_block(self, strategy: str, block: list[int], params: dict[str, Any], runtime: "Runtime", *,
+                   keep_weights: bool) -> dict[int, Member]:
+        """Models ``block`` of ``strategy`` trained side by side (:mod:`tlbench.training.vectorised`),
+        each kept in memory and, unless already there, in the store. A model whose loss diverged
+        is remembered as failed; asking for it raises, as :meth:`_fit` would."""
+        from tlbench.training.vectorised import side_by_side
+
+        clock, task, made = OwnTime(self), self.task, self.recipes.strategy(strategy)
+        fits: list[tuple[int, str, int, "Predictor", float, Any]] = []
+        with deferral.paused(), side_by_side() as together:  # a block of its own, even inside another's fit
+            for index in block:
+                seed = self.recipes.seed(index)
+                start = time.perf_counter()
+                with together.fit() as slot:
+                    predictor = made.fit(self.backbone, task, params, seed=seed,
+                                         reporter=NullReporter(per_epoch=False), runtime=runtime)
+                fits.append((index, self.key(strategy, seed, params), seed, predictor,
+                             time.perf_counter() - start, slot))
+            together.train()
+        out: dict[int, Member] = {}
+        for index, key, seed, predictor, setup, slot in fits:
+            job = slot.job
+            if job is not None and isinstance(job.error, NonFiniteLoss):
+                self._failed[key] = NonFiniteLoss(job.error.epoch, job.error.value, what=f"{strategy} model #{index}")
+                continue
+            if job is not None and job.error is not None:
+                raise job.error
+            member = self.store.load(key, need_weights=keep_weights)  # stored already: the one others read
+            if member is None:
+                member = member_from(predictor, key=key, strategy=strategy, index=index, seed=seed, params=params,
+                                     task=task, seconds=setup + (job.seconds if job else 0.0),
+                                     keep_weights=keep_weights)
+                self.store.save(key, member)
+            self._memory[key] = out[index] = member
+        self.fit_seconds = clock.nested + clock.elapsed
+        return out
 
     def _fit(self, key: str, strategy: str, index: int, seed: int, params: dict[str, Any], runtime: "Runtime", *,
              keep_weights: bool) -> Member:

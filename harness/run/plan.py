@@ -32,6 +32,7 @@ from tlbench.core.budget import Budget
 from tlbench.core.errors import ConfigError
 from tlbench.core.frozen import Frozen, validate_block
 from tlbench.data.splits import Task
+from tlbench.run.model_server import Reuse
 from tlbench.run.plugins import load_entry_points, load_suite_plugins
 from tlbench.run.pretrain import check_backbone_source, preprocess_for
 from tlbench.run.spaces import Override, axis, check_value, effective, explore, grid, parse_overrides, unused
@@ -111,12 +112,11 @@ class Plan:
                                                       spec.augment)
         return self._bound[key]
 
-    def reused(self) -> tuple[frozenset[str], frozenset[str]]:
-        """Strategies whose models others reuse, and those whose weights they reuse; from
-        the suite file's list, so a narrowed run still keeps what a later full run needs."""
-        strategies = [self.make_strategy(n) for n in sorted(set(self.declared) | set(self.suite.strategies))]
-        return (frozenset(r for s in strategies for r in s.requires()),
-                frozenset(r for s in strategies for r in s.requires_weights()))
+    def reused(self) -> Reuse:
+        """Strategies whose models others reuse, those whose weights they reuse, and how many
+        models a run asks for; from the suite file's list, so a narrowed run still keeps what a
+        later full run needs."""
+        return Reuse.of(self.make_strategy(n) for n in sorted(set(self.declared) | set(self.suite.strategies)))
 
     @property
     def backbones(self) -> list[str]:

@@ -19,7 +19,6 @@ from optuna.storages import BaseStorage
 
 from tlbench.core.phases import PHASES
 from tlbench.run.cell import CellOutcome, CellWork, RunObserver
-from tlbench.run.model_server import Reuse
 from tlbench.run.plan import Plan
 from tlbench.run.pretrain import materialize_backbone
 from tlbench.run.selection import ScoreWork, score_works
@@ -66,8 +65,7 @@ def run_plan(plan: Plan, *, out: Path, storage: BaseStorage, runtime: Runtime, c
                                                 log=observer.log, loading=runtime.execution.loading,
                                                 built={**plan.sources, **plan.tasks})
                      for name in plan.backbones}
-    needed, keep_weights = plan.reused()
-    groups = ModelServers(storage, plan, backbones, Reuse(needed, keep_weights), out / "models")
+    groups = ModelServers(storage, plan, backbones, plan.reused(), out / "models")
     observer.plan_started(plan)
     scoring = score_works(plan, backbones, storage=storage, runtime=runtime, log=observer.log)
     works: dict[tuple[str, str, str], CellWork] = {}

@@ -133,6 +133,9 @@ class SuiteCell(CellRecipes):
     def seed(self, index: int) -> int:
         return evaluation_seed(self.plan.suite.seed, index)
 
+    def seeds(self) -> int:
+        return self.plan.suite.seeds
+
     def task(self, backbone: str) -> Task:
         """The task reused models are (re)fitted on: the evaluation runs' (:meth:`Task.final`)."""
         return self.tuning_task(backbone).final()

@@ -89,9 +89,9 @@ class TinyCell(CellRecipes):
 
     def __init__(self, task: Task, backbone: Backbone, *, make: Callable[[str], Strategy],
                  params: dict[str, dict[str, Any]] | None = None, reuse: Reuse = Reuse(),
-                 task_for: Callable[[str], Task] | None = None) -> None:
+                 task_for: Callable[[str], Task] | None = None, seeds: int = 0) -> None:
         self.cell, self.context, self.backbone_name = ("test", "tiny", "tiny-backbone"), "test", "tiny-backbone"
-        self.reuse = reuse
+        self.reuse, self._seeds = reuse, seeds
         self._task, self._backbone, self._make, self._params = task, backbone, make, params or {}
         self._task_for = task_for
 
@@ -104,6 +104,9 @@ class TinyCell(CellRecipes):
     def seed(self, index: int) -> int:
         return evaluation_seed(0, index)
 
+    def seeds(self) -> int:
+        return self._seeds
+
     def task(self, backbone: str) -> Task:
         if self._task_for is None or backbone == self.backbone_name:
             return self._task
@@ -113,8 +116,9 @@ class TinyCell(CellRecipes):
 def model_server(task: Task, backbone: Backbone, *, make: Callable[[str], Strategy] | None = None,
                  params: dict[str, dict[str, Any]] | None = None, reuse: Reuse = Reuse(),
                  backbones: dict[str, Backbone] | None = None, task_for: Callable[[str], Task] | None = None,
-                 root: Any = None) -> Members:
-    """A cell's model server outside a suite, for strategies that reuse others' models."""
+                 root: Any = None, seeds: int = 0) -> Members:
+    """A cell's model server outside a suite, for strategies that reuse others' models
+    (``seeds``: the cell's evaluation seeds, for models trained beyond them in blocks)."""
     make = make or (lambda name: STRATEGIES.get(name)(epochs=(2, 3), batch_size=8))
-    recipes = TinyCell(task, backbone, make=make, params=params, reuse=reuse, task_for=task_for)
+    recipes = TinyCell(task, backbone, make=make, params=params, reuse=reuse, task_for=task_for, seeds=seeds)
     return Members(recipes, ArtifactStore(root), backbones or {"tiny-backbone": backbone})

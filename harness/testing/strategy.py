@@ -82,7 +82,7 @@ class StrategyContext:
         return tiny_vit(in_channels=3) if self.strategy.needs_tokens else tiny_backbone(in_channels=3)
 
     def runtime_for(self, task: Task, backbone: Backbone) -> Runtime:
-        reuse = Reuse(frozenset(self.strategy.requires()), frozenset(self.strategy.requires_weights()))
+        reuse = Reuse.of([self.strategy])
         return Runtime(torch.device("cpu"), members=model_server(task, backbone, make=self.make, reuse=reuse))
 
     def require_params(self) -> dict[str, Any]:

@@ -148,8 +148,9 @@ class Ensemble(Strategy):
 
     Ensemble *j* draws ``size`` models of each member strategy — evaluation seeds
     ``j·size … j·size + size − 1`` — reusing the stored ones and training (and storing) any
-    beyond the suite's seeds with the member's tuned configuration, so ensembles of
-    different seeds share no model and their spread is honest. Combinations, chosen on
+    beyond the suite's seeds with the member's tuned configuration (side by side, in fixed
+    blocks, where the member's seeds train so: :meth:`tlbench.run.model_server.Members.block`),
+    so ensembles of different seeds share no model and their spread is honest. Combinations, chosen on
     validation data (``method: auto``) or fixed:
 
     * ``average`` — the mean of all members' predicted probabilities;

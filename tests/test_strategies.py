@@ -402,6 +402,21 @@ def test_members_beyond_the_evaluation_seeds_train_side_by_side_in_fixed_blocks(
     assert len(list((tmp_path / "a").rglob("*.pt"))) == 3
 
 
+@pytest.mark.parametrize("asked", [{"full_finetune": 0}, {"full_finetune": 2.5}, {"full_finetune": True},
+                                   {"scratch": 2}])
+def test_a_models_per_seed_that_is_not_a_count_of_required_models_is_one_line(asked) -> None:
+    from tlbench.core.errors import ConfigError
+    from tlbench.run.model_server import Reuse
+
+    ensemble = make("ensemble", members=["full_finetune"], size=2)
+    assert Reuse.of([ensemble, make("full_finetune")]).per_seed == {"full_finetune": 2}
+    ensemble.models_per_seed = lambda: asked
+    with pytest.raises(ConfigError) as err:
+        Reuse.of([ensemble])
+    assert "\n" not in str(err.value) and str(err.value).startswith("strategy 'ensemble': models_per_seed() gave")
+    assert str(err.value).endswith("for each of requires() (full_finetune)")
+
+
 def test_a_soup_of_different_members_re_estimates_batch_norm_statistics(tiny_backbone, tiny_task,
                                                                          cell_runtime) -> None:
     states = [cell_runtime.members.get("full_finetune", k, cell_runtime).state for k in (0, 1)]

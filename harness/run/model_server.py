@@ -98,7 +98,13 @@ class Reuse:
         strategies = list(strategies)
         per_seed: dict[str, int] = {}
         for strategy in strategies:
-            for name, count in strategy.models_per_seed().items():
+            asked = strategy.models_per_seed()
+            for name, count in asked.items():
+                if name not in strategy.requires() or isinstance(count, bool) or not isinstance(count, int) \
+                        or count < 1:
+                    raise ConfigError(f"strategy {strategy.name!r}: models_per_seed() gave {name!r}: {count!r}; "
+                                      f"allowed: a whole number ≥ 1 for each of requires() "
+                                      f"({', '.join(strategy.requires()) or 'none'})")
                 per_seed[name] = max(per_seed.get(name, 1), count)
         return cls(frozenset(r for s in strategies for r in s.requires()),
                    frozenset(r for s in strategies for r in s.requires_weights()), per_seed)

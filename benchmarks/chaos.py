@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 REMOTE_HOST = "chaos-remote-host"
-#: A small suite: one task and backbone, a reused model (distillation's teacher), start-up
-#: slots that run in parallel, later slots that wait for them.
+#: A small suite: one task and backbone, reused models (distillation's teacher; with
+#: ``ensemble`` among the strategies, members beyond the evaluation seeds, trained in blocks),
+#: start-up slots that run in parallel, later slots that wait for them.
 SUITE_TEMPLATE = """\
 name: chaos
 seed: 0
@@ -54,6 +55,7 @@ seeds: {seeds}
 strategies: [{strategies}]
 strategy_options:
   distillation: {{student: {{signal-cnn: signal-cnn-small}}, teacher: full_finetune}}
+  ensemble: {{members: [full_finetune], size: 2}}
 training: {{epochs: [{epochs[0]}, {epochs[1]}], batch_size: 16}}
 search: {{sampler_startup_trials: 2, pruner_startup_trials: 2, pruner_warmup_epochs: 1}}
 source_tasks:

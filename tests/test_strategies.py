@@ -402,6 +402,78 @@ def test_members_beyond_the_evaluation_seeds_train_side_by_side_in_fixed_blocks(
     assert len(list((tmp_path / "a").rglob("*.pt"))) == 3
 
 
+def test_workers_sharing_the_models_folder_train_a_block_once(tiny_backbone, tiny_task, runtime, tmp_path) -> None:
+    """Two workers (here two threads, each with its own server) ask at once for models of one block:
+    one trains it under the block's lock, the other waits and reads what it stored."""
+    import threading
+    import time
+
+    from tlbench.strategies.full_finetune import FullFinetune
+
+    calls: list[int] = []
+
+    class Counted(FullFinetune):
+        vectorises = True
+
+        def fit(self, *args, **kwargs):
+            calls.append(kwargs["seed"])
+            time.sleep(0.2)  # long enough for the other worker to be waiting
+            return super().fit(*args, **kwargs)
+
+    def server():
+        members = make_members(tiny_task, tiny_backbone, root=tmp_path, params={"full_finetune": {**SGD, "epochs": 2}},
+                               make=lambda name: Counted(epochs=(2, 3), batch_size=8), seeds=2,
+                               per_seed={"full_finetune": 3})
+        return members, dataclasses.replace(runtime, members=members, seeds_together=3)
+
+    got, start = {}, threading.Barrier(2)
+
+    def worker(index):
+        members, cell = server()
+        start.wait()
+        got[index] = (members.get("full_finetune", index, cell), members)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (3, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 3  # one block of three, not two
+    (three, first), (four, second) = got[3], got[4]
+    for member, other in ((three, second), (four, first)):  # what each read equals what the other has
+        theirs = other.get("full_finetune", member.index, dataclasses.replace(runtime, members=other,
+                                                                                seeds_together=3))
+        assert all(torch.equal(member.logits[f], theirs.logits[f]) for f in member.logits)
+    assert len(calls) == 3 and len(list(tmp_path.rglob("*.pt"))) == 3
+
+
+def test_a_block_lock_whose_holder_was_killed_is_free_at_once(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from tlbench.run.model_server import ArtifactStore
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from pathlib import Path\nfrom tlbench.run.model_server import ArtifactStore\n"
+                               f"with ArtifactStore(Path({str(tmp_path)!r})).locked('cell/full_finetune/ab.block'):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    taken = threading.Event()
+
+    def take():
+        with ArtifactStore(tmp_path).locked("cell/full_finetune/ab.block"):
+            taken.set()
+
+    waiter = threading.Thread(target=take, daemon=True)
+    waiter.start()
+    assert not taken.wait(0.5)  # held
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert taken.wait(10)  # released by the kernel with its holder
+
+
 @pytest.mark.parametrize("asked", [{"full_finetune": 0}, {"full_finetune": 2.5}, {"full_finetune": True},
                                    {"scratch": 2}])
 def test_a_models_per_seed_that_is_not_a_count_of_required_models_is_one_line(asked) -> None:

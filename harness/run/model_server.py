@@ -14,14 +14,18 @@ Two pieces, one job each:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from tlbench.core.atomic import load_or_none, save_atomic
 from tlbench.core.errors import ConfigError, NonFiniteLoss
@@ -79,6 +83,29 @@ class ArtifactStore:
         path = self.path(key)
         if path is not None:
             save_atomic({"version": ARTIFACT_VERSION, **member.__dict__}, path)
+
+    @contextlib.contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Holds an exclusive operating-system lock (``flock``) on ``<root>/<name>.lock`` while open:
+        several workers sharing this store's folder train a block of models once, the others wait
+        for it and then read it. The kernel releases the lock when its holder dies, however it dies.
+        Without a folder, or where the filesystem refuses ``flock``, nothing is locked (each worker
+        trains the block itself, with the same numbers)."""
+        if self.root is None:
+            yield
+            return
+        path = self.root / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as err:
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 @dataclass(frozen=True)
@@ -243,10 +270,17 @@ class Members(ModelServer):
         if member is None:
             block = self.block(strategy, index, runtime)
             if len(block) > 1:
-                made = self._fit_block(strategy, block, params, runtime, keep_weights=need_weights)
-                if index not in made:
-                    raise self._failed[key]
-                return made[index]
+                clock = OwnTime(self)  # waiting for another worker's block counts as getting the model, too
+                with self.store.locked(self.key(strategy, self.recipes.seed(block[0]), params) + ".block"):
+                    member = self.store.load(key, need_weights=need_weights)  # its block trained meanwhile
+                    if member is None:
+                        made = self._fit_block(strategy, block, params, runtime, keep_weights=need_weights)
+                        if index not in made:
+                            raise self._failed[key]
+                        member = made[index]
+                self.fit_seconds = clock.nested + clock.elapsed
+                self._memory[key] = member
+                return member
             member = self._fit(key, strategy, index, seed, params, runtime, keep_weights=need_weights)
             self.store.save(key, member)
         self._memory[key] = member

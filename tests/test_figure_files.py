@@ -66,6 +66,26 @@ def test_the_png_is_what_is_drawn_plus_the_pad(tmp_path) -> None:
     plt.close(fig)
 
 
+def test_an_opaque_drawing_is_written_as_rgb_with_the_same_pixels_and_a_transparent_one_as_rgba(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (7, 5, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    image = figures.png_image(pixels)
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image), pixels[..., :3])
+    pixels[3, 2, 3] = 254  # one pixel not quite opaque: every channel kept
+    image = figures.png_image(pixels)
+    assert image.mode == "RGBA" and np.array_equal(np.asarray(image), pixels)
+    fig = _figure()  # the report's figures are opaque: written as RGB
+    figures._draw_cropped_png(fig, tmp_path / "f.png", 0.05)
+    plt.close(fig)
+    assert PIL.Image.open(tmp_path / "f.png").mode == "RGB"
+    fig = _figure()
+    fig.patch.set_alpha(0.0)
+    figures._draw_cropped_png(fig, tmp_path / "t.png", 0.05)
+    plt.close(fig)
+    assert PIL.Image.open(tmp_path / "t.png").mode == "RGBA"
+
+
 def test_a_drawing_larger_than_the_margin_falls_back_to_the_tight_box(tmp_path) -> None:
     fig = _figure(far=True)
     assert figures._draw_cropped_png(fig, tmp_path / "f.png", 0.1) is None

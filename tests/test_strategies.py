@@ -457,13 +457,13 @@ def test_a_block_lock_whose_holder_was_killed_is_free_at_once(tmp_path) -> None:
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
                                "from pathlib import Path\nfrom tlbench.run.model_server import ArtifactStore\n"
-                               f"with ArtifactStore(Path({str(tmp_path)!r})).locked('cell/full_finetune/ab.block'):\n"
+                               f"with ArtifactStore(Path({str(tmp_path)!r})).building('cell/full_finetune/ab'):\n"
                                "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     taken = threading.Event()
 
     def take():
-        with ArtifactStore(tmp_path).locked("cell/full_finetune/ab.block"):
+        with ArtifactStore(tmp_path).building("cell/full_finetune/ab"):
             taken.set()
 
     waiter = threading.Thread(target=take, daemon=True)

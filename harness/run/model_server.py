@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import json
-import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Mapping
 
-from tlbench.core.atomic import load_or_none, save_atomic
+from tlbench.core.atomic import building, load_or_none, save_atomic
 from tlbench.core.errors import ConfigError, NonFiniteLoss
 from tlbench.data.splits import Task
 from tlbench.training import deferral
 from tlbench.training.backbones import Backbone
 from tlbench.training.context import Member, ModelServer, OwnTime, splits_of
 from tlbench.training.loop import NullReporter, median_seconds
+from tlbench.training.vectorised import side_by_side
 
 if TYPE_CHECKING:
     from tlbench.strategies.base import Predictor, Strategy
@@ -84,28 +82,12 @@ class ArtifactStore:
         if path is not None:
             save_atomic({"version": ARTIFACT_VERSION, **member.__dict__}, path)
 
-    @contextlib.contextmanager
-    def locked(self, name: str) -> Iterator[None]:
-        """Holds an exclusive operating-system lock (``flock``) on ``<root>/<name>.lock`` while open:
-        several workers sharing this store's folder train a block of models once, the others wait
-        for it and then read it. The kernel releases the lock when its holder dies, however it dies.
-        Without a folder, or where the filesystem refuses ``flock``, nothing is locked (each worker
-        trains the block itself, with the same numbers)."""
-        if self.root is None:
-            yield
-            return
-        path = self.root / f"{name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as err:
-                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    raise
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def building(self, key: str) -> ContextManager[None]:
+        """While open, this worker alone makes what is stored under ``key``
+        (:func:`tlbench.core.atomic.building`: an operating-system lock a killed holder releases);
+        workers sharing the folder that miss it too wait, then read it. Without a folder: no lock."""
+        path = self.path(key)
+        return building(path) if path is not None else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -270,8 +252,8 @@ class Members(ModelServer):
         if member is None:
             block = self.block(strategy, index, runtime)
             if len(block) > 1:
-                clock = OwnTime(self)  # waiting for another worker's block counts as getting the model, too
-                with self.store.locked(self.key(strategy, self.recipes.seed(block[0]), params) + ".block"):
+                clock = OwnTime(self)  # the block's training, and any wait for another worker's, is the model's
+                with self.store.building(self.key(strategy, self.recipes.seed(block[0]), params)):
                     member = self.store.load(key, need_weights=need_weights)  # its block trained meanwhile
                     if member is None:
                         made = self._fit_block(strategy, block, params, runtime, keep_weights=need_weights)
@@ -309,9 +291,7 @@ class Members(ModelServer):
         """Models ``block`` of ``strategy`` trained side by side (:mod:`tlbench.training.vectorised`),
         each kept in memory and, unless already there, in the store. A model whose loss diverged
         is remembered as failed; asking for it raises, as :meth:`_fit` would."""
-        from tlbench.training.vectorised import side_by_side
-
-        clock, task, made = OwnTime(self), self.task, self.recipes.strategy(strategy)
+        task, made = self.task, self.recipes.strategy(strategy)
         fits: list[tuple[int, str, int, "Predictor", float, Any]] = []
         with deferral.paused(), side_by_side() as together:  # a block of its own, even inside another's fit
             for index in block:
@@ -338,7 +318,6 @@ class Members(ModelServer):
                                      keep_weights=keep_weights)
                 self.store.save(key, member)
             self._memory[key] = out[index] = member
-        self.fit_seconds = clock.nested + clock.elapsed
         return out
 
     def _fit(self, key: str, strategy: str, index: int, seed: int, params: dict[str, Any], runtime: "Runtime", *,

@@ -1,0 +1,190 @@
+"""What any pruner could save on a store's unpruned tuning studies, and what bounds it.
+
+Replays the learning curves of tuning studies run without pruning (``search.pruner=none``): every
+trial's validation accuracy after each epoch and its final value are in the store, so a pruner's
+decisions can be replayed trial by trial, in slot order, exactly as Optuna's pruner would make them
+against the trials before. For each candidate (Optuna's median, percentile, patient, successive
+halving and Hyperband pruners at several settings) it reports how many fewer backbone epochs the
+cells would train and how much lower their best validation accuracy would be, beside what a
+*random* choice of as many finished trials would lose (the best of fewer noisy draws), and how well
+a trial's early validation accuracy ranks its final one.
+
+A replay keeps the sampler's proposals as they were (a model-based sampler would propose differently
+after pruned trials), so it estimates the frontier; ``test_bench_pruners.py`` measures pruners for
+real, side by side.
+
+``python benchmarks/pruner_replay.py STORE [STORE ...]`` (the stores of unpruned runs; each tuning
+study needs at least ``--trials`` finished trials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from scipy.stats import spearmanr
+
+from tlbench.store.progress import slot_of, trial_compute
+
+P = optuna.pruners
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One finished trial: validation accuracy after each epoch, its objective, its backbone epochs."""
+
+    history: tuple[float, ...]
+    value: float
+    compute: float
+
+
+@dataclass(frozen=True)
+class Replay:
+    ratio: float  # backbone epochs without pruning / with it
+    lost: float  # mean best validation accuracy lost per cell, points
+    worst: float  # the largest loss of one cell, points
+    finished: float  # mean trials per cell the pruner lets finish
+    random_lost: float  # what the best of as many randomly chosen finished trials loses, points
+
+
+def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20) -> dict[str, list[Curve]]:
+    """The first ``trials`` slots of each tuning study in ``storage`` (a journal file's path or an
+    Optuna storage), for studies whose slots all completed unpruned."""
+    if isinstance(storage, str):
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    cells: dict[str, list[Curve]] = {}
+    for name in optuna.get_all_study_names(storage):
+        if not name.endswith("::tune"):
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        by_slot = {slot_of(t): t for t in study.get_trials(deepcopy=False)
+                   if t.state == TrialState.COMPLETE and slot_of(t) is not None}
+        if not all(s in by_slot for s in range(trials)):
+            continue
+        cells[name] = [Curve(tuple(by_slot[s].intermediate_values[k] for k in sorted(by_slot[s].intermediate_values)),
+                             float(by_slot[s].value), trial_compute(by_slot[s])) for s in range(trials)]
+    return cells
+
+
+def expected_best_of_subset(values: Sequence[float], k: int) -> float:
+    """The mean of the best of ``k`` values drawn without replacement from ``values``."""
+    v, n = sorted(values), len(values)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be 1..{n}, got {k}")
+    return sum(math.comb(i, k - 1) * v[i] for i in range(k - 1, n)) / math.comb(n, k)
+
+
+def replay(cells: dict[str, list[Curve]], make: Callable[[], optuna.pruners.BasePruner]) -> Replay:
+    """Each cell's trials, in slot order, under a fresh pruner from ``make``: a pruned trial trains
+    its epochs up to the one it was pruned after (each epoch costing its share of the trial's
+    compute) and does not count for the best."""
+    full = spent = 0.0
+    lost, random_lost, finished = [], [], []
+    for trials in cells.values():
+        study = optuna.create_study(direction="maximize", pruner=make(), sampler=optuna.samplers.RandomSampler(0))
+        best, done = -math.inf, 0
+        for c in trials:
+            trial, epochs, pruned = study.ask(), len(c.history), False
+            for epoch, acc in enumerate(c.history):
+                trial.report(acc, epoch)
+                if trial.should_prune():
+                    pruned, epochs = True, epoch + 1
+                    break
+            full += c.compute
+            spent += c.compute * epochs / max(1, len(c.history))
+            if pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, c.value)
+                best, done = max(best, c.value), done + 1
+        values = [c.value for c in trials]
+        lost.append((max(values) - best) * 100)
+        random_lost.append((max(values) - expected_best_of_subset(values, done)) * 100)
+        finished.append(done)
+    return Replay(full / spent, float(np.mean(lost)), float(np.max(lost)), float(np.mean(finished)),
+                  float(np.mean(random_lost)))
+
+
+def rank_agreement(cells: dict[str, list[Curve]], fraction: float, keep: float = 1 / 3) -> tuple[float, float]:
+    """How well the validation accuracy after ``fraction`` of a trial's epochs predicts its final
+    value: the mean Spearman correlation over cells, and the share of cells whose best final trial
+    is among the best ``keep`` of the trials at that point."""
+    rhos, hits = [], []
+    for trials in cells.values():
+        early = [c.history[max(1, round(fraction * len(c.history))) - 1] for c in trials]
+        final = [c.value for c in trials]
+        rho = spearmanr(early, final).statistic
+        if np.isfinite(rho):
+            rhos.append(rho)
+        order = np.argsort(-np.asarray(early), kind="stable")
+        hits.append(int(np.argmax(final)) in set(order[:max(1, round(keep * len(trials)))].tolist()))
+    return float(np.mean(rhos)), float(np.mean(hits))
+
+
+def candidates() -> dict[str, Callable[[], optuna.pruners.BasePruner]]:
+    """Optuna's pruners over the settings a user would try (warm-up and first rung in epochs)."""
+    grid: dict[str, Callable[[], optuna.pruners.BasePruner]] = {}
+    for w in (3, 5, 10):
+        for s in (3, 5):
+            grid[f"median, {s} start-up, warm-up {w}"] = lambda s=s, w=w: P.MedianPruner(s, w)
+        for pct in (33, 67):
+            grid[f"percentile {pct}, warm-up {w}"] = lambda p=pct, w=w: P.PercentilePruner(p, n_startup_trials=3,
+                                                                                         n_warmup_steps=w)
+        grid[f"patient (2) median, warm-up {w}"] = lambda w=w: P.PatientPruner(P.MedianPruner(3, w), patience=2)
+    for m in (1, 3, 5, 10):
+        for r in (2, 3, 4):
+            grid[f"successive halving, rung {m}, r {r}"] = lambda m=m, r=r: P.SuccessiveHalvingPruner(
+                min_resource=m, reduction_factor=r)
+        grid[f"hyperband, rung {m}, r 3"] = lambda m=m: P.HyperbandPruner(min_resource=m, reduction_factor=3)
+    return grid
+
+
+def frontier(cells: dict[str, list[Curve]], grid: dict[str, Callable[[], optuna.pruners.BasePruner]] | None = None
+             ) -> list[tuple[str, Replay]]:
+    """Every candidate's replay, the most saving first."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rows = [(name, replay(cells, make)) for name, make in (grid or candidates()).items()]
+    return sorted(rows, key=lambda r: -r[1].ratio)
+
+
+def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 0.5),
+            lines: Iterable[str] = ()) -> str:
+    out = list(lines)
+    out.append(f"{len(cells)} cells, {len(next(iter(cells.values())))} trials each, replayed without their sampler's "
+               "reaction to pruning")
+    out.append(f"{'pruner':40s} {'fewer epochs':>12s} {'lost':>6s} {'worst':>6s} {'finished':>8s} {'random':>7s}")
+    met = []
+    for name, r in frontier(cells):
+        out.append(f"{name:40s} {r.ratio:11.2f}x {r.lost:6.2f} {r.worst:6.1f} {r.finished:8.1f} {r.random_lost:7.2f}")
+        if r.ratio >= goal[0] and r.lost <= goal[1]:
+            met.append(name)
+    out.append(f"meeting >= {goal[0]:g}x for <= {goal[1]:g} points: {', '.join(met) or 'none'}")
+    for f in (0.1, 0.25, 0.5):
+        rho, hit = rank_agreement(cells, f)
+        out.append(f"after {f:.0%} of its epochs: Spearman(early, final) {rho:.2f}; the best final trial among the "
+                   f"best third then in {hit:.0%} of cells")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stores", nargs="+", help="journal files of runs with search.pruner=none")
+    parser.add_argument("--trials", type=int, default=20)
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    cells = {f"{store}::{name}": c for store in args.stores for name, c in curves(store, args.trials).items()}
+    if not cells:
+        parser.error(f"no tuning study with {args.trials} unpruned finished trials in {', '.join(args.stores)}")
+    print(summary(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

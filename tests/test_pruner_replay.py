@@ -1,0 +1,81 @@
+"""benchmarks/pruner_replay.py: replaying unpruned learning curves under a pruner."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def replay_module():
+    spec = importlib.util.spec_from_file_location("pruner_replay", ROOT / "benchmarks" / "pruner_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pruner_replay"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("pruner_replay", None)
+
+
+def test_the_expected_best_of_a_subset_is_the_mean_over_every_subset(replay_module) -> None:
+    values = [0.2, 0.9, 0.5, 0.9, 0.1, 0.7]
+    for k in range(1, len(values) + 1):
+        brute = np.mean([max(c) for c in itertools.combinations(values, k)])
+        assert replay_module.expected_best_of_subset(values, k) == pytest.approx(brute)
+    with pytest.raises(ValueError):
+        replay_module.expected_best_of_subset(values, 0)
+
+
+def _cell(replay_module, curves: list[tuple[list[float], float]]) -> dict:
+    return {"cell": [replay_module.Curve(tuple(h), v, float(len(h))) for h, v in curves]}
+
+
+def test_no_pruner_saves_nothing_and_loses_nothing(replay_module) -> None:
+    cells = _cell(replay_module, [([0.1 * i] * 10, 0.1 * i) for i in range(8)])
+    r = replay_module.replay(cells, optuna.pruners.NopPruner)
+    assert (r.ratio, r.lost, r.worst, r.finished, r.random_lost) == (1.0, 0.0, 0.0, 8.0, 0.0)
+
+
+def test_a_median_pruner_is_replayed_as_optuna_decides(replay_module) -> None:
+    """Three start-up trials train their ten epochs; the fourth is below their median after its
+    first epoch (warm-up 0) and stops there; the fifth is above and finishes, and is the best."""
+    good, bad, best = [0.5] * 10, [0.1] * 10, [0.6] * 10
+    cells = _cell(replay_module, [(good, 0.5), (good, 0.5), (good, 0.5), (bad, 0.1), (best, 0.6)])
+    r = replay_module.replay(cells, lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+    assert r.ratio == pytest.approx(50 / 41)  # 4 × 10 epochs + 1
+    assert (r.lost, r.finished) == (0.0, 4.0)
+    # the best final trial pruned early: its 0.6 is lost against the 0.5 kept
+    late = [0.05] * 9 + [0.6]
+    cells = _cell(replay_module, [(good, 0.5), (good, 0.5), (good, 0.5), (late, 0.6)])
+    r = replay_module.replay(cells, lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+    assert r.lost == pytest.approx(10.0) and r.finished == 3.0
+    assert r.random_lost == pytest.approx((0.6 - (0.6 * 3 + 0.5) / 4) * 100)  # 3 of the 4 triples hold the 0.6
+
+
+def test_curves_are_read_from_a_store_in_slot_order(replay_module, tmp_path: Path) -> None:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
+    study = optuna.create_study(study_name="suite::task::bb::full_finetune::tune", storage=storage,
+                                direction="maximize")
+    for slot in (1, 0):  # run out of order: slots, not trial numbers, order the replay
+        trial = study.ask()
+        trial.set_user_attr("slot", slot)
+        trial.set_user_attr("compute", 3.0 + slot)
+        for epoch in range(3):
+            trial.report(0.1 * (slot + 1) * (epoch + 1), epoch)
+        study.tell(trial, 0.5 + slot)
+    optuna.create_study(study_name="suite::task::bb::full_finetune::eval", storage=storage)
+    cells = replay_module.curves(str(tmp_path / "s.journal"), trials=2)
+    assert list(cells) == ["suite::task::bb::full_finetune::tune"]
+    first, second = cells["suite::task::bb::full_finetune::tune"]
+    assert first.value == 0.5 and first.compute == 3.0 and first.history == pytest.approx((0.1, 0.2, 0.3))
+    assert second.value == 1.5 and second.compute == 4.0
+    assert replay_module.curves(str(tmp_path / "s.journal"), trials=3) == {}  # a slot missing: not replayable
+    rho, hit = replay_module.rank_agreement(cells, 0.5)
+    assert rho == pytest.approx(1.0) and hit == 1.0

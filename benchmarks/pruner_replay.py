@@ -4,7 +4,8 @@ Replays the learning curves of tuning studies run without pruning (``search.prun
 trial's validation accuracy after each epoch and its final value are in the store, so a pruner's
 decisions can be replayed trial by trial, in slot order, exactly as Optuna's pruner would make them
 against the trials before. For each candidate (Optuna's median, percentile, patient, successive
-halving and Hyperband pruners at several settings) it reports how many fewer backbone epochs the
+halving and Hyperband pruners at several settings; the median pruner and successive halving also
+comparing trials at the same share of their own schedules) it reports how many fewer backbone epochs the
 cells would train and how much lower their best validation accuracy would be, beside what a
 *random* choice of as many finished trials would lose (the best of fewer noisy draws), and how well
 a trial's early validation accuracy ranks its final one.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -79,19 +81,33 @@ def expected_best_of_subset(values: Sequence[float], k: int) -> float:
     return sum(math.comb(i, k - 1) * v[i] for i in range(k - 1, n)) / math.comb(n, k)
 
 
-def replay(cells: dict[str, list[Curve]], make: Callable[[], optuna.pruners.BasePruner]) -> Replay:
+def replay(cells: dict[str, list[Curve]], make: Callable[[], optuna.pruners.BasePruner],
+           progress: int | None = None) -> Replay:
     """Each cell's trials, in slot order, under a fresh pruner from ``make``: a pruned trial trains
     its epochs up to the one it was pruned after (each epoch costing its share of the trial's
-    compute) and does not count for the best."""
+    compute) and does not count for the best.
+
+    ``progress``: the pruner compares trials at the same share of *their own* schedules instead of
+    the same epoch: a trial of E epochs reports at ``progress`` points (step k after the first epoch
+    that reaches k/progress of E), so a 60-epoch trial is judged after 6 epochs where a 10-epoch one
+    is after 1 (warm-up and rungs then count points, not epochs)."""
     full = spent = 0.0
     lost, random_lost, finished = [], [], []
-    for trials in cells.values():
-        study = optuna.create_study(direction="maximize", pruner=make(), sampler=optuna.samplers.RandomSampler(0))
+    for name, trials in cells.items():
+        # named after its cell: Hyperband's brackets hash the study's name (a random one would vary)
+        study = optuna.create_study(study_name=name, direction="maximize", pruner=make(),
+                                    sampler=optuna.samplers.RandomSampler(0))
         best, done = -math.inf, 0
         for c in trials:
             trial, epochs, pruned = study.ask(), len(c.history), False
+            last = 0
             for epoch, acc in enumerate(c.history):
-                trial.report(acc, epoch)
+                step = epoch if progress is None else progress * (epoch + 1) // len(c.history)
+                if progress is not None:
+                    if step <= last:
+                        continue
+                    last = step
+                trial.report(acc, step)
                 if trial.should_prune():
                     pruned, epochs = True, epoch + 1
                     break
@@ -126,8 +142,13 @@ def rank_agreement(cells: dict[str, list[Curve]], fraction: float, keep: float =
     return float(np.mean(rhos)), float(np.mean(hits))
 
 
-def candidates() -> dict[str, Callable[[], optuna.pruners.BasePruner]]:
-    """Optuna's pruners over the settings a user would try (warm-up and first rung in epochs)."""
+Candidate = tuple[Callable[[], optuna.pruners.BasePruner], int | None]
+
+
+def candidates() -> dict[str, Candidate]:
+    """Optuna's pruners over the settings a user would try (warm-up and first rung in epochs), and
+    the median pruner and successive halving comparing trials at the same share of their schedules
+    (``progress``; warm-up and rungs in points)."""
     grid: dict[str, Callable[[], optuna.pruners.BasePruner]] = {}
     for w in (3, 5, 10):
         for s in (3, 5):
@@ -141,16 +162,22 @@ def candidates() -> dict[str, Callable[[], optuna.pruners.BasePruner]]:
             grid[f"successive halving, rung {m}, r {r}"] = lambda m=m, r=r: P.SuccessiveHalvingPruner(
                 min_resource=m, reduction_factor=r)
         grid[f"hyperband, rung {m}, r 3"] = lambda m=m: P.HyperbandPruner(min_resource=m, reduction_factor=3)
-    return grid
+    out: dict[str, Candidate] = {name: (make, None) for name, make in grid.items()}
+    for k in (10, 20):
+        for w in (1, 3):
+            out[f"median at {k} points, warm-up {w}"] = (lambda w=w: P.MedianPruner(3, w), k)
+        for m, r in ((1, 3), (1, 4), (2, 4)):
+            out[f"successive halving at {k} points, rung {m}, r {r}"] = (
+                lambda m=m, r=r: P.SuccessiveHalvingPruner(min_resource=m, reduction_factor=r), k)
+    return out
 
 
-def frontier(cells: dict[str, list[Curve]], grid: dict[str, Callable[[], optuna.pruners.BasePruner]] | None = None
-             ) -> list[tuple[str, Replay]]:
+def frontier(cells: dict[str, list[Curve]], grid: dict[str, Candidate] | None = None) -> list[tuple[str, Replay]]:
     """Every candidate's replay, the most saving first."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rows = [(name, replay(cells, make)) for name, make in (grid or candidates()).items()]
+        rows = [(name, replay(cells, make, progress)) for name, (make, progress) in (grid or candidates()).items()]
     return sorted(rows, key=lambda r: -r[1].ratio)
 
 
@@ -159,10 +186,10 @@ def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 
     out = list(lines)
     out.append(f"{len(cells)} cells, {len(next(iter(cells.values())))} trials each, replayed without their sampler's "
                "reaction to pruning")
-    out.append(f"{'pruner':40s} {'fewer epochs':>12s} {'lost':>6s} {'worst':>6s} {'finished':>8s} {'random':>7s}")
+    out.append(f"{'pruner':48s} {'fewer epochs':>12s} {'lost':>6s} {'worst':>6s} {'finished':>8s} {'random':>7s}")
     met = []
     for name, r in frontier(cells):
-        out.append(f"{name:40s} {r.ratio:11.2f}x {r.lost:6.2f} {r.worst:6.1f} {r.finished:8.1f} {r.random_lost:7.2f}")
+        out.append(f"{name:48s} {r.ratio:11.2f}x {r.lost:6.2f} {r.worst:6.1f} {r.finished:8.1f} {r.random_lost:7.2f}")
         if r.ratio >= goal[0] and r.lost <= goal[1]:
             met.append(name)
     out.append(f"meeting >= {goal[0]:g}x for <= {goal[1]:g} points: {', '.join(met) or 'none'}")
@@ -179,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    cells = {f"{store}::{name}": c for store in args.stores for name, c in curves(store, args.trials).items()}
+    for store in args.stores:
+        if not os.path.isfile(store):
+            parser.error(f"{store}: no such journal file (a run's OUT/store.journal)")
+    # keyed as test_bench_pruners.py keys its seeds' stores (Hyperband's brackets hash the key)
+    cells = {f"{i}::{name}": c for i, store in enumerate(args.stores) for name, c in curves(store, args.trials).items()}
     if not cells:
         parser.error(f"no tuning study with {args.trials} unpruned finished trials in {', '.join(args.stores)}")
     print(summary(cells))

@@ -79,3 +79,33 @@ def test_curves_are_read_from_a_store_in_slot_order(replay_module, tmp_path: Pat
     assert replay_module.curves(str(tmp_path / "s.journal"), trials=3) == {}  # a slot missing: not replayable
     rho, hit = replay_module.rank_agreement(cells, 0.5)
     assert rho == pytest.approx(1.0) and hit == 1.0
+
+
+def test_a_replay_is_the_same_every_time(replay_module) -> None:
+    """Hyperband assigns a trial's bracket from a hash of its study's name: each cell is replayed
+    in a study named after it, not a fresh random name."""
+    rng = np.random.default_rng(0)
+    cells = {f"cell{c}": [replay_module.Curve(tuple(np.cumsum(rng.uniform(0, 0.05, 30)).tolist()),
+                                              float(rng.uniform(0.5, 1)), 30.0) for _ in range(20)]
+             for c in range(6)}
+
+    def hyperband():
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+
+    assert len({replay_module.replay(cells, hyperband) for _ in range(4)}) == 1
+
+
+def test_progress_compares_trials_at_the_same_share_of_their_schedules(replay_module) -> None:
+    """A 20-epoch trial that starts slowly is below a 10-epoch one after 5 epochs (pruned there
+    when epochs are compared) but above it halfway through both schedules (kept when progress is)."""
+    short = [0.0] * 4 + [0.5] * 6
+    slow = [0.1] * 9 + [0.6] * 10 + [0.7]
+    cells = {"cell": [replay_module.Curve(tuple(short), 0.5, 10.0), replay_module.Curve(tuple(slow), 0.7, 20.0)]}
+
+    def median():
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+
+    by_epoch = replay_module.replay(cells, median)
+    assert (by_epoch.ratio, by_epoch.lost, by_epoch.finished) == (pytest.approx(30 / 15), pytest.approx(20.0), 1.0)
+    by_progress = replay_module.replay(cells, median, progress=2)
+    assert (by_progress.ratio, by_progress.lost, by_progress.finished) == (1.0, 0.0, 2.0)

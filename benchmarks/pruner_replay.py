@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +56,7 @@ class Replay:
 
 def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20) -> dict[str, list[Curve]]:
     """The first ``trials`` slots of each tuning study in ``storage`` (a journal file's path or an
-    Optuna storage), for studies whose slots all completed unpruned."""
+    Optuna storage), for studies whose slots all completed unpruned with per-epoch accuracies."""
     if isinstance(storage, str):
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
     cells: dict[str, list[Curve]] = {}
@@ -66,8 +66,8 @@ def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20) -> dict
         study = optuna.load_study(study_name=name, storage=storage)
         by_slot = {slot_of(t): t for t in study.get_trials(deepcopy=False)
                    if t.state == TrialState.COMPLETE and slot_of(t) is not None}
-        if not all(s in by_slot for s in range(trials)):
-            continue
+        if not all(s in by_slot and by_slot[s].intermediate_values for s in range(trials)):
+            continue  # a slot missing, or a strategy whose loop reports no per-epoch accuracy
         cells[name] = [Curve(tuple(by_slot[s].intermediate_values[k] for k in sorted(by_slot[s].intermediate_values)),
                              float(by_slot[s].value), trial_compute(by_slot[s])) for s in range(trials)]
     return cells
@@ -119,8 +119,8 @@ def replay(cells: dict[str, list[Curve]], make: Callable[[], optuna.pruners.Base
                 study.tell(trial, c.value)
                 best, done = max(best, c.value), done + 1
         values = [c.value for c in trials]
-        lost.append((max(values) - best) * 100)
-        random_lost.append((max(values) - expected_best_of_subset(values, done)) * 100)
+        lost.append((max(values) - max(best, 0.0)) * 100)  # every trial pruned: nothing found
+        random_lost.append((max(values) - (expected_best_of_subset(values, done) if done else 0.0)) * 100)
         finished.append(done)
     return Replay(full / spent, float(np.mean(lost)), float(np.max(lost)), float(np.mean(finished)),
                   float(np.mean(random_lost)))
@@ -181,9 +181,10 @@ def frontier(cells: dict[str, list[Curve]], grid: dict[str, Candidate] | None = 
     return sorted(rows, key=lambda r: -r[1].ratio)
 
 
-def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 0.5),
-            lines: Iterable[str] = ()) -> str:
-    out = list(lines)
+def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 0.5)) -> str:
+    """The frontier table, the settings meeting ``goal`` (fewer epochs, points lost) and the rank
+    agreement of early and final validation accuracy."""
+    out = []
     out.append(f"{len(cells)} cells, {len(next(iter(cells.values())))} trials each, replayed without their sampler's "
                "reaction to pruning")
     out.append(f"{'pruner':48s} {'fewer epochs':>12s} {'lost':>6s} {'worst':>6s} {'finished':>8s} {'random':>7s}")

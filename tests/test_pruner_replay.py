@@ -71,6 +71,11 @@ def test_curves_are_read_from_a_store_in_slot_order(replay_module, tmp_path: Pat
             trial.report(0.1 * (slot + 1) * (epoch + 1), epoch)
         study.tell(trial, 0.5 + slot)
     optuna.create_study(study_name="suite::task::bb::full_finetune::eval", storage=storage)
+    silent = optuna.create_study(study_name="suite::task::bb::own_loop::tune", storage=storage, direction="maximize")
+    for slot in (0, 1):  # a strategy whose loop reports no accuracy per epoch: nothing to replay
+        trial = silent.ask()
+        trial.set_user_attr("slot", slot)
+        silent.tell(trial, 0.5)
     cells = replay_module.curves(str(tmp_path / "s.journal"), trials=2)
     assert list(cells) == ["suite::task::bb::full_finetune::tune"]
     first, second = cells["suite::task::bb::full_finetune::tune"]
@@ -109,3 +114,13 @@ def test_progress_compares_trials_at_the_same_share_of_their_schedules(replay_mo
     assert (by_epoch.ratio, by_epoch.lost, by_epoch.finished) == (pytest.approx(30 / 15), pytest.approx(20.0), 1.0)
     by_progress = replay_module.replay(cells, median, progress=2)
     assert (by_progress.ratio, by_progress.lost, by_progress.finished) == (1.0, 0.0, 2.0)
+
+
+def test_a_cell_whose_every_trial_is_pruned_has_found_nothing(replay_module) -> None:
+    class PruneAll(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    cells = _cell(replay_module, [([0.5] * 4, 0.5), ([0.7] * 4, 0.7)])
+    r = replay_module.replay(cells, PruneAll)
+    assert (r.ratio, r.lost, r.finished, r.random_lost) == (4.0, pytest.approx(70.0), 0.0, pytest.approx(70.0))

@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     # keyed as test_bench_pruners.py keys its seeds' stores (Hyperband's brackets hash the key)
     cells = {f"{i}::{name}": c for i, store in enumerate(args.stores) for name, c in curves(store, args.trials).items()}
     if not cells:
-        parser.error(f"no tuning study with {args.trials} unpruned finished trials in {', '.join(args.stores)}")
+        parser.error(f"no tuning study in {', '.join(args.stores)} whose first {args.trials} trials all completed "
+                     f"with per-epoch accuracies (run the suite with --set search.pruner=none; --trials N for N "
+                     f"trials per cell)")
     print(summary(cells))
     return 0
 

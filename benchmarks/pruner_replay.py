@@ -54,9 +54,16 @@ class Replay:
     random_lost: float  # what the best of as many randomly chosen finished trials loses, points
 
 
-def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20) -> dict[str, list[Curve]]:
+#: Separates a cell's key in a replay from its study's own name: ``"0|quick::digits-2shot::…::tune"``
+#: (the replay runs each cell under its study's own name, which Hyperband's brackets hash).
+SEP = "|"
+
+
+def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20,
+           skipped: list[str] | None = None) -> dict[str, list[Curve]]:
     """The first ``trials`` slots of each tuning study in ``storage`` (a journal file's path or an
-    Optuna storage), for studies whose slots all completed unpruned with per-epoch accuracies."""
+    Optuna storage), for studies whose slots all completed unpruned with per-epoch accuracies (the
+    names of the other tuning studies are appended to ``skipped``)."""
     if isinstance(storage, str):
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
     cells: dict[str, list[Curve]] = {}
@@ -67,7 +74,9 @@ def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20) -> dict
         by_slot = {slot_of(t): t for t in study.get_trials(deepcopy=False)
                    if t.state == TrialState.COMPLETE and slot_of(t) is not None}
         if not all(s in by_slot and by_slot[s].intermediate_values for s in range(trials)):
-            continue  # a slot missing, or a strategy whose loop reports no per-epoch accuracy
+            if skipped is not None:  # a slot missing or pruned, or a loop that reports no per-epoch accuracy
+                skipped.append(name)
+            continue
         cells[name] = [Curve(tuple(by_slot[s].intermediate_values[k] for k in sorted(by_slot[s].intermediate_values)),
                              float(by_slot[s].value), trial_compute(by_slot[s])) for s in range(trials)]
     return cells
@@ -87,29 +96,36 @@ def replay(cells: dict[str, list[Curve]], make: Callable[[], optuna.pruners.Base
     its epochs up to the one it was pruned after (each epoch costing its share of the trial's
     compute) and does not count for the best.
 
+    Each cell is replayed in a study of its own name (the part of its key after :data:`SEP`), so
+    Hyperband puts each slot in the bracket the harness's ``SlotHyperbandPruner`` would.
+
     ``progress``: the pruner compares trials at the same share of *their own* schedules instead of
-    the same epoch: a trial of E epochs reports at ``progress`` points (step k after the first epoch
-    that reaches k/progress of E), so a 60-epoch trial is judged after 6 epochs where a 10-epoch one
-    is after 1 (warm-up and rungs then count points, not epochs)."""
+    the same epoch: a trial of E epochs reports at each of ``progress`` points the accuracy after the
+    first epoch that reaches it (point k: k/progress of E; steps 0 … progress−1, as epochs count from
+    0), several points after one epoch when E < progress; so a 60-epoch trial is judged after 6 epochs
+    where a 10-epoch one is after 1. Warm-up and rungs then count points, not epochs."""
     full = spent = 0.0
     lost, random_lost, finished = [], [], []
-    for name, trials in cells.items():
-        # named after its cell: Hyperband's brackets hash the study's name (a random one would vary)
-        study = optuna.create_study(study_name=name, direction="maximize", pruner=make(),
+    for key, trials in cells.items():
+        study = optuna.create_study(study_name=key.split(SEP, 1)[-1], direction="maximize", pruner=make(),
                                     sampler=optuna.samplers.RandomSampler(0))
         best, done = -math.inf, 0
         for c in trials:
             trial, epochs, pruned = study.ask(), len(c.history), False
-            last = 0
+            reported = 0  # points reported so far
             for epoch, acc in enumerate(c.history):
-                step = epoch if progress is None else progress * (epoch + 1) // len(c.history)
-                if progress is not None:
-                    if step <= last:
-                        continue
-                    last = step
-                trial.report(acc, step)
-                if trial.should_prune():
-                    pruned, epochs = True, epoch + 1
+                if progress is None:
+                    steps = [epoch]
+                else:
+                    reached = progress * (epoch + 1) // len(c.history)
+                    steps, reported = list(range(reported, reached)), max(reported, reached)
+                for step in steps:
+                    trial.report(acc, step)
+                    if trial.should_prune():
+                        pruned = True
+                        break
+                if pruned:
+                    epochs = epoch + 1
                     break
             full += c.compute
             spent += c.compute * epochs / max(1, len(c.history))
@@ -126,20 +142,43 @@ def replay(cells: dict[str, list[Curve]], make: Callable[[], optuna.pruners.Base
                   float(np.mean(random_lost)))
 
 
+def unpruned_within(cells: dict[str, list[Curve]], budget: Callable[[str], float]) -> Replay:
+    """No pruning under an epochs budget, as the harness runs one: each cell's trials in slot order,
+    each started while the cell has spent less than ``budget(key)`` backbone epochs and run to its
+    end. Without pruning a slot's proposal does not depend on the later ones, so these are the trials
+    such a run trains (up to the float rounding of trials grouped side by side)."""
+    full = spent = 0.0
+    lost, random_lost, finished = [], [], []
+    for key, trials in cells.items():
+        used, kept = 0.0, []
+        for c in trials:
+            if used >= budget(key):
+                break
+            used += c.compute
+            kept.append(c.value)
+        values = [c.value for c in trials]
+        full, spent = full + sum(c.compute for c in trials), spent + used
+        lost.append((max(values) - max(kept)) * 100)
+        random_lost.append((max(values) - expected_best_of_subset(values, len(kept))) * 100)
+        finished.append(len(kept))
+    return Replay(full / spent, float(np.mean(lost)), float(np.max(lost)), float(np.mean(finished)),
+                  float(np.mean(random_lost)))
+
+
 def rank_agreement(cells: dict[str, list[Curve]], fraction: float, keep: float = 1 / 3) -> tuple[float, float]:
     """How well the validation accuracy after ``fraction`` of a trial's epochs predicts its final
-    value: the mean Spearman correlation over cells, and the share of cells whose best final trial
-    is among the best ``keep`` of the trials at that point."""
+    value: the mean Spearman correlation over cells (those where neither is constant), and the share
+    of cells where a best final trial (any, when several tie) is among the best ``keep`` of the
+    trials at that point."""
     rhos, hits = [], []
     for trials in cells.values():
         early = [c.history[max(1, round(fraction * len(c.history))) - 1] for c in trials]
-        final = [c.value for c in trials]
-        rho = spearmanr(early, final).statistic
-        if np.isfinite(rho):
-            rhos.append(rho)
-        order = np.argsort(-np.asarray(early), kind="stable")
-        hits.append(int(np.argmax(final)) in set(order[:max(1, round(keep * len(trials)))].tolist()))
-    return float(np.mean(rhos)), float(np.mean(hits))
+        final = np.asarray([c.value for c in trials])
+        if len(set(early)) > 1 and len(set(final.tolist())) > 1:
+            rhos.append(spearmanr(early, final).statistic)
+        top = set(np.argsort(-np.asarray(early), kind="stable")[:max(1, round(keep * len(trials)))].tolist())
+        hits.append(bool(top & set(np.flatnonzero(final == final.max()).tolist())))
+    return float(np.mean(rhos)) if rhos else math.nan, float(np.mean(hits))
 
 
 Candidate = tuple[Callable[[], optuna.pruners.BasePruner], int | None]
@@ -166,7 +205,7 @@ def candidates() -> dict[str, Candidate]:
     for k in (10, 20):
         for w in (1, 3):
             out[f"median at {k} points, warm-up {w}"] = (lambda w=w: P.MedianPruner(3, w), k)
-        for m, r in ((1, 3), (1, 4), (2, 4)):
+        for m, r in ((1, 3), (1, 4), (2, 3)):
             out[f"successive halving at {k} points, rung {m}, r {r}"] = (
                 lambda m=m, r=r: P.SuccessiveHalvingPruner(min_resource=m, reduction_factor=r), k)
     return out
@@ -185,8 +224,9 @@ def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 
     """The frontier table, the settings meeting ``goal`` (fewer epochs, points lost) and the rank
     agreement of early and final validation accuracy."""
     out = []
-    out.append(f"{len(cells)} cells, {len(next(iter(cells.values())))} trials each, replayed without their sampler's "
-               "reaction to pruning")
+    out.append(f"{len(cells)} cells, their first {len(next(iter(cells.values())))} trials each, replayed without "
+               "their sampler's reaction to pruning (warm-ups and rungs in epochs, or in points of each trial's "
+               "schedule)")
     out.append(f"{'pruner':48s} {'fewer epochs':>12s} {'lost':>6s} {'worst':>6s} {'finished':>8s} {'random':>7s}")
     met = []
     for name, r in frontier(cells):
@@ -201,21 +241,33 @@ def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 
     return "\n".join(out)
 
 
+def cells_of(stores: list[str], trials: int = 20, skipped: list[str] | None = None) -> dict[str, list[Curve]]:
+    """The replayable cells of several stores, keyed ``"<store's index>|<study name>"``."""
+    return {f"{i}{SEP}{name}": c for i, store in enumerate(stores)
+            for name, c in curves(store, trials, skipped).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stores", nargs="+", help="journal files of runs with search.pruner=none")
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=20,
+                        help="the first N trials of each cell are replayed (the suite's trials per cell; at least 2)")
     args = parser.parse_args(argv)
+    if args.trials < 2:
+        parser.error(f"--trials: {args.trials}; a replay needs at least 2 trials per cell")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     for store in args.stores:
         if not os.path.isfile(store):
             parser.error(f"{store}: no such journal file (a run's OUT/store.journal)")
-    # keyed as test_bench_pruners.py keys its seeds' stores (Hyperband's brackets hash the key)
-    cells = {f"{i}::{name}": c for i, store in enumerate(args.stores) for name, c in curves(store, args.trials).items()}
+    skipped: list[str] = []
+    cells = cells_of(args.stores, args.trials, skipped)
     if not cells:
         parser.error(f"no tuning study in {', '.join(args.stores)} whose first {args.trials} trials all completed "
                      f"with per-epoch accuracies (run the suite with --set search.pruner=none; --trials N for N "
                      f"trials per cell)")
+    if skipped:
+        print(f"left out {len(skipped)} tuning studies whose first {args.trials} trials did not all complete with "
+              f"per-epoch accuracies: {', '.join(skipped)}")
     print(summary(cells))
     return 0
 

@@ -19,7 +19,7 @@ backbone epochs than no pruning for at most 0.5 points lower mean best validatio
 unpruned runs' learning curves are replayed under some forty pruner settings
 (``pruner_replay.py``): the frontier of what pruning on these curves can save, and what bounds it.
 
-``pytest benchmarks/test_bench_pruners.py -s`` (about 40 minutes on 2 cores); ``TLBENCH_PRUNER_SEEDS``
+``pytest benchmarks/test_bench_pruners.py -s`` (about 35 minutes on 2 cores); ``TLBENCH_PRUNER_SEEDS``
 sets the suite seeds (default ``0,1,2,3``).
 """
 
@@ -60,7 +60,7 @@ def test_pruners_against_no_pruning(tmp_path: Path) -> None:
     results: dict[tuple[str, str, int], dict] = {}
     for seed in SEEDS:
         none = results["none", "none", seed] = _tune(tmp_path / f"none-{seed}", "none", seed)
-        budget = round(float(none["compute"].mean()) / SHARE, 1)
+        budget = none["budget"] = round(float(none["compute"].mean()) / SHARE, 1)
         print(f"seed {seed} none: {none['compute'].sum():.0f} backbone epochs over {len(none['compute'])} cells, "
               f"mean best val {none['best'].mean() * 100:.2f}, {none['seconds']:.0f} s; equal compute: "
               f"{budget:g} epochs per cell", flush=True)
@@ -90,8 +90,12 @@ def test_pruners_against_no_pruning(tmp_path: Path) -> None:
     print(f"\nquick suite ({STRATEGIES}), 20 trials per cell or {SHARE:g}x less compute, suite seeds {SEEDS}, "
           f"{os.cpu_count()} cores")
     print(result.round(2).to_string())
-    cells = {f"{seed}::{name}": c for seed in SEEDS
-             for name, c in pruner_replay.curves(str(tmp_path / f"none-{seed}" / "store.journal")).items()}
+    cells = pruner_replay.cells_of([str(tmp_path / f"none-{seed}" / "store.journal") for seed in SEEDS])
+    budgets = {str(i): results["none", "none", seed]["budget"] for i, seed in enumerate(SEEDS)}  # by store index
+    within = pruner_replay.unpruned_within(cells, lambda key: budgets[key.split(pruner_replay.SEP)[0]])
+    print(f"no pruning within the equal-compute budget (the unpruned runs' first trials, replayed): "
+          f"{within.ratio:.2f}x fewer backbone epochs, best val lost {within.lost:.2f} points (worst cell "
+          f"{within.worst:.1f}), {within.finished:.1f} trials per cell")
     print("\nreplay of the unpruned runs' learning curves (pruner_replay.py):")
     print(pruner_replay.summary(cells))
     assert result.loc[("equal trials", "median"), "fewer than none"] > 1

@@ -124,3 +124,68 @@ def test_a_cell_whose_every_trial_is_pruned_has_found_nothing(replay_module) -> 
     cells = _cell(replay_module, [([0.5] * 4, 0.5), ([0.7] * 4, 0.7)])
     r = replay_module.replay(cells, PruneAll)
     assert (r.ratio, r.lost, r.finished, r.random_lost) == (4.0, pytest.approx(70.0), 0.0, pytest.approx(70.0))
+
+
+class Recorder(optuna.pruners.BasePruner):
+    """Prunes nothing; keeps what each trial had reported whenever it was asked."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[int, float]] = []
+
+    def prune(self, study, trial) -> bool:
+        self.seen.append(dict(trial.intermediate_values))
+        return False
+
+
+def test_epochs_are_steps_from_0_as_the_harness_reports_them(replay_module) -> None:
+    """Epochs count from 0 (as TrialReporter reports them), so a warm-up of w epochs first prunes
+    after epoch w + 1; a rung at w likewise."""
+    cells = _cell(replay_module, [([0.5] * 10, 0.5), ([0.1] * 10, 0.1)])
+    r = replay_module.replay(cells, lambda: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2))
+    assert r.ratio == pytest.approx(20 / 13)
+    recorder = Recorder()
+    replay_module.replay(_cell(replay_module, [([0.1, 0.2, 0.3], 0.3)]), lambda: recorder)
+    assert recorder.seen[-1] == {0: 0.1, 1: 0.2, 2: 0.3}
+
+
+def test_progress_reports_every_point_a_short_schedule_passes_in_one_epoch(replay_module) -> None:
+    """Four points of a three-epoch schedule: points 1 and 2 after epochs 1 and 2, points 3 and 4
+    both after epoch 3 (each reported with the accuracy after the first epoch that reaches it)."""
+    recorder = Recorder()
+    replay_module.replay(_cell(replay_module, [([0.1, 0.2, 0.3], 0.3)]), lambda: recorder, progress=4)
+    assert recorder.seen == [{0: 0.1}, {0: 0.1, 1: 0.2}, {0: 0.1, 1: 0.2, 2: 0.3}, {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.3}]
+    recorder = Recorder()  # more epochs than points, not a multiple: the first epoch at or past each point
+    replay_module.replay(_cell(replay_module, [([0.1 * i for i in range(1, 8)], 0.7)]), lambda: recorder, progress=3)
+    assert recorder.seen[-1] == pytest.approx({0: 0.3, 1: 0.5, 2: 0.7})  # epochs 3, 5, 7 reach 7/3, 14/3, 7
+
+
+def test_hyperband_brackets_are_the_harness_s(replay_module) -> None:
+    """A cell is replayed under its study's own name, whatever its key's prefix: Optuna's Hyperband
+    puts a trial in a bracket by a hash of the study's name and the trial's number (its slot)."""
+    rng = np.random.default_rng(1)
+    trials = [replay_module.Curve(tuple(np.cumsum(rng.uniform(0, 0.05, 30)).tolist()), float(rng.uniform(0.5, 1)), 30.0)
+              for _ in range(20)]
+
+    def hyperband():
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+
+    names = [f"quick::t{c}::bb::full_finetune::tune" for c in range(6)]
+    as_named = replay_module.replay({n: trials for n in names}, hyperband)
+    assert replay_module.replay({f"7|{n}": trials for n in names}, hyperband) == as_named
+    assert replay_module.replay({f"{n}-renamed": trials for n in names}, hyperband) != as_named
+
+
+def test_no_pruning_within_an_epochs_budget_starts_trials_while_it_is_not_spent(replay_module) -> None:
+    cells = _cell(replay_module, [([0.5] * 10, 0.5), ([0.6] * 10, 0.6), ([0.9] * 10, 0.9)])
+    r = replay_module.unpruned_within(cells, lambda key: 15.0)  # the second trial starts at 10 < 15, runs to 20
+    assert (r.ratio, r.finished, r.lost) == (pytest.approx(30 / 20), 2.0, pytest.approx(30.0))
+    assert replay_module.unpruned_within(cells, lambda key: 10.0).finished == 1.0
+
+
+def test_rank_agreement_credits_any_of_tied_best_trials(replay_module) -> None:
+    # final values tie at the top (slots 0 and 2); early, slot 2 is the best and slot 0 the worst
+    cells = _cell(replay_module, [([0.1, 0.9], 0.9), ([0.5, 0.5], 0.5), ([0.8, 0.9], 0.9)])
+    rho, hit = replay_module.rank_agreement(cells, 0.5, keep=1 / 3)
+    assert hit == 1.0
+    rho, hit = replay_module.rank_agreement(_cell(replay_module, [([0.5], 0.5), ([0.5], 0.5)]), 1.0)
+    assert np.isnan(rho) and hit == 1.0  # constant: no correlation, no warning

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,8 @@ import optuna
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
+from tlbench.core.errors import ConfigError
+from tlbench.store.opening import open_existing_storage
 from tlbench.store.progress import slot_of, trial_compute
 
 P = optuna.pruners
@@ -61,11 +62,12 @@ SEP = "|"
 
 def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20,
            skipped: list[str] | None = None) -> dict[str, list[Curve]]:
-    """The first ``trials`` slots of each tuning study in ``storage`` (a journal file's path or an
-    Optuna storage), for studies whose slots all completed unpruned with per-epoch accuracies (the
-    names of the other tuning studies are appended to ``skipped``)."""
+    """The first ``trials`` slots of each tuning study in ``storage`` (a store as ``--storage`` names
+    one: a journal file or a database URL, opened read-only; or an Optuna storage), for studies whose
+    slots all completed unpruned with per-epoch accuracies (the names of the other tuning studies are
+    appended to ``skipped``)."""
     if isinstance(storage, str):
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+        storage = open_existing_storage(storage)  # a missing one is a ConfigError, not a new empty store
     cells: dict[str, list[Curve]] = {}
     for name in optuna.get_all_study_names(storage):
         if not name.endswith("::tune"):
@@ -248,19 +250,20 @@ def cells_of(stores: list[str], trials: int = 20, skipped: list[str] | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stores", nargs="+", help="journal files of runs with search.pruner=none")
+    parser = argparse.ArgumentParser(prog="pruner_replay.py", description=__doc__.splitlines()[0])
+    parser.add_argument("stores", nargs="+", help="stores (journal files or database URLs) of runs with "
+                                                  "search.pruner=none")
     parser.add_argument("--trials", type=int, default=20,
                         help="the first N trials of each cell are replayed (the suite's trials per cell; at least 2)")
     args = parser.parse_args(argv)
     if args.trials < 2:
         parser.error(f"--trials: {args.trials}; a replay needs at least 2 trials per cell")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for store in args.stores:
-        if not os.path.isfile(store):
-            parser.error(f"{store}: no such journal file (a run's OUT/store.journal)")
     skipped: list[str] = []
-    cells = cells_of(args.stores, args.trials, skipped)
+    try:
+        cells = cells_of(args.stores, args.trials, skipped)
+    except ConfigError as err:
+        parser.error(str(err).replace("--storage ", "store ", 1))  # a positional argument here
     if not cells:
         parser.error(f"no tuning study in {', '.join(args.stores)} whose first {args.trials} trials all completed "
                      f"with per-epoch accuracies (run the suite with --set search.pruner=none; --trials N for N "

@@ -189,3 +189,21 @@ def test_rank_agreement_credits_any_of_tied_best_trials(replay_module) -> None:
     assert hit == 1.0
     rho, hit = replay_module.rank_agreement(_cell(replay_module, [([0.5], 0.5), ([0.5], 0.5)]), 1.0)
     assert np.isnan(rho) and hit == 1.0  # constant: no correlation, no warning
+
+
+def test_bad_command_lines_are_one_line_naming_what_is_wrong(replay_module, tmp_path: Path, capsys) -> None:
+    cases = [
+        ([str(tmp_path / "nope.journal")], ("error: store '", "nope.journal': no such journal file")),
+        ([str(tmp_path / "typo")], ("error: store '", "typo': not a store; accepted:")),
+        ([str(tmp_path / "s.journal"), "--trials", "1"], ("--trials: 1; a replay needs at least 2 trials per cell",)),
+        ([str(tmp_path / "s.journal")], ("whose first 20 trials all completed with per-epoch accuracies",)),
+    ]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
+    optuna.create_study(study_name="suite::task::bb::full_finetune::tune", storage=storage)  # no trials: nothing
+    for argv, messages in cases:
+        with pytest.raises(SystemExit) as exit_:
+            replay_module.main(argv)
+        assert exit_.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("pruner_replay.py: error: ") and all(m in error for m in messages), error
+    assert not (tmp_path / "nope.journal").exists()  # reading never creates a store

@@ -8,7 +8,10 @@ halving and Hyperband pruners at several settings; the median pruner and success
 comparing trials at the same share of their own schedules) it reports how many fewer backbone epochs the
 cells would train and how much lower their best validation accuracy would be, beside what a
 *random* choice of as many finished trials would lose (the best of fewer noisy draws), and how well
-a trial's early validation accuracy ranks its final one.
+a trial's early validation accuracy ranks its final one. ``--signal loss`` replays the pruners on
+the per-epoch validation *loss* instead (tuning trials keep it as ``val_loss``; the pruners see its
+negative, as they maximise): a continuous signal where accuracy on a small validation set moves in
+steps.
 
 A replay keeps the sampler's proposals as they were (a model-based sampler would propose differently
 after pruned trials), so it estimates the frontier; ``test_bench_pruners.py`` measures pruners for
@@ -39,7 +42,8 @@ P = optuna.pruners
 
 @dataclass(frozen=True)
 class Curve:
-    """One finished trial: validation accuracy after each epoch, its objective, its backbone epochs."""
+    """One finished trial: what the pruner sees after each epoch (validation accuracy, or the negative
+    validation loss), its objective (validation accuracy), its backbone epochs."""
 
     history: tuple[float, ...]
     value: float
@@ -60,12 +64,18 @@ class Replay:
 SEP = "|"
 
 
+SIGNALS = ("accuracy", "loss")
+
+
 def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20,
-           skipped: list[str] | None = None) -> dict[str, list[Curve]]:
+           skipped: list[str] | None = None, signal: str = "accuracy") -> dict[str, list[Curve]]:
     """The first ``trials`` slots of each tuning study in ``storage`` (a store as ``--storage`` names
     one: a journal file or a database URL, opened read-only; or an Optuna storage), for studies whose
-    slots all completed unpruned with per-epoch accuracies (the names of the other tuning studies are
-    appended to ``skipped``)."""
+    slots all completed unpruned with per-epoch accuracies, and with ``signal="loss"`` the per-epoch
+    validation losses too (each curve is then the losses' negatives); the names of the other tuning
+    studies are appended to ``skipped``."""
+    if signal not in SIGNALS:
+        raise ValueError(f"signal: {signal!r}; one of {', '.join(SIGNALS)}")
     if isinstance(storage, str):
         storage = open_existing_storage(storage)  # a missing one is a ConfigError, not a new empty store
     cells: dict[str, list[Curve]] = {}
@@ -75,13 +85,21 @@ def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20,
         study = optuna.load_study(study_name=name, storage=storage)
         by_slot = {slot_of(t): t for t in study.get_trials(deepcopy=False)
                    if t.state == TrialState.COMPLETE and slot_of(t) is not None}
-        if not all(s in by_slot and by_slot[s].intermediate_values for s in range(trials)):
-            if skipped is not None:  # a slot missing or pruned, or a loop that reports no per-epoch accuracy
-                skipped.append(name)
+        if not all(s in by_slot and by_slot[s].intermediate_values and (signal == "accuracy" or len(
+                by_slot[s].user_attrs.get("val_loss") or ()) == len(by_slot[s].intermediate_values))
+                   for s in range(trials)):
+            if skipped is not None:  # a slot missing or pruned, a loop that reports no per-epoch accuracy, a
+                skipped.append(name)  # store written before trials kept their losses
             continue
-        cells[name] = [Curve(tuple(by_slot[s].intermediate_values[k] for k in sorted(by_slot[s].intermediate_values)),
-                             float(by_slot[s].value), trial_compute(by_slot[s])) for s in range(trials)]
+        cells[name] = [Curve(_history(by_slot[s], signal), float(by_slot[s].value), trial_compute(by_slot[s]))
+                       for s in range(trials)]
     return cells
+
+
+def _history(trial: optuna.trial.FrozenTrial, signal: str) -> tuple[float, ...]:
+    if signal == "loss":
+        return tuple(-float(v) for v in trial.user_attrs["val_loss"])
+    return tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
 
 
 def expected_best_of_subset(values: Sequence[float], k: int) -> float:
@@ -168,10 +186,10 @@ def unpruned_within(cells: dict[str, list[Curve]], budget: Callable[[str], float
 
 
 def rank_agreement(cells: dict[str, list[Curve]], fraction: float, keep: float = 1 / 3) -> tuple[float, float]:
-    """How well the validation accuracy after ``fraction`` of a trial's epochs predicts its final
-    value: the mean Spearman correlation over cells (those where neither is constant), and the share
-    of cells where a best final trial (any, when several tie) is among the best ``keep`` of the
-    trials at that point."""
+    """How well the signal (validation accuracy or negative loss) after ``fraction`` of a trial's
+    epochs predicts its final value: the mean Spearman correlation over cells (those where neither is
+    constant), and the share of cells where a best final trial (any, when several tie) is among the
+    best ``keep`` of the trials at that point."""
     rhos, hits = [], []
     for trials in cells.values():
         early = [c.history[max(1, round(fraction * len(c.history))) - 1] for c in trials]
@@ -222,13 +240,15 @@ def frontier(cells: dict[str, list[Curve]], grid: dict[str, Candidate] | None = 
     return sorted(rows, key=lambda r: -r[1].ratio)
 
 
-def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 0.5)) -> str:
+def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 0.5),
+            signal: str = "accuracy") -> str:
     """The frontier table, the settings meeting ``goal`` (fewer epochs, points lost) and the rank
-    agreement of early and final validation accuracy."""
+    agreement of the early signal and the final validation accuracy."""
+    seen = "validation accuracy" if signal == "accuracy" else "validation loss (its negative)"
     out = []
     out.append(f"{len(cells)} cells, their first {len(next(iter(cells.values())))} trials each, replayed without "
                "their sampler's reaction to pruning (warm-ups and rungs in epochs, or in points of each trial's "
-               "schedule)")
+               f"schedule); the pruners see the {seen} after each epoch")
     out.append(f"{'pruner':48s} {'fewer epochs':>12s} {'lost':>6s} {'worst':>6s} {'finished':>8s} {'random':>7s}")
     met = []
     for name, r in frontier(cells):
@@ -238,15 +258,17 @@ def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 
     out.append(f"meeting >= {goal[0]:g}x for <= {goal[1]:g} points: {', '.join(met) or 'none'}")
     for f in (0.1, 0.25, 0.5):
         rho, hit = rank_agreement(cells, f)
-        out.append(f"after {f:.0%} of its epochs: Spearman(early, final) {rho:.2f}; the best final trial among the "
-                   f"best third then in {hit:.0%} of cells")
+        early = "accuracy" if signal == "accuracy" else "−loss"
+        out.append(f"after {f:.0%} of its epochs: Spearman(early {early}, final accuracy) {rho:.2f}; the best final "
+                   f"trial among the best third then in {hit:.0%} of cells")
     return "\n".join(out)
 
 
-def cells_of(stores: list[str], trials: int = 20, skipped: list[str] | None = None) -> dict[str, list[Curve]]:
+def cells_of(stores: list[str], trials: int = 20, skipped: list[str] | None = None,
+             signal: str = "accuracy") -> dict[str, list[Curve]]:
     """The replayable cells of several stores, keyed ``"<store's index>|<study name>"``."""
     return {f"{i}{SEP}{name}": c for i, store in enumerate(stores)
-            for name, c in curves(store, trials, skipped).items()}
+            for name, c in curves(store, trials, skipped, signal).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,23 +277,28 @@ def main(argv: list[str] | None = None) -> int:
                                                   "search.pruner=none")
     parser.add_argument("--trials", type=int, default=20,
                         help="the first N trials of each cell are replayed (the suite's trials per cell; at least 2)")
+    parser.add_argument("--signal", choices=SIGNALS, default="accuracy",
+                        help="what the pruners see after each epoch: the validation accuracy (as the harness prunes) "
+                             "or the validation loss")
     args = parser.parse_args(argv)
     if args.trials < 2:
         parser.error(f"--trials: {args.trials}; a replay needs at least 2 trials per cell")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     skipped: list[str] = []
     try:
-        cells = cells_of(args.stores, args.trials, skipped)
+        cells = cells_of(args.stores, args.trials, skipped, args.signal)
     except ConfigError as err:
         parser.error(str(err).replace("--storage ", "store ", 1))  # a positional argument here
+    kept = "per-epoch accuracies" + (" and losses" if args.signal == "loss" else "")
     if not cells:
+        later = "; a store written before tuning trials kept their val_loss has none" if args.signal == "loss" else ""
         parser.error(f"no tuning study in {', '.join(args.stores)} whose first {args.trials} trials all completed "
-                     f"with per-epoch accuracies (run the suite with --set search.pruner=none; --trials N for N "
-                     f"trials per cell)")
+                     f"with {kept} (run the suite with --set search.pruner=none; --trials N for N trials per "
+                     f"cell{later})")
     if skipped:
         print(f"left out {len(skipped)} tuning studies whose first {args.trials} trials did not all complete with "
-              f"per-epoch accuracies: {', '.join(skipped)}")
-    print(summary(cells))
+              f"{kept}: {', '.join(skipped)}")
+    print(summary(cells, signal=args.signal))
     return 0
 
 

@@ -84,6 +84,32 @@ def test_curves_are_read_from_a_store_in_slot_order(replay_module, tmp_path: Pat
     assert replay_module.curves(str(tmp_path / "s.journal"), trials=3) == {}  # a slot missing: not replayable
     rho, hit = replay_module.rank_agreement(cells, 0.5)
     assert rho == pytest.approx(1.0) and hit == 1.0
+    assert replay_module.curves(str(tmp_path / "s.journal"), trials=2, signal="loss") == {}  # no losses kept
+
+
+def test_the_loss_signal_replays_the_negative_validation_losses(replay_module, tmp_path: Path) -> None:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
+    losses = {"kept": [[2.0, 1.5, 1.2], [2.2, 1.0, 0.4]], "short": [[2.0, 1.5], [2.2, 1.0, 0.4]]}
+    for name, kept in losses.items():  # "short": one trial's losses miss an epoch (not the same curve)
+        study = optuna.create_study(study_name=f"s::t::bb::{name}::tune", storage=storage, direction="maximize")
+        for slot in (0, 1):
+            trial = study.ask()
+            trial.set_user_attr("slot", slot)
+            trial.set_user_attr("val_loss", kept[slot])
+            for epoch in range(3):
+                trial.report(0.2 * (epoch + 1), epoch)
+            study.tell(trial, 0.6 + 0.1 * slot)
+    skipped: list[str] = []
+    cells = replay_module.curves(str(tmp_path / "s.journal"), trials=2, skipped=skipped, signal="loss")
+    assert list(cells) == ["s::t::bb::kept::tune"] and skipped == ["s::t::bb::short::tune"]
+    first, second = cells["s::t::bb::kept::tune"]
+    assert first.history == (-2.0, -1.5, -1.2) and second.history == (-2.2, -1.0, -0.4)
+    assert (first.value, second.value) == pytest.approx((0.6, 0.7))  # the objective stays the accuracy
+    assert len(replay_module.curves(str(tmp_path / "s.journal"), trials=2)) == 2  # accuracy needs no losses
+    rho, _ = replay_module.rank_agreement(cells, 1 / 3)  # after one epoch the loss ranks them the wrong way
+    assert rho == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="signal: 'acc'; one of accuracy, loss"):
+        replay_module.curves(str(tmp_path / "s.journal"), signal="acc")
 
 
 def test_a_replay_is_the_same_every_time(replay_module) -> None:
@@ -197,6 +223,9 @@ def test_bad_command_lines_are_one_line_naming_what_is_wrong(replay_module, tmp_
         ([str(tmp_path / "typo")], ("error: store '", "typo': not a store; accepted:")),
         ([str(tmp_path / "s.journal"), "--trials", "1"], ("--trials: 1; a replay needs at least 2 trials per cell",)),
         ([str(tmp_path / "s.journal")], ("whose first 20 trials all completed with per-epoch accuracies",)),
+        ([str(tmp_path / "s.journal"), "--signal", "loss"], ("with per-epoch accuracies and losses",
+                                                            "written before tuning trials kept their val_loss")),
+        ([str(tmp_path / "s.journal"), "--signal", "los"], ("argument --signal: invalid choice: 'los'",)),
     ]
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
     optuna.create_study(study_name="suite::task::bb::full_finetune::tune", storage=storage)  # no trials: nothing

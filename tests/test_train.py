@@ -123,6 +123,51 @@ def test_no_weight_decay_on_biases_and_norms_by_default() -> None:
     assert sum(len(g["params"]) for g in every.param_groups) == len(list(model.parameters()))
 
 
+class LossReporter(NullReporter):
+    """Keeps the validation loss it is given, and what it had been given when each accuracy came."""
+
+    def __init__(self, prune_at: int | None = None) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+        self.seen: list[int] = []
+        self.prune_at = prune_at
+
+    def val_loss(self, epoch: int, value: float) -> None:
+        self.losses.append(value)
+
+    def report(self, epoch: int, value: float) -> None:
+        super().report(epoch, value)
+        self.seen.append(len(self.losses))
+        if epoch == self.prune_at:
+            raise RuntimeError("pruned")
+
+
+def test_each_epoch_s_validation_loss_goes_to_a_reporter_that_takes_it_before_the_accuracy() -> None:
+    from tlbench.training.loop import fit_linear_head
+
+    val = data(seed=1)
+    for fit in ("loop", "linear head"):
+        torch.manual_seed(0)
+        model = nn.Linear(5, 2)
+        reporter = LossReporter()
+        if fit == "loop":
+            fit_epochs(model, torch.optim.SGD(model.parameters(), lr=0.5), data(), val, epochs=4, batch_size=8,
+                       seed=3, device=torch.device("cpu"), reporter=reporter)
+        else:
+            fit_linear_head(model, data(), val, lr=0.05, weight_decay=0.0, epochs=4, batch_size=8, seed=3,
+                            device=torch.device("cpu"), reporter=reporter)
+        assert reporter.seen == [1, 2, 3, 4] and len(reporter.history) == 4, fit
+        with torch.no_grad():  # the last one is the cross-entropy of the trained model on the validation split
+            assert reporter.losses[-1] == pytest.approx(float(nn.functional.cross_entropy(model(val[0]), val[1])),
+                                                        rel=1e-5), fit
+        assert reporter.losses[0] != reporter.losses[-1]
+    pruned = LossReporter(prune_at=1)  # a pruned epoch's loss is kept too
+    with pytest.raises(RuntimeError, match="pruned"):
+        fit_epochs(nn.Linear(5, 2), torch.optim.SGD(model.parameters(), lr=0.5), data(), val, epochs=4, batch_size=8,
+                   seed=3, device=torch.device("cpu"), reporter=pruned)
+    assert len(pruned.losses) == len(pruned.history) == 2
+
+
 def test_linear_head_solver_flags_divergence() -> None:
     from tlbench.training.loop import fit_linear_head
 

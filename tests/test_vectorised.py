@@ -333,6 +333,8 @@ def test_tuning_trains_independent_trials_side_by_side_and_resumes_a_group_whole
         assert g[s].params == a[s].params and g[s].user_attrs["seed"] == a[s].user_attrs["seed"]
         assert g[s].value == pytest.approx(a[s].value, abs=1e-9)
         assert g[s].intermediate_values == pytest.approx(a[s].intermediate_values, abs=1e-9)
+        assert len(g[s].user_attrs["val_loss"]) == len(g[s].intermediate_values)  # the loss of every epoch, kept
+        assert g[s].user_attrs["val_loss"] == pytest.approx(a[s].user_attrs["val_loss"], rel=1e-4)
         assert g[s].user_attrs["compute"] == a[s].user_attrs["compute"]
     # a group one of whose trials was recorded before a kill trains whole again: the other comes out the same
     resumed = study("resumed")

@@ -137,8 +137,9 @@ def make_study(name: str, storage: Any, *, budget: Budget, seed: int, search: Se
 
 
 class TrialReporter:
-    """Forwards per-epoch validation accuracy to an Optuna trial, prunes on request, and
-    adds up the FLOPs the trial's training spends (:meth:`spend`)."""
+    """Forwards per-epoch validation accuracy to an Optuna trial, prunes on request, keeps the
+    per-epoch validation loss (:meth:`val_loss`) and adds up the FLOPs the trial's training spends
+    (:meth:`spend`)."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
@@ -146,6 +147,7 @@ class TrialReporter:
         self.post_fit: float | None = None  # a choice after the last epoch changed it (report_final)
         self.flops = 0.0
         self.epochs = 0
+        self.losses: list[float] = []  # validation cross-entropy after each epoch, kept as ``val_loss``
 
     @property
     def objective(self) -> float | None:
@@ -162,6 +164,9 @@ class TrialReporter:
         if self.trial.should_prune():
             name = type(self.trial.study.pruner).__name__.removeprefix("Slot").removesuffix("Pruner")
             raise optuna.TrialPruned(f"{name} pruner at epoch {epoch} (val accuracy {value:.4f})")
+
+    def val_loss(self, epoch: int, value: float) -> None:
+        self.losses.append(value)
 
     def spend(self, flops: float) -> None:
         self.flops += flops
@@ -405,6 +410,8 @@ def _finish(study: optuna.Study, trial: optuna.Trial, seconds: float, reporter: 
         trial.set_user_attr("seconds", seconds)
         if reporter.flops:
             trial.set_user_attr("flops", reporter.flops)
+        if reporter.losses:  # beside the per-epoch accuracies (intermediate values): pruner_replay.py --signal loss
+            trial.set_user_attr("val_loss", reporter.losses)
         trial.set_user_attr("compute", reporter.flops / unit if unit and reporter.flops
                             else float(max(1, reporter.epochs)))
         value = reporter.objective if error is None else None

@@ -23,7 +23,8 @@ class Reporter(Protocol):
     and the FLOPs training spends (what an epochs budget counts). A reporter may also take
     ``final(value)``: the validation metric of what ``fit`` returns when a choice made after the
     last epoch changed it (call it through :func:`report_final`, which tolerates reporters
-    without it)."""
+    without it), and ``val_loss(epoch, value)``: the mean validation cross-entropy of the same epoch,
+    given just before ``report`` (tuning keeps it with the trial, for replaying pruners on the loss)."""
 
     def report(self, epoch: int, value: float) -> None: ...
 
@@ -266,6 +267,19 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
 
 
+def report_epoch(reporter: Reporter, epoch: int, logits: torch.Tensor, y: torch.Tensor,
+                 history: list[float]) -> None:
+    """An epoch's validation pass told to ``reporter``: the accuracy of ``logits`` appended to
+    ``history`` and reported (which may raise ``optuna.TrialPruned``), and first, to a reporter
+    that takes ``val_loss``, the mean cross-entropy of the same logits."""
+    acc = accuracy(logits, y)
+    history.append(acc)
+    loss = getattr(reporter, "val_loss", None)
+    if callable(loss) and len(y):
+        loss(epoch, float(nn.functional.cross_entropy(logits.float(), y.to(logits.device))))
+    reporter.report(epoch, acc)
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     full, rest = divmod(n, batch_size)
     return full + (1 if rest > 1 or full == 0 else 0)
@@ -358,9 +372,8 @@ def fit_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
             raise NonFiniteLoss(epoch, value)
         if not validate:
             continue
-        acc = accuracy(_logits(forward, read_val(val_batches), device=device, execution=execution), val[1])
-        history.append(acc)
-        reporter.report(epoch, acc)
+        report_epoch(reporter, epoch, _logits(forward, read_val(val_batches), device=device, execution=execution),
+                     val[1], history)
     return history
 
 
@@ -406,9 +419,7 @@ def fit_linear_head(head: nn.Linear, train: tuple[torch.Tensor, torch.Tensor],
             raise NonFiniteLoss(epoch, value)
         if not per_epoch(reporter):
             continue
-        acc = float((torch.addmm(b, vx, w.t()).argmax(1) == vy).float().mean())
-        history.append(acc)
-        reporter.report(epoch, acc)
+        report_epoch(reporter, epoch, torch.addmm(b, vx, w.t()), vy, history)
     with torch.no_grad():
         head.weight.copy_(w)
         head.bias.copy_(b)

@@ -42,12 +42,12 @@ from tlbench.core.errors import NonFiniteLoss
 from tlbench.training.deferral import _ACTIVE, Job
 from tlbench.training.loop import (
     Batch,
-    accuracy,
     cross_entropy,
     epoch_batches,
     fit_epochs,
     forward_flops,
     per_epoch,
+    report_epoch,
     spend,
     update,
 )
@@ -449,10 +449,8 @@ def fit_stacked(jobs: Sequence[Job], *, each: bool = False) -> None:
                     continue
                 if val_logits is None or not per_epoch(job.reporter):
                     continue
-                acc = accuracy(val_logits[pos], lead.val[1])
-                job.history.append(acc)
                 try:
-                    job.reporter.report(epoch, acc)
+                    report_epoch(job.reporter, epoch, val_logits[pos], lead.val[1], job.history)
                 except Exception as err:  # noqa: BLE001 - a pruned trial: that run stops here
                     job.error = err
                     alive.remove(j)

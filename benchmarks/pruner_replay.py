@@ -98,7 +98,7 @@ def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20,
 
 def _history(trial: optuna.trial.FrozenTrial, signal: str) -> tuple[float, ...]:
     if signal == "loss":
-        return tuple(-float(v) for v in trial.user_attrs["val_loss"])
+        return tuple(-math.inf if v is None else -float(v) for v in trial.user_attrs["val_loss"])  # None: not finite
     return tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
 
 

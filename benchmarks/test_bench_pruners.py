@@ -17,7 +17,8 @@ For each: the backbone epochs trained over all cells against no pruning, and the
 accuracy per cell against no pruning (paired by cell and seed). Goal (issue 25): at least 3× fewer
 backbone epochs than no pruning for at most 0.5 points lower mean best validation accuracy. Last, the
 unpruned runs' learning curves are replayed under some forty pruner settings
-(``pruner_replay.py``): the frontier of what pruning on these curves can save, and what bounds it.
+(``pruner_replay.py``): the frontier of what pruning on these curves can save, and what bounds it;
+then again with the pruners seeing the validation loss instead of the accuracy (``--signal loss``).
 
 ``pytest benchmarks/test_bench_pruners.py -s`` (about 35 minutes on 2 cores); ``TLBENCH_PRUNER_SEEDS``
 sets the suite seeds (default ``0,1,2,3``).
@@ -90,7 +91,8 @@ def test_pruners_against_no_pruning(tmp_path: Path) -> None:
     print(f"\nquick suite ({STRATEGIES}), 20 trials per cell or {SHARE:g}x less compute, suite seeds {SEEDS}, "
           f"{os.cpu_count()} cores")
     print(result.round(2).to_string())
-    cells = pruner_replay.cells_of([str(tmp_path / f"none-{seed}" / "store.journal") for seed in SEEDS])
+    stores = [str(tmp_path / f"none-{seed}" / "store.journal") for seed in SEEDS]
+    cells = pruner_replay.cells_of(stores)
     budgets = {str(i): results["none", "none", seed]["budget"] for i, seed in enumerate(SEEDS)}  # by store index
     within = pruner_replay.unpruned_within(cells, lambda key: budgets[key.split(pruner_replay.SEP)[0]])
     print(f"no pruning within the equal-compute budget (the unpruned runs' first trials, replayed): "
@@ -98,5 +100,9 @@ def test_pruners_against_no_pruning(tmp_path: Path) -> None:
           f"{within.worst:.1f}), {within.finished:.1f} trials per cell")
     print("\nreplay of the unpruned runs' learning curves (pruner_replay.py):")
     print(pruner_replay.summary(cells))
+    losses = pruner_replay.cells_of(stores, signal="loss")
+    print("\nthe same, the pruners seeing the validation loss (pruner_replay.py --signal loss):")
+    print(pruner_replay.summary(losses, signal="loss"))
+    assert losses.keys() == cells.keys()  # every unpruned trial kept its losses
     assert result.loc[("equal trials", "median"), "fewer than none"] > 1
     assert result.loc[("equal compute", "median"), "fewer than none"] > 2

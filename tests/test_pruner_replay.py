@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_curves_are_read_from_a_store_in_slot_order(replay_module, tmp_path: Pat
 
 def test_the_loss_signal_replays_the_negative_validation_losses(replay_module, tmp_path: Path) -> None:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
-    losses = {"kept": [[2.0, 1.5, 1.2], [2.2, 1.0, 0.4]], "short": [[2.0, 1.5], [2.2, 1.0, 0.4]]}
+    losses = {"kept": [[2.0, 1.5, 1.2], [2.2, None, 0.4]], "short": [[2.0, 1.5], [2.2, 1.0, 0.4]]}
     for name, kept in losses.items():  # "short": one trial's losses miss an epoch (not the same curve)
         study = optuna.create_study(study_name=f"s::t::bb::{name}::tune", storage=storage, direction="maximize")
         for slot in (0, 1):
@@ -103,7 +104,7 @@ def test_the_loss_signal_replays_the_negative_validation_losses(replay_module, t
     cells = replay_module.curves(str(tmp_path / "s.journal"), trials=2, skipped=skipped, signal="loss")
     assert list(cells) == ["s::t::bb::kept::tune"] and skipped == ["s::t::bb::short::tune"]
     first, second = cells["s::t::bb::kept::tune"]
-    assert first.history == (-2.0, -1.5, -1.2) and second.history == (-2.2, -1.0, -0.4)
+    assert first.history == (-2.0, -1.5, -1.2) and second.history == (-2.2, -math.inf, -0.4)  # None: not finite
     assert (first.value, second.value) == pytest.approx((0.6, 0.7))  # the objective stays the accuracy
     assert len(replay_module.curves(str(tmp_path / "s.journal"), trials=2)) == 2  # accuracy needs no losses
     rho, _ = replay_module.rank_agreement(cells, 1 / 3)  # after one epoch the loss ranks them the wrong way

@@ -694,3 +694,21 @@ def test_the_cost_table_and_tuning_curves_show_the_compute_spent() -> None:
                                                                  ("COMPLETE", 10.0)))])
     curves = tuning_curves(trials, None)
     assert list(curves["epochs"]) == [11.0, 22.0]  # (10 + 2 + 10) / 2 completed trials per completed one
+
+
+def test_a_trial_keeps_its_validation_loss_per_epoch_and_a_non_finite_one_as_null(tmp_path: Path) -> None:
+    from tlbench.run.tuning import TrialReporter, _finish
+
+    storage = open_storage(None, tmp_path / "s")  # a journal file: the losses go through JSON
+    study = optuna.create_study(study_name="s::t::b::x::tune", storage=storage, direction="maximize")
+    for losses in ([1.5, 0.75], [1.5, float("inf")]):
+        trial = study.ask()
+        reporter = TrialReporter(trial)
+        for epoch, loss in enumerate(losses):
+            reporter.val_loss(epoch, loss)
+            reporter.report(epoch, 0.5)
+        _finish(study, trial, 1.0, reporter, None)
+    again = open_existing_storage(str(tmp_path / "s" / "store.journal"))
+    trials = optuna.load_study(study_name="s::t::b::x::tune", storage=again).trials
+    kept = [t.user_attrs["val_loss"] for t in trials]
+    assert kept == [[1.5, 0.75], [1.5, None]]

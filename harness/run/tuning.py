@@ -411,7 +411,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, seconds: float, reporter: 
         if reporter.flops:
             trial.set_user_attr("flops", reporter.flops)
         if reporter.losses:  # beside the per-epoch accuracies (intermediate values): pruner_replay.py --signal loss
-            trial.set_user_attr("val_loss", reporter.losses)
+            trial.set_user_attr("val_loss", [v if math.isfinite(v) else None for v in reporter.losses])  # JSON
         trial.set_user_attr("compute", reporter.flops / unit if unit and reporter.flops
                             else float(max(1, reporter.epochs)))
         value = reporter.objective if error is None else None

@@ -85,21 +85,25 @@ def curves(storage: str | optuna.storages.BaseStorage, trials: int = 20,
         study = optuna.load_study(study_name=name, storage=storage)
         by_slot = {slot_of(t): t for t in study.get_trials(deepcopy=False)
                    if t.state == TrialState.COMPLETE and slot_of(t) is not None}
-        if not all(s in by_slot and by_slot[s].intermediate_values and (signal == "accuracy" or len(
-                by_slot[s].user_attrs.get("val_loss") or ()) == len(by_slot[s].intermediate_values))
-                   for s in range(trials)):
-            if skipped is not None:  # a slot missing or pruned, a loop that reports no per-epoch accuracy, a
-                skipped.append(name)  # store written before trials kept their losses
+        histories = [_history(by_slot[s], signal) if s in by_slot else None for s in range(trials)]
+        if None in histories:
+            if skipped is not None:
+                skipped.append(name)
             continue
-        cells[name] = [Curve(_history(by_slot[s], signal), float(by_slot[s].value), trial_compute(by_slot[s]))
-                       for s in range(trials)]
+        cells[name] = [Curve(h, float(by_slot[s].value), trial_compute(by_slot[s])) for s, h in enumerate(histories)]
     return cells
 
 
-def _history(trial: optuna.trial.FrozenTrial, signal: str) -> tuple[float, ...]:
-    if signal == "loss":
-        return tuple(-math.inf if v is None else -float(v) for v in trial.user_attrs["val_loss"])  # None: not finite
-    return tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
+def _history(trial: optuna.trial.FrozenTrial, signal: str) -> tuple[float, ...] | None:
+    """What the pruner sees after each of ``trial``'s epochs; None when the trial does not have it (a
+    loop that reports no per-epoch accuracy; with ``"loss"``, a trial stored before losses were kept)."""
+    accuracies = tuple(trial.intermediate_values[k] for k in sorted(trial.intermediate_values))
+    if signal == "accuracy" or not accuracies:
+        return accuracies or None
+    losses = trial.user_attrs.get("val_loss") or ()
+    if len(losses) != len(accuracies):
+        return None
+    return tuple(-math.inf if v is None else -float(v) for v in losses)  # None: a loss that was not finite
 
 
 def expected_best_of_subset(values: Sequence[float], k: int) -> float:
@@ -256,9 +260,9 @@ def summary(cells: dict[str, list[Curve]], *, goal: tuple[float, float] = (3.0, 
         if r.ratio >= goal[0] and r.lost <= goal[1]:
             met.append(name)
     out.append(f"meeting >= {goal[0]:g}x for <= {goal[1]:g} points: {', '.join(met) or 'none'}")
+    early = "accuracy" if signal == "accuracy" else "−loss"
     for f in (0.1, 0.25, 0.5):
         rho, hit = rank_agreement(cells, f)
-        early = "accuracy" if signal == "accuracy" else "−loss"
         out.append(f"after {f:.0%} of its epochs: Spearman(early {early}, final accuracy) {rho:.2f}; the best final "
                    f"trial among the best third then in {hit:.0%} of cells")
     return "\n".join(out)

@@ -161,9 +161,9 @@ def test_each_epoch_s_validation_loss_goes_to_a_reporter_that_takes_it_before_th
             assert reporter.losses[-1] == pytest.approx(float(nn.functional.cross_entropy(model(val[0]), val[1])),
                                                         rel=1e-5), fit
         assert reporter.losses[0] != reporter.losses[-1]
-    pruned = LossReporter(prune_at=1)  # a pruned epoch's loss is kept too
+    pruned, model = LossReporter(prune_at=1), nn.Linear(5, 2)  # a pruned epoch's loss is kept too
     with pytest.raises(RuntimeError, match="pruned"):
-        fit_epochs(nn.Linear(5, 2), torch.optim.SGD(model.parameters(), lr=0.5), data(), val, epochs=4, batch_size=8,
+        fit_epochs(model, torch.optim.SGD(model.parameters(), lr=0.5), data(), val, epochs=4, batch_size=8,
                    seed=3, device=torch.device("cpu"), reporter=pruned)
     assert len(pruned.losses) == len(pruned.history) == 2
 
